@@ -1,0 +1,1 @@
+//! Keygate proxy-wasm filter: validates prefixed API keys at the edge.
