@@ -1,0 +1,222 @@
+//! Usage reporting: per-key request counts aggregated in memory and sent in batches.
+//!
+//! A batch takes the counts accumulated so far and gets a unique id. It keeps that id, and its
+//! exact contents, until the control plane acknowledges it; counts that arrive meanwhile go into
+//! the next batch. Since `POST /v1/usage` is idempotent per batch id, a retried batch counts once
+//! and no count is ever sent in two different batches.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// Most entries per batch; the rest waits for the next one.
+pub const MAX_BATCH_ENTRIES: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    count: u64,
+    last_used_at: u64,
+}
+
+/// One entry of a usage report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageEntry {
+    /// `key_<hex>`.
+    pub key_id: String,
+    /// Requests since the previous batch.
+    pub count: u64,
+    /// Unix seconds of the latest one.
+    pub last_used_at: u64,
+}
+
+/// A usage report, the JSON body of `POST /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageBatch {
+    /// Unique per batch; reused on retries.
+    pub batch_id: String,
+    /// Per-key counts.
+    pub entries: Vec<UsageEntry>,
+}
+
+/// Per-worker usage accounting.
+#[derive(Debug)]
+pub struct UsageTracker<K> {
+    counts: HashMap<K, Tally>,
+    pending: Option<UsageBatch>,
+    in_flight: bool,
+    worker: u64,
+    seq: u64,
+}
+
+impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
+    /// A tracker for the worker with this random id (it makes batch ids unique across workers and restarts).
+    pub fn new(worker: u64) -> Self {
+        Self {
+            counts: HashMap::new(),
+            pending: None,
+            in_flight: false,
+            worker,
+            seq: 0,
+        }
+    }
+
+    /// Counts one allowed request by `key`.
+    pub fn record(&mut self, key: K, now_secs: u64) {
+        let t = self.counts.entry(key).or_insert(Tally {
+            count: 0,
+            last_used_at: 0,
+        });
+        t.count += 1;
+        t.last_used_at = t.last_used_at.max(now_secs);
+    }
+
+    /// Keys with counts not yet in any batch.
+    pub fn unbatched_keys(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The batch to send now: the unacknowledged one again, or a new one from the counts.
+    /// `None` when nothing is to be sent or a send is in flight.
+    pub fn next_batch(&mut self) -> Option<&UsageBatch> {
+        if self.in_flight {
+            return None;
+        }
+        if self.pending.is_none() {
+            if self.counts.is_empty() {
+                return None;
+            }
+            self.seq += 1;
+            let batch_id = format!("{:016x}-{}", self.worker, self.seq);
+            let take: Vec<K> = self
+                .counts
+                .keys()
+                .take(MAX_BATCH_ENTRIES)
+                .copied()
+                .collect();
+            let mut entries = Vec::with_capacity(take.len());
+            for k in take {
+                if let Some(t) = self.counts.remove(&k) {
+                    entries.push(UsageEntry {
+                        key_id: k.to_string(),
+                        count: t.count,
+                        last_used_at: t.last_used_at,
+                    });
+                }
+            }
+            self.pending = Some(UsageBatch { batch_id, entries });
+        }
+        self.in_flight = true;
+        self.pending.as_ref()
+    }
+
+    /// The send finished: `acknowledged` drops the batch, otherwise it is kept for a retry with the same id.
+    pub fn finish(&mut self, acknowledged: bool) {
+        self.in_flight = false;
+        if acknowledged {
+            self.pending = None;
+        }
+    }
+
+    /// The batch awaiting acknowledgement, if any.
+    pub fn pending(&self) -> Option<&UsageBatch> {
+        self.pending.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn total(batches: &[UsageBatch], key: &str) -> u64 {
+        batches
+            .iter()
+            .flat_map(|b| b.entries.iter())
+            .filter(|e| e.key_id == key)
+            .map(|e| e.count)
+            .sum()
+    }
+
+    #[test]
+    fn counts_are_aggregated_per_key() {
+        let mut t = UsageTracker::<u32>::new(7);
+        t.record(1, 100);
+        t.record(1, 105);
+        t.record(2, 101);
+        let b = t.next_batch().unwrap().clone();
+        assert_eq!(b.batch_id, "0000000000000007-1");
+        let mut e = b.entries.clone();
+        e.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        assert_eq!(
+            e,
+            vec![
+                UsageEntry {
+                    key_id: "1".into(),
+                    count: 2,
+                    last_used_at: 105
+                },
+                UsageEntry {
+                    key_id: "2".into(),
+                    count: 1,
+                    last_used_at: 101
+                },
+            ]
+        );
+        let json = serde_json::to_value(&b).unwrap();
+        assert_eq!(json["batch_id"], "0000000000000007-1");
+        assert!(json["entries"][0]["count"].is_u64());
+    }
+
+    #[test]
+    fn nothing_to_send_means_no_batch() {
+        let mut t = UsageTracker::<u32>::new(1);
+        assert!(t.next_batch().is_none());
+    }
+
+    #[test]
+    fn failed_batch_is_retried_with_same_id_and_never_double_counted() {
+        let mut t = UsageTracker::<u32>::new(1);
+        let mut acked: Vec<UsageBatch> = Vec::new();
+        t.record(1, 10);
+        t.record(1, 11);
+        let first = t.next_batch().unwrap().clone();
+        // in flight: no second batch
+        assert!(t.next_batch().is_none());
+        t.finish(false);
+        // new traffic while the first batch is unacknowledged
+        t.record(1, 12);
+        let retry = t.next_batch().unwrap().clone();
+        assert_eq!(retry, first, "the retry is the same batch, id and contents");
+        t.finish(true);
+        acked.push(retry);
+        let second = t.next_batch().unwrap().clone();
+        assert_ne!(second.batch_id, first.batch_id);
+        t.finish(true);
+        acked.push(second);
+        assert!(t.next_batch().is_none());
+        assert_eq!(total(&acked, "1"), 3);
+    }
+
+    #[test]
+    fn batch_ids_differ_between_workers() {
+        let mut a = UsageTracker::<u32>::new(1);
+        let mut b = UsageTracker::<u32>::new(2);
+        a.record(1, 1);
+        b.record(1, 1);
+        let ia = a.next_batch().unwrap().batch_id.clone();
+        let ib = b.next_batch().unwrap().batch_id.clone();
+        assert_ne!(ia, ib);
+    }
+
+    #[test]
+    fn large_backlogs_are_split_into_bounded_batches() {
+        let mut t = UsageTracker::<u32>::new(1);
+        for k in 0..(MAX_BATCH_ENTRIES as u32 + 5) {
+            t.record(k, 1);
+        }
+        let n = t.next_batch().unwrap().entries.len();
+        assert_eq!(n, MAX_BATCH_ENTRIES);
+        t.finish(true);
+        assert_eq!(t.unbatched_keys(), 5);
+        assert_eq!(t.next_batch().unwrap().entries.len(), 5);
+    }
+}
