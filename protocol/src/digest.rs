@@ -1,0 +1,161 @@
+//! The SHA-256 digest of a key string: what the key set stores instead of the key itself.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::hex;
+
+/// The SHA-256 digest of a whole API key string (prefix, body and checksum).
+///
+/// Equality (`==`) is constant-time (through `subtle`), so comparing a digest derived from a
+/// presented key with a stored one does not leak how many leading bytes matched.
+///
+/// `Ord` is plain lexicographic byte order. It exists so that key sets can be sorted and
+/// binary-searched; the order is over SHA-256 outputs, not over secret material, and a search
+/// always ends with a constant-time equality check (see [`crate::keyset::KeySet::lookup`]).
+#[derive(Clone, Copy)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The digest of a key: SHA-256 over the UTF-8 bytes of the whole key string.
+    #[must_use]
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Wraps 32 raw digest bytes.
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 raw digest bytes.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The 64-character lower-case hex form.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        hex::encode_into(&self.0, &mut s);
+        s
+    }
+
+    /// Parses a 64-character hex form (either case).
+    ///
+    /// # Errors
+    /// [`HexError::Length`] if `s` is not 64 characters, [`HexError::Char`] if one is not a hex digit.
+    pub fn from_hex(s: &str) -> Result<Self, HexError> {
+        hex::decode::<32>(s).map(Self).map_err(|p| match p {
+            hex::HexProblem::Length => HexError::Length,
+            hex::HexProblem::Char => HexError::Char,
+        })
+    }
+}
+
+/// Why a hex digest could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HexError {
+    /// Not exactly 64 hex characters.
+    #[error("a digest is 64 hex characters")]
+    Length,
+    /// A character that is not a hex digit.
+    #[error("a digest contains a character that is not a hex digit")]
+    Char,
+}
+
+impl PartialEq for Digest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for Digest {}
+
+impl ConstantTimeEq for Digest {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
+
+impl PartialOrd for Digest {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Digest {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl From<[u8; 32]> for Digest {
+    fn from(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_known_strings() {
+        assert_eq!(
+            Digest::of("").to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            Digest::of("abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn hex_round_trip_and_errors() {
+        let d = Digest::of("kg_live_x");
+        assert_eq!(Digest::from_hex(&d.to_hex()), Ok(d));
+        assert_eq!(Digest::from_hex(&d.to_hex().to_uppercase()), Ok(d));
+        assert_eq!(Digest::from_hex("abc"), Err(HexError::Length));
+        let mut bad = d.to_hex();
+        bad.replace_range(10..11, "g");
+        assert_eq!(Digest::from_hex(&bad), Err(HexError::Char));
+    }
+
+    #[test]
+    fn equality_and_order() {
+        let a = Digest::from_bytes([1; 32]);
+        let mut b_bytes = [1; 32];
+        b_bytes[31] = 2;
+        let b = Digest::from_bytes(b_bytes);
+        assert_ne!(a, b);
+        assert!(a < b);
+        assert_eq!(a, Digest::from_bytes([1; 32]));
+        assert_eq!(format!("{a:?}"), format!("Digest({})", "01".repeat(32)));
+    }
+}

@@ -1,0 +1,1 @@
+//! The in-memory key set (work in progress).

@@ -1,0 +1,1 @@
+//! The key-set wire format (work in progress).
