@@ -1,1 +1,633 @@
-//! The in-memory key set (work in progress).
+//! The filter's in-memory key set: compact sorted records, a radix index and a small overlay.
+//!
+//! A million keys take about 62 bytes each: every key is one fixed 60-byte [`Record`]-sized slot
+//! (digest, key id, expiry, owner index, grant index) in a `Vec` sorted by digest; owners and
+//! grants (scope list + resource allow-list) are interned once in side tables. A 65,537-entry
+//! index over the first 16 bits of the digest narrows each lookup to a bucket of about
+//! `n / 65536` records, then a binary search and a final constant-time equality finish it.
+//!
+//! Deltas do not move the big array: their upserts and removals go into a small sorted
+//! *overlay* (records that replace or add keys, and tombstones that hide keys of the main
+//! array), consulted before the main array. When the overlay grows past
+//! `max(1024, n / 256)` records it is merged into the main array **in place** (one pass
+//! forward that drops and replaces, one pass backward that inserts), so the amortized cost of an
+//! upsert is `O(n / threshold)` record moves and memory never doubles, which matters in wasm,
+//! where linear memory never shrinks. `FORMAT.md` explains the choice.
+//!
+//! Everything is plain safe Rust on `Vec`s and `HashMap`s: nothing wasm cannot do.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+use crate::scope;
+use crate::wire::{
+    self, DecodeError, EncodeError, Message, MessageKind, RawEntry, Tables, Validated,
+};
+use crate::{Digest, KeyId};
+
+/// One key as the set stores it (60 bytes, 4-byte aligned).
+#[derive(Clone, Copy)]
+struct Record {
+    digest: [u8; 32],
+    key_id: [u8; 16],
+    /// Unix seconds; 0 = never.
+    expiry: u32,
+    owner: u32,
+    /// Index into the grant table; [`TOMBSTONE`] marks an overlay record that hides a key.
+    grant: u32,
+}
+
+const TOMBSTONE: u32 = u32::MAX;
+const EMPTY_RECORD: Record = Record {
+    digest: [0; 32],
+    key_id: [0; 16],
+    expiry: 0,
+    owner: 0,
+    grant: 0,
+};
+/// The overlay is merged into the main array once it holds more than this many records…
+const OVERLAY_MIN: usize = 1024;
+/// …or more than `main.len() / OVERLAY_DIVISOR`, whichever is larger.
+const OVERLAY_DIVISOR: usize = 256;
+/// Buckets of the radix index (first 16 bits of the digest).
+const BUCKETS: usize = 1 << 16;
+
+fn bucket(d: &[u8; 32]) -> usize {
+    (usize::from(d[0]) << 8) | usize::from(d[1])
+}
+
+/// What a key may do: its scopes and its resource allow-list (shared by many keys).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Grant {
+    scopes: Box<[Box<str>]>,
+    resources: Box<[Box<str>]>,
+}
+
+/// Why a message could not be applied. The set is unchanged after any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The bytes are not a valid message.
+    #[error("cannot decode the key-set message: {0}")]
+    Decode(#[from] DecodeError),
+    /// A delta whose base revision is not the set's current revision: fetch a snapshot.
+    #[error("delta base revision {base} does not match the current revision {current:?}")]
+    BaseMismatch {
+        /// The set's revision (`None` before the first snapshot).
+        current: Option<u64>,
+        /// The delta's base revision.
+        base: u64,
+    },
+    /// A snapshot older than the current revision, or a delta already applied.
+    #[error("the message is not newer than the current revision")]
+    NotNewer,
+    /// A [`Message`] given to [`KeySet::apply_message`] that cannot be encoded.
+    #[error("invalid message: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+impl ApplyError {
+    /// A short, stable, machine-readable code.
+    #[must_use]
+    pub const fn code(&self) -> &'static str {
+        match self {
+            Self::Decode(e) => e.code(),
+            Self::BaseMismatch { .. } => "base_mismatch",
+            Self::NotNewer => "not_newer",
+            Self::Encode(e) => e.code(),
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Snapshot or delta.
+    pub kind: MessageKind,
+    /// The set's revision now.
+    pub revision: u64,
+    /// Entries in the message (snapshot keys or delta upserts).
+    pub upserts: usize,
+    /// Removals in the message.
+    pub removals: usize,
+}
+
+/// The set of valid key digests with what each key may do.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    revision: Option<u64>,
+    /// Sorted by digest, no duplicates.
+    main: Vec<Record>,
+    /// `index[b]..index[b + 1]` is the range of `main` whose digests start with the 16 bits `b`.
+    /// Empty while `main` is empty.
+    index: Vec<u32>,
+    /// Sorted by digest, no duplicates; tombstones always hide a record of `main`.
+    overlay: Vec<Record>,
+    len: usize,
+    owners: Vec<Arc<str>>,
+    owner_ids: HashMap<Arc<str>, u32>,
+    grants: Vec<Arc<Grant>>,
+    grant_ids: HashMap<Arc<Grant>, u32>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("digest", &Digest::from_bytes(self.digest))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key found in a [`KeySet`].
+#[derive(Clone, Copy)]
+pub struct KeyRef<'a> {
+    set: &'a KeySet,
+    record: &'a Record,
+}
+
+impl<'a> KeyRef<'a> {
+    /// The key's digest.
+    #[must_use]
+    pub fn digest(&self) -> Digest {
+        Digest::from_bytes(self.record.digest)
+    }
+
+    /// The key's id.
+    #[must_use]
+    pub fn key_id(&self) -> KeyId {
+        KeyId::from_bytes(self.record.key_id)
+    }
+
+    /// The owner id.
+    #[must_use]
+    pub fn owner(&self) -> &'a str {
+        &self.set.owners[self.record.owner as usize]
+    }
+
+    /// When the key stops working (Unix seconds), or `None`.
+    #[must_use]
+    pub fn expires_at(&self) -> Option<u64> {
+        (self.record.expiry != 0).then_some(u64::from(self.record.expiry))
+    }
+
+    /// Whether the key has expired at `now_unix_secs` (expired from its expiry second on).
+    #[must_use]
+    pub fn is_expired(&self, now_unix_secs: u64) -> bool {
+        self.expires_at().is_some_and(|t| now_unix_secs >= t)
+    }
+
+    fn grant(&self) -> &'a Grant {
+        &self.set.grants[self.record.grant as usize]
+    }
+
+    /// The key's scopes.
+    pub fn scopes(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
+        self.grant().scopes.iter().map(|s| &**s)
+    }
+
+    /// Whether the key has `scope` (exact match).
+    #[must_use]
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.grant().scopes.iter().any(|s| &**s == scope)
+    }
+
+    /// The key's resource allow-list (empty allows every resource).
+    pub fn resources(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
+        self.grant().resources.iter().map(|s| &**s)
+    }
+
+    /// Whether the allow-list allows `resource` (see [`scope::resource_allowed`]).
+    #[must_use]
+    pub fn allows_resource(&self, resource: &str) -> bool {
+        scope::resource_allowed(&self.grant().resources, resource)
+    }
+}
+
+impl std::fmt::Debug for KeyRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRef")
+            .field("key_id", &self.key_id())
+            .field("owner", &self.owner())
+            .field("expires_at", &self.expires_at())
+            .field("scopes", &self.grant().scopes)
+            .field("resources", &self.grant().resources)
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// An empty set with no revision: it accepts only a snapshot.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The revision of the last applied message, `None` before the first snapshot.
+    #[must_use]
+    pub const fn revision(&self) -> Option<u64> {
+        self.revision
+    }
+
+    /// Number of keys.
+    #[must_use]
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the set holds no key.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Finds a key by digest. The search orders by digest bytes (SHA-256 outputs, not secrets);
+    /// the final equality is constant-time.
+    #[must_use]
+    pub fn lookup(&self, digest: &Digest) -> Option<KeyRef<'_>> {
+        let d = digest.as_bytes();
+        if !self.overlay.is_empty() {
+            let p = self.overlay.partition_point(|r| r.digest < *d);
+            if let Some(r) = self.overlay.get(p)
+                && bool::from(r.digest.ct_eq(d))
+            {
+                return (r.grant != TOMBSTONE).then_some(KeyRef {
+                    set: self,
+                    record: r,
+                });
+            }
+        }
+        self.find_main(d).map(|i| KeyRef {
+            set: self,
+            record: &self.main[i],
+        })
+    }
+
+    fn find_main(&self, d: &[u8; 32]) -> Option<usize> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let b = bucket(d);
+        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+        let p = lo + self.main[lo..hi].partition_point(|r| r.digest < *d);
+        (p < hi && bool::from(self.main[p].digest.ct_eq(d))).then_some(p)
+    }
+
+    /// Applies an encoded snapshot or delta, decoding straight into the compact form.
+    ///
+    /// A snapshot replaces the set unless its revision is lower than the current one; a delta
+    /// applies only when its base revision equals the current revision. The whole message is
+    /// checked before anything changes, so on any error the set is unchanged.
+    ///
+    /// # Errors
+    /// [`ApplyError::Decode`] for invalid bytes, [`ApplyError::NotNewer`] for a snapshot older
+    /// than the current revision or a delta that ends at or before it,
+    /// [`ApplyError::BaseMismatch`] for a delta from another revision.
+    pub fn apply(&mut self, bytes: &[u8]) -> Result<Applied, ApplyError> {
+        let v = Validated::new(bytes)?;
+        let h = v.header;
+        match h.base_revision {
+            None => {
+                if self.revision.is_some_and(|cur| h.revision < cur) {
+                    return Err(ApplyError::NotNewer);
+                }
+                self.load_snapshot(&v);
+            }
+            Some(base) => {
+                if self.revision.is_some_and(|cur| h.revision <= cur) {
+                    return Err(ApplyError::NotNewer);
+                }
+                if self.revision != Some(base) {
+                    return Err(ApplyError::BaseMismatch {
+                        current: self.revision,
+                        base,
+                    });
+                }
+                self.apply_delta(&v);
+            }
+        }
+        self.revision = Some(h.revision);
+        Ok(Applied {
+            kind: h.kind,
+            revision: h.revision,
+            upserts: h.entry_count as usize,
+            removals: h.removal_count as usize,
+        })
+    }
+
+    /// Applies a decoded message (by encoding it and applying the bytes).
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply), plus [`ApplyError::Encode`] for a message that cannot be encoded.
+    pub fn apply_message(&mut self, message: &Message) -> Result<Applied, ApplyError> {
+        let bytes = message.encode()?;
+        self.apply(&bytes)
+    }
+
+    fn intern_owner(&mut self, owner: &str) -> u32 {
+        if let Some(&id) = self.owner_ids.get(owner) {
+            return id;
+        }
+        let id = u32::try_from(self.owners.len()).expect("fewer than 2^32 owners");
+        let owner: Arc<str> = Arc::from(owner);
+        self.owners.push(Arc::clone(&owner));
+        self.owner_ids.insert(owner, id);
+        id
+    }
+
+    fn intern_grant(&mut self, v: &Validated<'_>, g: usize) -> u32 {
+        let grant = Grant {
+            scopes: v.grant_scopes(g).map(Box::from).collect(),
+            resources: v.grant_resources(g).map(Box::from).collect(),
+        };
+        if let Some(&id) = self.grant_ids.get(&grant) {
+            return id;
+        }
+        let id = u32::try_from(self.grants.len()).expect("fewer than 2^32 grants");
+        let grant = Arc::new(grant);
+        self.grants.push(Arc::clone(&grant));
+        self.grant_ids.insert(grant, id);
+        id
+    }
+
+    /// Maps the message's owner strings and grants to this set's tables, interning new ones.
+    fn translate(&mut self, v: &Validated<'_>) -> (Vec<u32>, Vec<u32>) {
+        let mut owner_map = vec![u32::MAX; v.strings.len()];
+        let grant_map: Vec<u32> = (0..v.grant_count())
+            .map(|g| self.intern_grant(v, g))
+            .collect();
+        for i in 0..v.entry_count() {
+            let o = v.entry(i).owner as usize;
+            if owner_map[o] == u32::MAX {
+                owner_map[o] = self.intern_owner(v.strings[o]);
+            }
+        }
+        (owner_map, grant_map)
+    }
+
+    fn record(e: &RawEntry, owner_map: &[u32], grant_map: &[u32]) -> Record {
+        Record {
+            digest: e.digest,
+            key_id: e.key_id,
+            expiry: e.expiry,
+            owner: owner_map[e.owner as usize],
+            grant: grant_map[e.grant as usize],
+        }
+    }
+
+    fn load_snapshot(&mut self, v: &Validated<'_>) {
+        // Everything was checked: drop the old contents first so the peak is one set, not two.
+        *self = Self {
+            revision: self.revision,
+            ..Self::default()
+        };
+        let (owner_map, grant_map) = self.translate(v);
+        let n = v.entry_count();
+        let mut main = Vec::with_capacity(n);
+        main.extend((0..n).map(|i| Self::record(&v.entry(i), &owner_map, &grant_map)));
+        self.main = main;
+        self.len = n;
+        self.rebuild_index();
+    }
+
+    fn apply_delta(&mut self, v: &Validated<'_>) {
+        let (owner_map, grant_map) = self.translate(v);
+        // Upserts and removals, each sorted and disjoint, merged into one sorted op list.
+        let mut ops: Vec<Record> = Vec::with_capacity(v.entry_count() + v.removals().len());
+        let mut removals = v.removals().peekable();
+        for i in 0..v.entry_count() {
+            let rec = Self::record(&v.entry(i), &owner_map, &grant_map);
+            while let Some(r) = removals.next_if(|r| *r < rec.digest) {
+                ops.push(Record {
+                    digest: r,
+                    grant: TOMBSTONE,
+                    ..EMPTY_RECORD
+                });
+            }
+            ops.push(rec);
+        }
+        ops.extend(removals.map(|r| Record {
+            digest: r,
+            grant: TOMBSTONE,
+            ..EMPTY_RECORD
+        }));
+
+        let old = std::mem::take(&mut self.overlay);
+        let mut merged = Vec::with_capacity(old.len() + ops.len());
+        let mut old_iter = old.into_iter().peekable();
+        for op in ops {
+            while let Some(o) = old_iter.next_if(|o| o.digest < op.digest) {
+                merged.push(o);
+            }
+            let shadowed = old_iter.next_if(|o| o.digest == op.digest);
+            let in_main = self.find_main(&op.digest).is_some();
+            let was_live = shadowed.map_or(in_main, |o| o.grant != TOMBSTONE);
+            let is_live = op.grant != TOMBSTONE;
+            match (was_live, is_live) {
+                (false, true) => self.len += 1,
+                (true, false) => self.len -= 1,
+                _ => {}
+            }
+            // A tombstone is needed only to hide a record of the main array.
+            if is_live || in_main {
+                merged.push(op);
+            }
+        }
+        merged.extend(old_iter);
+        self.overlay = merged;
+        if self.overlay.len() > OVERLAY_MIN.max(self.main.len() / OVERLAY_DIVISOR) {
+            self.compact();
+        }
+    }
+
+    /// Merges the overlay into the main array in place.
+    fn compact(&mut self) {
+        let overlay = std::mem::take(&mut self.overlay);
+        let mut inserts: Vec<Record> = Vec::new();
+        let mut ov = overlay.iter().peekable();
+        let mut w = 0;
+        for r in 0..self.main.len() {
+            let rec = self.main[r];
+            while let Some(o) = ov.next_if(|o| o.digest < rec.digest) {
+                inserts.push(*o);
+            }
+            match ov.next_if(|o| o.digest == rec.digest) {
+                Some(o) if o.grant == TOMBSTONE => {}
+                Some(o) => {
+                    self.main[w] = *o;
+                    w += 1;
+                }
+                None => {
+                    self.main[w] = rec;
+                    w += 1;
+                }
+            }
+        }
+        inserts.extend(ov.copied());
+        debug_assert!(inserts.iter().all(|r| r.grant != TOMBSTONE));
+        self.main.truncate(w);
+        let k = inserts.len();
+        let total = w + k;
+        if self.main.capacity() < total {
+            // Some slack so that the next compactions do not reallocate (a reallocation may
+            // copy, and wasm memory never shrinks).
+            self.main.reserve_exact(k + total / 32);
+        }
+        self.main.resize(total, EMPTY_RECORD);
+        let (mut i, mut j) = (w, k);
+        for dst in (0..total).rev() {
+            if j == 0 {
+                break;
+            }
+            if i > 0 && self.main[i - 1].digest > inserts[j - 1].digest {
+                self.main[dst] = self.main[i - 1];
+                i -= 1;
+            } else {
+                self.main[dst] = inserts[j - 1];
+                j -= 1;
+            }
+        }
+        self.rebuild_index();
+    }
+
+    fn rebuild_index(&mut self) {
+        if self.main.is_empty() {
+            self.index = Vec::new();
+            return;
+        }
+        let mut index = vec![0u32; BUCKETS + 1];
+        let mut pos = 0usize;
+        for (b, slot) in index.iter_mut().enumerate().take(BUCKETS) {
+            while pos < self.main.len() && bucket(&self.main[pos].digest) < b {
+                pos += 1;
+            }
+            *slot = pos as u32;
+        }
+        index[BUCKETS] = self.main.len() as u32;
+        self.index = index;
+    }
+
+    /// Every live record in digest order (the main array merged with the overlay).
+    fn live_records(&self) -> impl Iterator<Item = &Record> + '_ {
+        let mut main = self.main.iter().peekable();
+        let mut overlay = self.overlay.iter().peekable();
+        std::iter::from_fn(move || {
+            loop {
+                let take_main = match (main.peek(), overlay.peek()) {
+                    (None, None) => return None,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (Some(m), Some(o)) => {
+                        if m.digest == o.digest {
+                            // The overlay record replaces or hides the main one.
+                            main.next();
+                            false
+                        } else {
+                            m.digest < o.digest
+                        }
+                    }
+                };
+                let r = if take_main {
+                    main.next()
+                } else {
+                    overlay.next()
+                };
+                if let Some(r) = r
+                    && r.grant != TOMBSTONE
+                {
+                    return Some(r);
+                }
+            }
+        })
+    }
+
+    /// Re-encodes the current contents as a snapshot at the current revision (0 before the
+    /// first snapshot). Equal contents give the same bytes as [`wire::Snapshot::encode`].
+    #[must_use]
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut tables = Tables::new();
+        let mut owner_map = vec![u32::MAX; self.owners.len()];
+        let mut grant_map = vec![u32::MAX; self.grants.len()];
+        let mut entries = Vec::with_capacity(self.len);
+        for r in self.live_records() {
+            let owner = &mut owner_map[r.owner as usize];
+            if *owner == u32::MAX {
+                *owner = tables
+                    .owner(&self.owners[r.owner as usize])
+                    .expect("owners in the set were validated");
+            }
+            let grant = &mut grant_map[r.grant as usize];
+            if *grant == u32::MAX {
+                let g = &self.grants[r.grant as usize];
+                *grant = tables
+                    .grant(
+                        g.scopes.iter().map(|s| &**s),
+                        g.resources.iter().map(|s| &**s),
+                    )
+                    .expect("grants in the set were validated");
+            }
+            entries.push(RawEntry {
+                digest: r.digest,
+                key_id: r.key_id,
+                expiry: r.expiry,
+                owner: *owner,
+                grant: *grant,
+            });
+        }
+        wire::write_message(
+            MessageKind::Snapshot,
+            self.revision.unwrap_or(0),
+            0,
+            &tables,
+            entries.into_iter(),
+            &[],
+        )
+        .expect("a valid set encodes")
+    }
+
+    /// Heap memory held by the set, in bytes: the capacity of every array, the interned
+    /// strings, and an estimate of the hash tables (buckets of key + value + one control byte).
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        fn map_bytes<K, V>(m: &HashMap<K, V>) -> usize {
+            // hashbrown keeps at least 8/7 as many buckets as capacity, rounded to a power of two.
+            let buckets = (m.capacity() * 8 / 7).next_power_of_two();
+            buckets * (size_of::<K>() + size_of::<V>() + 1)
+        }
+        let arc_header = 2 * size_of::<usize>();
+        let records = (self.main.capacity() + self.overlay.capacity()) * size_of::<Record>();
+        let index = self.index.capacity() * size_of::<u32>();
+        let owners = self.owners.capacity() * size_of::<Arc<str>>()
+            + self
+                .owners
+                .iter()
+                .map(|o| o.len() + arc_header)
+                .sum::<usize>()
+            + map_bytes(&self.owner_ids);
+        let grants = self.grants.capacity() * size_of::<Arc<Grant>>()
+            + self
+                .grants
+                .iter()
+                .map(|g| {
+                    arc_header
+                        + size_of::<Grant>()
+                        + (g.scopes.len() + g.resources.len()) * size_of::<Box<str>>()
+                        + g.scopes.iter().map(|s| s.len()).sum::<usize>()
+                        + g.resources.iter().map(|s| s.len()).sum::<usize>()
+                })
+                .sum::<usize>()
+            + map_bytes(&self.grant_ids);
+        records + index + owners + grants
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_is_60_bytes() {
+        assert_eq!(std::mem::size_of::<Record>(), 60);
+    }
+}
