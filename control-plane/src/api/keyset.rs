@@ -1,0 +1,205 @@
+//! The edge's endpoints: the key-set sync feed (`GET /v1/keyset`, with long-poll) and the
+//! usage intake (`POST /v1/usage`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keygate_protocol::wire::{self, Delta, KeyEntry, Snapshot};
+use keygate_protocol::{Digest, KeyId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::db::parse_key_id;
+use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::metrics::KeysetAnswer;
+use crate::state::{AppState, unix_now};
+use crate::store::{SetEntry, SetRead};
+
+/// Longest long-poll wait, seconds.
+pub const MAX_WAIT_SECS: u64 = 30;
+/// Response header carrying the revision.
+pub const REVISION_HEADER: &str = "x-keygate-revision";
+
+/// `GET /v1/keyset` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeysetQuery {
+    /// The reader's revision; absent for a snapshot.
+    pub since: Option<u64>,
+    /// Long-poll: wait up to this many seconds (at most 30) for a change.
+    pub wait: Option<u64>,
+}
+
+fn entry(e: SetEntry) -> KeyEntry {
+    KeyEntry {
+        digest: Digest::from_bytes(e.digest),
+        key_id: KeyId::from_bytes(*e.key_id.as_bytes()),
+        owner: e.owner_id,
+        expires_at: e.expires_at.map(|t| t.max(0) as u64),
+        scopes: e.scopes,
+        resources: e.resources,
+    }
+}
+
+fn revision_header(resp: &mut Response, revision: u64) {
+    if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
+        resp.headers_mut().insert(REVISION_HEADER, v);
+    }
+}
+
+#[utoipa::path(get, path = "/v1/keyset", tag = "edge", params(KeysetQuery),
+    responses((status = 200, description = "application/vnd.keygate.keyset snapshot or delta", content_type = "application/vnd.keygate.keyset"),
+              (status = 304, description = "long-poll timeout: no change"),
+              (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+/// The key-set feed: a delta from `since` (collapsed per digest), or a snapshot when `since`
+/// is absent, older than the retained change log, or the delta would be bigger. With `wait`
+/// it answers as soon as the revision moves past `since`, or 304 at the timeout.
+pub async fn get_keyset(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<KeysetQuery>,
+) -> Result<Response, ApiError> {
+    caller.require_edge()?;
+    let wait = q.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(ApiError::invalid(format!(
+            "wait is at most {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    let since = q
+        .since
+        .map(|s| i64::try_from(s).map_err(|_| ApiError::invalid("since is too large")))
+        .transpose()?;
+    if let (Some(since), true) = (since, wait > 0) {
+        let mut rx = state.index.subscribe();
+        state.index.advance(state.db.revision().await?);
+        if *rx.borrow_and_update() <= since {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+            let moved = loop {
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) if *rx.borrow_and_update() > since => break true,
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) | Err(_) => break false,
+                }
+            };
+            if !moved {
+                // Re-check the database once: another replica's write may not have been
+                // announced yet.
+                if state.db.revision().await? <= since {
+                    state.metrics.keyset(KeysetAnswer::NotModified);
+                    let mut resp = StatusCode::NOT_MODIFIED.into_response();
+                    revision_header(&mut resp, since as u64);
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+    let read = state.db.read_set(since, unix_now()).await?;
+    let (revision, body, kind) = match read {
+        SetRead::Snapshot { revision, entries } => {
+            let snap = Snapshot {
+                revision: revision as u64,
+                entries: entries.into_iter().map(entry).collect(),
+            };
+            (revision, snap.encode(), KeysetAnswer::Snapshot)
+        }
+        SetRead::Delta {
+            base,
+            revision,
+            upserts,
+            removals,
+        } => {
+            let delta = Delta {
+                base_revision: base as u64,
+                revision: revision as u64,
+                upserts: upserts.into_iter().map(entry).collect(),
+                removals: removals.into_iter().map(Digest::from_bytes).collect(),
+            };
+            (revision, delta.encode(), KeysetAnswer::Delta)
+        }
+    };
+    let body = body.map_err(ApiError::internal)?;
+    state.index.advance(revision);
+    state.metrics.keyset(kind);
+    let mut resp = ([(header::CONTENT_TYPE, wire::CONTENT_TYPE)], body).into_response();
+    revision_header(&mut resp, revision as u64);
+    Ok(resp)
+}
+
+/// Largest usage batch, entries.
+pub const MAX_USAGE_ENTRIES: usize = 10_000;
+
+/// One key's usage in a batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEntry {
+    /// `key_<32 hex>`.
+    pub key_id: String,
+    /// Uses since the last report.
+    pub count: u64,
+    /// Last use, unix seconds.
+    pub last_used_at: u64,
+}
+
+/// `POST /v1/usage` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatch {
+    /// Unique per batch; a retried batch with the same id counts once.
+    pub batch_id: String,
+    /// Per-key counts.
+    pub entries: Vec<UsageEntry>,
+}
+
+/// Result of a usage report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageAck {
+    /// False when this batch id was already applied.
+    pub applied: bool,
+}
+
+#[utoipa::path(post, path = "/v1/usage", tag = "edge", request_body = UsageBatch,
+    responses((status = 200, body = UsageAck), (status = 400, body = crate::error::ErrorBody)), security(("bearer" = [])))]
+/// The filter's batched usage report; idempotent per `batch_id`.
+pub async fn post_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<UsageBatch>,
+) -> Result<Json<UsageAck>, ApiError> {
+    caller.require_edge()?;
+    if b.batch_id.is_empty() || b.batch_id.len() > 128 {
+        return Err(ApiError::invalid("batch_id must be 1 to 128 bytes"));
+    }
+    if b.entries.len() > MAX_USAGE_ENTRIES {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_USAGE_ENTRIES} entries per batch"
+        )));
+    }
+    let now = unix_now();
+    let mut rows = Vec::with_capacity(b.entries.len());
+    for e in &b.entries {
+        let id = parse_key_id(&e.key_id).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "malformed key_id `{}`",
+                e.key_id.chars().take(40).collect::<String>()
+            ))
+        })?;
+        let count = i64::try_from(e.count)
+            .ok()
+            .filter(|c| *c <= 1_000_000_000)
+            .ok_or_else(|| ApiError::invalid("count is too large"))?;
+        let last = i64::try_from(e.last_used_at)
+            .ok()
+            .filter(|t| *t <= now + 300)
+            .ok_or_else(|| ApiError::invalid("last_used_at is in the future"))?;
+        rows.push((id, count, last));
+    }
+    let applied = state.db.record_usage_batch(&b.batch_id, &rows, now).await?;
+    state.metrics.usage_batch(applied);
+    Ok(Json(UsageAck { applied }))
+}

@@ -1,0 +1,5 @@
+//! HTTP routes: thin handlers over the domain rules and the store.
+
+pub mod keys;
+pub mod keyset;
+pub mod system;

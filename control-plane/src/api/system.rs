@@ -1,0 +1,99 @@
+//! Health, readiness, metrics, and the OpenAPI document with its docs page (Swagger UI
+//! served from assets vendored at build time, no CDN).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::state::AppState;
+
+/// Health answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+/// The process is up.
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, body = Health), (status = 503, body = Health)))]
+/// The database answers.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    match state.db.ping().await {
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ok" })),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health {
+                    status: "unavailable",
+                }),
+            )
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format")))]
+/// Prometheus metrics.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(state.index.revision()),
+    )
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "x_api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Keygate control plane", description = "Key lifecycle, audit, key-set sync feed and usage intake."),
+    paths(
+        crate::api::keys::create_key,
+        crate::api::keys::list_keys,
+        crate::api::keys::show_key,
+        crate::api::keys::update_key,
+        crate::api::keys::suspend_key,
+        crate::api::keys::reactivate_key,
+        crate::api::keys::revoke_key,
+        crate::api::keys::delete_key,
+        crate::api::keys::rotate_key,
+        crate::api::keys::exchange_key,
+        crate::api::keys::verify_key,
+        crate::api::keys::list_audit,
+        crate::api::keyset::get_keyset,
+        crate::api::keyset::post_usage,
+        healthz,
+        readyz,
+        metrics,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;

@@ -1,0 +1,525 @@
+//! The `keygate` command line: `serve`, and client subcommands that call the HTTP API
+//! (`KEYGATE_URL`, `KEYGATE_TOKEN`) and print a table or `--json`.
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+/// Keygate: API keys validated at the edge.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane.
+    Serve(Box<Config>),
+    /// Manage keys through the HTTP API.
+    Keys {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key command.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Read the audit log through the HTTP API.
+    Audit {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only rows about this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Rows to show.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+/// How the client reaches the API.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Control-plane URL.
+    #[arg(
+        long,
+        env = "KEYGATE_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// Credential (admin token or a workspace key).
+    #[arg(long, env = "KEYGATE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key (prints the secret once).
+    Create {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// `workspace`, `repo` or `edge`.
+        #[arg(long, default_value = "workspace")]
+        kind: String,
+        /// Scope (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Allowed resource (repeatable).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        expires_in: Option<i64>,
+        /// Owner id.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Workspace (admin only).
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+    /// List keys.
+    List {
+        /// Filter by status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Filter by kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Filter by owner.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Cursor from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one key.
+    Show {
+        /// Key id.
+        id: String,
+    },
+    /// Change a key.
+    Update {
+        /// Key id.
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+        /// New scopes (repeatable; replaces the list).
+        #[arg(long = "scope")]
+        scopes: Option<Vec<String>>,
+        /// New allow-list (repeatable; replaces the list).
+        #[arg(long = "resource")]
+        resources: Option<Vec<String>>,
+        /// New lifetime from now, seconds.
+        #[arg(long)]
+        expires_in: Option<i64>,
+    },
+    /// Suspend a key.
+    Suspend {
+        /// Key id.
+        id: String,
+        /// Reason.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Reactivate a suspended key.
+    Reactivate {
+        /// Key id.
+        id: String,
+    },
+    /// Give a key a new secret.
+    Rotate {
+        /// Key id.
+        id: String,
+        /// Seconds the old secret keeps working.
+        #[arg(long)]
+        grace_period: Option<i64>,
+    },
+    /// Revoke a key for good.
+    Revoke {
+        /// Key id.
+        id: String,
+        /// Reason (audit log).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// Errors of the client commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The server answered with an error.
+    #[error("{status}: {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The request failed.
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// No credential given.
+    #[error("no credential: set KEYGATE_TOKEN or pass --token")]
+    NoToken,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Self, CliError> {
+        let token = args
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or(CliError::NoToken)?;
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: args.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(CliError::Api {
+                status: status.as_u16(),
+                code: v["error"]["code"].as_str().unwrap_or("UNKNOWN").to_owned(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_owned(),
+            });
+        }
+        Ok(v)
+    }
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn fmt_time(v: &Value) -> String {
+    v.as_i64()
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn key_row(k: &Value) -> Vec<String> {
+    let s = |f: &str| k[f].as_str().unwrap_or("").to_owned();
+    let scopes = k["scopes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    vec![
+        s("id"),
+        s("name"),
+        s("kind"),
+        s("status"),
+        s("display_prefix"),
+        scopes,
+        fmt_time(&k["expires_at"]),
+        s("owner_id"),
+    ]
+}
+
+const KEY_HEADERS: [&str; 8] = [
+    "ID",
+    "NAME",
+    "KIND",
+    "STATUS",
+    "PREFIX",
+    "SCOPES",
+    "EXPIRES_AT",
+    "OWNER",
+];
+
+/// Runs a `keys` subcommand and returns what to print.
+pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, CliError> {
+    use reqwest::Method;
+    let c = Client::new(client)?;
+    let (v, issued) = match cmd {
+        KeysCommand::Create {
+            name,
+            kind,
+            scopes,
+            resources,
+            expires_in,
+            owner,
+            description,
+            workspace,
+        } => {
+            let mut body =
+                json!({"name": name, "kind": kind, "scopes": scopes, "resources": resources});
+            if let Some(e) = expires_in {
+                body["expires_in"] = json!(e);
+            }
+            if let Some(o) = owner {
+                body["owner_id"] = json!(o);
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            if let Some(w) = workspace {
+                body["workspace_id"] = json!(w);
+            }
+            (c.call(Method::POST, "/v1/keys", Some(body)).await?, true)
+        }
+        KeysCommand::List {
+            status,
+            kind,
+            owner,
+            limit,
+            cursor,
+        } => {
+            let q = query(&[
+                ("status", status),
+                ("kind", kind),
+                ("owner_id", owner),
+                ("limit", Some(limit.to_string())),
+                ("cursor", cursor),
+            ]);
+            let v = c.call(Method::GET, &format!("/v1/keys{q}"), None).await?;
+            if client.json {
+                return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .map(|a| a.iter().map(key_row).collect())
+                .unwrap_or_default();
+            let mut out = print_table(&KEY_HEADERS, &rows);
+            if let Some(n) = v["next_cursor"].as_str() {
+                out.push_str(&format!("\nnext cursor: {n}"));
+            }
+            return Ok(out);
+        }
+        KeysCommand::Show { id } => (
+            c.call(Method::GET, &format!("/v1/keys/{}", urlencode(&id)), None)
+                .await?,
+            false,
+        ),
+        KeysCommand::Update {
+            id,
+            name,
+            description,
+            scopes,
+            resources,
+            expires_in,
+        } => {
+            let mut body = json!({});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            if let Some(s) = scopes {
+                body["scopes"] = json!(s);
+            }
+            if let Some(r) = resources {
+                body["resources"] = json!(r);
+            }
+            if let Some(e) = expires_in {
+                body["expires_in"] = json!(e);
+            }
+            (
+                c.call(
+                    Method::PATCH,
+                    &format!("/v1/keys/{}", urlencode(&id)),
+                    Some(body),
+                )
+                .await?,
+                false,
+            )
+        }
+        KeysCommand::Suspend { id, reason } => (
+            c.call(
+                Method::POST,
+                &format!("/v1/keys/{}/suspend", urlencode(&id)),
+                Some(json!({"reason": reason})),
+            )
+            .await?,
+            false,
+        ),
+        KeysCommand::Reactivate { id } => (
+            c.call(
+                Method::POST,
+                &format!("/v1/keys/{}/reactivate", urlencode(&id)),
+                None,
+            )
+            .await?,
+            false,
+        ),
+        KeysCommand::Rotate { id, grace_period } => (
+            c.call(
+                Method::POST,
+                &format!("/v1/keys/{}/rotate", urlencode(&id)),
+                Some(json!({"grace_period": grace_period})),
+            )
+            .await?,
+            true,
+        ),
+        KeysCommand::Revoke { id, reason } => (
+            c.call(
+                Method::POST,
+                &format!("/v1/keys/{}/revoke", urlencode(&id)),
+                Some(json!({"reason": reason})),
+            )
+            .await?,
+            false,
+        ),
+    };
+    if client.json {
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    if issued {
+        let table = print_table(&KEY_HEADERS, &[key_row(&v["key"])]);
+        return Ok(format!(
+            "{table}\n\nsecret (shown once, store it now): {}",
+            v["secret"].as_str().unwrap_or("")
+        ));
+    }
+    Ok(print_table(&KEY_HEADERS, &[key_row(&v)]))
+}
+
+/// Runs `keygate audit` and returns what to print.
+pub async fn run_audit(
+    client: &ClientArgs,
+    key: Option<String>,
+    limit: i64,
+) -> Result<String, CliError> {
+    let c = Client::new(client)?;
+    let q = query(&[("key_id", key), ("limit", Some(limit.to_string()))]);
+    let v = c
+        .call(reqwest::Method::GET, &format!("/v1/audit{q}"), None)
+        .await?;
+    if client.json {
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    let rows: Vec<Vec<String>> = v["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    vec![
+                        r["id"].to_string(),
+                        fmt_time(&r["at"]),
+                        r["action"].as_str().unwrap_or("").to_owned(),
+                        r["key_id"].as_str().unwrap_or("-").to_owned(),
+                        r["actor"]["name"].as_str().unwrap_or("").to_owned(),
+                        r["reason"].as_str().unwrap_or("").to_owned(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(print_table(
+        &["ID", "AT", "ACTION", "KEY", "ACTOR", "REASON"],
+        &rows,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = print_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y");
+    }
+
+    #[test]
+    fn query_encodes() {
+        assert_eq!(query(&[("a", Some("x y".into())), ("b", None)]), "?a=x%20y");
+        assert_eq!(query(&[("b", None)]), "");
+    }
+}

@@ -1,0 +1,53 @@
+//! Service configuration, read once at start-up from flags and environment variables.
+
+use std::net::SocketAddr;
+
+/// Everything `keygate serve` needs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Database URL: `sqlite:<file>` (created when missing, WAL mode) or `postgres://…`.
+    #[arg(
+        long,
+        env = "KEYGATE_DATABASE_URL",
+        default_value = "sqlite:keygate.db"
+    )]
+    pub database_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Bootstrap admin credential. When absent and the database has no admin credential, one
+    /// is generated and printed once.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Prefix of issued keys.
+    #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg_live")]
+    pub key_prefix: String,
+    /// Failed authentications allowed per client address per minute before 429.
+    #[arg(long, env = "KEYGATE_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
+    pub auth_failures_per_minute: u32,
+    /// Largest accepted request body, bytes.
+    #[arg(long, env = "KEYGATE_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+    /// How often verification usage is written to the database, milliseconds.
+    #[arg(long, env = "KEYGATE_USAGE_FLUSH_MS", default_value_t = 1000)]
+    pub usage_flush_ms: u64,
+    /// Key-set change-log revisions kept for deltas; older readers get a snapshot.
+    #[arg(long, env = "KEYGATE_CHANGES_RETAINED", default_value_t = 100_000)]
+    pub changes_retained: i64,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: defaults with the given database and admin token.
+    pub fn new(database_url: impl Into<String>, admin_token: Option<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token,
+            key_prefix: "kg_live".into(),
+            auth_failures_per_minute: 30,
+            body_limit: 64 * 1024,
+            usage_flush_ms: 1000,
+            changes_retained: 100_000,
+        }
+    }
+}

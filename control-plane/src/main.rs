@@ -1,0 +1,62 @@
+//! The `keygate` binary: a thin shell over the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use keygate_control_plane::cli::{Cli, Command};
+use keygate_control_plane::{AppState, cli, serve};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => match run_server(*config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keygate serve: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keys { client, command } => print(cli::run_keys(&client, command).await),
+        Command::Audit { client, key, limit } => print(cli::run_audit(&client, key, limit).await),
+    }
+}
+
+fn print(r: Result<String, cli::CliError>) -> ExitCode {
+    match r {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keygate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_server(config: keygate_control_plane::Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let (state, generated) = AppState::new(config).await?;
+    if let Some(admin) = generated {
+        // Printed once, to stdout only, never through tracing.
+        println!(
+            "Generated bootstrap admin key (shown once, store it now): {}",
+            admin.0.expose_secret()
+        );
+    }
+    let addr = listener.local_addr()?;
+    println!("keygate listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Prometheus text metrics, hand-rolled atomic counters (no global recorder, so several
+//! servers can live in one test process).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::domain::VerifyCode;
+
+/// Counters exported at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    http_by_class: [AtomicU64; 5],
+    keys_created: AtomicU64,
+    verifications: [AtomicU64; 8],
+    auth_failures: AtomicU64,
+    rate_limited: AtomicU64,
+    keyset_snapshots: AtomicU64,
+    keyset_deltas: AtomicU64,
+    keyset_not_modified: AtomicU64,
+    usage_batches_applied: AtomicU64,
+    usage_batches_duplicate: AtomicU64,
+}
+
+const CODES: [(VerifyCode, &str); 8] = [
+    (VerifyCode::Valid, "VALID"),
+    (VerifyCode::Malformed, "MALFORMED"),
+    (VerifyCode::NotFound, "NOT_FOUND"),
+    (VerifyCode::Expired, "EXPIRED"),
+    (VerifyCode::Suspended, "SUSPENDED"),
+    (VerifyCode::Revoked, "REVOKED"),
+    (VerifyCode::InsufficientScope, "INSUFFICIENT_SCOPE"),
+    (VerifyCode::ResourceNotAllowed, "RESOURCE_NOT_ALLOWED"),
+];
+
+/// Which key-set answer was sent.
+#[derive(Debug, Clone, Copy)]
+pub enum KeysetAnswer {
+    /// Full snapshot.
+    Snapshot,
+    /// Delta.
+    Delta,
+    /// 304 at a long-poll timeout.
+    NotModified,
+}
+
+impl Metrics {
+    /// Counts a response by status class.
+    pub fn http(&self, status: u16) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.http_by_class[i].fetch_add(1, Relaxed);
+    }
+    /// Counts an issued key.
+    pub fn key_created(&self) {
+        self.keys_created.fetch_add(1, Relaxed);
+    }
+    /// Counts a verification outcome.
+    pub fn verification(&self, code: VerifyCode) {
+        if let Some(i) = CODES.iter().position(|(c, _)| *c == code) {
+            self.verifications[i].fetch_add(1, Relaxed);
+        }
+    }
+    /// Counts a failed authentication.
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Relaxed);
+    }
+    /// Counts a 429.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
+    }
+    /// Counts a key-set answer.
+    pub fn keyset(&self, a: KeysetAnswer) {
+        match a {
+            KeysetAnswer::Snapshot => &self.keyset_snapshots,
+            KeysetAnswer::Delta => &self.keyset_deltas,
+            KeysetAnswer::NotModified => &self.keyset_not_modified,
+        }
+        .fetch_add(1, Relaxed);
+    }
+    /// Counts a usage batch.
+    pub fn usage_batch(&self, applied: bool) {
+        if applied {
+            &self.usage_batches_applied
+        } else {
+            &self.usage_batches_duplicate
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition format; `revision` is the current key-set revision.
+    pub fn render(&self, revision: i64) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP keygate_http_responses_total HTTP responses by status class."
+        );
+        let _ = writeln!(o, "# TYPE keygate_http_responses_total counter");
+        for (i, c) in self.http_by_class.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "keygate_http_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP keygate_keys_created_total Keys issued, including exchanged children."
+        );
+        let _ = writeln!(o, "# TYPE keygate_keys_created_total counter");
+        let _ = writeln!(
+            o,
+            "keygate_keys_created_total {}",
+            self.keys_created.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP keygate_verifications_total Verifications by outcome code."
+        );
+        let _ = writeln!(o, "# TYPE keygate_verifications_total counter");
+        for (i, (_, name)) in CODES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "keygate_verifications_total{{code=\"{name}\"}} {}",
+                self.verifications[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP keygate_auth_failures_total Failed caller authentications."
+        );
+        let _ = writeln!(o, "# TYPE keygate_auth_failures_total counter");
+        let _ = writeln!(
+            o,
+            "keygate_auth_failures_total {}",
+            self.auth_failures.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP keygate_rate_limited_total Requests refused with 429."
+        );
+        let _ = writeln!(o, "# TYPE keygate_rate_limited_total counter");
+        let _ = writeln!(
+            o,
+            "keygate_rate_limited_total {}",
+            self.rate_limited.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP keygate_keyset_responses_total Key-set feed answers by kind."
+        );
+        let _ = writeln!(o, "# TYPE keygate_keyset_responses_total counter");
+        let _ = writeln!(
+            o,
+            "keygate_keyset_responses_total{{kind=\"snapshot\"}} {}",
+            self.keyset_snapshots.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "keygate_keyset_responses_total{{kind=\"delta\"}} {}",
+            self.keyset_deltas.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "keygate_keyset_responses_total{{kind=\"not_modified\"}} {}",
+            self.keyset_not_modified.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP keygate_usage_batches_total Usage batches by result."
+        );
+        let _ = writeln!(o, "# TYPE keygate_usage_batches_total counter");
+        let _ = writeln!(
+            o,
+            "keygate_usage_batches_total{{result=\"applied\"}} {}",
+            self.usage_batches_applied.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "keygate_usage_batches_total{{result=\"duplicate\"}} {}",
+            self.usage_batches_duplicate.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP keygate_keyset_revision Current key-set revision known to this process."
+        );
+        let _ = writeln!(o, "# TYPE keygate_keyset_revision gauge");
+        let _ = writeln!(o, "keygate_keyset_revision {revision}");
+        o
+    }
+}

@@ -1,0 +1,171 @@
+//! The shared application state: one `AppState`, cheap to clone, everything behind `Arc`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keygate_protocol::{Digest, key};
+use tokio::task::JoinHandle;
+
+use crate::auth::AuthLimiter;
+use crate::config::Config;
+use crate::db::{Db, DbError};
+use crate::index::{KeyIndex, UsageBuffer};
+use crate::metrics::Metrics;
+
+/// Prefix of generated bootstrap admin keys.
+pub const ADMIN_KEY_PREFIX: &str = "kg_admin";
+
+/// State shared by every request handler and background task.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The database.
+    pub(crate) db: Db,
+    /// The configuration read at start-up.
+    pub(crate) config: Arc<Config>,
+    /// Verification cache and revision watch.
+    pub(crate) index: Arc<KeyIndex>,
+    /// Usage counted by verification, flushed in batches.
+    pub(crate) usage: Arc<UsageBuffer>,
+    /// Digest of `KEYGATE_ADMIN_TOKEN`, if set.
+    pub(crate) admin_token: Option<Digest>,
+    /// Failed-authentication rate limiter.
+    pub(crate) limiter: Arc<AuthLimiter>,
+    /// Counters for `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// A bootstrap admin key generated on first start; its secret must be shown exactly once.
+#[derive(Debug)]
+pub struct GeneratedAdmin(pub key::SecretKey);
+
+impl AppState {
+    /// Opens the database (running migrations) and prepares the state. When no admin token is
+    /// configured and the database has no admin credential yet, generates one and returns it
+    /// so that the caller prints it once.
+    pub async fn new(config: Config) -> Result<(Self, Option<GeneratedAdmin>), DbError> {
+        let db = Db::connect(&config.database_url).await?;
+        Self::with_db(config, db).await
+    }
+
+    /// Like [`AppState::new`] with an already opened database.
+    pub async fn with_db(
+        config: Config,
+        db: Db,
+    ) -> Result<(Self, Option<GeneratedAdmin>), DbError> {
+        let mut generated = None;
+        if config.admin_token.is_none()
+            && db.admin_count().await? == 0
+            && db.count_keys().await? == 0
+        {
+            let secret = key::generate(ADMIN_KEY_PREFIX).map_err(|e| {
+                DbError::Sqlx(sqlx::Error::Protocol(format!("generate admin key: {e}")))
+            })?;
+            db.insert_admin(
+                secret.digest().as_bytes(),
+                &secret.display_prefix(),
+                unix_now(),
+            )
+            .await?;
+            generated = Some(GeneratedAdmin(secret));
+        }
+        let revision = db.revision().await?;
+        let state = Self {
+            admin_token: config.admin_token.as_deref().map(Digest::of),
+            limiter: Arc::new(AuthLimiter::new(config.auth_failures_per_minute)),
+            config: Arc::new(config),
+            index: Arc::new(KeyIndex::new(revision)),
+            usage: Arc::new(UsageBuffer::default()),
+            metrics: Arc::new(Metrics::default()),
+            db,
+        };
+        Ok((state, generated))
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Starts the background tasks: usage flushing, change-log pruning, and on PostgreSQL the
+    /// `LISTEN keygate_keyset` loop that learns of other replicas' writes.
+    pub(crate) fn spawn_background(&self) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let s = self.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(s.config.usage_flush_ms.max(10)));
+            loop {
+                tick.tick().await;
+                s.usage.flush(&s.db).await;
+            }
+        }));
+        let s = self.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = s.db.prune_changes(s.config.changes_retained).await {
+                    tracing::warn!(error = %e, "change-log pruning failed");
+                }
+            }
+        }));
+        if let Db::Postgres(pool) = &self.db {
+            let pool = pool.clone();
+            let s = self.clone();
+            tasks.push(tokio::spawn(
+                async move { listen_for_changes(pool, s).await },
+            ));
+        }
+        tasks
+    }
+}
+
+/// Follows other replicas' writes: `LISTEN keygate_keyset` (each write's transaction sends
+/// its revision with `pg_notify`), plus a slow poll of the counter row so that a notification
+/// lost during a reconnect only delays, never loses, a wake-up.
+async fn listen_for_changes(pool: sqlx::PgPool, s: AppState) {
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen("keygate_keyset").await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                n = listener.recv() => match n {
+                    Ok(n) => {
+                        if let Ok(rev) = n.payload().parse::<i64>() {
+                            s.index.advance(rev);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection lost");
+                        break;
+                    }
+                },
+                _ = poll.tick() => {
+                    if let Ok(rev) = s.db.revision().await {
+                        s.index.advance(rev);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Current time in unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
