@@ -1,0 +1,864 @@
+//! The per-request decision: request view + key set + clock + configuration → allow or deny.
+//!
+//! Pure and allocation-light: the key is borrowed from the request, parsed without allocating,
+//! hashed on the stack and looked up in the [`KeySet`]; only the headers to set upstream (and a
+//! deny's message) are allocated.
+
+use std::fmt::Write as _;
+
+use keygate_protocol::KeyId;
+use keygate_protocol::key;
+use keygate_protocol::keyset::KeySet;
+
+use crate::config::{Config, FailureMode, KeySource, Route};
+
+/// A request as the filter sees it: pseudo-headers (`:method`, `:path`) and headers, names lowercase.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, with its query string.
+    pub path: &'a str,
+    /// Every request header (pseudo-headers included), as Envoy hands them over.
+    pub headers: &'a [(String, String)],
+}
+
+impl<'a> Request<'a> {
+    /// Builds the view from Envoy's header list, reading `:method` and `:path` from it.
+    pub fn from_headers(headers: &'a [(String, String)]) -> Self {
+        let mut method = "";
+        let mut path = "";
+        for (k, v) in headers {
+            match k.as_str() {
+                ":method" => method = v,
+                ":path" => path = v,
+                _ => {}
+            }
+        }
+        Self {
+            method,
+            path,
+            headers,
+        }
+    }
+
+    /// The first value of header `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path without its query string.
+    pub fn path_only(&self) -> &'a str {
+        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+    }
+}
+
+/// Why a request was allowed or denied; each has a stable machine-readable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A valid key with the needed scopes and resource.
+    Allowed,
+    /// An anonymous route.
+    Anonymous,
+    /// The key set is too stale and `failure_mode` is `open`.
+    FailOpen,
+    /// No key in any configured source.
+    MissingKey,
+    /// The key does not parse (format or checksum).
+    MalformedKey,
+    /// The key's prefix is not in `accepted_prefixes`.
+    PrefixNotAccepted,
+    /// Well-formed but not in the key set (never issued, revoked, suspended).
+    UnknownKey,
+    /// In the set but past its expiry.
+    ExpiredKey,
+    /// The key lacks a required scope.
+    InsufficientScope,
+    /// The key's allow-list does not cover the requested resource.
+    ResourceNotAllowed,
+    /// No key set yet (before the first successful sync).
+    KeysetUnavailable,
+    /// The key set is older than `max_staleness_s` and `failure_mode` is `closed`.
+    KeysetStale,
+}
+
+impl Reason {
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [Reason; 12] = [
+        Reason::Allowed,
+        Reason::Anonymous,
+        Reason::FailOpen,
+        Reason::MissingKey,
+        Reason::MalformedKey,
+        Reason::PrefixNotAccepted,
+        Reason::UnknownKey,
+        Reason::ExpiredKey,
+        Reason::InsufficientScope,
+        Reason::ResourceNotAllowed,
+        Reason::KeysetUnavailable,
+        Reason::KeysetStale,
+    ];
+
+    /// The machine-readable code (`unknown_key`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::Anonymous => "anonymous",
+            Reason::FailOpen => "fail_open",
+            Reason::MissingKey => "missing_key",
+            Reason::MalformedKey => "malformed_key",
+            Reason::PrefixNotAccepted => "prefix_not_accepted",
+            Reason::UnknownKey => "unknown_key",
+            Reason::ExpiredKey => "expired_key",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::ResourceNotAllowed => "resource_not_allowed",
+            Reason::KeysetUnavailable => "keyset_unavailable",
+            Reason::KeysetStale => "keyset_stale",
+        }
+    }
+
+    /// Whether requests with this reason pass.
+    pub fn is_allow(self) -> bool {
+        matches!(self, Reason::Allowed | Reason::Anonymous | Reason::FailOpen)
+    }
+
+    /// The HTTP status of a deny with this reason (200 for allows).
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::Allowed | Reason::Anonymous | Reason::FailOpen => 200,
+            Reason::MissingKey
+            | Reason::MalformedKey
+            | Reason::PrefixNotAccepted
+            | Reason::UnknownKey
+            | Reason::ExpiredKey => 401,
+            Reason::InsufficientScope | Reason::ResourceNotAllowed => 403,
+            Reason::KeysetUnavailable | Reason::KeysetStale => 503,
+        }
+    }
+
+    /// Metric name counting decisions with this reason: `keygate.decision.<outcome>.<code>`.
+    pub fn metric_name(self) -> String {
+        let outcome = if self.is_allow() { "allow" } else { "deny" };
+        format!("keygate.decision.{outcome}.{}", self.code())
+    }
+}
+
+/// The state of this worker's key set as the decision sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum KeySetState<'a> {
+    /// No successful sync yet: fail closed.
+    Unavailable,
+    /// Synced within `max_staleness_s`.
+    Fresh(&'a KeySet),
+    /// Older than `max_staleness_s`: the failure mode applies.
+    Stale(&'a KeySet),
+}
+
+/// Let the request through, after these header changes (removals first, then sets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow<'a> {
+    /// Why it passes.
+    pub reason: Reason,
+    /// Header names to remove (spoofed identity headers, the credential header).
+    pub remove: Vec<&'a str>,
+    /// Headers to set (identity headers; `:path` or `cookie` rewritten without the credential).
+    pub set: Vec<(&'a str, String)>,
+    /// The key that was used, for usage counting.
+    pub key_id: Option<KeyId>,
+}
+
+/// Answer locally with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    /// Why.
+    pub reason: Reason,
+    /// Human-readable message (never contains the key).
+    pub message: String,
+    /// `WWW-Authenticate` value for 401/403.
+    pub www_authenticate: Option<String>,
+}
+
+impl Deny {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let www_authenticate = match reason.status() {
+            401 if reason == Reason::MissingKey => Some(r#"Bearer realm="keygate""#.to_owned()),
+            401 => Some(format!(
+                r#"Bearer realm="keygate", error="invalid_token", error_description="{}""#,
+                reason.code()
+            )),
+            403 => Some(format!(
+                r#"Bearer realm="keygate", error="insufficient_scope", error_description="{}""#,
+                reason.code()
+            )),
+            _ => None,
+        };
+        Self {
+            reason,
+            message,
+            www_authenticate,
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.reason.status()
+    }
+
+    /// The JSON body: `{"error":{"code":"…","message":"…"}}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": {"code": self.reason.code(), "message": self.message}})
+            .to_string()
+    }
+}
+
+/// The filter's verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Forward upstream.
+    Allow(Allow<'a>),
+    /// Reply locally.
+    Deny(Deny),
+}
+
+impl Decision<'_> {
+    /// The reason, whichever way it went.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Decision::Allow(a) => a.reason,
+            Decision::Deny(d) => d.reason,
+        }
+    }
+}
+
+/// Where the key was found, for hiding it.
+#[derive(Debug, Clone, Copy)]
+enum Found<'a> {
+    Header(&'a str),
+    Bearer,
+    Query(&'a str),
+    Cookie(&'a str),
+}
+
+fn find_key<'a>(req: &Request<'a>, config: &'a Config) -> Option<(&'a str, Found<'a>)> {
+    for source in &config.key_sources {
+        match source {
+            KeySource::Header(name) => {
+                if let Some(v) = req.header(name).map(str::trim).filter(|v| !v.is_empty()) {
+                    return Some((v, Found::Header(name)));
+                }
+            }
+            KeySource::Bearer => {
+                if let Some(v) = req.header("authorization").and_then(bearer_token) {
+                    return Some((v, Found::Bearer));
+                }
+            }
+            KeySource::Query(name) => {
+                if let Some(v) = query_param(req.path, name).filter(|v| !v.is_empty()) {
+                    return Some((v, Found::Query(name)));
+                }
+            }
+            KeySource::Cookie(name) => {
+                let v = req
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+                    .find_map(|(_, v)| cookie_value(v, name))
+                    .filter(|v| !v.is_empty());
+                if let Some(v) = v {
+                    return Some((v, Found::Cookie(name)));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn bearer_token(auth: &str) -> Option<&str> {
+    let auth = auth.trim();
+    let (scheme, rest) = auth.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = path.split_once('?')?;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// `path` with every `name` query parameter removed.
+fn path_without_param(path: &str, name: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_owned();
+    };
+    let mut out = String::with_capacity(path.len());
+    out.push_str(base);
+    let mut first = true;
+    for pair in query.split('&') {
+        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if k == name || pair.is_empty() {
+            continue;
+        }
+        out.push(if first { '?' } else { '&' });
+        first = false;
+        out.push_str(pair);
+    }
+    out
+}
+
+/// Every cookie from every `cookie` header, except `name`, joined with `; `.
+fn cookies_without(headers: &[(String, String)], name: &str) -> String {
+    let mut out = String::new();
+    for (_, v) in headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+    {
+        for c in v.split(';') {
+            let c = c.trim();
+            let k = c.split_once('=').map_or(c, |(k, _)| k).trim();
+            if c.is_empty() || k == name {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(c);
+        }
+    }
+    out
+}
+
+/// Client-sent headers that only the filter may set: every `x-keygate-*` and the identity headers.
+fn spoofable<'a>(req: &Request<'a>, config: &Config, out: &mut Vec<&'a str>) {
+    let ih = &config.identity_headers;
+    for (k, _) in req.headers {
+        let lower_prefix = k.len() >= 10 && k.as_bytes()[..10].eq_ignore_ascii_case(b"x-keygate-");
+        let is_identity = k.eq_ignore_ascii_case(&ih.key_id)
+            || k.eq_ignore_ascii_case(&ih.owner)
+            || k.eq_ignore_ascii_case(&ih.scopes);
+        if (lower_prefix || is_identity) && !out.contains(&k.as_str()) {
+            out.push(k.as_str());
+        }
+    }
+}
+
+fn route_for<'a>(config: &'a Config, req: &Request<'_>) -> Option<&'a Route> {
+    let path = req.path_only();
+    config.routes.iter().find(|r| r.matches(req.method, path))
+}
+
+/// The `index`-th segment of `path` (zero-based, the leading `/` skipped).
+fn path_segment(path: &str, index: usize) -> Option<&str> {
+    path.strip_prefix('/')
+        .unwrap_or(path)
+        .split('/')
+        .nth(index)
+        .filter(|s| !s.is_empty())
+}
+
+/// Decides one request. `now_secs` is Unix time in seconds.
+pub fn decide<'a>(
+    req: &Request<'a>,
+    keys: KeySetState<'_>,
+    now_secs: u64,
+    config: &'a Config,
+) -> Decision<'a> {
+    let mut remove = Vec::new();
+    spoofable(req, config, &mut remove);
+
+    let route = route_for(config, req);
+    if route.is_some_and(|r| r.anonymous) {
+        return Decision::Allow(Allow {
+            reason: Reason::Anonymous,
+            remove,
+            set: Vec::new(),
+            key_id: None,
+        });
+    }
+
+    let Some((raw, found)) = find_key(req, config) else {
+        return Decision::Deny(Deny::new(Reason::MissingKey, "an API key is required"));
+    };
+    let parsed = match key::parse(raw) {
+        Ok(p) => p,
+        Err(_) => {
+            return Decision::Deny(Deny::new(
+                Reason::MalformedKey,
+                "the API key is malformed or its checksum does not match",
+            ));
+        }
+    };
+    if let Some(prefixes) = &config.accepted_prefixes
+        && !prefixes.iter().any(|p| p == parsed.prefix())
+    {
+        return Decision::Deny(Deny::new(
+            Reason::PrefixNotAccepted,
+            "keys with this prefix are not accepted here",
+        ));
+    }
+
+    let set = match keys {
+        KeySetState::Unavailable => {
+            return Decision::Deny(Deny::new(
+                Reason::KeysetUnavailable,
+                "the key set has not been loaded yet",
+            ));
+        }
+        KeySetState::Stale(_) if config.failure_mode == FailureMode::Open => {
+            return Decision::Allow(Allow {
+                reason: Reason::FailOpen,
+                remove,
+                set: Vec::new(),
+                key_id: None,
+            });
+        }
+        KeySetState::Stale(_) => {
+            return Decision::Deny(Deny::new(
+                Reason::KeysetStale,
+                "the key set is too old to be trusted",
+            ));
+        }
+        KeySetState::Fresh(set) => set,
+    };
+
+    let digest = parsed.digest();
+    let Some(entry) = set.lookup(&digest) else {
+        return Decision::Deny(Deny::new(
+            Reason::UnknownKey,
+            "the API key is not valid (unknown, revoked or suspended)",
+        ));
+    };
+    if entry.is_expired(now_secs) {
+        return Decision::Deny(Deny::new(Reason::ExpiredKey, "the API key has expired"));
+    }
+    if let Some(route) = route {
+        if let Some(missing) = route.required_scopes.iter().find(|s| !entry.has_scope(s)) {
+            return Decision::Deny(Deny::new(
+                Reason::InsufficientScope,
+                format!("the API key lacks the scope {missing:?}"),
+            ));
+        }
+        if let Some(index) = route.resource_from_path_segment {
+            let allowed =
+                path_segment(req.path_only(), index).is_some_and(|r| entry.allows_resource(r));
+            if !allowed {
+                return Decision::Deny(Deny::new(
+                    Reason::ResourceNotAllowed,
+                    "the API key is not allowed to access this resource",
+                ));
+            }
+        }
+    }
+
+    let mut set_headers: Vec<(&'a str, String)> = Vec::with_capacity(5);
+    if config.hide_credentials {
+        match found {
+            Found::Header(name) => remove.push(name),
+            Found::Bearer => remove.push("authorization"),
+            Found::Query(name) => set_headers.push((":path", path_without_param(req.path, name))),
+            Found::Cookie(name) => {
+                let rest = cookies_without(req.headers, name);
+                if rest.is_empty() {
+                    remove.push("cookie");
+                } else {
+                    set_headers.push(("cookie", rest));
+                }
+            }
+        }
+    }
+    let key_id = entry.key_id();
+    let ih = &config.identity_headers;
+    set_headers.push((ih.key_id.as_str(), key_id.to_string()));
+    set_headers.push((ih.owner.as_str(), entry.owner().to_owned()));
+    let mut scopes = String::new();
+    for s in entry.scopes() {
+        if !scopes.is_empty() {
+            scopes.push(' ');
+        }
+        let _ = write!(scopes, "{s}");
+    }
+    set_headers.push((ih.scopes.as_str(), scopes));
+    Decision::Allow(Allow {
+        reason: Reason::Allowed,
+        remove,
+        set: set_headers,
+        key_id: Some(key_id),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Fixture, headers};
+
+    fn cfg(extra: &str) -> Config {
+        let json = format!(
+            r#"{{"cluster":"cp","authority":"cp.local","edge_key":"kg_edge_x"{}{extra}}}"#,
+            if extra.is_empty() { "" } else { "," }
+        );
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+
+    const ROUTES: &str = r#""routes":[
+        {"path_prefix":"/health","anonymous":true},
+        {"path_prefix":"/repos/","methods":["GET"],"required_scopes":["repo:read"],"resource_from_path_segment":1},
+        {"path_prefix":"/repos/","required_scopes":["repo:write"],"resource_from_path_segment":1},
+        {"path_prefix":"/admin","required_scopes":["admin"]}
+    ]"#;
+
+    fn run<'a>(f: &'a Fixture, c: &'a Config, h: &'a [(String, String)]) -> Decision<'a> {
+        decide(
+            &Request::from_headers(h),
+            KeySetState::Fresh(&f.set),
+            f.now,
+            c,
+        )
+    }
+
+    fn deny(d: Decision<'_>) -> Deny {
+        match d {
+            Decision::Deny(d) => d,
+            Decision::Allow(a) => panic!("expected a deny, got {a:?}"),
+        }
+    }
+
+    fn allow(d: Decision<'_>) -> Allow<'_> {
+        match d {
+            Decision::Allow(a) => a,
+            Decision::Deny(d) => panic!("expected an allow, got {d:?}"),
+        }
+    }
+
+    fn set_value<'a>(a: &'a Allow<'_>, name: &str) -> Option<&'a str> {
+        a.set
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn valid_key_in_header_is_allowed_with_identity_and_hidden() {
+        let f = Fixture::new();
+        let c = cfg("");
+        let h = headers("GET", "/x", &[("x-api-key", &f.reader.secret)]);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(a.reason, Reason::Allowed);
+        assert_eq!(a.key_id, Some(f.reader.id));
+        assert!(a.remove.contains(&"x-api-key"));
+        assert_eq!(
+            set_value(&a, "x-keygate-key-id"),
+            Some(f.reader.id.to_string().as_str())
+        );
+        assert_eq!(set_value(&a, "x-keygate-owner"), Some("alice"));
+        assert_eq!(set_value(&a, "x-keygate-scopes"), Some("repo:read"));
+        // no set value carries the secret
+        assert!(a.set.iter().all(|(_, v)| !v.contains(&f.reader.secret)));
+    }
+
+    #[test]
+    fn bearer_key_is_accepted_and_only_that_authorization_removed() {
+        let f = Fixture::new();
+        let c = cfg("");
+        let auth = format!("Bearer {}", f.reader.secret);
+        let h = headers("GET", "/x", &[("authorization", &auth)]);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(a.remove, vec!["authorization"]);
+
+        // a key in x-api-key wins; a Basic Authorization header is left alone
+        let h = headers(
+            "GET",
+            "/x",
+            &[
+                ("authorization", "Basic dXNlcjpwYXNz"),
+                ("x-api-key", &f.reader.secret),
+            ],
+        );
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(a.remove, vec!["x-api-key"]);
+    }
+
+    #[test]
+    fn hide_credentials_false_keeps_the_credential() {
+        let f = Fixture::new();
+        let c = cfg(r#""hide_credentials":false"#);
+        let h = headers("GET", "/x", &[("x-api-key", &f.reader.secret)]);
+        let a = allow(run(&f, &c, &h));
+        assert!(a.remove.is_empty());
+    }
+
+    #[test]
+    fn query_and_cookie_credentials_are_removed_when_hiding() {
+        let f = Fixture::new();
+        let c = cfg(r#""key_sources":[{"query":"api_key"},{"cookie":"kg"}]"#);
+        let path = format!("/x?a=1&api_key={}&b=2", f.reader.secret);
+        let h = headers("GET", &path, &[]);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(set_value(&a, ":path"), Some("/x?a=1&b=2"));
+
+        let path = format!("/x?api_key={}", f.reader.secret);
+        let h = headers("GET", &path, &[]);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(set_value(&a, ":path"), Some("/x"));
+
+        let cookie = format!("theme=dark; kg={}; lang=en", f.reader.secret);
+        let h = headers("GET", "/x", &[("cookie", &cookie)]);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(set_value(&a, "cookie"), Some("theme=dark; lang=en"));
+
+        let cookie = format!("kg={}", f.reader.secret);
+        let h = headers("GET", "/x", &[("cookie", &cookie)]);
+        let a = allow(run(&f, &c, &h));
+        assert!(a.remove.contains(&"cookie"));
+    }
+
+    #[test]
+    fn spoofed_identity_headers_are_always_stripped() {
+        let f = Fixture::new();
+        let c = cfg(ROUTES);
+        let spoof = [
+            ("x-keygate-key-id", "key_00000000000000000000000000000000"),
+            ("X-Keygate-Owner", "mallory"),
+            ("x-keygate-anything", "1"),
+        ];
+        // anonymous route
+        let h = headers("GET", "/health", &spoof);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(a.reason, Reason::Anonymous);
+        assert_eq!(a.remove.len(), 3);
+        assert!(a.set.is_empty());
+        // keyed route: removed, then set by the filter
+        let mut hs = spoof.to_vec();
+        hs.push(("x-api-key", &f.reader.secret));
+        let h = headers("GET", "/x", &hs);
+        let a = allow(run(&f, &c, &h));
+        for (name, _) in &spoof {
+            assert!(a.remove.contains(name), "{name} not stripped");
+        }
+        assert_eq!(set_value(&a, "x-keygate-owner"), Some("alice"));
+        // custom identity header names are stripped too
+        let c = cfg(r#""identity_headers":{"owner":"x-owner"}"#);
+        let h = headers(
+            "GET",
+            "/x",
+            &[("x-owner", "mallory"), ("x-api-key", &f.reader.secret)],
+        );
+        let a = allow(run(&f, &c, &h));
+        assert!(a.remove.contains(&"x-owner"));
+        assert_eq!(set_value(&a, "x-owner"), Some("alice"));
+    }
+
+    #[test]
+    fn missing_key_is_401_with_bare_challenge() {
+        let f = Fixture::new();
+        let c = cfg("");
+        for h in [
+            headers("GET", "/x", &[]),
+            headers("GET", "/x", &[("x-api-key", "  ")]),
+            headers("GET", "/x", &[("authorization", "Basic abc")]),
+            headers("GET", "/x", &[("authorization", "Bearer ")]),
+        ] {
+            let d = deny(run(&f, &c, &h));
+            assert_eq!((d.status(), d.reason), (401, Reason::MissingKey));
+            assert_eq!(
+                d.www_authenticate.as_deref(),
+                Some(r#"Bearer realm="keygate""#)
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_keys_are_401_without_lookup() {
+        let f = Fixture::new();
+        let c = cfg("");
+        let mut bad_checksum = f.reader.secret.clone();
+        let last = bad_checksum.pop().unwrap();
+        bad_checksum.push(if last == 'A' { 'B' } else { 'A' });
+        let long = "kg_live_".to_owned() + &"a".repeat(300);
+        for k in [
+            bad_checksum.as_str(),
+            "nope",
+            "kg_live_short",
+            long.as_str(),
+            "kg_live_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        ] {
+            let h = headers("GET", "/x", &[("x-api-key", k)]);
+            let d = deny(run(&f, &c, &h));
+            assert_eq!((d.status(), d.reason), (401, Reason::MalformedKey), "{k}");
+            assert!(
+                d.www_authenticate
+                    .as_deref()
+                    .unwrap()
+                    .contains(r#"error="invalid_token""#)
+            );
+            assert!(!d.body().contains(k));
+        }
+        // no lookup: even with no key set at all, malformed is reported, not unavailable
+        let h = headers("GET", "/x", &[("x-api-key", bad_checksum.as_str())]);
+        let d = deny(decide(
+            &Request::from_headers(&h),
+            KeySetState::Unavailable,
+            f.now,
+            &c,
+        ));
+        assert_eq!(d.reason, Reason::MalformedKey);
+    }
+
+    #[test]
+    fn prefixes_outside_the_accepted_list_are_refused() {
+        let f = Fixture::new();
+        let c = cfg(r#""accepted_prefixes":["kg_test"]"#);
+        let h = headers("GET", "/x", &[("x-api-key", &f.reader.secret)]);
+        let d = deny(run(&f, &c, &h));
+        assert_eq!((d.status(), d.reason), (401, Reason::PrefixNotAccepted));
+        let c = cfg(r#""accepted_prefixes":["kg_test","kg_live"]"#);
+        assert!(matches!(run(&f, &c, &h), Decision::Allow(_)));
+    }
+
+    #[test]
+    fn unknown_and_expired_keys_are_401() {
+        let f = Fixture::new();
+        let c = cfg("");
+        let h = headers("GET", "/x", &[("x-api-key", &f.unknown)]);
+        let d = deny(run(&f, &c, &h));
+        assert_eq!((d.status(), d.reason), (401, Reason::UnknownKey));
+        let h = headers("GET", "/x", &[("x-api-key", &f.expired.secret)]);
+        let d = deny(run(&f, &c, &h));
+        assert_eq!((d.status(), d.reason), (401, Reason::ExpiredKey));
+        let body: serde_json::Value = serde_json::from_str(&d.body()).unwrap();
+        assert_eq!(body["error"]["code"], "expired_key");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expired")
+        );
+    }
+
+    #[test]
+    fn scopes_and_resources_are_403() {
+        let f = Fixture::new();
+        let c = cfg(ROUTES);
+        // reader may GET acme repos
+        let h = headers(
+            "GET",
+            "/repos/acme/widgets",
+            &[("x-api-key", &f.reader.secret)],
+        );
+        assert!(matches!(run(&f, &c, &h), Decision::Allow(_)));
+        // but not POST (needs repo:write)
+        let h = headers(
+            "POST",
+            "/repos/acme/widgets",
+            &[("x-api-key", &f.reader.secret)],
+        );
+        let d = deny(run(&f, &c, &h));
+        assert_eq!((d.status(), d.reason), (403, Reason::InsufficientScope));
+        assert!(d.message.contains("repo:write"));
+        assert!(
+            d.www_authenticate
+                .unwrap()
+                .contains(r#"error="insufficient_scope""#)
+        );
+        // nor another owner's repo
+        let h = headers("GET", "/repos/globex/x", &[("x-api-key", &f.reader.secret)]);
+        let d = deny(run(&f, &c, &h));
+        assert_eq!((d.status(), d.reason), (403, Reason::ResourceNotAllowed));
+        // a missing resource segment is not allowed either
+        let h = headers("GET", "/repos/", &[("x-api-key", &f.reader.secret)]);
+        assert_eq!(deny(run(&f, &c, &h)).reason, Reason::ResourceNotAllowed);
+        // admin has no allow-list (everything) and the admin scope
+        let h = headers(
+            "DELETE",
+            "/repos/globex/x",
+            &[("x-api-key", &f.admin.secret)],
+        );
+        assert!(matches!(run(&f, &c, &h), Decision::Allow(_)));
+        let h = headers("GET", "/admin/users", &[("x-api-key", &f.reader.secret)]);
+        assert_eq!(deny(run(&f, &c, &h)).reason, Reason::InsufficientScope);
+        let h = headers("GET", "/admin/users?x=1", &[("x-api-key", &f.admin.secret)]);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(
+            set_value(&a, "x-keygate-scopes"),
+            Some("admin repo:read repo:write")
+        );
+    }
+
+    #[test]
+    fn keyset_states_fail_closed_or_open() {
+        let f = Fixture::new();
+        let h = headers("GET", "/x", &[("x-api-key", &f.reader.secret)]);
+        let req = Request::from_headers(&h);
+        let closed = cfg("");
+        let d = deny(decide(&req, KeySetState::Unavailable, f.now, &closed));
+        assert_eq!(
+            (d.status(), d.reason, d.www_authenticate.clone()),
+            (503, Reason::KeysetUnavailable, None)
+        );
+        let d = deny(decide(&req, KeySetState::Stale(&f.set), f.now, &closed));
+        assert_eq!((d.status(), d.reason), (503, Reason::KeysetStale));
+        let open = cfg(r#""failure_mode":"open""#);
+        // fail open applies only once stale; before the first sync it is still closed
+        let d = deny(decide(&req, KeySetState::Unavailable, f.now, &open));
+        assert_eq!(d.reason, Reason::KeysetUnavailable);
+        let h2 = headers(
+            "GET",
+            "/x",
+            &[("x-api-key", &f.reader.secret), ("x-keygate-owner", "m")],
+        );
+        let a = allow(decide(
+            &Request::from_headers(&h2),
+            KeySetState::Stale(&f.set),
+            f.now,
+            &open,
+        ));
+        assert_eq!(a.reason, Reason::FailOpen);
+        assert_eq!(a.remove, vec!["x-keygate-owner"]);
+        assert!(a.set.is_empty());
+        // anonymous routes pass without a key set
+        let c = cfg(ROUTES);
+        let h = headers("GET", "/health", &[]);
+        assert_eq!(
+            allow(decide(
+                &Request::from_headers(&h),
+                KeySetState::Unavailable,
+                f.now,
+                &c
+            ))
+            .reason,
+            Reason::Anonymous
+        );
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_code_and_metric() {
+        let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        assert_eq!(
+            Reason::UnknownKey.metric_name(),
+            "keygate.decision.deny.unknown_key"
+        );
+        assert_eq!(
+            Reason::Allowed.metric_name(),
+            "keygate.decision.allow.allowed"
+        );
+    }
+}

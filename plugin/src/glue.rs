@@ -1,0 +1,327 @@
+//! Thin proxy-wasm glue: root context (configuration, timer, HTTP call answers) and HTTP context
+//! (one decision per request). All logic lives in the pure core behind [`Host`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, MetricType, Status};
+
+use crate::config::Config;
+use crate::decision::{Decision, Reason, Request};
+use crate::host::{DispatchError, Host, HttpCall, HttpResponse, LogLevel, SharedDataError};
+use crate::worker::Worker;
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random_u64() -> u64 {
+    // RandomState is seeded from the WASI random source.
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
+}
+
+fn log(level: LogLevel, message: &str) {
+    let level = match level {
+        LogLevel::Info => proxy_wasm::types::LogLevel::Info,
+        LogLevel::Warn => proxy_wasm::types::LogLevel::Warn,
+        LogLevel::Error => proxy_wasm::types::LogLevel::Error,
+    };
+    let _ = hostcalls::log(level, message);
+}
+
+/// Metric ids, defined once per root context.
+#[derive(Debug, Default)]
+struct Metrics {
+    ids: HashMap<String, u32>,
+    decisions: Vec<u32>,
+}
+
+impl Metrics {
+    fn id(&mut self, name: &str, kind: MetricType) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.ids.insert(name.to_owned(), id);
+        Some(id)
+    }
+
+    fn define_decisions(&mut self) {
+        self.decisions = Reason::ALL
+            .iter()
+            .map(|r| {
+                self.id(&r.metric_name(), MetricType::Counter)
+                    .unwrap_or(u32::MAX)
+            })
+            .collect();
+    }
+
+    fn decision(&self, reason: Reason) -> Option<u32> {
+        let i = Reason::ALL.iter().position(|r| *r == reason)?;
+        self.decisions.get(i).copied().filter(|id| *id != u32::MAX)
+    }
+}
+
+/// [`Host`] over the proxy-wasm host calls.
+struct ProxyHost<'a> {
+    metrics: &'a mut Metrics,
+}
+
+impl Host for ProxyHost<'_> {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        random_u64()
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
+            Err(_) => Err(SharedDataError::Refused),
+        }
+    }
+
+    fn dispatch(&mut self, call: HttpCall<'_>) -> Result<u32, DispatchError> {
+        let headers: Vec<(&str, &str)> =
+            call.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        hostcalls::dispatch_http_call(
+            call.cluster,
+            headers,
+            call.body.as_deref(),
+            Vec::new(),
+            Duration::from_millis(call.timeout_ms),
+        )
+        .map_err(|_| DispatchError)
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) {
+        log(level, message);
+    }
+
+    fn counter_add(&mut self, name: &str, delta: u64) {
+        if let Some(id) = self.metrics.id(name, MetricType::Counter) {
+            let _ = hostcalls::increment_metric(id, delta as i64);
+        }
+    }
+
+    fn gauge_set(&mut self, name: &str, value: u64) {
+        if let Some(id) = self.metrics.id(name, MetricType::Gauge) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+type Shared = Rc<RefCell<Option<Worker>>>;
+
+/// The per-worker root context.
+pub struct KeygateRoot {
+    worker: Shared,
+    metrics: Rc<RefCell<Metrics>>,
+    id: u64,
+}
+
+impl KeygateRoot {
+    /// A fresh, unconfigured root.
+    pub fn new() -> Self {
+        Self {
+            worker: Rc::new(RefCell::new(None)),
+            metrics: Rc::new(RefCell::new(Metrics::default())),
+            id: random_u64(),
+        }
+    }
+
+    fn with_worker(&self, f: impl FnOnce(&mut Worker, &mut ProxyHost<'_>)) {
+        let mut metrics = self.metrics.borrow_mut();
+        let mut host = ProxyHost {
+            metrics: &mut metrics,
+        };
+        if let Some(w) = self.worker.borrow_mut().as_mut() {
+            f(w, &mut host);
+        }
+    }
+}
+
+impl Default for KeygateRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Context for KeygateRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let headers = hostcalls::get_map(proxy_wasm::types::MapType::HttpCallResponseHeaders)
+            .unwrap_or_default();
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| v.parse::<u16>().ok());
+        let body = if body_size > 0 {
+            hostcalls::get_buffer(
+                proxy_wasm::types::BufferType::HttpCallResponseBody,
+                0,
+                body_size,
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let resp = HttpResponse {
+            status,
+            headers,
+            body,
+        };
+        self.with_worker(|w, host| w.on_response(host, token, &resp));
+    }
+}
+
+impl RootContext for KeygateRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let config = match Config::from_json(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(LogLevel::Error, &e.to_string());
+                return false;
+            }
+        };
+        let tick = config.tick_period_ms();
+        {
+            let mut m = self.metrics.borrow_mut();
+            m.define_decisions();
+        }
+        *self.worker.borrow_mut() = Some(Worker::new(config, self.id, now_ms()));
+        let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
+        log(
+            LogLevel::Info,
+            &format!("keygate: configured (tick {tick} ms)"),
+        );
+        self.with_worker(|w, host| w.tick(host));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.with_worker(|w, host| w.tick(host));
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(KeygateHttp {
+            worker: self.worker.clone(),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct KeygateHttp {
+    worker: Shared,
+    metrics: Rc<RefCell<Metrics>>,
+}
+
+impl Context for KeygateHttp {}
+
+fn send_deny(status: u16, www_authenticate: Option<&str>, body: &str) {
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+    ];
+    if let Some(w) = www_authenticate {
+        headers.push(("www-authenticate", w));
+    }
+    let _ = hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes()));
+}
+
+impl HttpContext for KeygateHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers =
+            hostcalls::get_map(proxy_wasm::types::MapType::HttpRequestHeaders).unwrap_or_default();
+        let req = Request::from_headers(&headers);
+        let now = now_ms();
+        let (reason, key_id) = {
+            let guard = self.worker.borrow();
+            let Some(worker) = guard.as_ref() else {
+                send_deny(
+                    503,
+                    None,
+                    r#"{"error":{"code":"keyset_unavailable","message":"the filter is not configured"}}"#,
+                );
+                return Action::Pause;
+            };
+            let decision = worker.decide(&req, now);
+            let reason = decision.reason();
+            match decision {
+                Decision::Allow(a) => {
+                    for name in &a.remove {
+                        let _ = hostcalls::remove_map_value(
+                            proxy_wasm::types::MapType::HttpRequestHeaders,
+                            name,
+                        );
+                    }
+                    for (name, value) in &a.set {
+                        let _ = hostcalls::set_map_value(
+                            proxy_wasm::types::MapType::HttpRequestHeaders,
+                            name,
+                            Some(value),
+                        );
+                    }
+                    (reason, a.key_id)
+                }
+                Decision::Deny(d) => {
+                    send_deny(d.status(), d.www_authenticate.as_deref(), &d.body());
+                    (reason, None)
+                }
+            }
+        };
+        if let Some(id) = self.metrics.borrow().decision(reason) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+        if reason.is_allow() {
+            if let Some(w) = self.worker.borrow_mut().as_mut() {
+                w.record_use(reason, key_id, now);
+            }
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! Native simulation tests of the sync state machine and usage reporting: several workers over a
+//! fake host with a virtual clock, shared data and an in-process fake control-plane feed.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use keygate_protocol::wire::CONTENT_TYPE;
+
+use crate::config::Config;
+use crate::decision::{Decision, KeySetState, Reason, Request};
+use crate::fake::{FakeHost, RecordedCall, World};
+use crate::host::HttpResponse;
+use crate::sync::{MAX_CHAIN, metrics};
+use crate::testutil::{TestKey, delta, headers, snapshot, test_key};
+use crate::worker::Worker;
+
+const T0: u64 = 1_763_900_000_000;
+
+struct Sim {
+    world: Rc<RefCell<World>>,
+    workers: Vec<(Worker, FakeHost)>,
+    answered: HashSet<u32>,
+    alive: Vec<bool>,
+}
+
+fn config(extra: &str) -> Config {
+    let json = format!(
+        r#"{{"cluster":"cp","authority":"cp.local","edge_key":"kg_edge_secret"{}{extra}}}"#,
+        if extra.is_empty() { "" } else { "," }
+    );
+    Config::from_json(json.as_bytes()).unwrap()
+}
+
+fn ok(body: Vec<u8>) -> HttpResponse {
+    HttpResponse {
+        status: Some(200),
+        headers: vec![("content-type".into(), CONTENT_TYPE.into())],
+        body,
+    }
+}
+
+fn status(s: u16) -> HttpResponse {
+    HttpResponse {
+        status: Some(s),
+        ..HttpResponse::default()
+    }
+}
+
+fn no_answer() -> HttpResponse {
+    HttpResponse::default()
+}
+
+fn since(call: &RecordedCall) -> Option<u64> {
+    let path = call.header(":path")?;
+    let q = path.split_once('?')?.1;
+    q.split('&')
+        .find_map(|p| p.strip_prefix("since="))
+        .map(|v| v.parse().unwrap())
+}
+
+impl Sim {
+    fn new(n: usize, config: &Config) -> Self {
+        let world = World::new(T0);
+        let workers = (0..n)
+            .map(|i| {
+                (
+                    Worker::new(config.clone(), 0x1000 + i as u64, T0),
+                    FakeHost::new(&world, i),
+                )
+            })
+            .collect();
+        Self {
+            world,
+            workers,
+            answered: HashSet::new(),
+            alive: vec![true; n],
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.world.borrow().now_ms
+    }
+
+    fn tick_all(&mut self) {
+        for (i, (w, h)) in self.workers.iter_mut().enumerate() {
+            if self.alive[i] {
+                w.tick(h);
+            }
+        }
+    }
+
+    /// Unanswered calls.
+    fn pending(&self) -> Vec<RecordedCall> {
+        self.world
+            .borrow()
+            .calls
+            .iter()
+            .filter(|c| !self.answered.contains(&c.token))
+            .cloned()
+            .collect()
+    }
+
+    fn answer(&mut self, call: &RecordedCall, resp: &HttpResponse) {
+        self.answered.insert(call.token);
+        let (w, h) = &mut self.workers[call.worker];
+        w.on_response(h, call.token, resp);
+    }
+
+    /// Advances the clock in tick steps, ticking every live worker and answering every new call
+    /// with `feed` (a `None` leaves the call pending).
+    fn run(&mut self, ms: u64, feed: &mut dyn FnMut(&RecordedCall) -> Option<HttpResponse>) {
+        let step = self.workers[0].0.config().tick_period_ms();
+        let end = self.now() + ms;
+        loop {
+            self.tick_all();
+            loop {
+                let pending = self.pending();
+                let mut any = false;
+                for c in pending {
+                    if let Some(r) = feed(&c) {
+                        self.answer(&c, &r);
+                        any = true;
+                    }
+                }
+                if !any {
+                    break;
+                }
+            }
+            if self.now() + step > end {
+                break;
+            }
+            self.world.borrow_mut().now_ms += step;
+        }
+    }
+
+    fn keyset_calls(&self) -> Vec<RecordedCall> {
+        self.world
+            .borrow()
+            .calls
+            .iter()
+            .filter(|c| {
+                c.header(":path")
+                    .is_some_and(|p| p.starts_with("/v1/keyset"))
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn decide(&self, worker: usize, key: &str) -> Reason {
+        let h = headers("GET", "/x", &[("x-api-key", key)]);
+        let req = Request::from_headers(&h);
+        self.workers[worker].0.decide(&req, self.now()).reason()
+    }
+
+    fn revisions(&self) -> Vec<Option<u64>> {
+        self.workers
+            .iter()
+            .map(|(w, _)| w.syncer().revision())
+            .collect()
+    }
+}
+
+fn keys() -> (TestKey, TestKey) {
+    (
+        test_key(1, "alice", &["repo:read"], &[], None),
+        test_key(2, "bob", &["repo:read"], &[], None),
+    )
+}
+
+#[test]
+fn fails_closed_until_the_first_sync_then_every_worker_follows() {
+    let c = config("");
+    let mut sim = Sim::new(4, &c);
+    let (a, b) = keys();
+    // control plane not answering yet
+    sim.run(0, &mut |_| None);
+    for w in 0..4 {
+        assert_eq!(sim.decide(w, &a.secret), Reason::KeysetUnavailable);
+    }
+    let calls = sim.keyset_calls();
+    assert_eq!(calls.len(), 1, "one worker calls the control plane");
+    let call = &calls[0];
+    assert_eq!(call.cluster, "cp");
+    assert_eq!(call.header(":path"), Some("/v1/keyset"));
+    assert_eq!(call.header(":authority"), Some("cp.local"));
+    assert_eq!(call.header("authorization"), Some("Bearer kg_edge_secret"));
+    assert_eq!(since(call), None);
+
+    let snap = snapshot(5, &[&a, &b]);
+    sim.answer(call, &ok(snap));
+    sim.run(300, &mut |_| Some(status(304)));
+    assert_eq!(sim.revisions(), vec![Some(5); 4]);
+    for w in 0..4 {
+        assert_eq!(sim.decide(w, &a.secret), Reason::Allowed, "worker {w}");
+    }
+    assert!(sim.world.borrow().counter(metrics::FOLLOWED) >= 3);
+}
+
+#[test]
+fn four_workers_make_one_call_per_interval() {
+    let c = config("");
+    let mut sim = Sim::new(4, &c);
+    let (a, b) = keys();
+    let snap = snapshot(1, &[&a, &b]);
+    let mut first = true;
+    sim.run(10_000, &mut |_| {
+        if first {
+            first = false;
+            Some(ok(snap.clone()))
+        } else {
+            Some(status(304))
+        }
+    });
+    let calls = sim.keyset_calls();
+    // t = 0, 1 s, …, 10 s
+    assert_eq!(
+        calls.len(),
+        11,
+        "{:?}",
+        calls.iter().map(|c| c.worker).collect::<Vec<_>>()
+    );
+    let leaders: HashSet<usize> = calls.iter().map(|c| c.worker).collect();
+    assert_eq!(leaders.len(), 1);
+    assert!(calls[1..].iter().all(|c| since(c) == Some(1)));
+}
+
+#[test]
+fn deltas_reach_followers_through_the_published_chain() {
+    let c = config("");
+    let mut sim = Sim::new(3, &c);
+    let (a, b) = keys();
+    let new = test_key(9, "carol", &[], &[], None);
+    let mut step = 0;
+    let (s1, d2, d3) = (
+        snapshot(10, &[&a, &b]),
+        delta(10, 12, &[&new], &[]),
+        delta(12, 15, &[], &[&a]),
+    );
+    sim.run(3_000, &mut |call| {
+        step += 1;
+        Some(match step {
+            1 => ok(s1.clone()),
+            2 => {
+                assert_eq!(since(call), Some(10));
+                ok(d2.clone())
+            }
+            3 => {
+                assert_eq!(since(call), Some(12));
+                ok(d3.clone())
+            }
+            _ => status(304),
+        })
+    });
+    assert_eq!(sim.revisions(), vec![Some(15); 3]);
+    for w in 0..3 {
+        assert_eq!(
+            sim.decide(w, &a.secret),
+            Reason::UnknownKey,
+            "revoked on worker {w}"
+        );
+        assert_eq!(
+            sim.decide(w, &new.secret),
+            Reason::Allowed,
+            "new key on worker {w}"
+        );
+        assert_eq!(sim.decide(w, &b.secret), Reason::Allowed);
+    }
+    let world = sim.world.borrow();
+    let head: crate::sync::Head =
+        serde_json::from_slice(&world.shared["keygate/cp/head"].0).unwrap();
+    assert_eq!((head.rev, head.snap_rev), (15, 10));
+    assert_eq!(head.chain, vec![(10, 12), (12, 15)]);
+}
+
+#[test]
+fn a_long_chain_is_compacted_into_a_snapshot() {
+    let c = config("");
+    let mut sim = Sim::new(2, &c);
+    let (a, b) = keys();
+    let mut rev = 1;
+    let mut first = true;
+    sim.run(((MAX_CHAIN + 3) * 1000) as u64, &mut |_| {
+        if first {
+            first = false;
+            return Some(ok(snapshot(1, &[&a, &b])));
+        }
+        rev += 1;
+        Some(ok(delta(rev - 1, rev, &[], &[])))
+    });
+    // one more tick for the follower to pick up the last answer
+    sim.run(0, &mut |_| Some(status(304)));
+    let head: crate::sync::Head =
+        serde_json::from_slice(&sim.world.borrow().shared["keygate/cp/head"].0).unwrap();
+    assert_eq!(head.rev, rev);
+    assert!(head.chain.len() <= MAX_CHAIN);
+    assert!(head.snap_rev > 1, "a newer snapshot was published");
+    assert_eq!(sim.revisions(), vec![Some(rev); 2]);
+    // a worker that starts now catches up from snapshot + chain
+    let mut late = Worker::new(c.clone(), 0x99, sim.now());
+    let mut h = FakeHost::new(&sim.world, 7);
+    late.tick(&mut h);
+    assert_eq!(late.syncer().revision(), Some(rev));
+    assert_eq!(
+        late.decide(
+            &Request::from_headers(&headers("GET", "/", &[("x-api-key", &a.secret)])),
+            sim.now()
+        )
+        .reason(),
+        Reason::Allowed
+    );
+}
+
+#[test]
+fn bad_responses_never_replace_the_good_set() {
+    let c = config("");
+    let mut sim = Sim::new(2, &c);
+    let (a, b) = keys();
+    let good = snapshot(3, &[&a, &b]);
+    let garbled = {
+        let mut g = snapshot(4, &[&b]);
+        let n = g.len();
+        g[n / 2] ^= 0xff;
+        g
+    };
+    let truncated = {
+        let g = snapshot(4, &[&b]);
+        g[..g.len() - 7].to_vec()
+    };
+    let wrong_type = HttpResponse {
+        status: Some(200),
+        headers: vec![("content-type".into(), "text/html".into())],
+        body: snapshot(4, &[&b]),
+    };
+    let mut n = 0;
+    sim.run(240_000, &mut |_| {
+        n += 1;
+        Some(match n {
+            1 => ok(good.clone()),
+            2 => ok(garbled.clone()),
+            3 => ok(truncated.clone()),
+            4 => ok(b"<html>oops</html>".to_vec()),
+            5 => wrong_type.clone(),
+            6 => status(401),
+            7 => status(403),
+            8 => status(500),
+            9 => no_answer(),
+            _ => status(304),
+        })
+    });
+    assert!(n >= 10);
+    assert_eq!(sim.revisions(), vec![Some(3); 2]);
+    for w in 0..2 {
+        assert_eq!(sim.decide(w, &a.secret), Reason::Allowed);
+    }
+    let world = sim.world.borrow();
+    assert_eq!(world.counter("keygate.sync.failure.garbled"), 4);
+    assert_eq!(world.counter("keygate.sync.failure.unauthorized"), 2);
+    assert_eq!(world.counter("keygate.sync.failure.status"), 1);
+    assert_eq!(world.counter("keygate.sync.failure.unreachable"), 1);
+    let warns: Vec<_> = world
+        .logs
+        .iter()
+        .filter(|(_, m)| m.contains("sync failed"))
+        .collect();
+    assert_eq!(warns.len(), 8);
+    // the edge key never appears in a log line
+    assert!(
+        world
+            .logs
+            .iter()
+            .all(|(_, m)| !m.contains("kg_edge_secret"))
+    );
+}
+
+#[test]
+fn outage_keeps_the_set_until_max_staleness_then_the_failure_mode() {
+    for (mode, expect) in [("closed", Reason::KeysetStale), ("open", Reason::FailOpen)] {
+        let c = config(&format!(r#""max_staleness_s":60,"failure_mode":"{mode}""#));
+        let mut sim = Sim::new(2, &c);
+        let (a, b) = keys();
+        let mut first = true;
+        let snap = snapshot(3, &[&a, &b]);
+        sim.run(0, &mut |_| {
+            first = false;
+            Some(ok(snap.clone()))
+        });
+        assert!(!first);
+        // control plane goes down
+        sim.run(59_000, &mut |_| Some(no_answer()));
+        for w in 0..2 {
+            assert_eq!(
+                sim.decide(w, &a.secret),
+                Reason::Allowed,
+                "fail static ({mode})"
+            );
+            assert!(matches!(
+                sim.workers[w].0.syncer().state(&c, sim.now()),
+                KeySetState::Fresh(_)
+            ));
+        }
+        sim.run(2_000, &mut |_| Some(no_answer()));
+        for w in 0..2 {
+            assert_eq!(
+                sim.decide(w, &a.secret),
+                expect,
+                "after max staleness ({mode})"
+            );
+        }
+        let gauge = sim.world.borrow().gauges[&(1, metrics::STALENESS.to_owned())];
+        assert!(gauge >= 60, "staleness gauge {gauge}");
+        // recovery
+        sim.run(40_000, &mut |_| Some(status(304)));
+        for w in 0..2 {
+            assert_eq!(
+                sim.decide(w, &a.secret),
+                Reason::Allowed,
+                "recovered ({mode})"
+            );
+        }
+    }
+}
+
+#[test]
+fn failures_back_off_exponentially_with_jitter() {
+    let c = config("");
+    let mut sim = Sim::new(1, &c);
+    sim.run(120_000, &mut |_| Some(status(503)));
+    let times: Vec<u64> = {
+        // the fake records no times; recover them from the failure log order instead
+        let w = sim.world.borrow();
+        w.logs
+            .iter()
+            .filter_map(|(_, m)| m.split("retry in ").nth(1))
+            .map(|s| s.trim_end_matches(" ms").parse().unwrap())
+            .collect()
+    };
+    assert!(times.len() >= 5, "{times:?}");
+    // 2 s, 4 s, 8 s, 16 s, then capped at 30 s, each ±20 %
+    for (i, t) in times.iter().enumerate() {
+        let base = (1000u64 << (i + 1).min(16)).min(30_000) as f64;
+        assert!(
+            (*t as f64) >= base * 0.8 && (*t as f64) <= base * 1.2,
+            "retry {i}: {t} ms vs {base}"
+        );
+    }
+    let calls = sim.keyset_calls().len();
+    assert!(calls < 12, "{calls} calls in 2 minutes of outage");
+}
+
+#[test]
+fn a_dead_leaders_lease_lapses_and_another_worker_takes_over() {
+    let c = config("");
+    let mut sim = Sim::new(3, &c);
+    let (a, b) = keys();
+    let snap = snapshot(1, &[&a, &b]);
+    let mut first = true;
+    sim.run(3_000, &mut |_| {
+        let r = if first { ok(snap.clone()) } else { status(304) };
+        first = false;
+        Some(r)
+    });
+    let leader = sim.keyset_calls()[0].worker;
+    sim.alive[leader] = false;
+    let before = sim.keyset_calls().len();
+    sim.run(10_000, &mut |_| Some(status(304)));
+    let after: Vec<_> = sim.keyset_calls()[before..].to_vec();
+    assert!(!after.is_empty());
+    let new_leaders: HashSet<usize> = after.iter().map(|c| c.worker).collect();
+    assert_eq!(new_leaders.len(), 1);
+    assert!(!new_leaders.contains(&leader));
+    // one call per interval resumes after the lease TTL
+    assert!(after.len() >= 6 && after.len() <= 9, "{}", after.len());
+}
+
+#[test]
+fn a_delta_from_another_base_makes_the_next_poll_ask_for_a_snapshot() {
+    let c = config("");
+    let mut sim = Sim::new(1, &c);
+    let (a, b) = keys();
+    let mut n = 0;
+    let mut paths = Vec::new();
+    sim.run(5_000, &mut |call| {
+        n += 1;
+        paths.push(call.header(":path").unwrap().to_owned());
+        Some(match n {
+            1 => ok(snapshot(1, &[&a])),
+            2 => ok(delta(7, 8, &[&b], &[])),
+            3 => ok(snapshot(9, &[&a, &b])),
+            _ => status(304),
+        })
+    });
+    assert_eq!(paths[1], "/v1/keyset?since=1");
+    assert_eq!(
+        paths[2], "/v1/keyset",
+        "snapshot requested after a base mismatch"
+    );
+    assert_eq!(paths[3], "/v1/keyset?since=9");
+    assert_eq!(
+        sim.world
+            .borrow()
+            .counter("keygate.sync.failure.base_mismatch"),
+        1
+    );
+    assert_eq!(sim.decide(0, &b.secret), Reason::Allowed);
+}
+
+#[test]
+fn long_poll_repolls_at_once_with_wait() {
+    let c = config(r#""long_poll_wait_s":30"#);
+    let mut sim = Sim::new(2, &c);
+    let (a, b) = keys();
+    let snap = snapshot(1, &[&a, &b]);
+    let d = delta(1, 2, &[], &[&a]);
+    let mut n = 0;
+    // answer the first two calls, keep the third pending (a long poll in progress)
+    sim.run(200, &mut |_| {
+        n += 1;
+        match n {
+            1 => Some(ok(snap.clone())),
+            2 => Some(ok(d.clone())),
+            _ => None,
+        }
+    });
+    let calls = sim.keyset_calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[1].header(":path"), Some("/v1/keyset?since=1&wait=30"));
+    assert_eq!(calls[2].header(":path"), Some("/v1/keyset?since=2&wait=30"));
+    // within one tick (50 ms) the follower has the revocation too
+    assert_eq!(sim.revisions(), vec![Some(2); 2]);
+    assert_eq!(sim.decide(1, &a.secret), Reason::UnknownKey);
+    // the long poll stays outstanding: no new call while it is in flight
+    sim.run(5_000, &mut |_| None);
+    assert_eq!(sim.keyset_calls().len(), 3);
+}
+
+#[test]
+fn usage_is_batched_retried_with_the_same_id_and_counted_once() {
+    let c = config(r#""usage_report_interval_ms":1000,"usage_cluster":"usage""#);
+    let mut sim = Sim::new(1, &c);
+    let (a, b) = keys();
+    let snap = snapshot(1, &[&a, &b]);
+    let mut first = true;
+    sim.run(0, &mut |_| {
+        first = false;
+        Some(ok(snap.clone()))
+    });
+    let now = sim.now();
+    let use_key = |sim: &mut Sim, key: &str, n: usize| {
+        for _ in 0..n {
+            let h = headers("GET", "/x", &[("x-api-key", key)]);
+            let (reason, id) = match sim.workers[0].0.decide(&Request::from_headers(&h), now) {
+                Decision::Allow(al) => (al.reason, al.key_id),
+                Decision::Deny(d) => (d.reason, None),
+            };
+            sim.workers[0].0.record_use(reason, id, now);
+        }
+    };
+    use_key(&mut sim, &a.secret, 3);
+    use_key(&mut sim, &b.secret, 1);
+    use_key(&mut sim, "kg_live_bad", 5); // denied: not counted
+
+    let mut acked: Vec<serde_json::Value> = Vec::new();
+    let mut usage_posts: Vec<serde_json::Value> = Vec::new();
+    let mut fail_next = 2;
+    let mut feed = |call: &RecordedCall| -> Option<HttpResponse> {
+        if call.header(":path") == Some("/v1/usage") {
+            assert_eq!(call.cluster, "usage");
+            assert_eq!(call.header(":method"), Some("POST"));
+            assert_eq!(call.header("content-type"), Some("application/json"));
+            let body: serde_json::Value =
+                serde_json::from_slice(call.body.as_ref().unwrap()).unwrap();
+            usage_posts.push(body.clone());
+            if fail_next > 0 {
+                fail_next -= 1;
+                return Some(if fail_next == 1 {
+                    status(500)
+                } else {
+                    no_answer()
+                });
+            }
+            acked.push(body);
+            return Some(status(200));
+        }
+        Some(status(304))
+    };
+    sim.run(1_500, &mut feed);
+    // traffic during the failing period
+    use_key(&mut sim, &a.secret, 2);
+    sim.run(5_000, &mut feed);
+
+    assert!(usage_posts.len() >= 4, "{usage_posts:?}");
+    // the two failed posts and the first ack are the same batch
+    assert_eq!(usage_posts[0], usage_posts[1]);
+    assert_eq!(usage_posts[1], usage_posts[2]);
+    assert_ne!(usage_posts[2]["batch_id"], usage_posts[3]["batch_id"]);
+    let total = |k: &TestKey| -> u64 {
+        acked
+            .iter()
+            .flat_map(|b| b["entries"].as_array().unwrap().iter())
+            .filter(|e| e["key_id"] == k.id.to_string())
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(total(&a), 5);
+    assert_eq!(total(&b), 1);
+    let entry = acked[0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key_id"] == a.id.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["last_used_at"].as_u64(), Some(now / 1000));
+    assert_eq!(
+        sim.world.borrow().counter("keygate.usage.batches_failed"),
+        2
+    );
+}

@@ -1,0 +1,593 @@
+//! Key-set sync: one leader per VM polls the control plane, every worker follows via shared data.
+//!
+//! * **Lease.** Shared data `<ns>/lease` holds `<owner hex> <expiry ms>`. A worker becomes (or
+//!   stays) leader by writing it with compare-and-swap when it is free, lapsed or its own; a dead
+//!   leader's lease lapses after [`lease_ttl_ms`]. Only the leader calls the control plane.
+//! * **Publication.** After applying a response, the leader publishes what it applied:
+//!   a snapshot under `<ns>/snap` (the bytes it received, or its own re-encoding when the delta
+//!   chain gets long), deltas under `<ns>/delta/<target revision>`, and last the small
+//!   `<ns>/head` record `{rev, ok_ms, snap_rev, chain:[[base,target],…]}` naming them.
+//! * **Following.** On every tick each worker reads `head`; if it is behind, it applies the chain
+//!   of deltas starting at its own revision, or else the snapshot and the chain after it.
+//!   `KeySet::apply` is atomic and checks delta bases, so a torn or garbled read changes nothing.
+//! * **Staleness.** A worker's set is as fresh as the last successful control-plane answer it
+//!   reflects (`ok_ms` of the head it caught up to). Before any: fail closed. Past
+//!   `max_staleness_s`: the configured failure mode.
+//! * **Failures.** Unreachable, non-2xx, unauthorized, garbled or out-of-sequence responses are
+//!   logged and counted and never touch the set; the leader backs off exponentially with jitter.
+
+use keygate_protocol::keyset::{ApplyError, KeySet};
+use keygate_protocol::wire;
+use keygate_protocol::wire::MessageKind;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::decision::KeySetState;
+use crate::host::{Host, HttpCall, HttpResponse, LogLevel, SharedDataError};
+
+/// Longest delta chain kept in shared data before the leader publishes a fresh snapshot.
+pub const MAX_CHAIN: usize = 32;
+/// Longest backoff after repeated failures, in milliseconds.
+pub const MAX_BACKOFF_MS: u64 = 30_000;
+
+/// Why a sync attempt failed (metric `keygate.sync.failure.<code>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncFailure {
+    /// The call could not be started.
+    Dispatch,
+    /// No HTTP answer (connection refused, reset, timeout).
+    Unreachable,
+    /// 401 or 403: the edge key was refused.
+    Unauthorized,
+    /// Another non-success status.
+    Status,
+    /// The body did not decode as a key-set message.
+    Garbled,
+    /// A delta whose base is not our revision.
+    BaseMismatch,
+}
+
+impl SyncFailure {
+    /// Every failure, for pre-registering metrics.
+    pub const ALL: [SyncFailure; 6] = [
+        SyncFailure::Dispatch,
+        SyncFailure::Unreachable,
+        SyncFailure::Unauthorized,
+        SyncFailure::Status,
+        SyncFailure::Garbled,
+        SyncFailure::BaseMismatch,
+    ];
+
+    /// Stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            SyncFailure::Dispatch => "dispatch",
+            SyncFailure::Unreachable => "unreachable",
+            SyncFailure::Unauthorized => "unauthorized",
+            SyncFailure::Status => "status",
+            SyncFailure::Garbled => "garbled",
+            SyncFailure::BaseMismatch => "base_mismatch",
+        }
+    }
+
+    /// `keygate.sync.failure.<code>`.
+    pub fn metric_name(self) -> String {
+        format!("keygate.sync.failure.{}", self.code())
+    }
+}
+
+/// Metric names used by the sync machine.
+pub mod metrics {
+    /// Counter: calls made to the key-set feed.
+    pub const CALLS: &str = "keygate.sync.calls";
+    /// Counter: successful answers (200 applied, 304, or no change).
+    pub const SUCCESS: &str = "keygate.sync.success";
+    /// Counter: revisions picked up from shared data by following.
+    pub const FOLLOWED: &str = "keygate.sync.followed";
+    /// Gauge: revision of this worker's set.
+    pub const REVISION: &str = "keygate.keyset.revision";
+    /// Gauge: keys in this worker's set.
+    pub const KEYS: &str = "keygate.keyset.keys";
+    /// Gauge: heap bytes of this worker's set.
+    pub const HEAP_BYTES: &str = "keygate.keyset.heap_bytes";
+    /// Gauge: seconds since the last successful sync this worker's set reflects.
+    pub const STALENESS: &str = "keygate.keyset.staleness_seconds";
+}
+
+/// The lease's time to live: long enough to survive a few missed ticks.
+pub fn lease_ttl_ms(config: &Config) -> u64 {
+    (config.tick_period_ms() * 10).max(2000)
+}
+
+/// The head record in shared data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Head {
+    /// Latest published revision.
+    pub rev: u64,
+    /// When the leader last heard successfully from the control plane (ms).
+    pub ok_ms: u64,
+    /// Revision of the published snapshot.
+    pub snap_rev: u64,
+    /// Published deltas after the snapshot, `(base, target)`, in order.
+    pub chain: Vec<(u64, u64)>,
+}
+
+/// What a response did to the set: a snapshot (`base: None`) or a delta from `base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    /// `Some(base)` for a delta, `None` for a snapshot.
+    base: Option<u64>,
+    /// The revision it brought the set to.
+    target: u64,
+}
+
+/// Per-worker sync state.
+#[derive(Debug)]
+pub struct Syncer {
+    ns: String,
+    worker: u64,
+    set: Option<KeySet>,
+    fresh_at_ms: Option<u64>,
+    leader: bool,
+    in_flight: Option<u32>,
+    next_poll_ms: u64,
+    failures: u32,
+    force_snapshot: bool,
+}
+
+impl Syncer {
+    /// A syncer for worker `worker` (random id), with shared data under `keygate/<cluster>/`.
+    pub fn new(config: &Config, worker: u64) -> Self {
+        Self {
+            ns: format!("keygate/{}", config.cluster),
+            worker,
+            set: None,
+            fresh_at_ms: None,
+            leader: false,
+            in_flight: None,
+            next_poll_ms: 0,
+            failures: 0,
+            force_snapshot: false,
+        }
+    }
+
+    /// This worker's key set, if any sync succeeded.
+    pub fn key_set(&self) -> Option<&KeySet> {
+        self.set.as_ref()
+    }
+
+    /// The set's state for decisions at `now_ms`.
+    pub fn state(&self, config: &Config, now_ms: u64) -> KeySetState<'_> {
+        match (&self.set, self.fresh_at_ms) {
+            (Some(set), Some(at)) => {
+                if now_ms.saturating_sub(at) > config.max_staleness_s * 1000 {
+                    KeySetState::Stale(set)
+                } else {
+                    KeySetState::Fresh(set)
+                }
+            }
+            _ => KeySetState::Unavailable,
+        }
+    }
+
+    /// Whether this worker held the lease at its last tick.
+    pub fn is_leader(&self) -> bool {
+        self.leader
+    }
+
+    /// The token of the call in flight, if any.
+    pub fn in_flight(&self) -> Option<u32> {
+        self.in_flight
+    }
+
+    /// Revision of this worker's set.
+    pub fn revision(&self) -> Option<u64> {
+        self.set.as_ref().and_then(KeySet::revision)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.ns)
+    }
+
+    /// Timer tick: follow the published head, take or renew the lease, poll when due, update gauges.
+    pub fn tick(&mut self, host: &mut impl Host, config: &Config) {
+        let now = host.now_ms();
+        self.follow(host);
+        self.leader = self.acquire_lease(host, config, now);
+        if self.leader {
+            self.maybe_poll(host, config, now);
+        }
+        self.report_gauges(host, config, now);
+    }
+
+    fn report_gauges(&self, host: &mut impl Host, _config: &Config, now: u64) {
+        if let Some(set) = &self.set {
+            host.gauge_set(metrics::REVISION, set.revision().unwrap_or(0));
+            host.gauge_set(metrics::KEYS, set.len() as u64);
+            host.gauge_set(metrics::HEAP_BYTES, set.heap_bytes() as u64);
+        }
+        if let Some(at) = self.fresh_at_ms {
+            host.gauge_set(metrics::STALENESS, now.saturating_sub(at) / 1000);
+        }
+    }
+
+    fn read_head(&self, host: &impl Host) -> (Option<Head>, Option<u32>) {
+        let (v, cas) = host.shared_get(&self.key("head"));
+        let head = v.and_then(|b| serde_json::from_slice::<Head>(&b).ok());
+        (head, cas)
+    }
+
+    /// Catches up with the published head (deltas from our revision, else snapshot + deltas).
+    fn follow(&mut self, host: &mut impl Host) {
+        let (Some(head), _) = self.read_head(host) else {
+            return;
+        };
+        let mine = self.revision();
+        if mine == Some(head.rev) {
+            if self.fresh_at_ms.is_none_or(|t| t < head.ok_ms) {
+                self.fresh_at_ms = Some(head.ok_ms);
+            }
+            return;
+        }
+        if mine.is_some_and(|m| m > head.rev) {
+            // We are ahead (we were leader and published later, or head is being replaced).
+            return;
+        }
+        let before = mine;
+        if !self.apply_chain(host, &head) {
+            // Not reachable by deltas: take the snapshot, then the chain after it.
+            let (snap, _) = host.shared_get(&self.key("snap"));
+            if let Some(bytes) = snap.filter(|b| !b.is_empty()) {
+                let mut set = KeySet::new();
+                match set.apply(&bytes) {
+                    Ok(_) => {
+                        // Replace only if it moves us forward.
+                        if set.revision() > self.revision() {
+                            self.set = Some(set);
+                        }
+                    }
+                    Err(e) => host.log(
+                        LogLevel::Warn,
+                        &format!("keygate: published snapshot did not apply ({e}); will retry"),
+                    ),
+                }
+            }
+            self.apply_chain(host, &head);
+        }
+        if self.revision() == Some(head.rev) {
+            self.fresh_at_ms = Some(self.fresh_at_ms.map_or(head.ok_ms, |t| t.max(head.ok_ms)));
+        }
+        if self.revision() != before {
+            host.counter_add(metrics::FOLLOWED, 1);
+        }
+    }
+
+    /// Applies published deltas starting at our revision; true when it reached `head.rev`.
+    fn apply_chain(&mut self, host: &mut impl Host, head: &Head) -> bool {
+        let Some(set) = self.set.as_mut() else {
+            return false;
+        };
+        for &(base, target) in &head.chain {
+            if set.revision() != Some(base) {
+                continue;
+            }
+            let (bytes, _) = host.shared_get(&format!("{}/delta/{target}", self.ns));
+            let Some(bytes) = bytes else { return false };
+            if set.apply(&bytes).is_err() {
+                return false;
+            }
+        }
+        set.revision() == Some(head.rev)
+    }
+
+    fn acquire_lease(&mut self, host: &mut impl Host, config: &Config, now: u64) -> bool {
+        let key = self.key("lease");
+        let (value, cas) = host.shared_get(&key);
+        let current = value.as_deref().and_then(parse_lease);
+        let free = match current {
+            None => true,
+            Some((owner, until)) => owner == self.worker || until <= now,
+        };
+        if !free {
+            return false;
+        }
+        let mine = format!("{:016x} {}", self.worker, now + lease_ttl_ms(config));
+        match host.shared_set(&key, mine.as_bytes(), cas) {
+            Ok(()) => {
+                if cas.is_none() {
+                    // First write of the key cannot be compare-and-swapped: read back who won.
+                    let (v, _) = host.shared_get(&key);
+                    v.as_deref()
+                        .and_then(parse_lease)
+                        .is_some_and(|(o, _)| o == self.worker)
+                } else {
+                    true
+                }
+            }
+            Err(SharedDataError::CasMismatch) => false,
+            Err(SharedDataError::Refused) => {
+                host.log(
+                    LogLevel::Warn,
+                    "keygate: shared data refused the lease write",
+                );
+                false
+            }
+        }
+    }
+
+    fn maybe_poll(&mut self, host: &mut impl Host, config: &Config, now: u64) {
+        if self.in_flight.is_some() || now < self.next_poll_ms {
+            return;
+        }
+        let mut path = String::from("/v1/keyset");
+        let mut sep = '?';
+        if !self.force_snapshot
+            && let Some(rev) = self.revision()
+        {
+            path.push_str(&format!("?since={rev}"));
+            sep = '&';
+        }
+        if config.long_poll_wait_s > 0 && self.set.is_some() && !self.force_snapshot {
+            path.push_str(&format!("{sep}wait={}", config.long_poll_wait_s));
+        }
+        let call = HttpCall {
+            cluster: &config.cluster,
+            headers: vec![
+                (":method", "GET".to_owned()),
+                (":path", path),
+                (":authority", config.authority.clone()),
+                ("authorization", format!("Bearer {}", config.edge_key)),
+                ("accept", wire::CONTENT_TYPE.to_owned()),
+            ],
+            body: None,
+            timeout_ms: config.sync_timeout_ms(),
+        };
+        host.counter_add(metrics::CALLS, 1);
+        match host.dispatch(call) {
+            Ok(token) => self.in_flight = Some(token),
+            Err(e) => self.fail(host, config, now, SyncFailure::Dispatch, &e.to_string()),
+        }
+    }
+
+    fn fail(
+        &mut self,
+        host: &mut impl Host,
+        config: &Config,
+        now: u64,
+        why: SyncFailure,
+        detail: &str,
+    ) {
+        self.failures = self.failures.saturating_add(1);
+        let exp = config
+            .sync_interval_ms
+            .saturating_mul(1u64 << self.failures.min(16))
+            .min(MAX_BACKOFF_MS)
+            .max(config.sync_interval_ms);
+        // ±20 % jitter so that several proxies do not retry in step.
+        let span = exp / 5;
+        let jitter = if span == 0 {
+            0
+        } else {
+            host.random_u64() % (2 * span + 1)
+        };
+        self.next_poll_ms = now + exp - span + jitter;
+        host.counter_add(&why.metric_name(), 1);
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "keygate: key-set sync failed ({}): {detail}; keeping revision {:?}, retry in {} ms",
+                why.code(),
+                self.revision(),
+                self.next_poll_ms - now
+            ),
+        );
+    }
+
+    /// Handles the answer to a key-set call. Ignores tokens that are not ours.
+    pub fn on_response(
+        &mut self,
+        host: &mut impl Host,
+        config: &Config,
+        token: u32,
+        resp: &HttpResponse,
+    ) {
+        if self.in_flight != Some(token) {
+            return;
+        }
+        self.in_flight = None;
+        let now = host.now_ms();
+        match resp.status {
+            None => return self.fail(host, config, now, SyncFailure::Unreachable, "no response"),
+            Some(304) => return self.succeed(host, config, now, None),
+            Some(401 | 403) => {
+                let s = resp.status.unwrap_or_default();
+                return self.fail(
+                    host,
+                    config,
+                    now,
+                    SyncFailure::Unauthorized,
+                    &format!("status {s}"),
+                );
+            }
+            Some(200) => {}
+            Some(s) => {
+                return self.fail(
+                    host,
+                    config,
+                    now,
+                    SyncFailure::Status,
+                    &format!("status {s}"),
+                );
+            }
+        }
+        let ct_ok = resp.header("content-type").is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case(wire::CONTENT_TYPE))
+        });
+        if !ct_ok {
+            return self.fail(
+                host,
+                config,
+                now,
+                SyncFailure::Garbled,
+                "unexpected content type",
+            );
+        }
+        let had_set = self.set.is_some();
+        let mut set = self.set.take().unwrap_or_default();
+        let before = set.revision();
+        let result = set.apply(&resp.body);
+        if had_set || result.is_ok() {
+            self.set = Some(set);
+        }
+        match result {
+            Ok(applied) => {
+                let base = match applied.kind {
+                    MessageKind::Snapshot => None,
+                    MessageKind::Delta => before,
+                };
+                self.force_snapshot = false;
+                let shape = Shape {
+                    base,
+                    target: applied.revision,
+                };
+                self.succeed(host, config, now, Some((shape, resp.body.as_slice())));
+            }
+            Err(ApplyError::NotNewer) => self.succeed(host, config, now, None),
+            Err(ApplyError::BaseMismatch { .. }) => {
+                self.force_snapshot = true;
+                self.fail(
+                    host,
+                    config,
+                    now,
+                    SyncFailure::BaseMismatch,
+                    "delta does not start at our revision",
+                );
+            }
+            Err(e) => self.fail(host, config, now, SyncFailure::Garbled, &e.to_string()),
+        }
+    }
+
+    fn succeed(
+        &mut self,
+        host: &mut impl Host,
+        config: &Config,
+        now: u64,
+        applied: Option<(Shape, &[u8])>,
+    ) {
+        self.failures = 0;
+        self.fresh_at_ms = Some(now);
+        self.next_poll_ms = if config.long_poll_wait_s > 0 {
+            now
+        } else {
+            now + config.sync_interval_ms
+        };
+        host.counter_add(metrics::SUCCESS, 1);
+        self.publish(host, now, applied);
+        self.report_gauges(host, config, now);
+        if config.long_poll_wait_s > 0 && self.leader {
+            self.maybe_poll(host, config, now);
+        }
+    }
+
+    /// Publishes what was applied (or just the fresh `ok_ms`) for the other workers.
+    fn publish(&mut self, host: &mut impl Host, now: u64, applied: Option<(Shape, &[u8])>) {
+        let Some(rev) = self.revision() else { return };
+        let (head, cas) = self.read_head(host);
+        let old = head.clone().unwrap_or_default();
+        let new_head = match applied {
+            None => {
+                if head.is_none() || old.rev != rev {
+                    // Nothing published matches us: publish our set as a snapshot.
+                    match self.publish_snapshot(host, &old, None) {
+                        Some(h) => h,
+                        None => return,
+                    }
+                } else {
+                    Head { ok_ms: now, ..old }
+                }
+            }
+            Some((shape, bytes)) => match shape.base {
+                Some(base) if head.is_some() && old.rev == base && old.chain.len() < MAX_CHAIN => {
+                    if host
+                        .shared_set(&format!("{}/delta/{}", self.ns, shape.target), bytes, None)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut chain = old.chain.clone();
+                    chain.push((base, shape.target));
+                    Head {
+                        rev: shape.target,
+                        ok_ms: now,
+                        snap_rev: old.snap_rev,
+                        chain,
+                    }
+                }
+                Some(_) => match self.publish_snapshot(host, &old, None) {
+                    Some(h) => h,
+                    None => return,
+                },
+                None => match self.publish_snapshot(host, &old, Some(bytes)) {
+                    Some(h) => h,
+                    None => return,
+                },
+            },
+        };
+        let head = Head {
+            ok_ms: now,
+            ..new_head
+        };
+        let Ok(json) = serde_json::to_vec(&head) else {
+            return;
+        };
+        if let Err(e) = host.shared_set(&self.key("head"), &json, cas) {
+            host.log(
+                LogLevel::Warn,
+                &format!("keygate: could not publish revision {rev}: {e}"),
+            );
+        }
+    }
+
+    fn publish_snapshot(
+        &mut self,
+        host: &mut impl Host,
+        old: &Head,
+        received: Option<&[u8]>,
+    ) -> Option<Head> {
+        let set = self.set.as_ref()?;
+        let rev = set.revision()?;
+        let encoded;
+        let bytes = match received {
+            Some(b) => b,
+            None => {
+                encoded = set.encode_snapshot();
+                &encoded
+            }
+        };
+        if let Err(e) = host.shared_set(&self.key("snap"), bytes, None) {
+            host.log(
+                LogLevel::Warn,
+                &format!("keygate: could not publish the snapshot: {e}"),
+            );
+            return None;
+        }
+        // Free the superseded deltas.
+        for &(_, t) in &old.chain {
+            let _ = host.shared_set(&format!("{}/delta/{t}", self.ns), &[], None);
+        }
+        Some(Head {
+            rev,
+            ok_ms: 0,
+            snap_rev: rev,
+            chain: Vec::new(),
+        })
+    }
+}
+
+fn parse_lease(v: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (owner, until) = s.split_once(' ')?;
+    Some((u64::from_str_radix(owner, 16).ok()?, until.parse().ok()?))
+}
