@@ -1,6 +1,6 @@
 //! The filter's in-memory key set: compact sorted records, a radix index and a small overlay.
 //!
-//! A million keys take about 62 bytes each: every key is one fixed 60-byte [`Record`]-sized slot
+//! A million keys take about 61 bytes each: every key is one fixed 60-byte [`Record`]-sized slot
 //! (digest, key id, expiry, owner index, grant index) in a `Vec` sorted by digest; owners and
 //! grants (scope list + resource allow-list) are interned once in side tables. A 65,537-entry
 //! index over the first 16 bits of the digest narrows each lookup to a bucket of about
@@ -9,7 +9,7 @@
 //! Deltas do not move the big array: their upserts and removals go into a small sorted
 //! *overlay* (records that replace or add keys, and tombstones that hide keys of the main
 //! array), consulted before the main array. When the overlay grows past
-//! `max(1024, n / 256)` records it is merged into the main array **in place** (one pass
+//! `max(4096, n / 128)` records it is merged into the main array **in place** (one pass
 //! forward that drops and replaces, one pass backward that inserts), so the amortized cost of an
 //! upsert is `O(n / threshold)` record moves and memory never doubles, which matters in wasm,
 //! where linear memory never shrinks. `FORMAT.md` explains the choice.
@@ -48,9 +48,9 @@ const EMPTY_RECORD: Record = Record {
     grant: 0,
 };
 /// The overlay is merged into the main array once it holds more than this many records…
-const OVERLAY_MIN: usize = 1024;
+const OVERLAY_MIN: usize = 4096;
 /// …or more than `main.len() / OVERLAY_DIVISOR`, whichever is larger.
-const OVERLAY_DIVISOR: usize = 256;
+const OVERLAY_DIVISOR: usize = 128;
 /// Buckets of the radix index (first 16 bits of the digest).
 const BUCKETS: usize = 1 << 16;
 

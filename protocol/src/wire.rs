@@ -814,14 +814,23 @@ fn encode_entries<'e>(
     if sorted.windows(2).any(|w| w[0].digest == w[1].digest) {
         return Err(EncodeError::DuplicateDigest);
     }
+    // Most keys share a few grants: look each (scopes, resources) pair up once.
+    let mut grant_cache: HashMap<(&'e [String], &'e [String]), u32> = HashMap::new();
     sorted
         .into_iter()
         .map(|e| {
             let owner = tables.owner(&e.owner)?;
-            let grant = tables.grant(
-                e.scopes.iter().map(String::as_str),
-                e.resources.iter().map(String::as_str),
-            )?;
+            let grant = match grant_cache.get(&(&e.scopes[..], &e.resources[..])) {
+                Some(&g) => g,
+                None => {
+                    let g = tables.grant(
+                        e.scopes.iter().map(String::as_str),
+                        e.resources.iter().map(String::as_str),
+                    )?;
+                    grant_cache.insert((&e.scopes, &e.resources), g);
+                    g
+                }
+            };
             Ok(RawEntry {
                 digest: *e.digest.as_bytes(),
                 key_id: *e.key_id.as_bytes(),

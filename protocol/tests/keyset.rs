@@ -213,7 +213,7 @@ fn long_delta_sequence_matches_a_model() {
     .unwrap();
     let mut revision = 1;
     let mut next_new = 5000;
-    for round in 0..40u32 {
+    for round in 0..120u32 {
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         for j in 0..120u32 {
@@ -303,4 +303,62 @@ fn heap_bytes_grow_with_the_set() {
     // 60 bytes per record plus the 256 KiB radix index, plus small tables.
     assert!(full >= empty + 10_000 * 60 + 65_537 * 4, "{full}");
     assert!(full < 10_000 * 60 + 65_537 * 4 + 4096, "{full}");
+}
+
+/// Deltas that grow a tiny set far past the overlay threshold, then remove every key.
+#[test]
+fn grow_from_tiny_then_remove_everything() {
+    let mut set = KeySet::new();
+    let first: Vec<KeyEntry> = (0..10).map(|i| entry(d(i), "o", &[], &[])).collect();
+    set.apply(
+        &Snapshot {
+            revision: 1,
+            entries: first,
+        }
+        .encode()
+        .unwrap(),
+    )
+    .unwrap();
+    let mut revision = 1;
+    let mut apply = |set: &mut KeySet, upserts: Vec<KeyEntry>, removals: Vec<Digest>| {
+        let delta = Delta {
+            base_revision: revision,
+            revision: revision + 1,
+            upserts,
+            removals,
+        };
+        revision += 1;
+        set.apply(&delta.encode().unwrap()).unwrap();
+    };
+    for chunk in 0..6u32 {
+        let upserts = (10 + chunk * 2000..10 + (chunk + 1) * 2000)
+            .map(|i| entry(d(i), &format!("o{chunk}"), &["a"], &[]))
+            .collect();
+        apply(&mut set, upserts, Vec::new());
+    }
+    let total = 10 + 6 * 2000;
+    assert_eq!(set.len(), total as usize);
+    for i in 0..total {
+        assert!(set.lookup(&d(i)).is_some(), "{i}");
+    }
+    for chunk in 0..(total / 1000 + 1) {
+        let removals = (chunk * 1000..((chunk + 1) * 1000).min(total))
+            .map(d)
+            .collect();
+        apply(&mut set, Vec::new(), removals);
+    }
+    assert_eq!(set.len(), 0);
+    assert!(set.is_empty());
+    for i in 0..total {
+        assert!(set.lookup(&d(i)).is_none(), "{i}");
+    }
+    let Message::Snapshot(s) = keygate_protocol::wire::decode(&set.encode_snapshot()).unwrap()
+    else {
+        panic!("not a snapshot")
+    };
+    assert!(s.entries.is_empty());
+    // And it can grow again.
+    apply(&mut set, vec![entry(d(1), "back", &[], &[])], Vec::new());
+    assert_eq!(set.lookup(&d(1)).unwrap().owner(), "back");
+    assert_eq!(set.len(), 1);
 }
