@@ -2,9 +2,10 @@
 //!
 //! A million keys take about 61 bytes each: every key is one fixed 60-byte [`Record`]-sized slot
 //! (digest, key id, expiry, owner index, grant index) in a `Vec` sorted by digest; owners and
-//! grants (scope list + resource allow-list) are interned once in side tables. A 65,537-entry
-//! index over the first 16 bits of the digest narrows each lookup to a bucket of about
-//! `n / 65536` records, then a binary search and a final constant-time equality finish it.
+//! grants (scope list + resource allow-list) are interned once in side tables. A radix index
+//! over the first `log2(n) - 2` bits of the digest (1 MiB for a million keys) narrows each lookup
+//! to a bucket of about four adjacent records, then a binary search and a final constant-time
+//! equality finish it.
 //!
 //! Deltas do not move the big array: their upserts and removals go into a small sorted
 //! *overlay* (records that replace or add keys, and tombstones that hide keys of the main
@@ -51,11 +52,18 @@ const EMPTY_RECORD: Record = Record {
 const OVERLAY_MIN: usize = 4096;
 /// …or more than `main.len() / OVERLAY_DIVISOR`, whichever is larger.
 const OVERLAY_DIVISOR: usize = 128;
-/// Buckets of the radix index (first 16 bits of the digest).
-const BUCKETS: usize = 1 << 16;
+/// The radix index uses the first `bits` bits of the digest, about `log2(n) - 2` of them (so a
+/// bucket holds about four records), between these bounds.
+const MIN_INDEX_BITS: u32 = 4;
+const MAX_INDEX_BITS: u32 = 22;
 
-fn bucket(d: &[u8; 32]) -> usize {
-    (usize::from(d[0]) << 8) | usize::from(d[1])
+fn index_bits(n: usize) -> u32 {
+    let log2 = usize::BITS - n.leading_zeros();
+    log2.saturating_sub(2).clamp(MIN_INDEX_BITS, MAX_INDEX_BITS)
+}
+
+fn bucket(d: &[u8; 32], bits: u32) -> usize {
+    (u32::from_be_bytes([d[0], d[1], d[2], d[3]]) >> (32 - bits)) as usize
 }
 
 /// What a key may do: its scopes and its resource allow-list (shared by many keys).
@@ -119,9 +127,10 @@ pub struct KeySet {
     revision: Option<u64>,
     /// Sorted by digest, no duplicates.
     main: Vec<Record>,
-    /// `index[b]..index[b + 1]` is the range of `main` whose digests start with the 16 bits `b`.
-    /// Empty while `main` is empty.
+    /// `index[b]..index[b + 1]` is the range of `main` whose digests start with the
+    /// `index_bits` bits `b`. Empty while `main` is empty.
     index: Vec<u32>,
+    index_bits: u32,
     /// Sorted by digest, no duplicates; tombstones always hide a record of `main`.
     overlay: Vec<Record>,
     len: usize,
@@ -267,7 +276,7 @@ impl KeySet {
         if self.index.is_empty() {
             return None;
         }
-        let b = bucket(d);
+        let b = bucket(d, self.index_bits);
         let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
         let p = lo + self.main[lo..hi].partition_point(|r| r.digest < *d);
         (p < hi && bool::from(self.main[p].digest.ct_eq(d))).then_some(p)
@@ -471,7 +480,7 @@ impl KeySet {
         if self.main.capacity() < total {
             // Some slack so that the next compactions do not reallocate (a reallocation may
             // copy, and wasm memory never shrinks).
-            self.main.reserve_exact(k + total / 32);
+            self.main.reserve_exact(k + total / 64);
         }
         self.main.resize(total, EMPTY_RECORD);
         let (mut i, mut j) = (w, k);
@@ -495,16 +504,19 @@ impl KeySet {
             self.index = Vec::new();
             return;
         }
-        let mut index = vec![0u32; BUCKETS + 1];
+        let bits = index_bits(self.main.len());
+        let buckets = 1usize << bits;
+        let mut index = Vec::with_capacity(buckets + 1);
         let mut pos = 0usize;
-        for (b, slot) in index.iter_mut().enumerate().take(BUCKETS) {
-            while pos < self.main.len() && bucket(&self.main[pos].digest) < b {
+        for b in 0..buckets {
+            while pos < self.main.len() && bucket(&self.main[pos].digest, bits) < b {
                 pos += 1;
             }
-            *slot = pos as u32;
+            index.push(pos as u32);
         }
-        index[BUCKETS] = self.main.len() as u32;
+        index.push(self.main.len() as u32);
         self.index = index;
+        self.index_bits = bits;
     }
 
     /// Every live record in digest order (the main array merged with the overlay).

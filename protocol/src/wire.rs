@@ -809,15 +809,21 @@ fn encode_entries<'e>(
     tables: &mut Tables<'e>,
     entries: &'e [KeyEntry],
 ) -> Result<Vec<RawEntry>, EncodeError> {
-    let mut sorted: Vec<&KeyEntry> = entries.iter().collect();
-    sorted.sort_unstable_by_key(|e| e.digest);
-    if sorted.windows(2).any(|w| w[0].digest == w[1].digest) {
+    // Sort compact (digest, position) pairs rather than pointers to scattered entries: with a
+    // million entries, comparisons through pointers are cache misses.
+    let mut order: Vec<([u8; 32], usize)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (*e.digest.as_bytes(), i))
+        .collect();
+    order.sort_unstable_by_key(|a| a.0);
+    if order.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err(EncodeError::DuplicateDigest);
     }
+    let sorted = order.into_iter().map(|(_, i)| &entries[i]);
     // Most keys share a few grants: look each (scopes, resources) pair up once.
     let mut grant_cache: HashMap<(&'e [String], &'e [String]), u32> = HashMap::new();
     sorted
-        .into_iter()
         .map(|e| {
             let owner = tables.owner(&e.owner)?;
             let grant = match grant_cache.get(&(&e.scopes[..], &e.resources[..])) {
