@@ -70,9 +70,24 @@ pub enum HexError {
     Char,
 }
 
+/// Constant-time equality of two 32-byte values: the bytes are folded into one word with XOR
+/// and OR (no data-dependent branch), and only that word is compared, through `subtle`.
+#[must_use]
+pub(crate) fn ct_eq_32(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut acc = 0u64;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let mut xa = [0u8; 8];
+        let mut ya = [0u8; 8];
+        xa.copy_from_slice(x);
+        ya.copy_from_slice(y);
+        acc |= u64::from_ne_bytes(xa) ^ u64::from_ne_bytes(ya);
+    }
+    acc.ct_eq(&0).into()
+}
+
 impl PartialEq for Digest {
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        ct_eq_32(&self.0, &other.0)
     }
 }
 
@@ -156,6 +171,12 @@ mod tests {
         assert_ne!(a, b);
         assert!(a < b);
         assert_eq!(a, Digest::from_bytes([1; 32]));
+        for i in 0..32 {
+            let mut c = [1; 32];
+            c[i] ^= 0x80;
+            assert_ne!(a, Digest::from_bytes(c), "byte {i}");
+            assert!(ct_eq_32(&c, &c));
+        }
         assert_eq!(format!("{a:?}"), format!("Digest({})", "01".repeat(32)));
     }
 }

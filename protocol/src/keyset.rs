@@ -20,8 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use subtle::ConstantTimeEq;
-
+use crate::digest::ct_eq_32;
 use crate::scope;
 use crate::wire::{
     self, DecodeError, EncodeError, Message, MessageKind, RawEntry, Tables, Validated,
@@ -258,7 +257,7 @@ impl KeySet {
         if !self.overlay.is_empty() {
             let p = self.overlay.partition_point(|r| r.digest < *d);
             if let Some(r) = self.overlay.get(p)
-                && bool::from(r.digest.ct_eq(d))
+                && ct_eq_32(&r.digest, d)
             {
                 return (r.grant != TOMBSTONE).then_some(KeyRef {
                     set: self,
@@ -279,7 +278,7 @@ impl KeySet {
         let b = bucket(d, self.index_bits);
         let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
         let p = lo + self.main[lo..hi].partition_point(|r| r.digest < *d);
-        (p < hi && bool::from(self.main[p].digest.ct_eq(d))).then_some(p)
+        (p < hi && ct_eq_32(&self.main[p].digest, d)).then_some(p)
     }
 
     /// Applies an encoded snapshot or delta, decoding straight into the compact form.
@@ -328,7 +327,7 @@ impl KeySet {
     ///
     /// # Errors
     /// As [`apply`](Self::apply), plus [`ApplyError::Encode`] for a message that cannot be encoded.
-    pub fn apply_message(&mut self, message: &Message) -> Result<Applied, ApplyError> {
+    pub fn apply_message(&mut self, message: Message) -> Result<Applied, ApplyError> {
         let bytes = message.encode()?;
         self.apply(&bytes)
     }

@@ -803,49 +803,74 @@ fn expiry_to_wire(expires_at: Option<u64>) -> Result<u32, EncodeError> {
     }
 }
 
-/// Sorts entries by digest, rejects duplicates, interns their tables, and returns the entries
-/// in order with their indices.
+/// Validates, interns and sorts entries; returns them in digest order with wire indices.
+///
+/// Pass 1 walks the entries in input order (the order their strings were allocated in, so
+/// memory is read mostly sequentially) and gives each distinct owner and grant a local number.
+/// The compact 60-byte records are then sorted by digest, and pass 2 renumbers owners and
+/// grants in first-use order, interning their strings: the bytes depend only on the content.
 fn encode_entries<'e>(
     tables: &mut Tables<'e>,
     entries: &'e [KeyEntry],
 ) -> Result<Vec<RawEntry>, EncodeError> {
-    // Sort compact (digest, position) pairs rather than pointers to scattered entries: with a
-    // million entries, comparisons through pointers are cache misses.
-    let mut order: Vec<([u8; 32], usize)> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (*e.digest.as_bytes(), i))
-        .collect();
-    order.sort_unstable_by_key(|a| a.0);
-    if order.windows(2).any(|w| w[0].0 == w[1].0) {
+    let too_large = |_| EncodeError::TooLarge;
+    let mut owner_ids: HashMap<&'e str, u32> = HashMap::new();
+    let mut owners: Vec<&'e str> = Vec::new();
+    let mut grant_ids: HashMap<(&'e [String], &'e [String]), u32> = HashMap::new();
+    let mut grants: Vec<(&'e [String], &'e [String])> = Vec::new();
+    let mut records = Vec::with_capacity(entries.len());
+    for e in entries {
+        let owner = match owner_ids.get(e.owner.as_str()) {
+            Some(&o) => o,
+            None => {
+                validate_owner(&e.owner).map_err(EncodeError::InvalidValue)?;
+                let o = u32::try_from(owners.len()).map_err(too_large)?;
+                owners.push(&e.owner);
+                owner_ids.insert(&e.owner, o);
+                o
+            }
+        };
+        let key = (&e.scopes[..], &e.resources[..]);
+        let grant = match grant_ids.get(&key) {
+            Some(&g) => g,
+            None => {
+                let g = u32::try_from(grants.len()).map_err(too_large)?;
+                grants.push(key);
+                grant_ids.insert(key, g);
+                g
+            }
+        };
+        records.push(RawEntry {
+            digest: *e.digest.as_bytes(),
+            key_id: *e.key_id.as_bytes(),
+            expiry: expiry_to_wire(e.expires_at)?,
+            owner,
+            grant,
+        });
+    }
+    records.sort_unstable_by_key(|r| r.digest);
+    if records.windows(2).any(|w| w[0].digest == w[1].digest) {
         return Err(EncodeError::DuplicateDigest);
     }
-    let sorted = order.into_iter().map(|(_, i)| &entries[i]);
-    // Most keys share a few grants: look each (scopes, resources) pair up once.
-    let mut grant_cache: HashMap<(&'e [String], &'e [String]), u32> = HashMap::new();
-    sorted
-        .map(|e| {
-            let owner = tables.owner(&e.owner)?;
-            let grant = match grant_cache.get(&(&e.scopes[..], &e.resources[..])) {
-                Some(&g) => g,
-                None => {
-                    let g = tables.grant(
-                        e.scopes.iter().map(String::as_str),
-                        e.resources.iter().map(String::as_str),
-                    )?;
-                    grant_cache.insert((&e.scopes, &e.resources), g);
-                    g
-                }
-            };
-            Ok(RawEntry {
-                digest: *e.digest.as_bytes(),
-                key_id: *e.key_id.as_bytes(),
-                expiry: expiry_to_wire(e.expires_at)?,
-                owner,
-                grant,
-            })
-        })
-        .collect()
+    let mut owner_wire = vec![u32::MAX; owners.len()];
+    let mut grant_wire = vec![u32::MAX; grants.len()];
+    for r in &mut records {
+        let o = &mut owner_wire[r.owner as usize];
+        if *o == u32::MAX {
+            *o = tables.owner(owners[r.owner as usize])?;
+        }
+        let g = &mut grant_wire[r.grant as usize];
+        if *g == u32::MAX {
+            let (scopes, resources) = grants[r.grant as usize];
+            *g = tables.grant(
+                scopes.iter().map(String::as_str),
+                resources.iter().map(String::as_str),
+            )?;
+        }
+        r.owner = *o;
+        r.grant = *g;
+    }
+    Ok(records)
 }
 
 impl Snapshot {

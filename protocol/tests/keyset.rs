@@ -156,9 +156,9 @@ fn failed_apply_changes_nothing() {
 #[test]
 fn apply_message_and_encode_snapshot() {
     let mut set = KeySet::new();
-    set.apply_message(&Message::Snapshot(small_snapshot()))
+    set.apply_message(Message::Snapshot(small_snapshot()))
         .unwrap();
-    set.apply_message(&Message::Delta(small_delta())).unwrap();
+    set.apply_message(Message::Delta(small_delta())).unwrap();
     // The set re-encodes to exactly what the equivalent Snapshot encodes to.
     let mut entries: Vec<KeyEntry> = small_snapshot()
         .entries
@@ -180,7 +180,7 @@ fn apply_message_and_encode_snapshot() {
     let mut bad = small_snapshot();
     bad.entries[0].owner.clear();
     assert!(matches!(
-        set.apply_message(&Message::Snapshot(bad)),
+        set.apply_message(Message::Snapshot(bad)),
         Err(ApplyError::Encode(_))
     ));
 }
