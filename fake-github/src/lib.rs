@@ -192,13 +192,19 @@ impl Drop for FakeGithub {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -214,23 +220,40 @@ impl FakeGithub {
         let addr = listener.local_addr()?;
         let prefix = options.path_prefix.trim_end_matches('/').to_owned();
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner { token_ttl: 3600, next_id: 1000, ..Inner::default() }),
+            inner: Mutex::new(Inner {
+                token_ttl: 3600,
+                next_id: 1000,
+                ..Inner::default()
+            }),
             api_base: format!("http://{addr}{prefix}"),
             web_base: format!("http://{addr}"),
         });
         let routes = Router::new()
             .route("/app", get(get_app))
             .route("/app/installations", get(list_installations))
-            .route("/app/installations/{installation_id}", get(get_installation))
-            .route("/app/installations/{installation_id}/access_tokens", post(create_token))
-            .route("/repos/{owner}/{repo}/installation", get(get_repo_installation))
+            .route(
+                "/app/installations/{installation_id}",
+                get(get_installation),
+            )
+            .route(
+                "/app/installations/{installation_id}/access_tokens",
+                post(create_token),
+            )
+            .route(
+                "/repos/{owner}/{repo}/installation",
+                get(get_repo_installation),
+            )
             .route("/orgs/{org}/installation", get(get_org_installation))
             .route("/users/{username}/installation", get(get_user_installation))
             .route("/installation/token", delete(revoke_token))
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(shared.clone(), common))
             .with_state(shared.clone());
-        let router = if prefix.is_empty() { routes } else { Router::new().nest(&prefix, routes) };
+        let router = if prefix.is_empty() {
+            routes
+        } else {
+            Router::new().nest(&prefix, routes)
+        };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -248,21 +271,37 @@ impl FakeGithub {
     }
 
     /// Registers an App with its public keys (PEM, SubjectPublicKeyInfo or PKCS#1).
-    pub fn add_app(&self, app_id: u64, client_id: &str, public_keys_pem: &[&str]) -> Result<(), FakeError> {
+    pub fn add_app(
+        &self,
+        app_id: u64,
+        client_id: &str,
+        public_keys_pem: &[&str],
+    ) -> Result<(), FakeError> {
         let keys = public_keys_pem
             .iter()
             .map(|pem| DecodingKey::from_rsa_pem(pem.as_bytes()))
             .collect::<Result<Vec<_>, _>>()?;
         self.shared.lock().apps.insert(
             app_id,
-            App { id: app_id, client_id: client_id.to_owned(), slug: format!("keygate-test-{app_id}"), keys },
+            App {
+                id: app_id,
+                client_id: client_id.to_owned(),
+                slug: format!("keygate-test-{app_id}"),
+                keys,
+            },
         );
         Ok(())
     }
 
     /// Installs an App on an organization with the given repositories and permissions; returns
     /// the installation id.
-    pub fn install(&self, app_id: u64, org: &str, repos: &[&str], permissions: &[(&str, &str)]) -> Result<u64, FakeError> {
+    pub fn install(
+        &self,
+        app_id: u64,
+        org: &str,
+        repos: &[&str],
+        permissions: &[(&str, &str)],
+    ) -> Result<u64, FakeError> {
         let mut g = self.shared.lock();
         if !g.apps.contains_key(&app_id) {
             return Err(FakeError::UnknownApp(app_id));
@@ -281,7 +320,10 @@ impl FakeGithub {
             account_id: id * 7,
             account_type: "Organization".to_owned(),
             repos: repo_ids,
-            permissions: permissions.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            permissions: permissions
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             suspended: false,
         };
         g.installations.insert(id, inst);
@@ -347,7 +389,13 @@ impl FakeGithub {
 type Fail = Box<Response>;
 
 fn error(status: StatusCode, message: &str) -> Fail {
-    Box::new((status, axum::Json(model::basic_error(message, DOCS, status.as_u16()))).into_response())
+    Box::new(
+        (
+            status,
+            axum::Json(model::basic_error(message, DOCS, status.as_u16())),
+        )
+            .into_response(),
+    )
 }
 
 /// Checks the required headers, counts the call, applies the delay, stamps `Date`.
@@ -374,7 +422,10 @@ async fn common(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
     if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
         resp.headers_mut().insert(header::DATE, v);
     }
-    resp.headers_mut().insert("x-github-api-version-selected", HeaderValue::from_static(API_VERSION));
+    resp.headers_mut().insert(
+        "x-github-api-version-selected",
+        HeaderValue::from_static(API_VERSION),
+    );
     resp
 }
 
@@ -386,7 +437,9 @@ fn operation(method: &axum::http::Method, path: &str) -> Option<Operation> {
     };
     use axum::http::Method as M;
     Some(match (method, segs) {
-        (&M::POST, ["app", "installations", _, "access_tokens"]) => Operation::CreateInstallationAccessToken,
+        (&M::POST, ["app", "installations", _, "access_tokens"]) => {
+            Operation::CreateInstallationAccessToken
+        }
         (&M::GET, ["repos", _, _, "installation"]) => Operation::GetRepoInstallation,
         (&M::GET, ["orgs", _, "installation"]) => Operation::GetOrgInstallation,
         (&M::GET, ["users", _, "installation"]) => Operation::GetUserInstallation,
@@ -405,8 +458,14 @@ fn check_headers(h: &HeaderMap) -> Result<(), Fail> {
             "Request forbidden by administrative rules. Please make sure your request has a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required).",
         ));
     }
-    let accept = h.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !accept.split(',').any(|a| a.trim() == "application/vnd.github+json") {
+    let accept = h
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !accept
+        .split(',')
+        .any(|a| a.trim() == "application/vnd.github+json")
+    {
         return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Unsupported 'Accept' header: this fake requires 'application/vnd.github+json'",
@@ -414,8 +473,14 @@ fn check_headers(h: &HeaderMap) -> Result<(), Fail> {
     }
     match h.get("x-github-api-version").and_then(|v| v.to_str().ok()) {
         Some(API_VERSION) => Ok(()),
-        Some(other) => Err(error(StatusCode::BAD_REQUEST, &format!("API version {other} is not supported."))),
-        None => Err(error(StatusCode::BAD_REQUEST, "Missing X-GitHub-Api-Version header (this fake requires it).")),
+        Some(other) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("API version {other} is not supported."),
+        )),
+        None => Err(error(
+            StatusCode::BAD_REQUEST,
+            "Missing X-GitHub-Api-Version header (this fake requires it).",
+        )),
     }
 }
 
@@ -436,16 +501,29 @@ fn authenticate_app(shared: &Shared, headers: &HeaderMap) -> Result<u64, Fail> {
     if let Some(limit) = g.rate_limit {
         return Err(rate_limited(limit, g.clock_offset));
     }
-    let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Err(error(StatusCode::UNAUTHORIZED, "Requires authentication"));
     };
-    let jwt = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or("");
-    let undecodable = || error(StatusCode::UNAUTHORIZED, "A JSON web token could not be decoded");
+    let jwt = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))
+        .unwrap_or("");
+    let undecodable = || {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        )
+    };
     let head = jsonwebtoken::decode_header(jwt).map_err(|_| undecodable())?;
     if head.alg != Algorithm::RS256 {
         return Err(undecodable());
     }
-    let claims: Claims = jsonwebtoken::dangerous::insecure_decode(jwt).map_err(|_| undecodable())?.claims;
+    let claims: Claims = jsonwebtoken::dangerous::insecure_decode(jwt)
+        .map_err(|_| undecodable())?
+        .claims;
     let app = match &claims.iss {
         Some(Value::Number(n)) => n.as_u64().and_then(|id| g.apps.get(&id)),
         Some(Value::String(s)) => match s.parse::<u64>() {
@@ -453,7 +531,10 @@ fn authenticate_app(shared: &Shared, headers: &HeaderMap) -> Result<u64, Fail> {
             Err(_) => g.apps.values().find(|a| a.client_id == *s),
         },
         _ => {
-            return Err(error(StatusCode::UNAUTHORIZED, "'Issuer' claim ('iss') must be an Integer"));
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "'Issuer' claim ('iss') must be an Integer",
+            ));
         }
     };
     let Some(app) = app else {
@@ -464,7 +545,11 @@ fn authenticate_app(shared: &Shared, headers: &HeaderMap) -> Result<u64, Fail> {
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
-    if !app.keys.iter().any(|k| jsonwebtoken::decode::<Value>(jwt, k, &validation).is_ok()) {
+    if !app
+        .keys
+        .iter()
+        .any(|k| jsonwebtoken::decode::<Value>(jwt, k, &validation).is_ok())
+    {
         return Err(undecodable());
     }
     let now = unix_now() + g.clock_offset;
@@ -481,7 +566,10 @@ fn authenticate_app(shared: &Shared, headers: &HeaderMap) -> Result<u64, Fail> {
         return Err(exp_error());
     }
     if exp - iat > 600 || exp > now + 600 {
-        return Err(error(StatusCode::UNAUTHORIZED, "'Expiration time' claim ('exp') is too far in the future"));
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "'Expiration time' claim ('exp') is too far in the future",
+        ));
     }
     Ok(app.id)
 }
@@ -523,7 +611,10 @@ fn rate_limited(limit: RateLimit, offset: i64) -> Fail {
                 h.insert("x-ratelimit-reset", v);
             }
         }
-        RateLimit::Secondary { status, retry_after } => {
+        RateLimit::Secondary {
+            status,
+            retry_after,
+        } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
             resp = (
                 status,
@@ -545,11 +636,19 @@ fn rate_limited(limit: RateLimit, offset: i64) -> Fail {
 fn installation_json(shared: &Shared, g: &Inner, inst: &Installation) -> Value {
     let api = &shared.api_base;
     let web = &shared.web_base;
-    let slug = g.apps.get(&inst.app_id).map(|a| a.slug.clone()).unwrap_or_default();
-    let client_id = g.apps.get(&inst.app_id).map(|a| a.client_id.clone()).unwrap_or_default();
+    let slug = g
+        .apps
+        .get(&inst.app_id)
+        .map(|a| a.slug.clone())
+        .unwrap_or_default();
+    let client_id = g
+        .apps
+        .get(&inst.app_id)
+        .map(|a| a.client_id.clone())
+        .unwrap_or_default();
     json!({
         "id": inst.id,
-        "account": model::simple_user(api, web, &inst.account, inst.account_id, &inst.account_type),
+        "account": account_json(api, web, inst),
         "repository_selection": "selected",
         "access_tokens_url": format!("{api}/app/installations/{}/access_tokens", inst.id),
         "repositories_url": format!("{api}/installation/repositories"),
@@ -571,6 +670,18 @@ fn installation_json(shared: &Shared, g: &Inner, inst: &Installation) -> Value {
     })
 }
 
+/// An installation's account. GitHub's description of `GET /app/installations` types it as
+/// `allOf: [Simple User, Enterprise]`, so it carries both shapes' required fields.
+fn account_json(api: &str, web: &str, inst: &Installation) -> Value {
+    let mut account =
+        model::simple_user(api, web, &inst.account, inst.account_id, &inst.account_type);
+    account["name"] = json!(inst.account);
+    account["slug"] = json!(inst.account.to_ascii_lowercase());
+    account["created_at"] = json!("2026-01-01T00:00:00Z");
+    account["updated_at"] = json!("2026-01-01T00:00:00Z");
+    account
+}
+
 fn ok_json(status: StatusCode, v: Value) -> Response {
     (status, axum::Json(v)).into_response()
 }
@@ -581,8 +692,16 @@ async fn get_app(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
         Err(r) => return *r,
     };
     let g = shared.lock();
-    let Some(app) = g.apps.get(&app_id) else { return not_found_body() };
-    let owner = model::simple_user(&shared.api_base, &shared.web_base, "keygate-tests", 1, "Organization");
+    let Some(app) = g.apps.get(&app_id) else {
+        return not_found_body();
+    };
+    let owner = model::simple_user(
+        &shared.api_base,
+        &shared.web_base,
+        "keygate-tests",
+        1,
+        "Organization",
+    );
     ok_json(
         StatusCode::OK,
         json!({
@@ -614,8 +733,12 @@ async fn list_installations(State(shared): State<Arc<Shared>>, headers: HeaderMa
         Err(r) => return *r,
     };
     let g = shared.lock();
-    let list: Vec<Value> =
-        g.installations.values().filter(|i| i.app_id == app_id).map(|i| installation_json(&shared, &g, i)).collect();
+    let list: Vec<Value> = g
+        .installations
+        .values()
+        .filter(|i| i.app_id == app_id)
+        .map(|i| installation_json(&shared, &g, i))
+        .collect();
     ok_json(StatusCode::OK, Value::Array(list))
 }
 
@@ -629,19 +752,31 @@ async fn get_installation(
         Err(r) => return *r,
     };
     let g = shared.lock();
-    match installation_id.parse::<u64>().ok().and_then(|id| g.installations.get(&id)) {
+    match installation_id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| g.installations.get(&id))
+    {
         Some(i) if i.app_id == app_id => ok_json(StatusCode::OK, installation_json(&shared, &g, i)),
         _ => not_found_body(),
     }
 }
 
-fn find_installation(shared: &Shared, headers: &HeaderMap, pred: impl Fn(&Installation) -> bool) -> Response {
+fn find_installation(
+    shared: &Shared,
+    headers: &HeaderMap,
+    pred: impl Fn(&Installation) -> bool,
+) -> Response {
     let app_id = match authenticate_app(shared, headers) {
         Ok(id) => id,
         Err(r) => return *r,
     };
     let g = shared.lock();
-    match g.installations.values().find(|i| i.app_id == app_id && pred(i)) {
+    match g
+        .installations
+        .values()
+        .find(|i| i.app_id == app_id && pred(i))
+    {
         Some(i) => ok_json(StatusCode::OK, installation_json(shared, &g, i)),
         None => not_found_body(),
     }
@@ -653,7 +788,8 @@ async fn get_repo_installation(
     headers: HeaderMap,
 ) -> Response {
     find_installation(&shared, &headers, |i| {
-        i.account.eq_ignore_ascii_case(&owner) && i.repos.keys().any(|r| r.eq_ignore_ascii_case(&repo))
+        i.account.eq_ignore_ascii_case(&owner)
+            && i.repos.keys().any(|r| r.eq_ignore_ascii_case(&repo))
     })
 }
 
@@ -662,7 +798,9 @@ async fn get_org_installation(
     Path(org): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    find_installation(&shared, &headers, |i| i.account.eq_ignore_ascii_case(&org) && i.account_type == "Organization")
+    find_installation(&shared, &headers, |i| {
+        i.account.eq_ignore_ascii_case(&org) && i.account_type == "Organization"
+    })
 }
 
 async fn get_user_installation(
@@ -692,7 +830,9 @@ fn level(v: &str) -> u8 {
 
 fn random_chars(n: usize, alphabet: &[u8]) -> String {
     let mut rng = rand::rng();
-    (0..n).map(|_| alphabet[rng.random_range(0..alphabet.len())] as char).collect()
+    (0..n)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
 }
 
 const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -708,7 +848,10 @@ async fn create_token(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    let stateless_header = headers.get("x-github-stateless-s2s-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let stateless_header = headers
+        .get("x-github-stateless-s2s-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body_value: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -718,14 +861,20 @@ async fn create_token(
         }
     };
     let mut g = shared.lock();
-    let Ok(installation_id) = installation_id.parse::<u64>() else { return not_found_body() };
+    let Ok(installation_id) = installation_id.parse::<u64>() else {
+        return not_found_body();
+    };
     g.token_requests.push(RecordedTokenRequest {
         installation_id,
         body: body_value.clone(),
         stateless_header: stateless_header.clone(),
     });
     let req: TokenRequest = if body_value.is_null() {
-        TokenRequest { repositories: None, repository_ids: None, permissions: None }
+        TokenRequest {
+            repositories: None,
+            repository_ids: None,
+            permissions: None,
+        }
     } else {
         match serde_json::from_value(body_value) {
             Ok(r) => r,
@@ -742,7 +891,10 @@ async fn create_token(
         _ => return not_found_body(),
     };
     if inst.suspended {
-        return *error(StatusCode::FORBIDDEN, "This installation has been suspended");
+        return *error(
+            StatusCode::FORBIDDEN,
+            "This installation has been suspended",
+        );
     }
     let mut names: Vec<String> = Vec::new();
     for r in req.repositories.iter().flatten() {
@@ -762,7 +914,9 @@ async fn create_token(
     let permissions = match &req.permissions {
         Some(p) => {
             for (k, v) in p {
-                if level(v) == 0 || level(inst.permissions.get(k).map(String::as_str).unwrap_or("")) < level(v) {
+                if level(v) == 0
+                    || level(inst.permissions.get(k).map(String::as_str).unwrap_or("")) < level(v)
+                {
                     return ok_json(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         model::validation_error(
@@ -782,7 +936,12 @@ async fn create_token(
         _ => g.stateless_default,
     };
     let token = if stateless {
-        format!("ghs_{}.{}.{}", random_chars(36, B64URL), random_chars(400, B64URL), random_chars(78, B64URL))
+        format!(
+            "ghs_{}.{}.{}",
+            random_chars(36, B64URL),
+            random_chars(400, B64URL),
+            random_chars(78, B64URL)
+        )
     } else {
         format!("ghs_{}", random_chars(36, ALNUM))
     };
@@ -797,7 +956,13 @@ async fn create_token(
             permissions: permissions.clone(),
         },
     );
-    let owner = model::simple_user(&shared.api_base, &shared.web_base, &inst.account, inst.account_id, &inst.account_type);
+    let owner = model::simple_user(
+        &shared.api_base,
+        &shared.web_base,
+        &inst.account,
+        inst.account_id,
+        &inst.account_type,
+    );
     let mut out = json!({
         "token": token,
         "expires_at": rfc3339(expires_at),
@@ -807,7 +972,16 @@ async fn create_token(
     if !names.is_empty() {
         let repos: Vec<Value> = names
             .iter()
-            .map(|n| model::repository(&shared.api_base, &shared.web_base, &owner, &inst.account, n, inst.repos[n]))
+            .map(|n| {
+                model::repository(
+                    &shared.api_base,
+                    &shared.web_base,
+                    &owner,
+                    &inst.account,
+                    n,
+                    inst.repos[n],
+                )
+            })
             .collect();
         out["repositories"] = Value::Array(repos);
     }
@@ -825,8 +999,14 @@ fn repo_not_accessible() -> Response {
 }
 
 async fn revoke_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("token ")).unwrap_or("");
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("token "))
+        .unwrap_or("");
     let mut g = shared.lock();
     let now = unix_now() + g.clock_offset;
     match g.tokens.get_mut(token) {
@@ -836,4 +1016,21 @@ async fn revoke_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
         }
         _ => *error(StatusCode::UNAUTHORIZED, "Bad credentials"),
     }
+}
+
+/// Path of a test-only key in this crate's `fixtures/` folder (see its README: these keys
+/// protect nothing).
+pub fn fixture_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Contents of a fixture file.
+///
+/// # Panics
+/// If the file is missing (a broken checkout).
+pub fn fixture(name: &str) -> String {
+    let path = fixture_path(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }

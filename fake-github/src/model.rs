@@ -40,10 +40,19 @@ pub(crate) fn simple_user(api: &str, web: &str, login: &str, id: u64, kind: &str
 }
 
 /// A "Repository" as GitHub lists it in an installation token response.
-pub(crate) fn repository(api: &str, web: &str, owner: &Value, owner_login: &str, name: &str, id: u64) -> Value {
+pub(crate) fn repository(
+    api: &str,
+    web: &str,
+    owner: &Value,
+    owner_login: &str,
+    name: &str,
+    id: u64,
+) -> Value {
     let full = format!("{owner_login}/{name}");
     let u = format!("{api}/repos/{full}");
-    let host = web.trim_start_matches("https://").trim_start_matches("http://");
+    let host = web
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     json!({
         "id": id,
         "node_id": format!("MDEwOlJlcG9zaXRvcnl{id}"),
