@@ -269,6 +269,13 @@ fn validate_url(app: &str, url: &str) -> Result<String, ConfigError> {
 fn load_key(app: &str, path: &PathBuf) -> Result<jsonwebtoken::EncodingKey, ConfigError> {
     let bad = |message: String| ConfigError::Key { app: app.to_owned(), path: path.clone(), message };
     let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let text = String::from_utf8_lossy(&pem);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        return Err(bad("is encrypted; give an unencrypted PKCS#1 or PKCS#8 key".into()));
+    }
+    if !text.contains("-----BEGIN RSA PRIVATE KEY-----") && !text.contains("-----BEGIN PRIVATE KEY-----") {
+        return Err(bad("not an RSA private key in PEM form (PKCS#1 `BEGIN RSA PRIVATE KEY` or PKCS#8 `BEGIN PRIVATE KEY`)".into()));
+    }
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
         .map_err(|e| bad(format!("not an RSA private key in PEM form (PKCS#1 or PKCS#8): {e}")))?;
     // The PEM parser does not check the key itself; a trial signature does.
