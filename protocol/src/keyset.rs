@@ -466,7 +466,10 @@ impl KeySet {
                     w += 1;
                 }
                 None => {
-                    self.main[w] = rec;
+                    // Until the first removal, records stay where they are.
+                    if w != r {
+                        self.main[w] = rec;
+                    }
                     w += 1;
                 }
             }
