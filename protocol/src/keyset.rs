@@ -1,11 +1,13 @@
 //! The filter's in-memory key set: compact sorted records, a radix index and a small overlay.
 //!
-//! A million keys take about 61 bytes each: every key is one fixed 60-byte [`Record`]-sized slot
-//! (digest, key id, expiry, owner index, grant index) in a `Vec` sorted by digest; owners and
-//! grants (scope list + resource allow-list) are interned once in side tables. A radix index
-//! over the first `log2(n) - 2` bits of the digest (1 MiB for a million keys) narrows each lookup
-//! to a bucket of about four adjacent records, then a binary search and a final constant-time
-//! equality finish it.
+//! A million keys take about 62 bytes each. Keys are sorted by digest and stored as two
+//! parallel arrays: the first 4 bytes of each digest (`u32`, 4 MB for a million keys, small
+//! enough to stay in the CPU cache) and a 56-byte tail (the other 28 digest bytes, key id,
+//! expiry, owner index, grant index). Owners and grants (scope list + resource allow-list) are
+//! interned once in side tables. A radix index over the first `log2(n) - 2` bits of the digest
+//! (1 MiB for a million keys) narrows a lookup to about four prefixes; only a matching prefix
+//! leads to a tail, so a lookup usually touches one cache line of the big array, and the final
+//! comparison of the whole digest is constant-time.
 //!
 //! Deltas do not move the big array: their upserts and removals go into a small sorted
 //! *overlay* (records that replace or add keys, and tombstones that hide keys of the main
@@ -27,10 +29,9 @@ use crate::wire::{
 };
 use crate::{Digest, KeyId};
 
-/// One key as the set stores it (60 bytes, 4-byte aligned).
+/// What the set knows about a key besides its digest (28 bytes).
 #[derive(Clone, Copy)]
-struct Record {
-    digest: [u8; 32],
+struct Meta {
     key_id: [u8; 16],
     /// Unix seconds; 0 = never.
     expiry: u32,
@@ -39,14 +40,55 @@ struct Record {
     grant: u32,
 }
 
+/// A whole key (60 bytes): the overlay's records and the unit of merges.
+#[derive(Clone, Copy)]
+struct Record {
+    digest: [u8; 32],
+    meta: Meta,
+}
+
+/// A key of the main array without its 4-byte digest prefix (56 bytes).
+#[derive(Clone, Copy)]
+struct Tail {
+    digest_tail: [u8; 28],
+    meta: Meta,
+}
+
 const TOMBSTONE: u32 = u32::MAX;
-const EMPTY_RECORD: Record = Record {
-    digest: [0; 32],
+const TOMBSTONE_META: Meta = Meta {
     key_id: [0; 16],
     expiry: 0,
     owner: 0,
-    grant: 0,
+    grant: TOMBSTONE,
 };
+const EMPTY_TAIL: Tail = Tail {
+    digest_tail: [0; 28],
+    meta: TOMBSTONE_META,
+};
+
+fn prefix_of(d: &[u8; 32]) -> u32 {
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+fn split(r: &Record) -> (u32, Tail) {
+    let mut digest_tail = [0u8; 28];
+    digest_tail.copy_from_slice(&r.digest[4..]);
+    (
+        prefix_of(&r.digest),
+        Tail {
+            digest_tail,
+            meta: r.meta,
+        },
+    )
+}
+
+fn join(prefix: u32, tail: &Tail) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    d[..4].copy_from_slice(&prefix.to_be_bytes());
+    d[4..].copy_from_slice(&tail.digest_tail);
+    d
+}
+
 /// The overlay is merged into the main array once it holds more than this many records…
 const OVERLAY_MIN: usize = 4096;
 /// …or more than `main.len() / OVERLAY_DIVISOR`, whichever is larger.
@@ -61,8 +103,8 @@ fn index_bits(n: usize) -> u32 {
     log2.saturating_sub(2).clamp(MIN_INDEX_BITS, MAX_INDEX_BITS)
 }
 
-fn bucket(d: &[u8; 32], bits: u32) -> usize {
-    (u32::from_be_bytes([d[0], d[1], d[2], d[3]]) >> (32 - bits)) as usize
+fn bucket(prefix: u32, bits: u32) -> usize {
+    (prefix >> (32 - bits)) as usize
 }
 
 /// What a key may do: its scopes and its resource allow-list (shared by many keys).
@@ -121,16 +163,18 @@ pub struct Applied {
 }
 
 /// The set of valid key digests with what each key may do.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeySet {
     revision: Option<u64>,
-    /// Sorted by digest, no duplicates.
-    main: Vec<Record>,
-    /// `index[b]..index[b + 1]` is the range of `main` whose digests start with the
+    /// The main array, sorted by digest, no duplicates: first 4 digest bytes…
+    main_prefix: Vec<u32>,
+    /// …and the rest of each key.
+    main_tail: Vec<Tail>,
+    /// `index[b]..index[b + 1]` is the range of the main array whose digests start with the
     /// `index_bits` bits `b`. Empty while `main` is empty.
     index: Vec<u32>,
     index_bits: u32,
-    /// Sorted by digest, no duplicates; tombstones always hide a record of `main`.
+    /// Sorted by digest, no duplicates; tombstones always hide a key of the main array.
     overlay: Vec<Record>,
     len: usize,
     owners: Vec<Arc<str>>,
@@ -139,10 +183,14 @@ pub struct KeySet {
     grant_ids: HashMap<Arc<Grant>, u32>,
 }
 
-impl std::fmt::Debug for Record {
+impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Record")
-            .field("digest", &Digest::from_bytes(self.digest))
+        f.debug_struct("KeySet")
+            .field("revision", &self.revision)
+            .field("len", &self.len)
+            .field("overlay_len", &self.overlay.len())
+            .field("owners", &self.owners.len())
+            .field("grants", &self.grants.len())
             .finish_non_exhaustive()
     }
 }
@@ -151,32 +199,33 @@ impl std::fmt::Debug for Record {
 #[derive(Clone, Copy)]
 pub struct KeyRef<'a> {
     set: &'a KeySet,
-    record: &'a Record,
+    digest: [u8; 32],
+    meta: &'a Meta,
 }
 
 impl<'a> KeyRef<'a> {
     /// The key's digest.
     #[must_use]
     pub fn digest(&self) -> Digest {
-        Digest::from_bytes(self.record.digest)
+        Digest::from_bytes(self.digest)
     }
 
     /// The key's id.
     #[must_use]
     pub fn key_id(&self) -> KeyId {
-        KeyId::from_bytes(self.record.key_id)
+        KeyId::from_bytes(self.meta.key_id)
     }
 
     /// The owner id.
     #[must_use]
     pub fn owner(&self) -> &'a str {
-        &self.set.owners[self.record.owner as usize]
+        &self.set.owners[self.meta.owner as usize]
     }
 
     /// When the key stops working (Unix seconds), or `None`.
     #[must_use]
     pub fn expires_at(&self) -> Option<u64> {
-        (self.record.expiry != 0).then_some(u64::from(self.record.expiry))
+        (self.meta.expiry != 0).then_some(u64::from(self.meta.expiry))
     }
 
     /// Whether the key has expired at `now_unix_secs` (expired from its expiry second on).
@@ -186,7 +235,7 @@ impl<'a> KeyRef<'a> {
     }
 
     fn grant(&self) -> &'a Grant {
-        &self.set.grants[self.record.grant as usize]
+        &self.set.grants[self.meta.grant as usize]
     }
 
     /// The key's scopes.
@@ -259,26 +308,37 @@ impl KeySet {
             if let Some(r) = self.overlay.get(p)
                 && ct_eq_32(&r.digest, d)
             {
-                return (r.grant != TOMBSTONE).then_some(KeyRef {
+                return (r.meta.grant != TOMBSTONE).then_some(KeyRef {
                     set: self,
-                    record: r,
+                    digest: r.digest,
+                    meta: &r.meta,
                 });
             }
         }
         self.find_main(d).map(|i| KeyRef {
             set: self,
-            record: &self.main[i],
+            digest: *d,
+            meta: &self.main_tail[i].meta,
         })
     }
 
+    /// The position of `d` in the main array.
     fn find_main(&self, d: &[u8; 32]) -> Option<usize> {
         if self.index.is_empty() {
             return None;
         }
-        let b = bucket(d, self.index_bits);
+        let prefix = prefix_of(d);
+        let b = bucket(prefix, self.index_bits);
         let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
-        let p = lo + self.main[lo..hi].partition_point(|r| r.digest < *d);
-        (p < hi && ct_eq_32(&self.main[p].digest, d)).then_some(p)
+        // Every key with this prefix is in this bucket; usually there is at most one.
+        let mut p = lo + self.main_prefix[lo..hi].partition_point(|&x| x < prefix);
+        while p < hi && self.main_prefix[p] == prefix {
+            if ct_eq_32(&join(prefix, &self.main_tail[p]), d) {
+                return Some(p);
+            }
+            p += 1;
+        }
+        None
     }
 
     /// Applies an encoded snapshot or delta, decoding straight into the compact form.
@@ -376,10 +436,12 @@ impl KeySet {
     fn record(e: &RawEntry, owner_map: &[u32], grant_map: &[u32]) -> Record {
         Record {
             digest: e.digest,
-            key_id: e.key_id,
-            expiry: e.expiry,
-            owner: owner_map[e.owner as usize],
-            grant: grant_map[e.grant as usize],
+            meta: Meta {
+                key_id: e.key_id,
+                expiry: e.expiry,
+                owner: owner_map[e.owner as usize],
+                grant: grant_map[e.grant as usize],
+            },
         }
     }
 
@@ -391,9 +453,15 @@ impl KeySet {
         };
         let (owner_map, grant_map) = self.translate(v);
         let n = v.entry_count();
-        let mut main = Vec::with_capacity(n);
-        main.extend((0..n).map(|i| Self::record(&v.entry(i), &owner_map, &grant_map)));
-        self.main = main;
+        let mut main_prefix = Vec::with_capacity(n);
+        let mut main_tail = Vec::with_capacity(n);
+        for i in 0..n {
+            let (prefix, tail) = split(&Self::record(&v.entry(i), &owner_map, &grant_map));
+            main_prefix.push(prefix);
+            main_tail.push(tail);
+        }
+        self.main_prefix = main_prefix;
+        self.main_tail = main_tail;
         self.len = n;
         self.rebuild_index();
     }
@@ -408,16 +476,14 @@ impl KeySet {
             while let Some(r) = removals.next_if(|r| *r < rec.digest) {
                 ops.push(Record {
                     digest: r,
-                    grant: TOMBSTONE,
-                    ..EMPTY_RECORD
+                    meta: TOMBSTONE_META,
                 });
             }
             ops.push(rec);
         }
         ops.extend(removals.map(|r| Record {
             digest: r,
-            grant: TOMBSTONE,
-            ..EMPTY_RECORD
+            meta: TOMBSTONE_META,
         }));
 
         let old = std::mem::take(&mut self.overlay);
@@ -429,8 +495,8 @@ impl KeySet {
             }
             let shadowed = old_iter.next_if(|o| o.digest == op.digest);
             let in_main = self.find_main(&op.digest).is_some();
-            let was_live = shadowed.map_or(in_main, |o| o.grant != TOMBSTONE);
-            let is_live = op.grant != TOMBSTONE;
+            let was_live = shadowed.map_or(in_main, |o| o.meta.grant != TOMBSTONE);
+            let is_live = op.meta.grant != TOMBSTONE;
             match (was_live, is_live) {
                 (false, true) => self.len += 1,
                 (true, false) => self.len -= 1,
@@ -443,7 +509,7 @@ impl KeySet {
         }
         merged.extend(old_iter);
         self.overlay = merged;
-        if self.overlay.len() > OVERLAY_MIN.max(self.main.len() / OVERLAY_DIVISOR) {
+        if self.overlay.len() > OVERLAY_MIN.max(self.main_prefix.len() / OVERLAY_DIVISOR) {
             self.compact();
         }
     }
@@ -453,48 +519,60 @@ impl KeySet {
         let overlay = std::mem::take(&mut self.overlay);
         let mut inserts: Vec<Record> = Vec::new();
         let mut ov = overlay.iter().peekable();
+        let n = self.main_prefix.len();
         let mut w = 0;
-        for r in 0..self.main.len() {
-            let rec = self.main[r];
-            while let Some(o) = ov.next_if(|o| o.digest < rec.digest) {
+        for r in 0..n {
+            let digest = join(self.main_prefix[r], &self.main_tail[r]);
+            while let Some(o) = ov.next_if(|o| o.digest < digest) {
                 inserts.push(*o);
             }
-            match ov.next_if(|o| o.digest == rec.digest) {
-                Some(o) if o.grant == TOMBSTONE => {}
+            match ov.next_if(|o| o.digest == digest) {
+                Some(o) if o.meta.grant == TOMBSTONE => {}
                 Some(o) => {
-                    self.main[w] = *o;
+                    let (prefix, tail) = split(o);
+                    self.main_prefix[w] = prefix;
+                    self.main_tail[w] = tail;
                     w += 1;
                 }
                 None => {
-                    // Until the first removal, records stay where they are.
+                    // Until the first removal, keys stay where they are.
                     if w != r {
-                        self.main[w] = rec;
+                        self.main_prefix[w] = self.main_prefix[r];
+                        self.main_tail[w] = self.main_tail[r];
                     }
                     w += 1;
                 }
             }
         }
         inserts.extend(ov.copied());
-        debug_assert!(inserts.iter().all(|r| r.grant != TOMBSTONE));
-        self.main.truncate(w);
+        debug_assert!(inserts.iter().all(|r| r.meta.grant != TOMBSTONE));
+        self.main_prefix.truncate(w);
+        self.main_tail.truncate(w);
         let k = inserts.len();
         let total = w + k;
-        if self.main.capacity() < total {
+        if self.main_tail.capacity() < total {
             // Some slack so that the next compactions do not reallocate (a reallocation may
             // copy, and wasm memory never shrinks).
-            self.main.reserve_exact(k + total / 64);
+            self.main_prefix.reserve_exact(k + total / 64);
+            self.main_tail.reserve_exact(k + total / 64);
         }
-        self.main.resize(total, EMPTY_RECORD);
+        self.main_prefix.resize(total, 0);
+        self.main_tail.resize(total, EMPTY_TAIL);
+        // Merge from the back: main[..i] and inserts[..j] into main[..dst + 1].
         let (mut i, mut j) = (w, k);
         for dst in (0..total).rev() {
             if j == 0 {
                 break;
             }
-            if i > 0 && self.main[i - 1].digest > inserts[j - 1].digest {
-                self.main[dst] = self.main[i - 1];
+            let insert = &inserts[j - 1];
+            if i > 0 && join(self.main_prefix[i - 1], &self.main_tail[i - 1]) > insert.digest {
+                self.main_prefix[dst] = self.main_prefix[i - 1];
+                self.main_tail[dst] = self.main_tail[i - 1];
                 i -= 1;
             } else {
-                self.main[dst] = inserts[j - 1];
+                let (prefix, tail) = split(insert);
+                self.main_prefix[dst] = prefix;
+                self.main_tail[dst] = tail;
                 j -= 1;
             }
         }
@@ -502,29 +580,38 @@ impl KeySet {
     }
 
     fn rebuild_index(&mut self) {
-        if self.main.is_empty() {
+        if self.main_prefix.is_empty() {
             self.index = Vec::new();
             return;
         }
-        let bits = index_bits(self.main.len());
+        let n = self.main_prefix.len();
+        let bits = index_bits(n);
         let buckets = 1usize << bits;
         let mut index = Vec::with_capacity(buckets + 1);
         let mut pos = 0usize;
         for b in 0..buckets {
-            while pos < self.main.len() && bucket(&self.main[pos].digest, bits) < b {
+            while pos < n && bucket(self.main_prefix[pos], bits) < b {
                 pos += 1;
             }
             index.push(pos as u32);
         }
-        index.push(self.main.len() as u32);
+        index.push(n as u32);
         self.index = index;
         self.index_bits = bits;
     }
 
-    /// Every live record in digest order (the main array merged with the overlay).
-    fn live_records(&self) -> impl Iterator<Item = &Record> + '_ {
-        let mut main = self.main.iter().peekable();
-        let mut overlay = self.overlay.iter().peekable();
+    /// Every live key in digest order (the main array merged with the overlay).
+    fn live_records(&self) -> impl Iterator<Item = Record> + '_ {
+        let mut main = self
+            .main_prefix
+            .iter()
+            .zip(&self.main_tail)
+            .map(|(&prefix, tail)| Record {
+                digest: join(prefix, tail),
+                meta: tail.meta,
+            })
+            .peekable();
+        let mut overlay = self.overlay.iter().copied().peekable();
         std::iter::from_fn(move || {
             loop {
                 let take_main = match (main.peek(), overlay.peek()) {
@@ -547,7 +634,7 @@ impl KeySet {
                     overlay.next()
                 };
                 if let Some(r) = r
-                    && r.grant != TOMBSTONE
+                    && r.meta.grant != TOMBSTONE
                 {
                     return Some(r);
                 }
@@ -564,15 +651,15 @@ impl KeySet {
         let mut grant_map = vec![u32::MAX; self.grants.len()];
         let mut entries = Vec::with_capacity(self.len);
         for r in self.live_records() {
-            let owner = &mut owner_map[r.owner as usize];
+            let owner = &mut owner_map[r.meta.owner as usize];
             if *owner == u32::MAX {
                 *owner = tables
-                    .owner(&self.owners[r.owner as usize])
+                    .owner(&self.owners[r.meta.owner as usize])
                     .expect("owners in the set were validated");
             }
-            let grant = &mut grant_map[r.grant as usize];
+            let grant = &mut grant_map[r.meta.grant as usize];
             if *grant == u32::MAX {
-                let g = &self.grants[r.grant as usize];
+                let g = &self.grants[r.meta.grant as usize];
                 *grant = tables
                     .grant(
                         g.scopes.iter().map(|s| &**s),
@@ -582,8 +669,8 @@ impl KeySet {
             }
             entries.push(RawEntry {
                 digest: r.digest,
-                key_id: r.key_id,
-                expiry: r.expiry,
+                key_id: r.meta.key_id,
+                expiry: r.meta.expiry,
                 owner: *owner,
                 grant: *grant,
             });
@@ -610,7 +697,9 @@ impl KeySet {
             buckets * (size_of::<K>() + size_of::<V>() + 1)
         }
         let arc_header = 2 * size_of::<usize>();
-        let records = (self.main.capacity() + self.overlay.capacity()) * size_of::<Record>();
+        let records = self.main_prefix.capacity() * size_of::<u32>()
+            + self.main_tail.capacity() * size_of::<Tail>()
+            + self.overlay.capacity() * size_of::<Record>();
         let index = self.index.capacity() * size_of::<u32>();
         let owners = self.owners.capacity() * size_of::<Arc<str>>()
             + self
@@ -641,7 +730,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_is_60_bytes() {
+    fn a_key_takes_60_bytes() {
         assert_eq!(std::mem::size_of::<Record>(), 60);
+        assert_eq!(std::mem::size_of::<Tail>() + std::mem::size_of::<u32>(), 60);
     }
 }

@@ -364,3 +364,51 @@ fn grow_from_tiny_then_remove_everything() {
     assert_eq!(set.lookup(&d(1)).unwrap().owner(), "back");
     assert_eq!(set.len(), 1);
 }
+
+/// Keys whose digests share their first 4 bytes (and so a prefix and a bucket), through a
+/// snapshot, deltas and a compaction.
+#[test]
+fn keys_sharing_a_digest_prefix() {
+    let same = |i: u32| {
+        let mut b = *Digest::of(&format!("tail-{i}")).as_bytes();
+        b[..4].copy_from_slice(&[7, 7, 7, 7]);
+        Digest::from_bytes(b)
+    };
+    let mut entries: Vec<KeyEntry> = (0..50)
+        .map(|i| entry(same(i), &format!("s{i}"), &[], &[]))
+        .collect();
+    entries.extend((0..2000).map(|i| entry(d(i), "other", &[], &[])));
+    let mut set = KeySet::new();
+    set.apply(
+        &Snapshot {
+            revision: 1,
+            entries,
+        }
+        .encode()
+        .unwrap(),
+    )
+    .unwrap();
+    for i in 0..50 {
+        assert_eq!(set.lookup(&same(i)).unwrap().owner(), format!("s{i}"));
+    }
+    for i in 50..100 {
+        assert!(set.lookup(&same(i)).is_none());
+    }
+    // Remove the even ones, add 50..100, and push past the overlay threshold to compact.
+    let delta = Delta {
+        base_revision: 1,
+        revision: 2,
+        upserts: (50..100)
+            .map(|i| entry(same(i), &format!("s{i}"), &[], &[]))
+            .chain((2000..7000).map(|i| entry(d(i), "more", &[], &[])))
+            .collect(),
+        removals: (0..50).step_by(2).map(same).collect(),
+    };
+    set.apply(&delta.encode().unwrap()).unwrap();
+    for i in 0..100 {
+        let found = set.lookup(&same(i)).map(|k| k.owner().to_owned());
+        let want = (i >= 50 || i % 2 == 1).then(|| format!("s{i}"));
+        assert_eq!(found, want, "{i}");
+    }
+    assert_eq!(set.len(), 100 - 25 + 7000);
+}
