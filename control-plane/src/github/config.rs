@@ -11,7 +11,7 @@ use super::Permissions;
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
 /// The broker's command-line flags; the `serve` command flattens them.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct GithubArgs {
     /// A GitHub App the broker acts as (repeatable; in the environment separate Apps with `;`):
     /// `name=main,app-id=123,private-key=/keys/a.pem[,private-key=/keys/b.pem][,client-id=Iv23…]
@@ -54,6 +54,22 @@ pub struct GithubArgs {
     /// Timeout of one GitHub request, in seconds.
     #[arg(long = "github-timeout", default_value_t = 10)]
     pub timeout_secs: u64,
+}
+
+impl Default for GithubArgs {
+    /// The flags' defaults: no App, no internal key, `contents` read/write policy.
+    fn default() -> Self {
+        Self {
+            github_apps: Vec::new(),
+            internal_api_key: None,
+            read_permissions: "contents=read".into(),
+            write_permissions: "contents=write".into(),
+            internal_permissions: "contents=write".into(),
+            expose_app_jwt: false,
+            not_installed_ttl_secs: 30,
+            timeout_secs: 10,
+        }
+    }
 }
 
 /// A configuration problem, reported at start-up.
