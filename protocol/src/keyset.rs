@@ -4,8 +4,9 @@
 //! parallel arrays: the first 4 bytes of each digest (`u32`, 4 MB for a million keys, small
 //! enough to stay in the CPU cache) and a 56-byte tail (the other 28 digest bytes, key id,
 //! expiry, owner index, grant index). Owners and grants (scope list + resource allow-list) are
-//! interned once in side tables. A radix index over the first `log2(n) - 2` bits of the digest
-//! (1 MiB for a million keys) narrows a lookup to about four prefixes; only a matching prefix
+//! interned once in side tables. A radix index over the first `log2(n) - 4` bits of the digest
+//! (256 KiB for a million keys) narrows a lookup to about 16 prefixes, one cache line; only a
+//! matching prefix
 //! leads to a tail, so a lookup usually touches one cache line of the big array, and the final
 //! comparison of the whole digest is constant-time.
 //!
@@ -93,14 +94,14 @@ fn join(prefix: u32, tail: &Tail) -> [u8; 32] {
 const OVERLAY_MIN: usize = 4096;
 /// …or more than `main.len() / OVERLAY_DIVISOR`, whichever is larger.
 const OVERLAY_DIVISOR: usize = 128;
-/// The radix index uses the first `bits` bits of the digest, about `log2(n) - 2` of them (so a
-/// bucket holds about four records), between these bounds.
+/// The radix index uses the first `bits` bits of the digest, about `log2(n) - 4` of them (so a
+/// bucket holds about 16 prefixes, one cache line), between these bounds.
 const MIN_INDEX_BITS: u32 = 4;
-const MAX_INDEX_BITS: u32 = 22;
+const MAX_INDEX_BITS: u32 = 20;
 
 fn index_bits(n: usize) -> u32 {
     let log2 = usize::BITS - n.leading_zeros();
-    log2.saturating_sub(2).clamp(MIN_INDEX_BITS, MAX_INDEX_BITS)
+    log2.saturating_sub(4).clamp(MIN_INDEX_BITS, MAX_INDEX_BITS)
 }
 
 fn bucket(prefix: u32, bits: u32) -> usize {

@@ -300,9 +300,9 @@ fn heap_bytes_grow_with_the_set() {
     )
     .unwrap();
     let full = set.heap_bytes();
-    // 60 bytes per record plus a radix index of 2^12 + 1 buckets (about 4 keys per bucket),
+    // 60 bytes per record plus a radix index of 2^10 + 1 buckets (about 16 keys per bucket),
     // plus small tables.
-    let floor = 10_000 * 60 + ((1 << 12) + 1) * 4;
+    let floor = 10_000 * 60 + ((1 << 10) + 1) * 4;
     assert!(full >= empty + floor, "{full}");
     assert!(full < floor + 2048, "{full}");
 }
