@@ -1,0 +1,144 @@
+//! The one bounds-checked door to guest memory: every read or write of a guest pointer goes here.
+
+use wasmtime::{Caller, Extern, Memory, TypedFunc};
+
+use crate::abi::Status;
+use crate::state::HostState;
+
+/// Largest single buffer the host reads from or hands to the guest (64 MiB). Anything larger is
+/// refused with `InvalidMemoryAccess` instead of being allocated.
+pub const MAX_GUEST_BUFFER: usize = 64 << 20;
+
+/// A host call either ends with a status for the guest or traps the guest.
+pub(crate) enum HostCallError {
+    Status(Status),
+    Trap(wasmtime::Error),
+}
+
+impl From<Status> for HostCallError {
+    fn from(status: Status) -> Self {
+        Self::Status(status)
+    }
+}
+
+impl From<wasmtime::Error> for HostCallError {
+    fn from(error: wasmtime::Error) -> Self {
+        Self::Trap(error)
+    }
+}
+
+pub(crate) type HostResult<T> = Result<T, HostCallError>;
+
+/// Turns a host-call result into the i32 status the guest sees (or a trap).
+pub(crate) fn finish(result: HostResult<()>) -> wasmtime::Result<i32> {
+    match result {
+        Ok(()) => Ok(Status::Ok as i32),
+        Err(HostCallError::Status(status)) => Ok(status as i32),
+        Err(HostCallError::Trap(error)) => Err(error),
+    }
+}
+
+/// Guest memory access for one host call.
+pub(crate) struct Guest<'a, 'b> {
+    caller: &'a mut Caller<'b, HostState>,
+    memory: Memory,
+}
+
+impl<'a, 'b> Guest<'a, 'b> {
+    /// Binds to the guest's exported `memory`.
+    pub(crate) fn new(caller: &'a mut Caller<'b, HostState>) -> HostResult<Self> {
+        let memory = match caller.data().memory {
+            Some(memory) => memory,
+            None => match caller.get_export("memory") {
+                Some(Extern::Memory(memory)) => memory,
+                _ => return Err(Status::InvalidMemoryAccess.into()),
+            },
+        };
+        Ok(Self { caller, memory })
+    }
+
+    /// The host state.
+    pub(crate) fn state(&mut self) -> &mut HostState {
+        self.caller.data_mut()
+    }
+
+    fn range(&self, ptr: i32, len: usize) -> HostResult<std::ops::Range<usize>> {
+        if len > MAX_GUEST_BUFFER {
+            return Err(Status::InvalidMemoryAccess.into());
+        }
+        let start = ptr as u32 as usize;
+        let end = start
+            .checked_add(len)
+            .ok_or(HostCallError::Status(Status::InvalidMemoryAccess))?;
+        if end > self.memory.data_size(&*self.caller) {
+            return Err(Status::InvalidMemoryAccess.into());
+        }
+        Ok(start..end)
+    }
+
+    /// Copies `len` bytes at `ptr` out of the guest.
+    pub(crate) fn read(&self, ptr: i32, len: i32) -> HostResult<Vec<u8>> {
+        let range = self.range(ptr, len as u32 as usize)?;
+        Ok(self.memory.data(&*self.caller)[range].to_vec())
+    }
+
+    /// Reads a string (invalid UTF-8 is replaced, never rejected).
+    pub(crate) fn read_string(&self, ptr: i32, len: i32) -> HostResult<String> {
+        Ok(String::from_utf8_lossy(&self.read(ptr, len)?).into_owned())
+    }
+
+    /// Writes bytes at `ptr`.
+    pub(crate) fn write(&mut self, ptr: i32, bytes: &[u8]) -> HostResult<()> {
+        let range = self.range(ptr, bytes.len())?;
+        self.memory.data_mut(&mut *self.caller)[range].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Writes a little-endian u32 (a wasm32 pointer or size).
+    pub(crate) fn write_u32(&mut self, ptr: i32, value: u32) -> HostResult<()> {
+        self.write(ptr, &value.to_le_bytes())
+    }
+
+    /// Writes a little-endian u64.
+    pub(crate) fn write_u64(&mut self, ptr: i32, value: u64) -> HostResult<()> {
+        self.write(ptr, &value.to_le_bytes())
+    }
+
+    /// Hands `data` to the guest: memory from `proxy_on_memory_allocate` (or `malloc`) with the
+    /// exact size, then its pointer and size written at `ptr_ptr` and `size_ptr`. Empty data is
+    /// handed over as pointer 0, size 0 (as Envoy does).
+    pub(crate) fn copy_out(&mut self, data: &[u8], ptr_ptr: i32, size_ptr: i32) -> HostResult<()> {
+        if data.len() > MAX_GUEST_BUFFER {
+            return Err(Status::InvalidMemoryAccess.into());
+        }
+        // Check the out-pointers before allocating so a bad pointer leaks nothing.
+        self.range(ptr_ptr, 4)?;
+        self.range(size_ptr, 4)?;
+        let mut pointer = 0u32;
+        if !data.is_empty() {
+            let alloc = self.allocator()?;
+            let raw = alloc.call(&mut *self.caller, data.len() as i32)?;
+            if raw == 0 {
+                return Err(Status::InvalidMemoryAccess.into());
+            }
+            self.write(raw, data)?;
+            pointer = raw as u32;
+        }
+        self.write_u32(ptr_ptr, pointer)?;
+        self.write_u32(size_ptr, data.len() as u32)
+    }
+
+    fn allocator(&mut self) -> HostResult<TypedFunc<i32, i32>> {
+        if let Some(alloc) = self.caller.data().allocator.clone() {
+            return Ok(alloc);
+        }
+        for name in ["proxy_on_memory_allocate", "malloc"] {
+            if let Some(Extern::Func(f)) = self.caller.get_export(name)
+                && let Ok(typed) = f.typed::<i32, i32>(&*self.caller)
+            {
+                return Ok(typed);
+            }
+        }
+        Err(Status::InvalidMemoryAccess.into())
+    }
+}

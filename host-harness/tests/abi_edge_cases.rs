@@ -1,0 +1,166 @@
+//! Bad modules and hostile guests: clear errors and ABI statuses, never a host panic.
+
+use keygate_host_harness::{Disposition, Harness, HarnessError, Plugin, Request};
+
+#[test]
+fn garbage_bytes_are_an_invalid_module() {
+    let err = Plugin::load(b"\0asm\x01\0\0\0garbage").unwrap_err();
+    assert!(matches!(err, HarnessError::InvalidModule(_)), "{err}");
+    let err = Plugin::load(b"not wasm at all").unwrap_err();
+    assert!(matches!(err, HarnessError::InvalidModule(_)), "{err}");
+}
+
+#[test]
+fn a_module_without_abi_version_export_is_refused() {
+    let err = Plugin::load(br#"(module (memory (export "memory") 1))"#).unwrap_err();
+    assert!(matches!(err, HarnessError::MissingAbiVersion), "{err}");
+    assert!(err.to_string().contains("proxy_abi_version_0_2_1"));
+}
+
+#[test]
+fn abi_0_2_0_is_accepted() {
+    let plugin = Plugin::load(
+        br#"(module (memory (export "memory") 1)
+             (func (export "proxy_abi_version_0_2_0"))
+             (func (export "malloc") (param i32) (result i32) (i32.const 1024)))"#,
+    )
+    .unwrap();
+    assert_eq!(
+        plugin.abi_version(),
+        keygate_host_harness::AbiVersion::V0_2_0
+    );
+}
+
+#[test]
+fn unsatisfiable_imports_are_all_listed() {
+    let err = Plugin::load(
+        br#"(module
+             (import "env" "proxy_does_not_exist" (func (param i32)))
+             (import "env" "proxy_log" (func (param i32) (result i32)))
+             (import "other" "thing" (func))
+             (memory (export "memory") 1)
+             (func (export "proxy_abi_version_0_2_1")))"#,
+    )
+    .unwrap_err();
+    match err {
+        HarnessError::UnsatisfiedImports(names) => assert_eq!(
+            names,
+            vec![
+                "env.proxy_does_not_exist".to_owned(),
+                "env.proxy_log (signature differs)".to_owned(),
+                "other.thing".to_owned()
+            ]
+        ),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn missing_memory_or_allocator_exports_are_named() {
+    let err = Plugin::load(br#"(module (func (export "proxy_abi_version_0_2_1")))"#).unwrap_err();
+    assert!(
+        matches!(&err, HarnessError::MissingExport(name) if name == "memory"),
+        "{err}"
+    );
+    let err = Plugin::load(
+        br#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")))"#,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, HarnessError::MissingExport(name) if name == "proxy_on_memory_allocate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_trap_in_initialize_is_a_trap_error() {
+    let plugin = Plugin::load(
+        br#"(module (memory (export "memory") 1)
+             (func (export "proxy_abi_version_0_2_1"))
+             (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+             (func (export "_initialize") unreachable))"#,
+    )
+    .unwrap();
+    match Harness::builder(plugin).build() {
+        Err(HarnessError::Trap { during, message }) => {
+            assert_eq!(during, "_initialize");
+            assert!(message.contains("unreachable"), "{message}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+/// A hand-written filter that calls host functions with hostile or unusual arguments and
+/// reports each status as one digit in a request header.
+const HOSTILE: &str = r#"
+(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_hv (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add_hv (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get_buf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $set_ctx (param i32) (result i32)))
+  (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_shared_data" (func $get_sd (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_dequeue_shared_queue" (func $deq (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $defm (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_call" (func $grpc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $bump (mut i32) (i32.const 4096))
+  (global $bad_alloc (mut i32) (i32.const 0))
+  (data (i32.const 200) "x-k")
+  (data (i32.const 210) "x-statuses")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $p i32)
+    (if (global.get $bad_alloc) (then (return (i32.const 0x7ffffff0))))
+    (local.set $p (global.get $bump))
+    (global.set $bump (i32.add (global.get $bump) (local.get $size)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    ;; oversize buffer, pointer past the end, out-pointers out of range
+    (i32.store8 offset=100 (i32.const 0) (i32.add (i32.const 48) (call $log (i32.const 2) (i32.const 0) (i32.const 0x7fffffff))))
+    (i32.store8 offset=101 (i32.const 0) (i32.add (i32.const 48) (call $log (i32.const 2) (i32.const 0xfffffff0) (i32.const 32))))
+    (i32.store8 offset=102 (i32.const 0) (i32.add (i32.const 48) (call $get_hv (i32.const 0) (i32.const 200) (i32.const 3) (i32.const 0xfffffff0) (i32.const 0xfffffff4))))
+    ;; plugin configuration outside proxy_on_configure: NotFound
+    (i32.store8 offset=103 (i32.const 0) (i32.add (i32.const 48) (call $get_buf (i32.const 7) (i32.const 0) (i32.const 10) (i32.const 300) (i32.const 304))))
+    ;; unknown context: BadArgument
+    (i32.store8 offset=104 (i32.const 0) (i32.add (i32.const 48) (call $set_ctx (i32.const 999))))
+    ;; unknown foreign function: NotFound
+    (i32.store8 offset=105 (i32.const 0) (i32.add (i32.const 48) (call $foreign (i32.const 200) (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 300) (i32.const 304))))
+    ;; http call to an unknown cluster: BadArgument
+    (i32.store8 offset=106 (i32.const 0) (i32.add (i32.const 48) (call $http (i32.const 200) (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 300))))
+    ;; missing shared data key / unknown queue: NotFound
+    (i32.store8 offset=107 (i32.const 0) (i32.add (i32.const 48) (call $get_sd (i32.const 200) (i32.const 3) (i32.const 300) (i32.const 304) (i32.const 308))))
+    (i32.store8 offset=108 (i32.const 0) (i32.add (i32.const 48) (call $deq (i32.const 42) (i32.const 300) (i32.const 304))))
+    ;; bad metric type: BadArgument
+    (i32.store8 offset=109 (i32.const 0) (i32.add (i32.const 48) (call $defm (i32.const 7) (i32.const 200) (i32.const 3) (i32.const 300))))
+    ;; the guest allocator returns memory that does not exist: InvalidMemoryAccess
+    (global.set $bad_alloc (i32.const 1))
+    (i32.store8 offset=110 (i32.const 0) (i32.add (i32.const 48) (call $pairs (i32.const 0) (i32.const 300) (i32.const 304))))
+    (global.set $bad_alloc (i32.const 0))
+    ;; gRPC to an unknown service: ParseFailure
+    (i32.store8 offset=111 (i32.const 0) (i32.add (i32.const 48) (call $grpc (i32.const 200) (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 300))))
+    (drop (call $add_hv (i32.const 0) (i32.const 210) (i32.const 10) (i32.const 100) (i32.const 12)))
+    (i32.const 0))
+)
+"#;
+
+#[test]
+fn hostile_arguments_get_envoy_statuses_not_host_panics() {
+    let mut harness = Harness::builder(Plugin::load(HOSTILE.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let outcome = harness
+        .run_request(Request::get("/").header("x-k", "v"))
+        .unwrap();
+    assert_eq!(outcome.disposition, Disposition::Completed);
+    assert_eq!(outcome.request_header("x-statuses"), Some("666121211264"));
+    assert!(harness.traps().is_empty());
+    assert!(
+        harness.logs().is_empty(),
+        "no log line was accepted from bad buffers"
+    );
+}
