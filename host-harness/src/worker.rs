@@ -30,6 +30,7 @@ type F2 = TypedFunc<(i32, i32), ()>;
 type B2 = TypedFunc<(i32, i32), i32>;
 type A2 = TypedFunc<(i32, i32), i32>;
 type A3 = TypedFunc<(i32, i32, i32), i32>;
+type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// Cached callback exports (absent ones are skipped, as Envoy does).
 struct Exports {
@@ -47,7 +48,7 @@ struct Exports {
     on_delete: Option<F1>,
     on_tick: Option<F1>,
     on_queue_ready: Option<F2>,
-    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_http_call_response: Option<CallResponseFn>,
 }
 
 fn export<P: WasmParams, R: WasmResults>(
