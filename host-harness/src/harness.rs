@@ -272,6 +272,12 @@ impl Harness {
             })
     }
 
+    /// Removes a finished stream's outcome from the harness (`None` if unknown or still
+    /// pending). Long runs use it to keep memory bounded.
+    pub fn take_outcome(&mut self, id: StreamId) -> Option<StreamOutcome> {
+        self.workers.get_mut(id.worker)?.take_outcome(id)
+    }
+
     /// Virtual clock: moves time forward by `by`, firing due ticks and delivering due callout
     /// responses in time order (ties in scheduling order) across all workers. Real clock:
     /// runs the event loop for `by` of wall time.

@@ -66,6 +66,20 @@ pub use stream::{
 };
 pub use worker::Worker;
 
+#[cfg(test)]
+mod thread_safety {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn workers_can_live_on_their_own_threads() {
+        send::<super::Worker>();
+        send::<super::Harness>();
+        send_sync::<super::Plugin>();
+        send_sync::<super::Cluster>();
+    }
+}
+
 /// Serializes bytes as a (lossy) UTF-8 string in JSON, and reads them back from a string.
 pub(crate) mod serde_bytes_lossy {
     use serde::{Deserialize, Deserializer, Serializer};

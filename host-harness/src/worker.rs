@@ -1007,6 +1007,11 @@ impl Worker {
         }
     }
 
+    /// Removes and returns a finished stream's outcome (long runs use this to bound memory).
+    pub fn take_outcome(&mut self, id: StreamId) -> Option<StreamOutcome> {
+        self.finished.remove(&id.context_id)
+    }
+
     /// Outcomes of finished streams, oldest first.
     pub fn finished(&self) -> impl Iterator<Item = &StreamOutcome> {
         self.finished.values()

@@ -5,7 +5,9 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use keygate_harness_test_artifacts::SDK_FILTER;
-use keygate_host_harness::{CalloutReply, CalloutResult, Cluster, Disposition, Harness, Plugin, Request};
+use keygate_host_harness::{
+    CalloutReply, CalloutResult, Cluster, Disposition, Harness, Plugin, Request,
+};
 
 /// Serves one connection: records the request head and body, answers `response` (or never
 /// answers when `None`). Returns the base URL and a handle yielding the request text.
@@ -49,21 +51,28 @@ fn plugin() -> Plugin {
 
 #[test]
 fn a_real_endpoint_answers_a_callout_in_zero_virtual_time() {
-    let (url, server) = one_shot_server(Some("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbob!!"));
+    let (url, server) = one_shot_server(Some(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbob!!",
+    ));
     let mut h = Harness::builder(plugin())
         .plugin_configuration(b"callout".to_vec())
         .cluster("auth", Cluster::http(url))
         .build()
         .unwrap();
     let before = h.now_nanos();
-    let out = h.run_request(Request::get("/x").header("x-key", "k1")).unwrap();
+    let out = h
+        .run_request(Request::get("/x").header("x-key", "k1"))
+        .unwrap();
     assert_eq!(out.disposition, Disposition::Completed);
     assert_eq!(out.request_header("x-auth"), Some("bob!!"));
     assert_eq!(h.now_nanos(), before, "virtual time did not move");
     let seen = server.join().unwrap();
     assert!(seen.starts_with("POST /check HTTP/1.1\r\n"), "{seen}");
     assert!(seen.to_ascii_lowercase().contains("x-key: k1"), "{seen}");
-    assert!(seen.to_ascii_lowercase().contains("host: auth.local"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase().contains("host: auth.local"),
+        "{seen}"
+    );
     assert!(seen.ends_with("check"), "{seen}");
 }
 
@@ -75,15 +84,24 @@ fn a_silent_real_endpoint_times_out_with_the_call_timeout() {
         .cluster("auth", Cluster::http(url))
         .build()
         .unwrap();
-    let out = h.run_request(Request::get("/x").header("x-timeout-ms", "200")).unwrap();
+    let out = h
+        .run_request(Request::get("/x").header("x-timeout-ms", "200"))
+        .unwrap();
     assert_eq!(out.status(), Some(403));
-    assert_eq!(out.response.unwrap().header("x-upstream-status"), Some("504"));
+    assert_eq!(
+        out.response.unwrap().header("x-upstream-status"),
+        Some("504")
+    );
     assert_eq!(h.callouts()[0].result, Some(CalloutResult::Timeout));
 }
 
 #[test]
 fn an_unreachable_endpoint_is_a_reset() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut h = Harness::builder(plugin())
         .plugin_configuration(b"callout".to_vec())
         .cluster("auth", Cluster::http(format!("http://127.0.0.1:{port}")))
@@ -91,7 +109,10 @@ fn an_unreachable_endpoint_is_a_reset() {
         .unwrap();
     let out = h.run_request(Request::get("/x")).unwrap();
     assert_eq!(out.status(), Some(502));
-    assert_eq!(out.response.unwrap().header("x-call-message"), Some("reset"));
+    assert_eq!(
+        out.response.unwrap().header("x-call-message"),
+        Some("reset")
+    );
 }
 
 #[test]
@@ -102,12 +123,22 @@ fn real_time_mode_fires_ticks_and_waits_for_delayed_callouts() {
         .build()
         .unwrap();
     h.run_for(Duration::from_millis(350));
-    let ticks: u64 = String::from_utf8(h.shared_data("ticks").expect("ticks ran").0).unwrap().parse().unwrap();
+    let ticks: u64 = String::from_utf8(h.shared_data("ticks").expect("ticks ran").0)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(ticks >= 1, "{ticks}");
 
     let mut h = Harness::builder(plugin())
         .plugin_configuration(b"callout".to_vec())
-        .cluster("auth", Cluster::handler(|_| CalloutReply::status(200).body("later").after(Duration::from_millis(30))))
+        .cluster(
+            "auth",
+            Cluster::handler(|_| {
+                CalloutReply::status(200)
+                    .body("later")
+                    .after(Duration::from_millis(30))
+            }),
+        )
         .real_time()
         .build()
         .unwrap();

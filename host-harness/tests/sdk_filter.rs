@@ -30,7 +30,9 @@ fn continue_mode_forwards_request_and_response_untouched() {
     assert_eq!(out.disposition, Disposition::Completed);
     assert_eq!(out.request_header("x-k"), Some("v"));
     assert_eq!(out.status(), Some(201));
-    assert_eq!(out.response.unwrap().body, b"up");
+    assert_eq!(out.response.as_ref().unwrap().body, b"up");
+    assert_eq!(h.take_outcome(out.id), Some(out.clone()));
+    assert!(h.outcome(out.id).is_err(), "taken outcomes are gone");
     assert!(
         h.logs_at(LogLevel::Info)
             .iter()
