@@ -32,7 +32,10 @@ fn report(name: &str, mut samples: Vec<Duration>, total: Duration) {
     );
 }
 
-async fn measure(n: usize, req: impl Fn() -> reqwest::RequestBuilder) -> anyhow::Result<(Vec<Duration>, Duration)> {
+async fn measure(
+    n: usize,
+    req: impl Fn() -> reqwest::RequestBuilder,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
     for _ in 0..200 {
         req().send().await?.bytes().await?;
     }
@@ -50,12 +53,19 @@ async fn measure(n: usize, req: impl Fn() -> reqwest::RequestBuilder) -> anyhow:
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5000);
     let fake = FakeGithub::start().await?;
     fake.add_app(1, "Iv23liBench", &[&fixture("app-key-1.pub.pem")])?;
     fake.install(1, "acme", &["widgets"], &[("contents", "write")])?;
     let dir = tempfile::tempdir()?;
-    let mut config = Config::new(format!("sqlite:{}", dir.path().join("bench.db").display()), Some(ADMIN.into()));
+    let mut config = Config::new(
+        format!("sqlite:{}", dir.path().join("bench.db").display()),
+        Some(ADMIN.into()),
+    );
     config.github.github_apps = vec![format!(
         "app-id=1,private-key={},api-url={}",
         fixture_path("app-key-1.pkcs1.pem").display(),
@@ -88,14 +98,17 @@ async fn main() -> anyhow::Result<()> {
 
     let url = format!("{base}/v1/github/tokens");
     let (samples, total) = measure(n, || {
-        http.post(&url).bearer_auth(&secret).json(&json!({"repository": "acme/widgets"}))
+        http.post(&url)
+            .bearer_auth(&secret)
+            .json(&json!({"repository": "acme/widgets"}))
     })
     .await?;
     report("POST /v1/github/tokens (cached)", samples, total);
 
     let url = format!("{base}/api/github/tokens");
     let (samples, total) = measure(n, || {
-        http.post(&url).json(&json!({"repositoryId": id, "internalApiKey": INTERNAL}))
+        http.post(&url)
+            .json(&json!({"repositoryId": id, "internalApiKey": INTERNAL}))
     })
     .await?;
     report("POST /api/github/tokens (cached)", samples, total);

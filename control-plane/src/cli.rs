@@ -41,6 +41,15 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+    /// Manage the GitHub broker's repository registry through the HTTP API.
+    Repos {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The registry command.
+        #[command(subcommand)]
+        command: crate::github::cli::ReposCommand,
+    },
 }
 
 /// How the client reaches the API.

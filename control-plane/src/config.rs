@@ -34,6 +34,9 @@ pub struct Config {
     /// Key-set change-log revisions kept for deltas; older readers get a snapshot.
     #[arg(long, env = "KEYGATE_CHANGES_RETAINED", default_value_t = 100_000)]
     pub changes_retained: i64,
+    /// GitHub App token broker settings.
+    #[command(flatten)]
+    pub github: crate::github::GithubArgs,
 }
 
 impl Config {
@@ -48,6 +51,7 @@ impl Config {
             body_limit: 64 * 1024,
             usage_flush_ms: 1000,
             changes_retained: 100_000,
+            github: crate::github::GithubArgs::default(),
         }
     }
 }

@@ -48,6 +48,9 @@ pub enum DbError {
     /// A migration failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The GitHub broker configuration is invalid (a bad key file or URL).
+    #[error("GitHub configuration: {0}")]
+    Github(#[from] crate::github::ConfigError),
 }
 
 impl Db {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod github;
 pub mod index;
 pub mod metrics;
 pub mod state;
@@ -60,6 +61,7 @@ pub fn app(state: AppState) -> Router {
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .url("/openapi.json", system::ApiDoc::openapi()),
         )
+        .merge(github::routes::router())
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(

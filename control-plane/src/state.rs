@@ -32,6 +32,8 @@ pub struct AppState {
     pub(crate) limiter: Arc<AuthLimiter>,
     /// Counters for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// The GitHub App token broker.
+    pub(crate) github: Arc<crate::github::Broker>,
 }
 
 /// A bootstrap admin key generated on first start; its secret must be shown exactly once.
@@ -68,6 +70,8 @@ impl AppState {
             .await?;
             generated = Some(GeneratedAdmin(secret));
         }
+        let github =
+            crate::github::Broker::new(crate::github::GithubConfig::from_args(&config.github)?)?;
         let revision = db.revision().await?;
         let state = Self {
             admin_token: config.admin_token.as_deref().map(Digest::of),
@@ -76,6 +80,7 @@ impl AppState {
             index: Arc::new(KeyIndex::new(revision)),
             usage: Arc::new(UsageBuffer::default()),
             metrics: Arc::new(Metrics::default()),
+            github: Arc::new(github),
             db,
         };
         Ok((state, generated))
@@ -84,6 +89,11 @@ impl AppState {
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The GitHub App token broker.
+    pub fn github(&self) -> &crate::github::Broker {
+        &self.github
     }
 
     /// Starts the background tasks: usage flushing, change-log pruning, and on PostgreSQL the

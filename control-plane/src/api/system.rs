@@ -48,7 +48,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(state.index.revision()),
+        {
+            let mut body = state.metrics.render(state.index.revision());
+            state.github.metrics().render(&mut body);
+            body
+        },
     )
 }
 

@@ -74,7 +74,8 @@ impl Broker {
     /// If the HTTP client cannot be built.
     pub fn new(config: GithubConfig) -> Result<Self, ConfigError> {
         let metrics = Arc::new(GithubMetrics::default());
-        let client = GithubClient::new(config.timeout, metrics.clone()).map_err(|e| ConfigError::Client(e.to_string()))?;
+        let client = GithubClient::new(config.timeout, metrics.clone())
+            .map_err(|e| ConfigError::Client(e.to_string()))?;
         let apps = config
             .apps
             .iter()
@@ -119,7 +120,11 @@ impl Broker {
     /// [`GithubError::UnknownApp`] or [`GithubError::NotConfigured`].
     pub fn app(&self, name: Option<&str>) -> Result<&Arc<GithubApp>, GithubError> {
         match name {
-            Some(n) => self.apps.iter().find(|a| a.name == n).ok_or_else(|| GithubError::UnknownApp(n.to_owned())),
+            Some(n) => self
+                .apps
+                .iter()
+                .find(|a| a.name == n)
+                .ok_or_else(|| GithubError::UnknownApp(n.to_owned())),
             None => self.apps.first().ok_or(GithubError::NotConfigured),
         }
     }
@@ -146,19 +151,35 @@ impl Broker {
             repositories: vec![full_name.to_ascii_lowercase()],
             permissions: req.permissions.clone(),
         };
-        let result = self.tokens.get_or_mint(key, unix_now, || self.mint(&app, &req, &full_name)).await;
+        let result = self
+            .tokens
+            .get_or_mint(key, unix_now, || self.mint(&app, &req, &full_name))
+            .await;
         let (cached, hit) = result?;
         if hit {
             self.metrics.hit();
         } else {
             self.metrics.miss();
         }
-        Ok(Brokered { token: cached.token, installation_id: cached.installation_id, cache_hit: hit, app: app.name.clone() })
+        Ok(Brokered {
+            token: cached.token,
+            installation_id: cached.installation_id,
+            cache_hit: hit,
+            app: app.name.clone(),
+        })
     }
 
-    async fn mint(&self, app: &GithubApp, req: &TokenRequest<'_>, full_name: &str) -> Result<CachedToken, GithubError> {
-        let not_installed =
-            || GithubError::NotInstalled { app: app.name.clone(), owner: req.owner.to_owned(), repo: req.repo.to_owned() };
+    async fn mint(
+        &self,
+        app: &GithubApp,
+        req: &TokenRequest<'_>,
+        full_name: &str,
+    ) -> Result<CachedToken, GithubError> {
+        let not_installed = || GithubError::NotInstalled {
+            app: app.name.clone(),
+            owner: req.owner.to_owned(),
+            repo: req.repo.to_owned(),
+        };
         let base = app.api_url.as_str();
         let mut remembered = match self.installations.get(&app.name, base, full_name) {
             Some(None) => return Err(not_installed()),
@@ -169,7 +190,10 @@ impl Broker {
             let installation_id = match remembered {
                 Some(id) => id,
                 None => {
-                    let found = self.client.repo_installation(&app.name, &app.jwt, base, req.owner, req.repo).await?;
+                    let found = self
+                        .client
+                        .repo_installation(&app.name, &app.jwt, base, req.owner, req.repo)
+                        .await?;
                     self.installations.put(&app.name, base, full_name, found);
                     found.ok_or_else(not_installed)?
                 }
@@ -177,14 +201,27 @@ impl Broker {
             let repos = [req.repo.to_owned()];
             let minted = self
                 .client
-                .create_token(&app.name, &app.jwt, base, installation_id, &repos, req.permissions, app.stateless_tokens)
+                .create_token(
+                    &app.name,
+                    &app.jwt,
+                    base,
+                    installation_id,
+                    &repos,
+                    req.permissions,
+                    app.stateless_tokens,
+                )
                 .await?;
             match minted {
                 Some(token) => {
-                    self.installations.put(&app.name, base, full_name, Some(installation_id));
+                    self.installations
+                        .put(&app.name, base, full_name, Some(installation_id));
                     self.metrics.minted();
                     let reuse_until = token.expires_at - app.jwt.skew() - REUSE_MARGIN_SECS;
-                    return Ok(CachedToken { token: Arc::new(token), installation_id, reuse_until });
+                    return Ok(CachedToken {
+                        token: Arc::new(token),
+                        installation_id,
+                        reuse_until,
+                    });
                 }
                 // The remembered installation is gone: look it up once more.
                 None if remembered.is_some() => {
@@ -203,7 +240,11 @@ impl Broker {
     ///
     /// # Errors
     /// GitHub's failures other than "already invalid".
-    pub async fn revoke(&self, app: Option<&str>, token: &Secret) -> Result<RevokeOutcome, GithubError> {
+    pub async fn revoke(
+        &self,
+        app: Option<&str>,
+        token: &Secret,
+    ) -> Result<RevokeOutcome, GithubError> {
         let app = self.app(app)?;
         self.tokens.forget(token.expose());
         self.client.revoke(&app.api_url, token).await

@@ -66,7 +66,12 @@ impl TokenCache {
     ///
     /// # Errors
     /// Whatever `mint` returns.
-    pub async fn get_or_mint<F, Fut>(&self, key: TokenKey, now: impl Fn() -> i64, mint: F) -> Result<(CachedToken, bool), GithubError>
+    pub async fn get_or_mint<F, Fut>(
+        &self,
+        key: TokenKey,
+        now: impl Fn() -> i64,
+        mint: F,
+    ) -> Result<(CachedToken, bool), GithubError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<CachedToken, GithubError>>,
@@ -108,10 +113,13 @@ impl TokenCache {
     }
 }
 
+/// (App, base URL, `owner/repo` lower-cased) → (installation or not installed, valid until).
+type InstallationEntries = HashMap<(String, String, String), (Option<u64>, Instant)>;
+
 /// Installation ids by (App, base URL, owner, repository), with "not installed" cached briefly.
 #[derive(Debug)]
 pub struct InstallationCache {
-    entries: Mutex<HashMap<(String, String, String), (Option<u64>, Instant)>>,
+    entries: Mutex<InstallationEntries>,
     installed_ttl: Duration,
     not_installed_ttl: Duration,
 }
@@ -120,7 +128,11 @@ impl InstallationCache {
     /// A cache keeping found installations for `installed_ttl` and "not installed" for
     /// `not_installed_ttl`.
     pub fn new(installed_ttl: Duration, not_installed_ttl: Duration) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), installed_ttl, not_installed_ttl }
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            installed_ttl,
+            not_installed_ttl,
+        }
     }
 
     fn key(app: &str, base: &str, repo: &str) -> (String, String, String) {
@@ -130,22 +142,35 @@ impl InstallationCache {
     /// `Some(answer)` if cached and fresh; `answer` is `None` for "not installed".
     pub fn get(&self, app: &str, base: &str, repo: &str) -> Option<Option<u64>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(&Self::key(app, base, repo)).filter(|(_, until)| *until > Instant::now()).map(|(v, _)| *v)
+        entries
+            .get(&Self::key(app, base, repo))
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(v, _)| *v)
     }
 
     /// Records GitHub's answer.
     pub fn put(&self, app: &str, base: &str, repo: &str, installation: Option<u64>) {
-        let ttl = if installation.is_some() { self.installed_ttl } else { self.not_installed_ttl };
+        let ttl = if installation.is_some() {
+            self.installed_ttl
+        } else {
+            self.not_installed_ttl
+        };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() > 10_000 {
             let now = Instant::now();
             entries.retain(|_, (_, until)| *until > now);
         }
-        entries.insert(Self::key(app, base, repo), (installation, Instant::now() + ttl));
+        entries.insert(
+            Self::key(app, base, repo),
+            (installation, Instant::now() + ttl),
+        );
     }
 
     /// Drops an entry (the installation went away).
     pub fn forget(&self, app: &str, base: &str, repo: &str) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&Self::key(app, base, repo));
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&Self::key(app, base, repo));
     }
 }

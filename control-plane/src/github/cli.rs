@@ -34,10 +34,22 @@ pub enum ReposCommand {
     },
 }
 
-async fn call(client: &ClientArgs, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
-    let token = client.token.clone().filter(|t| !t.is_empty()).ok_or(CliError::NoToken)?;
+async fn call(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
+    let token = client
+        .token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or(CliError::NoToken)?;
     let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", client.url.trim_end_matches('/')))
+        .request(
+            method,
+            format!("{}{path}", client.url.trim_end_matches('/')),
+        )
         .bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
@@ -57,12 +69,24 @@ async fn call(client: &ClientArgs, method: reqwest::Method, path: &str, body: Op
 
 fn row(r: &Value) -> String {
     let s = |f: &str| r[f].as_str().unwrap_or("").to_owned();
-    let inst = r["installation_id"].as_i64().map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-    format!("{:<6}  {:<40}  {:<12}  {}", r["id"], format!("{}/{}", s("organization"), s("repository")), s("app"), inst)
+    let inst = r["installation_id"]
+        .as_i64()
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{:<6}  {:<40}  {:<12}  {}",
+        r["id"],
+        format!("{}/{}", s("organization"), s("repository")),
+        s("app"),
+        inst
+    )
 }
 
 fn header() -> String {
-    format!("{:<6}  {:<40}  {:<12}  {}", "ID", "REPOSITORY", "APP", "INSTALLATION")
+    format!(
+        "{:<6}  {:<40}  {:<12}  {}",
+        "ID", "REPOSITORY", "APP", "INSTALLATION"
+    )
 }
 
 /// Runs a `repos` subcommand and returns what to print.
@@ -72,7 +96,11 @@ fn header() -> String {
 pub async fn run_repos(client: &ClientArgs, cmd: ReposCommand) -> Result<String, CliError> {
     use reqwest::Method;
     match cmd {
-        ReposCommand::Add { organization, repository, app } => {
+        ReposCommand::Add {
+            organization,
+            repository,
+            app,
+        } => {
             let v = call(
                 client,
                 Method::POST,
@@ -80,7 +108,11 @@ pub async fn run_repos(client: &ClientArgs, cmd: ReposCommand) -> Result<String,
                 Some(json!({"organization": organization, "repository": repository, "app": app})),
             )
             .await?;
-            Ok(if client.json { v.to_string() } else { format!("{}\n{}", header(), row(&v)) })
+            Ok(if client.json {
+                v.to_string()
+            } else {
+                format!("{}\n{}", header(), row(&v))
+            })
         }
         ReposCommand::List { after, limit } => {
             let q = match after {
@@ -99,8 +131,18 @@ pub async fn run_repos(client: &ClientArgs, cmd: ReposCommand) -> Result<String,
             Ok(out)
         }
         ReposCommand::Remove { id } => {
-            call(client, Method::DELETE, &format!("/v1/repositories/{id}"), None).await?;
-            Ok(if client.json { json!({"deleted": id}).to_string() } else { format!("removed repository {id}") })
+            call(
+                client,
+                Method::DELETE,
+                &format!("/v1/repositories/{id}"),
+                None,
+            )
+            .await?;
+            Ok(if client.json {
+                json!({"deleted": id}).to_string()
+            } else {
+                format!("removed repository {id}")
+            })
         }
     }
 }

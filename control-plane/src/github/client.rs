@@ -89,6 +89,15 @@ impl Answer {
     }
 }
 
+/// One App-authenticated request.
+struct Call<'a> {
+    operation: &'static str,
+    method: Method,
+    url: &'a str,
+    extra: &'a [(&'static str, &'a str)],
+    body: Option<Vec<u8>>,
+}
+
 /// The HTTP client for GitHub.
 #[derive(Debug, Clone)]
 pub struct GithubClient {
@@ -130,7 +139,9 @@ impl GithubClient {
             req = req.header(*k, *v);
         }
         if let Some(b) = body {
-            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
         let started = Instant::now();
         let result = async {
@@ -138,19 +149,32 @@ impl GithubClient {
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>(Answer { status, headers, body })
+            Ok::<_, reqwest::Error>(Answer {
+                status,
+                headers,
+                body,
+            })
         }
         .await;
         match result {
             Ok(a) => {
-                self.metrics.github_call(operation, a.status.as_u16().to_string(), started.elapsed());
+                self.metrics.github_call(
+                    operation,
+                    a.status.as_u16().to_string(),
+                    started.elapsed(),
+                );
                 Ok(a)
             }
             Err(e) => {
                 let kind = if e.is_timeout() { "timeout" } else { "network" };
-                self.metrics.github_call(operation, kind.to_owned(), started.elapsed());
+                self.metrics
+                    .github_call(operation, kind.to_owned(), started.elapsed());
                 // reqwest's message names the URL (no secrets in it), never headers.
-                Err(GithubError::Network(if e.is_timeout() { format!("timeout: {e}") } else { e.to_string() }))
+                Err(GithubError::Network(if e.is_timeout() {
+                    format!("timeout: {e}")
+                } else {
+                    e.to_string()
+                }))
             }
         }
     }
@@ -161,17 +185,22 @@ impl GithubClient {
         &self,
         app: &str,
         jwt: &AppJwt,
-        operation: &'static str,
-        method: Method,
-        url: &str,
-        extra: &[(&'static str, &str)],
-        body: Option<Vec<u8>>,
+        call: Call<'_>,
     ) -> Result<Answer, GithubError> {
+        let Call {
+            operation,
+            method,
+            url,
+            extra,
+            body,
+        } = call;
         let mut retried = false;
         loop {
             let token = jwt.token()?;
             let auth = format!("Bearer {}", token.expose());
-            let answer = self.send(operation, method.clone(), url, &auth, extra, body.clone()).await?;
+            let answer = self
+                .send(operation, method.clone(), url, &auth, extra, body.clone())
+                .await?;
             if answer.status != StatusCode::UNAUTHORIZED {
                 return Ok(answer);
             }
@@ -184,7 +213,10 @@ impl GithubClient {
                 retried = true;
                 continue;
             }
-            return Err(GithubError::AppAuth { app: app.to_owned(), message });
+            return Err(GithubError::AppAuth {
+                app: app.to_owned(),
+                message,
+            });
         }
     }
 
@@ -200,12 +232,31 @@ impl GithubClient {
         owner: &str,
         repo: &str,
     ) -> Result<Option<u64>, GithubError> {
-        let url = format!("{base}/repos/{}/{}/installation", path_segment(owner), path_segment(repo));
-        let a = self.app_call(app, jwt, "get_repo_installation", Method::GET, &url, &[], None).await?;
+        let url = format!(
+            "{base}/repos/{}/{}/installation",
+            path_segment(owner),
+            path_segment(repo)
+        );
+        let a = self
+            .app_call(
+                app,
+                jwt,
+                Call {
+                    operation: "get_repo_installation",
+                    method: Method::GET,
+                    url: &url,
+                    extra: &[],
+                    body: None,
+                },
+            )
+            .await?;
         match a.status {
             StatusCode::OK => serde_json::from_slice::<InstallationBody>(&a.body)
                 .map(|b| Some(b.id))
-                .map_err(|e| GithubError::Upstream { status: 200, message: format!("unexpected installation body: {e}") }),
+                .map_err(|e| GithubError::Upstream {
+                    status: 200,
+                    message: format!("unexpected installation body: {e}"),
+                }),
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(failure(&a, jwt.now())),
         }
@@ -228,26 +279,49 @@ impl GithubClient {
         stateless: Option<bool>,
     ) -> Result<Option<InstallationToken>, GithubError> {
         let url = format!("{base}/app/installations/{installation_id}/access_tokens");
-        let body = serde_json::to_vec(&TokenRequestBody { repositories, permissions })
-            .map_err(|e| GithubError::Upstream { status: 0, message: e.to_string() })?;
+        let body = serde_json::to_vec(&TokenRequestBody {
+            repositories,
+            permissions,
+        })
+        .map_err(|e| GithubError::Upstream {
+            status: 0,
+            message: e.to_string(),
+        })?;
         let extra: &[(&'static str, &str)] = match stateless {
             Some(true) => &[("X-GitHub-Stateless-S2S-Token", "enabled")],
             Some(false) => &[("X-GitHub-Stateless-S2S-Token", "disabled")],
             None => &[],
         };
-        let a = self.app_call(app, jwt, "create_installation_token", Method::POST, &url, extra, Some(body)).await?;
+        let a = self
+            .app_call(
+                app,
+                jwt,
+                Call {
+                    operation: "create_installation_token",
+                    method: Method::POST,
+                    url: &url,
+                    extra,
+                    body: Some(body),
+                },
+            )
+            .await?;
         match a.status {
             StatusCode::CREATED | StatusCode::OK => {
-                let b: TokenBody = serde_json::from_slice(&a.body).map_err(|e| GithubError::Upstream {
-                    status: a.status.as_u16(),
-                    message: format!("unexpected token body: {e}"),
-                })?;
-                let expires_at = parse_rfc3339(&b.expires_at).ok_or_else(|| GithubError::Upstream {
-                    status: a.status.as_u16(),
-                    message: format!("unparseable expires_at `{}`", b.expires_at),
-                })?;
+                let b: TokenBody =
+                    serde_json::from_slice(&a.body).map_err(|e| GithubError::Upstream {
+                        status: a.status.as_u16(),
+                        message: format!("unexpected token body: {e}"),
+                    })?;
+                let expires_at =
+                    parse_rfc3339(&b.expires_at).ok_or_else(|| GithubError::Upstream {
+                        status: a.status.as_u16(),
+                        message: format!("unparseable expires_at `{}`", b.expires_at),
+                    })?;
                 if b.token.is_empty() {
-                    return Err(GithubError::Upstream { status: a.status.as_u16(), message: "empty token".into() });
+                    return Err(GithubError::Upstream {
+                        status: a.status.as_u16(),
+                        message: "empty token".into(),
+                    });
                 }
                 Ok(Some(InstallationToken {
                     token: Secret::new(b.token),
@@ -269,7 +343,16 @@ impl GithubClient {
     pub async fn revoke(&self, base: &str, token: &Secret) -> Result<RevokeOutcome, GithubError> {
         let url = format!("{base}/installation/token");
         let auth = format!("Bearer {}", token.expose());
-        let a = self.send("revoke_installation_token", Method::DELETE, &url, &auth, &[], None).await?;
+        let a = self
+            .send(
+                "revoke_installation_token",
+                Method::DELETE,
+                &url,
+                &auth,
+                &[],
+                None,
+            )
+            .await?;
         match a.status {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(RevokeOutcome::Revoked),
             StatusCode::UNAUTHORIZED => Ok(RevokeOutcome::AlreadyInvalid),
@@ -282,17 +365,27 @@ impl GithubClient {
 fn failure(a: &Answer, fallback_now: i64) -> GithubError {
     let message = a.message();
     let status = a.status.as_u16();
-    let header = |name: &str| a.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        a.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let retry_after = header(RETRY_AFTER.as_str()).and_then(|v| v.trim().parse::<u64>().ok());
     let remaining_zero = header("x-ratelimit-remaining").is_some_and(|v| v.trim() == "0");
     if status == 429 || (status == 403 && (retry_after.is_some() || remaining_zero)) {
         let now = server_date(&a.headers).unwrap_or(fallback_now);
         let retry_after = retry_after
             .or_else(|| {
-                header("x-ratelimit-reset").and_then(|r| r.trim().parse::<i64>().ok()).map(|r| (r - now).max(1) as u64)
+                header("x-ratelimit-reset")
+                    .and_then(|r| r.trim().parse::<i64>().ok())
+                    .map(|r| (r - now).max(1) as u64)
             })
             .unwrap_or(60);
-        return GithubError::RateLimited { retry_after, message };
+        return GithubError::RateLimited {
+            retry_after,
+            message,
+        };
     }
     match status {
         403 => GithubError::Forbidden { message },
@@ -305,11 +398,15 @@ fn failure(a: &Answer, fallback_now: i64) -> GithubError {
 fn server_date(headers: &HeaderMap) -> Option<i64> {
     let v = headers.get(DATE)?.to_str().ok()?;
     let t = httpdate::parse_http_date(v).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs() as i64)
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64)
 }
 
 fn parse_rfc3339(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// Percent-encodes a path segment (owner and repository names are `[A-Za-z0-9._-]` on GitHub,

@@ -19,20 +19,36 @@ pub struct GithubArgs {
     /// PKCS#1 (`BEGIN RSA PRIVATE KEY`, as GitHub issues them) or PKCS#8; with several, the last
     /// listed is the newest and signs. `iss` is the client id when given, else the app id. The
     /// first App is the default.
-    #[arg(long = "github-app", env = "KEYGATE_GITHUB_APPS", value_delimiter = ';')]
+    #[arg(
+        long = "github-app",
+        env = "KEYGATE_GITHUB_APPS",
+        value_delimiter = ';'
+    )]
     pub github_apps: Vec<String>,
 
     /// Key for the internal `POST /api/github/tokens` endpoint (compared in constant time);
     /// without it that endpoint answers 500 (not configured).
-    #[arg(long = "internal-api-key", env = "KEYGATE_INTERNAL_API_KEY", hide_env_values = true)]
+    #[arg(
+        long = "internal-api-key",
+        env = "KEYGATE_INTERNAL_API_KEY",
+        hide_env_values = true
+    )]
     pub internal_api_key: Option<String>,
 
     /// GitHub permissions a `read` repo key's token gets.
-    #[arg(long = "github-read-permissions", env = "KEYGATE_GITHUB_READ_PERMISSIONS", default_value = "contents=read")]
+    #[arg(
+        long = "github-read-permissions",
+        env = "KEYGATE_GITHUB_READ_PERMISSIONS",
+        default_value = "contents=read"
+    )]
     pub read_permissions: String,
 
     /// GitHub permissions a `write` repo key's (or a workspace key's) token gets.
-    #[arg(long = "github-write-permissions", env = "KEYGATE_GITHUB_WRITE_PERMISSIONS", default_value = "contents=write")]
+    #[arg(
+        long = "github-write-permissions",
+        env = "KEYGATE_GITHUB_WRITE_PERMISSIONS",
+        default_value = "contents=write"
+    )]
     pub write_permissions: String,
 
     /// GitHub permissions tokens from the internal endpoint get.
@@ -187,10 +203,16 @@ impl GithubConfig {
     /// The first problem found, naming the App, file or flag.
     pub fn from_args(args: &GithubArgs) -> Result<Self, ConfigError> {
         let perms = |flag: &'static str, s: &str| {
-            super::parse_permissions(s).map_err(|message| ConfigError::Permissions { flag, message })
+            super::parse_permissions(s)
+                .map_err(|message| ConfigError::Permissions { flag, message })
         };
         let mut apps: Vec<AppConfig> = Vec::new();
-        for spec in args.github_apps.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        for spec in args
+            .github_apps
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
             let app = parse_app(spec)?;
             if apps.iter().any(|a| a.name == app.name) {
                 return Err(ConfigError::Spec {
@@ -205,7 +227,10 @@ impl GithubConfig {
             internal_api_key: args.internal_api_key.clone().filter(|k| !k.is_empty()),
             read_permissions: perms("--github-read-permissions", &args.read_permissions)?,
             write_permissions: perms("--github-write-permissions", &args.write_permissions)?,
-            internal_permissions: perms("--github-internal-permissions", &args.internal_permissions)?,
+            internal_permissions: perms(
+                "--github-internal-permissions",
+                &args.internal_permissions,
+            )?,
             expose_app_jwt: args.expose_app_jwt,
             not_installed_ttl: Duration::from_secs(args.not_installed_ttl_secs),
             timeout: Duration::from_secs(args.timeout_secs.max(1)),
@@ -214,7 +239,10 @@ impl GithubConfig {
 }
 
 fn parse_app(spec: &str) -> Result<AppConfig, ConfigError> {
-    let bad = |message: String| ConfigError::Spec { spec: spec.to_owned(), message };
+    let bad = |message: String| ConfigError::Spec {
+        spec: spec.to_owned(),
+        message,
+    };
     let mut name = None;
     let mut app_id = None;
     let mut client_id = None;
@@ -228,12 +256,22 @@ fn parse_app(spec: &str) -> Result<AppConfig, ConfigError> {
         let v = v.trim();
         match k.trim() {
             "name" => {
-                if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
                     return Err(bad(format!("name `{v}` must be 1-64 of [A-Za-z0-9-_.]")));
                 }
                 name = Some(v.to_owned());
             }
-            "app-id" => app_id = Some(v.parse::<u64>().map_err(|_| bad(format!("app-id `{v}` is not a number")))?),
+            "app-id" => {
+                app_id = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| bad(format!("app-id `{v}` is not a number")))?,
+                )
+            }
             "client-id" => {
                 if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
                     return Err(bad(format!("client-id `{v}` must be alphanumeric")));
@@ -246,7 +284,11 @@ fn parse_app(spec: &str) -> Result<AppConfig, ConfigError> {
                 stateless = Some(match v {
                     "enabled" => true,
                     "disabled" => false,
-                    _ => return Err(bad(format!("stateless-tokens `{v}` must be enabled or disabled"))),
+                    _ => {
+                        return Err(bad(format!(
+                            "stateless-tokens `{v}` must be enabled or disabled"
+                        )));
+                    }
                 })
             }
             other => return Err(bad(format!("unknown setting `{other}`"))),
@@ -260,14 +302,29 @@ fn parse_app(spec: &str) -> Result<AppConfig, ConfigError> {
     }
     let name = name.unwrap_or_else(|| "default".to_owned());
     let api_url = validate_url(&name, api_url.as_deref().unwrap_or(DEFAULT_API_URL))?;
-    let keys = key_paths.iter().map(|p| load_key(&name, p)).collect::<Result<Vec<_>, _>>()?;
-    Ok(AppConfig { name, app_id, client_id, keys, key_paths, api_url, stateless_tokens: stateless })
+    let keys = key_paths
+        .iter()
+        .map(|p| load_key(&name, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AppConfig {
+        name,
+        app_id,
+        client_id,
+        keys,
+        key_paths,
+        api_url,
+        stateless_tokens: stateless,
+    })
 }
 
 /// Checks an API base URL: `https://…` (plain `http` only for loopback hosts, for tests), no
 /// query or fragment. GitHub Enterprise Server is `https://HOST/api/v3`.
 fn validate_url(app: &str, url: &str) -> Result<String, ConfigError> {
-    let bad = |message: &str| ConfigError::Url { app: app.to_owned(), url: url.to_owned(), message: message.to_owned() };
+    let bad = |message: &str| ConfigError::Url {
+        app: app.to_owned(),
+        url: url.to_owned(),
+        message: message.to_owned(),
+    };
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("not a URL ({e})")))?;
     let host = parsed.host_str().ok_or_else(|| bad("has no host"))?;
     match parsed.scheme() {
@@ -283,19 +340,34 @@ fn validate_url(app: &str, url: &str) -> Result<String, ConfigError> {
 }
 
 fn load_key(app: &str, path: &PathBuf) -> Result<jsonwebtoken::EncodingKey, ConfigError> {
-    let bad = |message: String| ConfigError::Key { app: app.to_owned(), path: path.clone(), message };
+    let bad = |message: String| ConfigError::Key {
+        app: app.to_owned(),
+        path: path.clone(),
+        message,
+    };
     let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let text = String::from_utf8_lossy(&pem);
     if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-        return Err(bad("is encrypted; give an unencrypted PKCS#1 or PKCS#8 key".into()));
+        return Err(bad(
+            "is encrypted; give an unencrypted PKCS#1 or PKCS#8 key".into(),
+        ));
     }
-    if !text.contains("-----BEGIN RSA PRIVATE KEY-----") && !text.contains("-----BEGIN PRIVATE KEY-----") {
+    if !text.contains("-----BEGIN RSA PRIVATE KEY-----")
+        && !text.contains("-----BEGIN PRIVATE KEY-----")
+    {
         return Err(bad("not an RSA private key in PEM form (PKCS#1 `BEGIN RSA PRIVATE KEY` or PKCS#8 `BEGIN PRIVATE KEY`)".into()));
     }
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
-        .map_err(|e| bad(format!("not an RSA private key in PEM form (PKCS#1 or PKCS#8): {e}")))?;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
+        bad(format!(
+            "not an RSA private key in PEM form (PKCS#1 or PKCS#8): {e}"
+        ))
+    })?;
     // The PEM parser does not check the key itself; a trial signature does.
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &serde_json::json!({}), &key)
-        .map_err(|e| bad(format!("cannot sign RS256 with it: {e}")))?;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &serde_json::json!({}),
+        &key,
+    )
+    .map_err(|e| bad(format!("cannot sign RS256 with it: {e}")))?;
     Ok(key)
 }

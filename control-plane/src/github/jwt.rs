@@ -21,7 +21,10 @@ pub const REFRESH_MARGIN_SECS: i64 = 60;
 
 /// The host's clock, in unix seconds.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Signs and caches one App's JWTs.
@@ -36,14 +39,23 @@ pub struct AppJwt {
 
 impl std::fmt::Debug for AppJwt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppJwt").field("app", &self.app).field("skew", &self.skew).finish_non_exhaustive()
+        f.debug_struct("AppJwt")
+            .field("app", &self.app)
+            .field("skew", &self.skew)
+            .finish_non_exhaustive()
     }
 }
 
 impl AppJwt {
     /// A signer for `app` with `iss` = `issuer`, signing with `key` (the App's newest).
     pub fn new(app: impl Into<String>, issuer: serde_json::Value, key: EncodingKey) -> Self {
-        Self { app: app.into(), issuer, key, skew: AtomicI64::new(0), cached: Mutex::new(None) }
+        Self {
+            app: app.into(),
+            issuer,
+            key,
+            skew: AtomicI64::new(0),
+            cached: Mutex::new(None),
+        }
     }
 
     /// Now on GitHub's clock as far as we know it.
@@ -71,7 +83,10 @@ impl AppJwt {
         let exp = now + LIFETIME_SECS;
         let claims = json!({ "iat": now - IAT_BACKDATE_SECS, "exp": exp, "iss": self.issuer });
         let jwt = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
-            .map_err(|e| GithubError::Signing { app: self.app.clone(), message: e.to_string() })?;
+            .map_err(|e| GithubError::Signing {
+                app: self.app.clone(),
+                message: e.to_string(),
+            })?;
         let jwt = Secret::new(jwt);
         *cached = Some((jwt.clone(), exp));
         Ok(jwt)
@@ -89,7 +104,8 @@ impl AppJwt {
 
 /// Whether a GitHub 401 message is one of its JWT `iat`/`exp` complaints (clock skew).
 pub fn is_clock_skew_message(message: &str) -> bool {
-    message.contains("'Expiration time' claim ('exp') must be a numeric value representing the future time")
-        || message.contains("'Issued at' claim ('iat') must be an Integer representing the time")
+    message.contains(
+        "'Expiration time' claim ('exp') must be a numeric value representing the future time",
+    ) || message.contains("'Issued at' claim ('iat') must be an Integer representing the time")
         || message.contains("'Expiration time' claim ('exp') is too far in the future")
 }

@@ -30,7 +30,7 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use broker::{Brokered, Broker, TokenRequest};
+pub use broker::{Broker, Brokered, TokenRequest};
 pub use config::{ConfigError, GithubArgs, GithubConfig};
 
 /// A secret string (installation token or App JWT): its `Debug` and `Display` are redacted.
@@ -84,11 +84,16 @@ pub fn parse_permissions(s: &str) -> Result<Permissions, String> {
 /// # Errors
 /// A message naming the bad part.
 pub fn validate_permission(name: &str, level: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
         return Err(format!("bad GitHub permission name `{name}`"));
     }
     if !matches!(level, "read" | "write" | "admin") {
-        return Err(format!("bad level `{level}` for GitHub permission `{name}` (read, write or admin)"));
+        return Err(format!(
+            "bad level `{level}` for GitHub permission `{name}` (read, write or admin)"
+        ));
     }
     Ok(())
 }
@@ -119,7 +124,9 @@ pub enum GithubError {
         message: String,
     },
     /// GitHub's 401 for the App JWT, after the clock-skew retry.
-    #[error("GitHub rejected the credentials of GitHub App `{app}` ({message}): check its app id or client id and private key")]
+    #[error(
+        "GitHub rejected the credentials of GitHub App `{app}` ({message}): check its app id or client id and private key"
+    )]
     AppAuth {
         /// The App's configured name.
         app: String,

@@ -44,7 +44,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/github/tokens", post(seed_token))
         .route("/v1/github/tokens", post(mint_token).delete(revoke_token))
-        .route("/v1/repositories", post(create_repository).get(list_repositories))
+        .route(
+            "/v1/repositories",
+            post(create_repository).get(list_repositories),
+        )
         .route("/v1/repositories/{id}", delete(delete_repository))
 }
 
@@ -52,11 +55,18 @@ impl From<GithubError> for ApiError {
     fn from(e: GithubError) -> Self {
         let msg = e.to_string();
         match e {
-            GithubError::NotInstalled { .. } => Self::new(StatusCode::BAD_REQUEST, "GITHUB_APP_NOT_INSTALLED", msg),
-            GithubError::Unprocessable { message } => Self::new(StatusCode::FORBIDDEN, "GITHUB_PERMISSION_DENIED", message),
-            GithubError::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "GITHUB_FORBIDDEN", msg),
+            GithubError::NotInstalled { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "GITHUB_APP_NOT_INSTALLED", msg)
+            }
+            GithubError::Unprocessable { message } => {
+                Self::new(StatusCode::FORBIDDEN, "GITHUB_PERMISSION_DENIED", message)
+            }
+            GithubError::Forbidden { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "GITHUB_FORBIDDEN", msg)
+            }
             GithubError::RateLimited { retry_after, .. } => {
-                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "GITHUB_RATE_LIMITED", msg);
+                let mut err =
+                    Self::new(StatusCode::SERVICE_UNAVAILABLE, "GITHUB_RATE_LIMITED", msg);
                 err.retry_after = Some(retry_after.max(1));
                 err
             }
@@ -68,7 +78,11 @@ impl From<GithubError> for ApiError {
             | GithubError::NotConfigured
             | GithubError::Signing { .. } => {
                 tracing::error!(error = %msg, "GitHub App configuration problem");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "GITHUB_CONFIGURATION", msg)
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "GITHUB_CONFIGURATION",
+                    msg,
+                )
             }
         }
     }
@@ -79,7 +93,11 @@ fn sha256_hex(token: &Secret) -> String {
 }
 
 /// Brokers a token for a registered repository and remembers the installation id.
-async fn broker_for(state: &AppState, repo: &Repository, permissions: &Permissions) -> Result<Brokered, ApiError> {
+async fn broker_for(
+    state: &AppState,
+    repo: &Repository,
+    permissions: &Permissions,
+) -> Result<Brokered, ApiError> {
     let hint = repo.installation_id.and_then(|i| u64::try_from(i).ok());
     let req = TokenRequest {
         app: Some(&repo.app),
@@ -137,8 +155,13 @@ fn seed_error(status: StatusCode, code: &'static str, message: &str) -> ApiError
 
 /// `POST /api/github/tokens`: the seed's internal endpoint.
 async fn seed_token(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| seed_error(StatusCode::BAD_REQUEST, "MALFORMED_JSON", &format!("body is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| {
+        seed_error(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_JSON",
+            &format!("body is not JSON: {e}"),
+        )
+    })?;
     let Some(expected) = state.github.config().internal_api_key.as_deref() else {
         return Err(seed_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -146,25 +169,53 @@ async fn seed_token(State(state): State<AppState>, body: Bytes) -> Result<Respon
             "the internal API key is not configured (KEYGATE_INTERNAL_API_KEY)",
         ));
     };
-    let given = v.get("internalApiKey").and_then(Value::as_str).unwrap_or("");
+    let given = v
+        .get("internalApiKey")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     // Digests have a fixed length, and their comparison is constant-time.
     if given.is_empty() || Digest::of(given) != Digest::of(expected) {
-        return Err(seed_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "invalid internal API key"));
+        return Err(seed_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "invalid internal API key",
+        ));
     }
     let repository_id = match v.get("repositoryId") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
-            seed_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "repositoryId must be an integer")
+            seed_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                "repositoryId must be an integer",
+            )
         })?),
         Some(Value::String(s)) => Some(s.trim().parse::<i64>().map_err(|_| {
-            seed_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "repositoryId must be an integer")
+            seed_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                "repositoryId must be an integer",
+            )
         })?),
         Some(_) => {
-            return Err(seed_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "repositoryId must be an integer"));
+            return Err(seed_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                "repositoryId must be an integer",
+            ));
         }
     };
-    let name = |k: &str| v.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
-    let repo = match (repository_id, name("organizationName"), name("repositoryName")) {
+    let name = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    let repo = match (
+        repository_id,
+        name("organizationName"),
+        name("repositoryName"),
+    ) {
         (Some(id), _, _) => store::get(&state.db, id).await?,
         (None, Some(org), Some(repo)) => store::find(&state.db, org, repo).await?,
         _ => {
@@ -176,12 +227,20 @@ async fn seed_token(State(state): State<AppState>, body: Bytes) -> Result<Respon
         }
     };
     let Some(repo) = repo else {
-        return Err(seed_error(StatusCode::NOT_FOUND, "NOT_FOUND", "repository not found"));
+        return Err(seed_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "repository not found",
+        ));
     };
     let permissions = state.github.config().internal_permissions.clone();
     let brokered = broker_for(&state, &repo, &permissions).await?;
     let app_jwt = state.github.app_jwt(Some(&repo.app))?;
-    let actor = Actor { id: "internal-api".into(), name: "internal API key".into(), display_prefix: String::new() };
+    let actor = Actor {
+        id: "internal-api".into(),
+        name: "internal API key".into(),
+        display_prefix: String::new(),
+    };
     audit_token(&state, &actor, None, &repo, &brokered).await?;
     Ok(Json(json!({
         "githubAppToken": app_jwt.expose(),
@@ -208,9 +267,17 @@ struct MintBody {
 fn require_tokens_scope(caller: &Caller) -> Result<(), ApiError> {
     match caller.kind {
         CallerKind::Admin => Ok(()),
-        CallerKind::Key(KeyKind::Workspace | KeyKind::Repo) if caller.has_scope(SCOPE_GITHUB_TOKENS) => Ok(()),
-        CallerKind::Key(KeyKind::Edge) => Err(ApiError::forbidden("an `edge` key cannot obtain GitHub tokens")),
-        CallerKind::Key(_) => Err(ApiError::forbidden(format!("this key lacks the `{SCOPE_GITHUB_TOKENS}` scope"))),
+        CallerKind::Key(KeyKind::Workspace | KeyKind::Repo)
+            if caller.has_scope(SCOPE_GITHUB_TOKENS) =>
+        {
+            Ok(())
+        }
+        CallerKind::Key(KeyKind::Edge) => Err(ApiError::forbidden(
+            "an `edge` key cannot obtain GitHub tokens",
+        )),
+        CallerKind::Key(_) => Err(ApiError::forbidden(format!(
+            "this key lacks the `{SCOPE_GITHUB_TOKENS}` scope"
+        ))),
     }
 }
 
@@ -218,7 +285,11 @@ fn allowed(caller: &Caller, full_name: &str) -> bool {
     if caller.is_admin() {
         return true;
     }
-    let lc: Vec<String> = caller.resources.iter().map(|r| r.to_ascii_lowercase()).collect();
+    let lc: Vec<String> = caller
+        .resources
+        .iter()
+        .map(|r| r.to_ascii_lowercase())
+        .collect();
     let on_list = !lc.is_empty() && scope::resource_allowed(&lc, &full_name.to_ascii_lowercase());
     match caller.kind {
         // A repo key reaches only what its allow-list names; an empty list names nothing.
@@ -228,15 +299,25 @@ fn allowed(caller: &Caller, full_name: &str) -> bool {
 }
 
 /// `POST /v1/github/tokens`: an installation token for a registered repository.
-async fn mint_token(State(state): State<AppState>, caller: Caller, ApiJson(body): ApiJson<MintBody>) -> Result<Response, ApiError> {
+async fn mint_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<MintBody>,
+) -> Result<Response, ApiError> {
     require_tokens_scope(&caller)?;
     let write = match body.permission.as_deref().unwrap_or("read") {
         "read" => false,
         "write" => true,
-        other => return Err(ApiError::invalid(format!("permission `{other}` must be read or write"))),
+        other => {
+            return Err(ApiError::invalid(format!(
+                "permission `{other}` must be read or write"
+            )));
+        }
     };
     if write && !caller.has_scope(SCOPE_GITHUB_WRITE) {
-        return Err(ApiError::forbidden(format!("`write` tokens need the `{SCOPE_GITHUB_WRITE}` scope")));
+        return Err(ApiError::forbidden(format!(
+            "`write` tokens need the `{SCOPE_GITHUB_WRITE}` scope"
+        )));
     }
     let repo = match (body.repository_id, body.repository.as_deref()) {
         (Some(id), None) => store::get(&state.db, id).await?,
@@ -247,7 +328,11 @@ async fn mint_token(State(state): State<AppState>, caller: Caller, ApiJson(body)
                 .ok_or_else(|| ApiError::invalid("repository must be `organization/name`"))?;
             store::find(&state.db, org, name).await?
         }
-        _ => return Err(ApiError::invalid("give exactly one of repository or repository_id")),
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of repository or repository_id",
+            ));
+        }
     };
     let Some(repo) = repo else {
         return Err(ApiError::not_found("repository not registered"));
@@ -260,7 +345,11 @@ async fn mint_token(State(state): State<AppState>, caller: Caller, ApiJson(body)
         ));
     }
     let cfg = state.github.config();
-    let permissions = if write { cfg.write_permissions.clone() } else { cfg.read_permissions.clone() };
+    let permissions = if write {
+        cfg.write_permissions.clone()
+    } else {
+        cfg.read_permissions.clone()
+    };
     let brokered = broker_for(&state, &repo, &permissions).await?;
     audit_token(&state, &caller.actor, Some(&caller), &repo, &brokered).await?;
     let mut out = json!({
@@ -287,10 +376,19 @@ struct RevokeBody {
 }
 
 /// `DELETE /v1/github/tokens`: revokes a brokered token at GitHub.
-async fn revoke_token(State(state): State<AppState>, caller: Caller, ApiJson(body): ApiJson<RevokeBody>) -> Result<Response, ApiError> {
+async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<RevokeBody>,
+) -> Result<Response, ApiError> {
     require_tokens_scope(&caller)?;
-    if body.token.is_empty() || body.token.len() > MAX_TOKEN_LEN || body.token.bytes().any(|b| !b.is_ascii_graphic()) {
-        return Err(ApiError::invalid("token is empty, too long or has invalid characters"));
+    if body.token.is_empty()
+        || body.token.len() > MAX_TOKEN_LEN
+        || body.token.bytes().any(|b| !b.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid(
+            "token is empty, too long or has invalid characters",
+        ));
     }
     let token = Secret::new(body.token);
     let outcome = state.github.revoke(body.app.as_deref(), &token).await?;
@@ -323,7 +421,13 @@ struct CreateRepositoryBody {
     app: Option<String>,
 }
 
-async fn audit_registry(state: &AppState, caller: &Caller, action: &str, before: Option<Value>, after: Option<Value>) -> Result<(), ApiError> {
+async fn audit_registry(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<(), ApiError> {
     write_audit(
         state,
         &AuditEntry {
@@ -355,11 +459,25 @@ async fn create_repository(
             store::MAX_NAME_LEN
         )));
     }
-    let app = state.github.app(body.app.as_deref()).map_err(|e| ApiError::invalid(e.to_string()))?.name.clone();
+    let app = state
+        .github
+        .app(body.app.as_deref())
+        .map_err(|e| ApiError::invalid(e.to_string()))?
+        .name
+        .clone();
     let Some(repo) = store::insert(&state.db, org, name, &app, unix_now()).await? else {
-        return Err(ApiError::conflict(format!("{org}/{name} is already registered")));
+        return Err(ApiError::conflict(format!(
+            "{org}/{name} is already registered"
+        )));
     };
-    audit_registry(&state, &caller, "github.repository.create", None, Some(json!(repo))).await?;
+    audit_registry(
+        &state,
+        &caller,
+        "github.repository.create",
+        None,
+        Some(json!(repo)),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(repo)).into_response())
 }
 
@@ -382,20 +500,37 @@ async fn list_repositories(
         return Err(ApiError::invalid("limit must be 1-1000"));
     }
     let items = store::list(&state.db, q.after.unwrap_or(0), limit).await?;
-    let next = (items.len() as i64 == limit).then(|| items.last().map(|r| r.id)).flatten();
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|r| r.id))
+        .flatten();
     Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
 }
 
 /// `DELETE /v1/repositories/{id}`.
-async fn delete_repository(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete_repository(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     caller.require_scope(SCOPE_GITHUB_REPOSITORIES)?;
-    let id: i64 = id.parse().ok().filter(|i| *i > 0).ok_or_else(|| ApiError::invalid("repository id must be a positive integer"))?;
+    let id: i64 = id
+        .parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| ApiError::invalid("repository id must be a positive integer"))?;
     let Some(before) = store::get(&state.db, id).await? else {
         return Err(ApiError::not_found("repository not registered"));
     };
     if !store::delete(&state.db, id).await? {
         return Err(ApiError::not_found("repository not registered"));
     }
-    audit_registry(&state, &caller, "github.repository.delete", Some(json!(before)), None).await?;
+    audit_registry(
+        &state,
+        &caller,
+        "github.repository.delete",
+        Some(json!(before)),
+        None,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

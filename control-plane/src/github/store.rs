@@ -39,7 +39,8 @@ pub fn valid_name(s: &str) -> bool {
         && s.len() <= MAX_NAME_LEN
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Builds a [`Repository`] from a row of either engine.
@@ -63,14 +64,20 @@ const COLUMNS: &str = "id, organization, repository, app, installation_id, creat
 ///
 /// # Errors
 /// Database failures.
-pub async fn insert(db: &Db, organization: &str, repository: &str, app: &str, now: i64) -> Result<Option<Repository>, sqlx::Error> {
+pub async fn insert(
+    db: &Db,
+    organization: &str,
+    repository: &str,
+    app: &str,
+    now: i64,
+) -> Result<Option<Repository>, sqlx::Error> {
     let lc = format!("{organization}/{repository}").to_ascii_lowercase();
     let sql = format!(
         "INSERT INTO github_repositories (organization, repository, full_name_lc, app, created_at) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (full_name_lc) DO NOTHING RETURNING {COLUMNS}"
     );
     on_db!(db, p => {
-        let row = sqlx::query(&sql).bind(organization).bind(repository).bind(&lc).bind(app).bind(now).fetch_optional(p).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(organization).bind(repository).bind(&lc).bind(app).bind(now).fetch_optional(p).await?;
         row.map(|r| repo_from_row!(r)).transpose()
     })
 }
@@ -80,9 +87,10 @@ pub async fn insert(db: &Db, organization: &str, repository: &str, app: &str, no
 /// # Errors
 /// Database failures.
 pub async fn list(db: &Db, after: i64, limit: i64) -> Result<Vec<Repository>, sqlx::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM github_repositories WHERE id > $1 ORDER BY id LIMIT $2");
+    let sql =
+        format!("SELECT {COLUMNS} FROM github_repositories WHERE id > $1 ORDER BY id LIMIT $2");
     on_db!(db, p => {
-        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(p).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(after).bind(limit).fetch_all(p).await?;
         rows.into_iter().map(|r| repo_from_row!(r)).collect()
     })
 }
@@ -94,7 +102,7 @@ pub async fn list(db: &Db, after: i64, limit: i64) -> Result<Vec<Repository>, sq
 pub async fn get(db: &Db, id: i64) -> Result<Option<Repository>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM github_repositories WHERE id = $1");
     on_db!(db, p => {
-        let row = sqlx::query(&sql).bind(id).fetch_optional(p).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(p).await?;
         row.map(|r| repo_from_row!(r)).transpose()
     })
 }
@@ -103,11 +111,15 @@ pub async fn get(db: &Db, id: i64) -> Result<Option<Repository>, sqlx::Error> {
 ///
 /// # Errors
 /// Database failures.
-pub async fn find(db: &Db, organization: &str, repository: &str) -> Result<Option<Repository>, sqlx::Error> {
+pub async fn find(
+    db: &Db,
+    organization: &str,
+    repository: &str,
+) -> Result<Option<Repository>, sqlx::Error> {
     let lc = format!("{organization}/{repository}").to_ascii_lowercase();
     let sql = format!("SELECT {COLUMNS} FROM github_repositories WHERE full_name_lc = $1");
     on_db!(db, p => {
-        let row = sqlx::query(&sql).bind(&lc).fetch_optional(p).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&lc).fetch_optional(p).await?;
         row.map(|r| repo_from_row!(r)).transpose()
     })
 }
