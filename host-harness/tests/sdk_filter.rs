@@ -445,3 +445,99 @@ fn wasi_output_environment_and_clock() {
         Some(virtual_secs.as_str())
     );
 }
+
+#[test]
+fn trailers_pass_through_and_end_of_stream_moves_to_the_last_event() {
+    let mut h = harness("continue");
+    let mut upstream = UpstreamResponse::status(200).body("r");
+    upstream.trailers = vec![("grpc-status".to_owned(), "0".to_owned())];
+    let out = h
+        .run_request(
+            Request::new("POST", "/t")
+                .body("b")
+                .trailer("x-checksum", "abc")
+                .upstream(upstream),
+        )
+        .unwrap();
+    assert_eq!(out.disposition, Disposition::Completed);
+    let request = out.request.unwrap();
+    assert_eq!(request.body, b"b");
+    assert_eq!(
+        request.trailers,
+        vec![("x-checksum".to_owned(), "abc".to_owned())]
+    );
+    assert_eq!(
+        out.response.unwrap().trailers,
+        vec![("grpc-status".to_owned(), "0".to_owned())]
+    );
+}
+
+#[test]
+fn response_paused_for_a_callout_resumes_with_continue_stream() {
+    let mut h = builder("response-callout")
+        .cluster(
+            "deco",
+            Cluster::handler(|_| {
+                CalloutReply::status(200)
+                    .body("shiny")
+                    .after(Duration::from_millis(10))
+            }),
+        )
+        .build()
+        .unwrap();
+    let out = h
+        .run_request(Request::get("/r").upstream(UpstreamResponse::status(204)))
+        .unwrap();
+    assert_eq!(out.disposition, Disposition::Pending);
+    assert!(
+        out.request.is_some(),
+        "the request already reached the upstream"
+    );
+    h.advance(Duration::from_millis(10));
+    let done = h.outcome(out.id).unwrap();
+    assert_eq!(
+        done.disposition,
+        Disposition::Completed,
+        "{:?} {:?} {:?}",
+        h.callouts(),
+        h.traps(),
+        h.logs()
+    );
+    assert_eq!(done.response.unwrap().header("x-decoration"), Some("shiny"));
+}
+
+#[test]
+fn a_body_callback_returning_continue_resumes_paused_headers_as_in_envoy() {
+    // Envoy: after StopIteration from the headers callback, Continue from the data callback
+    // resumes iteration. The SDK's default body callback returns Continue, so the response
+    // goes out undecorated and the late callout is cancelled with the stream.
+    let mut h = builder("response-callout")
+        .cluster(
+            "deco",
+            Cluster::handler(|_| {
+                CalloutReply::status(200)
+                    .body("shiny")
+                    .after(Duration::from_millis(10))
+            }),
+        )
+        .build()
+        .unwrap();
+    let out = h
+        .run_request(Request::get("/r").upstream(UpstreamResponse::status(200).body("payload")))
+        .unwrap();
+    assert_eq!(out.disposition, Disposition::Completed);
+    let response = out.response.unwrap();
+    assert_eq!(response.header("x-decoration"), None);
+    assert_eq!(response.body, b"payload");
+    h.advance(Duration::from_millis(10));
+    assert!(h.traps().is_empty());
+}
+
+#[test]
+fn close_stream_resets_the_stream() {
+    let mut h = harness("reset");
+    let out = h.run_request(Request::get("/")).unwrap();
+    assert_eq!(out.disposition, Disposition::Reset);
+    assert!(out.response.is_none());
+    assert!(out.request.is_none());
+}

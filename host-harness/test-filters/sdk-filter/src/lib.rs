@@ -2,8 +2,8 @@
 //! configuration is a mode name that selects which host function group it exercises; the
 //! harness tests drive each mode and check the behaviour Envoy documents for the SDK.
 //!
-//! Modes: `continue`, `headers`, `deny`, `callout`, `body`, `shared`, `ticks`, `queue`,
-//! `metrics`, `properties`, `trap`, `wasi`.
+//! Modes: `continue`, `headers`, `deny`, `callout`, `response-callout`, `body`, `reset`,
+//! `shared`, `ticks`, `queue`, `metrics`, `properties`, `trap`, `wasi`.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -256,6 +256,14 @@ impl Context for Filter {
         body_size: usize,
         _trailers: usize,
     ) {
+        if self.mode == "response-callout" {
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
+            self.set_http_response_header("x-decoration", Some(&String::from_utf8_lossy(&body)));
+            self.resume_http_response();
+            return;
+        }
         if num_headers == 0 {
             let (code, message) = self.get_grpc_status();
             let code = code.to_string();
@@ -293,6 +301,10 @@ impl HttpContext for Filter {
             "metrics" => self.metrics(),
             "properties" => self.properties(),
             "wasi" => self.wasi(),
+            "reset" => {
+                self.reset_http_request();
+                Action::Pause
+            }
             "trap" => {
                 if self.get_http_request_header("x-panic").is_some() {
                     panic!("boom requested by context {}", self.context_id);
@@ -317,6 +329,16 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.mode == "response-callout" {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", "/decorate"),
+                (":authority", "deco"),
+            ];
+            self.dispatch_http_call("deco", headers, None, vec![], Duration::from_secs(1))
+                .unwrap();
+            return Action::Pause;
+        }
         if matches!(self.mode.as_str(), "headers" | "deny") {
             self.set_http_response_header("x-response-seen", Some("yes"));
         }
