@@ -721,3 +721,59 @@ async fn the_seeds_python_client_works_unchanged() {
     .expect("join");
     assert_eq!(denied["status"], 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygate_repos_cli_drives_the_registry() {
+    let e = setup(Engine::Sqlite).await;
+    let base = e.server.base.clone();
+    let cli = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("repos")
+            .args(args)
+            .args(["--url", &base, "--token", ADMIN])
+            .output()
+            .expect("keygate runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || cli(&["add", "acme", "gadgets", "--json"])
+    })
+    .await
+    .expect("join");
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(created["repository"], "gadgets");
+    let id = created["id"].as_i64().expect("id");
+    let (ok, out, _) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || cli(&["list"])
+    })
+    .await
+    .expect("join");
+    assert!(
+        ok && out.contains("acme/widgets") && out.contains("acme/gadgets"),
+        "{out}"
+    );
+    let (ok, _, err) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || cli(&["add", "acme", "gadgets"])
+    })
+    .await
+    .expect("join");
+    assert!(!ok && err.contains("409"), "{err}");
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        let id = id.to_string();
+        move || cli(&["remove", &id])
+    })
+    .await
+    .expect("join");
+    assert!(ok && out.contains("removed"), "{err}");
+    let (_, v) = e.server.admin(Method::GET, "/v1/repositories", None).await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
+}
