@@ -100,6 +100,16 @@ pub async fn get_keyset(
         }
     }
     let read = state.db.read_set(since, unix_now()).await?;
+    // Nothing changed since the reader's revision: an empty delta (base == revision) cannot be
+    // encoded, so answer as a long poll's timeout does.
+    if let SetRead::Delta { base, revision, .. } = &read
+        && base == revision
+    {
+        state.metrics.keyset(KeysetAnswer::NotModified);
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        revision_header(&mut resp, *revision as u64);
+        return Ok(resp);
+    }
     let (revision, body, kind) = match read {
         SetRead::Snapshot { revision, entries } => {
             let snap = Snapshot {
