@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
                 "repo:read".into(),
                 if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
             ],
-            resources: vec![format!("org{}/*", i % 100)],
+            resources: vec![format!("org{}", i % 100)],
         });
         if i % (n / 1000).max(1) == 0 {
             secrets.push((k.expose_secret().to_owned(), i));

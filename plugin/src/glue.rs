@@ -136,6 +136,20 @@ impl Host for ProxyHost<'_> {
 
 type Shared = Rc<RefCell<Option<Worker>>>;
 
+/// Gauge: this VM's linear memory size in bytes (its high-water mark: wasm memory never shrinks).
+pub const MEMORY_GAUGE: &str = "keygate.wasm.memory_bytes";
+
+fn linear_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (core::arch::wasm32::memory_size(0) as u64) * 65_536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 /// The per-worker root context.
 pub struct KeygateRoot {
     worker: Shared,
@@ -238,7 +252,10 @@ impl RootContext for KeygateRoot {
     }
 
     fn on_tick(&mut self) {
-        self.with_worker(|w, host| w.tick(host));
+        self.with_worker(|w, host| {
+            w.tick(host);
+            host.gauge_set(MEMORY_GAUGE, linear_memory_bytes());
+        });
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

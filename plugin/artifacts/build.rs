@@ -1,0 +1,78 @@
+//! Builds `keygate-plugin` to `wasm32-wasip1` (release) with a nested cargo whose target
+//! directory lives under OUT_DIR, so it never waits on the outer build's lock, and writes the
+//! module's path as a constant.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let Ok(manifest) = std::env::var("CARGO_MANIFEST_DIR") else {
+        panic!("CARGO_MANIFEST_DIR is not set");
+    };
+    let manifest = PathBuf::from(manifest);
+    let Some(plugin_dir) = manifest.parent().map(Path::to_owned) else {
+        panic!("the artifacts crate lives in plugin/artifacts");
+    };
+    let Some(workspace) = plugin_dir.parent().map(Path::to_owned) else {
+        panic!("plugin/ lives in the workspace root");
+    };
+    let Ok(out_dir) = std::env::var("OUT_DIR") else {
+        panic!("OUT_DIR is not set");
+    };
+    let out_dir = PathBuf::from(out_dir);
+    let target_dir = out_dir.join("wasm-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "keygate-plugin",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's flags and wrappers (clippy-driver, coverage) are not for the wasm build.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        command.env_remove(var);
+    }
+    let status = match command.status() {
+        Ok(s) => s,
+        Err(e) => panic!("could not run cargo to build the filter: {e}"),
+    };
+    assert!(
+        status.success(),
+        "building keygate-plugin for wasm32-wasip1 failed: {status}"
+    );
+    let wasm = target_dir.join("wasm32-wasip1/release/keygate_plugin.wasm");
+    assert!(wasm.exists(), "missing {}", wasm.display());
+    let consts = format!(
+        "/// `keygate-plugin` compiled to wasm32-wasip1 (release).\npub const KEYGATE_PLUGIN_WASM: &str = {:?};\n",
+        wasm.display().to_string()
+    );
+    if let Err(e) = std::fs::write(out_dir.join("artifacts.rs"), consts) {
+        panic!("could not write artifacts.rs: {e}");
+    }
+    for dir in [
+        "plugin/src",
+        "plugin/Cargo.toml",
+        "protocol/src",
+        "protocol/Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}
