@@ -196,9 +196,10 @@ fn generate(prefix: &str) -> Result<key::SecretKey, ApiError> {
 pub async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(req): ApiJson<CreateKey>,
+    body: Result<ApiJson<CreateKey>, ApiError>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let ApiJson(req) = body?;
     let now = unix_now();
     domain::check_name(&req.name)?;
     domain::check_text("description", &req.description, domain::MAX_DESCRIPTION_LEN)?;
@@ -427,9 +428,10 @@ pub async fn update_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<UpdateKey>,
+    body: Result<ApiJson<UpdateKey>, ApiError>,
 ) -> Result<Json<KeyView>, ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let ApiJson(req) = body?;
     let id = parse_id(&id)?;
     let now = unix_now();
     if let Some(n) = &req.name {
@@ -745,7 +747,7 @@ pub struct ExchangeBody {
 pub async fn exchange_key(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(req): ApiJson<ExchangeBody>,
+    body: Result<ApiJson<ExchangeBody>, ApiError>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     if caller.kind != crate::auth::CallerKind::Key(KeyKind::Workspace) {
         return Err(ApiError::forbidden("only a workspace key can be exchanged"));
@@ -753,6 +755,7 @@ pub async fn exchange_key(
     let (Some(parent_id), Some(workspace_id)) = (caller.key_id, caller.workspace_id.clone()) else {
         return Err(ApiError::forbidden("only a workspace key can be exchanged"));
     };
+    let ApiJson(req) = body?;
     if req.subject.is_empty() {
         return Err(ApiError::invalid("subject must not be empty"));
     }
@@ -853,9 +856,10 @@ pub struct VerifyResult {
 pub async fn verify_key(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(req): ApiJson<VerifyBody>,
+    body: Result<ApiJson<VerifyBody>, ApiError>,
 ) -> Result<Json<VerifyResult>, ApiError> {
     caller.require_management()?;
+    let ApiJson(req) = body?;
     if req.scopes.len() > keygate_protocol::scope::MAX_SCOPES_PER_KEY {
         return Err(ApiError::invalid("too many scopes"));
     }

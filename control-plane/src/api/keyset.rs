@@ -179,9 +179,10 @@ pub struct UsageAck {
 pub async fn post_usage(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(b): ApiJson<UsageBatch>,
+    body: Result<ApiJson<UsageBatch>, ApiError>,
 ) -> Result<Json<UsageAck>, ApiError> {
     caller.require_edge()?;
+    let ApiJson(b) = body?;
     if b.batch_id.is_empty() || b.batch_id.len() > 128 {
         return Err(ApiError::invalid("batch_id must be 1 to 128 bytes"));
     }
