@@ -1,1 +1,363 @@
-//! End-to-end test support for Keygate.
+//! End-to-end test support for Keygate: a real control plane (library, on port 0, fresh SQLite
+//! file or a fresh PostgreSQL database) driven over real HTTP, and the real filter `.wasm` in the
+//! host harness pointed at it.
+//!
+//! These are test helpers: on failure they panic with a message that says what went wrong.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keygate_control_plane::{AppState, Config, serve};
+use keygate_host_harness::{Cluster, Disposition, Harness, HarnessBuilder, Plugin, StreamOutcome};
+use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+pub use reqwest;
+
+/// The bootstrap admin credential of every test control plane.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// The harness cluster name of the control plane in [`filter_config`].
+pub const CLUSTER: &str = "keygate";
+
+/// The filter routes used by the end-to-end tests: `/health` anonymous; `GET /repos/<org>/…`
+/// needs `repo:read` and `<org>` on the allow-list; other methods on `/repos/` need `repo:write`.
+pub const ROUTES: &str = r#"[
+  {"path_prefix":"/health","anonymous":true},
+  {"path_prefix":"/repos/","methods":["GET","HEAD"],"required_scopes":["repo:read"],"resource_from_path_segment":1},
+  {"path_prefix":"/repos/","required_scopes":["repo:write"],"resource_from_path_segment":1}
+]"#;
+
+/// The compiled filter, loaded (and compiled by wasmtime) once per process.
+pub fn plugin() -> Arc<Plugin> {
+    static PLUGIN: OnceLock<Arc<Plugin>> = OnceLock::new();
+    PLUGIN
+        .get_or_init(|| {
+            Arc::new(
+                Plugin::load_file(KEYGATE_PLUGIN_WASM)
+                    .unwrap_or_else(|e| panic!("loading {KEYGATE_PLUGIN_WASM}: {e}")),
+            )
+        })
+        .clone()
+}
+
+/// Wall-clock time in nanoseconds since the epoch.
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Wall-clock time in seconds since the epoch.
+pub fn unix_secs() -> i64 {
+    (unix_nanos() / 1_000_000_000) as i64
+}
+
+/// The filter's plugin configuration: cluster [`CLUSTER`], the given edge key, [`ROUTES`], and
+/// `extra` JSON members (e.g. `"max_staleness_s":60`) appended.
+pub fn filter_config(edge_key: &str, extra: &str) -> Vec<u8> {
+    let sep = if extra.trim().is_empty() { "" } else { "," };
+    format!(
+        r#"{{"cluster":"{CLUSTER}","authority":"keygate.internal","edge_key":"{edge_key}","routes":{ROUTES}{sep}{extra}}}"#
+    )
+    .into_bytes()
+}
+
+/// A harness builder for the real filter with `workers` workers, its virtual clock started at
+/// the wall-clock now (so expiries written by the control plane mean the same to the filter),
+/// and the configuration from [`filter_config`]. Add the cluster(s), then build.
+pub fn harness_builder(workers: usize, edge_key: &str, extra: &str) -> HarnessBuilder {
+    Harness::builder_shared(plugin())
+        .workers(workers)
+        .virtual_start(unix_nanos())
+        .plugin_configuration(filter_config(edge_key, extra))
+}
+
+/// A harness for the real filter whose [`CLUSTER`] is the control plane's real HTTP endpoint.
+pub fn edge_harness(cp: &ControlPlane, workers: usize, extra: &str) -> Harness {
+    harness_builder(workers, &cp.edge_key, extra)
+        .cluster(CLUSTER, Cluster::http(cp.base.clone()))
+        .build()
+        .unwrap_or_else(|e| panic!("building the harness: {e}"))
+}
+
+/// `(status, code)` of a local reply; panics when the stream was not answered locally.
+pub fn denial(o: &StreamOutcome) -> (u16, String) {
+    assert_eq!(
+        o.disposition,
+        Disposition::LocalResponse,
+        "expected a local reply: {o:?}"
+    );
+    let Some(lr) = o.local_response.as_ref() else {
+        panic!("no local response in {o:?}");
+    };
+    let body: Value = serde_json::from_slice(&lr.body)
+        .unwrap_or_else(|e| panic!("local reply body is not JSON ({e}): {:?}", lr.body));
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (lr.status, code)
+}
+
+/// A header of the local reply.
+pub fn local_header<'a>(o: &'a StreamOutcome, name: &str) -> Option<&'a str> {
+    o.local_response
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A metric's value, 0 when absent.
+pub fn metric(h: &Harness, name: &str) -> u64 {
+    h.metric(name).map_or(0, |m| m.value)
+}
+
+/// Number of key-set calls (`GET /v1/keyset…`) the filter has made so far.
+pub fn keyset_calls(h: &Harness) -> usize {
+    h.callouts()
+        .iter()
+        .filter(|c| {
+            c.request
+                .header(":path")
+                .is_some_and(|p| p.starts_with("/v1/keyset"))
+        })
+        .count()
+}
+
+/// A key issued through the API.
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    /// The secret, shown once.
+    pub secret: String,
+    /// `key_<hex>`.
+    pub id: String,
+    /// The key record as returned.
+    pub record: Value,
+}
+
+/// A control plane (the real library's [`serve`]) on 127.0.0.1 port 0, on its own tokio
+/// runtime, with an `edge` key for the filter.
+pub struct ControlPlane {
+    rt: tokio::runtime::Runtime,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The database URL it runs on.
+    pub database_url: String,
+    /// The secret of an `edge` key, for the filter's configuration.
+    pub edge_key: String,
+    http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("base", &self.base)
+            .field("database_url", &self.database_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Starts on a fresh SQLite file in a temporary directory.
+    pub fn start_sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let url = format!("sqlite:{}", dir.path().join("keygate.db").display());
+        let mut cp = Self::start_on(&url);
+        cp._dir = Some(dir);
+        cp
+    }
+
+    /// Starts on a fresh database of the shared throwaway PostgreSQL cluster.
+    pub fn start_postgres() -> Self {
+        let url = keygate_testkit::PgCluster::shared()
+            .fresh_database()
+            .unwrap_or_else(|e| panic!("fresh PostgreSQL database: {e}"));
+        Self::start_on(&url)
+    }
+
+    /// Starts on `database_url` and issues an `edge` key.
+    pub fn start_on(database_url: &str) -> Self {
+        // The control plane's warnings and errors, in the test's captured output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+        let mut config = Config::new(database_url, Some(ADMIN_TOKEN.to_owned()));
+        config.usage_flush_ms = 50;
+        let (base, shutdown, task) = rt.block_on(async {
+            let (state, _) = AppState::new(config)
+                .await
+                .unwrap_or_else(|e| panic!("control plane state on {database_url}: {e}"));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("bind: {e}"));
+            let base = format!(
+                "http://{}",
+                listener
+                    .local_addr()
+                    .unwrap_or_else(|e| panic!("local_addr: {e}"))
+            );
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(serve(listener, state, async move {
+                let _ = rx.await;
+            }));
+            (base, tx, task)
+        });
+        let mut cp = Self {
+            rt,
+            base,
+            database_url: database_url.to_owned(),
+            edge_key: String::new(),
+            http: reqwest::Client::new(),
+            shutdown: Some(shutdown),
+            task: Some(task),
+            _dir: None,
+        };
+        cp.edge_key = cp
+            .create_key(json!({"name": "e2e edge", "kind": "edge"}))
+            .secret;
+        cp
+    }
+
+    /// A handle on the control plane's runtime (to run async code from in-process handlers).
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.rt.handle().clone()
+    }
+
+    /// Stops serving (graceful, bounded to 5 s); the port then refuses connections.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            self.rt.block_on(async {
+                let abort = task.abort_handle();
+                if tokio::time::timeout(Duration::from_secs(5), task)
+                    .await
+                    .is_err()
+                {
+                    abort.abort();
+                }
+            });
+        }
+    }
+
+    /// A JSON call with a bearer token: `(status, body)` (`Null` when empty).
+    pub fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        self.rt.block_on(async {
+            let mut req = self.http.request(method, &url).bearer_auth(token);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            let v = if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            };
+            (status, v)
+        })
+    }
+
+    /// A call as the admin.
+    pub fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(ADMIN_TOKEN, method, path, body)
+    }
+
+    /// `POST /v1/keys` as the admin; asserts 201.
+    pub fn create_key(&self, body: Value) -> IssuedKey {
+        let (st, v) = self.admin(Method::POST, "/v1/keys", Some(body));
+        assert_eq!(st, 201, "create key: {v}");
+        issued(&v)
+    }
+
+    /// `POST /v1/keys/{id}/<action>` (suspend, reactivate, revoke) as the admin; asserts 200.
+    pub fn key_action(&self, id: &str, action: &str) -> Value {
+        let (st, v) = self.admin(
+            Method::POST,
+            &format!("/v1/keys/{id}/{action}"),
+            Some(json!({})),
+        );
+        assert_eq!(st, 200, "{action} {id}: {v}");
+        v
+    }
+
+    /// `POST /v1/keys/{id}/rotate` with a grace period; asserts 200 and returns the new secret.
+    pub fn rotate(&self, id: &str, grace_period_s: i64) -> IssuedKey {
+        let (st, v) = self.admin(
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+            Some(json!({"grace_period": grace_period_s})),
+        );
+        assert_eq!(st, 200, "rotate {id}: {v}");
+        issued(&v)
+    }
+
+    /// `GET /v1/keys/{id}`; asserts 200.
+    pub fn key(&self, id: &str) -> Value {
+        let (st, v) = self.admin(Method::GET, &format!("/v1/keys/{id}"), None);
+        assert_eq!(st, 200, "show {id}: {v}");
+        v
+    }
+}
+
+fn issued(v: &Value) -> IssuedKey {
+    let secret = v["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no secret in {v}"));
+    let id = v["key"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key id in {v}"));
+    IssuedKey {
+        secret: secret.to_owned(),
+        id: id.to_owned(),
+        record: v["key"].clone(),
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `check` up to `tries` times, `pause` apart, until it returns `Some`; panics with
+/// `what` otherwise. For state that reaches the database asynchronously over real HTTP.
+pub fn eventually<T>(
+    what: &str,
+    tries: usize,
+    pause: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    for _ in 0..tries {
+        if let Some(v) = check() {
+            return v;
+        }
+        std::thread::sleep(pause);
+    }
+    panic!("{what}: not reached after {tries} tries");
+}

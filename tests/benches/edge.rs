@@ -1,0 +1,621 @@
+//! Edge-validation benchmarks, in one run: the filter's per-request cost in the host harness
+//! with 1,000,000 keys loaded next to the same decision natively and a remote
+//! `POST /v1/keys/verify` over loopback; wasm memory per key and the full-snapshot apply time at
+//! 1,000,000 keys; revocation-to-denial latency (poll interval and long-poll) over real HTTP in
+//! real time; 1,000 concurrent long-polling readers on one `keygate` process.
+//!
+//! ```text
+//! cargo build --release -p keygate-control-plane --bin keygate
+//! cargo bench -p keygate-e2e --bench edge
+//! ```
+//! The control plane runs as a child process, the real `keygate` binary: `KEYGATE_BIN`, else
+//! `keygate` next to the bench's own target directory (`target/release/keygate`).
+//! `KEYGATE_BENCH_KEYS` (default 1,000,000), `KEYGATE_BENCH_READERS` (default 1,000) and
+//! `KEYGATE_BENCH_REVOCATIONS` (default 30) change the sizes.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use keygate_e2e::{CLUSTER, filter_config, harness_builder, metric};
+use keygate_host_harness::{CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Request};
+use keygate_plugin::config::Config as FilterConfig;
+use keygate_plugin::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
+use keygate_protocol::keyset::KeySet;
+use keygate_protocol::wire::{CONTENT_TYPE, KeyEntry, Snapshot};
+use keygate_protocol::{KeyId, key};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "bench-admin-token-0123456789abcdef";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summary_ns(mut v: Vec<u64>) -> (u64, u64) {
+    v.sort_unstable();
+    (pct(&v, 0.5), pct(&v, 0.99))
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// The `keygate` binary as a child process on a fresh SQLite file.
+struct KeygateProcess {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl KeygateProcess {
+    fn start(rt: &tokio::runtime::Runtime, http: &reqwest::Client) -> anyhow::Result<Self> {
+        let bin = match std::env::var_os("KEYGATE_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let exe = std::env::current_exe()?;
+                // target/release/deps/edge-<hash> → target/release/keygate
+                let dir = exe
+                    .parent()
+                    .and_then(|d| d.parent())
+                    .context("bench executable has no target directory")?;
+                dir.join("keygate")
+            }
+        };
+        ensure!(
+            bin.exists(),
+            "{} not found: run `cargo build --release -p keygate-control-plane --bin keygate` with the same target dir first, or set KEYGATE_BIN",
+            bin.display()
+        );
+        let dir = tempfile::tempdir()?;
+        let port = keygate_testkit::free_port()?;
+        let child = Command::new(&bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--database-url")
+            .arg(format!(
+                "sqlite:{}",
+                dir.path().join("keygate.db").display()
+            ))
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let mut p = Self {
+            child,
+            base,
+            _dir: dir,
+        };
+        let ready = rt.block_on(async {
+            for _ in 0..200 {
+                if let Ok(r) = http.get(format!("{}/readyz", p.base)).send().await
+                    && r.status().is_success()
+                {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        });
+        if !ready {
+            let _ = p.child.kill();
+            bail!("keygate did not become ready on {}", p.base);
+        }
+        if let Some(status) = p.child.try_wait()? {
+            bail!("keygate exited: {status}");
+        }
+        Ok(p)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for KeygateProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A thin blocking API client over a tokio runtime.
+struct Api<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api<'_> {
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        self.rt.block_on(async {
+            let mut r = self
+                .http
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(ADMIN);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let resp = r.send().await?;
+            let st = resp.status().as_u16();
+            let text = resp.text().await?;
+            Ok((st, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        })
+    }
+
+    fn create(&self, body: Value) -> anyhow::Result<(String, String)> {
+        let (st, v) = self.call(Method::POST, "/v1/keys", Some(body))?;
+        ensure!(st == 201, "create key: {st} {v}");
+        Ok((
+            v["secret"].as_str().context("secret")?.to_owned(),
+            v["key"]["id"].as_str().context("id")?.to_owned(),
+        ))
+    }
+
+    fn revoke(&self, id: &str) -> anyhow::Result<()> {
+        let (st, v) = self.call(
+            Method::POST,
+            &format!("/v1/keys/{id}/revoke"),
+            Some(json!({})),
+        )?;
+        ensure!(st == 200, "revoke: {st} {v}");
+        Ok(())
+    }
+}
+
+/// `(utime + stime)` in clock ticks and VmRSS in kB of a process.
+fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // fields after the parenthesised command name; utime and stime are fields 14 and 15
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    Ok((ticks, rss))
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn main() -> anyhow::Result<()> {
+    let n = env_usize("KEYGATE_BENCH_KEYS", 1_000_000);
+    let readers = env_usize("KEYGATE_BENCH_READERS", 1_000);
+    let revocations = env_usize("KEYGATE_BENCH_REVOCATIONS", 30);
+    let started = Instant::now();
+    println!(
+        "== keygate edge benchmarks ({n} keys, {readers} long-poll readers, {revocations} revocations per mode)"
+    );
+
+    // ---- 1M keys: a snapshot encoded with keygate_protocol, as the control plane serves it.
+    let t = Instant::now();
+    let mut entries = Vec::with_capacity(n);
+    let mut sample = Vec::new();
+    for i in 0..n {
+        let k = key::generate("kg_live")?;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        entries.push(KeyEntry {
+            digest: k.digest(),
+            key_id: KeyId::from_bytes(id),
+            owner: format!("owner-{}", i % 10_000),
+            expires_at: (i % 3 == 0).then_some(4_000_000_000),
+            scopes: vec![
+                "repo:read".into(),
+                if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
+            ],
+            resources: if i % 5 == 0 {
+                vec![format!("org{}", i % 100)]
+            } else {
+                Vec::new()
+            },
+        });
+        if i % (n / 1000).max(1) == 0 {
+            sample.push((k.expose_secret().to_owned(), i));
+        }
+    }
+    let snapshot = Arc::new(
+        Snapshot {
+            revision: 1,
+            entries,
+        }
+        .encode()?,
+    );
+    println!(
+        "set: {n} keys generated and encoded in {:.1} s; snapshot {} bytes ({:.1} B/key)",
+        t.elapsed().as_secs_f64(),
+        snapshot.len(),
+        snapshot.len() as f64 / n as f64
+    );
+    let requests: Vec<(String, String)> = sample
+        .iter()
+        .map(|(s, i)| (format!("/repos/org{}/widgets", i % 100), s.clone()))
+        .collect();
+
+    // ---- wasm: snapshot apply time and memory per key.
+    let body = snapshot.clone();
+    let mut h = harness_builder(1, "kg_edge_bench", "")
+        .cluster(
+            CLUSTER,
+            Cluster::handler(move |req| {
+                if req.header(":path") == Some("/v1/keyset") {
+                    // answered 1 s (virtual) after the call, so the empty filter can be measured first
+                    CalloutReply::response(CalloutResponse {
+                        headers: vec![("content-type".into(), CONTENT_TYPE.into())],
+                        body: body.to_vec(),
+                        trailers: Vec::new(),
+                    })
+                    .after(Duration::from_secs(1))
+                } else {
+                    CalloutReply::status(304)
+                }
+            }),
+        )
+        .build()?;
+    h.advance(Duration::from_millis(500));
+    let mem_empty = metric(&h, "keygate.wasm.memory_bytes");
+    let t = Instant::now();
+    h.advance(Duration::from_millis(600)); // delivers the snapshot: copy into the guest, apply, publish
+    let apply_wall = t.elapsed();
+    let keys = metric(&h, "keygate.keyset.keys");
+    ensure!(
+        keys == n as u64,
+        "the filter holds {keys} keys, expected {n}"
+    );
+    let mem_full = metric(&h, "keygate.wasm.memory_bytes");
+    let heap = metric(&h, "keygate.keyset.heap_bytes");
+    println!(
+        "wasm snapshot: delivered + decoded/applied + published to shared data in {:.3} s (wall, one advance)",
+        apply_wall.as_secs_f64()
+    );
+    println!(
+        "wasm memory: linear memory {mem_empty} → {mem_full} bytes = {:.1} B/key (high-water: includes the {}-byte response buffer and the shared-data copy); key set heap {heap} bytes = {:.1} B/key",
+        (mem_full.saturating_sub(mem_empty)) as f64 / n as f64,
+        snapshot.len(),
+        heap as f64 / n as f64
+    );
+
+    // ---- per-request cost: harness (wasm) vs native decision.
+    for (path, secret) in requests.iter().take(20) {
+        let o = h.run_request_on(0, Request::get(path).header("x-api-key", secret))?;
+        ensure!(
+            o.disposition == Disposition::Completed,
+            "not allowed: {o:?}"
+        );
+    }
+    let rounds = 20;
+    let mut wasm_ns = Vec::with_capacity(rounds * requests.len());
+    for _ in 0..rounds {
+        for (path, secret) in &requests {
+            let r = Request::get(path)
+                .header("user-agent", "bench")
+                .header("x-api-key", secret);
+            let t = Instant::now();
+            let o = h.run_request_on(0, r)?;
+            wasm_ns.push(t.elapsed().as_nanos() as u64);
+            std::hint::black_box(o);
+        }
+    }
+    let allowed = metric(&h, "keygate.decision.allow.allowed");
+    ensure!(
+        allowed as usize >= rounds * requests.len(),
+        "only {allowed} requests allowed"
+    );
+    let (wasm_med, wasm_p99) = summary_ns(wasm_ns);
+    drop(h);
+
+    let mut set = KeySet::new();
+    let t = Instant::now();
+    set.apply(&snapshot)?;
+    let native_apply = t.elapsed();
+    let cfg = FilterConfig::from_json(&filter_config("kg_edge_bench", ""))?;
+    let native_reqs: Vec<Vec<(String, String)>> = requests
+        .iter()
+        .map(|(path, secret)| {
+            vec![
+                (":method".into(), "GET".into()),
+                (":path".into(), path.clone()),
+                (":authority".into(), "api.example".into()),
+                ("user-agent".into(), "bench".into()),
+                ("x-api-key".into(), secret.clone()),
+            ]
+        })
+        .collect();
+    let now = keygate_e2e::unix_secs() as u64;
+    for hs in &native_reqs {
+        let d = decide(
+            &DecisionRequest::from_headers(hs),
+            KeySetState::Fresh(&set),
+            now,
+            &cfg,
+        );
+        ensure!(d.reason() == Reason::Allowed, "native: {:?}", d.reason());
+    }
+    let mut native_ns = Vec::with_capacity(200 * native_reqs.len());
+    for _ in 0..200 {
+        for hs in &native_reqs {
+            let t = Instant::now();
+            let d = decide(
+                &DecisionRequest::from_headers(hs),
+                KeySetState::Fresh(&set),
+                now,
+                &cfg,
+            );
+            std::hint::black_box(&d);
+            native_ns.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    let (native_med, native_p99) = summary_ns(native_ns);
+    drop(set);
+    println!(
+        "native snapshot apply (KeySet::apply): {:.3} s",
+        native_apply.as_secs_f64()
+    );
+
+    // ---- the control plane as a child process.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let http = reqwest::Client::new();
+    let cp = KeygateProcess::start(&rt, &http)?;
+    let api = Api {
+        rt: &rt,
+        http: http.clone(),
+        base: cp.base.clone(),
+    };
+    let (edge_key, _) = api.create(json!({"name": "edge", "kind": "edge"}))?;
+
+    // remote verify over loopback
+    let mut verify_keys = Vec::new();
+    for i in 0..100 {
+        verify_keys.push(
+            api.create(
+                json!({"name": format!("v{i}"), "scopes": ["repo:read"], "resources": ["acme"]}),
+            )?
+            .0,
+        );
+    }
+    let vclient = reqwest::Client::new();
+    let verify_url = format!("{}/v1/keys/verify", cp.base);
+    let remote_ns = rt.block_on(async {
+        let mut out = Vec::with_capacity(5000);
+        for i in 0..5200 {
+            let body = json!({"key": verify_keys[i % verify_keys.len()], "scopes": ["repo:read"], "resource": "acme"});
+            let t = Instant::now();
+            let resp = vclient.post(&verify_url).bearer_auth(ADMIN).json(&body).send().await?;
+            let v: Value = resp.json().await?;
+            let el = t.elapsed().as_nanos() as u64;
+            ensure!(v["valid"] == true, "verify: {v}");
+            if i >= 200 {
+                out.push(el);
+            }
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    let (remote_med, remote_p99) = summary_ns(remote_ns);
+    println!();
+    println!(
+        "per-request decision with {n} keys loaded (allowed: parse + SHA-256 + lookup + scope + resource + identity headers):"
+    );
+    println!(
+        "  wasm in the harness (full stream through the filter): median {wasm_med} ns, p99 {wasm_p99} ns"
+    );
+    println!(
+        "  native (keygate_plugin::decision::decide):            median {native_med} ns, p99 {native_p99} ns"
+    );
+    println!(
+        "  remote POST /v1/keys/verify over loopback:           median {remote_med} ns, p99 {remote_p99} ns"
+    );
+    println!(
+        "  remote / harness: {:.0}× at the median, {:.0}× at p99",
+        remote_med as f64 / wasm_med.max(1) as f64,
+        remote_p99 as f64 / wasm_p99.max(1) as f64
+    );
+
+    // ---- revocation-to-denial over real HTTP in real time.
+    println!();
+    for (label, extra) in [
+        ("default settings (sync_interval_ms 1000, no long-poll)", ""),
+        (
+            "long-poll (long_poll_wait_s 25)",
+            r#""long_poll_wait_s":25"#,
+        ),
+    ] {
+        let mut h = harness_builder(2, &edge_key, extra)
+            .real_time()
+            .cluster(CLUSTER, Cluster::http(cp.base.clone()))
+            .build()?;
+        let mut keys = Vec::new();
+        for i in 0..revocations {
+            keys.push(api.create(json!({"name": format!("r{i}"), "scopes": ["repo:read"]}))?);
+        }
+        // wait until every worker has every key
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            h.run_for(Duration::from_millis(20));
+            let mut all = true;
+            for w in 0..2 {
+                for (s, _) in &keys {
+                    if h.run_request_on(w, Request::get("/repos/acme/x").header("x-api-key", s))?
+                        .disposition
+                        != Disposition::Completed
+                    {
+                        all = false;
+                    }
+                }
+            }
+            if all {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "keys not synced within 15 s");
+        }
+        let mut first_ns = Vec::new();
+        let mut all_ns = Vec::new();
+        for (i, (secret, id)) in keys.iter().enumerate() {
+            // a pseudo-random phase relative to the poll interval
+            let phase = Duration::from_millis(((i as u64 * 7919) % 1000) + 50);
+            h.run_for(phase);
+            let t = Instant::now();
+            api.revoke(id)?;
+            let mut denied = [false; 2];
+            let mut first = None;
+            loop {
+                h.poll();
+                for (w, d) in denied.iter_mut().enumerate() {
+                    if !*d {
+                        let o = h.run_request_on(
+                            w,
+                            Request::get("/repos/acme/x").header("x-api-key", secret),
+                        )?;
+                        if o.disposition == Disposition::LocalResponse {
+                            *d = true;
+                            first.get_or_insert(t.elapsed());
+                        }
+                    }
+                }
+                if denied.iter().all(|d| *d) {
+                    break;
+                }
+                ensure!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "revocation not enforced within 10 s"
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            all_ns.push(t.elapsed().as_nanos() as u64);
+            first_ns.push(first.map_or(0, |d| d.as_nanos() as u64));
+        }
+        let (f50, f99) = summary_ns(first_ns);
+        let (a50, a99) = summary_ns(all_ns);
+        println!(
+            "revocation → denial, {label}, {revocations} revocations, 2 workers (from sending the revoke):"
+        );
+        println!(
+            "  first worker: p50 {:.1} ms, p99 {:.1} ms; every worker: p50 {:.1} ms, p99 {:.1} ms",
+            ms(f50),
+            ms(f99),
+            ms(a50),
+            ms(a99)
+        );
+    }
+
+    // ---- many long-polling readers on one control-plane process.
+    println!();
+    let probe_key = api
+        .create(json!({"name": "probe", "scopes": ["repo:read"]}))?
+        .1;
+    let (revision, base_rss) = rt.block_on(async {
+        let r = http
+            .get(format!("{}/v1/keyset", cp.base))
+            .bearer_auth(&edge_key)
+            .send()
+            .await?;
+        let rev: u64 = r
+            .headers()
+            .get("x-keygate-revision")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .context("x-keygate-revision")?;
+        Ok::<_, anyhow::Error>((rev, proc_usage(cp.pid())?.1))
+    })?;
+    let url = format!("{}/v1/keyset?since={revision}&wait=30", cp.base);
+    let sent = Instant::now();
+    let handles: Vec<_> = (0..readers)
+        .map(|_| {
+            // one client (one connection) per reader, as separate proxies would have
+            let client = reqwest::Client::new();
+            let url = url.clone();
+            let key = edge_key.clone();
+            rt.spawn(async move {
+                let resp = client.get(&url).bearer_auth(&key).send().await?;
+                let at = Instant::now();
+                let status = resp.status().as_u16();
+                let _ = resp.bytes().await?;
+                Ok::<_, anyhow::Error>((status, at))
+            })
+        })
+        .collect();
+    // let every reader connect and park
+    std::thread::sleep(Duration::from_secs(3));
+    let finished_early = handles.iter().filter(|h| h.is_finished()).count();
+    ensure!(
+        finished_early == 0,
+        "{finished_early} readers answered before any change"
+    );
+    let tps = clock_ticks_per_sec();
+    let (ticks0, rss_parked) = proc_usage(cp.pid())?;
+    let window = Duration::from_secs(5);
+    std::thread::sleep(window);
+    let (ticks1, rss_after) = proc_usage(cp.pid())?;
+    let cpu_pct = (ticks1 - ticks0) as f64 / tps as f64 / window.as_secs_f64() * 100.0;
+    let t = Instant::now();
+    api.revoke(&probe_key)?;
+    let results = rt.block_on(async {
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            out.push(h.await??);
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    let mut reach_ns = Vec::with_capacity(results.len());
+    for (status, at) in &results {
+        ensure!(*status == 200, "a reader got {status}");
+        reach_ns.push(at.saturating_duration_since(t).as_nanos() as u64);
+    }
+    reach_ns.sort_unstable();
+    println!(
+        "{readers} concurrent long-polling readers on one keygate process (GET /v1/keyset?since={revision}&wait=30, one connection each; revoked {:.1} s after they were sent):",
+        (t - sent).as_secs_f64()
+    );
+    println!(
+        "  while parked: CPU {cpu_pct:.1} % of one core over {} s; RSS {} kB before the readers, {} kB parked, {} kB after {} s",
+        window.as_secs(),
+        base_rss,
+        rss_parked,
+        rss_after,
+        window.as_secs()
+    );
+    println!(
+        "  one revocation reaches them (from sending the revoke): p50 {:.1} ms, p99 {:.1} ms, all {:.1} ms",
+        ms(pct(&reach_ns, 0.5)),
+        ms(pct(&reach_ns, 0.99)),
+        ms(pct(&reach_ns, 1.0))
+    );
+    drop(cp);
+    println!();
+    println!("total bench time {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
