@@ -1,0 +1,136 @@
+//! Drives the real `keygate` binary: `serve` (with debug logging), the `keys` and `audit`
+//! client subcommands, and checks that no secret ever reaches the server's logs.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const ADMIN: &str = "cli-test-admin-token-42";
+
+fn keygate(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(args)
+        .env("KEYGATE_URL", url)
+        .env("KEYGATE_TOKEN", ADMIN)
+        .output()
+        .expect("run keygate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_drives_the_api_and_no_secret_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = keygate_testkit::free_port().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("serve")
+        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "KEYGATE_DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("kg.db").display()),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        up,
+        "server did not start: {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+
+    let (ok, out, err) = keygate(
+        &url,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "cli",
+            "--scope",
+            "keys:read",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let secret = v["secret"].as_str().unwrap().to_owned();
+    let id = v["key"]["id"].as_str().unwrap().to_owned();
+    let (ok, out, _) = keygate(&url, &["keys", "list"]);
+    assert!(ok);
+    assert!(
+        out.starts_with("ID") && out.contains(&id) && out.contains("active"),
+        "{out}"
+    );
+    assert!(!out.contains(&secret));
+    let (ok, out, _) = keygate(&url, &["keys", "update", &id, "--name", "renamed"]);
+    assert!(ok && out.contains("renamed"), "{out}");
+    let (ok, out, _) = keygate(&url, &["keys", "suspend", &id, "--reason", "test"]);
+    assert!(ok && out.contains("suspended"), "{out}");
+    let (ok, out, _) = keygate(&url, &["keys", "reactivate", &id]);
+    assert!(ok && out.contains("active"), "{out}");
+    let (ok, out, _) = keygate(&url, &["keys", "rotate", &id, "--grace-period", "60"]);
+    assert!(ok && out.contains("secret (shown once"), "{out}");
+    let (ok, out, _) = keygate(&url, &["keys", "show", &id, "--json"]);
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["name"], "renamed");
+    let (ok, out, _) = keygate(&url, &["keys", "revoke", &id, "--reason", "done"]);
+    assert!(ok && out.contains("revoked"), "{out}");
+    let (ok, out, _) = keygate(&url, &["audit", "--key", &id]);
+    assert!(ok);
+    for action in [
+        "key.create",
+        "key.update",
+        "key.suspend",
+        "key.reactivate",
+        "key.rotate",
+        "key.revoke",
+    ] {
+        assert!(out.contains(action), "{action} missing in {out}");
+    }
+    let (ok, _, err) = keygate(&url, &["keys", "show", "key_nope"]);
+    assert!(!ok && err.contains("INVALID_REQUEST"), "{err}");
+    // Verification through the API with the secret in the body.
+    let status = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("authorization: Bearer {ADMIN}"),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &format!("{{\"key\":\"{secret}\"}}"),
+            &format!("{url}/v1/keys/verify"),
+        ])
+        .output();
+    if let Ok(o) = status {
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
+    }
+    server.kill().unwrap();
+    let _ = server.wait();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logs.contains("listening"), "the log was captured: {logs}");
+    assert!(!logs.contains(&secret), "secret leaked into logs");
+    assert!(!logs.contains(ADMIN), "admin token leaked into logs");
+    let body = secret.rsplit_once('_').unwrap().1;
+    assert!(!logs.contains(body));
+}
