@@ -77,7 +77,10 @@ pub fn check(data: &[u8]) {
                 && e.field != "edge_key"
             {
                 let elsewhere = String::from_utf8_lossy(data).matches(key.as_str()).count() > 1;
-                assert!(elsewhere || !shown.contains(key.as_str()), "the error echoes the edge key: {shown}");
+                assert!(
+                    elsewhere || !shown.contains(key.as_str()),
+                    "the error echoes the edge key: {shown}"
+                );
             }
         }
     }
@@ -94,27 +97,47 @@ fn check_accepted(c: &Config) {
     assert!(!c.usage_cluster.trim().is_empty());
     let ih = &c.identity_headers;
     for h in [&ih.key_id, &ih.owner, &ih.scopes] {
-        assert!(is_header_name(h), "identity header {h:?} is not a lower-case token");
+        assert!(
+            is_header_name(h),
+            "identity header {h:?} is not a lower-case token"
+        );
     }
     assert!(ih.key_id != ih.owner && ih.key_id != ih.scopes && ih.owner != ih.scopes);
     for s in &c.key_sources {
         if let KeySource::Header(h) = s {
-            assert!(is_header_name(h), "key header {h:?} is not a lower-case token");
+            assert!(
+                is_header_name(h),
+                "key header {h:?} is not a lower-case token"
+            );
             assert!(h != "authorization" && !h.starts_with("x-keygate-"));
             assert!(![&ih.key_id, &ih.owner, &ih.scopes].contains(&h));
         }
     }
     if let Some(p) = &c.accepted_prefixes {
         assert!(!p.is_empty());
-        assert!(p.iter().all(|x| keygate_protocol::key::validate_prefix(x).is_ok()));
+        assert!(
+            p.iter()
+                .all(|x| keygate_protocol::key::validate_prefix(x).is_ok())
+        );
     }
     for r in &c.routes {
         assert!(r.path_prefix.starts_with('/'));
         if let Some(m) = &r.methods {
-            assert!(!m.is_empty() && m.iter().all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_uppercase())));
+            assert!(
+                !m.is_empty()
+                    && m.iter()
+                        .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_uppercase()))
+            );
         }
-        assert!(r.required_scopes.iter().all(|s| keygate_protocol::scope::validate_scope(s).is_ok()));
-        assert!(!r.anonymous || (r.required_scopes.is_empty() && r.resource_from_path_segment.is_none()));
+        assert!(
+            r.required_scopes
+                .iter()
+                .all(|s| keygate_protocol::scope::validate_scope(s).is_ok())
+        );
+        assert!(
+            !r.anonymous
+                || (r.required_scopes.is_empty() && r.resource_from_path_segment.is_none())
+        );
     }
     assert!(c.tick_period_ms() >= 1);
     let _ = c.sync_timeout_ms();

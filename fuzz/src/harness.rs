@@ -49,7 +49,9 @@ pub fn reference_decode(bytes: &[u8]) -> Option<Vec<(String, String)>> {
 }
 
 fn lower(map: Vec<(String, String)>) -> Vec<(String, String)> {
-    map.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
+    map.into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
 }
 
 struct State {
@@ -75,7 +77,10 @@ pub fn check(data: &[u8]) {
         let mut slot = cell.borrow_mut();
         // Rebuild now and then: the harness keeps every finished stream for observation.
         if slot.as_ref().is_none_or(|s| s.runs >= 256) {
-            *slot = Some(State { harness: build(), runs: 0 });
+            *slot = Some(State {
+                harness: build(),
+                runs: 0,
+            });
         }
         let state = slot.as_mut().expect("just built");
         state.runs += 1;
@@ -86,20 +91,37 @@ pub fn check(data: &[u8]) {
 const BODY: &[u8] = b"0123456789";
 
 fn run(h: &mut Harness, data: &[u8]) {
-    h.set_shared_data("in", data.to_vec(), 0).expect("host writes shared data");
-    h.set_shared_data("st", vec![0xff], 0).expect("host writes shared data");
-    h.set_shared_data("out", Vec::new(), 0).expect("host writes shared data");
+    h.set_shared_data("in", data.to_vec(), 0)
+        .expect("host writes shared data");
+    h.set_shared_data("st", vec![0xff], 0)
+        .expect("host writes shared data");
+    h.set_shared_data("out", Vec::new(), 0)
+        .expect("host writes shared data");
     let traps_before = h.traps().len();
     let outcome = h
-        .run_request(Request::new("POST", "/fuzz").header("x-a", "1").body(BODY.to_vec()))
+        .run_request(
+            Request::new("POST", "/fuzz")
+                .header("x-a", "1")
+                .body(BODY.to_vec()),
+        )
         .expect("the stream runs");
-    assert_eq!(h.traps().len(), traps_before, "the guest trapped: {:?}", h.traps().last());
+    assert_eq!(
+        h.traps().len(),
+        traps_before,
+        "the guest trapped: {:?}",
+        h.traps().last()
+    );
     assert!(
-        !matches!(outcome.disposition, Disposition::FailedClosed | Disposition::FailedOpen),
+        !matches!(
+            outcome.disposition,
+            Disposition::FailedClosed | Disposition::FailedOpen
+        ),
         "the stream failed: {:?}",
         outcome.disposition
     );
-    let Some((&op, rest)) = data.split_first() else { return };
+    let Some((&op, rest)) = data.split_first() else {
+        return;
+    };
     let status = h.shared_data("st").map(|(v, _)| v).unwrap_or_default();
     let status = status.first().copied().unwrap_or(0xff);
     let expected = reference_decode(rest).map(lower);
@@ -108,13 +130,21 @@ fn run(h: &mut Harness, data: &[u8]) {
             assert_eq!(status, Status::Ok as u8, "set_header_map_pairs failed");
             let out = h.shared_data("out").map(|(v, _)| v).unwrap_or_default();
             let back = reference_decode(&out).expect("the host serializes a well-formed map");
-            assert_eq!(back, expected.unwrap_or_default(), "the map read back differs");
+            assert_eq!(
+                back,
+                expected.unwrap_or_default(),
+                "the map read back differs"
+            );
         }
         1 => {
             assert_eq!(status, Status::Ok as u8, "send_local_response failed");
             let local = outcome.local_response.expect("a local response was sent");
             assert_eq!(local.status, 403);
-            assert_eq!(local.headers, expected.unwrap_or_default(), "local response headers differ");
+            assert_eq!(
+                local.headers,
+                expected.unwrap_or_default(),
+                "local response headers differ"
+            );
         }
         2 => {
             let map = expected.unwrap_or_default();

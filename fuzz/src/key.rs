@@ -23,7 +23,11 @@ pub fn reference_checksum(data: &[u8]) -> String {
 /// characters, and the reference checksum.
 #[must_use]
 pub fn synthesize(bytes: &[u8]) -> String {
-    let mut it = bytes.iter().copied().chain(std::iter::repeat(0)).enumerate();
+    let mut it = bytes
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(0))
+        .enumerate();
     let mut next = move || {
         let (i, b) = it.next().unwrap_or((0, 0));
         b.wrapping_add((i as u8).wrapping_mul(31))
@@ -87,18 +91,29 @@ fn check_parsed(s: &str, p: key::ParsedKey<'_>) {
         s,
         "parts do not rebuild the key"
     );
-    assert!(key::validate_prefix(p.prefix()).is_ok(), "accepted a bad prefix");
+    assert!(
+        key::validate_prefix(p.prefix()).is_ok(),
+        "accepted a bad prefix"
+    );
     assert!(p.body().len() >= key::MIN_BODY_LEN, "accepted a short body");
     assert!(!p.body().contains('_') && !p.checksum().contains('_'));
     let head = &s[..s.len() - key::CHECKSUM_LEN];
-    assert_eq!(p.checksum(), reference_checksum(head.as_bytes()), "checksum differs from CRC32/base62");
+    assert_eq!(
+        p.checksum(),
+        reference_checksum(head.as_bytes()),
+        "checksum differs from CRC32/base62"
+    );
     assert_eq!(&key::checksum(head.as_bytes())[..], p.checksum().as_bytes());
     assert_eq!(
         p.display_prefix(),
         format!("{}_{}", p.prefix(), &p.body()[..key::DISPLAY_BODY_LEN])
     );
     let sha: [u8; 32] = sha2::Sha256::digest(s.as_bytes()).into();
-    assert_eq!(p.digest(), Digest::from_bytes(sha), "digest is not SHA-256 of the key");
+    assert_eq!(
+        p.digest(),
+        Digest::from_bytes(sha),
+        "digest is not SHA-256 of the key"
+    );
     assert_eq!(p.digest(), Digest::of(s));
     // Round trip: the rebuilt string parses to the same parts.
     let rebuilt = format!("{}_{}{}", p.prefix(), p.body(), p.checksum());

@@ -94,7 +94,14 @@ pub enum Step {
 }
 
 const OWNERS: [&str; 5] = ["org_a", "org_b", "svc:ci", "user@example.com", ""];
-const SCOPES: [&str; 6] = ["keys:read", "keys:write", "github:tokens", "graphs:execute", "repo:read", "Bad Scope"];
+const SCOPES: [&str; 6] = [
+    "keys:read",
+    "keys:write",
+    "github:tokens",
+    "graphs:execute",
+    "repo:read",
+    "Bad Scope",
+];
 const RESOURCES: [&str; 5] = ["acme/widgets", "acme/*", "other/repo", "*", ""];
 /// Size of the digest pool used by arbitrary entries and removals.
 const POOL: u16 = 512;
@@ -115,7 +122,11 @@ fn entry(a: &ArbEntry) -> KeyEntry {
         key_id: KeyId::from_bytes([a.key_id; 16]),
         owner: OWNERS[usize::from(a.owner) % OWNERS.len()].to_owned(),
         expires_at: a.expiry.map(u64::from),
-        scopes: a.scopes.iter().map(|&s| SCOPES[usize::from(s) % SCOPES.len()].to_owned()).collect(),
+        scopes: a
+            .scopes
+            .iter()
+            .map(|&s| SCOPES[usize::from(s) % SCOPES.len()].to_owned())
+            .collect(),
         resources: a
             .resources
             .iter()
@@ -179,21 +190,36 @@ impl Model {
 /// Whether the set holds exactly the model. `probes` are digests to look up besides the
 /// model's own (those not in the model must be absent).
 fn assert_agrees(set: &KeySet, model: &Model, probes: &[Digest]) {
-    assert_eq!(set.revision(), model.revision, "revision differs from the model");
+    assert_eq!(
+        set.revision(),
+        model.revision,
+        "revision differs from the model"
+    );
     assert_eq!(set.len(), model.keys.len(), "length differs from the model");
     assert_eq!(set.is_empty(), model.keys.is_empty());
     for (d, e) in &model.keys {
-        let k = set.lookup(d).unwrap_or_else(|| panic!("model key {d} missing from the set"));
+        let k = set
+            .lookup(d)
+            .unwrap_or_else(|| panic!("model key {d} missing from the set"));
         assert_eq!(k.digest(), *d);
         assert_eq!(k.key_id(), e.key_id);
         assert_eq!(k.owner(), e.owner);
         assert_eq!(k.expires_at(), e.expires_at);
-        assert!(k.scopes().eq(e.scopes.iter().map(String::as_str)), "scopes differ");
-        assert!(k.resources().eq(e.resources.iter().map(String::as_str)), "resources differ");
+        assert!(
+            k.scopes().eq(e.scopes.iter().map(String::as_str)),
+            "scopes differ"
+        );
+        assert!(
+            k.resources().eq(e.resources.iter().map(String::as_str)),
+            "resources differ"
+        );
     }
     for p in probes {
         if !model.keys.contains_key(p) {
-            assert!(set.lookup(p).is_none(), "removed or never-added key {p} found");
+            assert!(
+                set.lookup(p).is_none(),
+                "removed or never-added key {p} found"
+            );
         }
     }
     let snapshot = wire::decode(&set.encode_snapshot()).expect("encode_snapshot decodes");
@@ -230,7 +256,11 @@ fn step_message(set: &mut KeySet, model: &mut Model, msg: Message, as_message: b
     match msg.encode() {
         Err(e) => {
             let got = set.apply_message(msg);
-            assert_eq!(got, Err(ApplyError::Encode(e)), "an unencodable message was applied");
+            assert_eq!(
+                got,
+                Err(ApplyError::Encode(e)),
+                "an unencodable message was applied"
+            );
         }
         Ok(_) if as_message => {
             let mut m = model.clone();
@@ -261,7 +291,11 @@ pub fn check(program: &Program) {
     let mut probes: Vec<Digest> = Vec::new();
     for step in program.steps.iter().take(64) {
         match step {
-            Step::Snapshot { revision, entries, as_message } => {
+            Step::Snapshot {
+                revision,
+                entries,
+                as_message,
+            } => {
                 let s = Snapshot {
                     revision: model.resolve(*revision),
                     entries: entries.iter().take(300).map(entry).collect(),
@@ -269,7 +303,13 @@ pub fn check(program: &Program) {
                 probes.extend(s.entries.iter().map(|e| e.digest));
                 step_message(&mut set, &mut model, Message::Snapshot(s), *as_message);
             }
-            Step::Delta { base, step, upserts, removals, as_message } => {
+            Step::Delta {
+                base,
+                step,
+                upserts,
+                removals,
+                as_message,
+            } => {
                 let base_revision = model.resolve(*base);
                 let d = Delta {
                     base_revision,
@@ -281,7 +321,11 @@ pub fn check(program: &Program) {
                 probes.extend(d.removals.iter().copied());
                 step_message(&mut set, &mut model, Message::Delta(d), *as_message);
             }
-            Step::Bulk { count, seed, remove_every } => {
+            Step::Bulk {
+                count,
+                seed,
+                remove_every,
+            } => {
                 if model.keys.len() > 20_000 {
                     continue;
                 }
@@ -317,7 +361,13 @@ pub fn check(program: &Program) {
                 };
                 step_message(&mut set, &mut model, Message::Delta(d), false);
             }
-            Step::Corrupt { delta, entries, at, xor, fix_crc } => {
+            Step::Corrupt {
+                delta,
+                entries,
+                at,
+                xor,
+                fix_crc,
+            } => {
                 let cur = model.revision.unwrap_or(0);
                 let entries: Vec<KeyEntry> = entries.iter().take(50).map(entry).collect();
                 let msg = if *delta {
@@ -328,9 +378,14 @@ pub fn check(program: &Program) {
                         removals: Vec::new(),
                     })
                 } else {
-                    Message::Snapshot(Snapshot { revision: cur.saturating_add(1), entries })
+                    Message::Snapshot(Snapshot {
+                        revision: cur.saturating_add(1),
+                        entries,
+                    })
                 };
-                let Ok(mut bytes) = msg.encode() else { continue };
+                let Ok(mut bytes) = msg.encode() else {
+                    continue;
+                };
                 let i = usize::from(*at) % bytes.len();
                 bytes[i] ^= if *xor == 0 { 1 } else { *xor };
                 if *fix_crc && let Some(fixed) = crate::with_fixed_crc(&bytes) {

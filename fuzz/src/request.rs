@@ -51,19 +51,55 @@ enum Piece {
 #[derive(Debug, Arbitrary)]
 enum PathPiece {
     Pool(u8),
-    WithKey { base: u8, which: u8, param: u8, extra: bool },
+    WithKey {
+        base: u8,
+        which: u8,
+        param: u8,
+        extra: bool,
+    },
     Raw(String),
 }
 
 const NAMES: [&str; 18] = [
-    ":method", ":path", ":authority", "x-api-key", "X-API-KEY", "authorization", "Authorization",
-    "cookie", "x-keygate-key-id", "X-Keygate-Owner", "x-keygate-scopes", "x-keygate-extra",
-    "x-user-id", "X-User-Owner", "x-user-scopes", "x-key", "host", "x-other",
+    ":method",
+    ":path",
+    ":authority",
+    "x-api-key",
+    "X-API-KEY",
+    "authorization",
+    "Authorization",
+    "cookie",
+    "x-keygate-key-id",
+    "X-Keygate-Owner",
+    "x-keygate-scopes",
+    "x-keygate-extra",
+    "x-user-id",
+    "X-User-Owner",
+    "x-user-scopes",
+    "x-key",
+    "host",
+    "x-other",
 ];
-const VALUES: [&str; 8] = ["", " ", "Bearer", "Bearer ", "Basic abc", "kg_live_", "a=b; c", "GET"];
+const VALUES: [&str; 8] = [
+    "",
+    " ",
+    "Bearer",
+    "Bearer ",
+    "Basic abc",
+    "kg_live_",
+    "a=b; c",
+    "GET",
+];
 const PATHS: [&str; 9] = [
-    "/", "/health", "/healthz", "/repos/acme/widgets", "/repos/other/x/y", "/repos/", "/api/v1/thing",
-    "/repos/acme/widgets?x=1", "",
+    "/",
+    "/health",
+    "/healthz",
+    "/repos/acme/widgets",
+    "/repos/other/x/y",
+    "/repos/",
+    "/api/v1/thing",
+    "/repos/acme/widgets?x=1",
+    "",
 ];
 const PARAMS: [&str; 3] = ["api_key", "key", "API_KEY"];
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "get", "DELETE", ""];
@@ -120,7 +156,13 @@ pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let specs: [(&str, &str, &[&str], &[&str], Option<u64>); 3] = [
-            ("kg_live", "org_a", &["repo:read", "repo:write"], &["acme/*"], None),
+            (
+                "kg_live",
+                "org_a",
+                &["repo:read", "repo:write"],
+                &["acme/*"],
+                None,
+            ),
             ("kg_live", "org_b", &["repo:read"], &[], Some(EXPIRY)),
             ("kg_test", "org_c", &["repo:read"], &["other/x"], None),
         ];
@@ -137,19 +179,29 @@ pub fn fixture() -> &'static Fixture {
                     scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                     resources: resources.iter().map(|s| (*s).to_owned()).collect(),
                 };
-                FixtureKey { secret, entry: Some(entry) }
+                FixtureKey {
+                    secret,
+                    entry: Some(entry),
+                }
             })
             .collect();
-        keys.push(FixtureKey { secret: make_key("kg_live", 9), entry: None });
+        keys.push(FixtureKey {
+            secret: make_key("kg_live", 9),
+            entry: None,
+        });
         let mut typo = keys[0].secret.clone().into_bytes();
         typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
-        keys.push(FixtureKey { secret: String::from_utf8(typo).expect("ASCII"), entry: None });
+        keys.push(FixtureKey {
+            secret: String::from_utf8(typo).expect("ASCII"),
+            entry: None,
+        });
         let snapshot = Snapshot {
             revision: 1,
             entries: keys.iter().filter_map(|k| k.entry.clone()).collect(),
         };
         let mut set = KeySet::new();
-        set.apply(&snapshot.encode().expect("fixture encodes")).expect("fixture applies");
+        set.apply(&snapshot.encode().expect("fixture encodes"))
+            .expect("fixture applies");
         let configs = CONFIGS
             .iter()
             .map(|c| Config::from_json(c.as_bytes()).expect("fixture config is valid"))
@@ -194,7 +246,12 @@ fn headers_of(f: &Fixture, case: &Case) -> Vec<(String, String)> {
     if let Some(p) = &case.path {
         let v = match p {
             PathPiece::Pool(i) => PATHS[usize::from(*i) % PATHS.len()].to_owned(),
-            PathPiece::WithKey { base, which, param, extra } => {
+            PathPiece::WithKey {
+                base,
+                which,
+                param,
+                extra,
+            } => {
                 let base = PATHS[usize::from(*base) % PATHS.len()];
                 let k = &f.keys[usize::from(*which) % f.keys.len()].secret;
                 let sep = if base.contains('?') { '&' } else { '?' };
@@ -251,17 +308,27 @@ pub fn check(case: &Case) {
     let ih = &config.identity_headers;
     let is_identity = |k: &str| {
         k.len() >= 10 && k.as_bytes()[..10].eq_ignore_ascii_case(b"x-keygate-")
-            || [&ih.key_id, &ih.owner, &ih.scopes].iter().any(|h| h.eq_ignore_ascii_case(k))
+            || [&ih.key_id, &ih.owner, &ih.scopes]
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(k))
     };
     match &decision {
         Decision::Deny(d) => {
             assert!(!d.reason.is_allow());
-            assert!(matches!(d.status(), 401 | 403 | 503), "deny status {}", d.status());
-            let body: serde_json::Value = serde_json::from_str(&d.body()).expect("deny body is JSON");
+            assert!(
+                matches!(d.status(), 401 | 403 | 503),
+                "deny status {}",
+                d.status()
+            );
+            let body: serde_json::Value =
+                serde_json::from_str(&d.body()).expect("deny body is JSON");
             assert_eq!(body["error"]["code"], d.reason.code());
             assert_eq!(d.www_authenticate.is_some(), d.status() != 503);
             for k in &f.keys {
-                assert!(!d.message.contains(&k.secret) && !d.body().contains(&k.secret), "a deny echoes a key");
+                assert!(
+                    !d.message.contains(&k.secret) && !d.body().contains(&k.secret),
+                    "a deny echoes a key"
+                );
             }
         }
         Decision::Allow(a) => {
@@ -271,8 +338,12 @@ pub fn check(case: &Case) {
             for (k, v) in &headers {
                 if is_identity(k) {
                     assert!(
-                        !fwd.iter().any(|(fk, fv)| fk.eq_ignore_ascii_case(k) && fv == v
-                            && !a.set.iter().any(|(s, sv)| s.eq_ignore_ascii_case(k) && sv == v)),
+                        !fwd.iter().any(|(fk, fv)| fk.eq_ignore_ascii_case(k)
+                            && fv == v
+                            && !a
+                                .set
+                                .iter()
+                                .any(|(s, sv)| s.eq_ignore_ascii_case(k) && sv == v)),
                         "client header {k:?} reaches upstream"
                     );
                 }
@@ -280,14 +351,20 @@ pub fn check(case: &Case) {
             match a.reason {
                 Reason::Allowed => check_allowed(f, config, &req, state, now, &headers, a, &fwd),
                 Reason::FailOpen => {
-                    assert!(matches!(state, KeySetState::Stale(_)) && config.failure_mode == FailureMode::Open);
+                    assert!(
+                        matches!(state, KeySetState::Stale(_))
+                            && config.failure_mode == FailureMode::Open
+                    );
                     assert!(a.set.is_empty() && a.key_id.is_none());
                 }
                 Reason::Anonymous => {
                     assert!(a.set.is_empty() && a.key_id.is_none());
                     let path = req.path.split_once('?').map_or(req.path, |(p, _)| p);
                     let route = config.routes.iter().find(|r| r.matches(req.method, path));
-                    assert!(route.is_some_and(|r| r.anonymous), "anonymous pass on a keyed route");
+                    assert!(
+                        route.is_some_and(|r| r.anonymous),
+                        "anonymous pass on a keyed route"
+                    );
                 }
                 other => panic!("allow with a deny reason {other:?}"),
             }
@@ -306,7 +383,10 @@ fn check_allowed(
     a: &Allow<'_>,
     fwd: &[(String, String)],
 ) {
-    assert!(matches!(state, KeySetState::Fresh(_)), "allowed without a fresh set");
+    assert!(
+        matches!(state, KeySetState::Fresh(_)),
+        "allowed without a fresh set"
+    );
     let id = a.key_id.expect("an allowed request names its key");
     let key = f
         .keys
@@ -314,9 +394,18 @@ fn check_allowed(
         .find(|k| k.entry.as_ref().is_some_and(|e| e.key_id == id))
         .expect("the allowed key is in the set");
     let entry = key.entry.as_ref().expect("in the set");
-    let occurrences: usize = headers.iter().map(|(_, v)| v.matches(key.secret.as_str()).count()).sum();
-    assert!(occurrences >= 1, "allowed with a key the request does not carry");
-    assert!(entry.expires_at.is_none_or(|e| now < e), "an expired key passes");
+    let occurrences: usize = headers
+        .iter()
+        .map(|(_, v)| v.matches(key.secret.as_str()).count())
+        .sum();
+    assert!(
+        occurrences >= 1,
+        "allowed with a key the request does not carry"
+    );
+    assert!(
+        entry.expires_at.is_none_or(|e| now < e),
+        "an expired key passes"
+    );
     if let Some(p) = &config.accepted_prefixes {
         assert!(p.iter().any(|p| key.secret.starts_with(&format!("{p}_"))));
     }
@@ -327,19 +416,35 @@ fn check_allowed(
             assert!(entry.scopes.contains(s), "passes without scope {s}");
         }
         if let Some(i) = route.resource_from_path_segment {
-            let seg = path.strip_prefix('/').unwrap_or(path).split('/').nth(i).filter(|s| !s.is_empty());
+            let seg = path
+                .strip_prefix('/')
+                .unwrap_or(path)
+                .split('/')
+                .nth(i)
+                .filter(|s| !s.is_empty());
             let seg = seg.expect("passes without the resource segment");
-            assert!(keygate_protocol::scope::resource_allowed(&entry.resources, seg), "resource {seg} not allowed");
+            assert!(
+                keygate_protocol::scope::resource_allowed(&entry.resources, seg),
+                "resource {seg} not allowed"
+            );
         }
     }
-    let get = |name: &str| a.set.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str());
+    let get = |name: &str| {
+        a.set
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let ih = &config.identity_headers;
     assert_eq!(get(&ih.key_id), Some(id.to_string().as_str()));
     assert_eq!(get(&ih.owner), Some(entry.owner.as_str()));
     assert_eq!(get(&ih.scopes), Some(entry.scopes.join(" ").as_str()));
     if config.hide_credentials && occurrences == 1 {
         for (k, v) in fwd {
-            assert!(!v.contains(&key.secret), "the credential reaches upstream in {k:?}");
+            assert!(
+                !v.contains(&key.secret),
+                "the credential reaches upstream in {k:?}"
+            );
         }
     }
 }

@@ -20,7 +20,11 @@ fn check_bytes(bytes: &[u8]) {
     match decoded {
         Err(e) => {
             assert!(!e.code().is_empty());
-            assert_eq!(applied, Err(ApplyError::Decode(e)), "apply and decode disagree");
+            assert_eq!(
+                applied,
+                Err(ApplyError::Decode(e)),
+                "apply and decode disagree"
+            );
             assert_eq!(set.revision(), None, "a failed apply changed the set");
             assert!(set.is_empty());
         }
@@ -46,10 +50,18 @@ fn check_decoded(
         Message::Delta(d) => {
             assert_eq!(h.kind, MessageKind::Delta);
             assert_eq!(h.base_revision, Some(d.base_revision));
-            assert!(d.revision > d.base_revision, "delta revision not after its base");
-            assert!(d.removals.windows(2).all(|w| w[0] < w[1]), "removals not sorted");
             assert!(
-                d.removals.iter().all(|r| !d.upserts.iter().any(|u| u.digest == *r)),
+                d.revision > d.base_revision,
+                "delta revision not after its base"
+            );
+            assert!(
+                d.removals.windows(2).all(|w| w[0] < w[1]),
+                "removals not sorted"
+            );
+            assert!(
+                d.removals
+                    .iter()
+                    .all(|r| !d.upserts.iter().any(|u| u.digest == *r)),
                 "a digest both upserted and removed"
             );
             &d.upserts
@@ -60,7 +72,10 @@ fn check_decoded(
         "entries not strictly sorted by digest"
     );
     for e in entries {
-        assert!(e.expires_at.is_none_or(|x| x >= 1 && x <= u64::from(u32::MAX)));
+        assert!(
+            e.expires_at
+                .is_none_or(|x| x >= 1 && x <= u64::from(u32::MAX))
+        );
         assert!(e.scopes.len() <= keygate_protocol::scope::MAX_SCOPES_PER_KEY);
         assert!(e.resources.len() <= keygate_protocol::scope::MAX_RESOURCES_PER_KEY);
     }
@@ -68,7 +83,11 @@ fn check_decoded(
     let encoded = msg.encode().expect("a decoded message re-encodes");
     let again = wire::decode(&encoded).expect("a re-encoded message decodes");
     assert_eq!(&again, msg, "decode → encode → decode is not the identity");
-    assert_eq!(again.encode().as_ref(), Ok(&encoded), "encoding is not canonical");
+    assert_eq!(
+        again.encode().as_ref(),
+        Ok(&encoded),
+        "encoding is not canonical"
+    );
 
     match msg {
         Message::Snapshot(s) => {

@@ -6,14 +6,19 @@ use std::path::Path;
 use arbitrary::{Arbitrary, Unstructured};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no seeds for {target}");
-    files.iter().map(|f| std::fs::read(f).expect("seed readable")).collect()
+    files
+        .iter()
+        .map(|f| std::fs::read(f).expect("seed readable"))
+        .collect()
 }
 
 /// Deterministic pseudo-random inputs (xorshift64*), lengths 0 to `max_len`.
