@@ -135,7 +135,10 @@ pub struct Config {
 struct RawConfig {
     cluster: String,
     authority: String,
-    edge_key: String,
+    #[serde(default)]
+    edge_key: Option<String>,
+    #[serde(default)]
+    edge_key_env: Option<String>,
     #[serde(default = "default_sync_interval_ms")]
     sync_interval_ms: u64,
     #[serde(default)]
@@ -216,15 +219,24 @@ fn default_request_timeout_ms() -> u64 {
 pub const MAX_LONG_POLL_WAIT_S: u32 = 30;
 
 impl Config {
-    /// Parses and validates the plugin configuration JSON.
+    /// Parses and validates the plugin configuration JSON; an `edge_key_env` is read from the
+    /// VM's environment (Envoy's `vm_config.environment_variables`).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        Self::from_json_with_env(bytes, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::from_json`], with the environment given as a lookup function.
+    pub fn from_json_with_env(
+        bytes: &[u8],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             ConfigError::new(path, inner.to_string())
         })?;
-        raw.validate()
+        raw.validate(env)
     }
 
     /// Tick period of the per-worker timer, in milliseconds: frequent enough that followers
@@ -297,13 +309,38 @@ fn scope_name(field: &str, v: &str) -> Result<(), ConfigError> {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         nonempty("cluster", &self.cluster)?;
         nonempty("authority", &self.authority)?;
-        nonempty("edge_key", &self.edge_key)?;
-        if self.edge_key.bytes().any(|b| !b.is_ascii_graphic()) {
+        let (field, edge_key) = match (&self.edge_key, &self.edge_key_env) {
+            (Some(key), None) => ("edge_key", key.clone()),
+            (None, Some(name)) => {
+                nonempty("edge_key_env", name)?;
+                let key = env(name).ok_or_else(|| {
+                    ConfigError::new(
+                        "edge_key_env",
+                        format!("environment variable {name:?} is not set in the VM"),
+                    )
+                })?;
+                ("edge_key_env", key)
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "edge_key",
+                    "give either edge_key or edge_key_env, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    ".",
+                    "missing field `edge_key` (or `edge_key_env`)",
+                ));
+            }
+        };
+        nonempty(field, &edge_key)?;
+        if edge_key.bytes().any(|b| !b.is_ascii_graphic()) {
             return Err(ConfigError::new(
-                "edge_key",
+                field,
                 "must be printable ASCII without spaces",
             ));
         }
@@ -513,7 +550,7 @@ impl RawConfig {
         Ok(Config {
             cluster: self.cluster,
             authority: self.authority,
-            edge_key: self.edge_key,
+            edge_key,
             sync_interval_ms: self.sync_interval_ms,
             long_poll_wait_s: self.long_poll_wait_s,
             key_sources,
@@ -720,5 +757,28 @@ mod tests {
         assert!(r.matches("get", "/v1/x"));
         assert!(!r.matches("POST", "/v1/x"));
         assert!(!r.matches("GET", "/v2/x"));
+    }
+
+    #[test]
+    fn edge_key_from_the_vm_environment() {
+        let env = |name: &str| (name == "KEYGATE_EDGE_KEY").then(|| "kg_edge_fromenv".to_string());
+        let json = br#"{"cluster":"c","authority":"a","edge_key_env":"KEYGATE_EDGE_KEY"}"#;
+        let c = Config::from_json_with_env(json, env).unwrap();
+        assert_eq!(c.edge_key, "kg_edge_fromenv");
+
+        let unset = br#"{"cluster":"c","authority":"a","edge_key_env":"OTHER"}"#;
+        let err = Config::from_json_with_env(unset, env).unwrap_err();
+        assert_eq!(err.field, "edge_key_env");
+
+        let both =
+            br#"{"cluster":"c","authority":"a","edge_key":"k","edge_key_env":"KEYGATE_EDGE_KEY"}"#;
+        assert_eq!(
+            Config::from_json_with_env(both, env).unwrap_err().field,
+            "edge_key"
+        );
+
+        let neither = br#"{"cluster":"c","authority":"a"}"#;
+        let err = Config::from_json_with_env(neither, env).unwrap_err();
+        assert!(err.message.contains("edge_key"), "{err}");
     }
 }
