@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::{CLUSTER, filter_config, harness_builder, metric};
-use keygate_host_harness::{CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Request};
+use keygate_host_harness::{CalloutReply, CalloutResponse, Cluster, Disposition, Request};
 use keygate_plugin::config::Config as FilterConfig;
 use keygate_plugin::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
 use keygate_protocol::keyset::KeySet;
