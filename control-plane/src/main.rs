@@ -39,7 +39,10 @@ fn print(r: Result<String, cli::CliError>) -> ExitCode {
 }
 
 async fn run_server(config: keygate_control_plane::Config) -> anyhow::Result<()> {
+    // Logs go to stderr; stdout carries only the listening line and, on first start, the
+    // generated admin key, so an operator can capture that one line apart from the logs.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),

@@ -1,0 +1,209 @@
+//! First start of the real `keygate` binary on an empty database with no
+//! `KEYGATE_ADMIN_TOKEN`: one admin key is generated and printed once on stdout, works as the
+//! admin over HTTP, survives a restart (no second key printed), and never reaches the logs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const BANNER: &str = "Generated bootstrap admin key (shown once, store it now): ";
+
+/// A `keygate serve` process with its stdout and stderr in separate files; killed on drop.
+struct Served {
+    child: Child,
+    port: u16,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Served {
+    /// Starts `keygate serve` on `db` with trace-level logging and without an admin token,
+    /// and waits until it accepts connections.
+    fn start(dir: &Path, db: &Path, run: &str) -> Self {
+        let port = keygate_testkit::free_port().unwrap();
+        let stdout = dir.join(format!("{run}.stdout"));
+        let stderr = dir.join(format!("{run}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("serve")
+            .env_remove("KEYGATE_ADMIN_TOKEN")
+            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEYGATE_DATABASE_URL", format!("sqlite:{}", db.display()))
+            .env("RUST_LOG", "trace")
+            .current_dir(dir)
+            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+            .spawn()
+            .unwrap();
+        let s = Self {
+            child,
+            port,
+            stdout,
+            stderr,
+        };
+        for _ in 0..150 {
+            // "listening" is printed after the bootstrap banner, so once it is there the
+            // banner (if any) is complete too.
+            if s.out().contains("keygate listening on")
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "server did not start:\n{}\n{}",
+            s.out(),
+            std::fs::read_to_string(&s.stderr).unwrap_or_default()
+        );
+    }
+
+    fn out(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Stops the process and returns (stdout, stderr).
+    fn stop(mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (
+            self.out(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn call(
+    http: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = http.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let st = resp.status();
+    let text = resp.text().await.unwrap();
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_one_admin_key_that_works_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db");
+    assert!(!db.exists(), "the database starts empty");
+    let http = reqwest::Client::new();
+
+    // First start: one key, printed once, on stdout.
+    let first = Served::start(dir.path(), &db, "first");
+    let out = first.out();
+    let banners: Vec<&str> = out.lines().filter(|l| l.starts_with(BANNER)).collect();
+    assert_eq!(banners.len(), 1, "exactly one generated key: {out}");
+    let admin = banners[0][BANNER.len()..].trim().to_owned();
+    let parsed = keygate_protocol::key::parse(&admin).expect("the printed key is well formed");
+    assert_eq!(parsed.prefix(), "kg_admin");
+    assert_eq!(out.matches(&admin).count(), 1, "printed once: {out}");
+
+    // It is the admin: it can create a key in any workspace, list everything, read the audit.
+    let (st, v) = call(
+        &http,
+        &admin,
+        reqwest::Method::POST,
+        first.url("/v1/keys"),
+        Some(json!({"name": "made-by-bootstrap", "workspace_id": "team-a", "kind": "edge"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let made = v["key"]["id"].as_str().unwrap().to_owned();
+    let issued = v["secret"].as_str().unwrap().to_owned();
+    assert_eq!(v["key"]["created_by"]["id"], "admin");
+    let admin_body = admin.rsplit_once('_').unwrap().1;
+    assert_eq!(
+        v["key"]["created_by"]["display_prefix"],
+        format!("kg_admin_{}", &admin_body[..8]),
+        "created_by records the bootstrap key's display prefix"
+    );
+    let (st, v) = call(
+        &http,
+        &admin,
+        reqwest::Method::GET,
+        first.url("/v1/audit"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["items"][0]["action"], "key.create");
+    // A different key with the admin prefix is not the admin.
+    let forged = keygate_protocol::key::generate("kg_admin").unwrap();
+    let (st, v) = call(
+        &http,
+        forged.expose_secret(),
+        reqwest::Method::GET,
+        first.url("/v1/keys"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    let (first_out, first_err) = first.stop();
+
+    // Restart on the same database: no new key, the first one still works.
+    let second = Served::start(dir.path(), &db, "second");
+    let (st, v) = call(
+        &http,
+        &admin,
+        reqwest::Method::GET,
+        second.url(&format!("/v1/keys/{made}")),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["name"], "made-by-bootstrap");
+    let (st, v) = call(
+        &http,
+        &admin,
+        reqwest::Method::GET,
+        second.url("/v1/keys"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let (second_out, second_err) = second.stop();
+    assert!(
+        !second_out.contains(BANNER) && !second_out.contains("kg_admin_"),
+        "no second key on restart: {second_out}"
+    );
+    assert!(second_out.contains("keygate listening on"), "{second_out}");
+
+    // The logs (stderr, trace level) never carry the admin key or the key it issued.
+    assert!(
+        first_err.contains("listening"),
+        "logs captured: {first_err}"
+    );
+    let body = admin_body;
+    let issued_body = issued.rsplit_once('_').unwrap().1;
+    for (name, log) in [("first", &first_err), ("second", &second_err)] {
+        assert!(!log.contains(body), "admin key in the {name} run's log");
+        assert!(
+            !log.contains(issued_body),
+            "issued key in the {name} run's log"
+        );
+    }
+    assert!(!first_out.contains(issued_body));
+}
