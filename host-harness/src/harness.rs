@@ -36,6 +36,7 @@ pub struct HarnessBuilder {
     properties: HashMap<String, Vec<u8>>,
     timeout_delivery: TimeoutDelivery,
     failure_policy: FailurePolicy,
+    shared_data: Arc<SharedData>,
 }
 
 impl HarnessBuilder {
@@ -118,6 +119,14 @@ impl HarnessBuilder {
         self
     }
 
+    /// Shares this shared-data store with other harnesses (as Envoy's worker threads of one
+    /// process share it): a gateway running one harness per thread passes the same store to each.
+    /// Default: a store of this harness's own.
+    pub fn shared_data(mut self, store: Arc<SharedData>) -> Self {
+        self.shared_data = store;
+        self
+    }
+
     /// Starts every worker: instance, `_initialize`, root context, vm_start, configure.
     pub fn build(self) -> Result<Harness> {
         let mut properties = self.properties;
@@ -141,7 +150,7 @@ impl HarnessBuilder {
             properties,
             timeout_delivery: self.timeout_delivery,
             failure_policy: self.failure_policy,
-            shared_data: SharedData::default(),
+            shared_data: self.shared_data,
             queues: SharedQueues::default(),
             metrics: Metrics::default(),
             recorder: Recorder::default(),
@@ -191,6 +200,7 @@ impl Harness {
             properties: HashMap::new(),
             timeout_delivery: TimeoutDelivery::default(),
             failure_policy: FailurePolicy::default(),
+            shared_data: Arc::default(),
         }
     }
 

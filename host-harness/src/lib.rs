@@ -58,7 +58,7 @@ pub use hostcalls::add_to_linker;
 pub use memory::MAX_GUEST_BUFFER;
 pub use plugin::{AbiVersion, Plugin};
 pub use scenario::{ClusterSpec, ReplySpec, Report, Scenario, Step};
-pub use shared::{CalloutRecord, LogEntry, MetricValue, TrapReport};
+pub use shared::{CalloutRecord, LogEntry, MetricValue, SharedData, TrapReport};
 pub use state::{FailurePolicy, HostState, LocalResponse};
 pub use stream::{
     Disposition, FinalResponse, ForwardedRequest, Request, StreamId, StreamOutcome,
