@@ -24,6 +24,8 @@ struct Cached {
 #[derive(Debug)]
 pub struct KeyIndex {
     revision: watch::Sender<i64>,
+    /// Becomes true when the server starts shutting down: long-polls answer at once.
+    draining: watch::Sender<bool>,
     cache: RwLock<HashMap<[u8; 32], Cached>>,
 }
 
@@ -32,6 +34,7 @@ impl KeyIndex {
     pub fn new(revision: i64) -> Self {
         Self {
             revision: watch::Sender::new(revision),
+            draining: watch::Sender::new(false),
             cache: RwLock::new(HashMap::new()),
         }
     }
@@ -52,6 +55,17 @@ impl KeyIndex {
                 false
             }
         });
+    }
+
+    /// Marks the server as shutting down, ending every long-poll now (graceful shutdown waits
+    /// for in-flight requests, and a long-poll would otherwise hold it for up to 30 s).
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// A receiver that turns true when the server starts shutting down.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     /// A receiver that sees revision changes.

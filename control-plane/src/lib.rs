@@ -86,6 +86,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tasks = state.spawn_background();
+    let index = state.index.clone();
+    let shutdown = async move {
+        shutdown.await;
+        index.drain();
+    };
     let result = axum::serve(
         listener,
         app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),

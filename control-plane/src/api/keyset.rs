@@ -77,14 +77,20 @@ pub async fn get_keyset(
         .transpose()?;
     if let (Some(since), true) = (since, wait > 0) {
         let mut rx = state.index.subscribe();
+        let mut draining = state.index.draining();
         state.index.advance(state.db.revision().await?);
         if *rx.borrow_and_update() <= since {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
             let moved = loop {
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
-                    Ok(Ok(())) if *rx.borrow_and_update() > since => break true,
-                    Ok(Ok(())) => continue,
-                    Ok(Err(_)) | Err(_) => break false,
+                tokio::select! {
+                    changed = tokio::time::timeout_at(deadline, rx.changed()) => match changed {
+                        Ok(Ok(())) if *rx.borrow_and_update() > since => break true,
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) | Err(_) => break false,
+                    },
+                    // Shutting down: answer now (304 unless a change landed) so the graceful
+                    // shutdown is not held up; the reader polls again, maybe another replica.
+                    _ = draining.wait_for(|d| *d) => break false,
                 }
             };
             if !moved {
