@@ -14,12 +14,13 @@
 //!
 //! Limits (by design, for a development host): the filter sees the request headers only
 //! (`end_of_stream` is true on them; body and response callbacks see nothing of the real
-//! body or upstream response); shared data and queues are per worker thread, not per process.
+//! body or upstream response); shared data is one store for all worker threads, as in one Envoy
+//! process (so one worker syncs the key set and the others read it), but shared queues are per
+//! worker thread.
 
 mod echo;
 mod error;
 mod proxy;
-pub mod quickstart;
 mod settings;
 mod workers;
 

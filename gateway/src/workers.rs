@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use keygate_host_harness::{
-    Cluster, Disposition, Harness, HeaderMap, Plugin, Request, StreamId, StreamOutcome,
+    Cluster, Disposition, Harness, HeaderMap, Plugin, Request, SharedData, StreamId, StreamOutcome,
 };
 use tokio::sync::oneshot;
 
@@ -65,6 +65,9 @@ impl FilterPool {
         workers: usize,
     ) -> Result<Self, GatewayError> {
         let environment = settings.environment();
+        // One shared-data store for every worker thread, as in one Envoy process: the filter's
+        // sync lease and the published key set are seen by all workers.
+        let shared_data = Arc::new(SharedData::default());
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         for index in 0..workers.max(1) {
@@ -73,6 +76,7 @@ impl FilterPool {
             let mut builder = Harness::builder_shared(plugin.clone())
                 .real_time()
                 .workers(1)
+                .shared_data(shared_data.clone())
                 .vm_id(settings.vm_id.clone())
                 .root_id(settings.root_id.clone())
                 .plugin_configuration(settings.configuration.clone())
