@@ -184,6 +184,20 @@ fn new_key_id() -> Uuid {
     Uuid::now_v7()
 }
 
+/// `edge` keys read every workspace's key set from the feed, so only the admin may issue one
+/// or change one (update, suspend, reactivate, revoke, rotate); a `workspace` key gets 403
+/// `EDGE_KEY_ADMIN_ONLY`. Exchange only ever makes `repo` keys.
+fn check_edge_admin(caller: &Caller, kind: KeyKind) -> Result<(), ApiError> {
+    if kind == KeyKind::Edge && !caller.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "EDGE_KEY_ADMIN_ONLY",
+            "only the admin can issue or change `edge` keys (they read every workspace's key set)",
+        ));
+    }
+    Ok(())
+}
+
 fn generate(prefix: &str) -> Result<key::SecretKey, ApiError> {
     key::generate(prefix).map_err(|e| ApiError::invalid(format!("prefix: {e}")))
 }
@@ -200,6 +214,7 @@ pub async fn create_key(
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
     let ApiJson(req) = body?;
+    check_edge_admin(&caller, req.kind.unwrap_or(KeyKind::Workspace))?;
     let now = unix_now();
     domain::check_name(&req.name)?;
     domain::check_text("description", &req.description, domain::MAX_DESCRIPTION_LEN)?;
@@ -465,6 +480,7 @@ pub async fn update_key(
             None,
             now,
             |old| {
+                check_edge_admin(&caller, old.kind)?;
                 domain::transition(old.status, Action::Update)?;
                 let mut new = old.clone();
                 if let Some(n) = req.name {
@@ -573,6 +589,7 @@ async fn status_change(
             reason.as_deref(),
             now,
             |old| {
+                check_edge_admin(caller, old.kind)?;
                 let to = domain::transition(old.status, action)?;
                 let mut new = old.clone();
                 new.status = to;
@@ -696,6 +713,7 @@ pub async fn rotate_key(
             None,
             now,
             |old| {
+                check_edge_admin(&caller, old.kind)?;
                 domain::transition(old.status, Action::Rotate)?;
                 let prefix = old
                     .display_prefix
