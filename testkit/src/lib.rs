@@ -119,8 +119,7 @@ impl PgCluster {
                 });
             }
         }
-        let data = dir.path().join("data");
-        let data_s = data.to_string_lossy().into_owned();
+        let data_s = dir.path().join("data").to_string_lossy().into_owned();
         run_pg_tool(
             as_postgres,
             &bindir.join("initdb"),
@@ -135,24 +134,12 @@ impl PgCluster {
                 "--no-sync",
             ],
         )?;
-        let sock = dir.path().to_string_lossy().into_owned();
-        let log = dir.path().join("server.log").to_string_lossy().into_owned();
         // The port can be taken between our probe and postgres' bind: retry a few times.
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let opts = format!(
-                "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-            );
-            match run_pg_tool(
-                as_postgres,
-                &bindir.join("pg_ctl"),
-                &[
-                    "-D", &data_s, "-o", &opts, "-l", &log, "-w", "-t", "60", "start",
-                ],
-            ) {
-                Ok(_) => {
+            match pg_ctl_start(as_postgres, &bindir, dir.path(), port) {
+                Ok(()) => {
                     return Ok(Self {
                         dir,
                         port,
@@ -204,6 +191,23 @@ impl PgCluster {
             .spawn();
     }
 
+    /// Stops the server (`pg_ctl stop -m fast`: connections are closed, the data is kept), so
+    /// that tests can see the database become unreachable; [`PgCluster::restart`] brings it back.
+    pub fn stop(&self) -> Result<(), TestkitError> {
+        let data = self.dir.path().join("data").to_string_lossy().into_owned();
+        run_pg_tool(
+            self.as_postgres,
+            &self.bindir.join("pg_ctl"),
+            &["-D", &data, "-m", "fast", "-w", "stop"],
+        )
+        .map(|_| ())
+    }
+
+    /// Starts a stopped cluster again on the same port, with the same data.
+    pub fn restart(&self) -> Result<(), TestkitError> {
+        pg_ctl_start(self.as_postgres, &self.bindir, self.dir.path(), self.port)
+    }
+
     /// The TCP port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -231,6 +235,31 @@ impl PgCluster {
         )?;
         Ok(self.url_for(&name))
     }
+}
+
+/// `pg_ctl start -w` of the cluster in `dir` on `port` (unix socket in `dir`, log in
+/// `dir/server.log`), tuned for throwaway use (no fsync).
+fn pg_ctl_start(
+    as_postgres: bool,
+    bindir: &Path,
+    dir: &Path,
+    port: u16,
+) -> Result<(), TestkitError> {
+    let data = dir.join("data").to_string_lossy().into_owned();
+    let sock = dir.to_string_lossy().into_owned();
+    let log = dir.join("server.log").to_string_lossy().into_owned();
+    let opts = format!(
+        "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off \
+         -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    );
+    run_pg_tool(
+        as_postgres,
+        &bindir.join("pg_ctl"),
+        &[
+            "-D", &data, "-o", &opts, "-l", &log, "-w", "-t", "60", "start",
+        ],
+    )
+    .map(|_| ())
 }
 
 impl Drop for PgCluster {
@@ -261,6 +290,10 @@ mod tests {
         let url = cluster.fresh_database().unwrap();
         assert!(url.starts_with("postgres://postgres@127.0.0.1:"));
         let port = cluster.port();
+        assert!(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok());
+        cluster.stop().unwrap();
+        assert!(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+        cluster.restart().unwrap();
         assert!(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok());
         drop(cluster);
         assert!(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
