@@ -1,0 +1,689 @@
+//! Fault injection against the real `keygate` binary (issue 8).
+//!
+//! - SIGKILL loop, on SQLite and on PostgreSQL: concurrent clients issue, rotate and revoke
+//!   keys while the server is killed at random moments and restarted on the same database.
+//!   Afterwards every acknowledged write is there with its acknowledged state, no write is half
+//!   there, the audit log matches the keys, and the sync feed (both a fresh snapshot and a
+//!   reader that followed deltas across the kills) equals the active keys plus rotated-out
+//!   secrets in their grace period.
+//! - Database outage, on PostgreSQL: the throwaway cluster is stopped under a running control
+//!   plane (API 503 `DATABASE_UNAVAILABLE`, `/readyz` 503, `/healthz` 200), then started again
+//!   on the same port: the same process recovers by itself with all its data.
+//!
+//! The figures (rounds, writes, kills, recovery) are printed; run with `--nocapture` to see them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use keygate_protocol::Digest;
+use keygate_protocol::wire::{self, Message};
+use keygate_testkit::{PgCluster, free_port};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "faults-admin-token-0123456789";
+/// Kill-and-restart rounds per engine.
+const ROUNDS: usize = 8;
+/// Concurrent writing clients.
+const CLIENTS: usize = 4;
+/// Grace period of every rotation: longer than the test, so every rotated-out secret is
+/// still in the set at the end.
+const GRACE: i64 = 3600;
+
+/// A small deterministic PRNG (xorshift64*), seeded per run and printed, so a failing run's
+/// timings can be replayed with `KEYGATE_FAULT_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> (Self, u64) {
+        let seed = std::env::var("KEYGATE_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        (Self(seed | 1), seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A `keygate serve` process on a fixed port, logging (appending) to one file across restarts.
+struct Keygate {
+    child: Option<Child>,
+    port: u16,
+    database_url: String,
+    log: PathBuf,
+}
+
+impl Keygate {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .arg("serve")
+                .env("KEYGATE_LISTEN", format!("127.0.0.1:{}", self.port))
+                .env("KEYGATE_DATABASE_URL", &self.database_url)
+                .env("KEYGATE_ADMIN_TOKEN", ADMIN)
+                .env("RUST_LOG", "info,sqlx=warn")
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// Starts the server and waits until `/readyz` answers 200.
+    async fn start(database_url: String, log: PathBuf, http: &reqwest::Client) -> Self {
+        let mut k = Self {
+            child: None,
+            port: free_port().unwrap(),
+            database_url,
+            log,
+        };
+        k.spawn();
+        k.wait_ready(http).await;
+        k
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("keygate exited with {status}: {}", self.logs());
+            }
+            if let Ok(r) = http.get(self.url("/readyz")).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("keygate not ready within 60 s: {}", self.logs());
+    }
+
+    /// SIGKILL (`Child::kill` sends SIGKILL on Unix) and reap.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process started last is still running.
+    fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Keygate {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What one client knows of one key it issued (an acknowledged create).
+#[derive(Debug, Clone)]
+struct KeyLog {
+    id: String,
+    /// Every secret acknowledged for this key: the issued one, then each rotation's.
+    secrets: Vec<String>,
+    /// Acknowledged changes after creation, in order (`key.rotate`, `key.revoke`).
+    acked: Vec<&'static str>,
+    /// A change sent without an acknowledged answer (the client then leaves the key alone).
+    uncertain: Option<&'static str>,
+}
+
+impl KeyLog {
+    fn open(&self) -> bool {
+        self.uncertain.is_none() && !self.acked.contains(&"key.revoke")
+    }
+}
+
+#[derive(Debug, Default)]
+struct ClientLog {
+    keys: Vec<KeyLog>,
+    /// Names of creates sent without an acknowledged answer.
+    uncertain_creates: Vec<String>,
+    acked_writes: usize,
+    /// Sent while the server was down (connection refused).
+    refused_writes: usize,
+    /// Sent, but the connection died before the whole answer arrived (killed in flight).
+    in_flight_writes: usize,
+    /// 5xx answers and unexpected 4xx answers: none are allowed.
+    bad_answers: Vec<String>,
+}
+
+enum Outcome {
+    /// The full response arrived with this status and body.
+    Answered(StatusCode, Value),
+    /// No (complete) response: the write may or may not have happened. `true` when the
+    /// request may have reached the server (not a refused connection).
+    Lost(bool),
+}
+
+async fn send(http: &reqwest::Client, method: Method, url: String, body: Value) -> Outcome {
+    let resp = match http
+        .request(method, url)
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Outcome::Lost(!e.is_connect()),
+    };
+    let status = resp.status();
+    match resp.bytes().await {
+        Ok(b) => Outcome::Answered(status, serde_json::from_slice(&b).unwrap_or(Value::Null)),
+        Err(_) => Outcome::Lost(true),
+    }
+}
+
+/// One writing client: issues, rotates and revokes its own keys until `stop`.
+async fn client(
+    n: usize,
+    base: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    http: reqwest::Client,
+) -> ClientLog {
+    let mut rng = Rng(seed | 1);
+    let mut log = ClientLog::default();
+    let mut made = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let open: Vec<usize> = (0..log.keys.len())
+            .filter(|&i| log.keys[i].open())
+            .collect();
+        let roll = rng.below(100);
+        let outcome;
+        if open.is_empty() || roll < 45 {
+            let name = format!("c{n}-{made}");
+            made += 1;
+            outcome = send(
+                &http,
+                Method::POST,
+                format!("{base}/v1/keys"),
+                json!({"name": name, "scopes": ["x:read"], "owner_id": format!("client-{n}")}),
+            )
+            .await;
+            match &outcome {
+                Outcome::Answered(StatusCode::CREATED, v) => log.keys.push(KeyLog {
+                    id: v["key"]["id"].as_str().unwrap().to_owned(),
+                    secrets: vec![v["secret"].as_str().unwrap().to_owned()],
+                    acked: Vec::new(),
+                    uncertain: None,
+                }),
+                Outcome::Answered(st, v) => log.bad_answers.push(format!("create: {st} {v}")),
+                Outcome::Lost(_) => log.uncertain_creates.push(name),
+            }
+        } else {
+            let k = open[rng.below(open.len() as u64) as usize];
+            let id = log.keys[k].id.clone();
+            let (action, path, body) = if roll < 78 {
+                (
+                    "key.rotate",
+                    format!("{base}/v1/keys/{id}/rotate"),
+                    json!({"grace_period": GRACE}),
+                )
+            } else {
+                (
+                    "key.revoke",
+                    format!("{base}/v1/keys/{id}/revoke"),
+                    json!({"reason": "fault test"}),
+                )
+            };
+            outcome = send(&http, Method::POST, path, body).await;
+            let key = &mut log.keys[k];
+            match &outcome {
+                Outcome::Answered(StatusCode::OK, v) => {
+                    key.acked.push(action);
+                    if action == "key.rotate" {
+                        key.secrets.push(v["secret"].as_str().unwrap().to_owned());
+                    } else {
+                        assert_eq!(v["status"], "revoked");
+                    }
+                }
+                Outcome::Answered(st, v) => {
+                    log.bad_answers.push(format!("{action} {id}: {st} {v}"));
+                }
+                Outcome::Lost(_) => key.uncertain = Some(action),
+            }
+        }
+        match outcome {
+            Outcome::Answered(st, _) if st.is_success() => log.acked_writes += 1,
+            Outcome::Answered(..) => {}
+            Outcome::Lost(in_flight) => {
+                if in_flight {
+                    log.in_flight_writes += 1;
+                } else {
+                    log.refused_writes += 1;
+                }
+                // The server is down: do not spin.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    log
+}
+
+/// The set as a feed reader holds it: digest -> key id.
+type Set = HashMap<Digest, String>;
+
+fn apply(set: &mut Set, m: Message) -> u64 {
+    match m {
+        Message::Snapshot(s) => {
+            set.clear();
+            for e in s.entries {
+                set.insert(e.digest, e.key_id.to_string());
+            }
+            s.revision
+        }
+        Message::Delta(d) => {
+            for r in d.removals {
+                set.remove(&r);
+            }
+            for e in d.upserts {
+                set.insert(e.digest, e.key_id.to_string());
+            }
+            d.revision
+        }
+    }
+}
+
+/// A feed reader that follows the set with `since` and long-poll across the kills; transport
+/// errors (the server is down) are retried. Checks as it goes that every delta starts at its
+/// revision and that the revision never goes back.
+async fn reader(
+    base: String,
+    edge: String,
+    stop: Arc<AtomicBool>,
+    http: reqwest::Client,
+) -> (Set, u64, usize) {
+    let mut set = Set::new();
+    let mut rev: Option<u64> = None;
+    let mut answers = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let query = match rev {
+            Some(r) => format!("?since={r}&wait=1"),
+            None => String::new(),
+        };
+        let Ok(resp) = http
+            .get(format!("{base}/v1/keyset{query}"))
+            .bearer_auth(&edge)
+            .send()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let st = resp.status();
+        let Ok(body) = resp.bytes().await else {
+            continue;
+        };
+        if st == StatusCode::NOT_MODIFIED {
+            continue;
+        }
+        assert_eq!(st, StatusCode::OK, "feed answered {st}");
+        let msg = wire::decode(&body).expect("a complete feed answer decodes");
+        if let Message::Delta(d) = &msg {
+            assert_eq!(
+                Some(d.base_revision),
+                rev,
+                "a delta starts at the reader's revision"
+            );
+        }
+        let new = apply(&mut set, msg);
+        assert!(
+            rev.is_none_or(|r| new > r),
+            "revision went back: {rev:?} -> {new}"
+        );
+        rev = Some(new);
+        answers += 1;
+    }
+    (set, rev.unwrap_or(0), answers)
+}
+
+/// Reads every page of `path` (`items`, `next_cursor`).
+async fn all_pages(http: &reqwest::Client, k: &Keygate, path: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => k.url(&format!("{path}?limit=1000&cursor={c}")),
+            None => k.url(&format!("{path}?limit=1000")),
+        };
+        let v: Value = http
+            .get(url)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.extend(v["items"].as_array().unwrap().iter().cloned());
+        match &v["next_cursor"] {
+            Value::Null => return out,
+            Value::String(s) => cursor = Some(s.clone()),
+            c => cursor = Some(c.to_string()),
+        }
+    }
+}
+
+async fn snapshot(http: &reqwest::Client, k: &Keygate, edge: &str) -> (u64, Set) {
+    let resp = http
+        .get(k.url("/v1/keyset"))
+        .bearer_auth(edge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut set = Set::new();
+    let rev = apply(
+        &mut set,
+        wire::decode(&resp.bytes().await.unwrap()).unwrap(),
+    );
+    (rev, set)
+}
+
+async fn verify_code(http: &reqwest::Client, k: &Keygate, secret: &str) -> String {
+    let v: Value = http
+        .post(k.url("/v1/keys/verify"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"key": secret}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["code"].as_str().unwrap().to_owned()
+}
+
+/// The SIGKILL loop on one database; returns the figures line.
+async fn sigkill_loop(engine: &str, database_url: String, dir: &Path) -> String {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (mut rng, seed) = Rng::seeded();
+    let mut kg = Keygate::start(
+        database_url,
+        dir.join(format!("keygate-{engine}.log")),
+        &http,
+    )
+    .await;
+    let (st, v) = match send(
+        &http,
+        Method::POST,
+        kg.url("/v1/keys"),
+        json!({"name": "edge", "kind": "edge"}),
+    )
+    .await
+    {
+        Outcome::Answered(st, v) => (st, v),
+        Outcome::Lost(_) => panic!("edge key not created"),
+    };
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let edge = v["secret"].as_str().unwrap().to_owned();
+    let edge_id = v["key"]["id"].as_str().unwrap().to_owned();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let base = kg.url("");
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            tokio::spawn(client(
+                n,
+                base.clone(),
+                rng.next(),
+                stop.clone(),
+                http.clone(),
+            ))
+        })
+        .collect();
+    let follower = tokio::spawn(reader(
+        base.clone(),
+        edge.clone(),
+        stop.clone(),
+        http.clone(),
+    ));
+
+    let mut restart_to_ready = Vec::new();
+    for _ in 0..ROUNDS {
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(900))).await;
+        kg.kill();
+        tokio::time::sleep(Duration::from_millis(rng.below(200))).await;
+        let t = Instant::now();
+        kg.spawn();
+        kg.wait_ready(&http).await;
+        restart_to_ready.push(t.elapsed());
+    }
+    // Let the clients work against the last server for a moment, then stop them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut logs = Vec::new();
+    for c in clients {
+        logs.push(c.await.unwrap());
+    }
+    let (mut followed, mut followed_rev, feed_answers) = follower.await.unwrap();
+
+    // Nothing unexpected was answered.
+    let bad: Vec<&String> = logs.iter().flat_map(|l| &l.bad_answers).collect();
+    assert!(bad.is_empty(), "5xx or unexpected answers: {bad:?}");
+
+    // The database as the API shows it.
+    let keys: HashMap<String, Value> = all_pages(&http, &kg, "/v1/keys")
+        .await
+        .into_iter()
+        .map(|k| (k["id"].as_str().unwrap().to_owned(), k))
+        .collect();
+    let audit = all_pages(&http, &kg, "/v1/audit").await;
+    let mut audit_by_key: HashMap<String, Vec<&Value>> = HashMap::new();
+    for row in &audit {
+        let id = row["key_id"]
+            .as_str()
+            .expect("every audit row here is about a key");
+        assert!(
+            keys.contains_key(id),
+            "audit row for a key that does not exist: {row}"
+        );
+        audit_by_key.entry(id.to_owned()).or_default().push(row);
+    }
+    // Every key has its audit trail, opened by its creation, and the last row's `after` is
+    // the key as stored (the audit log matches the keys).
+    for (id, k) in &keys {
+        let rows = audit_by_key
+            .get(id)
+            .unwrap_or_else(|| panic!("key without audit rows: {k}"));
+        assert_eq!(rows[0]["action"], "key.create", "{id}");
+        let mut shown = k.clone();
+        let o = shown.as_object_mut().unwrap();
+        o.remove("usage_count");
+        o.remove("last_used_at");
+        assert_eq!(
+            rows.last().unwrap()["after"],
+            shown,
+            "last audit row vs stored key {id}"
+        );
+        let revokes = rows.iter().filter(|r| r["action"] == "key.revoke").count();
+        assert_eq!(
+            k["status"] == "revoked",
+            revokes == 1,
+            "status vs audit for {id}"
+        );
+    }
+
+    // Every acknowledged write is there with its acknowledged state; an unacknowledged one is
+    // either wholly there (as the last change) or not at all.
+    let mut acked_keys = HashSet::new();
+    let mut committed_uncertain = 0;
+    let mut secrets_checked = 0;
+    for log in &logs {
+        for kl in &log.keys {
+            acked_keys.insert(kl.id.clone());
+            let k = keys
+                .get(&kl.id)
+                .unwrap_or_else(|| panic!("acknowledged create lost: {}", kl.id));
+            let actions: Vec<&str> = audit_by_key[&kl.id]
+                .iter()
+                .map(|r| r["action"].as_str().unwrap())
+                .collect();
+            let mut want = vec!["key.create"];
+            want.extend(&kl.acked);
+            if actions != want {
+                let u = kl
+                    .uncertain
+                    .expect("only an unacknowledged change may differ");
+                want.push(u);
+                assert_eq!(actions, want, "history of {}", kl.id);
+                committed_uncertain += 1;
+            }
+            let status = k["status"].as_str().unwrap();
+            let expect = if status == "active" {
+                "VALID"
+            } else {
+                "REVOKED"
+            };
+            // Each acknowledged secret still works (rotated-out ones in their grace period):
+            // a rotation committed both halves (new digest on the key, old one retired).
+            for s in &kl.secrets {
+                assert_eq!(
+                    verify_code(&http, &kg, s).await,
+                    expect,
+                    "{} {status}",
+                    kl.id
+                );
+                secrets_checked += 1;
+            }
+        }
+    }
+    let uncertain_creates: HashSet<&String> =
+        logs.iter().flat_map(|l| &l.uncertain_creates).collect();
+    for (id, k) in &keys {
+        if *id == edge_id || acked_keys.contains(id) {
+            continue;
+        }
+        let name = k["name"].as_str().unwrap().to_owned();
+        assert!(uncertain_creates.contains(&name), "a key nobody sent: {k}");
+        committed_uncertain += 1;
+    }
+
+    // The feed: a fresh snapshot holds exactly the active keys' current secrets plus one
+    // rotated-out secret per rotation (all still in grace); the reader that followed deltas
+    // across the kills ends on the same set.
+    let (rev, snap) = snapshot(&http, &kg, &edge).await;
+    let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in snap.values() {
+        *per_key.entry(id.as_str()).or_default() += 1;
+    }
+    let mut want_per_key = BTreeMap::new();
+    for (id, k) in &keys {
+        if k["status"] == "active" && k["kind"] != "edge" {
+            let rotations = audit_by_key[id]
+                .iter()
+                .filter(|r| r["action"] == "key.rotate")
+                .count();
+            want_per_key.insert(id.as_str(), 1 + rotations);
+        }
+    }
+    assert_eq!(
+        per_key, want_per_key,
+        "feed entries per key vs the database"
+    );
+    for log in &logs {
+        for kl in &log.keys {
+            let active = keys[&kl.id]["status"] == "active";
+            for s in &kl.secrets {
+                assert_eq!(
+                    snap.contains_key(&Digest::of(s)),
+                    active,
+                    "secret of {} in the feed",
+                    kl.id
+                );
+            }
+        }
+    }
+    // Catch the follower up with `since` only.
+    loop {
+        let resp = http
+            .get(kg.url(&format!("/v1/keyset?since={followed_rev}")))
+            .bearer_auth(&edge)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        followed_rev = apply(
+            &mut followed,
+            wire::decode(&resp.bytes().await.unwrap()).unwrap(),
+        );
+    }
+    assert_eq!(followed_rev, rev);
+    assert_eq!(followed, snap, "the delta follower equals a fresh snapshot");
+    assert!(kg.running());
+
+    let acked: usize = logs.iter().map(|l| l.acked_writes).sum();
+    let refused: usize = logs.iter().map(|l| l.refused_writes).sum();
+    let in_flight: usize = logs.iter().map(|l| l.in_flight_writes).sum();
+    let mut rr = restart_to_ready.clone();
+    rr.sort();
+    let figures = format!(
+        "fault sigkill {engine}: seed {seed}, {ROUNDS} SIGKILLs survived, {CLIENTS} clients, \
+         {acked} writes acknowledged and all present, {in_flight} cut off in flight and \
+         {refused} refused while down ({committed_uncertain} of these committed whole, the rest \
+         absent), {} keys, {} audit \
+         rows, {secrets_checked} secrets verified, feed revision {rev} ({feed_answers} answers \
+         followed across kills), restart-to-ready median {:?} max {:?}",
+        keys.len(),
+        audit.len(),
+        rr[rr.len() / 2],
+        rr[rr.len() - 1],
+    );
+    println!("{figures}");
+    assert!(acked > 0 && in_flight > 0, "the kills hit in-flight writes");
+    figures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loop_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("faults.db").display());
+    sigkill_loop("sqlite", url, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loop_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = PgCluster::shared().fresh_database().unwrap();
+    sigkill_loop("postgres", url, dir.path()).await;
+}
