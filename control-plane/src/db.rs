@@ -59,9 +59,13 @@ impl Db {
     pub async fn connect(url: &str) -> Result<Self, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
+            // While the database is unreachable every acquire waits this long before the
+            // request fails with 503 `DATABASE_UNAVAILABLE`; keep it short so callers get an
+            // answer rather than a hang. Idle connections are checked before use, so a
+            // restarted database is picked up by itself.
             let pool = PgPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(Duration::from_secs(3))
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("migrations/postgres").run(&pool).await?;

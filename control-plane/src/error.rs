@@ -74,7 +74,34 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if database_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            let mut err = Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+                "the database is unreachable; retry later",
+            );
+            err.retry_after = Some(1);
+            return err;
+        }
         Self::internal(format_args!("database: {e}"))
+    }
+}
+
+/// Whether `e` says the database cannot be reached right now (down, restarting, shutting
+/// down, connections exhausted) rather than that the query is wrong: the caller may retry.
+fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        // PostgreSQL: class 08 connection exception, 57P01-57P03 shutdown / cannot connect
+        // now, 53300 too many connections.
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+        _ => false,
     }
 }
 
