@@ -600,6 +600,9 @@ async fn sigkill_loop(engine: &str, database_url: String, dir: &Path) -> String 
     // rotated-out secret per rotation (all still in grace); the reader that followed deltas
     // across the kills ends on the same set.
     let (rev, snap) = snapshot(&http, &kg, &edge).await;
+    // Each write here (no exchanged children, so no cascades) is one transaction with one
+    // audit row and one revision: the counter and the log agree.
+    assert_eq!(rev as usize, audit.len(), "revisions vs audit rows");
     let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
     for id in snap.values() {
         *per_key.entry(id.as_str()).or_default() += 1;
