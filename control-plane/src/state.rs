@@ -62,13 +62,17 @@ impl AppState {
             let secret = key::generate(ADMIN_KEY_PREFIX).map_err(|e| {
                 DbError::Sqlx(sqlx::Error::Protocol(format!("generate admin key: {e}")))
             })?;
-            db.insert_admin(
-                secret.digest().as_bytes(),
-                &secret.display_prefix(),
-                unix_now(),
-            )
-            .await?;
-            generated = Some(GeneratedAdmin(secret));
+            // Another replica may have got there first: then it prints its key, not us.
+            if db
+                .insert_first_admin(
+                    secret.digest().as_bytes(),
+                    &secret.display_prefix(),
+                    unix_now(),
+                )
+                .await?
+            {
+                generated = Some(GeneratedAdmin(secret));
+            }
         }
         let github =
             crate::github::Broker::new(crate::github::GithubConfig::from_args(&config.github)?)?;

@@ -192,15 +192,32 @@ impl Db {
         on_db!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM admin_credentials").fetch_one(p).await)
     }
 
-    /// Stores a generated admin credential's digest.
-    pub async fn insert_admin(
+    /// Stores a generated admin credential's digest, but only while the database holds neither
+    /// an admin credential nor any key, atomically: replicas starting together on an empty
+    /// database store one generated key between them. Returns whether it was stored.
+    pub async fn insert_first_admin(
         &self,
         digest: &[u8; 32],
         display_prefix: &str,
         now: i64,
-    ) -> Result<(), sqlx::Error> {
-        on_db!(self, p => sqlx::query("INSERT INTO admin_credentials (digest, display_prefix, created_at) VALUES ($1, $2, $3)")
-            .bind(digest.to_vec()).bind(display_prefix.to_owned()).bind(now).execute(p).await.map(|_| ()))
+    ) -> Result<bool, sqlx::Error> {
+        on_db!(self, p => {
+            // SQLite's BEGIN IMMEDIATE already serializes writers; PostgreSQL needs a table
+            // lock so that a concurrent insert is seen by the NOT EXISTS below.
+            let mut tx = p.begin_write().await?;
+            let lock = p.pick("", "LOCK TABLE admin_credentials IN EXCLUSIVE MODE");
+            if !lock.is_empty() {
+                sqlx::query(lock).execute(&mut *tx).await?;
+            }
+            let stored = sqlx::query(
+                "INSERT INTO admin_credentials (digest, display_prefix, created_at) SELECT $1, $2, $3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM admin_credentials) AND NOT EXISTS (SELECT 1 FROM keys)",
+            )
+            .bind(digest.to_vec()).bind(display_prefix.to_owned()).bind(now)
+            .execute(&mut *tx).await?.rows_affected() == 1;
+            tx.commit().await?;
+            Ok(stored)
+        })
     }
 
     /// The display prefix of the admin credential with this digest, if any.

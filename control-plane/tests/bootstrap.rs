@@ -207,3 +207,77 @@ async fn first_start_prints_one_admin_key_that_works_and_survives_restart() {
     }
     assert!(!first_out.contains(issued_body));
 }
+
+/// Replicas starting together on one empty database generate one admin key between them:
+/// the guarded insert is atomic on both engines (eight concurrent attempts, one stored), and
+/// on PostgreSQL, of two `AppState`s opened together with no admin token exactly one gets a
+/// key to print.
+async fn one_generated_admin_between_concurrent_starts(database_url: String) {
+    use keygate_control_plane::{AppState, Config, Db};
+    let db = Db::connect(&database_url).await.unwrap();
+    let attempts: Vec<_> = (0..8u8)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.insert_first_admin(&[i; 32], &format!("kg_admin_{i:08}"), 1)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for a in attempts {
+        stored += usize::from(a.await.unwrap());
+    }
+    assert_eq!(stored, 1, "one of eight concurrent attempts stores a key");
+    assert_eq!(db.admin_count().await.unwrap(), 1);
+    assert!(
+        !db.insert_first_admin(&[9; 32], "kg_admin_late", 1)
+            .await
+            .unwrap(),
+        "never a second one"
+    );
+    db.close().await;
+
+    // End to end, with replicas (a PostgreSQL set-up), on a second empty database. (Two
+    // processes migrating one new SQLite file at the same instant is not supported: sqlx takes
+    // no migration lock on SQLite.)
+    if database_url.starts_with("sqlite:") {
+        return;
+    }
+    let fresh = keygate_testkit::PgCluster::shared()
+        .fresh_database()
+        .unwrap();
+    let (a, b) = tokio::join!(
+        AppState::new(Config::new(fresh.clone(), None)),
+        AppState::new(Config::new(fresh.clone(), None)),
+    );
+    let (a, ga) = a.unwrap();
+    let (b, gb) = b.unwrap();
+    assert_eq!(
+        usize::from(ga.is_some()) + usize::from(gb.is_some()),
+        1,
+        "exactly one replica prints a generated key"
+    );
+    assert_eq!(a.db().admin_count().await.unwrap(), 1);
+    a.db().close().await;
+    b.db().close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_generated_admin_between_concurrent_starts_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    one_generated_admin_between_concurrent_starts(format!(
+        "sqlite:{}",
+        dir.path().join("race.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_generated_admin_between_concurrent_starts_postgres() {
+    let url = keygate_testkit::PgCluster::shared()
+        .fresh_database()
+        .unwrap();
+    one_generated_admin_between_concurrent_starts(url).await;
+}
