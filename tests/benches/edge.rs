@@ -11,7 +11,8 @@
 //! The control plane runs as a child process, the real `keygate` binary: `KEYGATE_BIN`, else
 //! `keygate` next to the bench's own target directory (`target/release/keygate`).
 //! `KEYGATE_BENCH_KEYS` (default 1,000,000), `KEYGATE_BENCH_READERS` (default 1,000) and
-//! `KEYGATE_BENCH_REVOCATIONS` (default 30) change the sizes.
+//! `KEYGATE_BENCH_REVOCATIONS` (default 50) and `KEYGATE_BENCH_ROUNDS` (rounds of 1,000 requests per
+//! kind in the harness, default 20) change the sizes.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::{CLUSTER, filter_config, harness_builder, metric};
-use keygate_host_harness::{CalloutReply, CalloutResponse, Cluster, Disposition, Request};
+use keygate_host_harness::{
+    CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Plugin, Request,
+};
 use keygate_plugin::config::Config as FilterConfig;
 use keygate_plugin::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
 use keygate_protocol::keyset::KeySet;
@@ -30,6 +33,74 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "bench-admin-token-0123456789abcdef";
+
+/// A filter whose every HTTP callback returns at once (continue): the harness alone, allow path.
+const NOOP_CONTINUE_WAT: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_delete") (param i32)))
+"#;
+
+/// A filter that answers every request with an empty local 401 and does nothing else: the
+/// harness alone, deny path.
+const NOOP_DENY_WAT: &str = r#"
+(module
+  (import "env" "proxy_send_local_response"
+    (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $local (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                       (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_delete") (param i32)))
+"#;
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Median and p99 in ns of `rounds` passes over `requests` on worker 0, each request timed
+/// alone and checked to end as `expect`.
+fn measure_harness(
+    h: &mut Harness,
+    requests: &[Request],
+    rounds: usize,
+    expect: Disposition,
+) -> anyhow::Result<(u64, u64)> {
+    for r in requests.iter().take(50) {
+        let o = h.run_request_on(0, r.clone())?;
+        ensure!(o.disposition == expect, "expected {expect:?}, got {o:?}");
+        h.take_outcome(o.id);
+    }
+    let mut samples = Vec::with_capacity(rounds * requests.len());
+    for _ in 0..rounds {
+        for r in requests {
+            let r = r.clone();
+            let t = Instant::now();
+            let o = h.run_request_on(0, r)?;
+            let el = t.elapsed().as_nanos() as u64;
+            ensure!(o.disposition == expect, "expected {expect:?}, got {o:?}");
+            h.take_outcome(o.id);
+            samples.push(el);
+        }
+    }
+    Ok(summary_ns(samples))
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -213,10 +284,11 @@ fn clock_ticks_per_sec() -> u64 {
 fn main() -> anyhow::Result<()> {
     let n = env_usize("KEYGATE_BENCH_KEYS", 1_000_000);
     let readers = env_usize("KEYGATE_BENCH_READERS", 1_000);
-    let revocations = env_usize("KEYGATE_BENCH_REVOCATIONS", 30);
+    let revocations = env_usize("KEYGATE_BENCH_REVOCATIONS", 50);
     let started = Instant::now();
     println!(
-        "== keygate edge benchmarks ({n} keys, {readers} long-poll readers, {revocations} revocations per mode)"
+        "== keygate edge benchmarks ({n} keys, {readers} long-poll readers, {revocations} revocations per mode); load average {}",
+        load_average()
     );
 
     // ---- 1M keys: a snapshot encoded with keygate_protocol, as the control plane serves it.
@@ -301,83 +373,138 @@ fn main() -> anyhow::Result<()> {
         apply_wall.as_secs_f64()
     );
     println!(
-        "wasm memory: linear memory {mem_empty} → {mem_full} bytes = {:.1} B/key (high-water: includes the {}-byte response buffer and the shared-data copy); key set heap {heap} bytes = {:.1} B/key",
+        "wasm memory: linear memory {mem_empty} → {mem_full} bytes = {:.1} B/key grown (a high-water mark), {:.1} B/key beyond the {}-byte snapshot buffer held while applying; key set heap {heap} bytes = {:.1} B/key",
         (mem_full.saturating_sub(mem_empty)) as f64 / n as f64,
+        (mem_full.saturating_sub(mem_empty)).saturating_sub(snapshot.len() as u64) as f64
+            / n as f64,
         snapshot.len(),
         heap as f64 / n as f64
     );
 
-    // ---- per-request cost: harness (wasm) vs native decision.
-    for (path, secret) in requests.iter().take(20) {
-        let o = h.run_request_on(0, Request::get(path).header("x-api-key", secret))?;
-        ensure!(
-            o.disposition == Disposition::Completed,
-            "not allowed: {o:?}"
-        );
+    // ---- per-request cost: harness alone, the filter in wasm, the decision natively.
+    // Three kinds of request, 1,000 each: allowed; a well-formed key (valid checksum) that is
+    // not in the set; the allowed keys with their last checksum character changed.
+    let mut unknown = Vec::with_capacity(requests.len());
+    for (path, _) in &requests {
+        unknown.push((
+            path.clone(),
+            key::generate("kg_live")?.expose_secret().to_owned(),
+        ));
     }
-    let rounds = 20;
-    let mut wasm_ns = Vec::with_capacity(rounds * requests.len());
-    for _ in 0..rounds {
-        for (path, secret) in &requests {
-            let r = Request::get(path)
-                .header("user-agent", "bench")
-                .header("x-api-key", secret);
-            let t = Instant::now();
-            let o = h.run_request_on(0, r)?;
-            wasm_ns.push(t.elapsed().as_nanos() as u64);
-            std::hint::black_box(o);
-        }
+    let malformed: Vec<(String, String)> = requests
+        .iter()
+        .map(|(path, secret)| {
+            let mut bad = secret.clone();
+            let last = bad.pop().unwrap_or('0');
+            bad.push(if last == 'A' { 'B' } else { 'A' });
+            (path.clone(), bad)
+        })
+        .collect();
+    let harness_requests = |set: &[(String, String)]| -> Vec<Request> {
+        set.iter()
+            .map(|(path, key)| {
+                Request::get(path)
+                    .header("user-agent", "bench")
+                    .header("x-api-key", key)
+            })
+            .collect()
+    };
+    let kinds = [
+        (
+            "allowed",
+            harness_requests(&requests),
+            &requests,
+            Disposition::Completed,
+            Reason::Allowed,
+        ),
+        (
+            "unknown key",
+            harness_requests(&unknown),
+            &unknown,
+            Disposition::LocalResponse,
+            Reason::UnknownKey,
+        ),
+        (
+            "malformed key",
+            harness_requests(&malformed),
+            &malformed,
+            Disposition::LocalResponse,
+            Reason::MalformedKey,
+        ),
+    ];
+    let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 20);
+    let mut wasm = Vec::new();
+    for (_, reqs, _, expect, _) in &kinds {
+        wasm.push(measure_harness(&mut h, reqs, rounds, *expect)?);
     }
-    let allowed = metric(&h, "keygate.decision.allow.allowed");
+    let counted = [
+        metric(&h, "keygate.decision.allow.allowed"),
+        metric(&h, "keygate.decision.deny.unknown_key"),
+        metric(&h, "keygate.decision.deny.malformed_key"),
+    ];
+    let per_kind = (rounds * requests.len() + requests.len().min(50)) as u64;
     ensure!(
-        allowed as usize >= rounds * requests.len(),
-        "only {allowed} requests allowed"
+        counted[0] >= per_kind && counted[1] == per_kind && counted[2] == per_kind,
+        "the filter's decision counters {counted:?} do not match {per_kind} per kind"
     );
-    let (wasm_med, wasm_p99) = summary_ns(wasm_ns);
     drop(h);
+    // the harness alone on the same requests, in this run, under this load
+    let mut noop = Harness::builder(Plugin::load(NOOP_CONTINUE_WAT.as_bytes())?).build()?;
+    let base_continue = measure_harness(&mut noop, &kinds[0].1, rounds, Disposition::Completed)?;
+    drop(noop);
+    let mut noop = Harness::builder(Plugin::load(NOOP_DENY_WAT.as_bytes())?).build()?;
+    let base_deny = measure_harness(&mut noop, &kinds[1].1, rounds, Disposition::LocalResponse)?;
+    drop(noop);
 
     let mut set = KeySet::new();
     let t = Instant::now();
     set.apply(&snapshot)?;
     let native_apply = t.elapsed();
     let cfg = FilterConfig::from_json(&filter_config("kg_edge_bench", ""))?;
-    let native_reqs: Vec<Vec<(String, String)>> = requests
-        .iter()
-        .map(|(path, secret)| {
-            vec![
-                (":method".into(), "GET".into()),
-                (":path".into(), path.clone()),
-                (":authority".into(), "api.example".into()),
-                ("user-agent".into(), "bench".into()),
-                ("x-api-key".into(), secret.clone()),
-            ]
-        })
-        .collect();
     let now = keygate_e2e::unix_secs() as u64;
-    for hs in &native_reqs {
-        let d = decide(
-            &DecisionRequest::from_headers(hs),
-            KeySetState::Fresh(&set),
-            now,
-            &cfg,
-        );
-        ensure!(d.reason() == Reason::Allowed, "native: {:?}", d.reason());
-    }
-    let mut native_ns = Vec::with_capacity(200 * native_reqs.len());
-    for _ in 0..200 {
+    let mut native = Vec::new();
+    for (_, _, set_of, _, reason) in &kinds {
+        let native_reqs: Vec<Vec<(String, String)>> = set_of
+            .iter()
+            .map(|(path, secret)| {
+                vec![
+                    (":method".into(), "GET".into()),
+                    (":path".into(), path.clone()),
+                    (":authority".into(), "api.example".into()),
+                    ("user-agent".into(), "bench".into()),
+                    ("x-api-key".into(), secret.clone()),
+                ]
+            })
+            .collect();
         for hs in &native_reqs {
-            let t = Instant::now();
             let d = decide(
                 &DecisionRequest::from_headers(hs),
                 KeySetState::Fresh(&set),
                 now,
                 &cfg,
             );
-            std::hint::black_box(&d);
-            native_ns.push(t.elapsed().as_nanos() as u64);
+            ensure!(
+                d.reason() == *reason,
+                "native: {:?}, expected {reason:?}",
+                d.reason()
+            );
         }
+        let mut ns = Vec::with_capacity(200 * native_reqs.len());
+        for _ in 0..200 {
+            for hs in &native_reqs {
+                let t = Instant::now();
+                let d = decide(
+                    &DecisionRequest::from_headers(hs),
+                    KeySetState::Fresh(&set),
+                    now,
+                    &cfg,
+                );
+                std::hint::black_box(&d);
+                ns.push(t.elapsed().as_nanos() as u64);
+            }
+        }
+        native.push(summary_ns(ns));
     }
-    let (native_med, native_p99) = summary_ns(native_ns);
     drop(set);
     println!(
         "native snapshot apply (KeySet::apply): {:.3} s",
@@ -428,21 +555,36 @@ fn main() -> anyhow::Result<()> {
     let (remote_med, remote_p99) = summary_ns(remote_ns);
     println!();
     println!(
-        "per-request decision with {n} keys loaded (allowed: parse + SHA-256 + lookup + scope + resource + identity headers):"
+        "per-request decision with {n} keys loaded; {rounds} x {} requests per kind in the harness, 200 x {} natively, each timed alone (load average now {}):",
+        requests.len(),
+        requests.len(),
+        load_average()
     );
     println!(
-        "  wasm in the harness (full stream through the filter): median {wasm_med} ns, p99 {wasm_p99} ns"
+        "  harness alone (no-op filters, same requests): continue median {} ns (p99 {}), local 401 median {} ns (p99 {}); idle reference (harness_overhead bench): 3,300 ns",
+        base_continue.0, base_continue.1, base_deny.0, base_deny.1
+    );
+    for (i, (label, ..)) in kinds.iter().enumerate() {
+        let base = if i == 0 { base_continue.0 } else { base_deny.0 };
+        println!(
+            "  {label:<14} wasm in the harness: median {} ns, p99 {} ns; filter's own part (minus harness alone) {} ns; native decide(): median {} ns, p99 {} ns",
+            wasm[i].0,
+            wasm[i].1,
+            wasm[i].0 as i64 - base as i64,
+            native[i].0,
+            native[i].1
+        );
+    }
+    let (wasm_med, wasm_p99) = wasm[0];
+    let filter_part = wasm_med.saturating_sub(base_continue.0).max(1);
+    println!(
+        "  remote POST /v1/keys/verify over loopback (valid key, scope + resource, 5,000 sequential on one connection): median {remote_med} ns, p99 {remote_p99} ns"
     );
     println!(
-        "  native (keygate_plugin::decision::decide):            median {native_med} ns, p99 {native_p99} ns"
-    );
-    println!(
-        "  remote POST /v1/keys/verify over loopback:           median {remote_med} ns, p99 {remote_p99} ns"
-    );
-    println!(
-        "  remote / harness: {:.0}× at the median, {:.0}× at p99",
+        "  remote / in-filter (allowed): {:.0}× the whole harness request at the median ({:.0}× at p99), {:.0}× the filter's own part",
         remote_med as f64 / wasm_med.max(1) as f64,
-        remote_p99 as f64 / wasm_p99.max(1) as f64
+        remote_p99 as f64 / wasm_p99.max(1) as f64,
+        remote_med as f64 / filter_part as f64
     );
 
     // ---- revocation-to-denial over real HTTP in real time.
@@ -483,13 +625,18 @@ fn main() -> anyhow::Result<()> {
             ensure!(Instant::now() < deadline, "keys not synced within 15 s");
         }
         let mut first_ns = Vec::new();
+        let mut first_sent_ns = Vec::new();
         let mut all_ns = Vec::new();
+        let mut call_ns = Vec::new();
         for (i, (secret, id)) in keys.iter().enumerate() {
             // a pseudo-random phase relative to the poll interval
             let phase = Duration::from_millis(((i as u64 * 7919) % 1000) + 50);
             h.run_for(phase);
-            let t = Instant::now();
+            let sent = Instant::now();
             api.revoke(id)?;
+            // the clock starts when the revoke call has been answered
+            let t = Instant::now();
+            call_ns.push((t - sent).as_nanos() as u64);
             let mut denied = [false; 2];
             let mut first = None;
             loop {
@@ -500,9 +647,10 @@ fn main() -> anyhow::Result<()> {
                             w,
                             Request::get("/repos/acme/x").header("x-api-key", secret),
                         )?;
+                        h.take_outcome(o.id);
                         if o.disposition == Disposition::LocalResponse {
                             *d = true;
-                            first.get_or_insert(t.elapsed());
+                            first.get_or_insert(Instant::now());
                         }
                     }
                 }
@@ -516,19 +664,31 @@ fn main() -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_micros(200));
             }
             all_ns.push(t.elapsed().as_nanos() as u64);
-            first_ns.push(first.map_or(0, |d| d.as_nanos() as u64));
+            let first = first.context("a denial was seen")?;
+            first_ns.push(first.saturating_duration_since(t).as_nanos() as u64);
+            first_sent_ns.push(first.saturating_duration_since(sent).as_nanos() as u64);
         }
         let (f50, f99) = summary_ns(first_ns);
+        let (s50, s99) = summary_ns(first_sent_ns);
         let (a50, a99) = summary_ns(all_ns);
+        let (c50, c99) = summary_ns(call_ns);
         println!(
-            "revocation → denial, {label}, {revocations} revocations, 2 workers (from sending the revoke):"
+            "revocation → denial, {label}, {revocations} revocations, 2 workers, real time (load average {}):",
+            load_average()
         );
         println!(
-            "  first worker: p50 {:.1} ms, p99 {:.1} ms; every worker: p50 {:.1} ms, p99 {:.1} ms",
+            "  from the revoke call's response to the first denial at the filter: p50 {:.1} ms, p99 {:.1} ms; to denial on every worker: p50 {:.1} ms, p99 {:.1} ms",
             ms(f50),
             ms(f99),
             ms(a50),
             ms(a99)
+        );
+        println!(
+            "  from sending the revoke to the first denial: p50 {:.1} ms, p99 {:.1} ms (the revoke call itself: p50 {:.1} ms, p99 {:.1} ms)",
+            ms(s50),
+            ms(s99),
+            ms(c50),
+            ms(c99)
         );
     }
 
@@ -583,6 +743,7 @@ fn main() -> anyhow::Result<()> {
     let cpu_pct = (ticks1 - ticks0) as f64 / tps as f64 / window.as_secs_f64() * 100.0;
     let t = Instant::now();
     api.revoke(&probe_key)?;
+    let answered = Instant::now();
     let results = rt.block_on(async {
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
@@ -596,6 +757,11 @@ fn main() -> anyhow::Result<()> {
         reach_ns.push(at.saturating_duration_since(t).as_nanos() as u64);
     }
     reach_ns.sort_unstable();
+    let mut reach_resp_ns: Vec<u64> = results
+        .iter()
+        .map(|(_, at)| at.saturating_duration_since(answered).as_nanos() as u64)
+        .collect();
+    reach_resp_ns.sort_unstable();
     println!(
         "{readers} concurrent long-polling readers on one keygate process (GET /v1/keyset?since={revision}&wait=30, one connection each; revoked {:.1} s after they were sent):",
         (t - sent).as_secs_f64()
@@ -609,13 +775,20 @@ fn main() -> anyhow::Result<()> {
         window.as_secs()
     );
     println!(
-        "  one revocation reaches them (from sending the revoke): p50 {:.1} ms, p99 {:.1} ms, all {:.1} ms",
+        "  one revocation reaches them (from sending the revoke): p50 {:.1} ms, p99 {:.1} ms, all {:.1} ms; from the revoke's response: p50 {:.1} ms, p99 {:.1} ms (load average {})",
         ms(pct(&reach_ns, 0.5)),
         ms(pct(&reach_ns, 0.99)),
-        ms(pct(&reach_ns, 1.0))
+        ms(pct(&reach_ns, 1.0)),
+        ms(pct(&reach_resp_ns, 0.5)),
+        ms(pct(&reach_resp_ns, 0.99)),
+        load_average()
     );
     drop(cp);
     println!();
-    println!("total bench time {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "total bench time {:.0} s; load average {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
     Ok(())
 }
