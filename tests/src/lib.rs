@@ -4,6 +4,8 @@
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
+pub mod stack;
+
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
