@@ -437,6 +437,7 @@ fn control_plane_restart_loses_nothing_and_the_gateway_resyncs() {
 
     let addr = cp.addr();
     cp.kill();
+    assert!(!cp.is_running(), "SIGKILLed");
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "the control plane is down"
