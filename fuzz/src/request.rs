@@ -316,14 +316,21 @@ pub fn check(case: &Case) {
         Decision::Deny(d) => {
             assert!(!d.reason.is_allow());
             assert!(
-                matches!(d.status(), 401 | 403 | 503),
+                matches!(d.status(), 400 | 401 | 403 | 503),
                 "deny status {}",
                 d.status()
             );
+            if d.status() == 400 {
+                assert_eq!(d.reason, Reason::InvalidPath);
+                assert!(!keygate_plugin::decision::is_normal_path(req.path_only()));
+            }
             let body: serde_json::Value =
                 serde_json::from_str(&d.body()).expect("deny body is JSON");
             assert_eq!(body["error"]["code"], d.reason.code());
-            assert_eq!(d.www_authenticate.is_some(), d.status() != 503);
+            assert_eq!(
+                d.www_authenticate.is_some(),
+                matches!(d.status(), 401 | 403)
+            );
             for k in &f.keys {
                 assert!(
                     !d.message.contains(&k.secret) && !d.body().contains(&k.secret),
@@ -355,10 +362,12 @@ pub fn check(case: &Case) {
                         matches!(state, KeySetState::Stale(_))
                             && config.failure_mode == FailureMode::Open
                     );
-                    assert!(a.set.is_empty() && a.key_id.is_none());
+                    assert!(a.key_id.is_none());
+                    assert!(hiding_only(a), "fail-open sets {:?}", a.set);
                 }
                 Reason::Anonymous => {
-                    assert!(a.set.is_empty() && a.key_id.is_none());
+                    assert!(a.key_id.is_none());
+                    assert!(hiding_only(a), "anonymous sets {:?}", a.set);
                     let path = req.path.split_once('?').map_or(req.path, |(p, _)| p);
                     let route = config.routes.iter().find(|r| r.matches(req.method, path));
                     assert!(
@@ -370,6 +379,11 @@ pub fn check(case: &Case) {
             }
         }
     }
+}
+
+/// A pass without identity sets nothing but what hides a credential (query or cookie rewrite).
+fn hiding_only(a: &Allow<'_>) -> bool {
+    a.set.iter().all(|(k, _)| *k == ":path" || *k == "cookie")
 }
 
 #[allow(clippy::too_many_arguments)]

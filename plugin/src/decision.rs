@@ -83,11 +83,14 @@ pub enum Reason {
     KeysetUnavailable,
     /// The key set is older than `max_staleness_s` and `failure_mode` is `closed`.
     KeysetStale,
+    /// The path is not in normal form (dot segments, encoded separators or dot segments,
+    /// backslashes, empty segments): an upstream could resolve it to another route.
+    InvalidPath,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Allowed,
         Reason::Anonymous,
         Reason::FailOpen,
@@ -100,6 +103,7 @@ impl Reason {
         Reason::ResourceNotAllowed,
         Reason::KeysetUnavailable,
         Reason::KeysetStale,
+        Reason::InvalidPath,
     ];
 
     /// The machine-readable code (`unknown_key`).
@@ -117,6 +121,7 @@ impl Reason {
             Reason::ResourceNotAllowed => "resource_not_allowed",
             Reason::KeysetUnavailable => "keyset_unavailable",
             Reason::KeysetStale => "keyset_stale",
+            Reason::InvalidPath => "invalid_path",
         }
     }
 
@@ -136,6 +141,7 @@ impl Reason {
             | Reason::ExpiredKey => 401,
             Reason::InsufficientScope | Reason::ResourceNotAllowed => 403,
             Reason::KeysetUnavailable | Reason::KeysetStale => 503,
+            Reason::InvalidPath => 400,
         }
     }
 
@@ -359,6 +365,35 @@ fn spoofable<'a>(req: &Request<'a>, config: &Config, out: &mut Vec<&'a str>) {
     }
 }
 
+/// Whether `path` (without its query) is in the normal form route prefixes and resource
+/// segments are read in. Refused: a `.` or `..` segment (also percent-encoded, `%2e`), an encoded
+/// separator (`%2f`, `%5c`), a backslash, and an empty segment other than a trailing one
+/// (`//`). Each of these may be resolved by the upstream (or a proxy behind the filter) to a
+/// different path than the one matched here, walking out of an anonymous prefix or a
+/// resource allow-list (`/health/../admin`, `/repos/acme/../globex`). A path without a leading
+/// `/` (or an absent one) matches no prefix and is left to the keyed default.
+pub fn is_normal_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return true;
+    };
+    if path.contains('\\') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return false;
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    segments.iter().enumerate().all(|(i, seg)| {
+        if seg.is_empty() {
+            return i == last;
+        }
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        decoded != "." && decoded != ".."
+    })
+}
+
 fn route_for<'a>(config: &'a Config, req: &Request<'_>) -> Option<&'a Route> {
     let path = req.path_only();
     config.routes.iter().find(|r| r.matches(req.method, path))
@@ -373,6 +408,33 @@ fn path_segment(path: &str, index: usize) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// With `hide_credentials`, the header changes that keep the credential found in `found` from
+/// the upstream.
+fn hide<'a>(
+    config: &'a Config,
+    req: &Request<'a>,
+    found: Found<'a>,
+    remove: &mut Vec<&'a str>,
+    set: &mut Vec<(&'a str, String)>,
+) {
+    if !config.hide_credentials {
+        return;
+    }
+    match found {
+        Found::Header(name) => remove.push(name),
+        Found::Bearer => remove.push("authorization"),
+        Found::Query(name) => set.push((":path", path_without_param(req.path, name))),
+        Found::Cookie(name) => {
+            let rest = cookies_without(req.headers, name);
+            if rest.is_empty() {
+                remove.push("cookie");
+            } else {
+                set.push(("cookie", rest));
+            }
+        }
+    }
+}
+
 /// Decides one request. `now_secs` is Unix time in seconds.
 pub fn decide<'a>(
     req: &Request<'a>,
@@ -383,12 +445,23 @@ pub fn decide<'a>(
     let mut remove = Vec::new();
     spoofable(req, config, &mut remove);
 
+    if !is_normal_path(req.path_only()) {
+        return Decision::Deny(Deny::new(
+            Reason::InvalidPath,
+            "the path has dot segments, encoded separators or empty segments",
+        ));
+    }
     let route = route_for(config, req);
     if route.is_some_and(|r| r.anonymous) {
+        // A key sent to an anonymous route is hidden as well: the upstream never sees one.
+        let mut set = Vec::new();
+        if let Some((_, found)) = find_key(req, config) {
+            hide(config, req, found, &mut remove, &mut set);
+        }
         return Decision::Allow(Allow {
             reason: Reason::Anonymous,
             remove,
-            set: Vec::new(),
+            set,
             key_id: None,
         });
     }
@@ -422,10 +495,12 @@ pub fn decide<'a>(
             ));
         }
         KeySetState::Stale(_) if config.failure_mode == FailureMode::Open => {
+            let mut set = Vec::new();
+            hide(config, req, found, &mut remove, &mut set);
             return Decision::Allow(Allow {
                 reason: Reason::FailOpen,
                 remove,
-                set: Vec::new(),
+                set,
                 key_id: None,
             });
         }
@@ -468,21 +543,7 @@ pub fn decide<'a>(
     }
 
     let mut set_headers: Vec<(&'a str, String)> = Vec::with_capacity(5);
-    if config.hide_credentials {
-        match found {
-            Found::Header(name) => remove.push(name),
-            Found::Bearer => remove.push("authorization"),
-            Found::Query(name) => set_headers.push((":path", path_without_param(req.path, name))),
-            Found::Cookie(name) => {
-                let rest = cookies_without(req.headers, name);
-                if rest.is_empty() {
-                    remove.push("cookie");
-                } else {
-                    set_headers.push(("cookie", rest));
-                }
-            }
-        }
-    }
+    hide(config, req, found, &mut remove, &mut set_headers);
     let key_id = entry.key_id();
     let ih = &config.identity_headers;
     set_headers.push((ih.key_id.as_str(), key_id.to_string()));
@@ -801,6 +862,73 @@ mod tests {
     }
 
     #[test]
+    fn paths_not_in_normal_form_are_400_before_any_route() {
+        let f = Fixture::new();
+        let c = cfg(ROUTES);
+        for (path, key) in [
+            ("/health/../admin/users", None),
+            ("/health/%2e%2e/admin/users", None),
+            ("/health/%2E./admin", None),
+            ("/health%2F..%2Fadmin", None),
+            ("/health/..%5cadmin", None),
+            ("/health/..\\admin", None),
+            ("/health/..", None),
+            ("/health/./x", None),
+            ("/repos/acme/../globex/x", Some(&f.reader.secret)),
+            ("/repos/acme/x/../../globex", Some(&f.reader.secret)),
+            ("//repos/globex/x", Some(&f.reader.secret)),
+            ("/repos//globex/x", Some(&f.reader.secret)),
+            ("/./repos/globex/x?a=b", Some(&f.reader.secret)),
+        ] {
+            let extra: Vec<(&str, &str)> =
+                key.map(|k| ("x-api-key", k.as_str())).into_iter().collect();
+            let h = headers("GET", path, &extra);
+            let d = deny(run(&f, &c, &h));
+            assert_eq!((d.status(), d.reason), (400, Reason::InvalidPath), "{path}");
+            assert!(d.www_authenticate.is_none());
+        }
+        // Normal forms still pass: trailing slash, dots inside a segment, encoded other bytes,
+        // dot segments in the query.
+        for path in [
+            "/health",
+            "/health/",
+            "/health/a.b/..c/c..",
+            "/health/%2e%2e%2e",
+            "/health/x%20y",
+            "/health?p=/../admin",
+        ] {
+            let h = headers("GET", path, &[]);
+            assert_eq!(allow(run(&f, &c, &h)).reason, Reason::Anonymous, "{path}");
+        }
+        assert!(is_normal_path("/") && is_normal_path("") && is_normal_path("*"));
+        assert!(!is_normal_path("//") && !is_normal_path("/."));
+    }
+
+    #[test]
+    fn keys_sent_to_anonymous_routes_are_hidden_too() {
+        let f = Fixture::new();
+        let c = cfg(&format!(
+            r#"{ROUTES},"key_sources":[{{"header":"x-api-key"}},{{"bearer":true}},{{"query":"api_key"}}]"#
+        ));
+        let h = headers("GET", "/health", &[("x-api-key", &f.reader.secret)]);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(a.reason, Reason::Anonymous);
+        assert!(a.remove.contains(&"x-api-key") && a.key_id.is_none());
+        let bearer = format!("Bearer {}", f.reader.secret);
+        let h = headers("GET", "/health", &[("authorization", &bearer)]);
+        assert!(allow(run(&f, &c, &h)).remove.contains(&"authorization"));
+        let path = format!("/health?x=1&api_key={}", f.reader.secret);
+        let h = headers("GET", &path, &[]);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(set_value(&a, ":path"), Some("/health?x=1"));
+        // Without hiding, nothing is touched.
+        let keep = cfg(&format!(r#"{ROUTES},"hide_credentials":false"#));
+        let h = headers("GET", "/health", &[("x-api-key", &f.reader.secret)]);
+        let a = allow(run(&f, &keep, &h));
+        assert!(a.remove.is_empty() && a.set.is_empty());
+    }
+
+    #[test]
     fn keyset_states_fail_closed_or_open() {
         let f = Fixture::new();
         let h = headers("GET", "/x", &[("x-api-key", &f.reader.secret)]);
@@ -829,7 +957,8 @@ mod tests {
             &open,
         ));
         assert_eq!(a.reason, Reason::FailOpen);
-        assert_eq!(a.remove, vec!["x-keygate-owner"]);
+        // Spoofed identity stripped, and the key hidden like on any pass.
+        assert_eq!(a.remove, vec!["x-keygate-owner", "x-api-key"]);
         assert!(a.set.is_empty());
         // anonymous routes pass without a key set
         let c = cfg(ROUTES);
