@@ -1,0 +1,740 @@
+//! Security checks as tests:
+//!
+//! 1. Secret hygiene: the real `keygate serve` binary runs with `RUST_LOG=trace`, stdout and
+//!    stderr captured, through a session that issues keys of every kind, an edge key syncing
+//!    the feed and reporting usage, the admin token, workspace → repo exchange, rotation with
+//!    grace, verification, failed authentications with near-miss credentials, and the GitHub
+//!    broker (fake GitHub) handing out installation tokens with their App JWTs on both
+//!    endpoints. Then every secret, token, JWT (and the random body of each key, and each JWT's
+//!    signature) is searched for in every captured log line and in every later response (list,
+//!    show, audit, metrics, openapi, repositories, key-set snapshot, error answers): none may
+//!    appear.
+//! 2. Digests are compared in constant time: the equality the control plane uses for the admin
+//!    token and the internal API key is `keygate_protocol::Digest`'s, which goes through
+//!    `subtle` (checked on the source, since a timing measurement cannot be a test).
+//! 3. Brute force is rate limited on every endpoint, `POST /v1/keys/verify` included, for
+//!    bearer and `x-api-key` guesses alike, per client address.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Engine, Server};
+use keygate_fake_github::{FakeGithub, fixture, fixture_path};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "security-admin-token-Zq8Lm3Xv7Rt2";
+const INTERNAL: &str = "security-internal-key-Hh4Jk9Pp2Ww6";
+const APP_ID: u64 = 4242;
+
+/// `keygate serve` at trace level with stdout and stderr in one file; killed on drop.
+struct Served {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Served {
+    fn start(dir: &Path, github_api: &str) -> Self {
+        let port = keygate_testkit::free_port().expect("port");
+        let log = dir.join("server.log");
+        let file = std::fs::File::create(&log).expect("log");
+        let app = format!(
+            "name=main,app-id={APP_ID},private-key={},api-url={github_api}",
+            fixture_path("app-key-1.pkcs1.pem").display()
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("serve")
+            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "KEYGATE_DATABASE_URL",
+                format!("sqlite:{}", dir.join("sec.db").display()),
+            )
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN)
+            .env("KEYGATE_INTERNAL_API_KEY", INTERNAL)
+            .env("KEYGATE_GITHUB_APPS", app)
+            .env("KEYGATE_GITHUB_EXPOSE_APP_JWT", "true")
+            .env("KEYGATE_USAGE_FLUSH_MS", "100")
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().expect("log")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn keygate serve");
+        let s = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        for _ in 0..150 {
+            if s.logs().contains("keygate listening on")
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("keygate serve did not start:\n{}", s.logs());
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that records every response body it reads (for the search afterwards).
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    /// (what, body) of every response read after the first issuance.
+    bodies: Vec<(String, Vec<u8>)>,
+}
+
+impl Client {
+    async fn call(
+        &mut self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let mut headers = String::new();
+        for (n, v) in resp.headers() {
+            headers.push_str(&format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+        }
+        let bytes = resp.bytes().await.expect("body").to_vec();
+        let mut recorded = headers.into_bytes();
+        recorded.extend_from_slice(&bytes);
+        self.bodies
+            .push((format!("{method} {path} → {status}"), recorded));
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    /// A call whose answer carries secrets by design (issuance): not recorded.
+    async fn issue(
+        &mut self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let n = self.bodies.len();
+        let r = self.call(Some(token), method, path, Some(body)).await;
+        self.bodies.truncate(n);
+        r
+    }
+}
+
+fn secret_of(v: &Value) -> String {
+    v["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no secret in {v}"))
+        .to_owned()
+}
+
+/// A credential with one character changed (a near-miss guess).
+fn near_miss(s: &str) -> String {
+    let mut b = s.as_bytes().to_vec();
+    let i = b.len() / 2;
+    b[i] = if b[i] == b'x' { b'y' } else { b'x' };
+    String::from_utf8(b).expect("ascii")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
+    let fake = FakeGithub::start().await.expect("fake GitHub");
+    fake.add_app(APP_ID, "Iv23liKeygate", &[&fixture("app-key-1.pub.pem")])
+        .expect("app");
+    fake.install(
+        APP_ID,
+        "acme",
+        &["widgets", "gadgets"],
+        &[("contents", "write"), ("metadata", "read")],
+    )
+    .expect("install");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let served = Served::start(dir.path(), &fake.base_url());
+    let mut c = Client {
+        http: reqwest::Client::new(),
+        base: served.base.clone(),
+        bodies: Vec::new(),
+    };
+    // Every secret of the session, with a name for the failure message.
+    let mut secrets: Vec<(String, String)> = vec![
+        ("admin token".into(), ADMIN.into()),
+        ("internal API key".into(), INTERNAL.into()),
+    ];
+    let pem = fixture("app-key-1.pkcs1.pem");
+    let pem_line = pem
+        .lines()
+        .nth(3)
+        .expect("a line of the App's private key")
+        .to_owned();
+    secrets.push(("App private key (a line)".into(), pem_line));
+
+    // Keys of every kind.
+    let (st, ws) = c
+        .issue(
+            ADMIN,
+            Method::POST,
+            "/v1/keys",
+            json!({"name": "ws", "workspace_id": "acme", "owner_id": "svc-ws",
+                   "scopes": ["keys:read", "keys:write", "github:tokens", "repo:read"],
+                   "resources": ["acme/*"], "metadata": {"team": "infra"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{ws}");
+    let ws_secret = secret_of(&ws);
+    secrets.push(("workspace key".into(), ws_secret.clone()));
+    let (st, edge) = c
+        .issue(
+            ADMIN,
+            Method::POST,
+            "/v1/keys",
+            json!({"name": "edge", "kind": "edge"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{edge}");
+    let edge_secret = secret_of(&edge);
+    secrets.push(("edge key".into(), edge_secret.clone()));
+    let (st, repo) = c
+        .issue(
+            &ws_secret,
+            Method::POST,
+            "/v1/keys",
+            json!({"name": "ci", "kind": "repo", "scopes": ["github:tokens", "repo:read"],
+                   "resources": ["acme/widgets"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{repo}");
+    let repo_secret = secret_of(&repo);
+    secrets.push((
+        "repo key (issued by a workspace key)".into(),
+        repo_secret.clone(),
+    ));
+    let (st, child) = c
+        .issue(
+            &ws_secret,
+            Method::POST,
+            "/v1/keys/exchange",
+            json!({"subject": "ci-run-7", "scopes": ["repo:read"], "resources": ["acme/widgets"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{child}");
+    secrets.push(("exchanged child key".into(), secret_of(&child)));
+    let (st, rot) = c
+        .issue(
+            ADMIN,
+            Method::POST,
+            "/v1/keys",
+            json!({"name": "rotating", "scopes": ["repo:read"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let old_rot = secret_of(&rot);
+    secrets.push(("key before rotation".into(), old_rot.clone()));
+    let rot_id = rot["key"]["id"].as_str().expect("id").to_owned();
+    let (st, rotated) = c
+        .issue(
+            ADMIN,
+            Method::POST,
+            &format!("/v1/keys/{rot_id}/rotate"),
+            json!({"grace_period": 600}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{rotated}");
+    let new_rot = secret_of(&rotated);
+    secrets.push(("key after rotation".into(), new_rot.clone()));
+
+    // Use them: verification (secrets in request bodies), the edge key's feed and usage, the
+    // workspace key's management calls, lifecycle changes.
+    for key in [&ws_secret, &repo_secret, &old_rot, &new_rot] {
+        let (st, v) = c
+            .call(
+                Some(ADMIN),
+                Method::POST,
+                "/v1/keys/verify",
+                Some(json!({"key": key, "scopes": ["repo:read"]})),
+            )
+            .await;
+        assert_eq!(
+            (st, v["valid"].as_bool()),
+            (StatusCode::OK, Some(true)),
+            "{v}"
+        );
+    }
+    let (st, v) = c
+        .call(
+            Some(&ws_secret),
+            Method::POST,
+            "/v1/keys/verify",
+            Some(json!({"key": repo_secret})),
+        )
+        .await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::OK, Some("VALID")));
+    let resp = c
+        .http
+        .get(format!("{}/v1/keyset", c.base))
+        .header("x-api-key", &edge_secret)
+        .send()
+        .await
+        .expect("keyset");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let revision: i64 = resp.headers()["x-keygate-revision"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("revision");
+    let snapshot = resp.bytes().await.expect("snapshot").to_vec();
+    c.bodies
+        .push(("GET /v1/keyset (snapshot)".into(), snapshot));
+    let (st, _) = c
+        .call(
+            Some(&edge_secret),
+            Method::GET,
+            &format!("/v1/keyset?since={revision}&wait=1"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_MODIFIED);
+    let repo_id = repo["key"]["id"].as_str().expect("id").to_owned();
+    let (st, v) = c
+        .call(
+            Some(&edge_secret),
+            Method::POST,
+            "/v1/usage",
+            Some(json!({"batch_id": "sec-1", "entries": [{"key_id": repo_id, "count": 3, "last_used_at": 1_763_900_000}]})),
+        )
+        .await;
+    assert!(st.is_success(), "{st} {v}");
+    let (st, _) = c
+        .call(Some(&ws_secret), Method::GET, "/v1/keys", None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let child_id = child["key"]["id"].as_str().expect("id").to_owned();
+    for action in ["suspend", "reactivate"] {
+        let (st, v) = c
+            .call(
+                Some(&ws_secret),
+                Method::POST,
+                &format!("/v1/keys/{child_id}/{action}"),
+                Some(json!({"reason": "security test"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{action}: {v}");
+    }
+    let (st, _) = c
+        .call(
+            Some(ADMIN),
+            Method::PATCH,
+            &format!("/v1/keys/{rot_id}"),
+            Some(json!({"name": "renamed", "metadata": {"k": "v"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+
+    // The GitHub broker: registry, a repo key's installation token with its App JWT, the
+    // seed's internal endpoint (token and JWT), revocation.
+    let (st, v) = c
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/v1/repositories",
+            Some(json!({"organization": "acme", "repository": "widgets"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let widgets = v["id"].as_i64().expect("id");
+    let (st, gh) = c
+        .issue(
+            &repo_secret,
+            Method::POST,
+            "/v1/github/tokens",
+            json!({"repository": "acme/widgets"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{gh}");
+    let gh_token = gh["token"].as_str().expect("token").to_owned();
+    let gh_jwt = gh["app_jwt"]
+        .as_str()
+        .expect("app_jwt (exposed)")
+        .to_owned();
+    assert!(fake.token(&gh_token).is_some(), "a token GitHub minted");
+    secrets.push(("GitHub installation token (v1)".into(), gh_token.clone()));
+    secrets.push(("GitHub App JWT (v1)".into(), gh_jwt.clone()));
+    let (st, seed) = c
+        .issue(
+            INTERNAL,
+            Method::POST,
+            "/api/github/tokens",
+            json!({"repositoryId": widgets, "internalApiKey": INTERNAL}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{seed}");
+    let seed_jwt = seed["githubAppToken"].as_str().expect("jwt").to_owned();
+    secrets.push((
+        "GitHub installation token (seed endpoint)".into(),
+        seed["installationToken"]
+            .as_str()
+            .expect("token")
+            .to_owned(),
+    ));
+    secrets.push(("GitHub App JWT (seed endpoint)".into(), seed_jwt));
+    let (st, v) = c
+        .call(
+            Some(&repo_secret),
+            Method::DELETE,
+            "/v1/github/tokens",
+            Some(json!({"token": gh_token})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    // Near-miss guesses: refused, and the guessed values are not logged or echoed either.
+    let mut guesses = Vec::new();
+    for (name, s) in secrets.clone().iter().take(6) {
+        let guess = near_miss(s);
+        let (st, v) = c.call(Some(&guess), Method::GET, "/v1/keys", None).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{name}: {v}");
+        let (st, v) = c
+            .call(
+                Some(ADMIN),
+                Method::POST,
+                "/v1/keys/verify",
+                Some(json!({"key": guess})),
+            )
+            .await;
+        assert_eq!(
+            (st, v["valid"].as_bool()),
+            (StatusCode::OK, Some(false)),
+            "{v}"
+        );
+        guesses.push((format!("near miss of the {name}"), guess));
+    }
+    let (st, v) = c
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/api/github/tokens",
+            Some(json!({"repositoryId": widgets, "internalApiKey": near_miss(INTERNAL)})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    guesses.push(("near miss of the internal key".into(), near_miss(INTERNAL)));
+    // Bad input carrying a secret: the error does not echo it.
+    let (st, v) = c
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"name": ws_secret, "description": ws_secret, "evil": ws_secret})),
+        )
+        .await;
+    assert!(st.is_client_error(), "{v}");
+
+    // Everything readable afterwards.
+    let (_, list) = c
+        .call(Some(ADMIN), Method::GET, "/v1/keys?limit=100", None)
+        .await;
+    let ids: Vec<String> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|k| k["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(ids.len() >= 5, "{list}");
+    for id in &ids {
+        let (st, _) = c
+            .call(Some(ADMIN), Method::GET, &format!("/v1/keys/{id}"), None)
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    for path in [
+        "/v1/audit?limit=1000",
+        "/v1/repositories",
+        "/metrics",
+        "/openapi.json",
+        "/healthz",
+        "/readyz",
+        "/v1/keys?limit=100&kind=edge",
+    ] {
+        let (st, _) = c.call(Some(ADMIN), Method::GET, path, None).await;
+        assert_eq!(st, StatusCode::OK, "{path}");
+    }
+    let (st, _) = c
+        .call(Some(&ws_secret), Method::GET, "/v1/audit", None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, audit) = c
+        .call(Some(ADMIN), Method::GET, "/v1/audit?limit=1000", None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let audited = audit["items"].as_array().map_or(0, Vec::len);
+    assert!(audited >= 10, "the session was audited: {audit}");
+
+    // Give the usage flush and any late log line a moment, then stop the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = served.logs();
+    drop(served);
+    let logs_after = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or(logs);
+    let lines = logs_after.lines().count();
+    for level in ["TRACE", "DEBUG", "INFO"] {
+        assert!(
+            logs_after.contains(level),
+            "{level} lines were captured (RUST_LOG=trace)"
+        );
+    }
+    assert!(lines > 100, "a real trace-level log: {lines} lines");
+    for path in [
+        "/v1/keys/verify",
+        "/v1/keys/exchange",
+        "/v1/keyset",
+        "/v1/usage",
+        "/v1/github/tokens",
+        "/api/github/tokens",
+    ] {
+        assert!(
+            logs_after.contains(path),
+            "the request log of {path} was captured"
+        );
+    }
+
+    // The search: whole values, keys' random bodies, and JWT signatures.
+    let mut needles: Vec<(String, String)> = Vec::new();
+    for (name, s) in secrets.iter().chain(guesses.iter()) {
+        needles.push((name.clone(), s.clone()));
+        if let Ok(parsed) = keygate_protocol::key::parse(s) {
+            needles.push((format!("{name} (random body)"), parsed.body().to_owned()));
+        }
+        if s.matches('.').count() == 2 && s.starts_with("eyJ") {
+            let sig = s.rsplit('.').next().unwrap_or_default();
+            needles.push((format!("{name} (signature)"), sig.to_owned()));
+            let claims = s.split('.').nth(1).unwrap_or_default();
+            needles.push((format!("{name} (claims)"), claims.to_owned()));
+        }
+    }
+    for (name, needle) in &needles {
+        assert!(needle.len() >= 16, "{name} is long enough to search for");
+        if let Some(line) = logs_after.lines().find(|l| l.contains(needle.as_str())) {
+            panic!("the {name} is in a log line: {line}");
+        }
+        for (what, body) in &c.bodies {
+            let text = String::from_utf8_lossy(body);
+            assert!(
+                !text.contains(needle.as_str()),
+                "the {name} is in the response to {what}"
+            );
+        }
+    }
+    println!(
+        "secret hygiene: {} secrets and {} near-miss guesses ({} needles) searched in {lines} \
+         log lines (RUST_LOG=trace, stdout+stderr) and {} responses; {audited} audit rows; \
+         none found",
+        secrets.len(),
+        guesses.len(),
+        needles.len(),
+        c.bodies.len()
+    );
+}
+
+/// The comparisons that decide authentication go through `Digest`'s equality, and that
+/// equality is `subtle`'s constant-time comparison. Checked on the source: a timing
+/// measurement would be a flaky test, and a change of the comparison is what must not slip
+/// through unnoticed.
+#[test]
+fn digests_are_compared_in_constant_time() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |p: &str| {
+        std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("reading {p}: {e}"))
+    };
+    let digest = read("protocol/src/digest.rs");
+    let block = |src: &str, start: &str| -> String {
+        let i = src
+            .find(start)
+            .unwrap_or_else(|| panic!("`{start}` not found"));
+        let rest = &src[i..];
+        // The item ends at the first line that is a lone closing brace.
+        let end = rest.find("\n}\n").map_or(rest.len(), |e| e + 3);
+        rest[..end].to_owned()
+    };
+    let eq = block(&digest, "impl PartialEq for Digest");
+    assert!(
+        eq.contains("ct_eq_32(&self.0, &other.0)"),
+        "Digest == must use the constant-time helper:\n{eq}"
+    );
+    let helper = block(&digest, "pub(crate) fn ct_eq_32");
+    assert!(
+        digest.contains("use subtle::ConstantTimeEq;") && helper.contains(".ct_eq(&0)"),
+        "the helper must end in subtle's ct_eq:\n{helper}"
+    );
+    // Data-independent control flow: the loop folds every byte; no early exit, no byte ==.
+    for banned in ["return", "break", "if ", "==", "!="] {
+        assert!(
+            !helper
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .any(|l| l.contains(banned)),
+            "`{banned}` in the constant-time helper:\n{helper}"
+        );
+    }
+    let ct = block(&digest, "impl ConstantTimeEq for Digest");
+    assert!(ct.contains("self.0.ct_eq(&other.0)"), "{ct}");
+    // Behaviour: every single-bit difference at every position is unequal.
+    let a = keygate_protocol::Digest::from_bytes([0x5a; 32]);
+    for i in 0..32 {
+        for bit in 0..8 {
+            let mut b = [0x5a; 32];
+            b[i] ^= 1 << bit;
+            assert_ne!(a, keygate_protocol::Digest::from_bytes(b));
+        }
+    }
+    assert_eq!(a, keygate_protocol::Digest::from_bytes([0x5a; 32]));
+
+    // The control plane compares secrets only as Digests: the admin token (a Digest field) and
+    // the internal API key, never as strings or byte slices.
+    let auth = read("control-plane/src/auth.rs");
+    assert!(
+        auth.contains("state.admin_token.as_ref().is_some_and(|d| *d == digest)"),
+        "admin token compared as Digest"
+    );
+    let state = read("control-plane/src/state.rs");
+    assert!(
+        state.contains("admin_token: Option<Digest>"),
+        "admin token held as a Digest"
+    );
+    let routes = read("control-plane/src/github/routes.rs");
+    assert!(
+        routes.contains("Digest::of(given) != Digest::of(expected)"),
+        "internal API key compared as Digests"
+    );
+    // Stored keys are found by their digest (an index lookup on SHA-256 output, not on the
+    // secret), and the filter's key set ends every lookup with the same helper.
+    let keyset = read("protocol/src/keyset.rs");
+    assert!(
+        keyset.matches("ct_eq_32(").count() >= 2,
+        "KeySet::lookup uses ct_eq_32"
+    );
+}
+
+/// Failed authentications are rate limited per client address on every endpoint, key
+/// verification included, whatever header the guess comes in.
+async fn brute_force_is_rate_limited_everywhere(e: Engine) {
+    let s = Server::start(e).await;
+    let (secret, _) = s
+        .create(json!({"name": "target", "scopes": ["keys:read"]}))
+        .await;
+    let guess = |i: usize| {
+        let g = keygate_protocol::key::generate("kg_live").expect("generate");
+        let _ = i;
+        g.into_string()
+    };
+    // 30 guesses against /v1/keys/verify (the limit per minute), half bearer, half x-api-key.
+    for i in 0..30 {
+        let mut req = s
+            .http
+            .post(s.url("/v1/keys/verify"))
+            .json(&json!({"key": secret}));
+        req = if i % 2 == 0 {
+            req.bearer_auth(guess(i))
+        } else {
+            req.header("x-api-key", guess(i))
+        };
+        let resp = req.send().await.expect("send");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    // Now blocked: verify, list, and any credential — even the right one.
+    for (path, method, token) in [
+        ("/v1/keys/verify", Method::POST, secret.as_str()),
+        ("/v1/keys/verify", Method::POST, common::ADMIN),
+        ("/v1/keys", Method::GET, common::ADMIN),
+        ("/v1/keyset", Method::GET, common::ADMIN),
+        ("/v1/audit", Method::GET, secret.as_str()),
+    ] {
+        let mut req = s
+            .http
+            .request(method.clone(), s.url(path))
+            .bearer_auth(token);
+        if method == Method::POST {
+            req = req.json(&json!({"key": secret}));
+        }
+        let resp = req.send().await.expect("send");
+        assert_eq!(
+            resp.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{method} {path}"
+        );
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&retry), "{retry}");
+        let v: Value = resp.json().await.expect("json");
+        assert_eq!(v["error"]["code"], "RATE_LIMITED");
+        assert!(!v.to_string().contains(&secret));
+    }
+    // x-api-key is blocked as well as bearer.
+    let resp = s
+        .http
+        .get(s.url("/v1/keys"))
+        .header("x-api-key", common::ADMIN)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another client address is not affected (the limit is per address).
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("client");
+    let resp = other
+        .post(s.url("/v1/keys/verify"))
+        .bearer_auth(common::ADMIN)
+        .json(&json!({"key": secret}))
+        .send()
+        .await
+        .expect("send from 127.0.0.2");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["code"], "VALID");
+    // Guessing keys in the verify body with a valid credential is not an authentication
+    // failure (it answers NOT_FOUND and is confined to the caller's workspace); a 190-bit key
+    // body is not guessable by volume.
+    for _ in 0..40 {
+        let resp = other
+            .post(s.url("/v1/keys/verify"))
+            .bearer_auth(common::ADMIN)
+            .json(&json!({"key": guess(0)}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v: Value = resp.json().await.expect("json");
+        assert_eq!(v["code"], "NOT_FOUND");
+    }
+    s.stop().await;
+}
+
+on_both_engines!(brute_force_is_rate_limited_everywhere);
