@@ -1,0 +1,1130 @@
+//! Bad input in bulk at the development gateway (real filter `.wasm`, 2 workers, real-time sync
+//! from an in-process control plane), over raw TCP so that every byte is the test's choice:
+//! over-long and non-UTF-8 header values, a hundred `x-api-key` headers, keys in several places
+//! at once (the plugin README's rule: sources are tried in order, `x-api-key` then
+//! `Authorization: Bearer`, and the first present wins), thousands of random garbage requests,
+//! and 50 MiB bodies with and without a key.
+//!
+//! What must hold throughout: never a 5xx from the gateway (the documented 503s happen only
+//! before the first sync or past the staleness bound, neither of which occurs here), never a
+//! pass without a valid key in the winning position, no secret and no client-sent
+//! `x-keygate-*` header reaches the upstream, and the gateway keeps serving. A body with a
+//! valid key streams to the upstream (the upstream sees the first MiB before the client sends
+//! the rest); without a key the 401 comes back at once and nothing reaches the upstream.
+//!
+//! `KEYGATE_BAD_INPUT_SEED` replays the random part; `KEYGATE_BAD_INPUT_REQUESTS` sizes it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keygate_e2e::{CLUSTER, ControlPlane, IssuedKey, ROUTES, plugin};
+use keygate_gateway::{Gateway, GatewayConfig, PluginSettings, RunningGateway};
+use serde_json::{Value, json};
+
+const MIB: usize = 1024 * 1024;
+
+/// Polls `check` every 25 ms until it returns `Ok` or `timeout` passes; panics with `what` and
+/// the last observation otherwise. A bound, not a timing: the check decides.
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {timeout:?}; last: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw upstream: records what it receives, counts body bytes as they arrive.
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    /// Lower-case name → raw value bytes, in arrival order.
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Seen {
+    fn values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Upstream {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Body bytes received so far, over all requests.
+    body_bytes: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    fn start() -> (Self, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let up = Self::default();
+        let u = up.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let u = u.clone();
+                std::thread::spawn(move || {
+                    let _ = u.serve(stream);
+                });
+            }
+        });
+        (up, addr)
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    fn since(&self, n: usize) -> Vec<Seen> {
+        self.seen.lock().expect("lock")[n..].to_vec()
+    }
+
+    /// One request per connection (answered with `connection: close`).
+    fn serve(&self, stream: TcpStream) -> std::io::Result<()> {
+        let mut r = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
+        let mut line = Vec::new();
+        r.read_until(b'\n', &mut line)?;
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let path = text.split(' ').nth(1).unwrap_or_default().to_owned();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            r.read_until(b'\n', &mut line)?;
+            let l = line
+                .strip_suffix(b"\r\n")
+                .or(line.strip_suffix(b"\n"))
+                .unwrap_or(&line);
+            if l.is_empty() {
+                break;
+            }
+            if let Some(colon) = l.iter().position(|&b| b == b':') {
+                let name = String::from_utf8_lossy(&l[..colon]).to_ascii_lowercase();
+                let value = l[colon + 1..].trim_ascii().to_vec();
+                headers.push((name, value));
+            }
+        }
+        let header = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let mut body_len = 0u64;
+        let mut sum = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut take = |r: &mut BufReader<TcpStream>, mut n: u64| -> std::io::Result<()> {
+            while n > 0 {
+                let want = buf.len().min(n as usize);
+                let got = r.read(&mut buf[..want])?;
+                if got == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                for &b in &buf[..got] {
+                    sum = sum.wrapping_add(u64::from(b));
+                }
+                n -= got as u64;
+                body_len += got as u64;
+                self.body_bytes.fetch_add(got as u64, Ordering::SeqCst);
+            }
+            Ok(())
+        };
+        if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            loop {
+                line.clear();
+                r.read_until(b'\n', &mut line)?;
+                let size = String::from_utf8_lossy(&line);
+                let size = size.trim().split(';').next().unwrap_or("0");
+                let n = u64::from_str_radix(size, 16).unwrap_or(0);
+                if n == 0 {
+                    // Trailers until the empty line.
+                    loop {
+                        line.clear();
+                        r.read_until(b'\n', &mut line)?;
+                        if line == b"\r\n" || line.is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                take(&mut r, n)?;
+                line.clear();
+                r.read_until(b'\n', &mut line)?;
+            }
+        } else if let Some(n) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
+            take(&mut r, n)?;
+        }
+        let mut json_headers = BTreeMap::new();
+        for (n, v) in &headers {
+            json_headers
+                .entry(n.clone())
+                .or_insert_with(Vec::new)
+                .push(String::from_utf8_lossy(v).into_owned());
+        }
+        let body = json!({"path": path, "headers": json_headers, "body_length": body_len, "body_sum": sum})
+            .to_string();
+        self.seen.lock().expect("lock").push(Seen { path, headers });
+        let mut w = stream;
+        write!(
+            w,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        w.flush()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stack: control plane (in-process), upstream, gateway.
+
+struct Stack {
+    cp: ControlPlane,
+    upstream: Upstream,
+    gateway: Option<RunningGateway>,
+    rt: tokio::runtime::Runtime,
+    addr: SocketAddr,
+}
+
+impl Stack {
+    fn start() -> Self {
+        let cp = ControlPlane::start_sqlite();
+        let (upstream, upstream_addr) = Upstream::start();
+        let routes: Value = serde_json::from_str(ROUTES).expect("routes");
+        let configuration = json!({
+            "cluster": CLUSTER,
+            "authority": cp.base.trim_start_matches("http://"),
+            "edge_key": cp.edge_key,
+            "sync_interval_ms": 200,
+            "routes": routes,
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let gateway = rt
+            .block_on(Gateway::start(GatewayConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                upstream: format!("http://{upstream_addr}"),
+                plugin: plugin(),
+                settings: PluginSettings {
+                    configuration: configuration.to_string().into_bytes(),
+                    vm_id: "keygate".into(),
+                    root_id: "keygate".into(),
+                    key_values: Vec::new(),
+                    host_env_keys: Vec::new(),
+                },
+                clusters: vec![(CLUSTER.into(), cp.base.clone())],
+                workers: 2,
+            }))
+            .expect("gateway");
+        let addr = gateway.local_addr();
+        Self {
+            cp,
+            upstream,
+            gateway: Some(gateway),
+            rt,
+            addr,
+        }
+    }
+
+    fn key(&self, owner: &str) -> IssuedKey {
+        self.cp
+            .create_key(json!({"name": owner, "owner_id": owner, "scopes": ["repo:read"]}))
+    }
+
+    /// Waits until `key` passes on every worker (the first sync, or a change, reached each
+    /// filter instance): four passes in a row, requests going to the 2 workers in turn.
+    fn wait_passes(&self, key: &str) {
+        let mut streak = 0;
+        wait_for(
+            "the key passes the gateway",
+            Duration::from_secs(30),
+            || {
+                let r = self.send(&get("/repos/acme/x", &[("x-api-key", key.as_bytes())]));
+                match r {
+                    Some(r) if r.status == 200 => streak += 1,
+                    other => {
+                        streak = 0;
+                        return Err(format!("{other:?}"));
+                    }
+                }
+                if streak >= 4 {
+                    Ok(())
+                } else {
+                    Err(format!("{streak} passes in a row"))
+                }
+            },
+        );
+    }
+
+    /// Sends raw bytes on a new connection and reads the answer to the end.
+    fn send(&self, raw: &[u8]) -> Option<Reply> {
+        let mut s = TcpStream::connect(self.addr).expect("connect to the gateway");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        s.set_write_timeout(Some(Duration::from_secs(20))).ok();
+        s.write_all(raw).ok()?;
+        read_reply(&mut s)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(g) = self.gateway.take() {
+            self.rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(15), g.shutdown()).await;
+            });
+        }
+        self.cp.stop();
+    }
+}
+
+/// A response as the client read it.
+#[derive(Debug, Clone)]
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+    /// A header the upstream received (values joined with `, `).
+    fn upstream(&self, name: &str) -> Option<String> {
+        let v = self.json();
+        let vals = v["headers"][name].as_array()?;
+        Some(
+            vals.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    }
+}
+
+/// Reads one response to EOF (`connection: close`); `None` when the connection closed
+/// without a status line.
+fn read_reply(s: &mut TcpStream) -> Option<Reply> {
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let mut body = raw[end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Some(Reply { status, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(p) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&b[..p]);
+        let Ok(n) = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16) else {
+            break;
+        };
+        if n == 0 || b.len() < p + 2 + n {
+            break;
+        }
+        out.extend_from_slice(&b[p + 2..p + 2 + n]);
+        b = &b[(p + 4 + n).min(b.len())..];
+    }
+    out
+}
+
+/// A raw HTTP/1.1 request with `host` and `connection: close`.
+fn request(method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\n")
+        .into_bytes();
+    for (n, v) in headers {
+        r.extend_from_slice(n.as_bytes());
+        r.extend_from_slice(b": ");
+        r.extend_from_slice(v);
+        r.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() {
+        r.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    r.extend_from_slice(b"\r\n");
+    r.extend_from_slice(body);
+    r
+}
+
+fn get(path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
+    request("GET", path, headers, b"")
+}
+
+/// Asserts none of `secrets` reached the upstream in a header of `seen`. Left out: `cookie` and
+/// an `Authorization` header of another scheme than `Bearer` — the configuration here reads
+/// keys from `x-api-key` and `Authorization: Bearer` only, so a key a client puts elsewhere is
+/// no credential to the filter and passes like any other value.
+fn assert_clean(seen: &[Seen], secrets: &[&str]) {
+    let is_credential_source = |n: &str, v: &[u8]| match n {
+        "cookie" => false,
+        "authorization" => v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "),
+        _ => true,
+    };
+    for s in seen {
+        for (n, v) in s.headers.iter().filter(|(n, v)| is_credential_source(n, v)) {
+            let v = String::from_utf8_lossy(v);
+            for secret in secrets {
+                assert!(
+                    !v.contains(secret),
+                    "a secret reached the upstream in {n}: {s:?}"
+                );
+            }
+        }
+    }
+}
+
+/// xorshift64*: a small seeded generator, so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, n: usize, alphabet: &[u8]) -> Vec<u8> {
+        (0..n)
+            .map(|_| alphabet[self.below(alphabet.len())])
+            .collect()
+    }
+    /// `min + below(extra)` bytes from `alphabet`.
+    fn some(&mut self, min: usize, extra: usize, alphabet: &[u8]) -> Vec<u8> {
+        let n = min + self.below(extra);
+        self.bytes(n, alphabet)
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn header_abuse_and_garbage_never_let_anyone_in() {
+    let stack = Stack::start();
+    let alice = stack.key("alice");
+    let revoked = stack.key("revoked");
+    stack.cp.key_action(&revoked.id, "revoke");
+    let suspended = stack.key("suspended");
+    stack.cp.key_action(&suspended.id, "suspend");
+    // Issued last: once bob passes on every worker, every change above has reached them.
+    let bob = stack.key("bob");
+    stack.wait_passes(&bob.secret);
+    stack.wait_passes(&alice.secret);
+    let a = alice.secret.as_bytes();
+    let b = bob.secret.as_bytes();
+    let secrets = [
+        alice.secret.as_str(),
+        bob.secret.as_str(),
+        revoked.secret.as_str(),
+        suspended.secret.as_str(),
+        stack.cp.edge_key.as_str(),
+    ];
+    let tried = std::cell::Cell::new(0usize);
+    let expect = |what: &str, raw: Vec<u8>, want: u16, code: Option<&str>| -> Reply {
+        tried.set(tried.get() + 1);
+        let r = stack
+            .send(&raw)
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(
+            r.status,
+            want,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if let Some(c) = code {
+            assert_eq!(r.code(), c, "{what}");
+        }
+        r
+    };
+    let before = stack.upstream.count();
+
+    // Over-long header values.
+    let long = vec![b'a'; 64 * 1024];
+    expect(
+        "64 KiB x-api-key",
+        get("/repos/acme/x", &[("x-api-key", &long)]),
+        401,
+        Some("malformed_key"),
+    );
+    let mut padded = a.to_vec();
+    padded.extend(std::iter::repeat_n(b'A', 64 * 1024));
+    expect(
+        "a valid key padded to 64 KiB",
+        get("/repos/acme/x", &[("x-api-key", &padded)]),
+        401,
+        Some("malformed_key"),
+    );
+    let mut bearer_long = b"Bearer ".to_vec();
+    bearer_long.extend_from_slice(&long);
+    expect(
+        "64 KiB bearer token",
+        get("/repos/acme/x", &[("authorization", &bearer_long)]),
+        401,
+        Some("malformed_key"),
+    );
+    let r = expect(
+        "a valid key next to a 64 KiB header",
+        get("/repos/acme/x", &[("x-api-key", a), ("x-filler", &long)]),
+        200,
+        None,
+    );
+    assert_eq!(r.upstream("x-keygate-owner").as_deref(), Some("alice"));
+    assert_eq!(r.upstream("x-filler").map(|v| v.len()), Some(64 * 1024));
+    // Past hyper's header buffer (about 400 KiB): refused by the HTTP layer, 4xx, not 5xx.
+    let huge = vec![b'a'; 512 * 1024];
+    tried.set(tried.get() + 1);
+    if let Some(r) = stack.send(&get(
+        "/repos/acme/x",
+        &[("x-api-key", a), ("x-filler", &huge)],
+    )) {
+        assert!(
+            (400..500).contains(&r.status),
+            "512 KiB header: {}",
+            r.status
+        );
+    }
+
+    // Non-UTF-8 bytes.
+    let mut bad_utf8 = vec![0xff, 0xfe];
+    bad_utf8.extend_from_slice(a);
+    expect(
+        "non-UTF-8 bytes before a valid key",
+        get("/repos/acme/x", &[("x-api-key", &bad_utf8)]),
+        401,
+        Some("malformed_key"),
+    );
+    let mut trailing = a.to_vec();
+    trailing.extend_from_slice(&[0x80, 0xc3]);
+    expect(
+        "a valid key followed by non-UTF-8 bytes",
+        get("/repos/acme/x", &[("x-api-key", &trailing)]),
+        401,
+        Some("malformed_key"),
+    );
+    let mut bearer_bad = b"Bearer \xff".to_vec();
+    bearer_bad.extend_from_slice(a);
+    expect(
+        "non-UTF-8 bearer",
+        get("/repos/acme/x", &[("authorization", &bearer_bad)]),
+        401,
+        Some("malformed_key"),
+    );
+    let r = expect(
+        "a valid key with non-UTF-8 spoofed identity headers",
+        get(
+            "/repos/acme/x",
+            &[
+                ("x-keygate-owner", b"mall\xffory"),
+                ("x-keygate-key-id", b"key_\xfe\xff"),
+                ("x-keygate-scopes", b"keys:admin \x80"),
+                ("x-api-key", a),
+                ("x-other", b"caf\xe9"),
+            ],
+        ),
+        200,
+        None,
+    );
+    assert_eq!(r.upstream("x-keygate-owner").as_deref(), Some("alice"));
+    assert_eq!(
+        r.upstream("x-keygate-key-id").as_deref(),
+        Some(alice.id.as_str())
+    );
+    assert_eq!(r.upstream("x-keygate-scopes").as_deref(), Some("repo:read"));
+    let r = expect(
+        "spoofed identity without a key on the anonymous route",
+        get(
+            "/health",
+            &[
+                ("x-keygate-owner", b"mallory"),
+                ("x-keygate-key-id", b"\xff"),
+            ],
+        ),
+        200,
+        None,
+    );
+    assert!(r.upstream("x-keygate-owner").is_none() && r.upstream("x-keygate-key-id").is_none());
+
+    // Paths an upstream may resolve differently from how the filter reads them (dot segments,
+    // encoded dots and slashes, empty segments): refused before any route matches, so neither
+    // the anonymous `/health` prefix nor carol's `acme` allow-list can be walked out of.
+    let carol = stack.cp.create_key(
+        json!({"name": "carol", "owner_id": "carol", "scopes": ["repo:read"], "resources": ["acme"]}),
+    );
+    stack.wait_passes(&carol.secret);
+    let c = carol.secret.as_bytes();
+    expect(
+        "carol on her own repository",
+        get("/repos/acme/x", &[("x-api-key", c)]),
+        200,
+        None,
+    );
+    expect(
+        "carol off her allow-list",
+        get("/repos/globex/x", &[("x-api-key", c)]),
+        403,
+        Some("resource_not_allowed"),
+    );
+    for (path, key) in [
+        ("/health/../repos/globex/x", None),
+        ("/health/./../repos/globex/x", None),
+        ("/health/%2e%2e/repos/globex/x", None),
+        ("/health/%2E./repos/globex/x", None),
+        ("/health%2f..%2frepos/globex/x", None),
+        ("/health/..%5crepos/globex/x", None),
+        ("/health/..\\repos/globex/x", None),
+        ("/health/..", None),
+        ("/repos/acme/../globex/x", Some(c)),
+        ("/repos/acme/%2e%2e/globex/x", Some(c)),
+        ("/repos/acme/x/../../globex/x", Some(c)),
+        ("/repos/acme%2f..%2fglobex/x", Some(c)),
+        ("//repos/globex/x", Some(c)),
+        ("/repos//globex/x", Some(c)),
+        ("/./repos/globex/x", Some(c)),
+    ] {
+        let headers: Vec<(&str, &[u8])> = key.map(|k| ("x-api-key", k)).into_iter().collect();
+        tried.set(tried.get() + 1);
+        let r = stack
+            .send(&get(path, &headers))
+            .unwrap_or_else(|| panic!("path {path}: no answer"));
+        // 400 from the filter, or from the HTTP layer for bytes it does not take in a URI.
+        assert!(
+            r.status == 400 && (r.code() == "invalid_path" || r.json().is_null()),
+            "path {path}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+
+    // Many x-api-key headers. hyper, the gateway's HTTP layer, accepts at most 100 header
+    // lines; 100 x-api-key plus host and connection is over that: 431, before the filter.
+    let mut hundred: Vec<(&str, &[u8])> = vec![("x-api-key", a)];
+    hundred.extend(std::iter::repeat_n(("x-api-key", b), 99));
+    let r = expect(
+        "100 x-api-key headers",
+        get("/repos/acme/x", &hundred),
+        431,
+        None,
+    );
+    assert!(r.body.is_empty() || !String::from_utf8_lossy(&r.body).contains(&alice.secret));
+    // 90 of them reach the filter: the first wins, and every one is removed before upstream.
+    let mut ninety: Vec<(&str, &[u8])> = vec![("x-api-key", a)];
+    ninety.extend(std::iter::repeat_n(("x-api-key", b), 89));
+    let r = expect(
+        "90 x-api-key headers, a valid one first",
+        get("/repos/acme/x", &ninety),
+        200,
+        None,
+    );
+    assert_eq!(r.upstream("x-keygate-owner").as_deref(), Some("alice"));
+    assert!(r.upstream("x-api-key").is_none(), "every x-api-key removed");
+    let mut garbage_first: Vec<(&str, &[u8])> = vec![("x-api-key", b"nope")];
+    garbage_first.extend(std::iter::repeat_n(("x-api-key", a), 89));
+    expect(
+        "90 x-api-key headers, garbage first",
+        get("/repos/acme/x", &garbage_first),
+        401,
+        Some("malformed_key"),
+    );
+    let mut revoked_first: Vec<(&str, &[u8])> = vec![("x-api-key", revoked.secret.as_bytes())];
+    revoked_first.extend(std::iter::repeat_n(("x-api-key", a), 89));
+    expect(
+        "90 x-api-key headers, a revoked one first",
+        get("/repos/acme/x", &revoked_first),
+        401,
+        Some("unknown_key"),
+    );
+
+    // Keys in several places: x-api-key is read first and wins; there is no fallback to the
+    // Authorization header when it is bad; an empty x-api-key counts as absent. When the key
+    // came from x-api-key the Authorization header is forwarded untouched (plugin README:
+    // `hide_credentials` removes it only when it carried the key).
+    let bearer = |k: &[u8]| {
+        let mut v = b"Bearer ".to_vec();
+        v.extend_from_slice(k);
+        v
+    };
+    let (bearer_a, bearer_b) = (bearer(a), bearer(b));
+    let r = expect(
+        "x-api-key alice and Bearer bob",
+        get(
+            "/repos/acme/x",
+            &[("authorization", &bearer_b), ("x-api-key", a)],
+        ),
+        200,
+        None,
+    );
+    assert_eq!(r.upstream("x-keygate-owner").as_deref(), Some("alice"));
+    assert!(r.upstream("x-api-key").is_none());
+    assert_eq!(
+        r.upstream("authorization").as_deref(),
+        Some(String::from_utf8_lossy(&bearer_b).as_ref()),
+        "the Authorization header did not carry the key used: forwarded as is"
+    );
+    expect(
+        "garbage x-api-key and Bearer alice",
+        get(
+            "/repos/acme/x",
+            &[("x-api-key", b"garbage"), ("authorization", &bearer_a)],
+        ),
+        401,
+        Some("malformed_key"),
+    );
+    expect(
+        "revoked x-api-key and Bearer alice",
+        get(
+            "/repos/acme/x",
+            &[
+                ("x-api-key", revoked.secret.as_bytes()),
+                ("authorization", &bearer_a),
+            ],
+        ),
+        401,
+        Some("unknown_key"),
+    );
+    expect(
+        "suspended x-api-key and Bearer alice",
+        get(
+            "/repos/acme/x",
+            &[
+                ("x-api-key", suspended.secret.as_bytes()),
+                ("authorization", &bearer_a),
+            ],
+        ),
+        401,
+        Some("unknown_key"),
+    );
+    let r = expect(
+        "empty x-api-key and Bearer bob",
+        get(
+            "/repos/acme/x",
+            &[("x-api-key", b""), ("authorization", &bearer_b)],
+        ),
+        200,
+        None,
+    );
+    assert_eq!(r.upstream("x-keygate-owner").as_deref(), Some("bob"));
+    assert!(
+        r.upstream("authorization").is_none(),
+        "the bearer key is hidden"
+    );
+    let mut query = b"api_key=".to_vec();
+    query.extend_from_slice(a);
+    let r = expect(
+        "Bearer bob with alice in a cookie and the query (sources not configured)",
+        get(
+            &format!("/repos/acme/x?api_key={}", alice.secret),
+            &[("authorization", &bearer_b), ("cookie", &query)],
+        ),
+        200,
+        None,
+    );
+    assert_eq!(r.upstream("x-keygate-owner").as_deref(), Some("bob"));
+    let r = expect(
+        "two Authorization headers, Basic then Bearer",
+        get(
+            "/repos/acme/x",
+            &[
+                ("authorization", b"Basic Zm9vOmJhcg=="),
+                ("authorization", &bearer_a),
+            ],
+        ),
+        401,
+        None,
+    );
+    assert_eq!(
+        r.code(),
+        "missing_key",
+        "the first Authorization header is read"
+    );
+    expect(
+        "the edge key (it syncs the feed; it is no API key)",
+        get(
+            "/repos/acme/x",
+            &[("x-api-key", stack.cp.edge_key.as_bytes())],
+        ),
+        401,
+        Some("unknown_key"),
+    );
+    let structured = tried.get();
+
+    // The two requests that passed with a Bearer key: their Authorization header must not be
+    // upstream; the one with x-api-key forwarded bob's bearer by the documented rule, so check
+    // secrets on everything else.
+    let forwarded = stack.upstream.since(before);
+    for s in &forwarded {
+        assert!(
+            s.values("x-keygate-key-id").len() <= 1,
+            "one identity header: {s:?}"
+        );
+    }
+    let clean: Vec<Seen> = forwarded
+        .into_iter()
+        .filter(|s| s.values("authorization").is_empty())
+        .collect();
+    assert_clean(&clean, &secrets);
+
+    // Thousands of random garbage requests.
+    let seed: u64 = std::env::var("KEYGATE_BAD_INPUT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_6a7e);
+    let total: usize = std::env::var("KEYGATE_BAD_INPUT_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    println!("garbage seed {seed} ({total} requests)");
+    let mut rng = Rng(seed | 1);
+    let printable: Vec<u8> = (0x21..0x7f).collect();
+    let any_value: Vec<u8> = (0x20..=0xff).filter(|&c| c != 0x7f).collect();
+    let token: Vec<u8> = b"abcdefghijklmnopqrstuvwxyz0123456789-_".to_vec();
+    let base62: Vec<u8> =
+        b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".to_vec();
+    let mut mutated = a.to_vec();
+    let last = mutated.len() - 1;
+    mutated[last] = if mutated[last] == b'0' { b'1' } else { b'0' };
+    let unknown = keygate_protocol::key::generate("kg_live")
+        .expect("generate")
+        .into_string();
+    let wrong_prefix = {
+        let k = keygate_protocol::key::generate("acme_live").expect("generate");
+        k.into_string()
+    };
+    let bad_keys: Vec<Vec<u8>> = vec![
+        mutated.clone(),
+        unknown.clone().into_bytes(),
+        wrong_prefix.into_bytes(),
+        revoked.secret.clone().into_bytes(),
+        suspended.secret.clone().into_bytes(),
+        stack.cp.edge_key.clone().into_bytes(),
+        a[..a.len() - 1].to_vec(),
+        a.to_ascii_uppercase(),
+        b"kg_live_".to_vec(),
+        b"".to_vec(),
+    ];
+    let methods = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "BREW", "G3T",
+    ];
+    let (mut statuses, mut no_answer, mut valid_sent) =
+        (BTreeMap::<u16, usize>::new(), 0usize, 0usize);
+    let start_upstream = stack.upstream.count();
+    let started = Instant::now();
+    for i in 0..total {
+        // Every 100th request is a valid one: the gateway is still up and still deciding.
+        if i % 100 == 99 {
+            let r = stack
+                .send(&get("/repos/acme/y", &[("x-api-key", a)]))
+                .unwrap_or_else(|| panic!("request {i}: the gateway stopped answering"));
+            assert_eq!(r.status, 200, "request {i}: a valid key after garbage");
+            valid_sent += 1;
+            continue;
+        }
+        let (raw, key_header_won) = if rng.below(10) == 0 {
+            // Raw bytes, then an empty line so the HTTP layer has a head to reject.
+            let mut v = rng.some(1, 300, &any_value);
+            v.extend_from_slice(b"\r\n\r\n");
+            (v, false)
+        } else {
+            let method = *rng.pick(&methods);
+            let path = match rng.below(6) {
+                0 => "/health".to_owned(),
+                1 => format!(
+                    "/repos/{}/x",
+                    String::from_utf8_lossy(&rng.some(1, 20, &token))
+                ),
+                2 => format!(
+                    "/{}",
+                    String::from_utf8_lossy(&rng.some(0, 2000, &printable))
+                ),
+                3 => format!("/repos/acme/x?api_key={}", alice.secret),
+                4 => "/repos/../health".to_owned(),
+                _ => "/repos/acme/x".to_owned(),
+            };
+            let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+            for _ in 0..rng.below(12) {
+                let name = String::from_utf8_lossy(&rng.some(1, 24, &token)).into_owned();
+                headers.push((name, rng.some(0, 200, &any_value)));
+            }
+            match rng.below(8) {
+                0 => headers.push(("x-api-key".into(), rng.pick(&bad_keys).clone())),
+                1 => headers.push(("x-api-key".into(), rng.some(1, 400, &any_value))),
+                2 => {
+                    let mut k = b"kg_live_".to_vec();
+                    k.extend(rng.bytes(38, &base62));
+                    headers.push(("x-api-key".into(), k));
+                }
+                3 => {
+                    let mut v = rng
+                        .pick(&[
+                            &b"Bearer "[..],
+                            b"bearer  ",
+                            b"Basic ",
+                            b"Bearer",
+                            b"Token ",
+                        ])
+                        .to_vec();
+                    let k: &Vec<u8> = rng.pick(&bad_keys);
+                    v.extend_from_slice(k);
+                    headers.push(("authorization".into(), v));
+                }
+                4 => {
+                    // A valid key in a losing position: behind a bad x-api-key.
+                    headers.push(("x-api-key".into(), rng.pick(&bad_keys[..5]).clone()));
+                    headers.push(("authorization".into(), bearer_a.clone()));
+                }
+                5 => {
+                    for _ in 0..1 + rng.below(40) {
+                        headers.push(("x-api-key".into(), rng.pick(&bad_keys[..5]).clone()));
+                    }
+                    headers.push(("x-api-key".into(), a.to_vec()));
+                }
+                6 => {
+                    headers.push(("x-keygate-owner".into(), b"mallory".to_vec()));
+                    headers.push(("x-keygate-key-id".into(), alice.id.clone().into_bytes()));
+                    headers.push(("x-keygate-scopes".into(), b"repo:read".to_vec()));
+                }
+                _ => headers.push(("cookie".into(), [b"x-api-key=", a].concat())),
+            }
+            let refs: Vec<(&str, &[u8])> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
+            let body = if method == "POST" || method == "PUT" {
+                rng.some(0, 4096, &any_value)
+            } else {
+                Vec::new()
+            };
+            let key_header_won = headers.iter().any(|(n, _)| n == "x-api-key");
+            (request(method, &path, &refs, &body), key_header_won)
+        };
+        let upstream_before = stack.upstream.count();
+        match stack.send(&raw) {
+            None => no_answer += 1,
+            Some(r) => {
+                *statuses.entry(r.status).or_default() += 1;
+                assert!(
+                    r.status < 500,
+                    "request {i} (seed {seed}): {} {}\n{:?}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body),
+                    String::from_utf8_lossy(&raw[..raw.len().min(600)])
+                );
+                if (200..300).contains(&r.status) {
+                    // What the upstream got (a HEAD answer has no body to read it from).
+                    let seen = stack.upstream.since(upstream_before);
+                    assert_eq!(seen.len(), 1, "request {i}: one request upstream");
+                    assert!(
+                        seen[0].path.starts_with("/health"),
+                        "request {i} (seed {seed}) passed without a valid key: {:?} {:?}",
+                        seen[0].path,
+                        String::from_utf8_lossy(&raw[..raw.len().min(600)])
+                    );
+                    assert!(
+                        seen[0].values("x-keygate-key-id").is_empty()
+                            && seen[0].values("x-keygate-owner").is_empty(),
+                        "request {i}: {:?}",
+                        seen[0]
+                    );
+                    // No key upstream, but for the documented case: when `x-api-key` was
+                    // read, an `Authorization` header is forwarded as it came.
+                    let mut checked = seen[0].clone();
+                    if key_header_won {
+                        checked.headers.retain(|(n, _)| n != "authorization");
+                    }
+                    assert_clean(&[checked], &secrets);
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let forwarded = stack.upstream.since(start_upstream);
+    let with_identity = forwarded
+        .iter()
+        .filter(|s| !s.values("x-keygate-key-id").is_empty())
+        .count();
+    assert_eq!(
+        with_identity, valid_sent,
+        "only the valid requests reached the upstream with an identity"
+    );
+    for s in &forwarded {
+        if s.values("x-keygate-key-id").is_empty() {
+            assert!(
+                s.path.starts_with("/health"),
+                "only anonymous requests pass without an identity: {s:?}"
+            );
+            assert!(
+                s.values("x-keygate-owner").is_empty() && s.values("x-keygate-scopes").is_empty()
+            );
+        }
+    }
+
+    // Still up and deciding after all of it.
+    let r = stack
+        .send(&get("/repos/acme/z", &[("x-api-key", a)]))
+        .expect("an answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream("x-keygate-owner").as_deref(), Some("alice"));
+    let r = stack.send(&get("/repos/acme/z", &[])).expect("an answer");
+    assert_eq!((r.status, r.code().as_str()), (401, "missing_key"));
+    println!(
+        "gateway bad input: {structured} structured cases; {total} random requests \
+         ({valid_sent} valid, {no_answer} closed without a status line) in {:.1} s; \
+         statuses {statuses:?}; {} forwarded ({with_identity} with a valid key, the rest \
+         anonymous /health)",
+        elapsed.as_secs_f64(),
+        forwarded.len()
+    );
+}
+
+#[test]
+fn huge_bodies_stream_through_or_are_refused_at_once() {
+    let stack = Stack::start();
+    let alice = stack.key("alice");
+    stack.wait_passes(&alice.secret);
+    const SIZE: usize = 50 * MIB;
+    let chunk: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    let chunk_sum: u64 = chunk.iter().map(|&b| u64::from(b)).sum();
+
+    // With a valid key: the upstream sees the first MiB before the client sends the second.
+    let before_bytes = stack.upstream.body_bytes.load(Ordering::SeqCst);
+    let before_requests = stack.upstream.count();
+    let mut s = TcpStream::connect(stack.addr).expect("connect");
+    s.set_write_timeout(Some(Duration::from_secs(30))).ok();
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\nx-api-key: {}\r\n\
+         content-type: application/octet-stream\r\ncontent-length: {SIZE}\r\n\r\n",
+        alice.secret
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(&chunk).expect("first MiB");
+    let started = Instant::now();
+    wait_for(
+        "the upstream receives the first MiB while the client holds the rest back",
+        Duration::from_secs(30),
+        || {
+            let got = stack.upstream.body_bytes.load(Ordering::SeqCst) - before_bytes;
+            if got >= MIB as u64 {
+                Ok(())
+            } else {
+                Err(format!("{got} bytes upstream"))
+            }
+        },
+    );
+    let first_mib = started.elapsed();
+    for _ in 1..SIZE / MIB {
+        s.write_all(&chunk).expect("a MiB");
+    }
+    let r = read_reply(&mut s).expect("an answer");
+    let elapsed = started.elapsed();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["body_length"], SIZE as u64, "every byte arrived");
+    assert_eq!(
+        v["body_sum"],
+        chunk_sum * (SIZE / MIB) as u64,
+        "bytes intact"
+    );
+    assert_eq!(r.upstream("x-keygate-owner").as_deref(), Some("alice"));
+    assert!(r.upstream("x-api-key").is_none());
+    println!(
+        "50 MiB with a key: first MiB upstream after {:.0} ms, all of it in {:.2} s ({:.0} MiB/s)",
+        first_mib.as_secs_f64() * 1000.0,
+        elapsed.as_secs_f64(),
+        50.0 / elapsed.as_secs_f64()
+    );
+
+    // Without a key: the 401 comes back while the client is still sending; nothing reaches
+    // the upstream; the gateway then serves the next request normally.
+    let bytes_before = stack.upstream.body_bytes.load(Ordering::SeqCst);
+    let requests_before = stack.upstream.count();
+    assert_eq!(requests_before, before_requests + 1);
+    let mut s = TcpStream::connect(stack.addr).expect("connect");
+    s.set_write_timeout(Some(Duration::from_secs(20))).ok();
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\n\
+         content-type: application/octet-stream\r\ncontent-length: {SIZE}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    let mut writer = s.try_clone().expect("clone");
+    let chunk2 = chunk.clone();
+    let sender = std::thread::spawn(move || {
+        let mut sent = 0usize;
+        while sent < SIZE {
+            if writer.write_all(&chunk2).is_err() {
+                break;
+            }
+            sent += MIB;
+        }
+        sent
+    });
+    let started = Instant::now();
+    let r = read_reply(&mut s).expect("a 401 while the body is still being sent");
+    let answered = started.elapsed();
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.code(), "missing_key");
+    let sent = sender.join().expect("sender");
+    assert_eq!(
+        stack.upstream.count(),
+        requests_before,
+        "nothing reached the upstream"
+    );
+    assert_eq!(
+        stack.upstream.body_bytes.load(Ordering::SeqCst),
+        bytes_before,
+        "no body byte reached the upstream"
+    );
+    let r = stack
+        .send(&get(
+            "/repos/acme/x",
+            &[("x-api-key", alice.secret.as_bytes())],
+        ))
+        .expect("an answer");
+    assert_eq!(r.status, 200, "the gateway serves on");
+    let r = stack.send(&get("/repos/acme/x", &[])).expect("an answer");
+    assert_eq!(r.status, 401);
+    println!(
+        "50 MiB without a key: 401 after {:.0} ms; the client had sent {} MiB when the gateway \
+         closed; 0 bytes upstream",
+        answered.as_secs_f64() * 1000.0,
+        sent / MIB
+    );
+}
