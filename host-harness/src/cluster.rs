@@ -246,7 +246,15 @@ fn http_exchange(url: &str, request: &CalloutRequest) -> CalloutResult {
                     String::from_utf8_lossy(value.as_bytes()).into_owned(),
                 ));
             }
-            match response.body_mut().read_to_vec() {
+            // ureq caps `read_to_vec` at 10 MB by default; a key-set snapshot of a million keys
+            // is 60 MB. Envoy buffers the whole response; the harness allows what a guest buffer
+            // may hold.
+            match response
+                .body_mut()
+                .with_config()
+                .limit(crate::memory::MAX_GUEST_BUFFER as u64)
+                .read_to_vec()
+            {
                 Ok(body) => CalloutResult::Response(CalloutResponse {
                     headers,
                     body,

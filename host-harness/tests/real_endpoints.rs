@@ -50,6 +50,30 @@ fn plugin() -> Plugin {
 }
 
 #[test]
+fn a_large_real_response_arrives_whole() {
+    // Larger than ureq's default 10 MB read limit (a million-key snapshot is 60 MB).
+    const SIZE: usize = 12 << 20;
+    let response: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\nconnection: close\r\n\r\n{}",
+            "k".repeat(SIZE)
+        )
+        .into_boxed_str(),
+    );
+    let (url, _server) = one_shot_server(Some(response));
+    let mut h = Harness::builder(plugin())
+        .plugin_configuration(b"callout".to_vec())
+        .cluster("auth", Cluster::http(url))
+        .build()
+        .unwrap();
+    h.run_request(Request::get("/x")).unwrap();
+    match &h.callouts()[0].result {
+        Some(CalloutResult::Response(r)) => assert_eq!(r.body.len(), SIZE),
+        other => panic!("expected the whole response, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_real_endpoint_answers_a_callout_in_zero_virtual_time() {
     let (url, server) = one_shot_server(Some(
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbob!!",
