@@ -146,8 +146,9 @@ async fn main() -> anyhow::Result<()> {
     .context("gateway")?;
     let g = format!("http://{}", gateway.local_addr());
 
-    // Ready means the filter has the key set: the demo key passes through the gateway.
-    wait_until_allowed(&http, &g, &demo.secret).await?;
+    // Ready means every worker has the key set: the demo key passes through the gateway on
+    // enough consecutive requests (round robin) to have reached each worker twice.
+    wait_until_allowed(&http, &g, &demo.secret, 2 * args.workers.max(1)).await?;
 
     println!();
     println!(
@@ -248,8 +249,10 @@ async fn wait_until_allowed(
     http: &reqwest::Client,
     gateway: &str,
     key: &str,
+    in_a_row: usize,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut passed = 0;
     loop {
         let status = http
             .get(format!("{gateway}/hello"))
@@ -258,13 +261,16 @@ async fn wait_until_allowed(
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0);
-        if status == 200 {
+        passed = if status == 200 { passed + 1 } else { 0 };
+        if passed >= in_a_row {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!("the gateway did not accept the demo key within 30 s (last status {status})");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if passed == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
