@@ -74,32 +74,24 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Median and p99 in ns of `rounds` passes over `requests` on worker 0, each request timed
-/// alone and checked to end as `expect`.
-fn measure_harness(
+/// One pass over `requests` on worker 0, each request timed alone (pushed to `samples`) and
+/// checked to end as `expect`.
+fn harness_round(
     h: &mut Harness,
     requests: &[Request],
-    rounds: usize,
     expect: Disposition,
-) -> anyhow::Result<(u64, u64)> {
-    for r in requests.iter().take(50) {
-        let o = h.run_request_on(0, r.clone())?;
+    samples: &mut Vec<u64>,
+) -> anyhow::Result<()> {
+    for r in requests {
+        let r = r.clone();
+        let t = Instant::now();
+        let o = h.run_request_on(0, r)?;
+        let el = t.elapsed().as_nanos() as u64;
         ensure!(o.disposition == expect, "expected {expect:?}, got {o:?}");
         h.take_outcome(o.id);
+        samples.push(el);
     }
-    let mut samples = Vec::with_capacity(rounds * requests.len());
-    for _ in 0..rounds {
-        for r in requests {
-            let r = r.clone();
-            let t = Instant::now();
-            let o = h.run_request_on(0, r)?;
-            let el = t.elapsed().as_nanos() as u64;
-            ensure!(o.disposition == expect, "expected {expect:?}, got {o:?}");
-            h.take_outcome(o.id);
-            samples.push(el);
-        }
-    }
-    Ok(summary_ns(samples))
+    Ok(())
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -433,28 +425,44 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
     let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 20);
-    let mut wasm = Vec::new();
-    for (_, reqs, _, expect, _) in &kinds {
-        wasm.push(measure_harness(&mut h, reqs, rounds, *expect)?);
+    // The harness alone on the same requests: no-op filters, measured in rounds interleaved
+    // with the filter's so that both see the same load.
+    let mut noop_continue =
+        Harness::builder(Plugin::load(NOOP_CONTINUE_WAT.as_bytes())?).build()?;
+    let mut noop_deny = Harness::builder(Plugin::load(NOOP_DENY_WAT.as_bytes())?).build()?;
+    let mut wasm_s: [Vec<u64>; 3] = Default::default();
+    let mut base_s: [Vec<u64>; 3] = Default::default();
+    for round in 0..=rounds {
+        for (k, (_, reqs, _, expect, _)) in kinds.iter().enumerate() {
+            let (mut warm_w, mut warm_b) = (Vec::new(), Vec::new());
+            // round 0 warms up and is not counted
+            let (ws, bs) = if round == 0 {
+                (&mut warm_w, &mut warm_b)
+            } else {
+                (&mut wasm_s[k], &mut base_s[k])
+            };
+            harness_round(&mut h, reqs, *expect, ws)?;
+            if k == 0 {
+                harness_round(&mut noop_continue, reqs, Disposition::Completed, bs)?;
+            } else {
+                harness_round(&mut noop_deny, reqs, Disposition::LocalResponse, bs)?;
+            }
+        }
     }
+    let wasm: Vec<(u64, u64)> = wasm_s.into_iter().map(summary_ns).collect();
+    let base: Vec<(u64, u64)> = base_s.into_iter().map(summary_ns).collect();
+    drop((noop_continue, noop_deny));
     let counted = [
         metric(&h, "keygate.decision.allow.allowed"),
         metric(&h, "keygate.decision.deny.unknown_key"),
         metric(&h, "keygate.decision.deny.malformed_key"),
     ];
-    let per_kind = (rounds * requests.len() + requests.len().min(50)) as u64;
+    let per_kind = ((rounds + 1) * requests.len()) as u64;
     ensure!(
         counted[0] >= per_kind && counted[1] == per_kind && counted[2] == per_kind,
         "the filter's decision counters {counted:?} do not match {per_kind} per kind"
     );
     drop(h);
-    // the harness alone on the same requests, in this run, under this load
-    let mut noop = Harness::builder(Plugin::load(NOOP_CONTINUE_WAT.as_bytes())?).build()?;
-    let base_continue = measure_harness(&mut noop, &kinds[0].1, rounds, Disposition::Completed)?;
-    drop(noop);
-    let mut noop = Harness::builder(Plugin::load(NOOP_DENY_WAT.as_bytes())?).build()?;
-    let base_deny = measure_harness(&mut noop, &kinds[1].1, rounds, Disposition::LocalResponse)?;
-    drop(noop);
 
     let mut set = KeySet::new();
     let t = Instant::now();
@@ -561,22 +569,21 @@ fn main() -> anyhow::Result<()> {
         load_average()
     );
     println!(
-        "  harness alone (no-op filters, same requests): continue median {} ns (p99 {}), local 401 median {} ns (p99 {}); idle reference (harness_overhead bench): 3,300 ns",
-        base_continue.0, base_continue.1, base_deny.0, base_deny.1
+        "  harness alone (no-op filters, same requests, rounds interleaved with the filter's): continue median {} ns (p99 {}), local 401 median {} / {} ns (p99 {} / {}); idle reference (harness_overhead bench): 3,300 ns",
+        base[0].0, base[0].1, base[1].0, base[2].0, base[1].1, base[2].1
     );
     for (i, (label, ..)) in kinds.iter().enumerate() {
-        let base = if i == 0 { base_continue.0 } else { base_deny.0 };
         println!(
             "  {label:<14} wasm in the harness: median {} ns, p99 {} ns; filter's own part (minus harness alone) {} ns; native decide(): median {} ns, p99 {} ns",
             wasm[i].0,
             wasm[i].1,
-            wasm[i].0 as i64 - base as i64,
+            wasm[i].0 as i64 - base[i].0 as i64,
             native[i].0,
             native[i].1
         );
     }
     let (wasm_med, wasm_p99) = wasm[0];
-    let filter_part = wasm_med.saturating_sub(base_continue.0).max(1);
+    let filter_part = wasm_med.saturating_sub(base[0].0).max(1);
     println!(
         "  remote POST /v1/keys/verify over loopback (valid key, scope + resource, 5,000 sequential on one connection): median {remote_med} ns, p99 {remote_p99} ns"
     );
