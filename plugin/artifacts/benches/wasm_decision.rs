@@ -73,33 +73,29 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Median and p99 in ns of `rounds` passes over `requests` on worker 0, each request timed
-/// alone, every one checked to end as `expect`.
-fn measure(
+/// One pass over `requests` on worker 0, each request timed alone (pushed to `samples`) and
+/// checked to end as `expect`.
+fn round(
     h: &mut Harness,
     requests: &[Request],
-    rounds: usize,
     expect: Disposition,
-) -> anyhow::Result<(u64, u64)> {
-    for r in requests.iter().take(50) {
-        let o = h.run_request_on(0, r.clone())?;
+    samples: &mut Vec<u64>,
+) -> anyhow::Result<()> {
+    for r in requests {
+        let r = r.clone();
+        let t = Instant::now();
+        let o = h.run_request_on(0, r)?;
+        let el = t.elapsed().as_nanos() as u64;
         ensure!(o.disposition == expect, "expected {expect:?}, got {o:?}");
         h.take_outcome(o.id);
+        samples.push(el);
     }
-    let mut samples = Vec::with_capacity(rounds * requests.len());
-    for _ in 0..rounds {
-        for r in requests {
-            let r = r.clone();
-            let t = Instant::now();
-            let o = h.run_request_on(0, r)?;
-            let el = t.elapsed().as_nanos() as u64;
-            ensure!(o.disposition == expect, "expected {expect:?}, got {o:?}");
-            h.take_outcome(o.id);
-            samples.push(el);
-        }
-    }
+    Ok(())
+}
+
+fn median_p99(mut samples: Vec<u64>) -> (u64, u64) {
     samples.sort_unstable();
-    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -166,16 +162,6 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
 
-    // The harness's own cost for the same requests, in this run and under this load.
-    let mut noop = Harness::builder(Plugin::load(NOOP_CONTINUE_WAT.as_bytes())?).build()?;
-    let (noop_allow, noop_allow_p99) =
-        measure(&mut noop, &allowed, rounds, Disposition::Completed)?;
-    drop(noop);
-    let mut noop = Harness::builder(Plugin::load(NOOP_DENY_WAT.as_bytes())?).build()?;
-    let (noop_deny, noop_deny_p99) =
-        measure(&mut noop, &allowed, rounds, Disposition::LocalResponse)?;
-    drop(noop);
-
     let plugin = Arc::new(Plugin::load_file(KEYGATE_PLUGIN_WASM)?);
     let body = snapshot.clone();
     let config = br#"{"cluster":"keygate","authority":"keygate.internal","edge_key":"kg_edge_x",
@@ -232,33 +218,57 @@ fn main() -> anyhow::Result<()> {
             "allowed (parse + SHA-256 + lookup + scope + resource + identity headers)",
             &allowed,
             Disposition::Completed,
-            (noop_allow, noop_allow_p99),
         ),
         (
             "unknown well-formed key → 401 (parse + SHA-256 + lookup miss)",
             &unknown,
             Disposition::LocalResponse,
-            (noop_deny, noop_deny_p99),
         ),
         (
             "malformed key (bad checksum) → 401 (no lookup)",
             &malformed,
             Disposition::LocalResponse,
-            (noop_deny, noop_deny_p99),
         ),
     ];
+    // The harness's own cost for the same requests: no-op filters, in rounds interleaved with
+    // the filter's so that both see the same load. Round 0 warms up and is not counted.
+    let mut noop_continue =
+        Harness::builder(Plugin::load(NOOP_CONTINUE_WAT.as_bytes())?).build()?;
+    let mut noop_deny = Harness::builder(Plugin::load(NOOP_DENY_WAT.as_bytes())?).build()?;
+    let mut filter_s: [Vec<u64>; 3] = Default::default();
+    let mut base_s: [Vec<u64>; 3] = Default::default();
+    for r in 0..=rounds {
+        for (k, (_, reqs, expect)) in kinds.iter().enumerate() {
+            let (mut warm_f, mut warm_b) = (Vec::new(), Vec::new());
+            let (fs, bs) = if r == 0 {
+                (&mut warm_f, &mut warm_b)
+            } else {
+                (&mut filter_s[k], &mut base_s[k])
+            };
+            round(&mut h, reqs, *expect, fs)?;
+            if k == 0 {
+                round(&mut noop_continue, reqs, Disposition::Completed, bs)?;
+            } else {
+                round(&mut noop_deny, reqs, Disposition::LocalResponse, bs)?;
+            }
+        }
+    }
+    let filter: Vec<(u64, u64)> = filter_s.into_iter().map(median_p99).collect();
+    let base: Vec<(u64, u64)> = base_s.into_iter().map(median_p99).collect();
     println!(
         "per request in the harness, {n} keys loaded, {rounds} x {} requests per kind, each timed alone (full stream: context, request headers, decision, upstream or local reply, response, done, log, delete):",
         allowed.len()
     );
     println!(
-        "  harness alone (no-op filters, same requests, this run): continue median {noop_allow} ns (p99 {noop_allow_p99}); local 401 median {noop_deny} ns (p99 {noop_deny_p99}); idle reference from harness_overhead: 3,300 ns"
+        "  harness alone (no-op filters, same requests, rounds interleaved with the filter's): continue median {} ns (p99 {}); local 401 median {} / {} ns (p99 {} / {}); idle reference from harness_overhead: 3,300 ns",
+        base[0].0, base[0].1, base[1].0, base[2].0, base[1].1, base[2].1
     );
-    for (label, reqs, expect, (base, _)) in kinds {
-        let (med, p99) = measure(&mut h, reqs, rounds, expect)?;
+    for (k, (label, ..)) in kinds.iter().enumerate() {
         println!(
-            "  {label}: median {med} ns, p99 {p99} ns; minus the harness alone: {} ns at the median",
-            med as i64 - base as i64
+            "  {label}: median {} ns, p99 {} ns; minus the harness alone: {} ns at the median",
+            filter[k].0,
+            filter[k].1,
+            filter[k].0 as i64 - base[k].0 as i64
         );
     }
     let allowed_n = gauge(&h, "keygate.decision.allow.allowed");
@@ -267,7 +277,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "decisions counted by the filter: allowed {allowed_n}, unknown_key {unknown_n}, malformed_key {malformed_n}"
     );
-    let per_kind = (rounds * allowed.len() + allowed.len().min(50)) as u64;
+    let per_kind = ((rounds + 1) * allowed.len()) as u64;
     ensure!(
         allowed_n >= per_kind && unknown_n == per_kind && malformed_n == per_kind,
         "the filter did not decide as expected (each kind should count {per_kind})"
