@@ -40,7 +40,10 @@ def run_pass(base_url, report_dir, max_examples, seed, p):
     if p.get("include_path_regex"):
         args += ["--include-path-regex", p["include_path_regex"]]
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, check=False)
+        # Run inside the report directory, so Schemathesis' and Hypothesis' local state
+        # (.hypothesis/, schemathesis-report/) stays out of the repository.
+        proc = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, check=False,
+                              cwd=report_dir)
     result = {"label": label, "exit_code": proc.returncode, "log": log_path}
     try:
         with open(report, encoding="utf-8") as f:
