@@ -13,7 +13,10 @@ if [ ${#targets[@]} -eq 0 ]; then
     targets=(key_parse wire_decode keyset_apply plugin_config filter_request harness_header_map)
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo +nightly fuzz build -O
+# Build only the targets asked for (cargo-fuzz builds one target, or all, per invocation).
+for t in "${targets[@]}"; do
+    cargo +nightly fuzz build -O "$t"
+done
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 printf '%-20s %12s %8s %10s\n' target executions seconds exec/s
