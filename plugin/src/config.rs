@@ -232,7 +232,11 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
+            // A member named "" gives an empty path; the error still names where it is.
+            let path = match e.path().to_string() {
+                p if p.is_empty() => ".".to_owned(),
+                p => p,
+            };
             let inner = e.into_inner();
             ConfigError::new(path, inner.to_string())
         })?;
@@ -780,5 +784,13 @@ mod tests {
         let neither = br#"{"cluster":"c","authority":"a"}"#;
         let err = Config::from_json_with_env(neither, env).unwrap_err();
         assert!(err.message.contains("edge_key"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_member_named_empty_still_names_a_field() {
+        // Found by the plugin_config fuzz target: `{"":1}` gave an error with an empty field.
+        let e = Config::from_json_with_env(br#"{"":1}"#, |_| None).unwrap_err();
+        assert_eq!(e.field, ".");
+        assert!(e.message.contains("unknown field"), "{e:?}");
     }
 }
