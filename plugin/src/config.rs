@@ -200,7 +200,7 @@ struct RawIdentityHeaders {
 }
 
 fn default_sync_interval_ms() -> u64 {
-    1000
+    500
 }
 fn default_true() -> bool {
     true
@@ -249,7 +249,7 @@ impl Config {
         let base = if self.long_poll_wait_s > 0 {
             50
         } else {
-            (self.sync_interval_ms / 4).clamp(20, 250)
+            (self.sync_interval_ms / 10).clamp(20, 100)
         };
         base.min(self.usage_report_interval_ms)
     }
@@ -589,7 +589,7 @@ mod tests {
     fn minimal_config_gets_the_documented_defaults() {
         let c = Config::from_json(MIN.as_bytes()).unwrap();
         assert_eq!(c.cluster, "keygate");
-        assert_eq!(c.sync_interval_ms, 1000);
+        assert_eq!(c.sync_interval_ms, 500);
         assert_eq!(c.long_poll_wait_s, 0);
         assert_eq!(
             c.key_sources,

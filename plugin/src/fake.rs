@@ -20,6 +20,8 @@ pub struct RecordedCall {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Option<Vec<u8>>,
+    /// Virtual time of the dispatch, ms.
+    pub at_ms: u64,
 }
 
 impl RecordedCall {
@@ -147,6 +149,7 @@ impl Host for FakeHost {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
             body: call.body,
+            at_ms: w.now_ms,
         };
         w.calls.push(rec);
         Ok(token)

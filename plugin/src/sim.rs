@@ -213,16 +213,49 @@ fn four_workers_make_one_call_per_interval() {
         }
     });
     let calls = sim.keyset_calls();
-    // t = 0, 1 s, …, 10 s
+    // t = 0, one interval, …, 10 s
+    assert_eq!(c.sync_interval_ms, 500, "the default interval");
     assert_eq!(
-        calls.len(),
-        11,
+        calls.len() as u64,
+        10_000 / c.sync_interval_ms + 1,
         "{:?}",
         calls.iter().map(|c| c.worker).collect::<Vec<_>>()
     );
     let leaders: HashSet<usize> = calls.iter().map(|c| c.worker).collect();
     assert_eq!(leaders.len(), 1);
     assert!(calls[1..].iter().all(|c| since(c) == Some(1)));
+}
+
+#[test]
+fn plain_polls_start_one_interval_apart_however_long_the_answer_takes() {
+    // Revocation latency with plain polling is bounded by the period between poll starts, so
+    // a slow answer must not stretch it (the next poll is due one interval after the previous
+    // one started, not after it was answered).
+    let c = config("");
+    let interval = c.sync_interval_ms;
+    let tick = c.tick_period_ms();
+    assert!(tick <= interval / 5, "tick {tick} ms vs interval {interval} ms");
+    let mut sim = Sim::new(2, &c);
+    let (a, b) = keys();
+    let snap = snapshot(1, &[&a, &b]);
+    sim.run(0, &mut |_| Some(ok(snap.clone())));
+    let slow = interval * 3 / 5;
+    for _ in 0..20 {
+        sim.run(slow, &mut |_| None);
+        for call in sim.pending() {
+            sim.answer(&call, &status(304));
+        }
+        sim.run(interval - slow, &mut |_| None);
+    }
+    let starts: Vec<u64> = sim.keyset_calls().iter().map(|c| c.at_ms).collect();
+    assert!(starts.len() >= 20, "{starts:?}");
+    for pair in starts.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= interval && gap <= interval + tick,
+            "polls {pair:?} are {gap} ms apart (interval {interval} ms, tick {tick} ms)"
+        );
+    }
 }
 
 #[test]
@@ -436,9 +469,9 @@ fn failures_back_off_exponentially_with_jitter() {
             .collect()
     };
     assert!(times.len() >= 5, "{times:?}");
-    // 2 s, 4 s, 8 s, 16 s, then capped at 30 s, each ±20 %
+    // 2, 4, 8, 16, … intervals, capped at 30 s, each ±20 %
     for (i, t) in times.iter().enumerate() {
-        let base = (1000u64 << (i + 1).min(16)).min(30_000) as f64;
+        let base = (c.sync_interval_ms << (i + 1).min(16)).min(30_000) as f64;
         assert!(
             (*t as f64) >= base * 0.8 && (*t as f64) <= base * 1.2,
             "retry {i}: {t} ms vs {base}"
@@ -470,7 +503,13 @@ fn a_dead_leaders_lease_lapses_and_another_worker_takes_over() {
     assert_eq!(new_leaders.len(), 1);
     assert!(!new_leaders.contains(&leader));
     // one call per interval resumes after the lease TTL
-    assert!(after.len() >= 6 && after.len() <= 9, "{}", after.len());
+    let ttl = crate::sync::lease_ttl_ms(&c);
+    let (lo, hi) = (
+        (10_000 - ttl) / c.sync_interval_ms - 2,
+        10_000 / c.sync_interval_ms - 1,
+    );
+    let n = after.len() as u64;
+    assert!(n >= lo && n <= hi, "{n} calls, expected {lo}..={hi}");
 }
 
 #[test]

@@ -130,6 +130,9 @@ pub struct Syncer {
     fresh_at_ms: Option<u64>,
     leader: bool,
     in_flight: Option<u32>,
+    /// When the call in flight was dispatched: the next plain poll is due one interval after
+    /// it, so answer time and tick rounding do not stretch the period.
+    poll_started_ms: u64,
     next_poll_ms: u64,
     failures: u32,
     force_snapshot: bool,
@@ -145,6 +148,7 @@ impl Syncer {
             fresh_at_ms: None,
             leader: false,
             in_flight: None,
+            poll_started_ms: 0,
             next_poll_ms: 0,
             failures: 0,
             force_snapshot: false,
@@ -344,7 +348,10 @@ impl Syncer {
         };
         host.counter_add(metrics::CALLS, 1);
         match host.dispatch(call) {
-            Ok(token) => self.in_flight = Some(token),
+            Ok(token) => {
+                self.in_flight = Some(token);
+                self.poll_started_ms = now;
+            }
             Err(e) => self.fail(host, config, now, SyncFailure::Dispatch, &e.to_string()),
         }
     }
@@ -481,7 +488,7 @@ impl Syncer {
         self.next_poll_ms = if config.long_poll_wait_s > 0 {
             now
         } else {
-            now + config.sync_interval_ms
+            (self.poll_started_ms + config.sync_interval_ms).max(now)
         };
         host.counter_add(metrics::SUCCESS, 1);
         self.publish(host, now, applied);

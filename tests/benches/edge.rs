@@ -597,7 +597,7 @@ fn main() -> anyhow::Result<()> {
     // ---- revocation-to-denial over real HTTP in real time.
     println!();
     for (label, extra) in [
-        ("default settings (sync_interval_ms 1000, no long-poll)", ""),
+        ("default settings (sync_interval_ms 500, no long-poll)", ""),
         (
             "long-poll (long_poll_wait_s 25)",
             r#""long_poll_wait_s":25"#,
