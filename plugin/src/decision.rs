@@ -4,6 +4,7 @@
 //! hashed on the stack and looked up in the [`KeySet`]; only the headers to set upstream (and a
 //! deny's message) are allocated.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use keygate_protocol::KeyId;
@@ -125,6 +126,37 @@ impl Reason {
         }
     }
 
+    /// The `WWW-Authenticate` challenge of a deny with this reason (RFC 6750), for 401 and 403.
+    pub fn www_authenticate(self) -> Option<&'static str> {
+        Some(match self {
+            Reason::MissingKey => r#"Bearer realm="keygate""#,
+            Reason::MalformedKey => {
+                r#"Bearer realm="keygate", error="invalid_token", error_description="malformed_key""#
+            }
+            Reason::PrefixNotAccepted => {
+                r#"Bearer realm="keygate", error="invalid_token", error_description="prefix_not_accepted""#
+            }
+            Reason::UnknownKey => {
+                r#"Bearer realm="keygate", error="invalid_token", error_description="unknown_key""#
+            }
+            Reason::ExpiredKey => {
+                r#"Bearer realm="keygate", error="invalid_token", error_description="expired_key""#
+            }
+            Reason::InsufficientScope => {
+                r#"Bearer realm="keygate", error="insufficient_scope", error_description="insufficient_scope""#
+            }
+            Reason::ResourceNotAllowed => {
+                r#"Bearer realm="keygate", error="insufficient_scope", error_description="resource_not_allowed""#
+            }
+            Reason::Allowed
+            | Reason::Anonymous
+            | Reason::FailOpen
+            | Reason::KeysetUnavailable
+            | Reason::KeysetStale
+            | Reason::InvalidPath => return None,
+        })
+    }
+
     /// Whether requests with this reason pass.
     pub fn is_allow(self) -> bool {
         matches!(self, Reason::Allowed | Reason::Anonymous | Reason::FailOpen)
@@ -182,30 +214,17 @@ pub struct Deny {
     /// Why.
     pub reason: Reason,
     /// Human-readable message (never contains the key).
-    pub message: String,
+    pub message: Cow<'static, str>,
     /// `WWW-Authenticate` value for 401/403.
-    pub www_authenticate: Option<String>,
+    pub www_authenticate: Option<&'static str>,
 }
 
 impl Deny {
-    fn new(reason: Reason, message: impl Into<String>) -> Self {
-        let message = message.into();
-        let www_authenticate = match reason.status() {
-            401 if reason == Reason::MissingKey => Some(r#"Bearer realm="keygate""#.to_owned()),
-            401 => Some(format!(
-                r#"Bearer realm="keygate", error="invalid_token", error_description="{}""#,
-                reason.code()
-            )),
-            403 => Some(format!(
-                r#"Bearer realm="keygate", error="insufficient_scope", error_description="{}""#,
-                reason.code()
-            )),
-            _ => None,
-        };
+    fn new(reason: Reason, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason,
-            message,
-            www_authenticate,
+            message: message.into(),
+            www_authenticate: reason.www_authenticate(),
         }
     }
 
@@ -216,8 +235,24 @@ impl Deny {
 
     /// The JSON body: `{"error":{"code":"…","message":"…"}}`.
     pub fn body(&self) -> String {
-        serde_json::json!({"error": {"code": self.reason.code(), "message": self.message}})
-            .to_string()
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: Error<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Error<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        let body = Body {
+            error: Error {
+                code: self.reason.code(),
+                message: &self.message,
+            },
+        };
+        // Serializing two string fields cannot fail; the fallback keeps the code readable.
+        serde_json::to_string(&body)
+            .unwrap_or_else(|_| format!(r#"{{"error":{{"code":"{}"}}}}"#, self.reason.code()))
     }
 }
 
@@ -376,22 +411,56 @@ pub fn is_normal_path(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return true;
     };
-    if path.contains('\\') {
-        return false;
-    }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
-        return false;
-    }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    segments.iter().enumerate().all(|(i, seg)| {
-        if seg.is_empty() {
-            return i == last;
+    // One pass, no allocation: this runs on every request.
+    let bytes = path.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return false,
+            b'%' => {
+                if let [hi, lo, ..] = bytes[i + 1..] {
+                    let lo = lo.to_ascii_lowercase();
+                    if (hi == b'2' && lo == b'f') || (hi == b'5' && lo == b'c') {
+                        return false;
+                    }
+                }
+            }
+            _ => {}
         }
-        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
-        decoded != "." && decoded != ".."
-    })
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() {
+            if segments.peek().is_some() {
+                return false;
+            }
+        } else if is_dot_segment(segment) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `.` or `..`, each dot written plainly or as `%2e` / `%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    let (mut i, mut dots) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b'.' {
+            i += 1;
+        } else if bytes[i] == b'%'
+            && bytes.get(i + 1) == Some(&b'2')
+            && bytes.get(i + 2).map(u8::to_ascii_lowercase) == Some(b'e')
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 fn route_for<'a>(config: &'a Config, req: &Request<'_>) -> Option<&'a Route> {
@@ -902,6 +971,85 @@ mod tests {
         }
         assert!(is_normal_path("/") && is_normal_path("") && is_normal_path("*"));
         assert!(!is_normal_path("//") && !is_normal_path("/."));
+    }
+
+    /// The first, allocating version of [`is_normal_path`], kept as the specification.
+    fn normal_path_reference(path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return true;
+        };
+        if path.contains('\\') {
+            return false;
+        }
+        let lower = path.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return false;
+        }
+        let segments: Vec<&str> = rest.split('/').collect();
+        let last = segments.len() - 1;
+        segments.iter().enumerate().all(|(i, seg)| {
+            if seg.is_empty() {
+                return i == last;
+            }
+            let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+            decoded != "." && decoded != ".."
+        })
+    }
+
+    #[test]
+    fn normal_path_agrees_with_its_reference_on_every_short_path() {
+        // Every string of up to 6 characters over the characters that matter, with and
+        // without a leading slash.
+        const ALPHABET: &[u8] = b"/.%2eEfF5cCa\\";
+        let mut checked = 0;
+        let mut buf = Vec::new();
+        for len in 0..=6u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                buf.clear();
+                buf.push(b'/');
+                for _ in 0..len {
+                    buf.push(ALPHABET[n % ALPHABET.len()]);
+                    n /= ALPHABET.len();
+                }
+                for path in [&buf[..], &buf[1..]] {
+                    let path = std::str::from_utf8(path).unwrap();
+                    assert_eq!(
+                        is_normal_path(path),
+                        normal_path_reference(path),
+                        "{path:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10_000_000, "{checked}");
+    }
+
+    #[test]
+    fn challenges_follow_rfc6750_for_every_reason() {
+        for r in Reason::ALL {
+            let expected = match r.status() {
+                401 if r == Reason::MissingKey => Some(r#"Bearer realm="keygate""#.to_owned()),
+                401 => Some(format!(
+                    r#"Bearer realm="keygate", error="invalid_token", error_description="{}""#,
+                    r.code()
+                )),
+                403 => Some(format!(
+                    r#"Bearer realm="keygate", error="insufficient_scope", error_description="{}""#,
+                    r.code()
+                )),
+                _ => None,
+            };
+            assert_eq!(r.www_authenticate().map(str::to_owned), expected, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn deny_bodies_are_json_with_code_and_escaped_message() {
+        let d = Deny::new(Reason::InsufficientScope, "needs \"repo:write\"\n");
+        let v: serde_json::Value = serde_json::from_str(&d.body()).unwrap();
+        assert_eq!(v["error"]["code"], "insufficient_scope");
+        assert_eq!(v["error"]["message"], "needs \"repo:write\"\n");
     }
 
     #[test]

@@ -234,7 +234,10 @@ fn plain_polls_start_one_interval_apart_however_long_the_answer_takes() {
     let c = config("");
     let interval = c.sync_interval_ms;
     let tick = c.tick_period_ms();
-    assert!(tick <= interval / 5, "tick {tick} ms vs interval {interval} ms");
+    assert!(
+        tick <= interval / 5,
+        "tick {tick} ms vs interval {interval} ms"
+    );
     let mut sim = Sim::new(2, &c);
     let (a, b) = keys();
     let snap = snapshot(1, &[&a, &b]);
