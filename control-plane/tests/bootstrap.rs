@@ -2,88 +2,24 @@
 //! `KEYGATE_ADMIN_TOKEN`: one admin key is generated and printed once on stdout, works as the
 //! admin over HTTP, survives a restart (no second key printed), and never reaches the logs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
+use std::path::Path;
+
+use common::Served;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const BANNER: &str = "Generated bootstrap admin key (shown once, store it now): ";
 
-/// A `keygate serve` process with its stdout and stderr in separate files; killed on drop.
-struct Served {
-    child: Child,
-    port: u16,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Served {
-    /// Starts `keygate serve` on `db` with trace-level logging and without an admin token,
-    /// and waits until it accepts connections.
-    fn start(dir: &Path, db: &Path, run: &str) -> Self {
-        let port = keygate_testkit::free_port().unwrap();
-        let stdout = dir.join(format!("{run}.stdout"));
-        let stderr = dir.join(format!("{run}.stderr"));
-        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .arg("serve")
-            .env_remove("KEYGATE_ADMIN_TOKEN")
-            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+/// `keygate serve` on `db` with trace-level logging and no admin token.
+fn start(dir: &Path, db: &Path, run: &str) -> Served {
+    Served::start(dir, run, |c| {
+        c.env_remove("KEYGATE_ADMIN_TOKEN")
             .env("KEYGATE_DATABASE_URL", format!("sqlite:{}", db.display()))
             .env("RUST_LOG", "trace")
-            .current_dir(dir)
-            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
-            .spawn()
-            .unwrap();
-        let s = Self {
-            child,
-            port,
-            stdout,
-            stderr,
-        };
-        for _ in 0..150 {
-            // "listening" is printed after the bootstrap banner, so once it is there the
-            // banner (if any) is complete too.
-            if s.out().contains("keygate listening on")
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "server did not start:\n{}\n{}",
-            s.out(),
-            std::fs::read_to_string(&s.stderr).unwrap_or_default()
-        );
-    }
-
-    fn out(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Stops the process and returns (stdout, stderr).
-    fn stop(mut self) -> (String, String) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (
-            self.out(),
-            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
-        )
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .current_dir(dir);
+    })
 }
 
 async fn call(
@@ -111,8 +47,8 @@ async fn first_start_prints_one_admin_key_that_works_and_survives_restart() {
     let http = reqwest::Client::new();
 
     // First start: one key, printed once, on stdout.
-    let first = Served::start(dir.path(), &db, "first");
-    let out = first.out();
+    let first = start(dir.path(), &db, "first");
+    let out = first.stdout();
     let banners: Vec<&str> = out.lines().filter(|l| l.starts_with(BANNER)).collect();
     assert_eq!(banners.len(), 1, "exactly one generated key: {out}");
     let admin = banners[0][BANNER.len()..].trim().to_owned();
@@ -163,7 +99,7 @@ async fn first_start_prints_one_admin_key_that_works_and_survives_restart() {
     let (first_out, first_err) = first.stop();
 
     // Restart on the same database: no new key, the first one still works.
-    let second = Served::start(dir.path(), &db, "second");
+    let second = start(dir.path(), &db, "second");
     let (st, v) = call(
         &http,
         &admin,

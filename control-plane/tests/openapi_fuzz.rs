@@ -9,70 +9,15 @@
 //! with that command; it never skips. `KEYGATE_ST_EXAMPLES` (default 40 per operation) and
 //! `KEYGATE_ST_SEED` (default 1) size and replay a run.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::Served;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "openapi-fuzz-admin-token-0123456789";
 const INSTALL: &str = "python3 -m pip install -r control-plane/tests/python/requirements.txt";
-
-/// `keygate serve` on a fresh SQLite file; killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Served {
-    fn start(dir: &Path) -> Self {
-        let port = keygate_testkit::free_port().expect("free port");
-        let log = dir.join("server.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .arg("serve")
-            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "KEYGATE_DATABASE_URL",
-                format!("sqlite:{}", dir.join("fuzz.db").display()),
-            )
-            .env("KEYGATE_ADMIN_TOKEN", ADMIN)
-            // The fuzzer sends many requests that fail authentication on purpose (bad
-            // `x-api-key` values among them); the limiter has its own tests, here it would only
-            // turn every later answer into 429.
-            .env("KEYGATE_AUTH_FAILURES_PER_MINUTE", "100000000")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().expect("log")))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("spawn keygate serve");
-        let s = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        for _ in 0..150 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("keygate serve did not start:\n{}", s.logs());
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn create(http: &reqwest::Client, base: &str, body: Value) -> String {
     let resp = http
@@ -106,7 +51,18 @@ async fn server_errors(http: &reqwest::Client, base: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut served = Served::start(dir.path());
+    let mut served = Served::start(dir.path(), "server", |c| {
+        c.env(
+            "KEYGATE_DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("fuzz.db").display()),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN)
+        // The fuzzer sends many requests that fail authentication on purpose (bad `x-api-key`
+        // values among them); the limiter has its own tests, here it would only turn every
+        // later answer into 429.
+        .env("KEYGATE_AUTH_FAILURES_PER_MINUTE", "100000000")
+        .env("RUST_LOG", "info,sqlx=warn");
+    });
     let http = reqwest::Client::new();
     let base = served.base.clone();
     // Some state for the generated calls to run into: keys of each kind, one suspended, one
@@ -229,7 +185,7 @@ async fn schemathesis_finds_no_server_error() {
         served.logs()
     );
     assert!(
-        matches!(served.child.try_wait(), Ok(None)),
+        served.is_running(),
         "keygate serve exited:\n{}",
         served.logs()
     );

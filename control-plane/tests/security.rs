@@ -17,11 +17,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{Engine, Server};
+use common::{Engine, Served, Server};
 use keygate_fake_github::{FakeGithub, fixture, fixture_path};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -30,66 +29,25 @@ const ADMIN: &str = "security-admin-token-Zq8Lm3Xv7Rt2";
 const INTERNAL: &str = "security-internal-key-Hh4Jk9Pp2Ww6";
 const APP_ID: u64 = 4242;
 
-/// `keygate serve` at trace level with stdout and stderr in one file; killed on drop.
-struct Served {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Served {
-    fn start(dir: &Path, github_api: &str) -> Self {
-        let port = keygate_testkit::free_port().expect("port");
-        let log = dir.join("server.log");
-        let file = std::fs::File::create(&log).expect("log");
-        let app = format!(
-            "name=main,app-id={APP_ID},private-key={},api-url={github_api}",
-            fixture_path("app-key-1.pkcs1.pem").display()
-        );
-        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .arg("serve")
-            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "KEYGATE_DATABASE_URL",
-                format!("sqlite:{}", dir.join("sec.db").display()),
-            )
-            .env("KEYGATE_ADMIN_TOKEN", ADMIN)
-            .env("KEYGATE_INTERNAL_API_KEY", INTERNAL)
-            .env("KEYGATE_GITHUB_APPS", app)
-            .env("KEYGATE_GITHUB_EXPOSE_APP_JWT", "true")
-            .env("KEYGATE_USAGE_FLUSH_MS", "100")
-            .env("RUST_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().expect("log")))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("spawn keygate serve");
-        let s = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        for _ in 0..150 {
-            if s.logs().contains("keygate listening on")
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("keygate serve did not start:\n{}", s.logs());
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `keygate serve` at trace level on a fresh SQLite file, with the GitHub broker pointed at the
+/// fake and the App JWT exposed, so every kind of secret passes through it.
+fn start_traced(dir: &Path, github_api: &str) -> Served {
+    let app = format!(
+        "name=main,app-id={APP_ID},private-key={},api-url={github_api}",
+        fixture_path("app-key-1.pkcs1.pem").display()
+    );
+    Served::start(dir, "server", |c| {
+        c.env(
+            "KEYGATE_DATABASE_URL",
+            format!("sqlite:{}", dir.join("sec.db").display()),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN)
+        .env("KEYGATE_INTERNAL_API_KEY", INTERNAL)
+        .env("KEYGATE_GITHUB_APPS", app)
+        .env("KEYGATE_GITHUB_EXPOSE_APP_JWT", "true")
+        .env("KEYGATE_USAGE_FLUSH_MS", "100")
+        .env("RUST_LOG", "trace");
+    })
 }
 
 /// A client that records every response body it reads (for the search afterwards).
@@ -175,7 +133,7 @@ async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
     )
     .expect("install");
     let dir = tempfile::tempdir().expect("tempdir");
-    let served = Served::start(dir.path(), &fake.base_url());
+    let served = start_traced(dir.path(), &fake.base_url());
     let mut c = Client {
         http: reqwest::Client::new(),
         base: served.base.clone(),
@@ -496,9 +454,8 @@ async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
 
     // Give the usage flush and any late log line a moment, then stop the server.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let logs = served.logs();
-    drop(served);
-    let logs_after = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or(logs);
+    let (out, err) = served.stop();
+    let logs_after = out + &err;
     let lines = logs_after.lines().count();
     for level in ["TRACE", "DEBUG", "INFO"] {
         assert!(

@@ -27,25 +27,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use keygate_gateway::{Gateway, GatewayConfig, PluginSettings, RunningGateway};
 use keygate_host_harness::Plugin;
-use keygate_protocol::KeyId;
-use keygate_protocol::key;
-use keygate_protocol::wire::{self, KeyEntry, Snapshot};
+use keygate_protocol::wire::{self, Snapshot};
+use keygate_testkit::bench::{env_usize, key_set, load_average};
 use tokio::net::TcpListener;
 
 const REVISION: u64 = 1;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
 
 /// The feed: `GET /v1/keyset` → the snapshot; with `since` → 304 after a short wait (a long
 /// poll that sees no change); `POST /v1/usage` → 200.
@@ -172,24 +158,13 @@ async fn main() -> anyhow::Result<()> {
 
     // A million keys in the wire format; one of them is the key wrk sends.
     let started = Instant::now();
-    let mut entries = Vec::with_capacity(n);
-    let mut secret = String::new();
-    for i in 0..n {
-        let k = key::generate("kg_live")?;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        entries.push(KeyEntry {
-            digest: k.digest(),
-            key_id: KeyId::from_bytes(id),
-            owner: format!("owner-{}", i % 1000),
-            expires_at: None,
-            scopes: vec!["widgets:read".into()],
-            resources: Vec::new(),
-        });
-        if i == n / 2 {
-            secret = k.expose_secret().to_owned();
-        }
-    }
+    let keys = key_set(
+        n,
+        |_, e| e.scopes = vec!["widgets:read".into()],
+        |i| i == n / 2,
+    )?;
+    let entries = keys.entries;
+    let secret = keys.secrets[0].0.clone();
     let snapshot = Arc::new(Bytes::from(
         Snapshot {
             revision: REVISION,

@@ -7,42 +7,26 @@ use std::time::Instant;
 
 use keygate_plugin::config::Config;
 use keygate_plugin::decision::{Decision, KeySetState, Reason, Request, decide};
-use keygate_protocol::KeyId;
 use keygate_protocol::key;
 use keygate_protocol::keyset::KeySet;
-use keygate_protocol::wire::{KeyEntry, Snapshot};
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use keygate_protocol::wire::Snapshot;
+use keygate_testkit::bench::{env_usize, every_thousandth, key_set, percentile};
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("KEYGATE_BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n = env_usize("KEYGATE_BENCH_KEYS", 1_000_000);
     let t = Instant::now();
-    let mut secrets = Vec::with_capacity(1000);
-    let mut entries = Vec::with_capacity(n);
-    for i in 0..n {
-        let k = key::generate("kg_live")?;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        entries.push(KeyEntry {
-            digest: k.digest(),
-            key_id: KeyId::from_bytes(id),
-            owner: format!("owner-{}", i % 1000),
-            expires_at: None,
-            scopes: vec![
+    let keys = key_set(
+        n,
+        |i, e| {
+            e.scopes = vec![
                 "repo:read".into(),
                 if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
-            ],
-            resources: vec![format!("org{}", i % 100)],
-        });
-        if i % (n / 1000).max(1) == 0 {
-            secrets.push((k.expose_secret().to_owned(), i));
-        }
-    }
+            ];
+            e.resources = vec![format!("org{}", i % 100)];
+        },
+        every_thousandth(n),
+    )?;
+    let (mut entries, secrets) = (keys.entries, keys.secrets);
     entries.sort_by(|a, b| a.digest.as_bytes().cmp(b.digest.as_bytes()));
     let bytes = Snapshot {
         revision: 1,

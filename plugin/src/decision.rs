@@ -806,10 +806,7 @@ mod tests {
         ] {
             let d = deny(run(&f, &c, &h));
             assert_eq!((d.status(), d.reason), (401, Reason::MissingKey));
-            assert_eq!(
-                d.www_authenticate.as_deref(),
-                Some(r#"Bearer realm="keygate""#)
-            );
+            assert_eq!(d.www_authenticate, Some(r#"Bearer realm="keygate""#));
         }
     }
 
@@ -833,7 +830,6 @@ mod tests {
             assert_eq!((d.status(), d.reason), (401, Reason::MalformedKey), "{k}");
             assert!(
                 d.www_authenticate
-                    .as_deref()
                     .unwrap()
                     .contains(r#"error="invalid_token""#)
             );
@@ -1084,7 +1080,7 @@ mod tests {
         let closed = cfg("");
         let d = deny(decide(&req, KeySetState::Unavailable, f.now, &closed));
         assert_eq!(
-            (d.status(), d.reason, d.www_authenticate.clone()),
+            (d.status(), d.reason, d.www_authenticate),
             (503, Reason::KeysetUnavailable, None)
         );
         let d = deny(decide(&req, KeySetState::Stale(&f.set), f.now, &closed));

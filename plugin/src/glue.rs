@@ -324,7 +324,7 @@ impl HttpContext for KeygateHttp {
                     (reason, a.key_id)
                 }
                 Decision::Deny(d) => {
-                    send_deny(d.status(), d.www_authenticate.as_deref(), &d.body());
+                    send_deny(d.status(), d.www_authenticate, &d.body());
                     (reason, None)
                 }
             }

@@ -1,5 +1,8 @@
 //! Test helpers shared by Keygate's integration and end-to-end tests: throwaway PostgreSQL
-//! clusters (`initdb`/`pg_ctl` from the machine's PostgreSQL) and free TCP ports.
+//! clusters (`initdb`/`pg_ctl` from the machine's PostgreSQL) and free TCP ports; and the
+//! benchmarks' shared scaffolding ([`bench`]).
+
+pub mod bench;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};

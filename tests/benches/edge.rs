@@ -26,9 +26,12 @@ use keygate_host_harness::{
 };
 use keygate_plugin::config::Config as FilterConfig;
 use keygate_plugin::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
+use keygate_protocol::key;
 use keygate_protocol::keyset::KeySet;
-use keygate_protocol::wire::{CONTENT_TYPE, KeyEntry, Snapshot};
-use keygate_protocol::{KeyId, key};
+use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
+use keygate_testkit::bench::{
+    env_usize, every_thousandth, key_set, load_average, median_p99, percentile,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -68,12 +71,6 @@ const NOOP_DENY_WAT: &str = r#"
   (func (export "proxy_on_delete") (param i32)))
 "#;
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// One pass over `requests` on worker 0, each request timed alone (pushed to `samples`) and
 /// checked to end as `expect`.
 fn harness_round(
@@ -92,25 +89,6 @@ fn harness_round(
         samples.push(el);
     }
     Ok(())
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn summary_ns(mut v: Vec<u64>) -> (u64, u64) {
-    v.sort_unstable();
-    (pct(&v, 0.5), pct(&v, 0.99))
 }
 
 fn ms(ns: u64) -> f64 {
@@ -285,31 +263,22 @@ fn main() -> anyhow::Result<()> {
 
     // ---- 1M keys: a snapshot encoded with keygate_protocol, as the control plane serves it.
     let t = Instant::now();
-    let mut entries = Vec::with_capacity(n);
-    let mut sample = Vec::new();
-    for i in 0..n {
-        let k = key::generate("kg_live")?;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        entries.push(KeyEntry {
-            digest: k.digest(),
-            key_id: KeyId::from_bytes(id),
-            owner: format!("owner-{}", i % 10_000),
-            expires_at: (i % 3 == 0).then_some(4_000_000_000),
-            scopes: vec![
+    let keys = key_set(
+        n,
+        |i, e| {
+            e.owner = format!("owner-{}", i % 10_000);
+            e.expires_at = (i % 3 == 0).then_some(4_000_000_000);
+            e.scopes = vec![
                 "repo:read".into(),
                 if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
-            ],
-            resources: if i % 5 == 0 {
-                vec![format!("org{}", i % 100)]
-            } else {
-                Vec::new()
-            },
-        });
-        if i % (n / 1000).max(1) == 0 {
-            sample.push((k.expose_secret().to_owned(), i));
-        }
-    }
+            ];
+            if i % 5 == 0 {
+                e.resources = vec![format!("org{}", i % 100)];
+            }
+        },
+        every_thousandth(n),
+    )?;
+    let (entries, sample) = (keys.entries, keys.secrets);
     let snapshot = Arc::new(
         Snapshot {
             revision: 1,
@@ -449,8 +418,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let wasm: Vec<(u64, u64)> = wasm_s.into_iter().map(summary_ns).collect();
-    let base: Vec<(u64, u64)> = base_s.into_iter().map(summary_ns).collect();
+    let wasm: Vec<(u64, u64)> = wasm_s.into_iter().map(median_p99).collect();
+    let base: Vec<(u64, u64)> = base_s.into_iter().map(median_p99).collect();
     drop((noop_continue, noop_deny));
     let counted = [
         metric(&h, "keygate.decision.allow.allowed"),
@@ -511,7 +480,7 @@ fn main() -> anyhow::Result<()> {
                 ns.push(t.elapsed().as_nanos() as u64);
             }
         }
-        native.push(summary_ns(ns));
+        native.push(median_p99(ns));
     }
     drop(set);
     println!(
@@ -560,7 +529,7 @@ fn main() -> anyhow::Result<()> {
         }
         Ok::<_, anyhow::Error>(out)
     })?;
-    let (remote_med, remote_p99) = summary_ns(remote_ns);
+    let (remote_med, remote_p99) = median_p99(remote_ns);
     println!();
     println!(
         "per-request decision with {n} keys loaded; {rounds} x {} requests per kind in the harness, 200 x {} natively, each timed alone (load average now {}):",
@@ -675,10 +644,10 @@ fn main() -> anyhow::Result<()> {
             first_ns.push(first.saturating_duration_since(t).as_nanos() as u64);
             first_sent_ns.push(first.saturating_duration_since(sent).as_nanos() as u64);
         }
-        let (f50, f99) = summary_ns(first_ns);
-        let (s50, s99) = summary_ns(first_sent_ns);
-        let (a50, a99) = summary_ns(all_ns);
-        let (c50, c99) = summary_ns(call_ns);
+        let (f50, f99) = median_p99(first_ns);
+        let (s50, s99) = median_p99(first_sent_ns);
+        let (a50, a99) = median_p99(all_ns);
+        let (c50, c99) = median_p99(call_ns);
         println!(
             "revocation → denial, {label}, {revocations} revocations, 2 workers, real time (load average {}):",
             load_average()
@@ -783,11 +752,11 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "  one revocation reaches them (from sending the revoke): p50 {:.1} ms, p99 {:.1} ms, all {:.1} ms; from the revoke's response: p50 {:.1} ms, p99 {:.1} ms (load average {})",
-        ms(pct(&reach_ns, 0.5)),
-        ms(pct(&reach_ns, 0.99)),
-        ms(pct(&reach_ns, 1.0)),
-        ms(pct(&reach_resp_ns, 0.5)),
-        ms(pct(&reach_resp_ns, 0.99)),
+        ms(percentile(&reach_ns, 0.5)),
+        ms(percentile(&reach_ns, 0.99)),
+        ms(percentile(&reach_ns, 1.0)),
+        ms(percentile(&reach_resp_ns, 0.5)),
+        ms(percentile(&reach_resp_ns, 0.99)),
         load_average()
     );
     drop(cp);

@@ -182,3 +182,101 @@ macro_rules! on_both_engines {
         }
     };
 }
+
+/// The real `keygate serve` binary on a free port, its stdout and stderr in their own files under
+/// a test's directory; killed on drop.
+pub struct Served {
+    child: std::process::Child,
+    pub port: u16,
+    pub base: String,
+    stdout: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+}
+
+impl Served {
+    /// Starts `keygate serve` listening on a free port with stdin closed; `configure` sets the
+    /// rest (database, tokens, `RUST_LOG`, …). Output goes to `<dir>/<run>.stdout` and
+    /// `<run>.stderr`. Returns once it printed its listening line and accepts connections.
+    pub fn start(
+        dir: &std::path::Path,
+        run: &str,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Self {
+        use std::process::{Command, Stdio};
+        let port = keygate_testkit::free_port().expect("free port");
+        let stdout = dir.join(format!("{run}.stdout"));
+        let stderr = dir.join(format!("{run}.stderr"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        command
+            .arg("serve")
+            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                std::fs::File::create(&stdout).expect("stdout file"),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(&stderr).expect("stderr file"),
+            ));
+        configure(&mut command);
+        let mut s = Self {
+            child: command.spawn().expect("spawn keygate serve"),
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            stdout,
+            stderr,
+        };
+        for _ in 0..300 {
+            // The listening line comes after the bootstrap banner (if any), so once it is
+            // there the banner is complete too.
+            if s.stdout().contains("keygate listening on")
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return s;
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("keygate serve exited with {status}:\n{}", s.logs());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("keygate serve did not start within 30 s:\n{}", s.logs());
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// What it logged on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// stdout then stderr.
+    pub fn logs(&self) -> String {
+        self.stdout() + &self.stderr()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the process and returns (stdout, stderr), complete.
+    pub fn stop(mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.stdout(), self.stderr())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

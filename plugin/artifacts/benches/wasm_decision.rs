@@ -14,9 +14,9 @@ use keygate_host_harness::{
     CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Plugin, Request,
 };
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
-use keygate_protocol::KeyId;
 use keygate_protocol::key;
-use keygate_protocol::wire::{CONTENT_TYPE, KeyEntry, Snapshot};
+use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
+use keygate_testkit::bench::{env_usize, every_thousandth, key_set, load_average, median_p99};
 
 /// A filter whose every HTTP callback returns at once (continue): the harness alone, allow path.
 const NOOP_CONTINUE_WAT: &str = r#"
@@ -52,25 +52,8 @@ const NOOP_DENY_WAT: &str = r#"
   (func (export "proxy_on_delete") (param i32)))
 "#;
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn gauge(h: &Harness, name: &str) -> u64 {
     h.metric(name).map_or(0, |m| m.value)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// One pass over `requests` on worker 0, each request timed alone (pushed to `samples`) and
@@ -93,36 +76,22 @@ fn round(
     Ok(())
 }
 
-fn median_p99(mut samples: Vec<u64>) -> (u64, u64) {
-    samples.sort_unstable();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
-}
-
 fn main() -> anyhow::Result<()> {
     let n = env_usize("KEYGATE_BENCH_KEYS", 1_000_000);
     let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 20);
     println!("load average at start: {}", load_average());
-    let mut secrets = Vec::new();
-    let mut entries = Vec::with_capacity(n);
-    for i in 0..n {
-        let k = key::generate("kg_live")?;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        entries.push(KeyEntry {
-            digest: k.digest(),
-            key_id: KeyId::from_bytes(id),
-            owner: format!("owner-{}", i % 1000),
-            expires_at: None,
-            scopes: vec![
+    let keys = key_set(
+        n,
+        |i, e| {
+            e.scopes = vec![
                 "repo:read".into(),
                 if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
-            ],
-            resources: vec![format!("org{}", i % 100)],
-        });
-        if i % (n / 1000).max(1) == 0 {
-            secrets.push((k.expose_secret().to_owned(), i));
-        }
-    }
+            ];
+            e.resources = vec![format!("org{}", i % 100)];
+        },
+        every_thousandth(n),
+    )?;
+    let (entries, secrets) = (keys.entries, keys.secrets);
     let snapshot = Arc::new(
         Snapshot {
             revision: 1,
