@@ -116,8 +116,16 @@ impl<'a, 'b> Guest<'a, 'b> {
         self.range(size_ptr, 4)?;
         let mut pointer = 0u32;
         if !data.is_empty() {
-            let alloc = self.allocator()?;
-            let raw = alloc.call(&mut *self.caller, data.len() as i32)?;
+            // The cached allocator is moved out for the call and put back (a clone of a
+            // `TypedFunc` registers its type again, which showed in profiles of every copy).
+            let cached = self.caller.data_mut().allocator.take();
+            let alloc = match cached {
+                Some(alloc) => alloc,
+                None => self.allocator()?,
+            };
+            let called = alloc.call(&mut *self.caller, data.len() as i32);
+            self.caller.data_mut().allocator.get_or_insert(alloc);
+            let raw = called?;
             if raw == 0 {
                 return Err(Status::InvalidMemoryAccess.into());
             }
@@ -128,10 +136,8 @@ impl<'a, 'b> Guest<'a, 'b> {
         self.write_u32(size_ptr, data.len() as u32)
     }
 
+    /// The guest's allocator looked up by export name (when none is cached).
     fn allocator(&mut self) -> HostResult<TypedFunc<i32, i32>> {
-        if let Some(alloc) = self.caller.data().allocator.clone() {
-            return Ok(alloc);
-        }
         for name in ["proxy_on_memory_allocate", "malloc"] {
             if let Some(Extern::Func(f)) = self.caller.get_export(name)
                 && let Ok(typed) = f.typed::<i32, i32>(&*self.caller)

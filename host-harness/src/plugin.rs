@@ -111,6 +111,11 @@ fn shared_engine() -> Result<Engine> {
     }
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // `KEYGATE_HARNESS_PERFMAP=1` writes /tmp/perf-<pid>.map so `perf report` names the guest's
+    // functions (see the README's "Profiling a filter").
+    if std::env::var_os("KEYGATE_HARNESS_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config).map_err(|e| HarnessError::Engine(format!("{e:#}")))?;
     Ok(ENGINE.get_or_init(|| engine).clone())
 }
