@@ -566,51 +566,59 @@ async fn bad_input_is_rejected_and_changes_nothing(e: Engine) {
     let (_, rec) = s.create(json!({"name": "base"})).await;
     let id = rec["id"].as_str().unwrap().to_owned();
     let audit_before = audit_count(&s).await;
-    let raw = |body: &'static str, ct: &'static str| {
-        let s = &s;
-        async move {
-            let resp = s
-                .http
-                .post(s.url("/v1/keys"))
-                .bearer_auth(ADMIN)
-                .header("content-type", ct)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let st = resp.status();
-            (st, resp.json::<Value>().await.unwrap())
-        }
-    };
-    let (st, v) = raw("{\"name\":", "application/json").await;
-    assert_error(st, &v, StatusCode::BAD_REQUEST, "MALFORMED_JSON");
-    let (st, v) = raw("{\"name\":\"x\"}", "text/plain").await;
-    assert_error(
-        st,
-        &v,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "UNSUPPORTED_MEDIA_TYPE",
-    );
-    let (st, v) = raw("{\"name\":\"x\",\"evil\":1}", "application/json").await;
-    assert_error(st, &v, StatusCode::UNPROCESSABLE_ENTITY, "INVALID_REQUEST");
-    let (st, v) = raw("{\"name\":\"x\",\"kind\":\"root\"}", "application/json").await;
-    assert_error(st, &v, StatusCode::UNPROCESSABLE_ENTITY, "INVALID_REQUEST");
+    // Raw bodies with their content type: (body, content type, status, code).
     let big = format!(
         "{{\"name\":\"x\",\"description\":\"{}\"}}",
         "a".repeat(100_000)
     );
-    let resp = s
-        .http
-        .post(s.url("/v1/keys"))
-        .bearer_auth(ADMIN)
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    let st = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_error(st, &v, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+    let json = "application/json";
+    let raw_cases: [(&str, &str, StatusCode, &str); 5] = [
+        (
+            "{\"name\":",
+            json,
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_JSON",
+        ),
+        (
+            "{\"name\":\"x\"}",
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "{\"name\":\"x\",\"evil\":1}",
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_REQUEST",
+        ),
+        (
+            "{\"name\":\"x\",\"kind\":\"root\"}",
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_REQUEST",
+        ),
+        (
+            &big,
+            json,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+        ),
+    ];
+    for (body, ct, want, code) in raw_cases {
+        let resp = s
+            .http
+            .post(s.url("/v1/keys"))
+            .bearer_auth(ADMIN)
+            .header("content-type", ct)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let st = resp.status();
+        let v: Value = resp.json().await.unwrap();
+        assert_error(st, &v, want, code);
+    }
+    // Well-formed JSON with invalid values.
     let many: Vec<String> = (0..100).map(|i| format!("s:{i}")).collect();
     for body in [
         json!({"name": ""}),
@@ -633,40 +641,66 @@ async fn bad_input_is_rejected_and_changes_nothing(e: Engine) {
         let (st, v) = s.admin(Method::POST, "/v1/keys", Some(body.clone())).await;
         assert_error(st, &v, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     }
-    for p in [
-        "/v1/keys/nope",
-        "/v1/keys/key_ZZ",
-        "/v1/keys/key_0123456789ABCDEF0123456789abcdef",
-    ] {
-        let (st, v) = s.admin(Method::GET, p, None).await;
-        assert_error(st, &v, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
-    }
-    let (st, v) = s
-        .admin(
+    // Calls on ids and paths: (method, path, body, status, code).
+    let absent = "key_0123456789abcdef0123456789abcdef";
+    let suspend = format!("/v1/keys/{id}/suspend");
+    let revoke_absent = format!("/v1/keys/{absent}/revoke");
+    let show_absent = format!("/v1/keys/{absent}");
+    let calls: [(Method, &str, Option<Value>, StatusCode, &str); 7] = [
+        (
             Method::GET,
-            "/v1/keys/key_0123456789abcdef0123456789abcdef",
+            "/v1/keys/nope",
             None,
-        )
-        .await;
-    assert_error(st, &v, StatusCode::NOT_FOUND, "NOT_FOUND");
-    let (st, v) = s
-        .admin(
-            Method::POST,
-            "/v1/keys/key_0123456789abcdef0123456789abcdef/revoke",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            Method::GET,
+            "/v1/keys/key_ZZ",
             None,
-        )
-        .await;
-    assert_error(st, &v, StatusCode::NOT_FOUND, "NOT_FOUND");
-    let (st, v) = s
-        .admin(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            Method::GET,
+            "/v1/keys/key_0123456789ABCDEF0123456789abcdef",
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            Method::GET,
+            &show_absent,
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        ),
+        (
             Method::POST,
-            &format!("/v1/keys/{id}/suspend"),
+            &revoke_absent,
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        ),
+        (
+            Method::POST,
+            &suspend,
             Some(json!({"reason": 5})),
-        )
-        .await;
-    assert_error(st, &v, StatusCode::UNPROCESSABLE_ENTITY, "INVALID_REQUEST");
-    let (st, v) = s.admin(Method::GET, "/v1/nothing-here", None).await;
-    assert_error(st, &v, StatusCode::NOT_FOUND, "NOT_FOUND");
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_REQUEST",
+        ),
+        (
+            Method::GET,
+            "/v1/nothing-here",
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        ),
+    ];
+    for (method, path, body, want, code) in calls {
+        let (st, v) = s.admin(method, path, body).await;
+        assert_error(st, &v, want, code);
+    }
     let (_, list) = s.admin(Method::GET, "/v1/keys", None).await;
     assert_eq!(
         list["items"].as_array().unwrap().len(),
