@@ -39,6 +39,13 @@
   ;; Reads "in": leaves its pointer at 0 and size at 4; returns the size.
   (func $input (result i32)
     (global.set $heap (i32.const 65536))
+    ;; Op 4 lets the host write at any guest address, so the key names above may have been
+    ;; overwritten by an earlier input: restore them ("in", "out", "st", "cp").
+    (i32.store16 (i32.const 64) (i32.const 0x6e69))
+    (i32.store16 (i32.const 80) (i32.const 0x756f))
+    (i32.store8 (i32.const 82) (i32.const 0x74))
+    (i32.store16 (i32.const 96) (i32.const 0x7473))
+    (i32.store16 (i32.const 112) (i32.const 0x7063))
     (i32.store (i32.const 0) (i32.const 0))
     (i32.store (i32.const 4) (i32.const 0))
     (drop (call $get_shared (i32.const 64) (i32.const 2) (i32.const 0) (i32.const 4) (i32.const 8)))

@@ -107,6 +107,25 @@ fn harness_header_map() {
     }
 }
 
+/// Regression (found by `fuzz/run.sh 60 harness_header_map`): op 4 let the host write a map
+/// pointer over the guest's "out" key name, so a later header-map round trip in the same
+/// harness wrote to another key and looked like a host bug. The guest now restores its names.
+#[test]
+fn harness_header_map_survives_a_raw_write_over_the_guest_key_names() {
+    let mut raw = vec![4u8];
+    for word in [0u32, 0, 0, 80, 84] {
+        raw.extend_from_slice(&word.to_le_bytes());
+    }
+    raw.extend_from_slice(&[0; 8]);
+    keygate_fuzz::harness::check(&raw);
+    let nul_in_value = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus/harness_header_map/regression-nul-in-value"),
+    )
+    .expect("the regression input is checked in");
+    keygate_fuzz::harness::check(&nul_in_value);
+}
+
 #[test]
 fn fixture_configs_parse() {
     // The filter_request fixture's configurations are accepted and round-trip.
