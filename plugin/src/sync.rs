@@ -35,11 +35,13 @@ pub const MAX_BACKOFF_MS: u64 = 30_000;
 pub enum SyncFailure {
     /// The call could not be started.
     Dispatch,
-    /// No HTTP answer (connection refused, reset, timeout).
+    /// No HTTP answer (connection refused or reset, no healthy host).
     Unreachable,
     /// 401 or 403: the edge key was refused.
     Unauthorized,
-    /// Another non-success status.
+    /// Another non-success status. Envoy answers a call that ran past its timeout with its own
+    /// 504 ("upstream request timeout"), so a slow control plane is counted here (the log names
+    /// the status).
     Status,
     /// The body did not decode as a key-set message.
     Garbled,
