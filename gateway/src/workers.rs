@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use keygate_host_harness::{
-    Cluster, Disposition, Harness, HeaderMap, Plugin, Request, SharedData, StreamId, StreamOutcome,
+    Cluster, Disposition, Harness, HeaderMap, LogLevel, Plugin, Request, SharedData, StreamId,
+    StreamOutcome,
 };
 use tokio::sync::oneshot;
 
@@ -80,7 +81,7 @@ impl FilterPool {
                 .vm_id(settings.vm_id.clone())
                 .root_id(settings.root_id.clone())
                 .plugin_configuration(settings.configuration.clone())
-                .log_level(keygate_host_harness::LogLevel::Info);
+                .log_level(LogLevel::Info);
             for (name, url) in clusters {
                 builder = builder.cluster(name.clone(), Cluster::http(url.clone()));
             }
@@ -92,7 +93,7 @@ impl FilterPool {
                 .spawn(move || match builder.build() {
                     Ok(harness) => {
                         let _ = ready_tx.send(Ok(()));
-                        run_worker(harness, &rx);
+                        run_worker(harness, &rx, index);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.into()));
@@ -153,7 +154,7 @@ fn unavailable() -> Verdict {
 
 /// The worker's event loop: take requests, run them, poll callouts and ticks, answer finished
 /// streams. Ends when the pool is dropped.
-fn run_worker(mut harness: Harness, rx: &mpsc::Receiver<Job>) {
+fn run_worker(mut harness: Harness, rx: &mpsc::Receiver<Job>, index: usize) {
     let mut waiting: Vec<(StreamId, oneshot::Sender<Verdict>)> = Vec::new();
     loop {
         let wait = if waiting.is_empty() {
@@ -172,8 +173,28 @@ fn run_worker(mut harness: Harness, rx: &mpsc::Receiver<Job>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         harness.poll();
-        answer_finished(&harness, &mut waiting);
+        answer_finished(&mut harness, &mut waiting);
+        forward_records(&harness, index);
     }
+}
+
+/// Moves the filter's log lines to the gateway's log and drops the callout records, so a
+/// long-running gateway keeps neither (the harness records both for tests).
+fn forward_records(harness: &Harness, worker: usize) {
+    for entry in harness.take_logs() {
+        let message = entry.message.as_str();
+        match entry.level {
+            LogLevel::Error | LogLevel::Critical => {
+                tracing::error!(worker, source = entry.source, "{message}");
+            }
+            LogLevel::Warn => tracing::warn!(worker, source = entry.source, "{message}"),
+            LogLevel::Info => tracing::info!(worker, source = entry.source, "{message}"),
+            LogLevel::Debug | LogLevel::Trace => {
+                tracing::debug!(worker, source = entry.source, "{message}");
+            }
+        }
+    }
+    drop(harness.take_callouts());
 }
 
 fn start(harness: &mut Harness, job: Job, waiting: &mut Vec<(StreamId, oneshot::Sender<Verdict>)>) {
@@ -185,17 +206,22 @@ fn start(harness: &mut Harness, job: Job, waiting: &mut Vec<(StreamId, oneshot::
     }
 }
 
-fn answer_finished(harness: &Harness, waiting: &mut Vec<(StreamId, oneshot::Sender<Verdict>)>) {
+/// Answers every waiting request whose stream finished, taking its outcome out of the harness
+/// (which otherwise keeps every finished stream for inspection: a leak in a long-running
+/// gateway, found by the soak test).
+fn answer_finished(harness: &mut Harness, waiting: &mut Vec<(StreamId, oneshot::Sender<Verdict>)>) {
     let mut i = 0;
     while i < waiting.len() {
-        let outcome = harness.outcome(waiting[i].0);
-        let verdict = match outcome {
-            Ok(o) if o.disposition == Disposition::Pending => {
-                i += 1;
-                continue;
-            }
-            Ok(o) => verdict_of(o),
-            Err(_) => unavailable(),
+        let id = waiting[i].0;
+        let verdict = match harness.take_outcome(id) {
+            Some(outcome) => verdict_of(outcome),
+            None => match harness.outcome(id) {
+                Ok(o) if o.disposition == Disposition::Pending => {
+                    i += 1;
+                    continue;
+                }
+                _ => unavailable(),
+            },
         };
         let (_, reply) = waiting.swap_remove(i);
         let _ = reply.send(verdict);

@@ -414,6 +414,19 @@ impl Harness {
         self.env.recorder.callouts()
     }
 
+    /// Takes the captured logs out of the harness, oldest first. The harness records every log
+    /// line and callout for inspection; a long-running host (the gateway) drains both with this
+    /// and [`Harness::take_callouts`] so memory stays flat.
+    pub fn take_logs(&self) -> Vec<LogEntry> {
+        self.env.recorder.take_logs()
+    }
+
+    /// Takes the callout records out of the harness; a callout still in flight is then no
+    /// longer updated with its result.
+    pub fn take_callouts(&self) -> Vec<CalloutRecord> {
+        self.env.recorder.take_callouts()
+    }
+
     /// All traps (guest message and backtrace).
     pub fn traps(&self) -> Vec<TrapReport> {
         self.env.recorder.traps()

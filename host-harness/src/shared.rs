@@ -293,6 +293,16 @@ impl Recorder {
         lock(&self.traps).push(report);
     }
 
+    /// Takes the captured logs out (a long-running host drains them so they do not pile up).
+    pub fn take_logs(&self) -> Vec<LogEntry> {
+        std::mem::take(&mut *lock(&self.logs))
+    }
+
+    /// Takes the callout records out; a callout answered later is then no longer updated.
+    pub fn take_callouts(&self) -> Vec<CalloutRecord> {
+        std::mem::take(&mut *lock(&self.callouts))
+    }
+
     /// All captured logs.
     pub fn logs(&self) -> Vec<LogEntry> {
         lock(&self.logs).clone()

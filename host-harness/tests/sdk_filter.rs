@@ -141,6 +141,16 @@ fn callout_success_pauses_then_resumes_with_the_answer() {
     assert_eq!(denied.disposition, Disposition::LocalResponse);
     assert_eq!(denied.status(), Some(403));
     assert_eq!(denied.response.unwrap().body, b"bad key");
+
+    // A long-running host drains the records: taken once, in order, then gone.
+    let taken = h.take_callouts();
+    assert_eq!(taken.len(), 2);
+    assert_eq!(taken[0].request.body, b"check");
+    assert!(h.callouts().is_empty());
+    assert!(h.take_callouts().is_empty());
+    let logs = h.logs();
+    assert_eq!(h.take_logs(), logs);
+    assert!(h.logs().is_empty() && h.take_logs().is_empty());
 }
 
 #[test]
