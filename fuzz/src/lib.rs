@@ -5,6 +5,7 @@
 //! misbehaves; on well-behaved code it returns quietly for any input.
 
 pub mod config;
+pub mod filter_wasm;
 pub mod harness;
 pub mod key;
 pub mod keyset;

@@ -15,7 +15,7 @@ use keygate_protocol::wire::{KeyEntry, Snapshot};
 /// A fuzz case.
 #[derive(Debug, Arbitrary)]
 pub struct Case {
-    config: u8,
+    pub(crate) config: u8,
     state: u8,
     now: Now,
     method: Option<Piece>,
@@ -104,7 +104,7 @@ const PATHS: [&str; 9] = [
 const PARAMS: [&str; 3] = ["api_key", "key", "API_KEY"];
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "get", "DELETE", ""];
 
-const EXPIRY: u64 = 1_800_000_000;
+pub(crate) const EXPIRY: u64 = 1_800_000_000;
 
 /// A key the fixture knows: its secret and, when it is in the set, its entry.
 pub struct FixtureKey {
@@ -151,11 +151,20 @@ pub const CONFIGS: [&str; 4] = [
         "routes":[{"path_prefix":"/","required_scopes":["repo:read"]}]}"#,
 ];
 
+/// A fixture key: prefix, owner, scopes, resources, expiry.
+type KeySpec = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    Option<u64>,
+);
+
 /// The shared fixture (built once).
 pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let specs: [(&str, &str, &[&str], &[&str], Option<u64>); 3] = [
+        let specs: [KeySpec; 3] = [
             (
                 "kg_live",
                 "org_a",
@@ -234,7 +243,7 @@ fn piece(f: &Fixture, p: &Piece) -> String {
 }
 
 /// Builds the header list of a case.
-fn headers_of(f: &Fixture, case: &Case) -> Vec<(String, String)> {
+pub(crate) fn headers_of(f: &Fixture, case: &Case) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Some(m) = &case.method {
         let v = match m {
@@ -274,7 +283,7 @@ fn headers_of(f: &Fixture, case: &Case) -> Vec<(String, String)> {
 }
 
 /// The request upstream sees after an allow: removals (case-insensitive, every copy), then sets.
-fn forwarded(headers: &[(String, String)], allow: &Allow<'_>) -> Vec<(String, String)> {
+pub(crate) fn forwarded(headers: &[(String, String)], allow: &Allow<'_>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = headers
         .iter()
         .filter(|(k, _)| !allow.remove.iter().any(|r| r.eq_ignore_ascii_case(k)))

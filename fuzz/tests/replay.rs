@@ -101,6 +101,16 @@ fn filter_request() {
 }
 
 #[test]
+fn filter_wasm() {
+    // Fewer inputs than the native target: each one runs the real filter in the harness.
+    for input in all_inputs("filter_wasm", 8, 300, 300) {
+        if let Some(c) = structured::<keygate_fuzz::request::Case>(&input) {
+            keygate_fuzz::filter_wasm::check(&c);
+        }
+    }
+}
+
+#[test]
 fn harness_header_map() {
     for input in all_inputs("harness_header_map", 7, 200, 200) {
         keygate_fuzz::harness::check(&input);

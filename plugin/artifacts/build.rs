@@ -21,9 +21,21 @@ fn main() {
     };
     let out_dir = PathBuf::from(out_dir);
     let target_dir = out_dir.join("wasm-target");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    // Under another toolchain (`cargo +nightly fuzz …` sets RUSTUP_TOOLCHAIN, CARGO and RUSTC to
+    // nightly's, which has no wasm target here), build the filter with the workspace's pinned
+    // toolchain: rustup's `cargo` proxy in the workspace reads rust-toolchain.toml.
+    let other_toolchain = std::env::var_os("RUSTUP_TOOLCHAIN").is_some();
+    let cargo = match std::env::var("CARGO") {
+        Ok(cargo) if !other_toolchain => cargo,
+        _ => "cargo".to_owned(),
+    };
 
     let mut command = Command::new(cargo);
+    if other_toolchain {
+        for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC"] {
+            command.env_remove(var);
+        }
+    }
     command
         .current_dir(&workspace)
         .args([
@@ -75,4 +87,5 @@ fn main() {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
 }
