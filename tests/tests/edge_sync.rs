@@ -1,7 +1,8 @@
 //! Sync behaviour of the real filter `.wasm` against the real control plane over HTTP: one
 //! control-plane call per interval with 4 workers, outages bridged up to the maximum staleness
 //! and then the failure mode, garbled / truncated / unauthorized feeds never replacing the good
-//! set, long-poll in real time, and the feed on PostgreSQL.
+//! set, long-poll in real time, the feed on PostgreSQL, and a PostgreSQL outage under the control
+//! plane (the filter keeps its set; everything recovers by itself).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use keygate_host_harness::{
     CalloutReply, CalloutRequest, CalloutResponse, Cluster, Disposition, Harness, LogLevel,
     Request, StreamOutcome,
 };
+use reqwest::Method;
 use serde_json::json;
 
 fn get(h: &mut Harness, worker: usize, key: &str) -> StreamOutcome {
@@ -359,4 +361,82 @@ fn the_feed_works_on_postgresql() {
     assert_allowed(&get(&mut h, 1, &k.secret));
     drop(h);
     long_poll_revocation(&cp);
+}
+
+#[test]
+fn a_database_outage_keeps_the_filters_set_and_everything_recovers_by_itself() {
+    // Its own cluster: stopping the shared one would break other tests.
+    let pg = keygate_testkit::PgCluster::start().unwrap_or_else(|e| panic!("cluster: {e}"));
+    let url = pg
+        .fresh_database()
+        .unwrap_or_else(|e| panic!("database: {e}"));
+    let cp = ControlPlane::start_on(&url);
+    let stay = cp.create_key(json!({"name": "stay", "scopes": ["repo:read"]}));
+    let doomed = cp.create_key(json!({"name": "doomed", "scopes": ["repo:read"]}));
+    let mut h = edge_harness(&cp, 2, r#""max_staleness_s":600"#);
+    h.advance(Duration::from_millis(500));
+    for w in 0..2 {
+        assert_allowed(&get(&mut h, w, &stay.secret));
+        assert_allowed(&get(&mut h, w, &doomed.secret));
+    }
+    let revision = metric(&h, "keygate.keyset.revision");
+
+    pg.stop().unwrap_or_else(|e| panic!("pg_ctl stop: {e}"));
+    // The feed answers 503 DATABASE_UNAVAILABLE: counted, the good set kept on every worker.
+    h.advance(Duration::from_secs(8));
+    assert!(
+        metric(&h, "keygate.sync.failure.status") >= 2,
+        "{:?}",
+        h.metrics()
+    );
+    assert_eq!(metric(&h, "keygate.keyset.revision"), revision);
+    for w in 0..2 {
+        assert_allowed(&get(&mut h, w, &stay.secret));
+        assert_allowed(&get(&mut h, w, &doomed.secret));
+    }
+    let (status, body) = cp.admin(
+        Method::POST,
+        &format!("/v1/keys/{}/revoke", doomed.id),
+        None,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("DATABASE_UNAVAILABLE")),
+        "{body}"
+    );
+
+    pg.restart().unwrap_or_else(|e| panic!("pg_ctl start: {e}"));
+    // No restart of anything else: the control plane writes again, the filter syncs again.
+    eventually(
+        "the control plane writes again",
+        100,
+        Duration::from_millis(100),
+        || {
+            let (status, _) = cp.admin(
+                Method::POST,
+                &format!("/v1/keys/{}/revoke", doomed.id),
+                None,
+            );
+            (status == 200).then_some(())
+        },
+    );
+    eventually(
+        "the filter follows the revocation",
+        60,
+        Duration::ZERO,
+        || {
+            h.advance(Duration::from_secs(1));
+            (0..2)
+                .all(|w| get(&mut h, w, &doomed.secret).disposition == Disposition::LocalResponse)
+                .then_some(())
+        },
+    );
+    for w in 0..2 {
+        assert_eq!(
+            denial(&get(&mut h, w, &doomed.secret)),
+            (401, "unknown_key".into())
+        );
+        assert_allowed(&get(&mut h, w, &stay.secret));
+    }
+    assert!(metric(&h, "keygate.keyset.revision") > revision);
 }
