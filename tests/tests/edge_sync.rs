@@ -37,7 +37,8 @@ fn assert_allowed(o: &StreamOutcome) {
 fn four_workers_make_one_sync_call_per_interval() {
     let cp = ControlPlane::start_sqlite();
     let k = cp.create_key(json!({"name": "k", "scopes": ["repo:read"]}));
-    let mut h = edge_harness(&cp, 4, "");
+    // An explicit 1 s interval (the default is 500 ms): 10 s are 10 intervals.
+    let mut h = edge_harness(&cp, 4, r#""sync_interval_ms":1000"#);
     h.advance(Duration::from_millis(500));
     let before = keyset_calls(&h);
     assert!((1..=2).contains(&before), "{before} calls at start-up");
