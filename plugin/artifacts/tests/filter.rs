@@ -394,9 +394,9 @@ fn four_workers_make_one_sync_call_per_interval() {
     let mut s = setup(4, Mode::Up, "");
     s.h.advance(Duration::from_secs(10));
     let calls = s.feed.lock().unwrap().keyset_calls.len();
-    // t = 0 (configure), 1 s, …, 10 s
+    // The default interval is 500 ms: t = 0 (configure), 0.5 s, …, 10 s
     assert!(
-        (10..=11).contains(&calls),
+        (20..=21).contains(&calls),
         "{calls} calls in 10 s with 4 workers"
     );
     let workers: std::collections::HashSet<usize> =
@@ -463,7 +463,7 @@ fn garbage_truncated_and_unauthorized_feeds_keep_the_good_set() {
     for mode in [Mode::Garbage, Mode::Truncated, Mode::Unauthorized] {
         s.feed.lock().unwrap().mode = mode;
         s.feed.lock().unwrap().revoke(s.admin.entry.digest); // a change the filter must not see
-        // long enough for a poll despite the growing backoff (1, 3, 7, 15, 31, ~61, ~91 s)
+        // long enough for a poll despite the growing backoff (interval × 2ⁿ, at most 30 s)
         s.h.advance(Duration::from_secs(35));
         for w in 0..2 {
             let o = get(&mut s.h, w, "/repos/acme/x", Some(&s.admin.secret));
