@@ -118,16 +118,21 @@ pub fn metric(h: &Harness, name: &str) -> u64 {
     h.metric(name).map_or(0, |m| m.value)
 }
 
-/// Number of key-set calls (`GET /v1/keyset…`) the filter has made so far.
-pub fn keyset_calls(h: &Harness) -> usize {
+/// The key-set calls (`GET /v1/keyset…`) the filter has made so far, in order.
+pub fn keyset_callouts(h: &Harness) -> Vec<keygate_host_harness::CalloutRecord> {
     h.callouts()
-        .iter()
+        .into_iter()
         .filter(|c| {
             c.request
                 .header(":path")
                 .is_some_and(|p| p.starts_with("/v1/keyset"))
         })
-        .count()
+        .collect()
+}
+
+/// Number of key-set calls the filter has made so far.
+pub fn keyset_calls(h: &Harness) -> usize {
+    keyset_callouts(h).len()
 }
 
 /// A key issued through the API.

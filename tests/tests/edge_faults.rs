@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use keygate_e2e::{
-    CLUSTER, ControlPlane, IssuedKey, denial, harness_builder, keyset_calls, metric,
+    CLUSTER, ControlPlane, IssuedKey, denial, harness_builder, keyset_callouts, keyset_calls,
+    metric,
 };
 use keygate_host_harness::{
     Cluster, Disposition, FailurePolicy, Harness, LogLevel, Request, StreamOutcome, TimeoutDelivery,
@@ -857,17 +858,10 @@ fn a_trapped_filter_instance_fails_closed_is_rebuilt_and_serves_the_synced_set()
         .is_some()
     );
     // Trap the leader (the worker that calls the control plane): its lease must lapse.
-    let leader =
-        s.h.callouts()
-            .iter()
-            .rev()
-            .find(|c| {
-                c.request
-                    .header(":path")
-                    .is_some_and(|p| p.starts_with("/v1/keyset"))
-            })
-            .map(|c| c.worker)
-            .unwrap_or_else(|| panic!("no key-set call"));
+    let leader = keyset_callouts(&s.h)
+        .last()
+        .map(|c| c.worker)
+        .unwrap_or_else(|| panic!("no key-set call"));
     let other = 1 - leader;
     let followed = metric(&s.h, "keygate.sync.followed");
     let o =

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keygate_e2e::{
-    CLUSTER, ControlPlane, denial, edge_harness, eventually, harness_builder, keyset_calls, metric,
+    CLUSTER, ControlPlane, denial, edge_harness, eventually, harness_builder, keyset_callouts,
+    keyset_calls, metric,
 };
 use keygate_host_harness::{
     CalloutReply, CalloutRequest, CalloutResponse, Cluster, Disposition, Harness, LogLevel,
@@ -48,16 +49,8 @@ fn four_workers_make_one_sync_call_per_interval() {
         (9..=11).contains(&calls),
         "{calls} key-set calls in 10 intervals with 4 workers"
     );
-    let callers: std::collections::HashSet<usize> = h
-        .callouts()
-        .iter()
-        .filter(|c| {
-            c.request
-                .header(":path")
-                .is_some_and(|p| p.starts_with("/v1/keyset"))
-        })
-        .map(|c| c.worker)
-        .collect();
+    let callers: std::collections::HashSet<usize> =
+        keyset_callouts(&h).iter().map(|c| c.worker).collect();
     assert_eq!(
         callers.len(),
         1,

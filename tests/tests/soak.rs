@@ -345,11 +345,7 @@ async fn follow(ctx: Arc<Ctx>, edge: String, mut set: KeySet) -> anyhow::Result<
     };
     let mut turn = 0u64;
     while !ctx.stopped() {
-        let api = if turn.is_multiple_of(2) {
-            &ctx.a
-        } else {
-            &ctx.b
-        };
+        let api = ctx.alternate(turn);
         turn += 1;
         let rev = set.revision();
         let Some(bytes) = api.keyset(&edge, rev, 2).await? else {
@@ -384,6 +380,15 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Replica A on even turns, B on odd ones.
+    fn alternate(&self, turn: u64) -> &Api {
+        if turn.is_multiple_of(2) {
+            &self.a
+        } else {
+            &self.b
+        }
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -449,11 +454,7 @@ async fn changer(ctx: Arc<Ctx>) -> anyhow::Result<()> {
                 );
             }
             1 => {
-                let api = if rotations.is_multiple_of(2) {
-                    &ctx.a
-                } else {
-                    &ctx.b
-                };
+                let api = ctx.alternate(rotations);
                 rotations += 1;
                 let secret = api.rotate(&k.id).await?;
                 add(&ctx.counts.rotated);
@@ -492,11 +493,7 @@ async fn changer(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 async fn verifier(ctx: Arc<Ctx>, mut rng: Rng) -> anyhow::Result<()> {
     let mut turn = 0u64;
     while !ctx.stopped() {
-        let api = if turn.is_multiple_of(2) {
-            &ctx.a
-        } else {
-            &ctx.b
-        };
+        let api = ctx.alternate(turn);
         turn += 1;
         let (id, secret) = &ctx.pool[rng.below(ctx.pool.len())];
         let code = api.verify(secret).await?;
