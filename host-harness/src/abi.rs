@@ -201,6 +201,14 @@ pub(crate) fn serialize_map(map: &[(String, String)]) -> Vec<u8> {
     out
 }
 
+/// `bytes` as a string, invalid UTF-8 replaced (valid UTF-8, the usual case, takes the fast path).
+pub(crate) fn lossy_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// Parses the spec's map format. Returns `None` when the bytes are not a well-formed map.
 pub(crate) fn deserialize_map(bytes: &[u8]) -> Option<HeaderMap> {
     if bytes.is_empty() {
@@ -232,10 +240,7 @@ pub(crate) fn deserialize_map(bytes: &[u8]) -> Option<HeaderMap> {
             return None;
         }
         pos += 1;
-        map.push((
-            String::from_utf8_lossy(key).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        map.push((lossy_string(key), lossy_string(value)));
     }
     Some(map)
 }
@@ -256,6 +261,17 @@ mod tests {
         assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
         assert_eq!(&bytes[20..27], b":path\0/");
         assert_eq!(deserialize_map(&bytes), Some(map));
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_map_is_replaced_not_rejected() {
+        // one pair: name "a\xff", value "\xfe" (sizes 2 and 1)
+        let bytes = [1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, b'a', 0xff, 0, 0xfe, 0];
+        assert_eq!(
+            deserialize_map(&bytes),
+            Some(vec![("a\u{fffd}".to_owned(), "\u{fffd}".to_owned())])
+        );
+        assert_eq!(lossy_string(b"plain"), "plain");
     }
 
     #[test]

@@ -82,9 +82,18 @@ impl<'a, 'b> Guest<'a, 'b> {
         Ok(self.memory.data(&*self.caller)[range].to_vec())
     }
 
-    /// Reads a string (invalid UTF-8 is replaced, never rejected).
+    /// Reads a string (invalid UTF-8 is replaced, never rejected). Valid UTF-8, the usual case,
+    /// is taken over without a second copy.
     pub(crate) fn read_string(&self, ptr: i32, len: i32) -> HostResult<String> {
-        Ok(String::from_utf8_lossy(&self.read(ptr, len)?).into_owned())
+        Ok(String::from_utf8(self.read(ptr, len)?)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
+
+    /// Reads a header name, lower-cased as Envoy's header maps keep names.
+    pub(crate) fn read_name(&self, ptr: i32, len: i32) -> HostResult<String> {
+        let mut name = self.read_string(ptr, len)?;
+        name.make_ascii_lowercase();
+        Ok(name)
     }
 
     /// Writes bytes at `ptr`.

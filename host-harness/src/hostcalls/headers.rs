@@ -79,7 +79,10 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let target = map_mut(guest.state(), map)?;
                 *target = pairs
                     .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .map(|(mut k, v)| {
+                        k.make_ascii_lowercase();
+                        (k, v)
+                    })
                     .collect();
                 Ok(())
             })())
@@ -97,7 +100,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
-                let key = guest.read_string(key_ptr, key_size)?.to_ascii_lowercase();
+                let key = guest.read_name(key_ptr, key_size)?;
                 let value = map_ref(guest.state(), map)?
                     .iter()
                     .find(|(k, _)| *k == key)
@@ -119,7 +122,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
-                let key = guest.read_string(key_ptr, key_size)?.to_ascii_lowercase();
+                let key = guest.read_name(key_ptr, key_size)?;
                 let value = guest.read_string(value_ptr, value_size)?;
                 map_mut(guest.state(), map)?.push((key, value));
                 Ok(())
@@ -138,7 +141,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
-                let key = guest.read_string(key_ptr, key_size)?.to_ascii_lowercase();
+                let key = guest.read_name(key_ptr, key_size)?;
                 let value = guest.read_string(value_ptr, value_size)?;
                 replace(map_mut(guest.state(), map)?, &key, value);
                 Ok(())
@@ -152,7 +155,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
-                let key = guest.read_string(key_ptr, key_size)?.to_ascii_lowercase();
+                let key = guest.read_name(key_ptr, key_size)?;
                 map_mut(guest.state(), map)?.retain(|(k, _)| *k != key);
                 Ok(())
             })())

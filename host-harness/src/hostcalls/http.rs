@@ -35,7 +35,10 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     deserialize_map(&guest.read(trailers_ptr, trailers_size)?).unwrap_or_default();
                 let headers: Vec<(String, String)> = headers
                     .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .map(|(mut k, v)| {
+                        k.make_ascii_lowercase();
+                        (k, v)
+                    })
                     .collect();
                 let state = guest.state();
                 if !state.env.clusters.contains_key(&cluster) {
@@ -97,7 +100,10 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                         body,
                         headers: headers
                             .into_iter()
-                            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                            .map(|(mut k, v)| {
+                                k.make_ascii_lowercase();
+                                (k, v)
+                            })
                             .collect(),
                         grpc_status,
                     });
