@@ -14,23 +14,23 @@ use keygate_protocol::keyset::KeySet;
 use crate::config::{Config, FailureMode, KeySource, Route};
 
 /// A request as the filter sees it: pseudo-headers (`:method`, `:path`) and headers, names lowercase.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Request<'a> {
     /// `:method`.
     pub method: &'a str,
     /// `:path`, with its query string.
     pub path: &'a str,
     /// Every request header (pseudo-headers included), as Envoy hands them over.
-    pub headers: &'a [(String, String)],
+    pub headers: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Request<'a> {
-    /// Builds the view from Envoy's header list, reading `:method` and `:path` from it.
-    pub fn from_headers(headers: &'a [(String, String)]) -> Self {
+    /// Builds the view from borrowed header pairs, reading `:method` and `:path` from them.
+    pub fn from_pairs(headers: Vec<(&'a str, &'a str)>) -> Self {
         let mut method = "";
         let mut path = "";
-        for (k, v) in headers {
-            match k.as_str() {
+        for &(k, v) in &headers {
+            match k {
                 ":method" => method = v,
                 ":path" => path = v,
                 _ => {}
@@ -43,12 +43,22 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Builds the view from an owned header list (tests, benches, the fuzz targets).
+    pub fn from_headers(headers: &'a [(String, String)]) -> Self {
+        Self::from_pairs(
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        )
+    }
+
     /// The first value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|&(_, v)| v)
     }
 
     /// The path without its query string.
@@ -106,6 +116,11 @@ impl Reason {
         Reason::KeysetStale,
         Reason::InvalidPath,
     ];
+
+    /// This reason's position in [`Reason::ALL`], for per-reason tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The machine-readable code (`unknown_key`).
     pub fn code(self) -> &'static str {
@@ -220,7 +235,8 @@ pub struct Deny {
 }
 
 impl Deny {
-    fn new(reason: Reason, message: impl Into<Cow<'static, str>>) -> Self {
+    /// A deny with `reason` and `message` (its challenge follows from the reason).
+    pub fn new(reason: Reason, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -253,6 +269,33 @@ impl Deny {
         // Serializing two string fields cannot fail; the fallback keeps the code readable.
         serde_json::to_string(&body)
             .unwrap_or_else(|_| format!(r#"{{"error":{{"code":"{}"}}}}"#, self.reason.code()))
+    }
+}
+
+/// Deny bodies already serialized: a deny whose message is a static string gets the body made
+/// the last time its reason had that message (the request path then formats nothing); any
+/// other message is serialized afresh.
+#[derive(Debug, Default)]
+pub struct DenyBodies {
+    cached: Vec<Option<(&'static str, String)>>,
+}
+
+impl DenyBodies {
+    /// The body of `deny`, the same bytes as [`Deny::body`].
+    pub fn body(&mut self, deny: &Deny) -> Cow<'_, str> {
+        let Cow::Borrowed(message) = deny.message else {
+            return Cow::Owned(deny.body());
+        };
+        let i = deny.reason.index();
+        if self.cached.len() <= i {
+            self.cached.resize(i + 1, None);
+        }
+        let slot = &mut self.cached[i];
+        match slot {
+            Some((m, _)) if *m == message => {}
+            _ => *slot = Some((message, deny.body())),
+        }
+        Cow::Borrowed(slot.as_ref().map_or("", |(_, body)| body.as_str()))
     }
 }
 
@@ -365,7 +408,7 @@ fn path_without_param(path: &str, name: &str) -> String {
 }
 
 /// Every cookie from every `cookie` header, except `name`, joined with `; `.
-fn cookies_without(headers: &[(String, String)], name: &str) -> String {
+fn cookies_without(headers: &[(&str, &str)], name: &str) -> String {
     let mut out = String::new();
     for (_, v) in headers
         .iter()
@@ -389,13 +432,13 @@ fn cookies_without(headers: &[(String, String)], name: &str) -> String {
 /// Client-sent headers that only the filter may set: every `x-keygate-*` and the identity headers.
 fn spoofable<'a>(req: &Request<'a>, config: &Config, out: &mut Vec<&'a str>) {
     let ih = &config.identity_headers;
-    for (k, _) in req.headers {
+    for &(k, _) in &req.headers {
         let lower_prefix = k.len() >= 10 && k.as_bytes()[..10].eq_ignore_ascii_case(b"x-keygate-");
         let is_identity = k.eq_ignore_ascii_case(&ih.key_id)
             || k.eq_ignore_ascii_case(&ih.owner)
             || k.eq_ignore_ascii_case(&ih.scopes);
-        if (lower_prefix || is_identity) && !out.contains(&k.as_str()) {
-            out.push(k.as_str());
+        if (lower_prefix || is_identity) && !out.contains(&k) {
+            out.push(k);
         }
     }
 }
@@ -494,7 +537,7 @@ fn hide<'a>(
         Found::Bearer => remove.push("authorization"),
         Found::Query(name) => set.push((":path", path_without_param(req.path, name))),
         Found::Cookie(name) => {
-            let rest = cookies_without(req.headers, name);
+            let rest = cookies_without(&req.headers, name);
             if rest.is_empty() {
                 remove.push("cookie");
             } else {
@@ -1037,6 +1080,27 @@ mod tests {
                 _ => None,
             };
             assert_eq!(r.www_authenticate().map(str::to_owned), expected, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn reason_index_is_the_position_in_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn cached_deny_bodies_are_the_same_bytes_as_fresh_ones() {
+        let mut bodies = DenyBodies::default();
+        let unknown = Deny::new(Reason::UnknownKey, "not valid");
+        let expired = Deny::new(Reason::ExpiredKey, "expired");
+        let other = Deny::new(Reason::UnknownKey, "another static message");
+        let scoped = Deny::new(Reason::InsufficientScope, format!("lacks {:?}", "a\"b"));
+        for _ in 0..2 {
+            for d in [&unknown, &expired, &other, &unknown, &scoped] {
+                assert_eq!(bodies.body(d), d.body(), "{d:?}");
+            }
         }
     }
 

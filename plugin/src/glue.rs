@@ -13,8 +13,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType, Status};
 
 use crate::config::Config;
-use crate::decision::{Decision, Reason, Request};
+use crate::decision::{Decision, Deny, DenyBodies, Reason, Request};
 use crate::host::{DispatchError, Host, HttpCall, HttpResponse, LogLevel, SharedDataError};
+use crate::pairs;
+use crate::raw;
 use crate::worker::Worker;
 
 fn now_ms() -> u64 {
@@ -68,8 +70,10 @@ impl Metrics {
     }
 
     fn decision(&self, reason: Reason) -> Option<u32> {
-        let i = Reason::ALL.iter().position(|r| *r == reason)?;
-        self.decisions.get(i).copied().filter(|id| *id != u32::MAX)
+        self.decisions
+            .get(reason.index())
+            .copied()
+            .filter(|id| *id != u32::MAX)
     }
 }
 
@@ -154,6 +158,7 @@ fn linear_memory_bytes() -> u64 {
 pub struct KeygateRoot {
     worker: Shared,
     metrics: Rc<RefCell<Metrics>>,
+    replies: Rc<RefCell<Replies>>,
     id: u64,
 }
 
@@ -163,6 +168,7 @@ impl KeygateRoot {
         Self {
             worker: Rc::new(RefCell::new(None)),
             metrics: Rc::new(RefCell::new(Metrics::default())),
+            replies: Rc::new(RefCell::new(Replies::new())),
             id: random_u64(),
         }
     }
@@ -192,8 +198,13 @@ impl Context for KeygateRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let headers = hostcalls::get_map(proxy_wasm::types::MapType::HttpCallResponseHeaders)
-            .unwrap_or_default();
+        // Read in place: a header that is not UTF-8 must not trap the root context.
+        let raw = raw::header_map(raw::Map::HttpCallResponseHeaders).unwrap_or_default();
+        let headers: Vec<(String, String)> = pairs::parse_str(&raw)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         let status = headers
             .iter()
             .find(|(k, _)| k == ":status")
@@ -262,6 +273,7 @@ impl RootContext for KeygateRoot {
         Some(Box::new(KeygateHttp {
             worker: self.worker.clone(),
             metrics: self.metrics.clone(),
+            replies: self.replies.clone(),
         }))
     }
 
@@ -273,35 +285,65 @@ impl RootContext for KeygateRoot {
 struct KeygateHttp {
     worker: Shared,
     metrics: Rc<RefCell<Metrics>>,
+    replies: Rc<RefCell<Replies>>,
 }
 
 impl Context for KeygateHttp {}
 
-fn send_deny(status: u16, www_authenticate: Option<&str>, body: &str) {
-    let mut headers = vec![
-        ("content-type", "application/json"),
-        ("cache-control", "no-store"),
-    ];
-    if let Some(w) = www_authenticate {
-        headers.push(("www-authenticate", w));
+/// Local replies ready to send: per reason the serialized response headers, and the bodies.
+#[derive(Debug)]
+struct Replies {
+    headers: Vec<Vec<u8>>,
+    bodies: DenyBodies,
+}
+
+impl Replies {
+    fn new() -> Self {
+        let headers = Reason::ALL
+            .iter()
+            .map(|r| {
+                let mut h = vec![
+                    ("content-type", "application/json"),
+                    ("cache-control", "no-store"),
+                ];
+                if let Some(w) = r.www_authenticate() {
+                    h.push(("www-authenticate", w));
+                }
+                pairs::serialize(&h)
+            })
+            .collect();
+        Self {
+            headers,
+            bodies: DenyBodies::default(),
+        }
     }
-    let _ = hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes()));
+
+    fn send(&mut self, deny: &Deny) {
+        let body = self.bodies.body(deny);
+        let headers = self
+            .headers
+            .get(deny.reason.index())
+            .map_or(&[][..], Vec::as_slice);
+        if let Err(status) = raw::send_local_response(deny.status(), headers, body.as_bytes()) {
+            log(
+                LogLevel::Error,
+                &format!("keygate: the local reply was refused (status {status})"),
+            );
+        }
+    }
 }
 
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers =
-            hostcalls::get_map(proxy_wasm::types::MapType::HttpRequestHeaders).unwrap_or_default();
-        let req = Request::from_headers(&headers);
+        // The host's buffer is read in place; a malformed one reads as no headers (a 401).
+        let raw = raw::header_map(raw::Map::RequestHeaders).unwrap_or_default();
+        let req = Request::from_pairs(pairs::parse_str(&raw).unwrap_or_default());
         let now = now_ms();
         let (reason, key_id) = {
             let guard = self.worker.borrow();
             let Some(worker) = guard.as_ref() else {
-                send_deny(
-                    503,
-                    None,
-                    r#"{"error":{"code":"keyset_unavailable","message":"the filter is not configured"}}"#,
-                );
+                let deny = Deny::new(Reason::KeysetUnavailable, "the filter is not configured");
+                self.replies.borrow_mut().send(&deny);
                 return Action::Pause;
             };
             let decision = worker.decide(&req, now);
@@ -324,7 +366,7 @@ impl HttpContext for KeygateHttp {
                     (reason, a.key_id)
                 }
                 Decision::Deny(d) => {
-                    send_deny(d.status(), d.www_authenticate, &d.body());
+                    self.replies.borrow_mut().send(&d);
                     (reason, None)
                 }
             }

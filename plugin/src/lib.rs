@@ -1,7 +1,9 @@
 //! Keygate proxy-wasm filter: validates prefixed API keys at the edge.
 //!
 //! The crate is a pure core — [`config`], [`decision`], [`sync`], [`usage`], tied together by
-//! [`worker`] behind the [`host::Host`] seam — and a thin proxy-wasm [`glue`]. The core compiles
+//! [`worker`] behind the [`host::Host`] seam — and a thin proxy-wasm [`glue`] (with [`pairs`],
+//! the in-place reader of the host's header maps, and `raw`, the crate's only `unsafe`: two
+//! host calls made without the SDK's wrappers). The core compiles
 //! and is tested natively; `cargo build -p keygate-plugin --target wasm32-wasip1 --release` makes
 //! the filter module.
 #![cfg_attr(
@@ -13,6 +15,8 @@ pub mod config;
 pub mod decision;
 pub mod glue;
 pub mod host;
+pub mod pairs;
+mod raw;
 pub mod sync;
 pub mod usage;
 pub mod worker;
