@@ -5,7 +5,6 @@
 //! deny's message) are allocated.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use keygate_protocol::KeyId;
 use keygate_protocol::key;
@@ -22,6 +21,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Every request header (pseudo-headers included), as Envoy hands them over.
     pub headers: Vec<(&'a str, &'a str)>,
+    /// `path` up to its query string.
+    path_only: &'a str,
 }
 
 impl<'a> Request<'a> {
@@ -36,10 +37,12 @@ impl<'a> Request<'a> {
                 _ => {}
             }
         }
+        let path_only = path.split_once('?').map_or(path, |(p, _)| p);
         Self {
             method,
             path,
             headers,
+            path_only,
         }
     }
 
@@ -63,7 +66,7 @@ impl<'a> Request<'a> {
 
     /// The path without its query string.
     pub fn path_only(&self) -> &'a str {
-        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+        self.path_only
     }
 }
 
@@ -451,59 +454,46 @@ fn spoofable<'a>(req: &Request<'a>, config: &Config, out: &mut Vec<&'a str>) {
 /// resource allow-list (`/health/../admin`, `/repos/acme/../globex`). A path without a leading
 /// `/` (or an absent one) matches no prefix and is left to the keyed default.
 pub fn is_normal_path(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix('/') else {
-        return true;
-    };
-    // One pass, no allocation: this runs on every request.
     let bytes = path.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
+    if bytes.first() != Some(&b'/') {
+        return true;
+    }
+    // One pass, no allocation: this runs on every request. Per segment: its length, and how
+    // many dots (`.` or `%2e`) it holds while it holds nothing else.
+    let (mut len, mut dots, mut only_dots) = (0usize, 0u32, true);
+    let mut i = 1;
+    while i < bytes.len() {
+        let b = bytes[i];
+        i += 1;
         match b {
+            b'/' => {
+                if len == 0 || (only_dots && dots <= 2) {
+                    return false;
+                }
+                (len, dots, only_dots) = (0, 0, true);
+                continue;
+            }
             b'\\' => return false,
             b'%' => {
-                if let [hi, lo, ..] = bytes[i + 1..] {
-                    let lo = lo.to_ascii_lowercase();
-                    if (hi == b'2' && lo == b'f') || (hi == b'5' && lo == b'c') {
-                        return false;
+                if let [hi, lo, ..] = bytes[i..] {
+                    match (hi, lo.to_ascii_lowercase()) {
+                        (b'2', b'f') | (b'5', b'c') => return false,
+                        (b'2', b'e') => {
+                            (len, dots, i) = (len + 3, dots + 1, i + 2);
+                            continue;
+                        }
+                        _ => {}
                     }
                 }
+                only_dots = false;
             }
-            _ => {}
+            b'.' => dots += 1,
+            _ => only_dots = false,
         }
+        len += 1;
     }
-    let mut segments = rest.split('/').peekable();
-    while let Some(segment) = segments.next() {
-        if segment.is_empty() {
-            if segments.peek().is_some() {
-                return false;
-            }
-        } else if is_dot_segment(segment) {
-            return false;
-        }
-    }
-    true
-}
-
-/// `.` or `..`, each dot written plainly or as `%2e` / `%2E`.
-fn is_dot_segment(segment: &str) -> bool {
-    let bytes = segment.as_bytes();
-    let (mut i, mut dots) = (0, 0);
-    while i < bytes.len() {
-        if bytes[i] == b'.' {
-            i += 1;
-        } else if bytes[i] == b'%'
-            && bytes.get(i + 1) == Some(&b'2')
-            && bytes.get(i + 2).map(u8::to_ascii_lowercase) == Some(b'e')
-        {
-            i += 3;
-        } else {
-            return false;
-        }
-        dots += 1;
-        if dots > 2 {
-            return false;
-        }
-    }
-    dots > 0
+    // The last segment may be empty (a trailing `/`), not a dot segment.
+    len == 0 || !(only_dots && dots <= 2)
 }
 
 fn route_for<'a>(config: &'a Config, req: &Request<'_>) -> Option<&'a Route> {
@@ -660,12 +650,12 @@ pub fn decide<'a>(
     let ih = &config.identity_headers;
     set_headers.push((ih.key_id.as_str(), key_id.to_string()));
     set_headers.push((ih.owner.as_str(), entry.owner().to_owned()));
-    let mut scopes = String::new();
+    let mut scopes = String::with_capacity(entry.scopes().map(|s| s.len() + 1).sum());
     for s in entry.scopes() {
         if !scopes.is_empty() {
             scopes.push(' ');
         }
-        let _ = write!(scopes, "{s}");
+        scopes.push_str(s);
     }
     set_headers.push((ih.scopes.as_str(), scopes));
     Decision::Allow(Allow {

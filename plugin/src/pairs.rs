@@ -4,6 +4,8 @@
 //! Layout (ABI v0.2.1): pair count (u32 LE), then each pair's name and value sizes (u32 LE
 //! each), then each name and value followed by a NUL byte.
 
+use std::ops::Range;
+
 /// What stands in for a name or value that is not UTF-8: not empty (a key source that holds it
 /// is malformed, not missing) and never a valid key.
 pub const NOT_UTF8: &str = "\u{fffd}";
@@ -11,19 +13,38 @@ pub const NOT_UTF8: &str = "\u{fffd}";
 /// The pairs of a serialized map, borrowed from `bytes`; `None` when `bytes` is not a
 /// well-formed map. An empty buffer is an empty map.
 pub fn parse(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    parse_with(bytes, |k, v| (k, v))
+    parse_with(bytes, |k, v| (&bytes[k], &bytes[v]))
 }
 
-/// The pairs as strings, read in one pass: a name or value that is not UTF-8 becomes
-/// [`NOT_UTF8`]. `None` when `bytes` is not a well-formed map.
+/// The pairs as strings: a name or value that is not UTF-8 becomes [`NOT_UTF8`]. `None` when
+/// `bytes` is not a well-formed map.
 pub fn parse_str(bytes: &[u8]) -> Option<Vec<(&str, &str)>> {
-    let text = |b| std::str::from_utf8(b).unwrap_or(NOT_UTF8);
-    parse_with(bytes, |k, v| (text(k), text(v)))
+    let data_start = bytes
+        .get(..4)
+        .and_then(|c| c.try_into().ok())
+        .map_or(0, |c| {
+            (u32::from_le_bytes(c) as usize)
+                .saturating_mul(8)
+                .saturating_add(4)
+        });
+    match bytes.get(data_start..).map(std::str::from_utf8) {
+        // The usual case: every name and value is UTF-8, checked once. Fields start and end
+        // next to NUL bytes, so they are on character boundaries.
+        Some(Ok(data)) => parse_with(bytes, |k, v| {
+            let field = |r: Range<usize>| data.get(r.start - data_start..r.end - data_start);
+            (field(k).unwrap_or(NOT_UTF8), field(v).unwrap_or(NOT_UTF8))
+        }),
+        _ => parse_with(bytes, |k, v| {
+            let field = |r: Range<usize>| std::str::from_utf8(&bytes[r]).unwrap_or(NOT_UTF8);
+            (field(k), field(v))
+        }),
+    }
 }
 
-fn parse_with<'a, T>(
-    bytes: &'a [u8],
-    mut each: impl FnMut(&'a [u8], &'a [u8]) -> T,
+/// Walks a serialized map, handing each pair's name and value positions in `bytes` to `each`.
+fn parse_with<T>(
+    bytes: &[u8],
+    mut each: impl FnMut(Range<usize>, Range<usize>) -> T,
 ) -> Option<Vec<T>> {
     if bytes.is_empty() {
         return Some(Vec::new());
@@ -39,12 +60,12 @@ fn parse_with<'a, T>(
     }
     let mut pairs = Vec::with_capacity(count);
     for i in 0..count {
-        let mut take = |len: usize| -> Option<&'a [u8]> {
+        let mut take = |len: usize| -> Option<Range<usize>> {
             let end = pos.checked_add(len)?;
-            let field = bytes.get(pos..end)?;
-            if bytes.get(end) != Some(&0) {
+            if end >= bytes.len() || bytes[end] != 0 {
                 return None;
             }
+            let field = pos..end;
             pos = end + 1;
             Some(field)
         };
@@ -83,11 +104,16 @@ mod tests {
 
     #[test]
     fn a_serialized_map_reads_back_in_place() {
-        let map = [(":path", "/x"), ("x-api-key", "kg_live_abc"), ("empty", "")];
+        let map = [
+            (":path", "/x"),
+            ("x-api-key", "kg_live_abc"),
+            ("empty", ""),
+            ("x-name", "café ☕"),
+        ];
         let bytes = serialize(&map);
         let pairs = parse(&bytes).unwrap();
         assert_eq!(parse_str(&bytes).unwrap(), map.to_vec());
-        assert_eq!(pairs.len(), 3);
+        assert_eq!(pairs.len(), 4);
         assert_eq!(parse(&[]), Some(Vec::new()));
         assert_eq!(parse(&serialize::<&str, &str>(&[])), Some(Vec::new()));
     }

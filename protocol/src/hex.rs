@@ -11,6 +11,15 @@ pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
     }
 }
 
+/// Writes the lower-case hex form of `bytes` into `out` (two bytes each); `out` must be
+/// `2 * bytes.len()` long.
+pub(crate) fn encode_to_slice(bytes: &[u8], out: &mut [u8]) {
+    for (&b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+}
+
 fn nibble(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),

@@ -113,6 +113,17 @@ const fn base62_value(c: u8) -> Option<u8> {
     }
 }
 
+/// Whether each byte is a base62 digit.
+const IS_BASE62: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = base62_value(b as u8).is_some();
+        b += 1;
+    }
+    table
+};
+
 /// The [`CHECKSUM_LEN`] base62 characters of the CRC32 (IEEE) of `data`, most significant first.
 #[must_use]
 pub fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
@@ -199,15 +210,30 @@ pub fn parse(input: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
         return Err(KeyFormatError::TooLong);
     }
     let bytes = input.as_bytes();
-    let sep = bytes
-        .iter()
-        .rposition(|&b| b == b'_')
-        .ok_or(KeyFormatError::BadPrefix)?;
+    // One backward pass to the last `_`, checking the body and checksum characters on the way
+    // (the filter parses a key on every request).
+    let mut sep = bytes.len();
+    while sep > 0 {
+        sep -= 1;
+        let b = bytes[sep];
+        if b == b'_' {
+            break;
+        }
+        if !IS_BASE62[usize::from(b)] {
+            // Errors in the order of the checks: prefix first, then characters.
+            let sep = bytes[..sep]
+                .iter()
+                .rposition(|&b| b == b'_')
+                .ok_or(KeyFormatError::BadPrefix)?;
+            validate_prefix(&input[..sep])?;
+            return Err(KeyFormatError::BadCharset);
+        }
+    }
+    if bytes[sep] != b'_' {
+        return Err(KeyFormatError::BadPrefix);
+    }
     validate_prefix(&input[..sep])?;
     let rest = &bytes[sep + 1..];
-    if !rest.iter().all(|&b| base62_value(b).is_some()) {
-        return Err(KeyFormatError::BadCharset);
-    }
     if rest.len() < MIN_BODY_LEN + CHECKSUM_LEN {
         return Err(KeyFormatError::BadLength);
     }
@@ -310,6 +336,59 @@ pub fn generate(prefix: &str) -> Result<SecretKey, KeyFormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The first, three-pass version of [`parse`], kept as the specification of its errors.
+    fn parse_reference(input: &str) -> Result<(&str, usize), KeyFormatError> {
+        if input.is_empty() {
+            return Err(KeyFormatError::Empty);
+        }
+        if input.len() > MAX_KEY_LEN {
+            return Err(KeyFormatError::TooLong);
+        }
+        let bytes = input.as_bytes();
+        let sep = bytes
+            .iter()
+            .rposition(|&b| b == b'_')
+            .ok_or(KeyFormatError::BadPrefix)?;
+        validate_prefix(&input[..sep])?;
+        let rest = &bytes[sep + 1..];
+        if !rest.iter().all(|&b| base62_value(b).is_some()) {
+            return Err(KeyFormatError::BadCharset);
+        }
+        if rest.len() < MIN_BODY_LEN + CHECKSUM_LEN {
+            return Err(KeyFormatError::BadLength);
+        }
+        let split = bytes.len() - CHECKSUM_LEN;
+        if checksum(&bytes[..split]) != bytes[split..] {
+            return Err(KeyFormatError::BadChecksum);
+        }
+        Ok((input, sep))
+    }
+
+    proptest! {
+        /// Valid keys with one character replaced, inserted or removed, and short strings over
+        /// the characters that matter: the one-pass parser answers as the reference does.
+        #[test]
+        fn parse_agrees_with_its_reference(
+            edit in 0usize..3, at in any::<prop::sample::Index>(), c in "[a-zA-Z0-9_\\-. é]",
+            other in "[a-z0-9_A-Z!.]{0,50}",
+        ) {
+            let key = generate("kg_live").unwrap().expose_secret().to_owned();
+            let mut chars: Vec<char> = key.chars().collect();
+            let i = at.index(chars.len());
+            let ch = c.chars().next().unwrap();
+            match edit {
+                0 => chars[i] = ch,
+                1 => chars.insert(i, ch),
+                _ => { chars.remove(i); }
+            }
+            for input in [key.clone(), chars.into_iter().collect(), other] {
+                let new = parse(&input).map(|p| (p.as_str(), p.sep));
+                prop_assert_eq!(new, parse_reference(&input), "{:?}", input);
+            }
+        }
+    }
 
     fn with_checksum(s: &str) -> String {
         let sum = checksum(s.as_bytes());
