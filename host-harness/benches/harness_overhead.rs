@@ -5,21 +5,8 @@
 use std::time::Instant;
 
 use keygate_harness_test_artifacts::SDK_FILTER;
+use keygate_host_harness::baseline::NOOP_CONTINUE_WAT;
 use keygate_host_harness::{Disposition, Harness, Plugin, Request};
-
-/// A filter with every HTTP callback exported and doing nothing: the harness's own cost.
-const NOOP_WAT: &str = r#"
-(module
-  (memory (export "memory") 1)
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_log") (param i32))
-  (func (export "proxy_on_delete") (param i32)))
-"#;
 
 fn measure(label: &str, plugin: Plugin, config: &str) {
     let mut harness = Harness::builder(plugin)
@@ -58,7 +45,7 @@ fn measure(label: &str, plugin: Plugin, config: &str) {
 fn main() {
     measure(
         "no-op WAT filter (harness only)",
-        Plugin::load(NOOP_WAT.as_bytes()).expect("wat"),
+        Plugin::load(NOOP_CONTINUE_WAT.as_bytes()).expect("wat"),
         "",
     );
     measure(

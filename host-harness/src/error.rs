@@ -52,6 +52,14 @@ pub enum HarnessError {
     /// Bad input to the harness itself (configuration, scenario file).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A stream ended otherwise than the caller required ([`crate::baseline`]).
+    #[error("expected the stream to end as {expected}, got {got}")]
+    UnexpectedOutcome {
+        /// The required disposition.
+        expected: String,
+        /// The outcome.
+        got: String,
+    },
     /// Wasmtime failed outside of a guest call.
     #[error("wasmtime: {0}")]
     Engine(String),

@@ -37,6 +37,7 @@ pub struct HarnessBuilder {
     timeout_delivery: TimeoutDelivery,
     failure_policy: FailurePolicy,
     shared_data: Arc<SharedData>,
+    max_memory_bytes: Option<usize>,
 }
 
 impl HarnessBuilder {
@@ -119,6 +120,13 @@ impl HarnessBuilder {
         self
     }
 
+    /// Caps each worker's linear memory at `bytes`: a `memory.grow` past it fails (the guest
+    /// sees -1, its allocator runs out), as a VM's memory limit would. Default: wasm32's 4 GiB.
+    pub fn max_memory(mut self, bytes: usize) -> Self {
+        self.max_memory_bytes = Some(bytes);
+        self
+    }
+
     /// Shares this shared-data store with other harnesses (as Envoy's worker threads of one
     /// process share it): a gateway running one harness per thread passes the same store to each.
     /// Default: a store of this harness's own.
@@ -150,6 +158,7 @@ impl HarnessBuilder {
             properties,
             timeout_delivery: self.timeout_delivery,
             failure_policy: self.failure_policy,
+            max_memory_bytes: self.max_memory_bytes,
             shared_data: self.shared_data,
             queues: SharedQueues::default(),
             metrics: Metrics::default(),
@@ -201,6 +210,7 @@ impl Harness {
             timeout_delivery: TimeoutDelivery::default(),
             failure_policy: FailurePolicy::default(),
             shared_data: Arc::default(),
+            max_memory_bytes: None,
         }
     }
 

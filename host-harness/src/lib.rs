@@ -10,6 +10,8 @@
 //! * [`Harness::advance`] moves the virtual clock: ticks fire and callout responses arrive.
 //! * Observations: [`Harness::logs`], [`Harness::metrics`], [`Harness::callouts`],
 //!   [`Harness::traps`], [`Harness::local_responses`], [`Harness::shared_data`].
+//! * [`baseline`]: no-op filters and an interleaved timing loop, for a filter's own cost per
+//!   request (its figure minus the harness alone's on the same requests).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -34,6 +36,7 @@
 //! [`Harness::poll`] / [`Harness::run_for`] deliver whatever is due.
 
 mod abi;
+pub mod baseline;
 mod clock;
 mod cluster;
 mod error;

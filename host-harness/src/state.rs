@@ -37,6 +37,8 @@ pub(crate) struct Env {
     pub(crate) properties: HashMap<PropertyKey, Vec<u8>>,
     pub(crate) timeout_delivery: TimeoutDelivery,
     pub(crate) failure_policy: FailurePolicy,
+    /// Cap of each worker's linear memory, if any.
+    pub(crate) max_memory_bytes: Option<usize>,
     pub(crate) shared_data: Arc<SharedData>,
     pub(crate) queues: SharedQueues,
     pub(crate) metrics: Metrics,
@@ -130,12 +132,13 @@ pub struct HostState {
     pub(crate) allocator: Option<TypedFunc<i32, i32>>,
     /// WASI `proc_exit` code, when the guest exited.
     pub(crate) exit_code: Option<i32>,
+    /// The memory cap, enforced by wasmtime's store limiter.
+    pub(crate) limits: wasmtime::StoreLimits,
 }
 
 impl HostState {
     pub(crate) fn new(env: Arc<Env>, worker: usize) -> Self {
         Self {
-            env,
             worker,
             root_context_id: crate::worker::ROOT_CONTEXT_ID,
             effective_context: crate::worker::ROOT_CONTEXT_ID,
@@ -152,6 +155,13 @@ impl HostState {
             memory: None,
             allocator: None,
             exit_code: None,
+            limits: match env.max_memory_bytes {
+                Some(bytes) => wasmtime::StoreLimitsBuilder::new()
+                    .memory_size(bytes)
+                    .build(),
+                None => wasmtime::StoreLimits::default(),
+            },
+            env,
         }
     }
 
@@ -183,6 +193,7 @@ impl Env {
             properties: HashMap::new(),
             timeout_delivery: TimeoutDelivery::default(),
             failure_policy: FailurePolicy::default(),
+            max_memory_bytes: None,
             shared_data: Arc::default(),
             queues: SharedQueues::default(),
             metrics: Metrics::default(),

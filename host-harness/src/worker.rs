@@ -179,6 +179,9 @@ fn instantiate(
     index: usize,
 ) -> Result<(Store<HostState>, Exports)> {
     let mut store = Store::new(&plugin.engine, HostState::new(env.clone(), index));
+    if env.max_memory_bytes.is_some() {
+        store.limiter(|state| &mut state.limits);
+    }
     let instance = plugin
         .pre
         .instantiate(&mut store)

@@ -164,3 +164,40 @@ fn hostile_arguments_get_envoy_statuses_not_host_panics() {
         "no log line was accepted from bad buffers"
     );
 }
+
+/// Grows its memory by 100 pages (6.4 MiB) on every request and traps if that fails.
+const GROWER: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))
+    (i32.const 0))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_delete") (param i32)))
+"#;
+
+#[test]
+fn a_memory_cap_makes_growing_past_it_fail_in_the_guest() {
+    // uncapped: two requests grow to 201 pages
+    let mut free = Harness::builder(Plugin::load(GROWER.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let o = free.run_request(Request::get("/")).unwrap();
+        assert_eq!(o.disposition, Disposition::Completed, "{o:?}");
+    }
+    // capped at 10 MiB: the first growth fits (6.5 MiB), the second does not and the guest traps
+    let mut capped = Harness::builder(Plugin::load(GROWER.as_bytes()).unwrap())
+        .max_memory(10 << 20)
+        .build()
+        .unwrap();
+    let o = capped.run_request(Request::get("/")).unwrap();
+    assert_eq!(o.disposition, Disposition::Completed, "{o:?}");
+    let o = capped.run_request(Request::get("/")).unwrap();
+    assert_eq!(o.disposition, Disposition::FailedClosed, "{o:?}");
+    assert_eq!(capped.traps().len(), 1);
+}
