@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::{CLUSTER, filter_config, harness_builder, metric};
-use keygate_host_harness::{
-    CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Plugin, Request,
-};
+use keygate_host_harness::baseline::{self, Kind};
+use keygate_host_harness::{CalloutReply, CalloutResponse, Cluster, Disposition, Request};
 use keygate_plugin::config::Config as FilterConfig;
 use keygate_plugin::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
 use keygate_protocol::key;
@@ -36,60 +35,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "bench-admin-token-0123456789abcdef";
-
-/// A filter whose every HTTP callback returns at once (continue): the harness alone, allow path.
-const NOOP_CONTINUE_WAT: &str = r#"
-(module
-  (memory (export "memory") 1)
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_log") (param i32))
-  (func (export "proxy_on_delete") (param i32)))
-"#;
-
-/// A filter that answers every request with an empty local 401 and does nothing else: the
-/// harness alone, deny path.
-const NOOP_DENY_WAT: &str = r#"
-(module
-  (import "env" "proxy_send_local_response"
-    (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-    (drop (call $local (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
-                       (i32.const 0) (i32.const 0) (i32.const -1)))
-    (i32.const 1))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_log") (param i32))
-  (func (export "proxy_on_delete") (param i32)))
-"#;
-
-/// One pass over `requests` on worker 0, each request timed alone (pushed to `samples`) and
-/// checked to end as `expect`.
-fn harness_round(
-    h: &mut Harness,
-    requests: &[Request],
-    expect: Disposition,
-    samples: &mut Vec<u64>,
-) -> anyhow::Result<()> {
-    for r in requests {
-        let r = r.clone();
-        let t = Instant::now();
-        let o = h.run_request_on(0, r)?;
-        let el = t.elapsed().as_nanos() as u64;
-        ensure!(o.disposition == expect, "expected {expect:?}, got {o:?}");
-        h.take_outcome(o.id);
-        samples.push(el);
-    }
-    Ok(())
-}
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
@@ -396,31 +341,16 @@ fn main() -> anyhow::Result<()> {
     let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 20);
     // The harness alone on the same requests: no-op filters, measured in rounds interleaved
     // with the filter's so that both see the same load.
-    let mut noop_continue =
-        Harness::builder(Plugin::load(NOOP_CONTINUE_WAT.as_bytes())?).build()?;
-    let mut noop_deny = Harness::builder(Plugin::load(NOOP_DENY_WAT.as_bytes())?).build()?;
-    let mut wasm_s: [Vec<u64>; 3] = Default::default();
-    let mut base_s: [Vec<u64>; 3] = Default::default();
-    for round in 0..=rounds {
-        for (k, (_, reqs, _, expect, _)) in kinds.iter().enumerate() {
-            let (mut warm_w, mut warm_b) = (Vec::new(), Vec::new());
-            // round 0 warms up and is not counted
-            let (ws, bs) = if round == 0 {
-                (&mut warm_w, &mut warm_b)
-            } else {
-                (&mut wasm_s[k], &mut base_s[k])
-            };
-            harness_round(&mut h, reqs, *expect, ws)?;
-            if k == 0 {
-                harness_round(&mut noop_continue, reqs, Disposition::Completed, bs)?;
-            } else {
-                harness_round(&mut noop_deny, reqs, Disposition::LocalResponse, bs)?;
-            }
-        }
-    }
-    let wasm: Vec<(u64, u64)> = wasm_s.into_iter().map(median_p99).collect();
-    let base: Vec<(u64, u64)> = base_s.into_iter().map(median_p99).collect();
-    drop((noop_continue, noop_deny));
+    let timed: Vec<Kind<'_>> = kinds
+        .iter()
+        .map(|(_, requests, _, expect, _)| Kind {
+            requests,
+            expect: *expect,
+        })
+        .collect();
+    let timings = baseline::interleaved(&mut h, &timed, rounds)?;
+    let wasm: Vec<(u64, u64)> = timings.filter.into_iter().map(median_p99).collect();
+    let base: Vec<(u64, u64)> = timings.harness_alone.into_iter().map(median_p99).collect();
     let counted = [
         metric(&h, "keygate.decision.allow.allowed"),
         metric(&h, "keygate.decision.deny.unknown_key"),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+use keygate_host_harness::baseline::{self, Kind};
 use keygate_host_harness::{
     CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Plugin, Request,
 };
@@ -18,62 +19,8 @@ use keygate_protocol::key;
 use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
 use keygate_testkit::bench::{env_usize, every_thousandth, key_set, load_average, median_p99};
 
-/// A filter whose every HTTP callback returns at once (continue): the harness alone, allow path.
-const NOOP_CONTINUE_WAT: &str = r#"
-(module
-  (memory (export "memory") 1)
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_log") (param i32))
-  (func (export "proxy_on_delete") (param i32)))
-"#;
-
-/// A filter that answers every request with an empty local 401 and does nothing else: the
-/// harness alone, deny path.
-const NOOP_DENY_WAT: &str = r#"
-(module
-  (import "env" "proxy_send_local_response"
-    (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-    (drop (call $local (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
-                       (i32.const 0) (i32.const 0) (i32.const -1)))
-    (i32.const 1))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_log") (param i32))
-  (func (export "proxy_on_delete") (param i32)))
-"#;
-
 fn gauge(h: &Harness, name: &str) -> u64 {
     h.metric(name).map_or(0, |m| m.value)
-}
-
-/// One pass over `requests` on worker 0, each request timed alone (pushed to `samples`) and
-/// checked to end as `expect`.
-fn round(
-    h: &mut Harness,
-    requests: &[Request],
-    expect: Disposition,
-    samples: &mut Vec<u64>,
-) -> anyhow::Result<()> {
-    for r in requests {
-        let r = r.clone();
-        let t = Instant::now();
-        let o = h.run_request_on(0, r)?;
-        let el = t.elapsed().as_nanos() as u64;
-        ensure!(o.disposition == expect, "expected {expect:?}, got {o:?}");
-        h.take_outcome(o.id);
-        samples.push(el);
-    }
-    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -201,29 +148,16 @@ fn main() -> anyhow::Result<()> {
     ];
     // The harness's own cost for the same requests: no-op filters, in rounds interleaved with
     // the filter's so that both see the same load. Round 0 warms up and is not counted.
-    let mut noop_continue =
-        Harness::builder(Plugin::load(NOOP_CONTINUE_WAT.as_bytes())?).build()?;
-    let mut noop_deny = Harness::builder(Plugin::load(NOOP_DENY_WAT.as_bytes())?).build()?;
-    let mut filter_s: [Vec<u64>; 3] = Default::default();
-    let mut base_s: [Vec<u64>; 3] = Default::default();
-    for r in 0..=rounds {
-        for (k, (_, reqs, expect)) in kinds.iter().enumerate() {
-            let (mut warm_f, mut warm_b) = (Vec::new(), Vec::new());
-            let (fs, bs) = if r == 0 {
-                (&mut warm_f, &mut warm_b)
-            } else {
-                (&mut filter_s[k], &mut base_s[k])
-            };
-            round(&mut h, reqs, *expect, fs)?;
-            if k == 0 {
-                round(&mut noop_continue, reqs, Disposition::Completed, bs)?;
-            } else {
-                round(&mut noop_deny, reqs, Disposition::LocalResponse, bs)?;
-            }
-        }
-    }
-    let filter: Vec<(u64, u64)> = filter_s.into_iter().map(median_p99).collect();
-    let base: Vec<(u64, u64)> = base_s.into_iter().map(median_p99).collect();
+    let timed: Vec<Kind<'_>> = kinds
+        .iter()
+        .map(|(_, requests, expect)| Kind {
+            requests,
+            expect: *expect,
+        })
+        .collect();
+    let timings = baseline::interleaved(&mut h, &timed, rounds)?;
+    let filter: Vec<(u64, u64)> = timings.filter.into_iter().map(median_p99).collect();
+    let base: Vec<(u64, u64)> = timings.harness_alone.into_iter().map(median_p99).collect();
     println!(
         "per request in the harness, {n} keys loaded, {rounds} x {} requests per kind, each timed alone (full stream: context, request headers, decision, upstream or local reply, response, done, log, delete):",
         allowed.len()
