@@ -329,8 +329,13 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Each filter VM's memory limit in these tests: far above what the small key sets need, below
+/// what [`trapping_request`] makes the filter allocate.
+const MEMORY_CAP: usize = 32 << 20;
+
 fn harness(server: &Misbehaving, edge_key: &str, workers: usize, extra: &str) -> Harness {
     harness_builder(workers, edge_key, extra)
+        .max_memory(MEMORY_CAP)
         .cluster(CLUSTER, Cluster::http(server.base.clone()))
         .build()
         .unwrap_or_else(|e| panic!("building the harness: {e}"))
@@ -832,16 +837,13 @@ fn past_max_staleness_while_misbehaving_the_failure_mode_applies_then_recovers()
     );
 }
 
-/// A request whose headers the host refuses to copy into the guest (over the harness's 64 MiB
-/// buffer limit): the proxy-wasm SDK panics on the unexpected status, so the REAL filter traps
-/// in `proxy_on_request_headers`.
+/// A request whose headers do not fit in the filter VM's memory limit ([`MEMORY_CAP`]): the
+/// guest's allocator cannot make room for the copy of the header map, so the REAL filter runs
+/// out of memory (Rust aborts) in `proxy_on_request_headers`.
 fn trapping_request(key: &str) -> Request {
     Request::get("/repos/acme/x")
         .header("x-api-key", key)
-        .header(
-            "x-filler",
-            &"a".repeat(keygate_host_harness::MAX_GUEST_BUFFER + 1),
-        )
+        .header("x-filler", &"a".repeat(MEMORY_CAP + (8 << 20)))
 }
 
 #[test]
@@ -875,7 +877,7 @@ fn a_trapped_filter_instance_fails_closed_is_rebuilt_and_serves_the_synced_set()
     assert_eq!(traps[0].worker, leader);
     assert_eq!(traps[0].during, "proxy_on_request_headers");
     let message = format!("{:?} {}", traps[0].guest_message, traps[0].trap);
-    assert!(message.contains("unexpected status"), "{message}");
+    assert!(message.contains("memory allocation"), "{message}");
     let rebuilt = s.h.worker(leader).unwrap();
     assert_eq!(rebuilt.rebuilds(), 1);
     assert!(!rebuilt.is_poisoned());
@@ -914,6 +916,7 @@ fn a_trapped_filter_instance_fails_closed_is_rebuilt_and_serves_the_synced_set()
     // Fail open: the trapping stream passes as if the filter were absent; the instance is
     // rebuilt and filters the next request.
     let mut h = harness_builder(1, &s.cp.edge_key, FAST)
+        .max_memory(MEMORY_CAP)
         .cluster(CLUSTER, Cluster::http(s.server.base.clone()))
         .failure_policy(FailurePolicy::FailOpen)
         .build()

@@ -306,6 +306,27 @@ fn allowed_requests_carry_identity_and_no_secret_and_spoofs_are_stripped() {
 }
 
 #[test]
+fn a_header_map_the_host_will_not_hand_over_is_denied_without_a_trap() {
+    let mut s = setup(1, Mode::Up, "");
+    s.h.advance(Duration::from_millis(500));
+    // Over the harness's limit for one buffer, so the host refuses to copy the map into the
+    // guest (the SDK's `get_map` panics on that status; the filter reads the map itself). An
+    // anonymous path and a valid key: neither may let it through unread.
+    let r = Request::get("/health")
+        .header("x-api-key", &s.reader.secret)
+        .header(
+            "x-filler",
+            &"a".repeat(keygate_host_harness::MAX_GUEST_BUFFER + 1),
+        );
+    let o = s.h.run_request_on(0, r).unwrap();
+    assert_eq!(denied(&o), (401, "missing_key".into()));
+    assert!(o.request.is_none(), "nothing reached the upstream");
+    assert!(s.h.traps().is_empty(), "{:?}", s.h.traps());
+    let o = get(&mut s.h, 0, "/repos/acme/x", Some(&s.reader.secret));
+    assert_eq!(o.disposition, Disposition::Completed, "{o:?}");
+}
+
+#[test]
 fn every_deny_has_its_status_code_and_challenge() {
     let mut s = setup(1, Mode::Up, "");
     s.h.advance(Duration::from_millis(500));
