@@ -1,6 +1,6 @@
 //! A local fake of GitHub's App-authentication REST API, for tests (GitHub cannot be reached
 //! from here). It behaves as GitHub documents for the eight operations in
-//! `shared/github/github-app-operations.json`:
+//! `fake-github/spec/github-app-operations.json`:
 //!
 //! - App endpoints need `Authorization: Bearer <JWT>`: RS256, signed by one of the App's keys
 //!   (verified with its *public* key), `iss` the App id or client id, `iat` not in the future

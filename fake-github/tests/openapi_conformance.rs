@@ -1,5 +1,5 @@
 //! Checks the fake against GitHub's own REST API description (the OpenAPI excerpt in
-//! `../shared/github/github-app-operations.json`): every operation's answers, success and error,
+//! `fake-github/spec/github-app-operations.json`): every operation's answers, success and error,
 //! validate against the documented response schema for their status, and the request body the
 //! broker sends validates against the documented request schema. Also checks the JWT rules and
 //! required headers.
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 const APP_ID: u64 = 77;
 const SPEC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/github/github-app-operations.json"
+    "/spec/github-app-operations.json"
 );
 
 fn spec() -> Value {
