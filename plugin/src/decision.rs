@@ -280,7 +280,7 @@ impl Deny {
 /// other message is serialized afresh.
 #[derive(Debug, Default)]
 pub struct DenyBodies {
-    cached: Vec<Option<(&'static str, String)>>,
+    cached: [Option<(&'static str, String)>; Reason::ALL.len()],
 }
 
 impl DenyBodies {
@@ -289,11 +289,7 @@ impl DenyBodies {
         let Cow::Borrowed(message) = deny.message else {
             return Cow::Owned(deny.body());
         };
-        let i = deny.reason.index();
-        if self.cached.len() <= i {
-            self.cached.resize(i + 1, None);
-        }
-        let slot = &mut self.cached[i];
+        let slot = &mut self.cached[deny.reason.index()];
         match slot {
             Some((m, _)) if *m == message => {}
             _ => *slot = Some((message, deny.body())),
@@ -458,19 +454,19 @@ pub fn is_normal_path(path: &str) -> bool {
     if bytes.first() != Some(&b'/') {
         return true;
     }
-    // One pass, no allocation: this runs on every request. Per segment: its length, and how
-    // many dots (`.` or `%2e`) it holds while it holds nothing else.
-    let (mut len, mut dots, mut only_dots) = (0usize, 0u32, true);
+    // One pass, no allocation: this runs on every request. Per segment: whether it is empty,
+    // and how many dots (`.` or `%2e`) it holds while it holds nothing else.
+    let (mut empty, mut dots, mut only_dots) = (true, 0u32, true);
     let mut i = 1;
     while i < bytes.len() {
         let b = bytes[i];
         i += 1;
         match b {
             b'/' => {
-                if len == 0 || (only_dots && dots <= 2) {
+                if empty || (only_dots && dots <= 2) {
                     return false;
                 }
-                (len, dots, only_dots) = (0, 0, true);
+                (empty, dots, only_dots) = (true, 0, true);
                 continue;
             }
             b'\\' => return false,
@@ -479,7 +475,7 @@ pub fn is_normal_path(path: &str) -> bool {
                     match (hi, lo.to_ascii_lowercase()) {
                         (b'2', b'f') | (b'5', b'c') => return false,
                         (b'2', b'e') => {
-                            (len, dots, i) = (len + 3, dots + 1, i + 2);
+                            (empty, dots, i) = (false, dots + 1, i + 2);
                             continue;
                         }
                         _ => {}
@@ -490,10 +486,10 @@ pub fn is_normal_path(path: &str) -> bool {
             b'.' => dots += 1,
             _ => only_dots = false,
         }
-        len += 1;
+        empty = false;
     }
     // The last segment may be empty (a trailing `/`), not a dot segment.
-    len == 0 || !(only_dots && dots <= 2)
+    empty || !(only_dots && dots <= 2)
 }
 
 fn route_for<'a>(config: &'a Config, req: &Request<'_>) -> Option<&'a Route> {

@@ -10,12 +10,6 @@ use std::ops::Range;
 /// is malformed, not missing) and never a valid key.
 pub const NOT_UTF8: &str = "\u{fffd}";
 
-/// The pairs of a serialized map, borrowed from `bytes`; `None` when `bytes` is not a
-/// well-formed map. An empty buffer is an empty map.
-pub fn parse(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    parse_with(bytes, |k, v| (&bytes[k], &bytes[v]))
-}
-
 /// The pairs as strings: a name or value that is not UTF-8 becomes [`NOT_UTF8`]. `None` when
 /// `bytes` is not a well-formed map.
 pub fn parse_str(bytes: &[u8]) -> Option<Vec<(&str, &str)>> {
@@ -101,6 +95,11 @@ pub fn serialize<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pairs as raw bytes (to see what the string view stands for).
+    fn parse(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+        parse_with(bytes, |k, v| (&bytes[k], &bytes[v]))
+    }
 
     #[test]
     fn a_serialized_map_reads_back_in_place() {
