@@ -146,8 +146,24 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 struct MetricsInner {
     ids: HashMap<(u32, String), u32>,
-    by_id: HashMap<u32, (String, MetricValue)>,
-    next: u32,
+    /// Indexed by `(id >> 2) - 1`: ids are handed out in order.
+    by_id: Vec<(String, MetricValue)>,
+}
+
+impl MetricsInner {
+    fn slot(&self, id: u32) -> Option<&(String, MetricValue)> {
+        let index = (id >> 2).checked_sub(1)? as usize;
+        self.by_id
+            .get(index)
+            .filter(|(_, m)| m.kind as u32 == id & 3)
+    }
+
+    fn slot_mut(&mut self, id: u32) -> Option<&mut (String, MetricValue)> {
+        let index = (id >> 2).checked_sub(1)? as usize;
+        self.by_id
+            .get_mut(index)
+            .filter(|(_, m)| m.kind as u32 == id & 3)
+    }
 }
 
 impl Metrics {
@@ -157,26 +173,22 @@ impl Metrics {
         if let Some(id) = inner.ids.get(&(kind as u32, name.to_owned())) {
             return *id;
         }
-        inner.next += 1;
-        let id = (inner.next << 2) | kind as u32;
+        let id = ((inner.by_id.len() as u32 + 1) << 2) | kind as u32;
         inner.ids.insert((kind as u32, name.to_owned()), id);
-        inner.by_id.insert(
-            id,
-            (
-                name.to_owned(),
-                MetricValue {
-                    kind,
-                    value: 0,
-                    recorded: Vec::new(),
-                },
-            ),
-        );
+        inner.by_id.push((
+            name.to_owned(),
+            MetricValue {
+                kind,
+                value: 0,
+                recorded: Vec::new(),
+            },
+        ));
         id
     }
 
     pub(crate) fn increment(&self, id: u32, offset: i64) -> Result<(), Status> {
         let mut inner = lock(&self.inner);
-        let (_, metric) = inner.by_id.get_mut(&id).ok_or(Status::NotFound)?;
+        let (_, metric) = inner.slot_mut(id).ok_or(Status::NotFound)?;
         match metric.kind {
             MetricType::Counter if offset > 0 => {
                 metric.value = metric.value.wrapping_add(offset as u64);
@@ -193,7 +205,7 @@ impl Metrics {
 
     pub(crate) fn record(&self, id: u32, value: u64) -> Result<(), Status> {
         let mut inner = lock(&self.inner);
-        let (_, metric) = inner.by_id.get_mut(&id).ok_or(Status::NotFound)?;
+        let (_, metric) = inner.slot_mut(id).ok_or(Status::NotFound)?;
         match metric.kind {
             MetricType::Counter => metric.value = metric.value.wrapping_add(value),
             MetricType::Gauge => metric.value = value,
@@ -204,18 +216,18 @@ impl Metrics {
 
     pub(crate) fn get(&self, id: u32) -> Result<u64, Status> {
         let inner = lock(&self.inner);
-        let (_, metric) = inner.by_id.get(&id).ok_or(Status::NotFound)?;
+        let (_, metric) = inner.slot(id).ok_or(Status::NotFound)?;
         match metric.kind {
             MetricType::Histogram => Err(Status::BadArgument),
             _ => Ok(metric.value),
         }
     }
 
-    /// All metrics by name (a name defined with two types keeps the last listed).
+    /// All metrics by name (a name defined with two types keeps the one defined last).
     pub fn snapshot(&self) -> HashMap<String, MetricValue> {
         lock(&self.inner)
             .by_id
-            .values()
+            .iter()
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect()
     }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use rustc_hash::FxHashMap;
 use wasmtime::{Memory, TypedFunc};
 
 use crate::abi::{HeaderMap, LogLevel, MapType};
@@ -73,7 +74,10 @@ pub(crate) struct StreamData {
     pub(crate) response_headers: Option<HeaderMap>,
     pub(crate) response_trailers: Option<HeaderMap>,
     pub(crate) response_body: Option<Vec<u8>>,
+    /// The filter's local response, until the worker takes it to send.
     pub(crate) local_response: Option<LocalResponse>,
+    /// A local response was sent: a second one is ignored, as in Envoy.
+    pub(crate) local_sent: bool,
     pub(crate) resume_request: bool,
     pub(crate) resume_response: bool,
     pub(crate) closed: bool,
@@ -117,7 +121,8 @@ pub struct HostState {
     pub(crate) root_context_id: u32,
     /// Context of the callback in progress, or of `proxy_set_effective_context`.
     pub(crate) effective_context: u32,
-    pub(crate) streams: HashMap<u32, StreamData>,
+    /// Looked up on nearly every host call: a fast hasher for small integer keys.
+    pub(crate) streams: FxHashMap<u32, StreamData>,
     pub(crate) root_properties: HashMap<PropertyKey, Vec<u8>>,
     pub(crate) tick_period_ms: Option<u32>,
     pub(crate) next_call_token: u32,
@@ -142,7 +147,7 @@ impl HostState {
             worker,
             root_context_id: crate::worker::ROOT_CONTEXT_ID,
             effective_context: crate::worker::ROOT_CONTEXT_ID,
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
             root_properties: HashMap::new(),
             tick_period_ms: None,
             next_call_token: 0,

@@ -151,7 +151,9 @@ pub struct Worker {
     plugin: Arc<Plugin>,
     env: Arc<Env>,
     store: Store<HostState>,
-    exports: Exports,
+    /// Shared so that a callback borrows its export without cloning a `TypedFunc` (a clone
+    /// registers its type again, which showed in profiles of every callback).
+    exports: Arc<Exports>,
     poisoned: bool,
     rebuilds: u32,
     next_context_id: u32,
@@ -177,7 +179,7 @@ fn instantiate(
     plugin: &Plugin,
     env: &Arc<Env>,
     index: usize,
-) -> Result<(Store<HostState>, Exports)> {
+) -> Result<(Store<HostState>, Arc<Exports>)> {
     let mut store = Store::new(&plugin.engine, HostState::new(env.clone(), index));
     if env.max_memory_bytes.is_some() {
         store.limiter(|state| &mut state.limits);
@@ -213,7 +215,7 @@ fn instantiate(
             break;
         }
     }
-    Ok((store, exports))
+    Ok((store, Arc::new(exports)))
 }
 
 impl Worker {
@@ -263,21 +265,24 @@ impl Worker {
                 })
                 .unwrap_or_default(),
         };
-        let f = self.exports.on_context_create.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_context_create.as_ref();
         if self
             .invoke("proxy_on_context_create", f, ROOT_CONTEXT_ID, (root, 0))
             .is_err()
         {
             return Err(trap("proxy_on_context_create", self));
         }
-        let f = self.exports.on_vm_start.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_vm_start.as_ref();
         match self.invoke("proxy_on_vm_start", f, ROOT_CONTEXT_ID, (root, vm_size)) {
             Err(Trapped) => return Err(trap("proxy_on_vm_start", self)),
             Ok(Some(0)) => return Err(HarnessError::VmStartFailed),
             Ok(_) => {}
         }
         self.store.data_mut().in_configure = true;
-        let f = self.exports.on_configure.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_configure.as_ref();
         let result = self.invoke(
             "proxy_on_configure",
             f,
@@ -311,7 +316,7 @@ impl Worker {
     fn invoke<P: WasmParams, R: WasmResults>(
         &mut self,
         during: &'static str,
-        func: Option<TypedFunc<P, R>>,
+        func: Option<&TypedFunc<P, R>>,
         context: u32,
         params: P,
     ) -> Result<Option<R>, Trapped> {
@@ -463,7 +468,8 @@ impl Worker {
                 at: due.at.saturating_add(p.as_nanos() as u64),
                 sequence: self.env.next_sequence(),
             });
-            let f = self.exports.on_tick.clone();
+            let exports = Arc::clone(&self.exports);
+            let f = exports.on_tick.as_ref();
             let result = self.invoke("proxy_on_tick", f, ROOT_CONTEXT_ID, ROOT_CONTEXT_ID as i32);
             self.after_event(result.map(|_| ()));
             return;
@@ -529,7 +535,8 @@ impl Worker {
             state.call_delivery = Some(delivery);
             state.status = status;
         }
-        let f = self.exports.on_http_call_response.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_http_call_response.as_ref();
         let result = self.invoke("proxy_on_http_call_response", f, context, args);
         self.store.data_mut().call_delivery = None;
         self.after_event(result.map(|_| ()));
@@ -537,7 +544,8 @@ impl Worker {
 
     /// Delivers `proxy_on_queue_ready` to this worker's root context.
     pub(crate) fn deliver_queue_ready(&mut self, root_context_id: u32, token: u32) {
-        let f = self.exports.on_queue_ready.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_queue_ready.as_ref();
         let result = self.invoke(
             "proxy_on_queue_ready",
             f,
@@ -598,7 +606,8 @@ impl Worker {
             return stream_id;
         }
         self.store.data_mut().streams.insert(id, data);
-        let f = self.exports.on_context_create.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_context_create.as_ref();
         let created = self.invoke(
             "proxy_on_context_create",
             f,
@@ -625,12 +634,13 @@ impl Worker {
             disposition: Disposition::Pending,
             request: driver.headers_forwarded.then(|| driver.request.clone()),
             response: None,
-            local_response: self
-                .store
-                .data()
-                .streams
-                .get(&id.context_id)
-                .and_then(|s| s.local_response.clone()),
+            local_response: driver.local_response.clone().or_else(|| {
+                self.store
+                    .data()
+                    .streams
+                    .get(&id.context_id)
+                    .and_then(|s| s.local_response.clone())
+            }),
         })
     }
 
@@ -644,7 +654,7 @@ impl Worker {
             let Some(data) = self.store.data_mut().streams.get_mut(&id) else {
                 return Ok(());
             };
-            if let Some(local) = data.local_response.clone() {
+            if let Some(local) = data.local_response.take() {
                 return self.local_reply(id, local);
             }
             if data.closed {
@@ -769,7 +779,8 @@ impl Worker {
             (Phase::Request, Event::Headers(map, eos)) => {
                 let n = map.len() as i32;
                 data.request_headers = Some(map);
-                let f = self.exports.on_request_headers.clone();
+                let exports = Arc::clone(&self.exports);
+                let f = exports.on_request_headers.as_ref();
                 (
                     "proxy_on_request_headers",
                     self.invoke(
@@ -784,7 +795,8 @@ impl Worker {
                 let buffer = data.request_body.get_or_insert_with(Vec::new);
                 buffer.extend(chunk);
                 let n = buffer.len() as i32;
-                let f = self.exports.on_request_body.clone();
+                let exports = Arc::clone(&self.exports);
+                let f = exports.on_request_body.as_ref();
                 (
                     "proxy_on_request_body",
                     self.invoke(
@@ -798,7 +810,8 @@ impl Worker {
             (Phase::Request, Event::Trailers(map)) => {
                 let n = map.len() as i32;
                 data.request_trailers = Some(map);
-                let f = self.exports.on_request_trailers.clone();
+                let exports = Arc::clone(&self.exports);
+                let f = exports.on_request_trailers.as_ref();
                 (
                     "proxy_on_request_trailers",
                     self.invoke("proxy_on_request_trailers", f, id, (id as i32, n))?,
@@ -807,7 +820,8 @@ impl Worker {
             (Phase::Response, Event::Headers(map, eos)) => {
                 let n = map.len() as i32;
                 data.response_headers = Some(map);
-                let f = self.exports.on_response_headers.clone();
+                let exports = Arc::clone(&self.exports);
+                let f = exports.on_response_headers.as_ref();
                 (
                     "proxy_on_response_headers",
                     self.invoke(
@@ -822,7 +836,8 @@ impl Worker {
                 let buffer = data.response_body.get_or_insert_with(Vec::new);
                 buffer.extend(chunk);
                 let n = buffer.len() as i32;
-                let f = self.exports.on_response_body.clone();
+                let exports = Arc::clone(&self.exports);
+                let f = exports.on_response_body.as_ref();
                 (
                     "proxy_on_response_body",
                     self.invoke(
@@ -836,7 +851,8 @@ impl Worker {
             (Phase::Response, Event::Trailers(map)) => {
                 let n = map.len() as i32;
                 data.response_trailers = Some(map);
-                let f = self.exports.on_response_trailers.clone();
+                let exports = Arc::clone(&self.exports);
+                let f = exports.on_response_trailers.as_ref();
                 (
                     "proxy_on_response_trailers",
                     self.invoke("proxy_on_response_trailers", f, id, (id as i32, n))?,
@@ -857,8 +873,8 @@ impl Worker {
     /// filter's own response callbacks, as Envoy's local replies go through the encoder chain.
     fn local_reply(&mut self, id: u32, local: LocalResponse) -> Result<(), Trapped> {
         let driver = self.drivers.get_mut(&id).ok_or(Trapped)?;
-        driver.local_response = Some(local.clone());
-        let mut headers = vec![(":status".to_owned(), local.status.to_string())];
+        let mut headers = Vec::with_capacity(local.headers.len() + 3);
+        headers.push((":status".to_owned(), local.status.to_string()));
         headers.extend(local.headers.iter().cloned());
         if !local.body.is_empty() {
             if !headers.iter().any(|(k, _)| k == "content-length") {
@@ -868,8 +884,10 @@ impl Worker {
                 headers.push(("content-type".to_owned(), "text/plain".to_owned()));
             }
         }
+        let body = local.body.clone();
+        driver.local_response = Some(local);
         if driver.phase == Phase::Response {
-            driver.response = FinalResponse::from_headers(headers, local.body, Vec::new());
+            driver.response = FinalResponse::from_headers(headers, body, Vec::new());
             return self.finish(id, Disposition::LocalResponse);
         }
         driver.phase = Phase::Response;
@@ -877,8 +895,9 @@ impl Worker {
         let n = headers.len() as i32;
         data.response_headers = Some(headers);
         data.response_body = None;
-        let eos = local.body.is_empty();
-        let f = self.exports.on_response_headers.clone();
+        let eos = body.is_empty();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_response_headers.as_ref();
         self.invoke(
             "proxy_on_response_headers",
             f,
@@ -886,14 +905,15 @@ impl Worker {
             (id as i32, n, i32::from(eos)),
         )?;
         if !eos {
-            let len = local.body.len() as i32;
+            let len = body.len() as i32;
             if let Some(data) = self.store.data_mut().streams.get_mut(&id) {
-                data.response_body = Some(local.body);
+                data.response_body = Some(body);
             }
-            let f = self.exports.on_response_body.clone();
+            let f = exports.on_response_body.as_ref();
             self.invoke("proxy_on_response_body", f, id, (id as i32, len, 1))?;
         }
         let data = self.store.data_mut().streams.get_mut(&id).ok_or(Trapped)?;
+        // The filter may still read the response headers in `proxy_on_log`: copy, not take.
         let headers = data.response_headers.clone().unwrap_or_default();
         let body = data.response_body.take().unwrap_or_default();
         if let Some(driver) = self.drivers.get_mut(&id) {
@@ -908,14 +928,17 @@ impl Worker {
             return Ok(());
         };
         self.record(id, driver, disposition);
-        let f = self.exports.on_done.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_done.as_ref();
         self.invoke("proxy_on_done", f, id, id as i32)?;
         self.store.data_mut().in_log = true;
-        let f = self.exports.on_log.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_log.as_ref();
         let logged = self.invoke("proxy_on_log", f, id, id as i32);
         self.store.data_mut().in_log = false;
         logged?;
-        let f = self.exports.on_delete.clone();
+        let exports = Arc::clone(&self.exports);
+        let f = exports.on_delete.as_ref();
         self.invoke("proxy_on_delete", f, id, id as i32)?;
         self.store.data_mut().streams.remove(&id);
         self.calls.retain(|c| c.context != id);

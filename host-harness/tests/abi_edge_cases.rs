@@ -201,3 +201,52 @@ fn a_memory_cap_makes_growing_past_it_fail_in_the_guest() {
     assert_eq!(o.disposition, Disposition::FailedClosed, "{o:?}");
     assert_eq!(capped.traps().len(), 1);
 }
+
+/// Defines a counter, then increments it, an id with another type's bits and an unknown id, and
+/// answers twice with a local response (403 then 500); the statuses go out as a response header.
+const METRICS_AND_TWO_REPLIES: &str = r#"
+(module
+  (import "env" "proxy_define_metric" (func $defm (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
+  (import "env" "proxy_send_local_response"
+    (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 200) "hits")
+  (data (i32.const 220) "\01\00\00\00\0a\00\00\00\04\00\00\00x-statuses\000000\00")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $id i32)
+    (drop (call $defm (i32.const 0) (i32.const 200) (i32.const 4) (i32.const 300)))
+    (local.set $id (i32.load (i32.const 300)))
+    ;; the status digits go into the header value at 243..
+    (i32.store8 (i32.const 243) (i32.add (i32.const 48) (call $inc (local.get $id) (i64.const 2))))
+    (i32.store8 (i32.const 244) (i32.add (i32.const 48) (call $inc (local.get $id) (i64.const -1))))
+    (i32.store8 (i32.const 245) (i32.add (i32.const 48) (call $inc (i32.xor (local.get $id) (i32.const 1)) (i64.const 1))))
+    (i32.store8 (i32.const 246) (i32.add (i32.const 48) (call $inc (i32.const 4000) (i64.const 1))))
+    (drop (call $local (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                       (i32.const 220) (i32.const 28) (i32.const -1)))
+    (drop (call $local (i32.const 500) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                       (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_delete") (param i32)))
+"#;
+
+#[test]
+fn metric_ids_are_checked_and_a_second_local_response_is_ignored() {
+    let mut harness = Harness::builder(Plugin::load(METRICS_AND_TWO_REPLIES.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let outcome = harness.run_request(Request::get("/")).unwrap();
+    assert_eq!(outcome.disposition, Disposition::LocalResponse);
+    let response = outcome.response.as_ref().unwrap();
+    assert_eq!(response.status, 403, "the first local response wins");
+    // Ok, BadArgument (a counter only goes up), NotFound (gauge bits), NotFound (unknown id)
+    assert_eq!(response.header("x-statuses"), Some("0211"));
+    assert_eq!(harness.metrics()["hits"].value, 2);
+    assert_eq!(harness.local_responses().len(), 1);
+}

@@ -92,8 +92,9 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let headers =
                     deserialize_map(&guest.read(headers_ptr, headers_size)?).unwrap_or_default();
                 if let Some(stream) = guest.state().stream_mut()
-                    && stream.local_response.is_none()
+                    && !stream.local_sent
                 {
+                    stream.local_sent = true;
                     stream.local_response = Some(LocalResponse {
                         status: status as u32 as u16,
                         details,
