@@ -220,8 +220,13 @@ pub struct Allow<'a> {
     pub reason: Reason,
     /// Header names to remove (spoofed identity headers, the credential header).
     pub remove: Vec<&'a str>,
-    /// Headers to set (identity headers; `:path` or `cookie` rewritten without the credential).
+    /// Headers to set, replacing what is there (`:path` or `cookie` rewritten without the
+    /// credential).
     pub set: Vec<(&'a str, String)>,
+    /// Identity headers to add after the removals (key id, owner, scopes). None of them is
+    /// present by then: every one the client sent is in `remove`, so the host is asked to add,
+    /// the cheaper call, not to replace.
+    pub identity: Vec<(&'a str, String)>,
     /// The key that was used, for usage counting.
     pub key_id: Option<KeyId>,
 }
@@ -560,6 +565,7 @@ pub fn decide<'a>(
             reason: Reason::Anonymous,
             remove,
             set,
+            identity: Vec::new(),
             key_id: None,
         });
     }
@@ -599,6 +605,7 @@ pub fn decide<'a>(
                 reason: Reason::FailOpen,
                 remove,
                 set,
+                identity: Vec::new(),
                 key_id: None,
             });
         }
@@ -640,12 +647,13 @@ pub fn decide<'a>(
         }
     }
 
-    let mut set_headers: Vec<(&'a str, String)> = Vec::with_capacity(5);
+    let mut set_headers = Vec::new();
     hide(config, req, found, &mut remove, &mut set_headers);
     let key_id = entry.key_id();
     let ih = &config.identity_headers;
-    set_headers.push((ih.key_id.as_str(), key_id.to_string()));
-    set_headers.push((ih.owner.as_str(), entry.owner().to_owned()));
+    let mut identity = Vec::with_capacity(3);
+    identity.push((ih.key_id.as_str(), key_id.to_string()));
+    identity.push((ih.owner.as_str(), entry.owner().to_owned()));
     let mut scopes = String::with_capacity(entry.scopes().map(|s| s.len() + 1).sum());
     for s in entry.scopes() {
         if !scopes.is_empty() {
@@ -653,11 +661,12 @@ pub fn decide<'a>(
         }
         scopes.push_str(s);
     }
-    set_headers.push((ih.scopes.as_str(), scopes));
+    identity.push((ih.scopes.as_str(), scopes));
     Decision::Allow(Allow {
         reason: Reason::Allowed,
         remove,
         set: set_headers,
+        identity,
         key_id: Some(key_id),
     })
 }
@@ -708,6 +717,7 @@ mod tests {
     fn set_value<'a>(a: &'a Allow<'_>, name: &str) -> Option<&'a str> {
         a.set
             .iter()
+            .chain(&a.identity)
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
     }
@@ -727,8 +737,13 @@ mod tests {
         );
         assert_eq!(set_value(&a, "x-keygate-owner"), Some("alice"));
         assert_eq!(set_value(&a, "x-keygate-scopes"), Some("repo:read"));
-        // no set value carries the secret
-        assert!(a.set.iter().all(|(_, v)| !v.contains(&f.reader.secret)));
+        // no value the filter sets carries the secret
+        assert!(
+            a.set
+                .iter()
+                .chain(&a.identity)
+                .all(|(_, v)| !v.contains(&f.reader.secret))
+        );
     }
 
     #[test]
@@ -801,7 +816,7 @@ mod tests {
         let a = allow(run(&f, &c, &h));
         assert_eq!(a.reason, Reason::Anonymous);
         assert_eq!(a.remove.len(), 3);
-        assert!(a.set.is_empty());
+        assert!(a.set.is_empty() && a.identity.is_empty());
         // keyed route: removed, then set by the filter
         let mut hs = spoof.to_vec();
         hs.push(("x-api-key", &f.reader.secret));
@@ -811,6 +826,14 @@ mod tests {
             assert!(a.remove.contains(name), "{name} not stripped");
         }
         assert_eq!(set_value(&a, "x-keygate-owner"), Some("alice"));
+        // The identity headers are added, not replaced: each one the client sent is removed
+        // first (whatever its case), so none is left for an add to duplicate.
+        for (name, _) in &a.identity {
+            let sent = hs.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+            let removed = a.remove.iter().any(|k| k.eq_ignore_ascii_case(name));
+            assert!(!sent || removed, "{name} would be duplicated");
+        }
+        assert!(a.set.is_empty());
         // custom identity header names are stripped too
         let c = cfg(r#""identity_headers":{"owner":"x-owner"}"#);
         let h = headers(
@@ -1153,7 +1176,7 @@ mod tests {
         assert_eq!(a.reason, Reason::FailOpen);
         // Spoofed identity stripped, and the key hidden like on any pass.
         assert_eq!(a.remove, vec!["x-keygate-owner", "x-api-key"]);
-        assert!(a.set.is_empty());
+        assert!(a.set.is_empty() && a.identity.is_empty());
         // anonymous routes pass without a key set
         let c = cfg(ROUTES);
         let h = headers("GET", "/health", &[]);

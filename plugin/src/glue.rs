@@ -363,6 +363,13 @@ impl HttpContext for KeygateHttp {
                             Some(value),
                         );
                     }
+                    for (name, value) in &a.identity {
+                        let _ = hostcalls::add_map_value(
+                            proxy_wasm::types::MapType::HttpRequestHeaders,
+                            name,
+                            value,
+                        );
+                    }
                     (reason, a.key_id)
                 }
                 Decision::Deny(d) => {

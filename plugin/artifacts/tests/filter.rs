@@ -257,7 +257,8 @@ fn allowed_requests_carry_identity_and_no_secret_and_spoofs_are_stripped() {
             .header("x-api-key", &s.reader.secret)
             .header("x-keygate-owner", "mallory")
             .header("x-keygate-key-id", "key_ffffffffffffffffffffffffffffffff")
-            .header("x-keygate-admin", "true");
+            .header("x-keygate-admin", "true")
+            .header("x-keygate-owner", "eve");
         let o = s.h.run_request_on(w, r).unwrap();
         assert_eq!(o.disposition, Disposition::Completed, "worker {w}: {o:?}");
         assert_eq!(
@@ -275,13 +276,14 @@ fn allowed_requests_carry_identity_and_no_secret_and_spoofs_are_stripped() {
                 .all(|(_, v)| !v.contains(&s.reader.secret)),
             "secret forwarded"
         );
-        assert_eq!(
-            fwd.headers
-                .iter()
-                .filter(|(k, _)| k == "x-keygate-owner")
-                .count(),
-            1
-        );
+        // exactly one of each identity header, the filter's (spoofs removed, then added)
+        for name in ["x-keygate-key-id", "x-keygate-owner", "x-keygate-scopes"] {
+            assert_eq!(
+                fwd.headers.iter().filter(|(k, _)| k == name).count(),
+                1,
+                "{name}"
+            );
+        }
     }
     // bearer: only that Authorization header goes
     let r = Request::get("/repos/acme/widgets")
