@@ -163,7 +163,7 @@ fn main() -> anyhow::Result<()> {
         allowed.len()
     );
     println!(
-        "  harness alone (no-op filters, same requests, rounds interleaved with the filter's): continue median {} ns (p99 {}); local 401 median {} / {} ns (p99 {} / {}); idle reference from harness_overhead: 3,300 ns",
+        "  harness alone (no-op filters, same requests, rounds interleaved with the filter's): continue median {} ns (p99 {}); local 401 median {} / {} ns (p99 {} / {})",
         base[0].0, base[0].1, base[1].0, base[2].0, base[1].1, base[2].1
     );
     for (k, (label, ..)) in kinds.iter().enumerate() {
