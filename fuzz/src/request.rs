@@ -282,7 +282,9 @@ pub(crate) fn headers_of(f: &Fixture, case: &Case) -> Vec<(String, String)> {
     out
 }
 
-/// The request upstream sees after an allow: removals (case-insensitive, every copy), then sets.
+/// The request upstream sees after an allow: removals (case-insensitive, every copy), then sets
+/// (replacing every copy), then the identity headers added (as the host's add: no search, so a
+/// client copy the decision failed to remove would still be there).
 pub(crate) fn forwarded(headers: &[(String, String)], allow: &Allow<'_>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = headers
         .iter()
@@ -291,6 +293,9 @@ pub(crate) fn forwarded(headers: &[(String, String)], allow: &Allow<'_>) -> Vec<
         .collect();
     for (name, value) in &allow.set {
         out.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        out.push(((*name).to_owned(), value.clone()));
+    }
+    for (name, value) in &allow.identity {
         out.push(((*name).to_owned(), value.clone()));
     }
     out
@@ -359,6 +364,7 @@ pub fn check(case: &Case) {
                             && !a
                                 .set
                                 .iter()
+                                .chain(&a.identity)
                                 .any(|(s, sv)| s.eq_ignore_ascii_case(k) && sv == v)),
                         "client header {k:?} reaches upstream"
                     );
@@ -372,11 +378,21 @@ pub fn check(case: &Case) {
                             && config.failure_mode == FailureMode::Open
                     );
                     assert!(a.key_id.is_none());
-                    assert!(hiding_only(a), "fail-open sets {:?}", a.set);
+                    assert!(
+                        hiding_only(a),
+                        "fail-open sets {:?} {:?}",
+                        a.set,
+                        a.identity
+                    );
                 }
                 Reason::Anonymous => {
                     assert!(a.key_id.is_none());
-                    assert!(hiding_only(a), "anonymous sets {:?}", a.set);
+                    assert!(
+                        hiding_only(a),
+                        "anonymous sets {:?} {:?}",
+                        a.set,
+                        a.identity
+                    );
                     let path = req.path.split_once('?').map_or(req.path, |(p, _)| p);
                     let route = config.routes.iter().find(|r| r.matches(req.method, path));
                     assert!(
@@ -392,7 +408,7 @@ pub fn check(case: &Case) {
 
 /// A pass without identity sets nothing but what hides a credential (query or cookie rewrite).
 fn hiding_only(a: &Allow<'_>) -> bool {
-    a.set.iter().all(|(k, _)| *k == ":path" || *k == "cookie")
+    a.identity.is_empty() && a.set.iter().all(|(k, _)| *k == ":path" || *k == "cookie")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -453,7 +469,7 @@ fn check_allowed(
         }
     }
     let get = |name: &str| {
-        a.set
+        a.identity
             .iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
@@ -462,6 +478,11 @@ fn check_allowed(
     assert_eq!(get(&ih.key_id), Some(id.to_string().as_str()));
     assert_eq!(get(&ih.owner), Some(entry.owner.as_str()));
     assert_eq!(get(&ih.scopes), Some(entry.scopes.join(" ").as_str()));
+    // Added, not replaced: exactly one copy of each reaches upstream, the filter's.
+    for name in [&ih.key_id, &ih.owner, &ih.scopes] {
+        let copies = fwd.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        assert_eq!(copies.count(), 1, "{name} upstream more than once");
+    }
     if config.hide_credentials && occurrences == 1 {
         for (k, v) in fwd {
             assert!(
