@@ -265,27 +265,31 @@ impl Worker {
                 })
                 .unwrap_or_default(),
         };
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_context_create.as_ref();
         if self
-            .invoke("proxy_on_context_create", f, ROOT_CONTEXT_ID, (root, 0))
+            .invoke(
+                "proxy_on_context_create",
+                |e| e.on_context_create.as_ref(),
+                ROOT_CONTEXT_ID,
+                (root, 0),
+            )
             .is_err()
         {
             return Err(trap("proxy_on_context_create", self));
         }
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_vm_start.as_ref();
-        match self.invoke("proxy_on_vm_start", f, ROOT_CONTEXT_ID, (root, vm_size)) {
+        match self.invoke(
+            "proxy_on_vm_start",
+            |e| e.on_vm_start.as_ref(),
+            ROOT_CONTEXT_ID,
+            (root, vm_size),
+        ) {
             Err(Trapped) => return Err(trap("proxy_on_vm_start", self)),
             Ok(Some(0)) => return Err(HarnessError::VmStartFailed),
             Ok(_) => {}
         }
         self.store.data_mut().in_configure = true;
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_configure.as_ref();
         let result = self.invoke(
             "proxy_on_configure",
-            f,
+            |e| e.on_configure.as_ref(),
             ROOT_CONTEXT_ID,
             (root, plugin_size),
         );
@@ -316,11 +320,13 @@ impl Worker {
     fn invoke<P: WasmParams, R: WasmResults>(
         &mut self,
         during: &'static str,
-        func: Option<&TypedFunc<P, R>>,
+        pick: fn(&Exports) -> Option<&TypedFunc<P, R>>,
         context: u32,
         params: P,
     ) -> Result<Option<R>, Trapped> {
-        let Some(func) = func else {
+        // The export is borrowed through a handle on the shared table, not cloned.
+        let exports = Arc::clone(&self.exports);
+        let Some(func) = pick(&exports) else {
             return Ok(None);
         };
         if self.poisoned {
@@ -468,9 +474,12 @@ impl Worker {
                 at: due.at.saturating_add(p.as_nanos() as u64),
                 sequence: self.env.next_sequence(),
             });
-            let exports = Arc::clone(&self.exports);
-            let f = exports.on_tick.as_ref();
-            let result = self.invoke("proxy_on_tick", f, ROOT_CONTEXT_ID, ROOT_CONTEXT_ID as i32);
+            let result = self.invoke(
+                "proxy_on_tick",
+                |e| e.on_tick.as_ref(),
+                ROOT_CONTEXT_ID,
+                ROOT_CONTEXT_ID as i32,
+            );
             self.after_event(result.map(|_| ()));
             return;
         }
@@ -535,20 +544,21 @@ impl Worker {
             state.call_delivery = Some(delivery);
             state.status = status;
         }
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_http_call_response.as_ref();
-        let result = self.invoke("proxy_on_http_call_response", f, context, args);
+        let result = self.invoke(
+            "proxy_on_http_call_response",
+            |e| e.on_http_call_response.as_ref(),
+            context,
+            args,
+        );
         self.store.data_mut().call_delivery = None;
         self.after_event(result.map(|_| ()));
     }
 
     /// Delivers `proxy_on_queue_ready` to this worker's root context.
     pub(crate) fn deliver_queue_ready(&mut self, root_context_id: u32, token: u32) {
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_queue_ready.as_ref();
         let result = self.invoke(
             "proxy_on_queue_ready",
-            f,
+            |e| e.on_queue_ready.as_ref(),
             root_context_id,
             (root_context_id as i32, token as i32),
         );
@@ -606,11 +616,9 @@ impl Worker {
             return stream_id;
         }
         self.store.data_mut().streams.insert(id, data);
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_context_create.as_ref();
         let created = self.invoke(
             "proxy_on_context_create",
-            f,
+            |e| e.on_context_create.as_ref(),
             id,
             (id as i32, ROOT_CONTEXT_ID as i32),
         );
@@ -779,13 +787,11 @@ impl Worker {
             (Phase::Request, Event::Headers(map, eos)) => {
                 let n = map.len() as i32;
                 data.request_headers = Some(map);
-                let exports = Arc::clone(&self.exports);
-                let f = exports.on_request_headers.as_ref();
                 (
                     "proxy_on_request_headers",
                     self.invoke(
                         "proxy_on_request_headers",
-                        f,
+                        |e| e.on_request_headers.as_ref(),
                         id,
                         (id as i32, n, i32::from(eos)),
                     )?,
@@ -795,13 +801,11 @@ impl Worker {
                 let buffer = data.request_body.get_or_insert_with(Vec::new);
                 buffer.extend(chunk);
                 let n = buffer.len() as i32;
-                let exports = Arc::clone(&self.exports);
-                let f = exports.on_request_body.as_ref();
                 (
                     "proxy_on_request_body",
                     self.invoke(
                         "proxy_on_request_body",
-                        f,
+                        |e| e.on_request_body.as_ref(),
                         id,
                         (id as i32, n, i32::from(eos)),
                     )?,
@@ -810,23 +814,24 @@ impl Worker {
             (Phase::Request, Event::Trailers(map)) => {
                 let n = map.len() as i32;
                 data.request_trailers = Some(map);
-                let exports = Arc::clone(&self.exports);
-                let f = exports.on_request_trailers.as_ref();
                 (
                     "proxy_on_request_trailers",
-                    self.invoke("proxy_on_request_trailers", f, id, (id as i32, n))?,
+                    self.invoke(
+                        "proxy_on_request_trailers",
+                        |e| e.on_request_trailers.as_ref(),
+                        id,
+                        (id as i32, n),
+                    )?,
                 )
             }
             (Phase::Response, Event::Headers(map, eos)) => {
                 let n = map.len() as i32;
                 data.response_headers = Some(map);
-                let exports = Arc::clone(&self.exports);
-                let f = exports.on_response_headers.as_ref();
                 (
                     "proxy_on_response_headers",
                     self.invoke(
                         "proxy_on_response_headers",
-                        f,
+                        |e| e.on_response_headers.as_ref(),
                         id,
                         (id as i32, n, i32::from(eos)),
                     )?,
@@ -836,13 +841,11 @@ impl Worker {
                 let buffer = data.response_body.get_or_insert_with(Vec::new);
                 buffer.extend(chunk);
                 let n = buffer.len() as i32;
-                let exports = Arc::clone(&self.exports);
-                let f = exports.on_response_body.as_ref();
                 (
                     "proxy_on_response_body",
                     self.invoke(
                         "proxy_on_response_body",
-                        f,
+                        |e| e.on_response_body.as_ref(),
                         id,
                         (id as i32, n, i32::from(eos)),
                     )?,
@@ -851,11 +854,14 @@ impl Worker {
             (Phase::Response, Event::Trailers(map)) => {
                 let n = map.len() as i32;
                 data.response_trailers = Some(map);
-                let exports = Arc::clone(&self.exports);
-                let f = exports.on_response_trailers.as_ref();
                 (
                     "proxy_on_response_trailers",
-                    self.invoke("proxy_on_response_trailers", f, id, (id as i32, n))?,
+                    self.invoke(
+                        "proxy_on_response_trailers",
+                        |e| e.on_response_trailers.as_ref(),
+                        id,
+                        (id as i32, n),
+                    )?,
                 )
             }
         };
@@ -896,11 +902,9 @@ impl Worker {
         data.response_headers = Some(headers);
         data.response_body = None;
         let eos = body.is_empty();
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_response_headers.as_ref();
         self.invoke(
             "proxy_on_response_headers",
-            f,
+            |e| e.on_response_headers.as_ref(),
             id,
             (id as i32, n, i32::from(eos)),
         )?;
@@ -909,8 +913,12 @@ impl Worker {
             if let Some(data) = self.store.data_mut().streams.get_mut(&id) {
                 data.response_body = Some(body);
             }
-            let f = exports.on_response_body.as_ref();
-            self.invoke("proxy_on_response_body", f, id, (id as i32, len, 1))?;
+            self.invoke(
+                "proxy_on_response_body",
+                |e| e.on_response_body.as_ref(),
+                id,
+                (id as i32, len, 1),
+            )?;
         }
         let data = self.store.data_mut().streams.get_mut(&id).ok_or(Trapped)?;
         // The filter may still read the response headers in `proxy_on_log`: copy, not take.
@@ -928,18 +936,12 @@ impl Worker {
             return Ok(());
         };
         self.record(id, driver, disposition);
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_done.as_ref();
-        self.invoke("proxy_on_done", f, id, id as i32)?;
+        self.invoke("proxy_on_done", |e| e.on_done.as_ref(), id, id as i32)?;
         self.store.data_mut().in_log = true;
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_log.as_ref();
-        let logged = self.invoke("proxy_on_log", f, id, id as i32);
+        let logged = self.invoke("proxy_on_log", |e| e.on_log.as_ref(), id, id as i32);
         self.store.data_mut().in_log = false;
         logged?;
-        let exports = Arc::clone(&self.exports);
-        let f = exports.on_delete.as_ref();
-        self.invoke("proxy_on_delete", f, id, id as i32)?;
+        self.invoke("proxy_on_delete", |e| e.on_delete.as_ref(), id, id as i32)?;
         self.store.data_mut().streams.remove(&id);
         self.calls.retain(|c| c.context != id);
         Ok(())
