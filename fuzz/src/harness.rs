@@ -4,7 +4,7 @@
 //! `proxy_set_header_map_pairs`, `proxy_send_local_response`, `proxy_http_call` or
 //! `proxy_set_buffer_bytes`, or uses it as raw pointers and sizes. The host must never panic or
 //! trap the guest; a well-formed map (spec serialization) must come back exactly (names
-//! lower-cased, invalid UTF-8 replaced) and a malformed one must read as empty, as in Envoy.
+//! lower-cased, invalid UTF-8 in a name replaced, values byte for byte) and a malformed one must read as empty, as in Envoy.
 
 use std::cell::RefCell;
 
@@ -16,7 +16,7 @@ pub const GUEST_WAT: &str = include_str!("guest.wat");
 /// An independent decoder of the proxy-wasm map serialization: pair count (u32 LE), then each
 /// pair's name and value sizes (u32 LE), then each name and value followed by NUL.
 #[must_use]
-pub fn reference_decode(bytes: &[u8]) -> Option<Vec<(String, String)>> {
+pub fn reference_decode(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -31,24 +31,26 @@ pub fn reference_decode(bytes: &[u8]) -> Option<Vec<(String, String)>> {
     }
     let mut out = Vec::new();
     for i in 0..count {
-        let mut pair = [String::new(), String::new()];
+        let mut pair = [Vec::new(), Vec::new()];
         for (j, slot) in pair.iter_mut().enumerate() {
             let len = u32_at(4 + 8 * i + 4 * j)?;
             let end = pos.checked_add(len)?;
-            let text = bytes.get(pos..end)?;
+            let field = bytes.get(pos..end)?;
             if bytes.get(end) != Some(&0) {
                 return None;
             }
-            *slot = String::from_utf8_lossy(text).into_owned();
+            *slot = field.to_vec();
             pos = end + 1;
         }
         let [k, v] = pair;
-        out.push((k, v));
+        out.push((String::from_utf8_lossy(&k).into_owned(), v));
     }
     Some(out)
 }
 
-fn lower(map: Vec<(String, String)>) -> Vec<(String, String)> {
+/// What the host keeps of a map: names lower-cased (invalid UTF-8 in a name replaced), values
+/// byte for byte.
+fn lower(map: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
     map.into_iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect()
@@ -140,8 +142,13 @@ fn run(h: &mut Harness, data: &[u8]) {
             assert_eq!(status, Status::Ok as u8, "send_local_response failed");
             let local = outcome.local_response.expect("a local response was sent");
             assert_eq!(local.status, 403);
+            let got: Vec<(String, Vec<u8>)> = local
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                .collect();
             assert_eq!(
-                local.headers,
+                got,
                 expected.unwrap_or_default(),
                 "local response headers differ"
             );

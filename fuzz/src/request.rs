@@ -284,19 +284,23 @@ pub(crate) fn headers_of(f: &Fixture, case: &Case) -> Vec<(String, String)> {
 
 /// The request upstream sees after an allow: removals (case-insensitive, every copy), then sets
 /// (replacing every copy), then the identity headers added (as the host's add: no search, so a
-/// client copy the decision failed to remove would still be there).
-pub(crate) fn forwarded(headers: &[(String, String)], allow: &Allow<'_>) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = headers
+/// client copy the decision failed to remove would still be there). Values are text or, as
+/// the host holds them, bytes.
+pub(crate) fn forwarded<V: Clone + From<String>>(
+    headers: &[(String, V)],
+    allow: &Allow<'_>,
+) -> Vec<(String, V)> {
+    let mut out: Vec<(String, V)> = headers
         .iter()
         .filter(|(k, _)| !allow.remove.iter().any(|r| r.eq_ignore_ascii_case(k)))
         .cloned()
         .collect();
     for (name, value) in &allow.set {
         out.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-        out.push(((*name).to_owned(), value.clone()));
+        out.push(((*name).to_owned(), value.clone().into()));
     }
     for (name, value) in &allow.identity {
-        out.push(((*name).to_owned(), value.clone()));
+        out.push(((*name).to_owned(), value.clone().into()));
     }
     out
 }

@@ -199,24 +199,21 @@ async fn handle(
     let authority = parts
         .headers
         .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .map(|h| h.as_bytes().into())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().into()))
         .unwrap_or_default();
     let mut headers: HeaderMap = vec![
-        (":method".to_owned(), parts.method.as_str().to_owned()),
-        (":path".to_owned(), path),
+        (":method".to_owned(), parts.method.as_str().into()),
+        (":path".to_owned(), path.into()),
         (":authority".to_owned(), authority),
-        (":scheme".to_owned(), "http".to_owned()),
+        (":scheme".to_owned(), "http".into()),
     ];
     for (name, value) in &parts.headers {
         if name == HOST || HOP_BY_HOP.contains(&name.as_str()) {
             continue;
         }
-        headers.push((
-            name.as_str().to_owned(),
-            String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        ));
+        // Values go through byte for byte, as Envoy passes obs-text (not UTF-8) through.
+        headers.push((name.as_str().to_owned(), value.as_bytes().into()));
     }
     let request = Request {
         headers,
@@ -241,12 +238,14 @@ async fn forward(state: &State, headers: HeaderMap, body: Incoming) -> Response<
         headers
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_bytes())
     };
     let method = pseudo(":method")
-        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .and_then(|m| Method::from_bytes(m).ok())
         .unwrap_or(Method::GET);
-    let path = pseudo(":path").unwrap_or("/");
+    let path = pseudo(":path")
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .unwrap_or("/");
     let base = state.upstream.path().trim_end_matches('/');
     let uri = format!(
         "http://{}{base}{path}",
@@ -257,7 +256,9 @@ async fn forward(state: &State, headers: HeaderMap, body: Incoming) -> Response<
             .unwrap_or_default()
     );
     let mut builder = hyper::Request::builder().method(method).uri(uri);
-    if let Some(authority) = pseudo(":authority").filter(|a| !a.is_empty()) {
+    if let Some(authority) = pseudo(":authority").filter(|a| !a.is_empty())
+        && let Ok(authority) = HeaderValue::from_bytes(authority)
+    {
         builder = builder.header(HOST, authority);
     }
     for (name, value) in &headers {
@@ -266,7 +267,7 @@ async fn forward(state: &State, headers: HeaderMap, body: Incoming) -> Response<
         }
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
+            HeaderValue::from_bytes(value.as_bytes()),
         ) {
             builder = builder.header(n, v);
         }
@@ -289,7 +290,11 @@ async fn forward(state: &State, headers: HeaderMap, body: Incoming) -> Response<
     }
 }
 
-fn local_reply(status: u16, headers: &[(String, String)], body: Vec<u8>) -> Response<Body> {
+fn local_reply(
+    status: u16,
+    headers: &[(String, keygate_host_harness::HeaderValue)],
+    body: Vec<u8>,
+) -> Response<Body> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (name, value) in headers {
@@ -298,7 +303,7 @@ fn local_reply(status: u16, headers: &[(String, String)], body: Vec<u8>) -> Resp
         }
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
+            HeaderValue::from_bytes(value.as_bytes()),
         ) {
             response.headers_mut().append(n, v);
         }

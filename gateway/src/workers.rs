@@ -147,7 +147,7 @@ impl FilterPool {
 fn unavailable() -> Verdict {
     Verdict::Reply {
         status: 503,
-        headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
+        headers: vec![("content-type".to_owned(), "text/plain".into())],
         body: b"filter worker unavailable\n".to_vec(),
     }
 }

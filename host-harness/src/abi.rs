@@ -180,11 +180,150 @@ impl MetricType {
 }
 
 /// A header map: ordered `(name, value)` pairs. Names are lower-case as in Envoy.
-pub type HeaderMap = Vec<(String, String)>;
+pub type HeaderMap = Vec<(String, HeaderValue)>;
+
+/// What [`HeaderValue::as_text`] gives for a value that is not UTF-8.
+pub const NOT_UTF8: &str = "\u{fffd}";
+
+/// A header value: bytes, as in HTTP and the ABI. Envoy passes a value that is not UTF-8
+/// (obs-text, say Latin-1) through unchanged, and so does the harness.
+///
+/// Built from `&str`, `String`, `Vec<u8>` or `&[u8]`; compares equal to a `&str` with the same
+/// bytes; `Debug` shows it as a string when it is UTF-8 and as escaped bytes otherwise.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeaderValue(Vec<u8>);
+
+impl HeaderValue {
+    /// The raw bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value as text, or `None` when it is not UTF-8.
+    #[must_use]
+    pub fn to_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The value as text, or `"\u{fffd}"` when it is not UTF-8: what the harness's `header`
+    /// getters return, so a value that is there never reads as absent.
+    #[must_use]
+    pub fn as_text(&self) -> &str {
+        self.to_str().unwrap_or(NOT_UTF8)
+    }
+
+    /// The value as text with anything that is not UTF-8 replaced by U+FFFD.
+    #[must_use]
+    pub fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+
+    /// The length in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the value is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The bytes, owned.
+    #[must_use]
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// In JSON (scenario files and reports) a value is a string; one that is not UTF-8 is written
+/// lossily, as bodies are.
+impl serde::Serialize for HeaderValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_str_lossy())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HeaderValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(Self::from)
+    }
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_str() {
+            Some(s) => fmt::Debug::fmt(s, f),
+            None => write!(f, "b\"{}\"", self.0.escape_ascii()),
+        }
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(value: &str) -> Self {
+        Self(value.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(value: String) -> Self {
+        Self(value.into_bytes())
+    }
+}
+
+impl From<&String> for HeaderValue {
+    fn from(value: &String) -> Self {
+        Self(value.as_bytes().to_vec())
+    }
+}
+
+impl From<Vec<u8>> for HeaderValue {
+    fn from(value: Vec<u8>) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&[u8]> for HeaderValue {
+    fn from(value: &[u8]) -> Self {
+        Self(value.to_vec())
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for HeaderValue {
+    fn from(value: &[u8; N]) -> Self {
+        Self(value.to_vec())
+    }
+}
+
+impl PartialEq<str> for HeaderValue {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for HeaderValue {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<HeaderValue> for str {
+    fn eq(&self, other: &HeaderValue) -> bool {
+        self.as_bytes() == other.0
+    }
+}
+
+impl PartialEq<HeaderValue> for &str {
+    fn eq(&self, other: &HeaderValue) -> bool {
+        self.as_bytes() == other.0
+    }
+}
 
 /// Serializes pairs in the spec's format: pair count (u32 LE), then for each pair the name
 /// and value sizes (u32 LE each), then each name and value followed by a NUL byte.
-pub(crate) fn serialize_map(map: &[(String, String)]) -> Vec<u8> {
+pub(crate) fn serialize_map(map: &[(String, HeaderValue)]) -> Vec<u8> {
     let data: usize = map.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     let mut out = Vec::with_capacity(4 + map.len() * 8 + data);
     out.extend_from_slice(&(map.len() as u32).to_le_bytes());
@@ -240,7 +379,7 @@ pub(crate) fn deserialize_map(bytes: &[u8]) -> Option<HeaderMap> {
             return None;
         }
         pos += 1;
-        map.push((lossy_string(key), lossy_string(value)));
+        map.push((lossy_string(key), HeaderValue::from(value)));
     }
     Some(map)
 }
@@ -252,8 +391,8 @@ mod tests {
     #[test]
     fn map_round_trips_in_spec_layout() {
         let map = vec![
-            (":path".to_owned(), "/a".to_owned()),
-            ("x".to_owned(), String::new()),
+            (":path".to_owned(), HeaderValue::from("/a")),
+            ("x".to_owned(), HeaderValue::default()),
         ];
         let bytes = serialize_map(&map);
         assert_eq!(&bytes[..4], &2u32.to_le_bytes());
@@ -264,21 +403,41 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_in_a_map_is_replaced_not_rejected() {
+    fn a_value_that_is_not_utf8_is_kept_and_a_name_is_replaced() {
         // one pair: name "a\xff", value "\xfe" (sizes 2 and 1)
         let bytes = [1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, b'a', 0xff, 0, 0xfe, 0];
+        let map = deserialize_map(&bytes).unwrap();
         assert_eq!(
-            deserialize_map(&bytes),
-            Some(vec![("a\u{fffd}".to_owned(), "\u{fffd}".to_owned())])
+            map,
+            vec![("a\u{fffd}".to_owned(), HeaderValue::from(&[0xfe]))]
+        );
+        assert_eq!(map[0].1.to_str(), None);
+        assert_eq!(map[0].1.to_str_lossy(), "\u{fffd}");
+        assert_eq!(format!("{:?}", map[0].1), r#"b"\xfe""#);
+        // and it goes back to the guest byte for byte
+        assert_eq!(
+            serialize_map(&map)[12..],
+            [b'a', 0xef, 0xbf, 0xbd, 0, 0xfe, 0]
         );
         assert_eq!(lossy_string(b"plain"), "plain");
+    }
+
+    #[test]
+    fn a_header_value_compares_with_text_by_its_bytes() {
+        let v = HeaderValue::from("k\u{e9}y");
+        assert_eq!(v, "k\u{e9}y");
+        assert_eq!("k\u{e9}y", v);
+        assert_ne!(HeaderValue::from(&b"k\xe9y"[..]), "k\u{e9}y");
+        assert_eq!(format!("{v:?}"), "\"k\u{e9}y\"");
+        assert_eq!(v.len(), 4);
+        assert!(!v.is_empty() && HeaderValue::default().is_empty());
     }
 
     #[test]
     fn malformed_maps_are_rejected() {
         assert_eq!(deserialize_map(&[1, 0, 0, 0]), None);
         assert_eq!(deserialize_map(&[255, 255, 255, 255, 0, 0]), None);
-        let mut bytes = serialize_map(&[("a".to_owned(), "b".to_owned())]);
+        let mut bytes = serialize_map(&[("a".to_owned(), HeaderValue::from("b"))]);
         let last = bytes.len() - 1;
         bytes[last] = b'x';
         assert_eq!(deserialize_map(&bytes), None);

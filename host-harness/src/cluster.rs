@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::abi::HeaderMap;
+use crate::abi::{HeaderMap, HeaderValue};
 
 /// An HTTP callout as the filter issued it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -24,13 +24,14 @@ pub struct CalloutRequest {
 }
 
 impl CalloutRequest {
-    /// The first value of a header (names are compared lower-case).
+    /// The first value of a header (names are compared lower-case), as text: one that is not
+    /// UTF-8 reads as `"\u{fffd}"` ([`HeaderValue::as_text`]).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
         self.headers
             .iter()
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_text())
     }
 }
 
@@ -69,7 +70,7 @@ impl CalloutReply {
     pub fn status(status: u16) -> Self {
         Self {
             outcome: ReplyOutcome::Response(CalloutResponse {
-                headers: vec![(":status".to_owned(), status.to_string())],
+                headers: vec![(":status".to_owned(), status.to_string().into())],
                 ..CalloutResponse::default()
             }),
             latency: Duration::ZERO,
@@ -81,7 +82,7 @@ impl CalloutReply {
         if !response.headers.iter().any(|(k, _)| k == ":status") {
             response
                 .headers
-                .insert(0, (":status".to_owned(), "200".to_owned()));
+                .insert(0, (":status".to_owned(), "200".into()));
         }
         Self {
             outcome: ReplyOutcome::Response(response),
@@ -106,10 +107,9 @@ impl CalloutReply {
     }
 
     /// Adds a header to a response (no effect on reset/silent replies).
-    pub fn header(mut self, name: &str, value: &str) -> Self {
+    pub fn header(mut self, name: &str, value: impl Into<HeaderValue>) -> Self {
         if let ReplyOutcome::Response(r) = &mut self.outcome {
-            r.headers
-                .push((name.to_ascii_lowercase(), value.to_owned()));
+            r.headers.push((name.to_ascii_lowercase(), value.into()));
         }
         self
     }
@@ -123,10 +123,9 @@ impl CalloutReply {
     }
 
     /// Adds a trailer to a response.
-    pub fn trailer(mut self, name: &str, value: &str) -> Self {
+    pub fn trailer(mut self, name: &str, value: impl Into<HeaderValue>) -> Self {
         if let ReplyOutcome::Response(r) = &mut self.outcome {
-            r.trailers
-                .push((name.to_ascii_lowercase(), value.to_owned()));
+            r.trailers.push((name.to_ascii_lowercase(), value.into()));
         }
         self
     }
@@ -224,7 +223,7 @@ fn http_exchange(url: &str, request: &CalloutRequest) -> CalloutResult {
         if name.starts_with(':') {
             continue;
         }
-        builder = builder.header(name.as_str(), value.as_str());
+        builder = builder.header(name.as_str(), value.as_bytes());
     }
     if let Some(authority) = request.header(":authority") {
         builder = builder.header("host", authority);
@@ -239,12 +238,12 @@ fn http_exchange(url: &str, request: &CalloutRequest) -> CalloutResult {
     let agent: ureq::Agent = config.build().into();
     match agent.run(http_request) {
         Ok(mut response) => {
-            let mut headers = vec![(":status".to_owned(), response.status().as_u16().to_string())];
+            let mut headers = vec![(
+                ":status".to_owned(),
+                response.status().as_u16().to_string().into(),
+            )];
             for (name, value) in response.headers() {
-                headers.push((
-                    name.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                ));
+                headers.push((name.as_str().to_owned(), value.as_bytes().into()));
             }
             // ureq caps `read_to_vec` at 10 MB by default; a key-set snapshot of a million keys
             // is 60 MB. Envoy buffers the whole response; the harness allows what a guest buffer

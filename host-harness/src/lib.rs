@@ -50,7 +50,7 @@ mod state;
 mod stream;
 mod worker;
 
-pub use abi::{HeaderMap, LogLevel, MetricType, Status};
+pub use abi::{HeaderMap, HeaderValue, LogLevel, MetricType, Status};
 pub use clock::{Clock, DEFAULT_VIRTUAL_START_NANOS};
 pub use cluster::{
     CalloutReply, CalloutRequest, CalloutResponse, CalloutResult, Cluster, Handler, TimeoutDelivery,

@@ -135,7 +135,10 @@ fn reply(spec: &ReplySpec) -> CalloutReply {
     } else if spec.silent {
         CalloutReply::silent()
     } else {
-        let mut headers = vec![(":status".to_owned(), spec.status.unwrap_or(200).to_string())];
+        let mut headers = vec![(
+            ":status".to_owned(),
+            spec.status.unwrap_or(200).to_string().into(),
+        )];
         headers.extend(
             spec.headers
                 .iter()

@@ -1,6 +1,6 @@
 //! The public description of a request stream (input) and of what happened to it (outcome).
 
-use crate::abi::HeaderMap;
+use crate::abi::{HeaderMap, HeaderValue};
 use crate::state::LocalResponse;
 
 /// Identifies a stream: the worker that runs it and its context id there.
@@ -29,16 +29,15 @@ impl UpstreamResponse {
     /// A response with a status and no body.
     pub fn status(status: u16) -> Self {
         Self {
-            headers: vec![(":status".to_owned(), status.to_string())],
+            headers: vec![(":status".to_owned(), status.to_string().into())],
             body: Vec::new(),
             trailers: Vec::new(),
         }
     }
 
-    /// Adds a header.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+    /// Adds a header (any bytes: `&str`, `String`, `&[u8]`, …).
+    pub fn header(mut self, name: &str, value: impl Into<HeaderValue>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
         self
     }
 
@@ -80,10 +79,10 @@ impl Request {
     pub fn new(method: &str, path: &str) -> Self {
         Self {
             headers: vec![
-                (":method".to_owned(), method.to_owned()),
-                (":path".to_owned(), path.to_owned()),
-                (":authority".to_owned(), "example.com".to_owned()),
-                (":scheme".to_owned(), "http".to_owned()),
+                (":method".to_owned(), method.into()),
+                (":path".to_owned(), path.into()),
+                (":authority".to_owned(), "example.com".into()),
+                (":scheme".to_owned(), "http".into()),
             ],
             body: Vec::new(),
             trailers: Vec::new(),
@@ -97,10 +96,9 @@ impl Request {
         Self::new("GET", path)
     }
 
-    /// Adds a header (name lower-cased).
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+    /// Adds a header (name lower-cased; the value any bytes: `&str`, `String`, `&[u8]`, …).
+    pub fn header(mut self, name: &str, value: impl Into<HeaderValue>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
         self
     }
 
@@ -111,9 +109,9 @@ impl Request {
     }
 
     /// Adds a trailer.
-    pub fn trailer(mut self, name: &str, value: &str) -> Self {
+    pub fn trailer(mut self, name: &str, value: impl Into<HeaderValue>) -> Self {
         self.trailers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+            .push((name.to_ascii_lowercase(), value.into()));
         self
     }
 
@@ -179,7 +177,7 @@ impl FinalResponse {
         let status = headers
             .iter()
             .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| v.parse().ok())
+            .and_then(|(_, v)| v.as_text().parse().ok())
             .unwrap_or(0);
         Self {
             status,
@@ -189,12 +187,18 @@ impl FinalResponse {
         }
     }
 
-    /// First value of a header.
+    /// First value of a header, as text (`"\u{fffd}"` when it is not UTF-8).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.header_value(name).map(HeaderValue::as_text)
+    }
+
+    /// First value of a header, byte for byte.
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.header_value(name).map(HeaderValue::as_bytes)
+    }
+
+    fn header_value(&self, name: &str) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 }
 
@@ -214,14 +218,24 @@ pub struct StreamOutcome {
 }
 
 impl StreamOutcome {
-    /// First value of a header the upstream received.
+    /// First value of a header the upstream received, as text (`"\u{fffd}"` when it is not
+    /// UTF-8, so a value that is there never reads as absent).
     pub fn request_header(&self, name: &str) -> Option<&str> {
+        self.request_header_value(name).map(HeaderValue::as_text)
+    }
+
+    /// First value of a header the upstream received, byte for byte.
+    pub fn request_header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.request_header_value(name).map(HeaderValue::as_bytes)
+    }
+
+    fn request_header_value(&self, name: &str) -> Option<&HeaderValue> {
         self.request
             .as_ref()?
             .headers
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// The status the client got, if any.

@@ -517,9 +517,9 @@ impl Worker {
                 (
                     CallDelivery {
                         headers: vec![
-                            (":status".to_owned(), "504".to_owned()),
-                            ("content-length".to_owned(), body.len().to_string()),
-                            ("content-type".to_owned(), "text/plain".to_owned()),
+                            (":status".to_owned(), "504".into()),
+                            ("content-length".to_owned(), body.len().to_string().into()),
+                            ("content-type".to_owned(), "text/plain".into()),
                         ],
                         body,
                         trailers: Vec::new(),
@@ -695,7 +695,7 @@ impl Worker {
                         .headers
                         .iter()
                         .find(|(k, _)| k == ":status")
-                        .and_then(|(_, v)| v.parse::<i64>().ok());
+                        .and_then(|(_, v)| v.as_text().parse::<i64>().ok());
                     if let (Some(code), Some(data)) =
                         (status, self.store.data_mut().streams.get_mut(&id))
                     {
@@ -880,14 +880,17 @@ impl Worker {
     fn local_reply(&mut self, id: u32, local: LocalResponse) -> Result<(), Trapped> {
         let driver = self.drivers.get_mut(&id).ok_or(Trapped)?;
         let mut headers = Vec::with_capacity(local.headers.len() + 3);
-        headers.push((":status".to_owned(), local.status.to_string()));
+        headers.push((":status".to_owned(), local.status.to_string().into()));
         headers.extend(local.headers.iter().cloned());
         if !local.body.is_empty() {
             if !headers.iter().any(|(k, _)| k == "content-length") {
-                headers.push(("content-length".to_owned(), local.body.len().to_string()));
+                headers.push((
+                    "content-length".to_owned(),
+                    local.body.len().to_string().into(),
+                ));
             }
             if !headers.iter().any(|(k, _)| k == "content-type") {
-                headers.push(("content-type".to_owned(), "text/plain".to_owned()));
+                headers.push(("content-type".to_owned(), "text/plain".into()));
             }
         }
         let body = local.body.clone();
@@ -976,7 +979,7 @@ impl Worker {
             match self.env.failure_policy {
                 FailurePolicy::FailClosed => {
                     driver.response = FinalResponse::from_headers(
-                        vec![(":status".to_owned(), "503".to_owned())],
+                        vec![(":status".to_owned(), "503".into())],
                         Vec::new(),
                         Vec::new(),
                     );
@@ -1063,26 +1066,29 @@ fn derived_properties(spec: &Request) -> Vec<(String, Vec<u8>)> {
         spec.headers
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_bytes().to_vec())
     };
     let mut out = Vec::new();
-    let mut put = |path: &str, value: Option<String>| {
+    let mut put = |path: &str, value: Option<Vec<u8>>| {
         if let Some(value) = value {
-            out.push((path.replace('.', "\0"), value.into_bytes()));
+            out.push((path.replace('.', "\0"), value));
         }
     };
     put("request.path", header(":path"));
     put(
         "request.url_path",
-        header(":path").map(|p| p.split('?').next().unwrap_or_default().to_owned()),
+        header(":path").map(|mut p| {
+            p.truncate(p.iter().position(|&b| b == b'?').unwrap_or(p.len()));
+            p
+        }),
     );
     put("request.host", header(":authority"));
     put("request.method", header(":method"));
     put("request.scheme", header(":scheme"));
     put("request.id", header("x-request-id"));
-    put("request.protocol", Some("HTTP/1.1".to_owned()));
+    put("request.protocol", Some(b"HTTP/1.1".to_vec()));
     for (path, value) in &spec.properties {
-        put(path, Some(value.clone()));
+        put(path, Some(value.as_bytes().to_vec()));
     }
     out
 }

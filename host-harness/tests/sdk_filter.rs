@@ -460,7 +460,7 @@ fn wasi_output_environment_and_clock() {
 fn trailers_pass_through_and_end_of_stream_moves_to_the_last_event() {
     let mut h = harness("continue");
     let mut upstream = UpstreamResponse::status(200).body("r");
-    upstream.trailers = vec![("grpc-status".to_owned(), "0".to_owned())];
+    upstream.trailers = vec![("grpc-status".to_owned(), "0".into())];
     let out = h
         .run_request(
             Request::new("POST", "/t")
@@ -474,11 +474,11 @@ fn trailers_pass_through_and_end_of_stream_moves_to_the_last_event() {
     assert_eq!(request.body, b"b");
     assert_eq!(
         request.trailers,
-        vec![("x-checksum".to_owned(), "abc".to_owned())]
+        vec![("x-checksum".to_owned(), "abc".into())]
     );
     assert_eq!(
         out.response.unwrap().trailers,
-        vec![("grpc-status".to_owned(), "0".to_owned())]
+        vec![("grpc-status".to_owned(), "0".into())]
     );
 }
 

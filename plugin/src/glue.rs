@@ -199,8 +199,8 @@ impl Context for KeygateRoot {
         _num_trailers: usize,
     ) {
         // Read in place: a header that is not UTF-8 must not trap the root context.
-        let raw = raw::header_map(raw::Map::HttpCallResponseHeaders).unwrap_or_default();
-        let headers: Vec<(String, String)> = pairs::parse_str(&raw)
+        let mut raw = raw::header_map(raw::Map::HttpCallResponseHeaders).unwrap_or_default();
+        let headers: Vec<(String, String)> = pairs::parse_str(&mut raw)
             .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -336,8 +336,8 @@ impl Replies {
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // The host's buffer is read in place; a malformed one reads as no headers (a 401).
-        let raw = raw::header_map(raw::Map::RequestHeaders).unwrap_or_default();
-        let req = Request::from_pairs(pairs::parse_str(&raw).unwrap_or_default());
+        let mut raw = raw::header_map(raw::Map::RequestHeaders).unwrap_or_default();
+        let req = Request::from_pairs(pairs::parse_str(&mut raw).unwrap_or_default());
         let now = now_ms();
         let (reason, key_id) = {
             let guard = self.worker.borrow();

@@ -6,13 +6,22 @@
 
 use std::ops::Range;
 
-/// What stands in for a name or value that is not UTF-8: not empty (a key source that holds it
-/// is malformed, not missing) and never a valid key.
-pub const NOT_UTF8: &str = "\u{fffd}";
+/// What each byte of a sequence that is not UTF-8 reads as: U+001A SUBSTITUTE. One byte for one
+/// byte, so the map's layout holds; never whitespace, a delimiter or a key character, so a key
+/// source that holds one is malformed (not missing), and a cookie or `Authorization` header with
+/// such bytes elsewhere still yields its key. Envoy's codecs refuse control characters in
+/// header values, so a client cannot send this byte itself.
+///
+/// Known limit: a header the filter *rewrites* (a `cookie` without the key's cookie when hiding
+/// a cookie key) is rebuilt from this view, so a byte that was not UTF-8 in one of the *other*
+/// cookies reaches the upstream as this byte. Every header the filter does not rewrite keeps its
+/// bytes (the host holds them; the filter only reads a copy).
+pub const SUBSTITUTE: u8 = 0x1a;
 
-/// The pairs as strings: a name or value that is not UTF-8 becomes [`NOT_UTF8`]. `None` when
-/// `bytes` is not a well-formed map.
-pub fn parse_str(bytes: &[u8]) -> Option<Vec<(&str, &str)>> {
+/// The pairs as strings, read in place. Every byte of a sequence that is not UTF-8 (obs-text,
+/// say Latin-1, which Envoy lets through) is first replaced in `bytes` by [`SUBSTITUTE`].
+/// `None` when `bytes` is not a well-formed map.
+pub fn parse_str(bytes: &mut [u8]) -> Option<Vec<(&str, &str)>> {
     let data_start = bytes
         .get(..4)
         .and_then(|c| c.try_into().ok())
@@ -21,17 +30,30 @@ pub fn parse_str(bytes: &[u8]) -> Option<Vec<(&str, &str)>> {
                 .saturating_mul(8)
                 .saturating_add(4)
         });
-    match bytes.get(data_start..).map(std::str::from_utf8) {
-        // The usual case: every name and value is UTF-8, checked once. Fields start and end
-        // next to NUL bytes, so they are on character boundaries.
-        Some(Ok(data)) => parse_with(bytes, |k, v| {
-            let field = |r: Range<usize>| data.get(r.start - data_start..r.end - data_start);
-            (field(k).unwrap_or(NOT_UTF8), field(v).unwrap_or(NOT_UTF8))
-        }),
-        _ => parse_with(bytes, |k, v| {
-            let field = |r: Range<usize>| std::str::from_utf8(&bytes[r]).unwrap_or(NOT_UTF8);
-            (field(k), field(v))
-        }),
+    if let Some(data) = bytes.get_mut(data_start..) {
+        substitute_invalid(data);
+    }
+    let bytes = &*bytes;
+    let data = bytes.get(data_start..).map(std::str::from_utf8);
+    let Some(Ok(data)) = data else {
+        // Too short for its size table: `parse_with` refuses it.
+        return parse_with(bytes, |_, _| ("", ""));
+    };
+    // Fields start and end next to NUL bytes (ASCII), so they are on character boundaries.
+    parse_with(bytes, |k, v| {
+        let field = |r: Range<usize>| data.get(r.start - data_start..r.end - data_start);
+        (field(k).unwrap_or_default(), field(v).unwrap_or_default())
+    })
+}
+
+/// Replaces every byte of each sequence in `data` that is not UTF-8 by [`SUBSTITUTE`].
+fn substitute_invalid(data: &mut [u8]) {
+    let mut at = 0;
+    while let Err(e) = std::str::from_utf8(&data[at..]) {
+        let start = at + e.valid_up_to();
+        let end = e.error_len().map_or(data.len(), |n| start + n);
+        data[start..end].fill(SUBSTITUTE);
+        at = end;
     }
 }
 
@@ -111,7 +133,7 @@ mod tests {
         ];
         let bytes = serialize(&map);
         let pairs = parse(&bytes).unwrap();
-        assert_eq!(parse_str(&bytes).unwrap(), map.to_vec());
+        assert_eq!(parse_str(&mut bytes.clone()).unwrap(), map.to_vec());
         assert_eq!(pairs.len(), 4);
         assert_eq!(parse(&[]), Some(Vec::new()));
         assert_eq!(parse(&serialize::<&str, &str>(&[])), Some(Vec::new()));
@@ -133,7 +155,11 @@ mod tests {
         // every truncation is refused
         for end in 1..good.len() {
             assert_eq!(parse(&good[..end]), None, "truncated at {end}");
-            assert_eq!(parse_str(&good[..end]), None, "truncated at {end}");
+            assert_eq!(
+                parse_str(&mut good[..end].to_vec()),
+                None,
+                "truncated at {end}"
+            );
         }
         // a missing NUL terminator
         let mut bad = good.clone();
@@ -151,13 +177,29 @@ mod tests {
     }
 
     #[test]
-    fn non_utf8_names_and_values_become_a_marker_that_is_not_empty() {
-        let bytes = serialize(&[(&b"x-api-key"[..], &b"kg_\xff"[..]), (b"\xfe", b"v")]);
-        let pairs = parse(&bytes).unwrap();
-        assert_eq!(pairs[0].1, b"kg_\xff");
+    fn bytes_that_are_not_utf8_read_as_substitutes_one_for_one() {
+        let mut bytes = serialize(&[
+            (&b"x-api-key"[..], &b"kg_\xff"[..]),
+            (b"\xfe", b"v"),
+            (b"cookie", b"a=caf\xc3\xa9; b=\xe9\xe2"),
+            (b"authorization", b"Bearer \xc3kg"),
+        ]);
+        assert_eq!(parse(&bytes).unwrap()[0].1, b"kg_\xff");
         assert_eq!(
-            parse_str(&bytes).unwrap(),
-            vec![("x-api-key", NOT_UTF8), (NOT_UTF8, "v")]
+            parse_str(&mut bytes).unwrap(),
+            vec![
+                ("x-api-key", "kg_\u{1a}"),
+                ("\u{1a}", "v"),
+                // valid UTF-8 stays; a truncated sequence is one substitute per byte
+                ("cookie", "a=caf\u{e9}; b=\u{1a}\u{1a}"),
+                ("authorization", "Bearer \u{1a}kg"),
+            ]
+        );
+        // a lone continuation byte, an overlong form, a surrogate, a sequence cut by the end
+        let mut bytes = serialize(&[(&b"v"[..], &b"\x80\xc0\xaf\xed\xa0\x80ok\xf0\x9f"[..])]);
+        assert_eq!(
+            parse_str(&mut bytes).unwrap(),
+            vec![("v", "\u{1a}\u{1a}\u{1a}\u{1a}\u{1a}\u{1a}ok\u{1a}\u{1a}")]
         );
     }
 }

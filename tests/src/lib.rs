@@ -110,7 +110,7 @@ pub fn local_header<'a>(o: &'a StreamOutcome, name: &str) -> Option<&'a str> {
         .headers
         .iter()
         .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_text())
 }
 
 /// A metric's value, 0 when absent.

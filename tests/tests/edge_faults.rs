@@ -843,7 +843,7 @@ fn past_max_staleness_while_misbehaving_the_failure_mode_applies_then_recovers()
 fn trapping_request(key: &str) -> Request {
     Request::get("/repos/acme/x")
         .header("x-api-key", key)
-        .header("x-filler", &"a".repeat(MEMORY_CAP + (8 << 20)))
+        .header("x-filler", "a".repeat(MEMORY_CAP + (8 << 20)))
 }
 
 #[test]

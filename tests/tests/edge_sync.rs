@@ -12,8 +12,8 @@ use keygate_e2e::{
     keyset_calls, metric,
 };
 use keygate_host_harness::{
-    CalloutReply, CalloutRequest, CalloutResponse, Cluster, Disposition, Harness, LogLevel,
-    Request, StreamOutcome,
+    CalloutReply, CalloutRequest, CalloutResponse, Cluster, Disposition, Harness, HeaderMap,
+    LogLevel, Request, StreamOutcome,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -174,10 +174,10 @@ fn relay(cp: &ControlPlane, mode: Arc<Mutex<Mode>>, wrong_key: String) -> Cluste
             }
             let resp = r.body(body).send().await.ok()?;
             let status = resp.status().as_u16();
-            let headers: Vec<(String, String)> = resp
+            let headers: HeaderMap = resp
                 .headers()
                 .iter()
-                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().into()))
                 .collect();
             let body = resp.bytes().await.ok()?.to_vec();
             Some((status, headers, body))
@@ -198,7 +198,7 @@ fn relay(cp: &ControlPlane, mode: Arc<Mutex<Mode>>, wrong_key: String) -> Cluste
             }
         }
         headers.retain(|(k, _)| k != "content-length" && k != "transfer-encoding");
-        headers.insert(0, (":status".to_owned(), status.to_string()));
+        headers.insert(0, (":status".to_owned(), status.to_string().into()));
         CalloutReply::response(CalloutResponse {
             headers,
             body,

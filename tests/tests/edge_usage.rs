@@ -116,7 +116,7 @@ fn a_retried_usage_batch_counts_once() {
         }
         CalloutReply::response(CalloutResponse {
             headers: vec![
-                (":status".into(), status.to_string()),
+                (":status".into(), status.to_string().into()),
                 ("content-type".into(), "application/json".into()),
             ],
             body: text.into_bytes(),

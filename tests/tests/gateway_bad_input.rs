@@ -568,6 +568,16 @@ fn header_abuse_and_garbage_never_let_anyone_in() {
         Some(alice.id.as_str())
     );
     assert_eq!(r.upstream("x-keygate-scopes").as_deref(), Some("repo:read"));
+    // A Latin-1 value the filter does not touch reaches the upstream byte for byte, as through
+    // Envoy (obs-text), not rewritten to UTF-8 replacement characters.
+    let last = stack.upstream.since(before).pop().expect("forwarded");
+    let other: Vec<&[u8]> = last
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-other")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    assert_eq!(other, [b"caf\xe9"], "{last:?}");
     let r = expect(
         "spoofed identity without a key on the anonymous route",
         get(

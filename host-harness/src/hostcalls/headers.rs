@@ -4,7 +4,7 @@
 
 use wasmtime::{Caller, Linker};
 
-use crate::abi::{HeaderMap, MapType, Status, deserialize_map, serialize_map};
+use crate::abi::{HeaderMap, HeaderValue, MapType, Status, deserialize_map, serialize_map};
 use crate::memory::{Guest, finish};
 use crate::state::HostState;
 
@@ -40,7 +40,7 @@ fn map_type(value: i32) -> Result<MapType, Status> {
 }
 
 /// Envoy's `setCopy`: the first entry takes the value, later duplicates go.
-pub(crate) fn replace(map: &mut HeaderMap, key: &str, value: String) {
+pub(crate) fn replace(map: &mut HeaderMap, key: &str, value: HeaderValue) {
     match map.iter().position(|(k, _)| k == key) {
         Some(first) => {
             map[first].1 = value;
@@ -123,7 +123,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
                 let key = guest.read_name(key_ptr, key_size)?;
-                let value = guest.read_string(value_ptr, value_size)?;
+                let value = HeaderValue::from(guest.read(value_ptr, value_size)?);
                 map_mut(guest.state(), map)?.push((key, value));
                 Ok(())
             })())
@@ -142,7 +142,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
                 let key = guest.read_name(key_ptr, key_size)?;
-                let value = guest.read_string(value_ptr, value_size)?;
+                let value = HeaderValue::from(guest.read(value_ptr, value_size)?);
                 replace(map_mut(guest.state(), map)?, &key, value);
                 Ok(())
             })())
@@ -179,23 +179,21 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::replace;
+    use crate::abi::HeaderMap;
 
     #[test]
     fn replace_keeps_first_and_drops_duplicates() {
-        let mut map = vec![
-            ("a".to_owned(), "1".to_owned()),
-            ("b".to_owned(), "2".to_owned()),
-            ("a".to_owned(), "3".to_owned()),
+        let mut map: HeaderMap = vec![
+            ("a".to_owned(), "1".into()),
+            ("b".to_owned(), "2".into()),
+            ("a".to_owned(), "3".into()),
         ];
-        replace(&mut map, "a", "x".to_owned());
+        replace(&mut map, "a", "x".into());
         assert_eq!(
             map,
-            vec![
-                ("a".to_owned(), "x".to_owned()),
-                ("b".to_owned(), "2".to_owned())
-            ]
+            vec![("a".to_owned(), "x".into()), ("b".to_owned(), "2".into())]
         );
-        replace(&mut map, "c", "y".to_owned());
-        assert_eq!(map.last(), Some(&("c".to_owned(), "y".to_owned())));
+        replace(&mut map, "c", "y".into());
+        assert_eq!(map.last(), Some(&("c".to_owned(), "y".into())));
     }
 }

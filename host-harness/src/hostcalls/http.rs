@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use wasmtime::{Caller, Linker};
 
-use crate::abi::{Status, deserialize_map};
+use crate::abi::{HeaderMap, Status, deserialize_map};
 use crate::cluster::CalloutRequest;
 use crate::memory::{Guest, finish};
 use crate::state::{HostState, LocalResponse};
@@ -33,7 +33,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let body = guest.read(body_ptr, body_size)?;
                 let trailers =
                     deserialize_map(&guest.read(trailers_ptr, trailers_size)?).unwrap_or_default();
-                let headers: Vec<(String, String)> = headers
+                let headers: HeaderMap = headers
                     .into_iter()
                     .map(|(mut k, v)| {
                         k.make_ascii_lowercase();
