@@ -220,9 +220,13 @@ pub struct Allow<'a> {
     pub reason: Reason,
     /// Header names to remove (spoofed identity headers, the credential header).
     pub remove: Vec<&'a str>,
-    /// Headers to set, replacing what is there (`:path` or `cookie` rewritten without the
-    /// credential).
+    /// Headers to set, replacing what is there (`:path` rewritten without the credential).
     pub set: Vec<(&'a str, String)>,
+    /// The name of the key's cookie when it is to be hidden: every `cookie` header becomes
+    /// [`cookies_without`] it, computed by the host shell from the bytes the client sent (the
+    /// decision reads a string view; other cookies may hold bytes that are not UTF-8), and the
+    /// header goes when no cookie is left.
+    pub strip_cookie: Option<&'a str>,
     /// Identity headers to add after the removals (key id, owner, scopes). None of them is
     /// present by then: every one the client sent is in `remove`, so the host is asked to add,
     /// the cheaper call, not to replace.
@@ -384,10 +388,24 @@ fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Optional whitespace around a cookie, its name and its value: space and tab (RFC 6265's OWS).
+/// The same bytes are trimmed where the key's cookie is read and where it is stripped, so the
+/// cookie read is the cookie removed.
+const OWS: [char; 2] = [' ', '\t'];
+
+fn ows_trimmed(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !OWS.contains(&char::from(*c)));
+    let end = b.iter().rposition(|c| !OWS.contains(&char::from(*c)));
+    match (start, end) {
+        (Some(s), Some(e)) => &b[s..=e],
+        _ => &[],
+    }
+}
+
 fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|c| {
-        let (k, v) = c.trim().split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        let (k, v) = c.trim_matches(OWS).split_once('=')?;
+        (k.trim_matches(OWS) == name).then(|| v.trim_matches(OWS).trim_matches('"'))
     })
 }
 
@@ -411,26 +429,27 @@ fn path_without_param(path: &str, name: &str) -> String {
     out
 }
 
-/// Every cookie from every `cookie` header, except `name`, joined with `; `.
-fn cookies_without(headers: &[(&str, &str)], name: &str) -> String {
-    let mut out = String::new();
-    for (_, v) in headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
-    {
-        for c in v.split(';') {
-            let c = c.trim();
-            let k = c.split_once('=').map_or(c, |(k, _)| k).trim();
-            if c.is_empty() || k == name {
+/// Every cookie of the `cookie` header `values`, except those named `name`, joined with `; `,
+/// byte for byte as sent; `None` when no cookie is left (the header goes).
+pub fn cookies_without<'v>(
+    values: impl IntoIterator<Item = &'v [u8]>,
+    name: &str,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for v in values {
+        for c in v.split(|&b| b == b';') {
+            let c = ows_trimmed(c);
+            let k = c.iter().position(|&b| b == b'=').map_or(c, |eq| &c[..eq]);
+            if c.is_empty() || ows_trimmed(k) == name.as_bytes() {
                 continue;
             }
             if !out.is_empty() {
-                out.push_str("; ");
+                out.extend_from_slice(b"; ");
             }
-            out.push_str(c);
+            out.extend_from_slice(c);
         }
     }
-    out
+    (!out.is_empty()).then_some(out)
 }
 
 /// Client-sent headers that only the filter may set: every `x-keygate-*` and the identity headers.
@@ -512,30 +531,24 @@ fn path_segment(path: &str, index: usize) -> Option<&str> {
 }
 
 /// With `hide_credentials`, the header changes that keep the credential found in `found` from
-/// the upstream.
+/// the upstream; a cookie is named in the returned `strip_cookie`.
 fn hide<'a>(
     config: &'a Config,
     req: &Request<'a>,
     found: Found<'a>,
     remove: &mut Vec<&'a str>,
     set: &mut Vec<(&'a str, String)>,
-) {
+) -> Option<&'a str> {
     if !config.hide_credentials {
-        return;
+        return None;
     }
     match found {
         Found::Header(name) => remove.push(name),
         Found::Bearer => remove.push("authorization"),
         Found::Query(name) => set.push((":path", path_without_param(req.path, name))),
-        Found::Cookie(name) => {
-            let rest = cookies_without(&req.headers, name);
-            if rest.is_empty() {
-                remove.push("cookie");
-            } else {
-                set.push(("cookie", rest));
-            }
-        }
+        Found::Cookie(name) => return Some(name),
     }
+    None
 }
 
 /// Decides one request. `now_secs` is Unix time in seconds.
@@ -558,13 +571,13 @@ pub fn decide<'a>(
     if route.is_some_and(|r| r.anonymous) {
         // A key sent to an anonymous route is hidden as well: the upstream never sees one.
         let mut set = Vec::new();
-        if let Some((_, found)) = find_key(req, config) {
-            hide(config, req, found, &mut remove, &mut set);
-        }
+        let strip_cookie = find_key(req, config)
+            .and_then(|(_, found)| hide(config, req, found, &mut remove, &mut set));
         return Decision::Allow(Allow {
             reason: Reason::Anonymous,
             remove,
             set,
+            strip_cookie,
             identity: Vec::new(),
             key_id: None,
         });
@@ -600,11 +613,12 @@ pub fn decide<'a>(
         }
         KeySetState::Stale(_) if config.failure_mode == FailureMode::Open => {
             let mut set = Vec::new();
-            hide(config, req, found, &mut remove, &mut set);
+            let strip_cookie = hide(config, req, found, &mut remove, &mut set);
             return Decision::Allow(Allow {
                 reason: Reason::FailOpen,
                 remove,
                 set,
+                strip_cookie,
                 identity: Vec::new(),
                 key_id: None,
             });
@@ -648,7 +662,7 @@ pub fn decide<'a>(
     }
 
     let mut set_headers = Vec::new();
-    hide(config, req, found, &mut remove, &mut set_headers);
+    let strip_cookie = hide(config, req, found, &mut remove, &mut set_headers);
     let key_id = entry.key_id();
     let ih = &config.identity_headers;
     let mut identity = Vec::with_capacity(3);
@@ -666,6 +680,7 @@ pub fn decide<'a>(
         reason: Reason::Allowed,
         remove,
         set: set_headers,
+        strip_cookie,
         identity,
         key_id: Some(key_id),
     })
@@ -794,12 +809,55 @@ mod tests {
         let cookie = format!("theme=dark; kg={}; lang=en", f.reader.secret);
         let h = headers("GET", "/x", &[("cookie", &cookie)]);
         let a = allow(run(&f, &c, &h));
-        assert_eq!(set_value(&a, "cookie"), Some("theme=dark; lang=en"));
+        assert_eq!(a.strip_cookie, Some("kg"));
+        assert!(a.set.is_empty() && !a.remove.contains(&"cookie"));
+        // without hiding, nothing is stripped
+        let shown = cfg(r#""key_sources":[{"cookie":"kg"}],"hide_credentials":false"#);
+        assert_eq!(allow(run(&f, &shown, &h)).strip_cookie, None);
+        // a key in the query is read first: the cookies stay
+        let path = format!("/x?api_key={}", f.reader.secret);
+        let h = headers("GET", &path, &[("cookie", &cookie)]);
+        assert_eq!(allow(run(&f, &c, &h)).strip_cookie, None);
+    }
 
-        let cookie = format!("kg={}", f.reader.secret);
-        let h = headers("GET", "/x", &[("cookie", &cookie)]);
-        let a = allow(run(&f, &c, &h));
-        assert!(a.remove.contains(&"cookie"));
+    #[test]
+    fn cookies_without_drops_every_cookie_of_that_name_and_keeps_the_rest_byte_for_byte() {
+        let strip = |values: &[&[u8]]| cookies_without(values.iter().copied(), "kg");
+        assert_eq!(
+            strip(&[b"theme=dark; kg=SECRET; lang=en"]).as_deref(),
+            Some(&b"theme=dark; lang=en"[..])
+        );
+        // several headers, spaces and tabs around cookies and names, empty pieces, duplicates
+        assert_eq!(
+            strip(&[b" a=1 ;\tkg =x;;", b"kg=y; b=caf\xe9 ", b"kg"]).as_deref(),
+            Some(&b"a=1; b=caf\xe9"[..])
+        );
+        // a name that only starts with the key's name, or holds it in its value, stays
+        assert_eq!(
+            strip(&[b"kgx=1; a=kg"]).as_deref(),
+            Some(&b"kgx=1; a=kg"[..])
+        );
+        // nothing left: the header goes
+        assert_eq!(strip(&[b"kg=SECRET", b" ; "]), None);
+        assert_eq!(strip(&[]), None);
+    }
+
+    #[test]
+    fn the_cookie_read_is_the_cookie_stripped() {
+        // OWS is space and tab on both sides: a no-break space is part of the name, so the
+        // cookie is neither read as the key nor stripped
+        let nbsp = "\u{a0}kg=v";
+        assert_eq!(cookie_value(nbsp, "kg"), None);
+        assert_eq!(
+            cookies_without([nbsp.as_bytes()], "kg").as_deref(),
+            Some(nbsp.as_bytes())
+        );
+        let tabbed = "\tkg\t=\tv\t; a=1";
+        assert_eq!(cookie_value(tabbed, "kg"), Some("v"));
+        assert_eq!(
+            cookies_without([tabbed.as_bytes()], "kg").as_deref(),
+            Some(&b"a=1"[..])
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType, Status};
 
 use crate::config::Config;
-use crate::decision::{Decision, Deny, DenyBodies, Reason, Request};
+use crate::decision::{self, Decision, Deny, DenyBodies, Reason, Request};
 use crate::host::{DispatchError, Host, HttpCall, HttpResponse, LogLevel, SharedDataError};
 use crate::pairs;
 use crate::raw;
@@ -202,6 +202,7 @@ impl Context for KeygateRoot {
         let mut raw = raw::header_map(raw::Map::HttpCallResponseHeaders).unwrap_or_default();
         let headers: Vec<(String, String)> = pairs::parse_str(&mut raw)
             .unwrap_or_default()
+            .0
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
@@ -337,7 +338,8 @@ impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // The host's buffer is read in place; a malformed one reads as no headers (a 401).
         let mut raw = raw::header_map(raw::Map::RequestHeaders).unwrap_or_default();
-        let req = Request::from_pairs(pairs::parse_str(&mut raw).unwrap_or_default());
+        let (view, as_sent) = pairs::parse_str(&mut raw).unwrap_or_default();
+        let req = Request::from_pairs(view);
         let now = now_ms();
         let (reason, key_id) = {
             let guard = self.worker.borrow();
@@ -361,6 +363,14 @@ impl HttpContext for KeygateHttp {
                             proxy_wasm::types::MapType::HttpRequestHeaders,
                             name,
                             Some(value),
+                        );
+                    }
+                    if let Some(name) = a.strip_cookie {
+                        let cookies = as_sent.values(&req.headers, "cookie");
+                        let _ = hostcalls::set_map_value_bytes(
+                            proxy_wasm::types::MapType::HttpRequestHeaders,
+                            "cookie",
+                            decision::cookies_without(cookies, name).as_deref(),
                         );
                     }
                     for (name, value) in &a.identity {

@@ -12,38 +12,76 @@ use std::ops::Range;
 /// such bytes elsewhere still yields its key. Envoy's codecs refuse control characters in
 /// header values, so a client cannot send this byte itself.
 ///
-/// Known limit: a header the filter *rewrites* (a `cookie` without the key's cookie when hiding
-/// a cookie key) is rebuilt from this view, so a byte that was not UTF-8 in one of the *other*
-/// cookies reaches the upstream as this byte. Every header the filter does not rewrite keeps its
-/// bytes (the host holds them; the filter only reads a copy).
+/// A header the filter *rewrites* (a `cookie` without the key's cookie) is rebuilt from the
+/// bytes the host sent ([`AsSent`]), not from this view, and every other header keeps its bytes
+/// (the host holds them; the filter only reads a copy).
 pub const SUBSTITUTE: u8 = 0x1a;
 
-/// The pairs as strings, read in place. Every byte of a sequence that is not UTF-8 (obs-text,
-/// say Latin-1, which Envoy lets through) is first replaced in `bytes` by [`SUBSTITUTE`].
-/// `None` when `bytes` is not a well-formed map.
-pub fn parse_str(bytes: &mut [u8]) -> Option<Vec<(&str, &str)>> {
-    let data_start = bytes
-        .get(..4)
-        .and_then(|c| c.try_into().ok())
-        .map_or(0, |c| {
-            (u32::from_le_bytes(c) as usize)
-                .saturating_mul(8)
-                .saturating_add(4)
-        });
-    if let Some(data) = bytes.get_mut(data_start..) {
-        substitute_invalid(data);
+/// The map's bytes as the host sent them, kept by [`parse_str`] only when its view differs from
+/// them (some byte was not UTF-8): a header the filter rewrites is rebuilt from these.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AsSent(Option<Vec<u8>>);
+
+impl AsSent {
+    /// The values of every header named `name` (ASCII case-insensitive) as the host sent them;
+    /// `view` is the view [`parse_str`] returned with this.
+    pub fn values<'s>(&'s self, view: &[(&'s str, &'s str)], name: &str) -> Vec<&'s [u8]> {
+        match &self.0 {
+            Some(original) => parse(original)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| v)
+                .collect(),
+            None => view
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_bytes())
+                .collect(),
+        }
     }
-    let bytes = &*bytes;
-    let data = bytes.get(data_start..).map(std::str::from_utf8);
-    let Some(Ok(data)) = data else {
-        // Too short for its size table: `parse_with` refuses it.
-        return parse_with(bytes, |_, _| ("", ""));
+
+    /// Whether the view differs from what the host sent.
+    #[must_use]
+    pub const fn differs(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// The pairs as strings, read in place. When the data is not UTF-8, every byte of a sequence that is not UTF-8 (obs-text, say Latin-1, which
+/// Envoy lets through) is replaced in `bytes` by [`SUBSTITUTE`], after a copy of the map as it
+/// came is kept in the returned [`AsSent`]. `None` when `bytes` is not a well-formed map.
+pub fn parse_str(bytes: &mut [u8]) -> Option<(Vec<(&str, &str)>, AsSent)> {
+    if bytes.is_empty() {
+        return Some((Vec::new(), AsSent(None)));
+    }
+    let (table, data) = bytes.split_at_mut(data_start(bytes)?);
+    let as_sent = if std::str::from_utf8(data).is_ok() {
+        AsSent(None)
+    } else {
+        let original = [&*table, &*data].concat();
+        substitute_invalid(data);
+        AsSent(Some(original))
     };
+    // A second pass (the first one's `&str` cannot outlive the branch that may write `data`).
+    let text = std::str::from_utf8(data).ok()?;
     // Fields start and end next to NUL bytes (ASCII), so they are on character boundaries.
-    parse_with(bytes, |k, v| {
-        let field = |r: Range<usize>| data.get(r.start - data_start..r.end - data_start);
-        (field(k).unwrap_or_default(), field(v).unwrap_or_default())
-    })
+    let pairs = parse_with(table, text.as_bytes(), |k, v| {
+        (
+            text.get(k).unwrap_or_default(),
+            text.get(v).unwrap_or_default(),
+        )
+    })?;
+    Some((pairs, as_sent))
+}
+
+/// The pairs as raw bytes. `None` when `bytes` is not a well-formed map.
+pub fn parse(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let (table, data) = bytes.split_at(data_start(bytes)?);
+    parse_with(table, data, |k, v| (&data[k], &data[v]))
 }
 
 /// Replaces every byte of each sequence in `data` that is not UTF-8 by [`SUBSTITUTE`].
@@ -57,35 +95,39 @@ fn substitute_invalid(data: &mut [u8]) {
     }
 }
 
-/// Walks a serialized map, handing each pair's name and value positions in `bytes` to `each`.
+fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(raw) as usize)
+}
+
+/// Where a non-empty map's data starts, after the pair count and the size table; `None` when
+/// `bytes` is too short for them.
+fn data_start(bytes: &[u8]) -> Option<usize> {
+    let start = u32_at(bytes, 0)?.checked_mul(8)?.checked_add(4)?;
+    (start <= bytes.len()).then_some(start)
+}
+
+/// Walks a map's size `table` (count and sizes) over its `data`, handing each pair's name and
+/// value positions in `data` to `each`.
 fn parse_with<T>(
-    bytes: &[u8],
+    table: &[u8],
+    data: &[u8],
     mut each: impl FnMut(Range<usize>, Range<usize>) -> T,
 ) -> Option<Vec<T>> {
-    if bytes.is_empty() {
-        return Some(Vec::new());
-    }
-    let u32_at = |at: usize| -> Option<usize> {
-        let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
-        Some(u32::from_le_bytes(raw) as usize)
-    };
-    let count = u32_at(0)?;
-    let mut pos = count.checked_mul(8)?.checked_add(4)?;
-    if pos > bytes.len() {
-        return None;
-    }
+    let count = u32_at(table, 0)?;
+    let mut pos: usize = 0;
     let mut pairs = Vec::with_capacity(count);
     for i in 0..count {
         let mut take = |len: usize| -> Option<Range<usize>> {
             let end = pos.checked_add(len)?;
-            if end >= bytes.len() || bytes[end] != 0 {
+            if end >= data.len() || data[end] != 0 {
                 return None;
             }
             let field = pos..end;
             pos = end + 1;
             Some(field)
         };
-        let (name_len, value_len) = (u32_at(4 + i * 8)?, u32_at(8 + i * 8)?);
+        let (name_len, value_len) = (u32_at(table, 4 + i * 8)?, u32_at(table, 8 + i * 8)?);
         let name = take(name_len)?;
         let value = take(value_len)?;
         pairs.push(each(name, value));
@@ -118,11 +160,6 @@ pub fn serialize<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// The pairs as raw bytes (to see what the string view stands for).
-    fn parse(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-        parse_with(bytes, |k, v| (&bytes[k], &bytes[v]))
-    }
-
     #[test]
     fn a_serialized_map_reads_back_in_place() {
         let map = [
@@ -133,7 +170,10 @@ mod tests {
         ];
         let bytes = serialize(&map);
         let pairs = parse(&bytes).unwrap();
-        assert_eq!(parse_str(&mut bytes.clone()).unwrap(), map.to_vec());
+        let mut copy = bytes.clone();
+        let (view, as_sent) = parse_str(&mut copy).unwrap();
+        assert_eq!(view, map.to_vec());
+        assert!(!as_sent.differs());
         assert_eq!(pairs.len(), 4);
         assert_eq!(parse(&[]), Some(Vec::new()));
         assert_eq!(parse(&serialize::<&str, &str>(&[])), Some(Vec::new()));
@@ -185,8 +225,10 @@ mod tests {
             (b"authorization", b"Bearer \xc3kg"),
         ]);
         assert_eq!(parse(&bytes).unwrap()[0].1, b"kg_\xff");
+        let sent = bytes.clone();
+        let (view, as_sent) = parse_str(&mut bytes).unwrap();
         assert_eq!(
-            parse_str(&mut bytes).unwrap(),
+            view,
             vec![
                 ("x-api-key", "kg_\u{1a}"),
                 ("\u{1a}", "v"),
@@ -195,11 +237,30 @@ mod tests {
                 ("authorization", "Bearer \u{1a}kg"),
             ]
         );
+        // what the host sent is kept for the headers the filter rewrites
+        assert!(as_sent.differs());
+        assert_eq!(
+            as_sent.values(&view, "Cookie"),
+            [&b"a=caf\xc3\xa9; b=\xe9\xe2"[..]]
+        );
+        assert_eq!(as_sent, AsSent(Some(sent)));
         // a lone continuation byte, an overlong form, a surrogate, a sequence cut by the end
         let mut bytes = serialize(&[(&b"v"[..], &b"\x80\xc0\xaf\xed\xa0\x80ok\xf0\x9f"[..])]);
         assert_eq!(
-            parse_str(&mut bytes).unwrap(),
+            parse_str(&mut bytes).unwrap().0,
             vec![("v", "\u{1a}\u{1a}\u{1a}\u{1a}\u{1a}\u{1a}ok\u{1a}\u{1a}")]
         );
+    }
+
+    #[test]
+    fn a_map_that_is_utf8_is_its_own_record_of_what_was_sent() {
+        let mut bytes = serialize(&[("cookie", "a=1"), ("x", "y"), ("COOKIE", "b=café")]);
+        let (view, as_sent) = parse_str(&mut bytes).unwrap();
+        assert!(!as_sent.differs());
+        assert_eq!(
+            as_sent.values(&view, "cookie"),
+            [&b"a=1"[..], "b=café".as_bytes()]
+        );
+        assert!(as_sent.values(&view, "missing").is_empty());
     }
 }

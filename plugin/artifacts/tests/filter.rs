@@ -308,6 +308,46 @@ fn allowed_requests_carry_identity_and_no_secret_and_spoofs_are_stripped() {
 }
 
 #[test]
+fn a_cookie_key_is_stripped_and_the_other_cookies_reach_upstream_byte_for_byte() {
+    let mut s = setup(1, Mode::Up, r#""key_sources":[{"cookie":"kg"}]"#);
+    s.h.advance(Duration::from_millis(500));
+    let cookies = |o: &StreamOutcome| -> Vec<Vec<u8>> {
+        let fwd = o.request.as_ref().expect("allowed requests go upstream");
+        fwd.headers
+            .iter()
+            .filter(|(k, _)| k == "cookie")
+            .map(|(_, v)| v.as_bytes().to_vec())
+            .collect()
+    };
+    // UTF-8 cookies: the view is exact
+    let r = Request::get("/repos/acme/x").header(
+        "cookie",
+        format!("theme=dark; kg={}; lang=en", s.reader.secret),
+    );
+    let o = s.h.run_request(r).unwrap();
+    assert_eq!(o.disposition, Disposition::Completed, "{o:?}");
+    assert_eq!(o.request_header("x-keygate-owner"), Some("alice"));
+    assert_eq!(cookies(&o), [b"theme=dark; lang=en".to_vec()]);
+    // Latin-1 cookies next to the key's, over two headers: stripped from the bytes sent
+    let mut first = b"a=caf\xe9;\tkg=".to_vec();
+    first.extend_from_slice(s.reader.secret.as_bytes());
+    let r = Request::get("/repos/acme/x")
+        .header("cookie", first)
+        .header("x-other", &b"\xff"[..])
+        .header("cookie", &b"b=\xe9\xe2 ; kg=old"[..]);
+    let o = s.h.run_request(r).unwrap();
+    assert_eq!(o.disposition, Disposition::Completed, "{o:?}");
+    assert_eq!(cookies(&o), [b"a=caf\xe9; b=\xe9\xe2".to_vec()]);
+    assert_eq!(o.request_header_bytes("x-other"), Some(&b"\xff"[..]));
+    // the key was the only cookie: the header goes
+    let r = Request::get("/repos/acme/x").header("cookie", format!("kg={}", s.reader.secret));
+    let o = s.h.run_request(r).unwrap();
+    assert_eq!(o.disposition, Disposition::Completed, "{o:?}");
+    assert!(cookies(&o).is_empty());
+    assert_eq!(metric(&s.h, "keygate.decision.allow.allowed"), 3);
+}
+
+#[test]
 fn a_header_map_the_host_will_not_hand_over_is_denied_without_a_trap() {
     let mut s = setup(1, Mode::Up, "");
     s.h.advance(Duration::from_millis(500));
