@@ -48,9 +48,10 @@ impl AsSent {
     }
 }
 
-/// The pairs as strings, read in place. When the data is not UTF-8, every byte of a sequence that is not UTF-8 (obs-text, say Latin-1, which
-/// Envoy lets through) is replaced in `bytes` by [`SUBSTITUTE`], after a copy of the map as it
-/// came is kept in the returned [`AsSent`]. `None` when `bytes` is not a well-formed map.
+/// The pairs as strings, read in place. Every byte of a sequence that is not UTF-8 (obs-text,
+/// say Latin-1, which Envoy lets through) is replaced in `bytes` by [`SUBSTITUTE`], after a copy
+/// of the map as it came is kept in the returned [`AsSent`]. `None` when `bytes` is not a
+/// well-formed map.
 pub fn parse_str(bytes: &mut [u8]) -> Option<(Vec<(&str, &str)>, AsSent)> {
     if bytes.is_empty() {
         return Some((Vec::new(), AsSent(None)));
