@@ -842,6 +842,53 @@ mod tests {
         assert_eq!(strip(&[]), None);
     }
 
+    fn cookie_piece() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop::collection::vec(
+            prop_oneof![
+                Just(b"kg".to_vec()),
+                Just(b"=".to_vec()),
+                Just(b" ".to_vec()),
+                Just(b"\t".to_vec()),
+                Just(b";".to_vec()),
+                Just("\u{a0}".as_bytes().to_vec()),
+                (b'a'..=b'z').prop_map(|b| vec![b]),
+                (0x80u8..=0xff).prop_map(|b| vec![b]),
+            ],
+            0..16,
+        )
+        .prop_map(|p| p.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn after_stripping_no_key_cookie_can_be_read_and_every_other_cookie_stays(
+            headers in proptest::collection::vec(cookie_piece(), 0..4)
+        ) {
+            let rest = cookies_without(headers.iter().map(Vec::as_slice), "kg");
+            // the model: every non-empty OWS-trimmed piece whose trimmed name is not `kg`
+            let model: Vec<&[u8]> = headers
+                .iter()
+                .flat_map(|h| h.split(|&b| b == b';'))
+                .map(ows_trimmed)
+                .filter(|c| {
+                    let name = c.split(|&b| b == b'=').next().unwrap_or_default();
+                    !c.is_empty() && ows_trimmed(name) != b"kg"
+                })
+                .collect();
+            match &rest {
+                None => proptest::prop_assert!(model.is_empty()),
+                Some(rest) => proptest::prop_assert_eq!(rest.clone(), model.join(&b"; "[..])),
+            }
+            // whatever the filter reads the key from is gone: reading the rewrite finds no key
+            if let Some(rest) = rest
+                && let Ok(text) = std::str::from_utf8(&rest)
+            {
+                proptest::prop_assert_eq!(cookie_value(text, "kg"), None);
+            }
+        }
+    }
+
     #[test]
     fn the_cookie_read_is_the_cookie_stripped() {
         // OWS is space and tab on both sides: a no-break space is part of the name, so the

@@ -253,6 +253,66 @@ mod tests {
         );
     }
 
+    /// The filter's view of one field, written out independently: each byte of a sequence that
+    /// is not UTF-8 becomes one U+001A.
+    fn substituted(field: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in field.utf8_chunks() {
+            out.push_str(chunk.valid());
+            out.extend(chunk.invalid().iter().map(|_| '\u{1a}'));
+        }
+        out
+    }
+
+    fn field() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        // mostly ASCII, with Latin-1 bytes, UTF-8 sequences and their pieces
+        prop::collection::vec(
+            prop_oneof![
+                4 => (0x20u8..0x7f).prop_map(|b| vec![b]),
+                1 => (0x80u8..=0xff).prop_map(|b| vec![b]),
+                1 => any::<char>().prop_map(|c| c.to_string().into_bytes()),
+                1 => Just(b"cookie".to_vec()),
+            ],
+            0..12,
+        )
+        .prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_map_reads_back_with_its_view_and_what_was_sent(
+            map in proptest::collection::vec((field(), field()), 0..8)
+        ) {
+            let bytes = serialize(&map);
+            let expected: Vec<(&[u8], &[u8])> =
+                map.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+            proptest::prop_assert_eq!(parse(&bytes), Some(expected));
+
+            let mut buffer = bytes.clone();
+            let (view, as_sent) = parse_str(&mut buffer).unwrap();
+            let model: Vec<(String, String)> =
+                map.iter().map(|(k, v)| (substituted(k), substituted(v))).collect();
+            let got: Vec<(String, String)> =
+                view.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            proptest::prop_assert_eq!(got, model);
+            let all_utf8 = map
+                .iter()
+                .all(|(k, v)| std::str::from_utf8(k).is_ok() && std::str::from_utf8(v).is_ok());
+            proptest::prop_assert_eq!(as_sent.differs(), !all_utf8);
+            // what was sent, by name, whatever the view holds
+            for (name, _) in &map {
+                let Ok(name) = std::str::from_utf8(name) else { continue };
+                let sent: Vec<&[u8]> = map
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|(_, v)| v.as_slice())
+                    .collect();
+                proptest::prop_assert_eq!(as_sent.values(&view, name), sent);
+            }
+        }
+    }
+
     #[test]
     fn a_map_that_is_utf8_is_its_own_record_of_what_was_sent() {
         let mut bytes = serialize(&[("cookie", "a=1"), ("x", "y"), ("COOKIE", "b=café")]);
