@@ -325,7 +325,7 @@ pub(crate) fn forwarded<V: Clone + From<String> + Value>(
             .position(|(k, _)| k.eq_ignore_ascii_case("cookie"));
         out.retain(|(k, _)| !k.eq_ignore_ascii_case("cookie"));
         if !rest.is_empty() {
-            let at = first.unwrap_or(out.len()).min(out.len());
+            let at = first.unwrap_or(out.len());
             out.insert(at, ("cookie".to_owned(), V::from_bytes(rest)));
         }
     }

@@ -393,13 +393,14 @@ fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
 /// cookie read is the cookie removed.
 const OWS: [char; 2] = [' ', '\t'];
 
-fn ows_trimmed(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !OWS.contains(&char::from(*c)));
-    let end = b.iter().rposition(|c| !OWS.contains(&char::from(*c)));
-    match (start, end) {
-        (Some(s), Some(e)) => &b[s..=e],
-        _ => &[],
+fn ows_trimmed(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
     }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
 }
 
 fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
