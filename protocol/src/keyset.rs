@@ -1,14 +1,13 @@
-//! The filter's in-memory key set: compact sorted records, a radix index and a small overlay.
+//! The filter's in-memory key set: compact sorted records, a bucket index and a small overlay.
 //!
-//! A million keys take about 62 bytes each. Keys are sorted by digest and stored as two
-//! parallel arrays: the first 4 bytes of each digest (`u32`, 4 MB for a million keys, small
-//! enough to stay in the CPU cache) and a 56-byte tail (the other 28 digest bytes, key id,
-//! expiry, owner index, grant index). Owners and grants (scope list + resource allow-list) are
-//! interned once in side tables. A radix index over the first `log2(n) - 4` bits of the digest
-//! (256 KiB for a million keys) narrows a lookup to about 16 prefixes, one cache line; only a
-//! matching prefix
-//! leads to a tail, so a lookup usually touches one cache line of the big array, and the final
-//! comparison of the whole digest is constant-time.
+//! A million keys take about 62 bytes each. Keys are sorted by digest in one array of 60-byte
+//! records (digest, key id, expiry, owner index, grant index). Owners and grants (scope list +
+//! resource allow-list) are interned once in side tables. The index is one 64-byte cache line
+//! per bucket of about 32 keys, the bucket chosen by the digest's first 4 bytes: where the
+//! bucket's keys start in the array and a one-byte fingerprint of each (digest byte 4). A miss
+//! usually reads that one line and nothing else; a hit reads it and then the one record whose
+//! fingerprint matches, whose whole digest is compared in constant time. Two dependent memory
+//! reads for a hit, one for most misses (2.1 MB of index for a million keys).
 //!
 //! Deltas do not move the big array: their upserts and removals go into a small sorted
 //! *overlay* (records that replace or add keys, and tombstones that hide keys of the main
@@ -48,13 +47,6 @@ struct Record {
     meta: Meta,
 }
 
-/// A key of the main array without its 4-byte digest prefix (56 bytes).
-#[derive(Clone, Copy)]
-struct Tail {
-    digest_tail: [u8; 28],
-    meta: Meta,
-}
-
 const TOMBSTONE: u32 = u32::MAX;
 const TOMBSTONE_META: Meta = Meta {
     key_id: [0; 16],
@@ -62,50 +54,46 @@ const TOMBSTONE_META: Meta = Meta {
     owner: 0,
     grant: TOMBSTONE,
 };
-const EMPTY_TAIL: Tail = Tail {
-    digest_tail: [0; 28],
+const EMPTY_RECORD: Record = Record {
+    digest: [0; 32],
     meta: TOMBSTONE_META,
 };
-
-fn prefix_of(d: &[u8; 32]) -> u32 {
-    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
-}
-
-fn split(r: &Record) -> (u32, Tail) {
-    let mut digest_tail = [0u8; 28];
-    digest_tail.copy_from_slice(&r.digest[4..]);
-    (
-        prefix_of(&r.digest),
-        Tail {
-            digest_tail,
-            meta: r.meta,
-        },
-    )
-}
-
-fn join(prefix: u32, tail: &Tail) -> [u8; 32] {
-    let mut d = [0u8; 32];
-    d[..4].copy_from_slice(&prefix.to_be_bytes());
-    d[4..].copy_from_slice(&tail.digest_tail);
-    d
-}
 
 /// The overlay is merged into the main array once it holds more than this many records…
 const OVERLAY_MIN: usize = 4096;
 /// …or more than `main.len() / OVERLAY_DIVISOR`, whichever is larger.
 const OVERLAY_DIVISOR: usize = 128;
-/// The radix index uses the first `bits` bits of the digest, about `log2(n) - 4` of them (so a
-/// bucket holds about 16 prefixes, one cache line), between these bounds.
-const MIN_INDEX_BITS: u32 = 4;
-const MAX_INDEX_BITS: u32 = 20;
+/// Fingerprints one bucket holds: a bucket is one 64-byte cache line.
+const BUCKET_FINGERPRINTS: usize = 59;
+/// Keys per bucket on average. The count is Poisson-distributed: more than
+/// [`BUCKET_FINGERPRINTS`] in a bucket happens about once in 150,000 buckets, and such a
+/// bucket's further keys are compared by their whole digest.
+const KEYS_PER_BUCKET: usize = 32;
 
-fn index_bits(n: usize) -> u32 {
-    let log2 = usize::BITS - n.leading_zeros();
-    log2.saturating_sub(4).clamp(MIN_INDEX_BITS, MAX_INDEX_BITS)
+/// One bucket of the index: where its keys start in the main array, how many there are, and
+/// a fingerprint (digest byte 4) of each of the first [`BUCKET_FINGERPRINTS`], in array order.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Bucket {
+    start: u32,
+    /// The bucket's key count, [`u8::MAX`] when it has that many or more (the next bucket's
+    /// `start` then tells).
+    len: u8,
+    fingerprints: [u8; BUCKET_FINGERPRINTS],
 }
 
-fn bucket(prefix: u32, bits: u32) -> usize {
-    (prefix >> (32 - bits)) as usize
+fn prefix_of(d: &[u8; 32]) -> u32 {
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// The bucket of a digest among `count` buckets: monotone in the digest, so keys sorted by
+/// digest fill the buckets in order.
+fn bucket_of(d: &[u8; 32], count: usize) -> usize {
+    ((u64::from(prefix_of(d)) * count as u64) >> 32) as usize
+}
+
+const fn fingerprint(d: &[u8; 32]) -> u8 {
+    d[4]
 }
 
 /// What a key may do: its scopes and its resource allow-list (shared by many keys).
@@ -167,14 +155,11 @@ pub struct Applied {
 #[derive(Default)]
 pub struct KeySet {
     revision: Option<u64>,
-    /// The main array, sorted by digest, no duplicates: first 4 digest bytes…
-    main_prefix: Vec<u32>,
-    /// …and the rest of each key.
-    main_tail: Vec<Tail>,
-    /// `index[b]..index[b + 1]` is the range of the main array whose digests start with the
-    /// `index_bits` bits `b`. Empty while `main` is empty.
-    index: Vec<u32>,
-    index_bits: u32,
+    /// The main array, sorted by digest, no duplicates.
+    main: Vec<Record>,
+    /// The index over `main`: `buckets.len() - 1` buckets and a last one that only holds
+    /// `main.len()` as its start. Empty while `main` is empty.
+    buckets: Vec<Bucket>,
     /// Sorted by digest, no duplicates; tombstones always hide a key of the main array.
     overlay: Vec<Record>,
     len: usize,
@@ -319,27 +304,31 @@ impl KeySet {
         self.find_main(d).map(|i| KeyRef {
             set: self,
             digest: *d,
-            meta: &self.main_tail[i].meta,
+            meta: &self.main[i].meta,
         })
     }
 
     /// The position of `d` in the main array.
     fn find_main(&self, d: &[u8; 32]) -> Option<usize> {
-        if self.index.is_empty() {
-            return None;
-        }
-        let prefix = prefix_of(d);
-        let b = bucket(prefix, self.index_bits);
-        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
-        // Every key with this prefix is in this bucket; usually there is at most one.
-        let mut p = lo + self.main_prefix[lo..hi].partition_point(|&x| x < prefix);
-        while p < hi && self.main_prefix[p] == prefix {
-            if ct_eq_32(&join(prefix, &self.main_tail[p]), d) {
-                return Some(p);
-            }
-            p += 1;
-        }
-        None
+        let count = self.buckets.len().checked_sub(1)?;
+        let b = bucket_of(d, count);
+        let bucket = &self.buckets[b];
+        let start = bucket.start as usize;
+        let len = match bucket.len {
+            u8::MAX => self.buckets[b + 1].start as usize - start,
+            len => usize::from(len),
+        };
+        // Only a record whose fingerprint matches is read (about one key in 256 besides the one
+        // sought); keys past the fingerprints, in a rare overfull bucket, are all compared.
+        let fp = fingerprint(d);
+        let seen = len.min(BUCKET_FINGERPRINTS);
+        bucket.fingerprints[..seen]
+            .iter()
+            .enumerate()
+            .filter(|&(_, &f)| f == fp)
+            .map(|(i, _)| start + i)
+            .chain(start + seen..start + len)
+            .find(|&p| ct_eq_32(&self.main[p].digest, d))
     }
 
     /// Applies an encoded snapshot or delta, decoding straight into the compact form.
@@ -454,15 +443,11 @@ impl KeySet {
         };
         let (owner_map, grant_map) = self.translate(v);
         let n = v.entry_count();
-        let mut main_prefix = Vec::with_capacity(n);
-        let mut main_tail = Vec::with_capacity(n);
+        let mut main = Vec::with_capacity(n);
         for i in 0..n {
-            let (prefix, tail) = split(&Self::record(&v.entry(i), &owner_map, &grant_map));
-            main_prefix.push(prefix);
-            main_tail.push(tail);
+            main.push(Self::record(&v.entry(i), &owner_map, &grant_map));
         }
-        self.main_prefix = main_prefix;
-        self.main_tail = main_tail;
+        self.main = main;
         self.len = n;
         self.rebuild_index();
     }
@@ -510,7 +495,7 @@ impl KeySet {
         }
         merged.extend(old_iter);
         self.overlay = merged;
-        if self.overlay.len() > OVERLAY_MIN.max(self.main_prefix.len() / OVERLAY_DIVISOR) {
+        if self.overlay.len() > OVERLAY_MIN.max(self.main.len() / OVERLAY_DIVISOR) {
             self.compact();
         }
     }
@@ -520,26 +505,23 @@ impl KeySet {
         let overlay = std::mem::take(&mut self.overlay);
         let mut inserts: Vec<Record> = Vec::new();
         let mut ov = overlay.iter().peekable();
-        let n = self.main_prefix.len();
+        let n = self.main.len();
         let mut w = 0;
         for r in 0..n {
-            let digest = join(self.main_prefix[r], &self.main_tail[r]);
+            let digest = self.main[r].digest;
             while let Some(o) = ov.next_if(|o| o.digest < digest) {
                 inserts.push(*o);
             }
             match ov.next_if(|o| o.digest == digest) {
                 Some(o) if o.meta.grant == TOMBSTONE => {}
                 Some(o) => {
-                    let (prefix, tail) = split(o);
-                    self.main_prefix[w] = prefix;
-                    self.main_tail[w] = tail;
+                    self.main[w] = *o;
                     w += 1;
                 }
                 None => {
                     // Until the first removal, keys stay where they are.
                     if w != r {
-                        self.main_prefix[w] = self.main_prefix[r];
-                        self.main_tail[w] = self.main_tail[r];
+                        self.main[w] = self.main[r];
                     }
                     w += 1;
                 }
@@ -547,18 +529,15 @@ impl KeySet {
         }
         inserts.extend(ov.copied());
         debug_assert!(inserts.iter().all(|r| r.meta.grant != TOMBSTONE));
-        self.main_prefix.truncate(w);
-        self.main_tail.truncate(w);
+        self.main.truncate(w);
         let k = inserts.len();
         let total = w + k;
-        if self.main_tail.capacity() < total {
+        if self.main.capacity() < total {
             // Some slack so that the next compactions do not reallocate (a reallocation may
             // copy, and wasm memory never shrinks).
-            self.main_prefix.reserve_exact(k + total / 64);
-            self.main_tail.reserve_exact(k + total / 64);
+            self.main.reserve_exact(k + total / 64);
         }
-        self.main_prefix.resize(total, 0);
-        self.main_tail.resize(total, EMPTY_TAIL);
+        self.main.resize(total, EMPTY_RECORD);
         // Merge from the back: main[..i] and inserts[..j] into main[..dst + 1].
         let (mut i, mut j) = (w, k);
         for dst in (0..total).rev() {
@@ -566,14 +545,11 @@ impl KeySet {
                 break;
             }
             let insert = &inserts[j - 1];
-            if i > 0 && join(self.main_prefix[i - 1], &self.main_tail[i - 1]) > insert.digest {
-                self.main_prefix[dst] = self.main_prefix[i - 1];
-                self.main_tail[dst] = self.main_tail[i - 1];
+            if i > 0 && self.main[i - 1].digest > insert.digest {
+                self.main[dst] = self.main[i - 1];
                 i -= 1;
             } else {
-                let (prefix, tail) = split(insert);
-                self.main_prefix[dst] = prefix;
-                self.main_tail[dst] = tail;
+                self.main[dst] = *insert;
                 j -= 1;
             }
         }
@@ -581,37 +557,41 @@ impl KeySet {
     }
 
     fn rebuild_index(&mut self) {
-        if self.main_prefix.is_empty() {
-            self.index = Vec::new();
+        let n = self.main.len();
+        if n == 0 {
+            self.buckets = Vec::new();
             return;
         }
-        let n = self.main_prefix.len();
-        let bits = index_bits(n);
-        let buckets = 1usize << bits;
-        let mut index = Vec::with_capacity(buckets + 1);
-        let mut pos = 0usize;
-        for b in 0..buckets {
-            while pos < n && bucket(self.main_prefix[pos], bits) < b {
+        let count = n.div_ceil(KEYS_PER_BUCKET);
+        let mut buckets = Vec::with_capacity(count + 1);
+        let mut pos = 0;
+        for b in 0..count {
+            // Sorted keys: those of earlier buckets are behind `pos`.
+            let start = pos;
+            while pos < n && bucket_of(&self.main[pos].digest, count) == b {
                 pos += 1;
             }
-            index.push(pos as u32);
+            let mut fingerprints = [0; BUCKET_FINGERPRINTS];
+            for (f, r) in fingerprints.iter_mut().zip(&self.main[start..pos]) {
+                *f = fingerprint(&r.digest);
+            }
+            buckets.push(Bucket {
+                start: start as u32,
+                len: u8::try_from(pos - start).unwrap_or(u8::MAX),
+                fingerprints,
+            });
         }
-        index.push(n as u32);
-        self.index = index;
-        self.index_bits = bits;
+        buckets.push(Bucket {
+            start: n as u32,
+            len: 0,
+            fingerprints: [0; BUCKET_FINGERPRINTS],
+        });
+        self.buckets = buckets;
     }
 
     /// Every live key in digest order (the main array merged with the overlay).
     fn live_records(&self) -> impl Iterator<Item = Record> + '_ {
-        let mut main = self
-            .main_prefix
-            .iter()
-            .zip(&self.main_tail)
-            .map(|(&prefix, tail)| Record {
-                digest: join(prefix, tail),
-                meta: tail.meta,
-            })
-            .peekable();
+        let mut main = self.main.iter().copied().peekable();
         let mut overlay = self.overlay.iter().copied().peekable();
         std::iter::from_fn(move || {
             loop {
@@ -698,10 +678,8 @@ impl KeySet {
             buckets * (size_of::<K>() + size_of::<V>() + 1)
         }
         let arc_header = 2 * size_of::<usize>();
-        let records = self.main_prefix.capacity() * size_of::<u32>()
-            + self.main_tail.capacity() * size_of::<Tail>()
-            + self.overlay.capacity() * size_of::<Record>();
-        let index = self.index.capacity() * size_of::<u32>();
+        let records = (self.main.capacity() + self.overlay.capacity()) * size_of::<Record>();
+        let index = self.buckets.capacity() * size_of::<Bucket>();
         let owners = self.owners.capacity() * size_of::<Arc<str>>()
             + self
                 .owners
@@ -731,8 +709,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_takes_60_bytes() {
+    fn a_key_takes_60_bytes_and_a_bucket_one_cache_line() {
         assert_eq!(std::mem::size_of::<Record>(), 60);
-        assert_eq!(std::mem::size_of::<Tail>() + std::mem::size_of::<u32>(), 60);
+        assert_eq!(std::mem::size_of::<Bucket>(), 64);
+        assert_eq!(std::mem::align_of::<Bucket>(), 64);
     }
 }

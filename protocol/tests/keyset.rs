@@ -186,7 +186,7 @@ fn apply_message_and_encode_snapshot() {
 }
 
 fn d(i: u32) -> Digest {
-    // Spread over the radix buckets and beyond one bucket.
+    // Spread over the index's buckets and beyond one bucket.
     Digest::of(&format!("key-{i}"))
 }
 
@@ -300,9 +300,9 @@ fn heap_bytes_grow_with_the_set() {
     )
     .unwrap();
     let full = set.heap_bytes();
-    // 60 bytes per record plus a radix index of 2^10 + 1 buckets (about 16 keys per bucket),
-    // plus small tables.
-    let floor = 10_000 * 60 + ((1 << 10) + 1) * 4;
+    // 60 bytes per record plus an index of one 64-byte bucket per 32 keys and a last one, plus
+    // small tables.
+    let floor = 10_000 * 60 + (10_000usize.div_ceil(32) + 1) * 64;
     assert!(full >= empty + floor, "{full}");
     assert!(full < floor + 2048, "{full}");
 }
@@ -411,4 +411,48 @@ fn keys_sharing_a_digest_prefix() {
         assert_eq!(found, want, "{i}");
     }
     assert_eq!(set.len(), 100 - 25 + 7000);
+}
+
+/// Keys crafted to share a bucket and a fingerprint (digest bytes 0..5), beside spread ones: a
+/// bucket past its fingerprints (60, 100 keys) and past its one-byte count (300) still finds
+/// every key, and nothing else.
+#[test]
+fn keys_that_share_a_bucket_and_a_fingerprint_are_all_found() {
+    let crafted = |i: u16, fp: u8| {
+        let mut d = [0x99u8; 32];
+        d[..4].copy_from_slice(&[0x42; 4]);
+        d[4] = fp;
+        d[5..7].copy_from_slice(&i.to_be_bytes());
+        Digest::from_bytes(d)
+    };
+    for same in [60u16, 100, 300] {
+        let mut entries: Vec<KeyEntry> = (0..same)
+            .map(|i| entry(crafted(i, 0x17), "crowded", &["keys:read"], &[]))
+            .chain((0..20).map(|i| entry(crafted(i, i as u8), "near", &[], &[])))
+            .chain((0..1000).map(|i| entry(d(i), "spread", &[], &[])))
+            .collect();
+        entries.sort_by_key(|e| *e.digest.as_bytes());
+        entries.dedup_by_key(|e| *e.digest.as_bytes());
+        let mut set = KeySet::new();
+        set.apply(
+            &Snapshot {
+                revision: 1,
+                entries: entries.clone(),
+            }
+            .encode()
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(set.len(), entries.len());
+        for e in &entries {
+            let found = set.lookup(&e.digest).expect("every key is found");
+            assert_eq!(found.key_id(), e.key_id);
+            assert_eq!(found.owner(), e.owner);
+        }
+        for i in same..same + 10 {
+            assert!(set.lookup(&crafted(i, 0x17)).is_none(), "{same}: {i}");
+        }
+        assert!(set.lookup(&crafted(0, 0x18 + 20)).is_none());
+        assert!(set.lookup(&crafted(25, 3)).is_none());
+    }
 }
