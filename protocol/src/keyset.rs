@@ -11,7 +11,7 @@
 //!
 //! Deltas do not move the big array: their upserts and removals go into a small sorted
 //! *overlay* (records that replace or add keys, and tombstones that hide keys of the main
-//! array), consulted before the main array. When the overlay grows past
+//! array, with a bucket index of its own), consulted before the main array. When the overlay grows past
 //! `max(4096, n / 128)` records it is merged into the main array **in place** (one pass
 //! forward that drops and replaces, one pass backward that inserts), so the amortized cost of an
 //! upsert is `O(n / threshold)` record moves and memory never doubles, which matters in wasm,
@@ -96,6 +96,74 @@ const fn fingerprint(d: &[u8; 32]) -> u8 {
     d[4]
 }
 
+/// The bucket index over an array of records sorted by digest: `buckets.len() - 1` buckets and
+/// a last one that only holds the array's length as its start. Empty for an empty array.
+#[derive(Default)]
+struct Index {
+    buckets: Vec<Bucket>,
+}
+
+impl Index {
+    fn build(records: &[Record]) -> Self {
+        let n = records.len();
+        if n == 0 {
+            return Self::default();
+        }
+        let count = n.div_ceil(KEYS_PER_BUCKET);
+        let mut buckets = Vec::with_capacity(count + 1);
+        let mut pos = 0;
+        for b in 0..count {
+            // Sorted keys: those of earlier buckets are behind `pos`.
+            let start = pos;
+            while pos < n && bucket_of(&records[pos].digest, count) == b {
+                pos += 1;
+            }
+            let mut fingerprints = [0; BUCKET_FINGERPRINTS];
+            for (f, r) in fingerprints.iter_mut().zip(&records[start..pos]) {
+                *f = fingerprint(&r.digest);
+            }
+            buckets.push(Bucket {
+                start: start as u32,
+                len: u8::try_from(pos - start).unwrap_or(u8::MAX),
+                fingerprints,
+            });
+        }
+        buckets.push(Bucket {
+            start: n as u32,
+            len: 0,
+            fingerprints: [0; BUCKET_FINGERPRINTS],
+        });
+        Self { buckets }
+    }
+
+    /// The position of `d` in `records` (the array this index was built over).
+    fn find(&self, records: &[Record], d: &[u8; 32]) -> Option<usize> {
+        let count = self.buckets.len().checked_sub(1)?;
+        let b = bucket_of(d, count);
+        let bucket = &self.buckets[b];
+        let start = bucket.start as usize;
+        let len = match bucket.len {
+            u8::MAX => self.buckets[b + 1].start as usize - start,
+            len => usize::from(len),
+        };
+        // Only a record whose fingerprint matches is read (about one key in 256 besides the one
+        // sought); keys past the fingerprints, in a rare overfull bucket, are all compared.
+        let fp = fingerprint(d);
+        let seen = len.min(BUCKET_FINGERPRINTS);
+        bucket.fingerprints[..seen]
+            .iter()
+            .enumerate()
+            .filter(|&(_, &f)| f == fp)
+            .map(|(i, _)| start + i)
+            .chain(start + seen..start + len)
+            .find(|&p| ct_eq_32(&records[p].digest, d))
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+    }
+}
+
 /// What a key may do: its scopes and its resource allow-list (shared by many keys).
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Grant {
@@ -157,11 +225,10 @@ pub struct KeySet {
     revision: Option<u64>,
     /// The main array, sorted by digest, no duplicates.
     main: Vec<Record>,
-    /// The index over `main`: `buckets.len() - 1` buckets and a last one that only holds
-    /// `main.len()` as its start. Empty while `main` is empty.
-    buckets: Vec<Bucket>,
+    main_index: Index,
     /// Sorted by digest, no duplicates; tombstones always hide a key of the main array.
     overlay: Vec<Record>,
+    overlay_index: Index,
     len: usize,
     owners: Vec<Arc<str>>,
     owner_ids: HashMap<Arc<str>, u32>,
@@ -289,17 +356,13 @@ impl KeySet {
     #[must_use]
     pub fn lookup(&self, digest: &Digest) -> Option<KeyRef<'_>> {
         let d = digest.as_bytes();
-        if !self.overlay.is_empty() {
-            let p = self.overlay.partition_point(|r| r.digest < *d);
-            if let Some(r) = self.overlay.get(p)
-                && ct_eq_32(&r.digest, d)
-            {
-                return (r.meta.grant != TOMBSTONE).then_some(KeyRef {
-                    set: self,
-                    digest: r.digest,
-                    meta: &r.meta,
-                });
-            }
+        if let Some(p) = self.overlay_index.find(&self.overlay, d) {
+            let r = &self.overlay[p];
+            return (r.meta.grant != TOMBSTONE).then_some(KeyRef {
+                set: self,
+                digest: r.digest,
+                meta: &r.meta,
+            });
         }
         self.find_main(d).map(|i| KeyRef {
             set: self,
@@ -310,25 +373,7 @@ impl KeySet {
 
     /// The position of `d` in the main array.
     fn find_main(&self, d: &[u8; 32]) -> Option<usize> {
-        let count = self.buckets.len().checked_sub(1)?;
-        let b = bucket_of(d, count);
-        let bucket = &self.buckets[b];
-        let start = bucket.start as usize;
-        let len = match bucket.len {
-            u8::MAX => self.buckets[b + 1].start as usize - start,
-            len => usize::from(len),
-        };
-        // Only a record whose fingerprint matches is read (about one key in 256 besides the one
-        // sought); keys past the fingerprints, in a rare overfull bucket, are all compared.
-        let fp = fingerprint(d);
-        let seen = len.min(BUCKET_FINGERPRINTS);
-        bucket.fingerprints[..seen]
-            .iter()
-            .enumerate()
-            .filter(|&(_, &f)| f == fp)
-            .map(|(i, _)| start + i)
-            .chain(start + seen..start + len)
-            .find(|&p| ct_eq_32(&self.main[p].digest, d))
+        self.main_index.find(&self.main, d)
     }
 
     /// Applies an encoded snapshot or delta, decoding straight into the compact form.
@@ -498,11 +543,13 @@ impl KeySet {
         if self.overlay.len() > OVERLAY_MIN.max(self.main.len() / OVERLAY_DIVISOR) {
             self.compact();
         }
+        self.overlay_index = Index::build(&self.overlay);
     }
 
     /// Merges the overlay into the main array in place.
     fn compact(&mut self) {
         let overlay = std::mem::take(&mut self.overlay);
+        self.overlay_index = Index::default();
         let mut inserts: Vec<Record> = Vec::new();
         let mut ov = overlay.iter().peekable();
         let n = self.main.len();
@@ -557,36 +604,7 @@ impl KeySet {
     }
 
     fn rebuild_index(&mut self) {
-        let n = self.main.len();
-        if n == 0 {
-            self.buckets = Vec::new();
-            return;
-        }
-        let count = n.div_ceil(KEYS_PER_BUCKET);
-        let mut buckets = Vec::with_capacity(count + 1);
-        let mut pos = 0;
-        for b in 0..count {
-            // Sorted keys: those of earlier buckets are behind `pos`.
-            let start = pos;
-            while pos < n && bucket_of(&self.main[pos].digest, count) == b {
-                pos += 1;
-            }
-            let mut fingerprints = [0; BUCKET_FINGERPRINTS];
-            for (f, r) in fingerprints.iter_mut().zip(&self.main[start..pos]) {
-                *f = fingerprint(&r.digest);
-            }
-            buckets.push(Bucket {
-                start: start as u32,
-                len: u8::try_from(pos - start).unwrap_or(u8::MAX),
-                fingerprints,
-            });
-        }
-        buckets.push(Bucket {
-            start: n as u32,
-            len: 0,
-            fingerprints: [0; BUCKET_FINGERPRINTS],
-        });
-        self.buckets = buckets;
+        self.main_index = Index::build(&self.main);
     }
 
     /// Every live key in digest order (the main array merged with the overlay).
@@ -679,7 +697,7 @@ impl KeySet {
         }
         let arc_header = 2 * size_of::<usize>();
         let records = (self.main.capacity() + self.overlay.capacity()) * size_of::<Record>();
-        let index = self.buckets.capacity() * size_of::<Bucket>();
+        let index = self.main_index.heap_bytes() + self.overlay_index.heap_bytes();
         let owners = self.owners.capacity() * size_of::<Arc<str>>()
             + self
                 .owners

@@ -454,5 +454,29 @@ fn keys_that_share_a_bucket_and_a_fingerprint_are_all_found() {
         }
         assert!(set.lookup(&crafted(0, 0x18 + 20)).is_none());
         assert!(set.lookup(&crafted(25, 3)).is_none());
+
+        // A delta puts more of them in the overlay and hides one of the main array.
+        let mut upserts: Vec<KeyEntry> = (same..same + 70)
+            .map(|i| entry(crafted(i, 0x17), "delta", &[], &[]))
+            .collect();
+        upserts.sort_by_key(|e| *e.digest.as_bytes());
+        set.apply(
+            &Delta {
+                base_revision: 1,
+                revision: 2,
+                upserts,
+                removals: vec![crafted(0, 0x17)],
+            }
+            .encode()
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(set.len(), entries.len() + 70 - 1);
+        assert!(set.lookup(&crafted(0, 0x17)).is_none());
+        assert_eq!(set.lookup(&crafted(1, 0x17)).unwrap().owner(), "crowded");
+        for i in same..same + 70 {
+            assert_eq!(set.lookup(&crafted(i, 0x17)).unwrap().owner(), "delta");
+        }
+        assert!(set.lookup(&crafted(same + 70, 0x17)).is_none());
     }
 }

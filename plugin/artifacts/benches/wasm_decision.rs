@@ -3,10 +3,13 @@
 //! for the same requests measured in the same run (no-op filters); the time to deliver and apply
 //! the 1M-key snapshot; and the VM's linear memory per key.
 //!
+//! Then a delta adds `KEYGATE_BENCH_OVERLAY` keys (default 4,000, fewer than the key set merges
+//! at, so they stay in its overlay, as after any delta) and the requests are timed again.
+//!
 //! `cargo bench -p keygate-plugin-artifacts --bench wasm_decision` (`KEYGATE_BENCH_KEYS` changes
 //! the size, `KEYGATE_BENCH_ROUNDS` the rounds of 1,000 requests per kind, default 20).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
@@ -16,7 +19,7 @@ use keygate_host_harness::{
 };
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_protocol::key;
-use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
+use keygate_protocol::wire::{CONTENT_TYPE, Delta, Snapshot};
 use keygate_testkit::bench::{env_usize, every_thousandth, key_set, load_average, median_p99};
 
 fn gauge(h: &Harness, name: &str) -> u64 {
@@ -26,6 +29,7 @@ fn gauge(h: &Harness, name: &str) -> u64 {
 fn main() -> anyhow::Result<()> {
     let n = env_usize("KEYGATE_BENCH_KEYS", 1_000_000);
     let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 20);
+    let overlay = env_usize("KEYGATE_BENCH_OVERLAY", 4_000);
     println!("load average at start: {}", load_average());
     let keys = key_set(
         n,
@@ -80,6 +84,9 @@ fn main() -> anyhow::Result<()> {
 
     let plugin = Arc::new(Plugin::load_file(KEYGATE_PLUGIN_WASM)?);
     let body = snapshot.clone();
+    // A delta waits here until the requests were timed with the snapshot alone.
+    let delta: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    let pending = delta.clone();
     let config = br#"{"cluster":"keygate","authority":"keygate.internal","edge_key":"kg_edge_x",
         "routes":[{"path_prefix":"/repos/","required_scopes":["repo:read"],"resource_from_path_segment":1}]}"#;
     // the first call is answered 1 s after configure, so the empty filter's memory can be read first
@@ -96,6 +103,12 @@ fn main() -> anyhow::Result<()> {
                         trailers: Vec::new(),
                     })
                     .after(Duration::from_secs(1))
+                } else if let Some(body) = pending.lock().ok().and_then(|mut d| d.take()) {
+                    CalloutReply::response(CalloutResponse {
+                        headers: vec![("content-type".into(), CONTENT_TYPE.into())],
+                        body,
+                        trailers: Vec::new(),
+                    })
                 } else {
                     CalloutReply::status(304)
                 }
@@ -146,8 +159,56 @@ fn main() -> anyhow::Result<()> {
             Disposition::LocalResponse,
         ),
     ];
-    // The harness's own cost for the same requests: no-op filters, in rounds interleaved with
-    // the filter's so that both see the same load. Round 0 warms up and is not counted.
+    time_kinds(&mut h, &kinds, rounds, &format!("{n} keys loaded"))?;
+
+    // The same requests once a delta has put keys in the set's overlay.
+    let added = key_set(overlay, |_, _| {}, |_| false)?;
+    *delta.lock().map_err(|_| anyhow::anyhow!("delta lock"))? = Some(
+        Delta {
+            base_revision: 1,
+            revision: 2,
+            upserts: added.entries,
+            removals: Vec::new(),
+        }
+        .encode()?,
+    );
+    h.advance(Duration::from_millis(1_000));
+    let now_held = gauge(&h, "keygate.keyset.keys");
+    ensure!(
+        now_held == (n + overlay) as u64,
+        "after the delta the filter holds {now_held} keys, expected {}",
+        n + overlay
+    );
+    time_kinds(
+        &mut h,
+        &kinds,
+        rounds,
+        &format!("{n} keys + {overlay} from a delta (in the overlay)"),
+    )?;
+    let allowed_n = gauge(&h, "keygate.decision.allow.allowed");
+    let unknown_n = gauge(&h, "keygate.decision.deny.unknown_key");
+    let malformed_n = gauge(&h, "keygate.decision.deny.malformed_key");
+    println!(
+        "decisions counted by the filter: allowed {allowed_n}, unknown_key {unknown_n}, malformed_key {malformed_n}"
+    );
+    let per_kind = (2 * (rounds + 1) * allowed.len()) as u64;
+    ensure!(
+        allowed_n >= per_kind && unknown_n == per_kind && malformed_n == per_kind,
+        "the filter did not decide as expected (each kind should count {per_kind})"
+    );
+    println!("load average at end: {}", load_average());
+    Ok(())
+}
+
+/// Times each kind under the filter and under the harness alone (no-op filters), in rounds
+/// interleaved so that both see the same load (round 0 warms up and is not counted), and
+/// prints the medians.
+fn time_kinds(
+    h: &mut Harness,
+    kinds: &[(&str, &Vec<Request>, Disposition)],
+    rounds: usize,
+    label: &str,
+) -> anyhow::Result<()> {
     let timed: Vec<Kind<'_>> = kinds
         .iter()
         .map(|(_, requests, expect)| Kind {
@@ -155,12 +216,12 @@ fn main() -> anyhow::Result<()> {
             expect: *expect,
         })
         .collect();
-    let timings = baseline::interleaved(&mut h, &timed, rounds)?;
+    let timings = baseline::interleaved(h, &timed, rounds)?;
     let filter: Vec<(u64, u64)> = timings.filter.into_iter().map(median_p99).collect();
     let base: Vec<(u64, u64)> = timings.harness_alone.into_iter().map(median_p99).collect();
     println!(
-        "per request in the harness, {n} keys loaded, {rounds} x {} requests per kind, each timed alone (full stream: context, request headers, decision, upstream or local reply, response, done, log, delete):",
-        allowed.len()
+        "per request in the harness, {label}, {rounds} x {} requests per kind, each timed alone (full stream: context, request headers, decision, upstream or local reply, response, done, log, delete):",
+        kinds[0].1.len()
     );
     println!(
         "  harness alone (no-op filters, same requests, rounds interleaved with the filter's): continue median {} ns (p99 {}); local 401 median {} / {} ns (p99 {} / {})",
@@ -174,17 +235,5 @@ fn main() -> anyhow::Result<()> {
             filter[k].0 as i64 - base[k].0 as i64
         );
     }
-    let allowed_n = gauge(&h, "keygate.decision.allow.allowed");
-    let unknown_n = gauge(&h, "keygate.decision.deny.unknown_key");
-    let malformed_n = gauge(&h, "keygate.decision.deny.malformed_key");
-    println!(
-        "decisions counted by the filter: allowed {allowed_n}, unknown_key {unknown_n}, malformed_key {malformed_n}"
-    );
-    let per_kind = ((rounds + 1) * allowed.len()) as u64;
-    ensure!(
-        allowed_n >= per_kind && unknown_n == per_kind && malformed_n == per_kind,
-        "the filter did not decide as expected (each kind should count {per_kind})"
-    );
-    println!("load average at end: {}", load_average());
     Ok(())
 }
