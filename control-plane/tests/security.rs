@@ -587,11 +587,27 @@ fn digests_are_compared_in_constant_time() {
         "internal API key compared as Digests"
     );
     // Stored keys are found by their digest (an index lookup on SHA-256 output, not on the
-    // secret), and the filter's key set ends every lookup with the same helper.
+    // secret), and the filter's key set ends every lookup with the same helper: the overlay and
+    // the main array are both searched by `Index::find`, which compares with it.
     let keyset = read("protocol/src/keyset.rs");
+    let find = block(
+        &keyset,
+        "    fn find(&self, records: &[Record], d: &[u8; 32])",
+    );
     assert!(
-        keyset.matches("ct_eq_32(").count() >= 2,
-        "KeySet::lookup uses ct_eq_32"
+        find.contains(".find(|&p| ct_eq_32(&records[p].digest, d))"),
+        "Index::find ends in ct_eq_32:\n{find}"
+    );
+    let lookup = block(&keyset, "    pub fn lookup(&self, digest: &Digest)");
+    assert!(
+        lookup.contains("self.overlay_index.find(&self.overlay, d)")
+            && lookup.contains("self.find_main(d)"),
+        "KeySet::lookup searches through Index::find:\n{lookup}"
+    );
+    let find_main = block(&keyset, "    fn find_main(");
+    assert!(
+        find_main.contains("self.main_index.find(&self.main, d)"),
+        "{find_main}"
     );
 }
 
