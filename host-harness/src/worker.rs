@@ -25,6 +25,9 @@ use crate::stream::{
 /// The root context id of every instance (one plugin per VM, as configured by the harness).
 pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
 
+/// Headers a filter can add to a stream's header map before it reallocates.
+const HEADER_ROOM: usize = 8;
+
 type F1 = TypedFunc<i32, ()>;
 type F2 = TypedFunc<(i32, i32), ()>;
 type B2 = TypedFunc<(i32, i32), i32>;
@@ -773,7 +776,11 @@ impl Worker {
             Trailers(HeaderMap),
         }
         let event = if index == 0 {
-            Event::Headers(headers.clone(), chunks.is_empty() && !has_trailers)
+            // Room for a filter's added headers: Envoy's header map is a list, where an add
+            // never moves the others; a `Vec` filled to its length would reallocate at once.
+            let mut map = HeaderMap::with_capacity(headers.len() + HEADER_ROOM);
+            map.extend(headers.iter().cloned());
+            Event::Headers(map, chunks.is_empty() && !has_trailers)
         } else if index <= chunks.len() {
             Event::Body(
                 chunks[index - 1].clone(),
