@@ -11,11 +11,11 @@
 //!
 //! Deltas do not move the big array: their upserts and removals go into a small sorted
 //! *overlay* (records that replace or add keys, and tombstones that hide keys of the main
-//! array, with a bucket index of its own), consulted before the main array. When the overlay grows past
-//! `max(4096, n / 128)` records it is merged into the main array **in place** (one pass
-//! forward that drops and replaces, one pass backward that inserts), so the amortized cost of an
-//! upsert is `O(n / threshold)` record moves and memory never doubles, which matters in wasm,
-//! where linear memory never shrinks. `FORMAT.md` explains the choice.
+//! array), with a bucket index of its own, consulted before the main array. When the overlay
+//! grows past `max(4096, n / 128)` records it is merged into the main array **in place** (one
+//! pass forward that drops and replaces, one pass backward that inserts), so the amortized cost
+//! of an upsert is `O(n / threshold)` record moves and memory never doubles, which matters in
+//! wasm, where linear memory never shrinks. `FORMAT.md` explains the choice.
 //!
 //! Everything is plain safe Rust on `Vec`s and `HashMap`s: nothing wasm cannot do.
 
