@@ -225,9 +225,11 @@ pub struct KeySet {
     revision: Option<u64>,
     /// The main array, sorted by digest, no duplicates.
     main: Vec<Record>,
+    /// The bucket index over `main`, rebuilt when `main` changes (snapshot, merge).
     main_index: Index,
     /// Sorted by digest, no duplicates; tombstones always hide a key of the main array.
     overlay: Vec<Record>,
+    /// The bucket index over `overlay`, rebuilt with every delta.
     overlay_index: Index,
     len: usize,
     owners: Vec<Arc<str>>,
