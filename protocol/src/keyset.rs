@@ -7,7 +7,7 @@
 //! bucket's keys start in the array and a one-byte fingerprint of each (digest byte 4). A miss
 //! usually reads that one line and nothing else; a hit reads it and then the one record whose
 //! fingerprint matches, whose whole digest is compared in constant time. Two dependent memory
-//! reads for a hit, one for most misses (2.1 MB of index for a million keys).
+//! reads for a hit, one for most misses (2.0 MB of index for a million keys).
 //!
 //! Deltas do not move the big array: their upserts and removals go into a small sorted
 //! *overlay* (records that replace or add keys, and tombstones that hide keys of the main
