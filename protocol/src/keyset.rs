@@ -496,7 +496,7 @@ impl KeySet {
         }
         self.main = main;
         self.len = n;
-        self.rebuild_index();
+        self.main_index = Index::build(&self.main);
     }
 
     fn apply_delta(&mut self, v: &Validated<'_>) {
@@ -602,10 +602,6 @@ impl KeySet {
                 j -= 1;
             }
         }
-        self.rebuild_index();
-    }
-
-    fn rebuild_index(&mut self) {
         self.main_index = Index::build(&self.main);
     }
 

@@ -22,6 +22,15 @@ use keygate_protocol::key;
 use keygate_protocol::wire::{CONTENT_TYPE, Delta, Snapshot};
 use keygate_testkit::bench::{env_usize, every_thousandth, key_set, load_average, median_p99};
 
+/// A key-set answer of the control plane (a snapshot or a delta).
+fn keyset_reply(body: Vec<u8>) -> CalloutReply {
+    CalloutReply::response(CalloutResponse {
+        headers: vec![("content-type".into(), CONTENT_TYPE.into())],
+        body,
+        trailers: Vec::new(),
+    })
+}
+
 fn gauge(h: &Harness, name: &str) -> u64 {
     h.metric(name).map_or(0, |m| m.value)
 }
@@ -97,18 +106,9 @@ fn main() -> anyhow::Result<()> {
             "keygate",
             Cluster::handler(move |req| {
                 if req.header(":path") == Some("/v1/keyset") {
-                    CalloutReply::response(CalloutResponse {
-                        headers: vec![("content-type".into(), CONTENT_TYPE.into())],
-                        body: body.to_vec(),
-                        trailers: Vec::new(),
-                    })
-                    .after(Duration::from_secs(1))
+                    keyset_reply(body.to_vec()).after(Duration::from_secs(1))
                 } else if let Some(body) = pending.lock().ok().and_then(|mut d| d.take()) {
-                    CalloutReply::response(CalloutResponse {
-                        headers: vec![("content-type".into(), CONTENT_TYPE.into())],
-                        body,
-                        trailers: Vec::new(),
-                    })
+                    keyset_reply(body)
                 } else {
                     CalloutReply::status(304)
                 }
