@@ -76,7 +76,7 @@ pub fn time_each(
     for request in requests {
         let request = request.clone();
         let started = Instant::now();
-        let outcome = harness.run_request_on(0, request)?;
+        let outcome = harness.run_request_taken_on(0, request)?;
         let elapsed = started.elapsed().as_nanos() as u64;
         if outcome.disposition != expect {
             return Err(HarnessError::UnexpectedOutcome {
@@ -84,7 +84,6 @@ pub fn time_each(
                 got: format!("{outcome:?}"),
             });
         }
-        harness.take_outcome(outcome.id);
         samples.push(elapsed);
     }
     Ok(())

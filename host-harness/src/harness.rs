@@ -245,6 +245,27 @@ impl Harness {
 
     /// Runs a request on a given worker and settles.
     pub fn run_request_on(&mut self, worker: usize, request: Request) -> Result<StreamOutcome> {
+        let id = self.run_to_rest(worker, request)?;
+        self.outcome(id)
+    }
+
+    /// As [`Harness::run_request_on`], and a finished stream's outcome is moved out of the
+    /// harness instead of copied (as [`Harness::take_outcome`] would): what benchmarks and long
+    /// runs use. A stream still pending stays, and its snapshot is returned.
+    pub fn run_request_taken_on(
+        &mut self,
+        worker: usize,
+        request: Request,
+    ) -> Result<StreamOutcome> {
+        let id = self.run_to_rest(worker, request)?;
+        match self.take_outcome(id) {
+            Some(outcome) => Ok(outcome),
+            None => self.outcome(id),
+        }
+    }
+
+    /// Starts a request and settles (virtual clock), or waits while its callouts are in flight.
+    fn run_to_rest(&mut self, worker: usize, request: Request) -> Result<StreamId> {
         let id = self.start_request_on(worker, request)?;
         if self.env.clock.is_virtual() {
             self.settle();
@@ -263,7 +284,7 @@ impl Harness {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        self.outcome(id)
+        Ok(id)
     }
 
     /// Starts a request on a worker without settling.

@@ -82,6 +82,20 @@ pub(crate) struct StreamData {
     pub(crate) resume_response: bool,
     pub(crate) closed: bool,
     pub(crate) properties: HashMap<PropertyKey, Vec<u8>>,
+    /// The request headers went upstream, the response headers downstream: what was sent is
+    /// the live map, until the filter changes it (a copy of what was sent is taken first).
+    pub(crate) sent: Sent,
+}
+
+/// Header maps already sent on, kept without a copy until the filter changes them.
+#[derive(Debug, Default)]
+pub(crate) struct Sent {
+    pub(crate) request: bool,
+    pub(crate) response: bool,
+    /// The request headers as they went upstream, once changed since.
+    pub(crate) request_copy: Option<HeaderMap>,
+    /// The response headers as they went downstream, once changed since.
+    pub(crate) response_copy: Option<HeaderMap>,
 }
 
 impl StreamData {
@@ -95,14 +109,61 @@ impl StreamData {
         }
     }
 
+    /// A map to change. A header map that was already sent is copied first, so what was sent
+    /// stays as it was (Envoy has encoded it; a later change does not reach the peer).
     pub(crate) fn map_mut(&mut self, map: MapType) -> Option<&mut HeaderMap> {
         match map {
-            MapType::RequestHeaders => self.request_headers.as_mut(),
+            MapType::RequestHeaders => {
+                if self.sent.request && self.sent.request_copy.is_none() {
+                    self.sent.request_copy = self.request_headers.clone();
+                }
+                self.request_headers.as_mut()
+            }
             MapType::RequestTrailers => self.request_trailers.as_mut(),
-            MapType::ResponseHeaders => self.response_headers.as_mut(),
+            MapType::ResponseHeaders => {
+                if self.sent.response && self.sent.response_copy.is_none() {
+                    self.sent.response_copy = self.response_headers.clone();
+                }
+                self.response_headers.as_mut()
+            }
             MapType::ResponseTrailers => self.response_trailers.as_mut(),
             _ => None,
         }
+    }
+}
+
+impl StreamData {
+    /// The request headers as they went upstream, if they did.
+    pub(crate) fn sent_request_headers(&self) -> Option<&HeaderMap> {
+        if !self.sent.request {
+            return None;
+        }
+        self.sent
+            .request_copy
+            .as_ref()
+            .or(self.request_headers.as_ref())
+    }
+
+    /// Takes the sent request headers (the stream has ended).
+    pub(crate) fn take_sent_request_headers(&mut self) -> Option<HeaderMap> {
+        if !self.sent.request {
+            return None;
+        }
+        self.sent
+            .request_copy
+            .take()
+            .or(self.request_headers.take())
+    }
+
+    /// Takes the sent response headers (the stream has ended).
+    pub(crate) fn take_sent_response_headers(&mut self) -> Option<HeaderMap> {
+        if !self.sent.response {
+            return None;
+        }
+        self.sent
+            .response_copy
+            .take()
+            .or(self.response_headers.take())
     }
 }
 

@@ -640,10 +640,17 @@ impl Worker {
             return Some(done.clone());
         }
         let driver = self.drivers.get(&id.context_id)?;
+        let data = self.store.data().streams.get(&id.context_id);
         Some(StreamOutcome {
             id,
             disposition: Disposition::Pending,
-            request: driver.headers_forwarded.then(|| driver.request.clone()),
+            request: driver.headers_forwarded.then(|| {
+                let mut request = driver.request.clone();
+                if let Some(headers) = data.and_then(StreamData::sent_request_headers) {
+                    request.headers = headers.clone();
+                }
+                request
+            }),
             response: None,
             local_response: driver.local_response.clone().or_else(|| {
                 self.store
@@ -722,10 +729,9 @@ impl Worker {
         };
         match driver.phase {
             Phase::Request => {
-                if !driver.headers_forwarded
-                    && let Some(headers) = &data.request_headers
-                {
-                    driver.request.headers = headers.clone();
+                // Sent without a copy: the map is copied only if the filter changes it later.
+                if !driver.headers_forwarded && data.request_headers.is_some() {
+                    data.sent.request = true;
                     driver.headers_forwarded = true;
                 }
                 if let Some(body) = data.request_body.take() {
@@ -736,11 +742,8 @@ impl Worker {
                 }
             }
             Phase::Response => {
-                if let Some(headers) = &data.response_headers
-                    && driver.response.headers.is_empty()
-                {
-                    driver.response =
-                        FinalResponse::from_headers(headers.clone(), Vec::new(), Vec::new());
+                if data.response_headers.is_some() {
+                    data.sent.response = true;
                 }
                 if let Some(body) = data.response_body.take() {
                     driver.response.body.extend(body);
@@ -931,11 +934,12 @@ impl Worker {
             )?;
         }
         let data = self.store.data_mut().streams.get_mut(&id).ok_or(Trapped)?;
-        // The filter may still read the response headers in `proxy_on_log`: copy, not take.
-        let headers = data.response_headers.clone().unwrap_or_default();
+        // The filter may still read the response headers in `proxy_on_log`: they are taken
+        // when the stream ends.
+        data.sent.response = true;
         let body = data.response_body.take().unwrap_or_default();
         if let Some(driver) = self.drivers.get_mut(&id) {
-            driver.response = FinalResponse::from_headers(headers, body, Vec::new());
+            driver.response = FinalResponse::from_headers(Vec::new(), body, Vec::new());
         }
         self.finish(id, Disposition::LocalResponse)
     }
@@ -945,19 +949,46 @@ impl Worker {
         let Some(driver) = self.drivers.remove(&id) else {
             return Ok(());
         };
-        self.record(id, driver, disposition);
+        let ended = self.end_callbacks(id);
+        // The maps stay readable through `proxy_on_log`; the outcome takes them afterwards.
+        let data = self.store.data_mut().streams.remove(&id);
+        self.calls.retain(|c| c.context != id);
+        self.record(id, driver, disposition, data);
+        ended
+    }
+
+    /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` (the first trap ends them).
+    fn end_callbacks(&mut self, id: u32) -> Result<(), Trapped> {
         self.invoke("proxy_on_done", |e| e.on_done.as_ref(), id, id as i32)?;
         self.store.data_mut().in_log = true;
         let logged = self.invoke("proxy_on_log", |e| e.on_log.as_ref(), id, id as i32);
         self.store.data_mut().in_log = false;
         logged?;
         self.invoke("proxy_on_delete", |e| e.on_delete.as_ref(), id, id as i32)?;
-        self.store.data_mut().streams.remove(&id);
-        self.calls.retain(|c| c.context != id);
         Ok(())
     }
 
-    fn record(&mut self, id: u32, driver: Driver, disposition: Disposition) {
+    /// Records how a stream ended; the header maps it sent are taken from its `data`.
+    fn record(
+        &mut self,
+        id: u32,
+        mut driver: Driver,
+        disposition: Disposition,
+        data: Option<StreamData>,
+    ) {
+        if let Some(mut data) = data {
+            if let Some(headers) = data.take_sent_request_headers() {
+                driver.request.headers = headers;
+            }
+            // A response set here already (a local reply, fail-closed) is the one the client got.
+            if driver.response.headers.is_empty()
+                && let Some(headers) = data.take_sent_response_headers()
+            {
+                let response = std::mem::take(&mut driver.response);
+                driver.response =
+                    FinalResponse::from_headers(headers, response.body, response.trailers);
+            }
+        }
         let reached_upstream =
             driver.headers_forwarded || matches!(disposition, Disposition::Completed);
         let response = match disposition {
@@ -990,7 +1021,8 @@ impl Worker {
                         Vec::new(),
                         Vec::new(),
                     );
-                    self.record(id, driver, Disposition::FailedClosed);
+                    let data = self.store.data_mut().streams.remove(&id);
+                    self.record(id, driver, Disposition::FailedClosed, data);
                 }
                 FailurePolicy::FailOpen => {
                     driver.request = ForwardedRequest {
@@ -1005,7 +1037,7 @@ impl Worker {
                         upstream.body.concat(),
                         upstream.trailers.clone(),
                     );
-                    self.record(id, driver, Disposition::FailedOpen);
+                    self.record(id, driver, Disposition::FailedOpen, None);
                 }
             }
         }

@@ -70,10 +70,13 @@ fn header_manipulation_is_visible_upstream_and_downstream() {
         out.response.as_ref().unwrap().header("x-response-seen"),
         Some("yes")
     );
+    // Changes after a map was sent reach neither peer, though the filter reads them back.
+    assert_eq!(out.request_header("x-late"), None);
+    assert_eq!(out.response.as_ref().unwrap().header("x-late"), None);
     assert!(
         h.logs_at(LogLevel::Debug)
             .iter()
-            .any(|m| m.ends_with("status 200")),
+            .any(|m| m.ends_with("late after-upstream status 200")),
         "{:?}",
         h.logs()
     );

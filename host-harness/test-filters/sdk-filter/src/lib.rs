@@ -342,6 +342,10 @@ impl HttpContext for Filter {
         if matches!(self.mode.as_str(), "headers" | "deny") {
             self.set_http_response_header("x-response-seen", Some("yes"));
         }
+        if self.mode == "headers" {
+            // Too late for the upstream, which has the request already.
+            self.set_http_request_header("x-late", Some("after-upstream"));
+        }
         Action::Continue
     }
 
@@ -357,8 +361,14 @@ impl HttpContext for Filter {
 
     fn on_log(&mut self) {
         if self.mode == "headers" {
+            let late = self.get_http_request_header("x-late").unwrap_or_default();
+            // Too late for the client, which has the response already.
+            self.set_http_response_header("x-late", Some("after-downstream"));
             let status = self.get_http_response_header(":status").unwrap_or_default();
-            log::debug!("access log: context {} status {status}", self.context_id);
+            log::debug!(
+                "access log: context {} late {late} status {status}",
+                self.context_id
+            );
         }
     }
 }
