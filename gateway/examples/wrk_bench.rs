@@ -31,6 +31,11 @@ use keygate_protocol::wire::{self, Snapshot};
 use keygate_testkit::bench::{env_usize, key_set, load_average};
 use tokio::net::TcpListener;
 
+/// The host allocates on every request (streams, header maps, copies into the guest); Envoy
+/// links tcmalloc, this process mimalloc (glibc's malloc made the host's share larger).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const REVISION: u64 = 1;
 
 /// The feed: `GET /v1/keyset` → the snapshot; with `since` → 304 after a short wait (a long

@@ -10,6 +10,11 @@ use clap::Parser;
 use keygate_gateway::{Gateway, GatewayConfig, PluginSettings};
 use keygate_host_harness::Plugin;
 
+/// The host allocates on every request (streams, header maps, copies into the guest); Envoy
+/// links tcmalloc, this process mimalloc (glibc's malloc made the host's share larger).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Development gateway: a proxy-wasm filter (in the wasmtime host harness) in front of an
 /// upstream. For development, CI and benchmarks; Envoy is the production host.
 #[derive(Debug, Parser)]
