@@ -321,23 +321,42 @@ impl PartialEq<HeaderValue> for &str {
     }
 }
 
-/// Serializes pairs in the spec's format: pair count (u32 LE), then for each pair the name
-/// and value sizes (u32 LE each), then each name and value followed by a NUL byte.
+/// Serializes pairs in the spec's format (see [`serialize_map_into`]).
+#[cfg(test)]
 pub(crate) fn serialize_map(map: &[(String, HeaderValue)]) -> Vec<u8> {
-    let data: usize = map.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-    let mut out = Vec::with_capacity(4 + map.len() * 8 + data);
-    out.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (k, v) in map {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in map {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
+    let mut out = vec![0; serialized_len(map)];
+    serialize_map_into(map, &mut out);
     out
+}
+
+/// The length of a map in the spec's format.
+pub(crate) fn serialized_len(map: &[(String, HeaderValue)]) -> usize {
+    4 + map
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len() + 2)
+        .sum::<usize>()
+}
+
+/// Writes a map in the spec's format (pair count, u32 LE; then for each pair the name and
+/// value sizes, u32 LE each; then each name and value followed by a NUL byte) into `out`, which must be [`serialized_len`] long;
+/// `false` (and `out` partly written) when it is not.
+pub(crate) fn serialize_map_into(map: &[(String, HeaderValue)], out: &mut [u8]) -> bool {
+    if out.len() != serialized_len(map) {
+        return false;
+    }
+    let (sizes, mut data) = out.split_at_mut(4 + 8 * map.len());
+    sizes[..4].copy_from_slice(&(map.len() as u32).to_le_bytes());
+    for ((k, v), slot) in map.iter().zip(sizes[4..].chunks_exact_mut(8)) {
+        slot[..4].copy_from_slice(&(k.len() as u32).to_le_bytes());
+        slot[4..].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        for part in [k.as_bytes(), v.as_bytes()] {
+            let (field, rest) = data.split_at_mut(part.len() + 1);
+            field[..part.len()].copy_from_slice(part);
+            field[part.len()] = 0;
+            data = rest;
+        }
+    }
+    true
 }
 
 /// `bytes` as a string, invalid UTF-8 replaced (valid UTF-8, the usual case, takes the fast path).
@@ -399,7 +418,12 @@ mod tests {
         assert_eq!(&bytes[4..8], &5u32.to_le_bytes());
         assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
         assert_eq!(&bytes[20..27], b":path\0/");
-        assert_eq!(deserialize_map(&bytes), Some(map));
+        assert_eq!(bytes.len(), serialized_len(&map));
+        assert_eq!(deserialize_map(&bytes), Some(map.clone()));
+        // a buffer of any other length is refused
+        for len in [bytes.len() - 1, bytes.len() + 1] {
+            assert!(!serialize_map_into(&map, &mut vec![0; len]));
+        }
     }
 
     #[test]

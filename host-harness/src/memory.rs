@@ -76,10 +76,19 @@ impl<'a, 'b> Guest<'a, 'b> {
         Ok(start..end)
     }
 
+    /// The `len` bytes at `ptr`, borrowed (one look at the memory, bounds-checked).
+    fn bytes(&self, ptr: i32, len: usize) -> HostResult<&[u8]> {
+        let start = ptr as u32 as usize;
+        start
+            .checked_add(len)
+            .filter(|_| len <= MAX_GUEST_BUFFER)
+            .and_then(|end| self.memory.data(&*self.caller).get(start..end))
+            .ok_or(HostCallError::Status(Status::InvalidMemoryAccess))
+    }
+
     /// Copies `len` bytes at `ptr` out of the guest.
     pub(crate) fn read(&self, ptr: i32, len: i32) -> HostResult<Vec<u8>> {
-        let range = self.range(ptr, len as u32 as usize)?;
-        Ok(self.memory.data(&*self.caller)[range].to_vec())
+        Ok(self.bytes(ptr, len as u32 as usize)?.to_vec())
     }
 
     /// Reads a string (invalid UTF-8 is replaced, never rejected). Valid UTF-8, the usual case,
@@ -98,8 +107,13 @@ impl<'a, 'b> Guest<'a, 'b> {
 
     /// Writes bytes at `ptr`.
     pub(crate) fn write(&mut self, ptr: i32, bytes: &[u8]) -> HostResult<()> {
-        let range = self.range(ptr, bytes.len())?;
-        self.memory.data_mut(&mut *self.caller)[range].copy_from_slice(bytes);
+        let start = ptr as u32 as usize;
+        let target = start
+            .checked_add(bytes.len())
+            .filter(|_| bytes.len() <= MAX_GUEST_BUFFER)
+            .and_then(|end| self.memory.data_mut(&mut *self.caller).get_mut(start..end))
+            .ok_or(HostCallError::Status(Status::InvalidMemoryAccess))?;
+        target.copy_from_slice(bytes);
         Ok(())
     }
 
@@ -117,14 +131,31 @@ impl<'a, 'b> Guest<'a, 'b> {
     /// exact size, then its pointer and size written at `ptr_ptr` and `size_ptr`. Empty data is
     /// handed over as pointer 0, size 0 (as Envoy does).
     pub(crate) fn copy_out(&mut self, data: &[u8], ptr_ptr: i32, size_ptr: i32) -> HostResult<()> {
-        if data.len() > MAX_GUEST_BUFFER {
+        self.copy_out_with(data.len(), ptr_ptr, size_ptr, |target, _| {
+            target.copy_from_slice(data);
+            true
+        })
+    }
+
+    /// As [`Guest::copy_out`] for `len` bytes that `fill` writes straight into the guest's
+    /// memory (from the host state, say a header map), without a copy on the host first. `fill`
+    /// returns `false` when it cannot fill exactly `len` bytes (the state changed while the
+    /// guest allocated): that is `InvalidMemoryAccess`.
+    pub(crate) fn copy_out_with(
+        &mut self,
+        len: usize,
+        ptr_ptr: i32,
+        size_ptr: i32,
+        fill: impl FnOnce(&mut [u8], &HostState) -> bool,
+    ) -> HostResult<()> {
+        if len > MAX_GUEST_BUFFER {
             return Err(Status::InvalidMemoryAccess.into());
         }
         // Check the out-pointers before allocating so a bad pointer leaks nothing.
         self.range(ptr_ptr, 4)?;
         self.range(size_ptr, 4)?;
         let mut pointer = 0u32;
-        if !data.is_empty() {
+        if len > 0 {
             // The cached allocator is moved out for the call and put back (a clone of a
             // `TypedFunc` registers its type again, which showed in profiles of every copy).
             let cached = self.caller.data_mut().allocator.take();
@@ -132,17 +163,24 @@ impl<'a, 'b> Guest<'a, 'b> {
                 Some(alloc) => alloc,
                 None => self.allocator()?,
             };
-            let called = alloc.call(&mut *self.caller, data.len() as i32);
+            let called = alloc.call(&mut *self.caller, len as i32);
             self.caller.data_mut().allocator.get_or_insert(alloc);
             let raw = called?;
             if raw == 0 {
                 return Err(Status::InvalidMemoryAccess.into());
             }
-            self.write(raw, data)?;
+            let start = raw as u32 as usize;
+            let (memory, state) = self.memory.data_and_store_mut(&mut *self.caller);
+            let target = memory
+                .get_mut(start..start + len)
+                .ok_or(HostCallError::Status(Status::InvalidMemoryAccess))?;
+            if !fill(target, state) {
+                return Err(Status::InvalidMemoryAccess.into());
+            }
             pointer = raw as u32;
         }
         self.write_u32(ptr_ptr, pointer)?;
-        self.write_u32(size_ptr, data.len() as u32)
+        self.write_u32(size_ptr, len as u32)
     }
 
     /// The guest's allocator looked up by export name (when none is cached).

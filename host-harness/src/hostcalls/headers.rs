@@ -4,7 +4,9 @@
 
 use wasmtime::{Caller, Linker};
 
-use crate::abi::{HeaderMap, HeaderValue, MapType, Status, deserialize_map, serialize_map};
+use crate::abi::{
+    HeaderMap, HeaderValue, MapType, Status, deserialize_map, serialize_map_into, serialized_len,
+};
 use crate::memory::{Guest, finish};
 use crate::state::HostState;
 
@@ -62,8 +64,11 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
-                let bytes = serialize_map(map_ref(guest.state(), map)?);
-                guest.copy_out(&bytes, ret_ptr, ret_size)
+                // Serialized straight into the guest's buffer.
+                let len = serialized_len(map_ref(guest.state(), map)?);
+                guest.copy_out_with(len, ret_ptr, ret_size, |target, state| {
+                    map_ref(state, map).is_ok_and(|m| serialize_map_into(m, target))
+                })
             })())
         },
     )?;
@@ -168,7 +173,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
-                let size = serialize_map(map_ref(guest.state(), map)?).len();
+                let size = serialized_len(map_ref(guest.state(), map)?);
                 guest.write_u32(ret_size, size as u32)
             })())
         },
