@@ -82,20 +82,42 @@ pub(crate) struct StreamData {
     pub(crate) resume_response: bool,
     pub(crate) closed: bool,
     pub(crate) properties: HashMap<PropertyKey, Vec<u8>>,
-    /// The request headers went upstream, the response headers downstream: what was sent is
-    /// the live map, until the filter changes it (a copy of what was sent is taken first).
-    pub(crate) sent: Sent,
+    /// Whether the request headers went upstream (and what went, once changed since).
+    pub(crate) sent_request: Sent,
+    /// Whether the response headers went downstream (and what went, once changed since).
+    pub(crate) sent_response: Sent,
 }
 
-/// Header maps already sent on, kept without a copy until the filter changes them.
+/// A header map sent on is kept without a copy: what was sent is the live map until the filter
+/// changes it, and a copy of what was sent is taken just before that.
 #[derive(Debug, Default)]
 pub(crate) struct Sent {
-    pub(crate) request: bool,
-    pub(crate) response: bool,
-    /// The request headers as they went upstream, once changed since.
-    pub(crate) request_copy: Option<HeaderMap>,
-    /// The response headers as they went downstream, once changed since.
-    pub(crate) response_copy: Option<HeaderMap>,
+    sent: bool,
+    copy: Option<HeaderMap>,
+}
+
+impl Sent {
+    /// Marks the map as sent.
+    pub(crate) fn mark(&mut self) {
+        self.sent = true;
+    }
+
+    /// Called before `live` changes: keeps what was sent.
+    fn before_change(&mut self, live: &Option<HeaderMap>) {
+        if self.sent && self.copy.is_none() {
+            self.copy.clone_from(live);
+        }
+    }
+
+    /// What was sent, if it was.
+    pub(crate) fn view<'a>(&'a self, live: &'a Option<HeaderMap>) -> Option<&'a HeaderMap> {
+        self.sent.then(|| self.copy.as_ref().or(live.as_ref()))?
+    }
+
+    /// Takes what was sent (the stream has ended).
+    pub(crate) fn take(&mut self, live: &mut Option<HeaderMap>) -> Option<HeaderMap> {
+        self.sent.then(|| self.copy.take().or(live.take()))?
+    }
 }
 
 impl StreamData {
@@ -114,56 +136,17 @@ impl StreamData {
     pub(crate) fn map_mut(&mut self, map: MapType) -> Option<&mut HeaderMap> {
         match map {
             MapType::RequestHeaders => {
-                if self.sent.request && self.sent.request_copy.is_none() {
-                    self.sent.request_copy = self.request_headers.clone();
-                }
+                self.sent_request.before_change(&self.request_headers);
                 self.request_headers.as_mut()
             }
             MapType::RequestTrailers => self.request_trailers.as_mut(),
             MapType::ResponseHeaders => {
-                if self.sent.response && self.sent.response_copy.is_none() {
-                    self.sent.response_copy = self.response_headers.clone();
-                }
+                self.sent_response.before_change(&self.response_headers);
                 self.response_headers.as_mut()
             }
             MapType::ResponseTrailers => self.response_trailers.as_mut(),
             _ => None,
         }
-    }
-}
-
-impl StreamData {
-    /// The request headers as they went upstream, if they did.
-    pub(crate) fn sent_request_headers(&self) -> Option<&HeaderMap> {
-        if !self.sent.request {
-            return None;
-        }
-        self.sent
-            .request_copy
-            .as_ref()
-            .or(self.request_headers.as_ref())
-    }
-
-    /// Takes the sent request headers (the stream has ended).
-    pub(crate) fn take_sent_request_headers(&mut self) -> Option<HeaderMap> {
-        if !self.sent.request {
-            return None;
-        }
-        self.sent
-            .request_copy
-            .take()
-            .or(self.request_headers.take())
-    }
-
-    /// Takes the sent response headers (the stream has ended).
-    pub(crate) fn take_sent_response_headers(&mut self) -> Option<HeaderMap> {
-        if !self.sent.response {
-            return None;
-        }
-        self.sent
-            .response_copy
-            .take()
-            .or(self.response_headers.take())
     }
 }
 

@@ -646,7 +646,7 @@ impl Worker {
             disposition: Disposition::Pending,
             request: driver.headers_forwarded.then(|| {
                 let mut request = driver.request.clone();
-                if let Some(headers) = data.and_then(StreamData::sent_request_headers) {
+                if let Some(headers) = data.and_then(|d| d.sent_request.view(&d.request_headers)) {
                     request.headers = headers.clone();
                 }
                 request
@@ -731,7 +731,7 @@ impl Worker {
             Phase::Request => {
                 // Sent without a copy: the map is copied only if the filter changes it later.
                 if !driver.headers_forwarded && data.request_headers.is_some() {
-                    data.sent.request = true;
+                    data.sent_request.mark();
                     driver.headers_forwarded = true;
                 }
                 if let Some(body) = data.request_body.take() {
@@ -743,7 +743,7 @@ impl Worker {
             }
             Phase::Response => {
                 if data.response_headers.is_some() {
-                    data.sent.response = true;
+                    data.sent_response.mark();
                 }
                 if let Some(body) = data.response_body.take() {
                     driver.response.body.extend(body);
@@ -936,7 +936,7 @@ impl Worker {
         let data = self.store.data_mut().streams.get_mut(&id).ok_or(Trapped)?;
         // The filter may still read the response headers in `proxy_on_log`: they are taken
         // when the stream ends.
-        data.sent.response = true;
+        data.sent_response.mark();
         let body = data.response_body.take().unwrap_or_default();
         if let Some(driver) = self.drivers.get_mut(&id) {
             driver.response = FinalResponse::from_headers(Vec::new(), body, Vec::new());
@@ -977,12 +977,12 @@ impl Worker {
         data: Option<StreamData>,
     ) {
         if let Some(mut data) = data {
-            if let Some(headers) = data.take_sent_request_headers() {
+            if let Some(headers) = data.sent_request.take(&mut data.request_headers) {
                 driver.request.headers = headers;
             }
             // A response set here already (a local reply, fail-closed) is the one the client got.
             if driver.response.headers.is_empty()
-                && let Some(headers) = data.take_sent_response_headers()
+                && let Some(headers) = data.sent_response.take(&mut data.response_headers)
             {
                 let response = std::mem::take(&mut driver.response);
                 driver.response =
