@@ -980,7 +980,8 @@ impl Worker {
             if let Some(headers) = data.sent_request.take(&mut data.request_headers) {
                 driver.request.headers = headers;
             }
-            // A response set here already (a local reply, fail-closed) is the one the client got.
+            // A response already set here (a local reply after the response began, fail-closed)
+            // is the one the client got.
             if driver.response.headers.is_empty()
                 && let Some(headers) = data.sent_response.take(&mut data.response_headers)
             {
