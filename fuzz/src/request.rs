@@ -330,7 +330,7 @@ pub(crate) fn forwarded<V: Clone + From<String> + Value>(
         }
     }
     for (name, value) in &allow.identity {
-        out.push(((*name).to_owned(), value.clone().into()));
+        out.push(((*name).to_owned(), value.clone().into_owned().into()));
     }
     out
 }
@@ -435,7 +435,8 @@ pub fn check(case: &Case) {
                             && !a
                                 .set
                                 .iter()
-                                .chain(&a.identity)
+                                .map(|(s, sv)| (*s, sv.as_str()))
+                                .chain(a.identity.iter().map(|(s, sv)| (*s, &**sv)))
                                 .any(|(s, sv)| s.eq_ignore_ascii_case(k) && sv == v)),
                         "client header {k:?} reaches upstream"
                     );
@@ -544,7 +545,7 @@ fn check_allowed(
         a.identity
             .iter()
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
     };
     let ih = &config.identity_headers;
     assert_eq!(get(&ih.key_id), Some(id.to_string().as_str()));

@@ -229,8 +229,9 @@ pub struct Allow<'a> {
     pub strip_cookie: Option<&'a str>,
     /// Identity headers to add after the removals (key id, owner, scopes). None of them is
     /// present by then: every one the client sent is in `remove`, so the host is asked to add,
-    /// the cheaper call, not to replace.
-    pub identity: Vec<(&'a str, String)>,
+    /// the cheaper call, not to replace. The owner and the scope list are borrowed from the key
+    /// set (no copy per request).
+    pub identity: Vec<(&'a str, Cow<'a, str>)>,
     /// The key that was used, for usage counting.
     pub key_id: Option<KeyId>,
 }
@@ -555,7 +556,7 @@ fn hide<'a>(
 /// Decides one request. `now_secs` is Unix time in seconds.
 pub fn decide<'a>(
     req: &Request<'a>,
-    keys: KeySetState<'_>,
+    keys: KeySetState<'a>,
     now_secs: u64,
     config: &'a Config,
 ) -> Decision<'a> {
@@ -666,17 +667,11 @@ pub fn decide<'a>(
     let strip_cookie = hide(config, req, found, &mut remove, &mut set_headers);
     let key_id = entry.key_id();
     let ih = &config.identity_headers;
-    let mut identity = Vec::with_capacity(3);
-    identity.push((ih.key_id.as_str(), key_id.to_string()));
-    identity.push((ih.owner.as_str(), entry.owner().to_owned()));
-    let mut scopes = String::with_capacity(entry.scopes().map(|s| s.len() + 1).sum());
-    for s in entry.scopes() {
-        if !scopes.is_empty() {
-            scopes.push(' ');
-        }
-        scopes.push_str(s);
-    }
-    identity.push((ih.scopes.as_str(), scopes));
+    let identity = vec![
+        (ih.key_id.as_str(), Cow::Owned(key_id.to_string())),
+        (ih.owner.as_str(), Cow::Borrowed(entry.owner())),
+        (ih.scopes.as_str(), Cow::Borrowed(entry.scope_list())),
+    ];
     Decision::Allow(Allow {
         reason: Reason::Allowed,
         remove,
@@ -730,12 +725,16 @@ mod tests {
         }
     }
 
-    fn set_value<'a>(a: &'a Allow<'_>, name: &str) -> Option<&'a str> {
+    /// Every header the decision sets or adds, name and value.
+    fn written<'a>(a: &'a Allow<'_>) -> impl Iterator<Item = (&'a str, &'a str)> {
         a.set
             .iter()
-            .chain(&a.identity)
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(a.identity.iter().map(|(k, v)| (*k, &**v)))
+    }
+
+    fn set_value<'a>(a: &'a Allow<'_>, name: &str) -> Option<&'a str> {
+        written(a).find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
     #[test]
@@ -754,12 +753,7 @@ mod tests {
         assert_eq!(set_value(&a, "x-keygate-owner"), Some("alice"));
         assert_eq!(set_value(&a, "x-keygate-scopes"), Some("repo:read"));
         // no value the filter sets carries the secret
-        assert!(
-            a.set
-                .iter()
-                .chain(&a.identity)
-                .all(|(_, v)| !v.contains(&f.reader.secret))
-        );
+        assert!(written(&a).all(|(_, v)| !v.contains(&f.reader.secret)));
     }
 
     #[test]

@@ -169,6 +169,9 @@ impl Index {
 struct Grant {
     scopes: Box<[Box<str>]>,
     resources: Box<[Box<str>]>,
+    /// The scopes joined by single spaces, once per grant (the filter sends it upstream on every
+    /// allowed request).
+    scope_list: Box<str>,
 }
 
 /// Why a message could not be applied. The set is unchanged after any of them.
@@ -296,6 +299,12 @@ impl<'a> KeyRef<'a> {
     /// The key's scopes.
     pub fn scopes(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
         self.grant().scopes.iter().map(|s| &**s)
+    }
+
+    /// The key's scopes joined by single spaces, in their order (`""` for none).
+    #[must_use]
+    pub fn scope_list(&self) -> &'a str {
+        &self.grant().scope_list
     }
 
     /// Whether the key has `scope` (exact match).
@@ -441,8 +450,10 @@ impl KeySet {
     }
 
     fn intern_grant(&mut self, v: &Validated<'_>, g: usize) -> u32 {
+        let scopes: Box<[Box<str>]> = v.grant_scopes(g).map(Box::from).collect();
         let grant = Grant {
-            scopes: v.grant_scopes(g).map(Box::from).collect(),
+            scope_list: scopes.join(" ").into(),
+            scopes,
             resources: v.grant_resources(g).map(Box::from).collect(),
         };
         if let Some(&id) = self.grant_ids.get(&grant) {
@@ -713,6 +724,7 @@ impl KeySet {
                         + (g.scopes.len() + g.resources.len()) * size_of::<Box<str>>()
                         + g.scopes.iter().map(|s| s.len()).sum::<usize>()
                         + g.resources.iter().map(|s| s.len()).sum::<usize>()
+                        + g.scope_list.len()
                 })
                 .sum::<usize>()
             + map_bytes(&self.grant_ids);

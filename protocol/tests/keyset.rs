@@ -31,6 +31,8 @@ fn snapshot_then_lookup() {
     assert_eq!(k.key_id(), small_snapshot().entries[1].key_id);
     let k3 = set.lookup(&digest(3, 3)).unwrap();
     assert_eq!(k3.scopes().collect::<Vec<_>>(), ["github:tokens"]);
+    assert_eq!(k3.scope_list(), "github:tokens");
+    assert_eq!(k.scope_list(), k.scopes().collect::<Vec<_>>().join(" "));
     assert_eq!(k3.resources().collect::<Vec<_>>(), ["acme/*", "other/repo"]);
     assert!(k3.allows_resource("acme/x"));
     assert!(k3.allows_resource("other/repo"));

@@ -126,6 +126,7 @@ proptest! {
             prop_assert_eq!(k.key_id(), e.key_id);
             prop_assert_eq!(k.expires_at(), e.expires_at);
             prop_assert!(k.scopes().eq(e.scopes.iter().map(String::as_str)));
+            prop_assert_eq!(k.scope_list(), e.scopes.join(" "));
             prop_assert!(k.resources().eq(e.resources.iter().map(String::as_str)));
         }
     }
