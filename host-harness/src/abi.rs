@@ -338,8 +338,8 @@ pub(crate) fn serialized_len(map: &[(String, HeaderValue)]) -> usize {
 }
 
 /// Writes a map in the spec's format (pair count, u32 LE; then for each pair the name and
-/// value sizes, u32 LE each; then each name and value followed by a NUL byte) into `out`, which must be [`serialized_len`] long;
-/// `false` (and `out` partly written) when it is not.
+/// value sizes, u32 LE each; then each name and value followed by a NUL byte) into `out`,
+/// which must be [`serialized_len`] long; `false` (and `out` untouched) when it is not.
 pub(crate) fn serialize_map_into(map: &[(String, HeaderValue)], out: &mut [u8]) -> bool {
     if out.len() != serialized_len(map) {
         return false;

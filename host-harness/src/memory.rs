@@ -1,5 +1,7 @@
 //! The one bounds-checked door to guest memory: every read or write of a guest pointer goes here.
 
+use std::ops::Range;
+
 use wasmtime::{Caller, Extern, Memory, TypedFunc};
 
 use crate::abi::Status;
@@ -8,6 +10,16 @@ use crate::state::HostState;
 /// Largest single buffer the host reads from or hands to the guest (64 MiB). Anything larger is
 /// refused with `InvalidMemoryAccess` instead of being allocated.
 pub const MAX_GUEST_BUFFER: usize = 64 << 20;
+
+/// A pointer or size outside the guest's memory (or a buffer over [`MAX_GUEST_BUFFER`]).
+const OUT_OF_BOUNDS: HostCallError = HostCallError::Status(Status::InvalidMemoryAccess);
+
+/// The byte range of `len` bytes at guest pointer `ptr`, if `len` is within
+/// [`MAX_GUEST_BUFFER`] (not yet checked against the memory's size).
+fn span(ptr: i32, len: usize) -> Option<Range<usize>> {
+    let start = ptr as u32 as usize;
+    (len <= MAX_GUEST_BUFFER).then_some(start..start.checked_add(len)?)
+}
 
 /// A host call either ends with a status for the guest or traps the guest.
 pub(crate) enum HostCallError {
@@ -62,28 +74,18 @@ impl<'a, 'b> Guest<'a, 'b> {
         self.caller.data_mut()
     }
 
-    fn range(&self, ptr: i32, len: usize) -> HostResult<std::ops::Range<usize>> {
-        if len > MAX_GUEST_BUFFER {
-            return Err(Status::InvalidMemoryAccess.into());
-        }
-        let start = ptr as u32 as usize;
-        let end = start
-            .checked_add(len)
-            .ok_or(HostCallError::Status(Status::InvalidMemoryAccess))?;
-        if end > self.memory.data_size(&*self.caller) {
-            return Err(Status::InvalidMemoryAccess.into());
-        }
-        Ok(start..end)
+    /// The range of `len` bytes at `ptr`, checked against the memory's current size.
+    fn range(&self, ptr: i32, len: usize) -> HostResult<Range<usize>> {
+        span(ptr, len)
+            .filter(|r| r.end <= self.memory.data_size(&*self.caller))
+            .ok_or(OUT_OF_BOUNDS)
     }
 
     /// The `len` bytes at `ptr`, borrowed (one look at the memory, bounds-checked).
     fn bytes(&self, ptr: i32, len: usize) -> HostResult<&[u8]> {
-        let start = ptr as u32 as usize;
-        start
-            .checked_add(len)
-            .filter(|_| len <= MAX_GUEST_BUFFER)
-            .and_then(|end| self.memory.data(&*self.caller).get(start..end))
-            .ok_or(HostCallError::Status(Status::InvalidMemoryAccess))
+        span(ptr, len)
+            .and_then(|r| self.memory.data(&*self.caller).get(r))
+            .ok_or(OUT_OF_BOUNDS)
     }
 
     /// Copies `len` bytes at `ptr` out of the guest.
@@ -107,12 +109,9 @@ impl<'a, 'b> Guest<'a, 'b> {
 
     /// Writes bytes at `ptr`.
     pub(crate) fn write(&mut self, ptr: i32, bytes: &[u8]) -> HostResult<()> {
-        let start = ptr as u32 as usize;
-        let target = start
-            .checked_add(bytes.len())
-            .filter(|_| bytes.len() <= MAX_GUEST_BUFFER)
-            .and_then(|end| self.memory.data_mut(&mut *self.caller).get_mut(start..end))
-            .ok_or(HostCallError::Status(Status::InvalidMemoryAccess))?;
+        let target = span(ptr, bytes.len())
+            .and_then(|r| self.memory.data_mut(&mut *self.caller).get_mut(r))
+            .ok_or(OUT_OF_BOUNDS)?;
         target.copy_from_slice(bytes);
         Ok(())
     }
@@ -169,11 +168,10 @@ impl<'a, 'b> Guest<'a, 'b> {
             if raw == 0 {
                 return Err(Status::InvalidMemoryAccess.into());
             }
-            let start = raw as u32 as usize;
             let (memory, state) = self.memory.data_and_store_mut(&mut *self.caller);
-            let target = memory
-                .get_mut(start..start + len)
-                .ok_or(HostCallError::Status(Status::InvalidMemoryAccess))?;
+            let target = span(raw, len)
+                .and_then(|r| memory.get_mut(r))
+                .ok_or(OUT_OF_BOUNDS)?;
             if !fill(target, state) {
                 return Err(Status::InvalidMemoryAccess.into());
             }
