@@ -7,7 +7,7 @@ WORKDIR /src
 COPY . .
 RUN rustup target add wasm32-wasip1 \
  && cargo build --release --locked -p keygate-control-plane --bin keygate \
- && cargo build --release --locked -p keygate-plugin --target wasm32-wasip1
+ && cargo build --profile wasm --locked -p keygate-plugin --target wasm32-wasip1
 
 FROM debian:bookworm-slim AS control-plane
 RUN apt-get update \
@@ -22,5 +22,5 @@ ENTRYPOINT ["keygate"]
 CMD ["serve", "--listen", "0.0.0.0:8080", "--database-url", "sqlite:///var/lib/keygate/keygate.db"]
 
 FROM envoyproxy/envoy:v1.36-latest AS envoy
-COPY --from=build /src/target/wasm32-wasip1/release/keygate_plugin.wasm /etc/envoy/keygate_plugin.wasm
+COPY --from=build /src/target/wasm32-wasip1/wasm/keygate_plugin.wasm /etc/envoy/keygate_plugin.wasm
 COPY envoy/envoy.yaml /etc/envoy/envoy.yaml

@@ -1,4 +1,4 @@
-//! Builds `keygate-plugin` to `wasm32-wasip1` (release) with a nested cargo whose target
+//! Builds `keygate-plugin` to `wasm32-wasip1` (the `wasm` profile) with a nested cargo whose target
 //! directory lives under OUT_DIR, so it never waits on the outer build's lock, and writes the
 //! module's path as a constant.
 
@@ -40,7 +40,8 @@ fn main() {
         .current_dir(&workspace)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "wasm",
             "--target",
             "wasm32-wasip1",
             "-p",
@@ -68,10 +69,10 @@ fn main() {
         status.success(),
         "building keygate-plugin for wasm32-wasip1 failed: {status}"
     );
-    let wasm = target_dir.join("wasm32-wasip1/release/keygate_plugin.wasm");
+    let wasm = target_dir.join("wasm32-wasip1/wasm/keygate_plugin.wasm");
     assert!(wasm.exists(), "missing {}", wasm.display());
     let consts = format!(
-        "/// `keygate-plugin` compiled to wasm32-wasip1 (release).\npub const KEYGATE_PLUGIN_WASM: &str = {:?};\n",
+        "/// `keygate-plugin` compiled to wasm32-wasip1 (the `wasm` profile).\npub const KEYGATE_PLUGIN_WASM: &str = {:?};\n",
         wasm.display().to_string()
     );
     if let Err(e) = std::fs::write(out_dir.join("artifacts.rs"), consts) {
@@ -83,6 +84,9 @@ fn main() {
         "protocol/src",
         "protocol/Cargo.toml",
         "Cargo.lock",
+        // the `wasm` profile and the wasm target's flags
+        "Cargo.toml",
+        ".cargo/config.toml",
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }

@@ -4,8 +4,8 @@
 //! [`worker`] behind the [`host::Host`] seam — and a thin proxy-wasm [`glue`] (with [`pairs`],
 //! the in-place reader of the host's header maps, and `raw`, the crate's only `unsafe`: two
 //! host calls made without the SDK's wrappers). The core compiles
-//! and is tested natively; `cargo build -p keygate-plugin --target wasm32-wasip1 --release` makes
-//! the filter module.
+//! and is tested natively; `cargo build -p keygate-plugin --target wasm32-wasip1 --profile wasm`
+//! makes the filter module.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
