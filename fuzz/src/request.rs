@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use keygate_plugin::config::{Config, FailureMode};
-use keygate_plugin::decision::{Allow, Decision, KeySetState, Reason, Request, decide};
+use keygate_plugin::decision::{Allow, Decision, Identity, KeySetState, Reason, Request, decide};
 use keygate_protocol::KeyId;
 use keygate_protocol::keyset::KeySet;
 use keygate_protocol::wire::{KeyEntry, Snapshot};
@@ -329,8 +329,8 @@ pub(crate) fn forwarded<V: Clone + From<String> + Value>(
             out.insert(at, ("cookie".to_owned(), V::from_bytes(rest)));
         }
     }
-    for (name, value) in &allow.identity {
-        out.push(((*name).to_owned(), value.clone().into_owned().into()));
+    for (name, value) in allow.identity.iter().flat_map(Identity::headers) {
+        out.push((name.to_owned(), value.to_owned().into()));
     }
     out
 }
@@ -436,7 +436,7 @@ pub fn check(case: &Case) {
                                 .set
                                 .iter()
                                 .map(|(s, sv)| (*s, sv.as_str()))
-                                .chain(a.identity.iter().map(|(s, sv)| (*s, &**sv)))
+                                .chain(a.identity.iter().flat_map(Identity::headers))
                                 .any(|(s, sv)| s.eq_ignore_ascii_case(k) && sv == v)),
                         "client header {k:?} reaches upstream"
                     );
@@ -481,7 +481,7 @@ pub fn check(case: &Case) {
 /// A pass without identity sets nothing but what hides a credential (a query rewrite; a cookie
 /// is stripped apart).
 fn hiding_only(a: &Allow<'_>) -> bool {
-    a.identity.is_empty() && a.set.iter().all(|(k, _)| *k == ":path")
+    a.identity.is_none() && a.set.iter().all(|(k, _)| *k == ":path")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -544,8 +544,9 @@ fn check_allowed(
     let get = |name: &str| {
         a.identity
             .iter()
+            .flat_map(Identity::headers)
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| &**v)
+            .map(|(_, v)| v)
     };
     let ih = &config.identity_headers;
     assert_eq!(get(&ih.key_id), Some(id.to_string().as_str()));

@@ -6,11 +6,12 @@
 
 use std::borrow::Cow;
 
-use keygate_protocol::KeyId;
 use keygate_protocol::key;
 use keygate_protocol::keyset::KeySet;
+use keygate_protocol::{KeyId, KeyIdText};
+use smallvec::SmallVec;
 
-use crate::config::{Config, FailureMode, KeySource, Route};
+use crate::config::{Config, FailureMode, IdentityHeaders, KeySource, Route};
 
 /// A request as the filter sees it: pseudo-headers (`:method`, `:path`) and headers, names lowercase.
 #[derive(Debug, Clone)]
@@ -218,8 +219,9 @@ pub enum KeySetState<'a> {
 pub struct Allow<'a> {
     /// Why it passes.
     pub reason: Reason,
-    /// Header names to remove (spoofed identity headers, the credential header).
-    pub remove: Vec<&'a str>,
+    /// Header names to remove (spoofed identity headers, the credential header); held inline
+    /// up to four, the usual one or two without an allocation.
+    pub remove: Removals<'a>,
     /// Headers to set, replacing what is there (`:path` rewritten without the credential).
     pub set: Vec<(&'a str, String)>,
     /// The name of the key's cookie when it is to be hidden: every `cookie` header becomes
@@ -227,13 +229,37 @@ pub struct Allow<'a> {
     /// decision reads a string view; other cookies may hold bytes that are not UTF-8), and the
     /// header goes when no cookie is left.
     pub strip_cookie: Option<&'a str>,
-    /// Identity headers to add after the removals (key id, owner, scopes). None of them is
-    /// present by then: every one the client sent is in `remove`, so the host is asked to add,
-    /// the cheaper call, not to replace. The owner and the scope list are borrowed from the key
-    /// set (no copy per request).
-    pub identity: Vec<(&'a str, Cow<'a, str>)>,
+    /// Identity headers to add after the removals (key id, owner, scopes), for an allowed key.
+    /// None of them is present by then: every one the client sent is in `remove`, so the host
+    /// is asked to add, the cheaper call, not to replace.
+    pub identity: Option<Identity<'a>>,
     /// The key that was used, for usage counting.
     pub key_id: Option<KeyId>,
+}
+
+/// Names of request headers to remove.
+pub type Removals<'a> = SmallVec<[&'a str; 4]>;
+
+/// The identity headers of an allowed key, without an allocation: the names from the
+/// configuration, the key id's text on the stack, the owner and the scope list borrowed from the
+/// key set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity<'a> {
+    names: &'a IdentityHeaders,
+    key_id: KeyIdText,
+    owner: &'a str,
+    scopes: &'a str,
+}
+
+impl Identity<'_> {
+    /// The headers, name and value: key id, owner, scopes.
+    pub fn headers(&self) -> [(&str, &str); 3] {
+        [
+            (&self.names.key_id, self.key_id.as_str()),
+            (&self.names.owner, self.owner),
+            (&self.names.scopes, self.scopes),
+        ]
+    }
 }
 
 /// Answer locally with an error.
@@ -455,7 +481,7 @@ pub fn cookies_without<'v>(
 }
 
 /// Client-sent headers that only the filter may set: every `x-keygate-*` and the identity headers.
-fn spoofable<'a>(req: &Request<'a>, config: &Config, out: &mut Vec<&'a str>) {
+fn spoofable<'a>(req: &Request<'a>, config: &Config, out: &mut Removals<'a>) {
     let ih = &config.identity_headers;
     for &(k, _) in &req.headers {
         let lower_prefix = k.len() >= 10 && k.as_bytes()[..10].eq_ignore_ascii_case(b"x-keygate-");
@@ -538,7 +564,7 @@ fn hide<'a>(
     config: &'a Config,
     req: &Request<'a>,
     found: Found<'a>,
-    remove: &mut Vec<&'a str>,
+    remove: &mut Removals<'a>,
     set: &mut Vec<(&'a str, String)>,
 ) -> Option<&'a str> {
     if !config.hide_credentials {
@@ -560,7 +586,7 @@ pub fn decide<'a>(
     now_secs: u64,
     config: &'a Config,
 ) -> Decision<'a> {
-    let mut remove = Vec::new();
+    let mut remove = Removals::new();
     spoofable(req, config, &mut remove);
 
     if !is_normal_path(req.path_only()) {
@@ -580,7 +606,7 @@ pub fn decide<'a>(
             remove,
             set,
             strip_cookie,
-            identity: Vec::new(),
+            identity: None,
             key_id: None,
         });
     }
@@ -621,7 +647,7 @@ pub fn decide<'a>(
                 remove,
                 set,
                 strip_cookie,
-                identity: Vec::new(),
+                identity: None,
                 key_id: None,
             });
         }
@@ -666,18 +692,18 @@ pub fn decide<'a>(
     let mut set_headers = Vec::new();
     let strip_cookie = hide(config, req, found, &mut remove, &mut set_headers);
     let key_id = entry.key_id();
-    let ih = &config.identity_headers;
-    let identity = vec![
-        (ih.key_id.as_str(), Cow::Owned(key_id.to_string())),
-        (ih.owner.as_str(), Cow::Borrowed(entry.owner())),
-        (ih.scopes.as_str(), Cow::Borrowed(entry.scope_list())),
-    ];
+    let identity = Identity {
+        names: &config.identity_headers,
+        key_id: key_id.text(),
+        owner: entry.owner(),
+        scopes: entry.scope_list(),
+    };
     Decision::Allow(Allow {
         reason: Reason::Allowed,
         remove,
         set: set_headers,
         strip_cookie,
-        identity,
+        identity: Some(identity),
         key_id: Some(key_id),
     })
 }
@@ -730,7 +756,7 @@ mod tests {
         a.set
             .iter()
             .map(|(k, v)| (*k, v.as_str()))
-            .chain(a.identity.iter().map(|(k, v)| (*k, &**v)))
+            .chain(a.identity.iter().flat_map(Identity::headers))
     }
 
     fn set_value<'a>(a: &'a Allow<'_>, name: &str) -> Option<&'a str> {
@@ -763,7 +789,7 @@ mod tests {
         let auth = format!("Bearer {}", f.reader.secret);
         let h = headers("GET", "/x", &[("authorization", &auth)]);
         let a = allow(run(&f, &c, &h));
-        assert_eq!(a.remove, vec!["authorization"]);
+        assert_eq!(a.remove[..], ["authorization"]);
 
         // a key in x-api-key wins; a Basic Authorization header is left alone
         let h = headers(
@@ -775,7 +801,7 @@ mod tests {
             ],
         );
         let a = allow(run(&f, &c, &h));
-        assert_eq!(a.remove, vec!["x-api-key"]);
+        assert_eq!(a.remove[..], ["x-api-key"]);
     }
 
     #[test]
@@ -916,7 +942,7 @@ mod tests {
         let a = allow(run(&f, &c, &h));
         assert_eq!(a.reason, Reason::Anonymous);
         assert_eq!(a.remove.len(), 3);
-        assert!(a.set.is_empty() && a.identity.is_empty());
+        assert!(a.set.is_empty() && a.identity.is_none());
         // keyed route: removed, then set by the filter
         let mut hs = spoof.to_vec();
         hs.push(("x-api-key", &f.reader.secret));
@@ -928,7 +954,9 @@ mod tests {
         assert_eq!(set_value(&a, "x-keygate-owner"), Some("alice"));
         // The identity headers are added, not replaced: each one the client sent is removed
         // first (whatever its case), so none is left for an add to duplicate.
-        for (name, _) in &a.identity {
+        let identity = a.identity.as_ref().map(Identity::headers);
+        assert!(identity.is_some());
+        for (name, _) in identity.into_iter().flatten() {
             let sent = hs.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
             let removed = a.remove.iter().any(|k| k.eq_ignore_ascii_case(name));
             assert!(!sent || removed, "{name} would be duplicated");
@@ -1275,8 +1303,8 @@ mod tests {
         ));
         assert_eq!(a.reason, Reason::FailOpen);
         // Spoofed identity stripped, and the key hidden like on any pass.
-        assert_eq!(a.remove, vec!["x-keygate-owner", "x-api-key"]);
-        assert!(a.set.is_empty() && a.identity.is_empty());
+        assert_eq!(a.remove[..], ["x-keygate-owner", "x-api-key"]);
+        assert!(a.set.is_empty() && a.identity.is_none());
         // anonymous routes pass without a key set
         let c = cfg(ROUTES);
         let h = headers("GET", "/health", &[]);

@@ -373,7 +373,7 @@ impl HttpContext for KeygateHttp {
                             decision::cookies_without(cookies, name).as_deref(),
                         );
                     }
-                    for (name, value) in &a.identity {
+                    for (name, value) in a.identity.iter().flat_map(decision::Identity::headers) {
                         let _ = hostcalls::add_map_value(
                             proxy_wasm::types::MapType::HttpRequestHeaders,
                             name,

@@ -5,8 +5,7 @@
 //! the next batch. Since `POST /v1/usage` is idempotent per batch id, a retried batch counts once
 //! and no count is ever sent in two different batches.
 
-use std::collections::HashMap;
-
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 /// Most entries per batch; the rest waits for the next one.
@@ -41,7 +40,9 @@ pub struct UsageBatch {
 /// Per-worker usage accounting.
 #[derive(Debug)]
 pub struct UsageTracker<K> {
-    counts: HashMap<K, Tally>,
+    /// Updated on every allowed request: a fast hash (the keys are the ids of keys in the set,
+    /// chosen by the control plane, not by clients).
+    counts: FxHashMap<K, Tally>,
     pending: Option<UsageBatch>,
     in_flight: bool,
     worker: u64,
@@ -52,7 +53,7 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
     /// A tracker for the worker with this random id (it makes batch ids unique across workers and restarts).
     pub fn new(worker: u64) -> Self {
         Self {
-            counts: HashMap::new(),
+            counts: FxHashMap::default(),
             pending: None,
             in_flight: false,
             worker,

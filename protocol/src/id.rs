@@ -66,11 +66,41 @@ pub enum IdError {
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // On the stack: the filter formats an id on every allowed request.
-        let mut text = [0u8; ID_PREFIX.len() + 32];
+        f.write_str(self.text().as_str())
+    }
+}
+
+impl KeyId {
+    /// The text form, `key_<32 lowercase hex>`, on the stack: the filter sends it upstream on
+    /// every allowed request, without allocating.
+    #[must_use]
+    pub fn text(&self) -> KeyIdText {
+        let mut text = [0u8; KEY_ID_TEXT_LEN];
         text[..ID_PREFIX.len()].copy_from_slice(ID_PREFIX.as_bytes());
         hex::encode_to_slice(&self.0, &mut text[ID_PREFIX.len()..]);
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        KeyIdText(text)
+    }
+}
+
+/// Length of a key id's text form.
+const KEY_ID_TEXT_LEN: usize = ID_PREFIX.len() + 32;
+
+/// A [`KeyId`]'s text form held by value ([`KeyId::text`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyIdText([u8; KEY_ID_TEXT_LEN]);
+
+impl KeyIdText {
+    /// The text, `key_<32 lowercase hex>`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        // ASCII by construction (the prefix and hex digits).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for KeyIdText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -101,6 +131,11 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text, "key_01934f2a7b00700080000000000000ff");
         assert_eq!(text.parse::<KeyId>(), Ok(id));
+        assert_eq!(id.text().as_str(), text);
+        assert_eq!(
+            format!("{:?}", id.text()),
+            "\"key_01934f2a7b00700080000000000000ff\""
+        );
         assert_eq!(
             format!("{id:?}"),
             "KeyId(key_01934f2a7b00700080000000000000ff)"

@@ -20,4 +20,4 @@ pub mod scope;
 pub mod wire;
 
 pub use digest::{Digest, HexError};
-pub use id::{IdError, KeyId};
+pub use id::{IdError, KeyId, KeyIdText};
