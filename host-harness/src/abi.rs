@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use smallvec::SmallVec;
+
 /// A proxy-wasm status code, as returned by every `proxy_*` host function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(u32)]
@@ -190,10 +192,16 @@ pub const NOT_UTF8: &str = "\u{fffd}";
 ///
 /// Built from `&str`, `String`, `Vec<u8>` or `&[u8]`; compares equal to a `&str` with the same
 /// bytes; `Debug` shows it as a string when it is UTF-8 and as escaped bytes otherwise.
+///
+/// Up to [`HeaderValue::INLINE`] bytes are held inline, without an allocation, as Envoy's
+/// `HeaderString` holds short values in the header entry itself.
 #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HeaderValue(Vec<u8>);
+pub struct HeaderValue(SmallVec<[u8; HeaderValue::INLINE]>);
 
 impl HeaderValue {
+    /// Longest value held inline.
+    pub const INLINE: usize = 48;
+
     /// The raw bytes.
     #[must_use]
     pub fn as_bytes(&self) -> &[u8] {
@@ -234,7 +242,7 @@ impl HeaderValue {
     /// The bytes, owned.
     #[must_use]
     pub fn into_bytes(self) -> Vec<u8> {
-        self.0
+        self.0.into_vec()
     }
 }
 
@@ -263,61 +271,61 @@ impl fmt::Debug for HeaderValue {
 
 impl From<&str> for HeaderValue {
     fn from(value: &str) -> Self {
-        Self(value.as_bytes().to_vec())
+        Self::from(value.as_bytes())
     }
 }
 
 impl From<String> for HeaderValue {
     fn from(value: String) -> Self {
-        Self(value.into_bytes())
+        Self::from(value.into_bytes())
     }
 }
 
 impl From<&String> for HeaderValue {
     fn from(value: &String) -> Self {
-        Self(value.as_bytes().to_vec())
+        Self::from(value.as_bytes())
     }
 }
 
 impl From<Vec<u8>> for HeaderValue {
     fn from(value: Vec<u8>) -> Self {
-        Self(value)
+        Self(SmallVec::from_vec(value))
     }
 }
 
 impl From<&[u8]> for HeaderValue {
     fn from(value: &[u8]) -> Self {
-        Self(value.to_vec())
+        Self(SmallVec::from_slice(value))
     }
 }
 
 impl<const N: usize> From<&[u8; N]> for HeaderValue {
     fn from(value: &[u8; N]) -> Self {
-        Self(value.to_vec())
+        Self::from(&value[..])
     }
 }
 
 impl PartialEq<str> for HeaderValue {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other.as_bytes()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<&str> for HeaderValue {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == other.as_bytes()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<HeaderValue> for str {
     fn eq(&self, other: &HeaderValue) -> bool {
-        self.as_bytes() == other.0
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<HeaderValue> for &str {
     fn eq(&self, other: &HeaderValue) -> bool {
-        self.as_bytes() == other.0
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -406,6 +414,22 @@ pub(crate) fn deserialize_map(bytes: &[u8]) -> Option<HeaderMap> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_short_and_long_hold_their_bytes_whatever_they_were_built_from() {
+        for len in [0, 1, HeaderValue::INLINE, HeaderValue::INLINE + 1, 4096] {
+            let bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let from_slice = HeaderValue::from(&bytes[..]);
+            let from_vec = HeaderValue::from(bytes.clone());
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            assert_eq!(from_slice, from_vec);
+            assert_eq!(from_slice.as_bytes(), &bytes[..]);
+            assert_eq!(from_slice.len(), len);
+            assert!(from_slice == *text.as_str() && text.as_str() == from_vec);
+            assert_eq!(from_vec.clone().into_bytes(), bytes);
+        }
+        assert_ne!(HeaderValue::from("a"), HeaderValue::from("ab"));
+    }
 
     #[test]
     fn map_round_trips_in_spec_layout() {

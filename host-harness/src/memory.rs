@@ -82,7 +82,7 @@ impl<'a, 'b> Guest<'a, 'b> {
     }
 
     /// The `len` bytes at `ptr`, borrowed (one look at the memory, bounds-checked).
-    fn bytes(&self, ptr: i32, len: usize) -> HostResult<&[u8]> {
+    pub(crate) fn bytes(&self, ptr: i32, len: usize) -> HostResult<&[u8]> {
         span(ptr, len)
             .and_then(|r| self.memory.data(&*self.caller).get(r))
             .ok_or(OUT_OF_BOUNDS)

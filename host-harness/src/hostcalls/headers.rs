@@ -128,7 +128,8 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
                 let key = guest.read_name(key_ptr, key_size)?;
-                let value = HeaderValue::from(guest.read(value_ptr, value_size)?);
+                // Copied straight from the guest (inline when short, as Envoy's `HeaderString`).
+                let value = HeaderValue::from(guest.bytes(value_ptr, value_size as u32 as usize)?);
                 map_mut(guest.state(), map)?.push((key, value));
                 Ok(())
             })())
@@ -147,7 +148,8 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let mut guest = Guest::new(&mut caller)?;
                 let map = map_type(map)?;
                 let key = guest.read_name(key_ptr, key_size)?;
-                let value = HeaderValue::from(guest.read(value_ptr, value_size)?);
+                // Copied straight from the guest (inline when short, as Envoy's `HeaderString`).
+                let value = HeaderValue::from(guest.bytes(value_ptr, value_size as u32 as usize)?);
                 replace(map_mut(guest.state(), map)?, &key, value);
                 Ok(())
             })())

@@ -1,0 +1,120 @@
+//! A/B of two builds of the filter in one process: both load the same 1,000,000-key snapshot and
+//! their requests are timed in alternating blocks, so both see the same machine (this machine
+//! changes speed by half within seconds, which separate runs cannot tell from a change).
+//!
+//! `cargo run --release -p keygate-plugin-artifacts --example ab -- a.wasm b.wasm`
+//! (`KEYGATE_BENCH_KEYS`, `KEYGATE_BENCH_ROUNDS` as for the `wasm_decision` bench).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::ensure;
+use keygate_host_harness::baseline::time_each;
+use keygate_host_harness::{
+    CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Plugin, Request,
+};
+use keygate_protocol::key;
+use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
+use keygate_testkit::bench::{env_usize, every_thousandth, key_set, median_p99};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    let paths: Vec<String> = std::env::args().skip(1).collect();
+    ensure!(paths.len() == 2, "usage: ab <a.wasm> <b.wasm>");
+    let n = env_usize("KEYGATE_BENCH_KEYS", 1_000_000);
+    let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 40);
+    let keys = key_set(
+        n,
+        |i, e| {
+            e.scopes = vec![
+                "repo:read".into(),
+                if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
+            ];
+            e.resources = vec![format!("org{}", i % 100)];
+        },
+        every_thousandth(n),
+    )?;
+    let snapshot = Arc::new(
+        Snapshot {
+            revision: 1,
+            entries: keys.entries,
+        }
+        .encode()?,
+    );
+    let request = |path: String, key: &str| {
+        Request::get(&path)
+            .header("user-agent", "bench")
+            .header("x-api-key", key)
+    };
+    let allowed: Vec<Request> = keys
+        .secrets
+        .iter()
+        .map(|(s, i)| request(format!("/repos/org{}/widgets", i % 100), s))
+        .collect();
+    let mut unknown = Vec::new();
+    for (_, i) in &keys.secrets {
+        let k = key::generate("kg_live")?;
+        unknown.push(request(
+            format!("/repos/org{}/widgets", i % 100),
+            k.expose_secret(),
+        ));
+    }
+    let config = br#"{"cluster":"keygate","authority":"keygate.internal","edge_key":"kg_edge_x",
+        "routes":[{"path_prefix":"/repos/","required_scopes":["repo:read"],"resource_from_path_segment":1}]}"#;
+    let mut harnesses = Vec::new();
+    for path in &paths {
+        let body = snapshot.clone();
+        let mut h = Harness::builder(Plugin::load_file(path)?)
+            .workers(1)
+            .plugin_configuration(config.to_vec())
+            .cluster(
+                "keygate",
+                Cluster::handler(move |req| {
+                    if req.header(":path") == Some("/v1/keyset") {
+                        CalloutReply::response(CalloutResponse {
+                            headers: vec![("content-type".into(), CONTENT_TYPE.into())],
+                            body: body.to_vec(),
+                            trailers: Vec::new(),
+                        })
+                    } else {
+                        CalloutReply::status(304)
+                    }
+                }),
+            )
+            .build()?;
+        h.advance(Duration::from_millis(1_000));
+        harnesses.push(h);
+    }
+    let kinds = [
+        ("allowed", &allowed, Disposition::Completed),
+        ("unknown", &unknown, Disposition::LocalResponse),
+    ];
+    let mut samples = vec![vec![Vec::new(); kinds.len()]; 2];
+    for round in 0..=rounds {
+        for (k, (_, requests, expect)) in kinds.iter().enumerate() {
+            for (which, h) in harnesses.iter_mut().enumerate() {
+                let mut warm = Vec::new();
+                let out = if round == 0 {
+                    &mut warm
+                } else {
+                    &mut samples[which][k]
+                };
+                time_each(h, requests, *expect, out)?;
+            }
+        }
+    }
+    for (which, path) in paths.iter().enumerate() {
+        let figures: Vec<String> = kinds
+            .iter()
+            .enumerate()
+            .map(|(k, (label, ..))| {
+                let (median, _) = median_p99(std::mem::take(&mut samples[which][k]));
+                format!("{label} {median} ns")
+            })
+            .collect();
+        println!("{path}: {}", figures.join(", "));
+    }
+    Ok(())
+}
