@@ -131,9 +131,38 @@ pub fn interleaved(filter: &mut Harness, kinds: &[Kind<'_>], rounds: usize) -> R
     Ok(timings)
 }
 
+/// The filter's own part round by round (nanoseconds): in each round, the median of the
+/// filter's block of `block` requests minus the median of the harness alone's block on the same
+/// requests, timed right after it ([`interleaved`] appends one block per round). On a machine
+/// whose speed changes between rounds each pair stays comparable, where the medians of the
+/// whole runs mix fast and slow rounds.
+#[must_use]
+pub fn own_part_per_round(filter: &[u64], alone: &[u64], block: usize) -> Vec<i64> {
+    let median = |chunk: &[u64]| {
+        let mut sorted = chunk.to_vec();
+        sorted.sort_unstable();
+        sorted[sorted.len() / 2] as i64
+    };
+    filter
+        .chunks_exact(block.max(1))
+        .zip(alone.chunks_exact(block.max(1)))
+        .map(|(f, a)| median(f) - median(a))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_part_pairs_each_round_with_its_own_baseline() {
+        // round 1 fast (filter 30 over 10), round 2 slow (filter 60 over 20), round 3 fast
+        let filter = [29, 30, 31, 59, 60, 61, 30, 30, 30];
+        let alone = [10, 10, 11, 19, 20, 20, 9, 10, 10];
+        assert_eq!(own_part_per_round(&filter, &alone, 3), [20, 40, 20]);
+        // an incomplete last block is left out
+        assert_eq!(own_part_per_round(&filter[..4], &alone[..4], 3), [20]);
+    }
 
     #[test]
     fn no_op_filters_end_requests_as_named_and_every_request_is_timed() {

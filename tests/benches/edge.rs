@@ -354,6 +354,18 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let timings = baseline::interleaved(&mut h, &timed, rounds)?;
+    // Per round, the filter's block against the harness alone's block timed right after it.
+    let paired: Vec<(i64, i64, i64)> = timings
+        .filter
+        .iter()
+        .zip(&timings.harness_alone)
+        .map(|(f, a)| {
+            let mut per_round = baseline::own_part_per_round(f, a, requests.len());
+            per_round.sort_unstable();
+            let at = |q: f64| per_round[((per_round.len() - 1) as f64 * q).round() as usize];
+            (at(0.5), at(0.0), at(1.0))
+        })
+        .collect();
     let wasm: Vec<(u64, u64)> = timings.filter.into_iter().map(median_p99).collect();
     let base: Vec<(u64, u64)> = timings.harness_alone.into_iter().map(median_p99).collect();
     let counted = [
@@ -485,6 +497,11 @@ fn main() -> anyhow::Result<()> {
             native[i].0,
             native[i].1
         );
+        let (median, least, most) = paired[i];
+        println!(
+            "  {:<14} own part round by round (each round's filter block minus the harness-alone block after it): median {median} ns over {rounds} rounds (least {least}, most {most})",
+            ""
+        );
     }
     let (wasm_med, wasm_p99) = wasm[0];
     let filter_part = wasm_med.saturating_sub(base[0].0).max(1);
@@ -496,6 +513,10 @@ fn main() -> anyhow::Result<()> {
         remote_med as f64 / wasm_med.max(1) as f64,
         remote_p99 as f64 / wasm_p99.max(1) as f64,
         remote_med as f64 / filter_part as f64
+    );
+    println!(
+        "  remote / in-filter (allowed), own part round by round: {:.0}× at the median of the rounds",
+        remote_med as f64 / paired[0].0.max(1) as f64
     );
 
     // ---- revocation-to-denial over real HTTP in real time.

@@ -222,6 +222,17 @@ fn time_kinds(
         })
         .collect();
     let timings = baseline::interleaved(h, &timed, rounds)?;
+    let block = kinds[0].1.len();
+    let paired: Vec<i64> = timings
+        .filter
+        .iter()
+        .zip(&timings.harness_alone)
+        .map(|(f, a)| {
+            let mut per_round = baseline::own_part_per_round(f, a, block);
+            per_round.sort_unstable();
+            per_round[per_round.len() / 2]
+        })
+        .collect();
     let filter: Vec<(u64, u64)> = timings.filter.into_iter().map(median_p99).collect();
     let base: Vec<(u64, u64)> = timings.harness_alone.into_iter().map(median_p99).collect();
     println!(
@@ -234,10 +245,11 @@ fn time_kinds(
     );
     for (k, (label, ..)) in kinds.iter().enumerate() {
         println!(
-            "  {label}: median {} ns, p99 {} ns; minus the harness alone: {} ns at the median",
+            "  {label}: median {} ns, p99 {} ns; minus the harness alone: {} ns at the median; round by round (each block minus the harness-alone block after it): {} ns at the median of the rounds",
             filter[k].0,
             filter[k].1,
-            filter[k].0 as i64 - base[k].0 as i64
+            filter[k].0 as i64 - base[k].0 as i64,
+            paired[k]
         );
     }
     Ok(())
