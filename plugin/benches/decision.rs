@@ -10,22 +10,12 @@ use keygate_plugin::decision::{Decision, KeySetState, Reason, Request, decide};
 use keygate_protocol::key;
 use keygate_protocol::keyset::KeySet;
 use keygate_protocol::wire::Snapshot;
-use keygate_testkit::bench::{env_usize, every_thousandth, key_set, percentile};
+use keygate_testkit::bench::{env_usize, percentile, repo_key_set};
 
 fn main() -> anyhow::Result<()> {
     let n = env_usize("KEYGATE_BENCH_KEYS", 1_000_000);
     let t = Instant::now();
-    let keys = key_set(
-        n,
-        |i, e| {
-            e.scopes = vec![
-                "repo:read".into(),
-                if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
-            ];
-            e.resources = vec![format!("org{}", i % 100)];
-        },
-        every_thousandth(n),
-    )?;
+    let keys = repo_key_set(n)?;
     let (mut entries, secrets) = (keys.entries, keys.secrets);
     entries.sort_by(|a, b| a.digest.as_bytes().cmp(b.digest.as_bytes()));
     let bytes = Snapshot {

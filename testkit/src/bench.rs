@@ -77,6 +77,26 @@ pub fn key_set(
     Ok(BenchKeys { entries, secrets })
 }
 
+/// The filter benches' key set: [`key_set`] of `n` keys, each with the scopes `repo:read` and
+/// `repo:write` (even indices) or `admin` (odd), and the one resource `org{i % 100}`; the
+/// secrets of [`every_thousandth`] key are kept.
+///
+/// # Errors
+/// As [`key_set`].
+pub fn repo_key_set(n: usize) -> Result<BenchKeys, KeyFormatError> {
+    key_set(
+        n,
+        |i, e| {
+            e.scopes = vec![
+                "repo:read".into(),
+                if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
+            ];
+            e.resources = vec![format!("org{}", i % 100)];
+        },
+        every_thousandth(n),
+    )
+}
+
 /// Every `n / 1000`-th index (about 1,000 samples of a set of `n`).
 pub fn every_thousandth(n: usize) -> impl Fn(usize) -> bool {
     let step = (n / 1000).max(1);

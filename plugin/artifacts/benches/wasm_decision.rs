@@ -20,7 +20,7 @@ use keygate_host_harness::{
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_protocol::key;
 use keygate_protocol::wire::{CONTENT_TYPE, Delta, Snapshot};
-use keygate_testkit::bench::{env_usize, every_thousandth, key_set, load_average, median_p99};
+use keygate_testkit::bench::{env_usize, key_set, load_average, median_p99, repo_key_set};
 
 /// The host allocates on every request (streams, header maps, copies into the guest); Envoy
 /// links tcmalloc, this process mimalloc (glibc's malloc made the host's share larger).
@@ -45,17 +45,7 @@ fn main() -> anyhow::Result<()> {
     let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 20);
     let overlay = env_usize("KEYGATE_BENCH_OVERLAY", 4_000);
     println!("load average at start: {}", load_average());
-    let keys = key_set(
-        n,
-        |i, e| {
-            e.scopes = vec![
-                "repo:read".into(),
-                if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
-            ];
-            e.resources = vec![format!("org{}", i % 100)];
-        },
-        every_thousandth(n),
-    )?;
+    let keys = repo_key_set(n)?;
     let (entries, secrets) = (keys.entries, keys.secrets);
     let snapshot = Arc::new(
         Snapshot {

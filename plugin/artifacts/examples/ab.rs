@@ -15,7 +15,7 @@ use keygate_host_harness::{
 };
 use keygate_protocol::key;
 use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
-use keygate_testkit::bench::{env_usize, every_thousandth, key_set, median_p99};
+use keygate_testkit::bench::{env_usize, median_p99, repo_key_set};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,17 +25,7 @@ fn main() -> anyhow::Result<()> {
     ensure!(paths.len() == 2, "usage: ab <a.wasm> <b.wasm>");
     let n = env_usize("KEYGATE_BENCH_KEYS", 1_000_000);
     let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 40);
-    let keys = key_set(
-        n,
-        |i, e| {
-            e.scopes = vec![
-                "repo:read".into(),
-                if i % 2 == 0 { "repo:write" } else { "admin" }.into(),
-            ];
-            e.resources = vec![format!("org{}", i % 100)];
-        },
-        every_thousandth(n),
-    )?;
+    let keys = repo_key_set(n)?;
     let snapshot = Arc::new(
         Snapshot {
             revision: 1,
