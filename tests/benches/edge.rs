@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::{CLUSTER, filter_config, harness_builder, metric};
 use keygate_host_harness::baseline::{self, Kind};
-use keygate_host_harness::{CalloutReply, CalloutResponse, Cluster, Disposition, Request};
+use keygate_host_harness::{CalloutReply, Cluster, Disposition, Request};
 use keygate_plugin::config::Config as FilterConfig;
 use keygate_plugin::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
+use keygate_plugin_artifacts::keyset_reply;
 use keygate_protocol::key;
 use keygate_protocol::keyset::KeySet;
-use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
+use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{
     env_usize, every_thousandth, key_set, load_average, median_p99, percentile,
 };
@@ -255,12 +256,7 @@ fn main() -> anyhow::Result<()> {
             Cluster::handler(move |req| {
                 if req.header(":path") == Some("/v1/keyset") {
                     // answered 1 s (virtual) after the call, so the empty filter can be measured first
-                    CalloutReply::response(CalloutResponse {
-                        headers: vec![("content-type".into(), CONTENT_TYPE.into())],
-                        body: body.to_vec(),
-                        trailers: Vec::new(),
-                    })
-                    .after(Duration::from_secs(1))
+                    keyset_reply(body.to_vec()).after(Duration::from_secs(1))
                 } else {
                     CalloutReply::status(304)
                 }

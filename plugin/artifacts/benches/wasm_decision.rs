@@ -14,27 +14,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use keygate_host_harness::baseline::{self, Kind};
-use keygate_host_harness::{
-    CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Plugin, Request,
-};
-use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
+use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin, Request};
+use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, KEYGATE_PLUGIN_WASM, keyset_reply};
 use keygate_protocol::key;
-use keygate_protocol::wire::{CONTENT_TYPE, Delta, Snapshot};
+use keygate_protocol::wire::{Delta, Snapshot};
 use keygate_testkit::bench::{env_usize, key_set, load_average, median_p99, repo_key_set};
 
 /// The host allocates on every request (streams, header maps, copies into the guest); Envoy
 /// links tcmalloc, this process mimalloc (glibc's malloc made the host's share larger).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// A key-set answer of the control plane (a snapshot or a delta).
-fn keyset_reply(body: Vec<u8>) -> CalloutReply {
-    CalloutReply::response(CalloutResponse {
-        headers: vec![("content-type".into(), CONTENT_TYPE.into())],
-        body,
-        trailers: Vec::new(),
-    })
-}
 
 fn gauge(h: &Harness, name: &str) -> u64 {
     h.metric(name).map_or(0, |m| m.value)
@@ -91,8 +80,7 @@ fn main() -> anyhow::Result<()> {
     // A delta waits here until the requests were timed with the snapshot alone.
     let delta: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
     let pending = delta.clone();
-    let config = br#"{"cluster":"keygate","authority":"keygate.internal","edge_key":"kg_edge_x",
-        "routes":[{"path_prefix":"/repos/","required_scopes":["repo:read"],"resource_from_path_segment":1}]}"#;
+    let config = BENCH_FILTER_CONFIG.as_bytes();
     // the first call is answered 1 s after configure, so the empty filter's memory can be read first
     let mut h = Harness::builder_shared(plugin)
         .workers(1)

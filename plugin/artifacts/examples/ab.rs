@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use keygate_host_harness::baseline::time_each;
-use keygate_host_harness::{
-    CalloutReply, CalloutResponse, Cluster, Disposition, Harness, Plugin, Request,
-};
+use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin, Request};
+use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, keyset_reply};
 use keygate_protocol::key;
-use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
+use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{env_usize, median_p99, repo_key_set};
 
 #[global_allocator]
@@ -51,8 +50,7 @@ fn main() -> anyhow::Result<()> {
             k.expose_secret(),
         ));
     }
-    let config = br#"{"cluster":"keygate","authority":"keygate.internal","edge_key":"kg_edge_x",
-        "routes":[{"path_prefix":"/repos/","required_scopes":["repo:read"],"resource_from_path_segment":1}]}"#;
+    let config = BENCH_FILTER_CONFIG.as_bytes();
     let mut harnesses = Vec::new();
     for path in &paths {
         let body = snapshot.clone();
@@ -63,11 +61,7 @@ fn main() -> anyhow::Result<()> {
                 "keygate",
                 Cluster::handler(move |req| {
                     if req.header(":path") == Some("/v1/keyset") {
-                        CalloutReply::response(CalloutResponse {
-                            headers: vec![("content-type".into(), CONTENT_TYPE.into())],
-                            body: body.to_vec(),
-                            trailers: Vec::new(),
-                        })
+                        keyset_reply(body.to_vec())
                     } else {
                         CalloutReply::status(304)
                     }
