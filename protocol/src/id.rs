@@ -28,6 +28,16 @@ impl KeyId {
         &self.0
     }
 
+    /// The text form, `key_<32 lowercase hex>`, on the stack: the filter sends it upstream on
+    /// every allowed request, without allocating.
+    #[must_use]
+    pub fn text(&self) -> KeyIdText {
+        let mut text = [0u8; KEY_ID_TEXT_LEN];
+        text[..ID_PREFIX.len()].copy_from_slice(ID_PREFIX.as_bytes());
+        hex::encode_to_slice(&self.0, &mut text[ID_PREFIX.len()..]);
+        KeyIdText(text)
+    }
+
     /// Parses `key_<32 lowercase hex>`.
     ///
     /// # Errors
@@ -67,18 +77,6 @@ pub enum IdError {
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.text().as_str())
-    }
-}
-
-impl KeyId {
-    /// The text form, `key_<32 lowercase hex>`, on the stack: the filter sends it upstream on
-    /// every allowed request, without allocating.
-    #[must_use]
-    pub fn text(&self) -> KeyIdText {
-        let mut text = [0u8; KEY_ID_TEXT_LEN];
-        text[..ID_PREFIX.len()].copy_from_slice(ID_PREFIX.as_bytes());
-        hex::encode_to_slice(&self.0, &mut text[ID_PREFIX.len()..]);
-        KeyIdText(text)
     }
 }
 
