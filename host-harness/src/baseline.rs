@@ -150,6 +150,29 @@ pub fn own_part_per_round(filter: &[u64], alone: &[u64], block: usize) -> Vec<i6
         .collect()
 }
 
+/// How the filter's own part spread over the rounds (nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundSpread {
+    /// The median round's.
+    pub median: i64,
+    /// The cheapest round's.
+    pub least: i64,
+    /// The dearest round's.
+    pub most: i64,
+}
+
+/// The spread of [`own_part_per_round`] over the rounds; `None` without a complete round.
+#[must_use]
+pub fn own_part_spread(filter: &[u64], alone: &[u64], block: usize) -> Option<RoundSpread> {
+    let mut rounds = own_part_per_round(filter, alone, block);
+    rounds.sort_unstable();
+    Some(RoundSpread {
+        median: *rounds.get(rounds.len() / 2)?,
+        least: *rounds.first()?,
+        most: *rounds.last()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +185,15 @@ mod tests {
         assert_eq!(own_part_per_round(&filter, &alone, 3), [20, 40, 20]);
         // an incomplete last block is left out
         assert_eq!(own_part_per_round(&filter[..4], &alone[..4], 3), [20]);
+        assert_eq!(
+            own_part_spread(&filter, &alone, 3),
+            Some(RoundSpread {
+                median: 20,
+                least: 20,
+                most: 40
+            })
+        );
+        assert_eq!(own_part_spread(&filter[..2], &alone[..2], 3), None);
     }
 
     #[test]

@@ -82,15 +82,15 @@ impl<'a, 'b> Guest<'a, 'b> {
     }
 
     /// The `len` bytes at `ptr`, borrowed (one look at the memory, bounds-checked).
-    pub(crate) fn bytes(&self, ptr: i32, len: usize) -> HostResult<&[u8]> {
-        span(ptr, len)
+    pub(crate) fn bytes(&self, ptr: i32, len: i32) -> HostResult<&[u8]> {
+        span(ptr, len as u32 as usize)
             .and_then(|r| self.memory.data(&*self.caller).get(r))
             .ok_or(OUT_OF_BOUNDS)
     }
 
     /// Copies `len` bytes at `ptr` out of the guest.
     pub(crate) fn read(&self, ptr: i32, len: i32) -> HostResult<Vec<u8>> {
-        Ok(self.bytes(ptr, len as u32 as usize)?.to_vec())
+        Ok(self.bytes(ptr, len)?.to_vec())
     }
 
     /// Reads a string (invalid UTF-8 is replaced, never rejected). Valid UTF-8, the usual case,

@@ -351,17 +351,13 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let timings = baseline::interleaved(&mut h, &timed, rounds)?;
     // Per round, the filter's block against the harness alone's block timed right after it.
-    let paired: Vec<(i64, i64, i64)> = timings
+    let paired = timings
         .filter
         .iter()
         .zip(&timings.harness_alone)
-        .map(|(f, a)| {
-            let mut per_round = baseline::own_part_per_round(f, a, requests.len());
-            per_round.sort_unstable();
-            let at = |q: f64| per_round[((per_round.len() - 1) as f64 * q).round() as usize];
-            (at(0.5), at(0.0), at(1.0))
-        })
-        .collect();
+        .map(|(f, a)| baseline::own_part_spread(f, a, requests.len()))
+        .collect::<Option<Vec<_>>>()
+        .context("no complete round was timed")?;
     let wasm: Vec<(u64, u64)> = timings.filter.into_iter().map(median_p99).collect();
     let base: Vec<(u64, u64)> = timings.harness_alone.into_iter().map(median_p99).collect();
     let counted = [
@@ -493,7 +489,11 @@ fn main() -> anyhow::Result<()> {
             native[i].0,
             native[i].1
         );
-        let (median, least, most) = paired[i];
+        let baseline::RoundSpread {
+            median,
+            least,
+            most,
+        } = paired[i];
         println!(
             "  {:<14} own part round by round (each round's filter block minus the harness-alone block after it): median {median} ns over {rounds} rounds (least {least}, most {most})",
             ""
@@ -512,7 +512,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "  remote / in-filter (allowed), own part round by round: {:.0}× at the median of the rounds",
-        remote_med as f64 / paired[0].0.max(1) as f64
+        remote_med as f64 / paired[0].median.max(1) as f64
     );
 
     // ---- revocation-to-denial over real HTTP in real time.

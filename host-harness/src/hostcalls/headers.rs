@@ -129,7 +129,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let map = map_type(map)?;
                 let key = guest.read_name(key_ptr, key_size)?;
                 // Copied straight from the guest (inline when short, as Envoy's `HeaderString`).
-                let value = HeaderValue::from(guest.bytes(value_ptr, value_size as u32 as usize)?);
+                let value = HeaderValue::from(guest.bytes(value_ptr, value_size)?);
                 map_mut(guest.state(), map)?.push((key, value));
                 Ok(())
             })())
@@ -149,7 +149,7 @@ pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let map = map_type(map)?;
                 let key = guest.read_name(key_ptr, key_size)?;
                 // Copied straight from the guest (inline when short, as Envoy's `HeaderString`).
-                let value = HeaderValue::from(guest.bytes(value_ptr, value_size as u32 as usize)?);
+                let value = HeaderValue::from(guest.bytes(value_ptr, value_size)?);
                 replace(map_mut(guest.state(), map)?, &key, value);
                 Ok(())
             })())

@@ -201,16 +201,13 @@ fn time_kinds(
         .collect();
     let timings = baseline::interleaved(h, &timed, rounds)?;
     let block = kinds[0].1.len();
-    let paired: Vec<i64> = timings
+    let paired = timings
         .filter
         .iter()
         .zip(&timings.harness_alone)
-        .map(|(f, a)| {
-            let mut per_round = baseline::own_part_per_round(f, a, block);
-            per_round.sort_unstable();
-            per_round[per_round.len() / 2]
-        })
-        .collect();
+        .map(|(f, a)| baseline::own_part_spread(f, a, block).map(|s| s.median))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| anyhow::anyhow!("no complete round was timed"))?;
     let filter: Vec<(u64, u64)> = timings.filter.into_iter().map(median_p99).collect();
     let base: Vec<(u64, u64)> = timings.harness_alone.into_iter().map(median_p99).collect();
     println!(
