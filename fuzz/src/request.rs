@@ -449,7 +449,7 @@ pub fn check(case: &Case) {
                         matches!(state, KeySetState::Stale(_))
                             && config.failure_mode == FailureMode::Open
                     );
-                    assert!(a.key_id.is_none());
+                    assert!(a.key_id().is_none());
                     assert!(
                         hiding_only(a),
                         "fail-open sets {:?} {:?}",
@@ -458,7 +458,7 @@ pub fn check(case: &Case) {
                     );
                 }
                 Reason::Anonymous => {
-                    assert!(a.key_id.is_none());
+                    assert!(a.key_id().is_none());
                     assert!(
                         hiding_only(a),
                         "anonymous sets {:?} {:?}",
@@ -499,7 +499,7 @@ fn check_allowed(
         matches!(state, KeySetState::Fresh(_)),
         "allowed without a fresh set"
     );
-    let id = a.key_id.expect("an allowed request names its key");
+    let id = a.key_id().expect("an allowed request names its key");
     let key = f
         .keys
         .iter()

@@ -233,8 +233,14 @@ pub struct Allow<'a> {
     /// None of them is present by then: every one the client sent is in `remove`, so the host
     /// is asked to add, the cheaper call, not to replace.
     pub identity: Option<Identity<'a>>,
-    /// The key that was used, for usage counting.
-    pub key_id: Option<KeyId>,
+}
+
+impl Allow<'_> {
+    /// The key that was used (for usage counting): `None` on a pass without a key (anonymous
+    /// route, fail-open).
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.identity.as_ref().map(|i| i.key_id)
+    }
 }
 
 /// Names of request headers to remove.
@@ -246,7 +252,8 @@ pub type Removals<'a> = SmallVec<[&'a str; 4]>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity<'a> {
     names: &'a IdentityHeaders,
-    key_id: KeyIdText,
+    key_id: KeyId,
+    key_id_text: KeyIdText,
     owner: &'a str,
     scopes: &'a str,
 }
@@ -255,7 +262,7 @@ impl Identity<'_> {
     /// The headers, name and value: key id, owner, scopes.
     pub fn headers(&self) -> [(&str, &str); 3] {
         [
-            (&self.names.key_id, self.key_id.as_str()),
+            (&self.names.key_id, self.key_id_text.as_str()),
             (&self.names.owner, self.owner),
             (&self.names.scopes, self.scopes),
         ]
@@ -612,7 +619,6 @@ pub fn decide<'a>(
             set,
             strip_cookie,
             identity: None,
-            key_id: None,
         });
     }
 
@@ -653,7 +659,6 @@ pub fn decide<'a>(
                 set,
                 strip_cookie,
                 identity: None,
-                key_id: None,
             });
         }
         KeySetState::Stale(_) => {
@@ -699,7 +704,8 @@ pub fn decide<'a>(
     let key_id = entry.key_id();
     let identity = Identity {
         names: &config.identity_headers,
-        key_id: key_id.text(),
+        key_id,
+        key_id_text: key_id.text(),
         owner: entry.owner(),
         scopes: entry.scope_list(),
     };
@@ -709,7 +715,6 @@ pub fn decide<'a>(
         set: set_headers,
         strip_cookie,
         identity: Some(identity),
-        key_id: Some(key_id),
     })
 }
 
@@ -775,7 +780,7 @@ mod tests {
         let h = headers("GET", "/x", &[("x-api-key", &f.reader.secret)]);
         let a = allow(run(&f, &c, &h));
         assert_eq!(a.reason, Reason::Allowed);
-        assert_eq!(a.key_id, Some(f.reader.id));
+        assert_eq!(a.key_id(), Some(f.reader.id));
         assert!(a.remove.contains(&"x-api-key"));
         assert_eq!(
             set_value(&a, "x-keygate-key-id"),
@@ -1263,7 +1268,7 @@ mod tests {
         let h = headers("GET", "/health", &[("x-api-key", &f.reader.secret)]);
         let a = allow(run(&f, &c, &h));
         assert_eq!(a.reason, Reason::Anonymous);
-        assert!(a.remove.contains(&"x-api-key") && a.key_id.is_none());
+        assert!(a.remove.contains(&"x-api-key") && a.key_id().is_none());
         let bearer = format!("Bearer {}", f.reader.secret);
         let h = headers("GET", "/health", &[("authorization", &bearer)]);
         assert!(allow(run(&f, &c, &h)).remove.contains(&"authorization"));

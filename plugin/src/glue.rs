@@ -380,7 +380,7 @@ impl HttpContext for KeygateHttp {
                             value,
                         );
                     }
-                    (reason, a.key_id)
+                    (reason, a.key_id())
                 }
                 Decision::Deny(d) => {
                     self.replies.borrow_mut().send(&d);

@@ -592,7 +592,7 @@ fn usage_is_batched_retried_with_the_same_id_and_counted_once() {
         for _ in 0..n {
             let h = headers("GET", "/x", &[("x-api-key", key)]);
             let (reason, id) = match sim.workers[0].0.decide(&Request::from_headers(&h), now) {
-                Decision::Allow(al) => (al.reason, al.key_id),
+                Decision::Allow(al) => (al.reason, al.key_id()),
                 Decision::Deny(d) => (d.reason, None),
             };
             sim.workers[0].0.record_use(reason, id, now);
