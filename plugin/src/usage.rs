@@ -11,6 +11,11 @@ use serde::Serialize;
 /// Most entries per batch; the rest waits for the next one.
 pub const MAX_BATCH_ENTRIES: usize = 10_000;
 
+/// Uses logged before a request folds them into the per-key counts itself (24 bytes each with a
+/// [`keygate_protocol::KeyId`]). The timer (every 100 ms at most) folds them first unless a
+/// worker serves more than 40,000 requests a second.
+pub const LOG_CAPACITY: usize = 4096;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tally {
     count: u64,
@@ -40,8 +45,12 @@ pub struct UsageBatch {
 /// Per-worker usage accounting.
 #[derive(Debug)]
 pub struct UsageTracker<K> {
-    /// Updated on every allowed request: a fast hash (the keys are the ids of keys in the set,
-    /// chosen by the control plane, not by clients).
+    /// Each allowed request appends here (one write at the end of an array that stays in
+    /// cache), and [`fold`](Self::fold) moves the entries into `counts`: a request does not
+    /// probe a hash table whose lines a million-key lookup has pushed out of the cache.
+    log: Vec<(K, u64)>,
+    /// Per-key tallies: a fast hash (the keys are the ids of keys in the set, chosen by the
+    /// control plane, not by clients).
     counts: FxHashMap<K, Tally>,
     pending: Option<UsageBatch>,
     in_flight: bool,
@@ -53,6 +62,7 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
     /// A tracker for the worker with this random id (it makes batch ids unique across workers and restarts).
     pub fn new(worker: u64) -> Self {
         Self {
+            log: Vec::with_capacity(LOG_CAPACITY),
             counts: FxHashMap::default(),
             pending: None,
             in_flight: false,
@@ -61,18 +71,31 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
         }
     }
 
-    /// Counts one allowed request by `key`.
+    /// Counts one allowed request by `key`: appended to the log, folded into the counts when
+    /// the log is full or by the timer ([`fold`](Self::fold)).
     pub fn record(&mut self, key: K, now_secs: u64) {
-        let t = self.counts.entry(key).or_insert(Tally {
-            count: 0,
-            last_used_at: 0,
-        });
-        t.count += 1;
-        t.last_used_at = t.last_used_at.max(now_secs);
+        if self.log.len() >= LOG_CAPACITY {
+            self.fold();
+        }
+        self.log.push((key, now_secs));
+    }
+
+    /// Moves the logged uses into the per-key counts (the timer calls this, off the request
+    /// path; a batch is always taken after it).
+    pub fn fold(&mut self) {
+        for (key, at) in self.log.drain(..) {
+            let t = self.counts.entry(key).or_insert(Tally {
+                count: 0,
+                last_used_at: 0,
+            });
+            t.count += 1;
+            t.last_used_at = t.last_used_at.max(at);
+        }
     }
 
     /// Keys with counts not yet in any batch.
-    pub fn unbatched_keys(&self) -> usize {
+    pub fn unbatched_keys(&mut self) -> usize {
+        self.fold();
         self.counts.len()
     }
 
@@ -83,6 +106,7 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
             return None;
         }
         if self.pending.is_none() {
+            self.fold();
             if self.counts.is_empty() {
                 return None;
             }
@@ -165,6 +189,42 @@ mod tests {
         let json = serde_json::to_value(&b).unwrap();
         assert_eq!(json["batch_id"], "0000000000000007-1");
         assert!(json["entries"][0]["count"].is_u64());
+    }
+
+    #[test]
+    fn uses_past_the_log_capacity_are_folded_not_lost() {
+        let mut t = UsageTracker::<u32>::new(3);
+        let n = 2 * LOG_CAPACITY as u64 + 7;
+        for i in 0..n {
+            t.record((i % 3) as u32, 1_000 + i);
+        }
+        assert!(
+            t.log.len() <= LOG_CAPACITY,
+            "the log never grows past its capacity"
+        );
+        let b = t.next_batch().unwrap().clone();
+        assert_eq!(b.entries.iter().map(|e| e.count).sum::<u64>(), n);
+        for k in 0..3u64 {
+            let last = (0..n).filter(|i| i % 3 == k).max().unwrap();
+            let e = b
+                .entries
+                .iter()
+                .find(|e| e.key_id == k.to_string())
+                .unwrap();
+            assert_eq!(e.last_used_at, 1_000 + last);
+        }
+    }
+
+    #[test]
+    fn the_timer_fold_keeps_counts_for_the_next_batch() {
+        let mut t = UsageTracker::<u32>::new(3);
+        t.record(9, 50);
+        t.fold();
+        assert!(t.log.is_empty());
+        t.record(9, 40);
+        let b = t.next_batch().unwrap();
+        assert_eq!(b.entries.len(), 1);
+        assert_eq!((b.entries[0].count, b.entries[0].last_used_at), (2, 50));
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl Worker {
 
     /// Timer tick: sync, then usage reporting when due.
     pub fn tick(&mut self, host: &mut impl Host) {
+        self.usage.fold();
         self.syncer.tick(host, &self.config);
         let now = host.now_ms();
         if now >= self.next_usage_ms {
