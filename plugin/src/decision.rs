@@ -38,7 +38,11 @@ impl<'a> Request<'a> {
                 _ => {}
             }
         }
-        let path_only = path.split_once('?').map_or(path, |(p, _)| p);
+        // A byte scan: `split_once('?')` goes through the `char` searcher, dearer in wasm.
+        let path_only = path
+            .bytes()
+            .position(|b| b == b'?')
+            .map_or(path, |q| &path[..q]);
         Self {
             method,
             path,
@@ -514,9 +518,21 @@ pub fn is_normal_path(path: &str) -> bool {
         return true;
     }
     // Most paths hold no dot, percent sign or backslash: then only an empty segment (`//`) can
-    // be wrong, found by scans the compiler vectorizes.
-    if !bytes.iter().any(|&b| matches!(b, b'.' | b'%' | b'\\')) {
-        return !bytes.windows(2).any(|w| w == b"//");
+    // be wrong. One pass over the bytes finds either.
+    let mut prev = 0;
+    let mut plain = true;
+    for &b in bytes {
+        if matches!(b, b'.' | b'%' | b'\\') {
+            plain = false;
+            break;
+        }
+        if b == b'/' && prev == b'/' {
+            return false;
+        }
+        prev = b;
+    }
+    if plain {
+        return true;
     }
     // One pass, no allocation: this runs on every request. Per segment: whether it is empty,
     // and how many dots (`.` or `%2e`) it holds while it holds nothing else.
@@ -563,11 +579,18 @@ fn route_for<'a>(config: &'a Config, req: &Request<'_>) -> Option<&'a Route> {
 
 /// The `index`-th segment of `path` (zero-based, the leading `/` skipped).
 fn path_segment(path: &str, index: usize) -> Option<&str> {
-    path.strip_prefix('/')
-        .unwrap_or(path)
-        .split('/')
-        .nth(index)
-        .filter(|s| !s.is_empty())
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    // Byte scans (a `/` is never inside a multi-byte character, so the cuts are boundaries).
+    let mut start = 0;
+    for _ in 0..index {
+        start += rest.as_bytes()[start..].iter().position(|&b| b == b'/')? + 1;
+    }
+    let end = rest.as_bytes()[start..]
+        .iter()
+        .position(|&b| b == b'/')
+        .map_or(rest.len(), |e| start + e);
+    let segment = &rest[start..end];
+    (!segment.is_empty()).then_some(segment)
 }
 
 /// With `hide_credentials`, the header changes that keep the credential found in `found` from
@@ -1209,6 +1232,40 @@ mod tests {
             }
         }
         assert!(checked > 10_000_000, "{checked}");
+    }
+
+    #[test]
+    fn path_segment_agrees_with_splitting_the_path() {
+        let reference = |path: &str, index: usize| -> Option<String> {
+            path.strip_prefix('/')
+                .unwrap_or(path)
+                .split('/')
+                .nth(index)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        for path in [
+            "",
+            "/",
+            "//",
+            "/a",
+            "a",
+            "/a/",
+            "/a//b",
+            "/repos/acme/widgets",
+            "repos/acme",
+            "/é/ü/x",
+            "/a/b/c/d/",
+            "///x",
+        ] {
+            for index in 0..6 {
+                assert_eq!(
+                    path_segment(path, index).map(str::to_owned),
+                    reference(path, index),
+                    "{path:?} {index}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -138,8 +138,6 @@ impl Host for ProxyHost<'_> {
     }
 }
 
-type Shared = Rc<RefCell<Option<Worker>>>;
-
 /// Gauge: this VM's linear memory size in bytes (its high-water mark: wasm memory never shrinks).
 pub const MEMORY_GAUGE: &str = "keygate.wasm.memory_bytes";
 
@@ -154,11 +152,16 @@ fn linear_memory_bytes() -> u64 {
     }
 }
 
+/// What the root context shares with its HTTP contexts (one reference count per stream).
+struct State {
+    worker: RefCell<Option<Worker>>,
+    metrics: RefCell<Metrics>,
+    replies: RefCell<Replies>,
+}
+
 /// The per-worker root context.
 pub struct KeygateRoot {
-    worker: Shared,
-    metrics: Rc<RefCell<Metrics>>,
-    replies: Rc<RefCell<Replies>>,
+    state: Rc<State>,
     id: u64,
 }
 
@@ -166,19 +169,21 @@ impl KeygateRoot {
     /// A fresh, unconfigured root.
     pub fn new() -> Self {
         Self {
-            worker: Rc::new(RefCell::new(None)),
-            metrics: Rc::new(RefCell::new(Metrics::default())),
-            replies: Rc::new(RefCell::new(Replies::new())),
+            state: Rc::new(State {
+                worker: RefCell::new(None),
+                metrics: RefCell::new(Metrics::default()),
+                replies: RefCell::new(Replies::new()),
+            }),
             id: random_u64(),
         }
     }
 
     fn with_worker(&self, f: impl FnOnce(&mut Worker, &mut ProxyHost<'_>)) {
-        let mut metrics = self.metrics.borrow_mut();
+        let mut metrics = self.state.metrics.borrow_mut();
         let mut host = ProxyHost {
             metrics: &mut metrics,
         };
-        if let Some(w) = self.worker.borrow_mut().as_mut() {
+        if let Some(w) = self.state.worker.borrow_mut().as_mut() {
             f(w, &mut host);
         }
     }
@@ -250,10 +255,10 @@ impl RootContext for KeygateRoot {
         };
         let tick = config.tick_period_ms();
         {
-            let mut m = self.metrics.borrow_mut();
+            let mut m = self.state.metrics.borrow_mut();
             m.define_decisions();
         }
-        *self.worker.borrow_mut() = Some(Worker::new(config, self.id, now_ms()));
+        *self.state.worker.borrow_mut() = Some(Worker::new(config, self.id, now_ms()));
         let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
         log(
             LogLevel::Info,
@@ -272,9 +277,7 @@ impl RootContext for KeygateRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(KeygateHttp {
-            worker: self.worker.clone(),
-            metrics: self.metrics.clone(),
-            replies: self.replies.clone(),
+            state: Rc::clone(&self.state),
         }))
     }
 
@@ -284,9 +287,7 @@ impl RootContext for KeygateRoot {
 }
 
 struct KeygateHttp {
-    worker: Shared,
-    metrics: Rc<RefCell<Metrics>>,
-    replies: Rc<RefCell<Replies>>,
+    state: Rc<State>,
 }
 
 impl Context for KeygateHttp {}
@@ -342,10 +343,10 @@ impl HttpContext for KeygateHttp {
         let req = Request::from_pairs(view);
         let now = now_ms();
         let (reason, key_id) = {
-            let guard = self.worker.borrow();
+            let guard = self.state.worker.borrow();
             let Some(worker) = guard.as_ref() else {
                 let deny = Deny::new(Reason::KeysetUnavailable, "the filter is not configured");
-                self.replies.borrow_mut().send(&deny);
+                self.state.replies.borrow_mut().send(&deny);
                 return Action::Pause;
             };
             let decision = worker.decide(&req, now);
@@ -383,16 +384,16 @@ impl HttpContext for KeygateHttp {
                     (reason, a.key_id())
                 }
                 Decision::Deny(d) => {
-                    self.replies.borrow_mut().send(&d);
+                    self.state.replies.borrow_mut().send(&d);
                     (reason, None)
                 }
             }
         };
-        if let Some(id) = self.metrics.borrow().decision(reason) {
+        if let Some(id) = self.state.metrics.borrow().decision(reason) {
             let _ = hostcalls::increment_metric(id, 1);
         }
         if reason.is_allow() {
-            if let Some(w) = self.worker.borrow_mut().as_mut() {
+            if let Some(w) = self.state.worker.borrow_mut().as_mut() {
                 w.record_use(reason, key_id, now);
             }
             Action::Continue

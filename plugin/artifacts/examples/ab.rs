@@ -3,7 +3,8 @@
 //! changes speed by half within seconds, which separate runs cannot tell from a change).
 //!
 //! `cargo run --release -p keygate-plugin-artifacts --example ab -- a.wasm b.wasm`
-//! (`KEYGATE_BENCH_KEYS`, `KEYGATE_BENCH_ROUNDS` as for the `wasm_decision` bench).
+//! (`KEYGATE_BENCH_KEYS`, `KEYGATE_BENCH_ROUNDS` as for the `wasm_decision` bench;
+//! `KEYGATE_AB_KIND=allowed` or `unknown` times one kind only).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,10 +72,15 @@ fn main() -> anyhow::Result<()> {
         h.advance(Duration::from_millis(1_000));
         harnesses.push(h);
     }
-    let kinds = [
+    // `KEYGATE_AB_KIND=allowed` (or `unknown`) times one kind only, say under `perf`.
+    let only = std::env::var("KEYGATE_AB_KIND").ok();
+    let kinds: Vec<_> = [
         ("allowed", &allowed, Disposition::Completed),
         ("unknown", &unknown, Disposition::LocalResponse),
-    ];
+    ]
+    .into_iter()
+    .filter(|(label, ..)| only.as_deref().is_none_or(|o| o == *label))
+    .collect();
     let mut samples = vec![vec![Vec::new(); kinds.len()]; 2];
     for round in 0..=rounds {
         for (k, (_, requests, expect)) in kinds.iter().enumerate() {
