@@ -1,6 +1,10 @@
 //! Builds `keygate-plugin` to `wasm32-wasip1` (the `wasm` profile) with a nested cargo whose target
-//! directory lives under OUT_DIR, so it never waits on the outer build's lock, and writes the
-//! module's path as a constant.
+//! directory lives under OUT_DIR, so it never waits on the outer build's lock; keeps only the
+//! filter's own callbacks among the module's exports (`src/exports.rs`); and writes the module's
+//! path as a constant.
+
+#[path = "src/exports.rs"]
+mod exports;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,10 +73,21 @@ fn main() {
         status.success(),
         "building keygate-plugin for wasm32-wasip1 failed: {status}"
     );
-    let wasm = target_dir.join("wasm32-wasip1/wasm/keygate_plugin.wasm");
-    assert!(wasm.exists(), "missing {}", wasm.display());
+    let built = target_dir.join("wasm32-wasip1/wasm/keygate_plugin.wasm");
+    let module = match std::fs::read(&built) {
+        Ok(m) => m,
+        Err(e) => panic!("cannot read {}: {e}", built.display()),
+    };
+    let trimmed = match exports::keep_callbacks(&module, keygate_plugin::glue::CALLBACKS) {
+        Ok((trimmed, _removed)) => trimmed,
+        Err(e) => panic!("cannot trim the exports of {}: {e}", built.display()),
+    };
+    let wasm = out_dir.join("keygate_plugin.wasm");
+    if let Err(e) = std::fs::write(&wasm, trimmed) {
+        panic!("cannot write {}: {e}", wasm.display());
+    }
     let consts = format!(
-        "/// `keygate-plugin` compiled to wasm32-wasip1 (the `wasm` profile).\npub const KEYGATE_PLUGIN_WASM: &str = {:?};\n",
+        "/// `keygate-plugin` compiled to wasm32-wasip1 (the `wasm` profile), exporting only the filter's\n/// own callbacks (`keygate_plugin::glue::CALLBACKS`).\npub const KEYGATE_PLUGIN_WASM: &str = {:?};\n",
         wasm.display().to_string()
     );
     if let Err(e) = std::fs::write(out_dir.join("artifacts.rs"), consts) {
@@ -91,5 +106,6 @@ fn main() {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/exports.rs");
     println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
 }

@@ -2,6 +2,8 @@
 //! harness-level tests in `tests/` and for the end-to-end crate; and the control plane's key-set
 //! answer as a harness cluster gives it, for the tests and benches that feed the filter.
 
+pub mod exports;
+
 use keygate_host_harness::{CalloutReply, CalloutResponse};
 use keygate_protocol::wire::CONTENT_TYPE;
 

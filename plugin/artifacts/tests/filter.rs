@@ -232,6 +232,35 @@ fn metric(h: &Harness, name: &str) -> u64 {
     h.metric(name).map_or(0, |m| m.value)
 }
 
+/// The module exports exactly the callbacks the filter implements: no request pays a call into
+/// the VM for a callback the SDK would answer with its default.
+#[test]
+fn the_module_exports_only_the_filters_own_callbacks() {
+    let module = std::fs::read(KEYGATE_PLUGIN_WASM).unwrap();
+    let mut callbacks: Vec<String> = wasmparser::Parser::new(0)
+        .parse_all(&module)
+        .filter_map(|p| match p.unwrap() {
+            wasmparser::Payload::ExportSection(r) => Some(
+                r.into_iter()
+                    .map(|e| e.unwrap().name.to_owned())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .filter(|name| name.starts_with("proxy_on_"))
+        .collect();
+    callbacks.sort();
+    let mut expected: Vec<&str> = keygate_plugin::glue::CALLBACKS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(callbacks, expected);
+    assert!(
+        !callbacks
+            .iter()
+            .any(|c| c == "proxy_on_response_headers" || c == "proxy_on_log")
+    );
+}
+
 #[test]
 fn fails_closed_before_the_first_sync() {
     let mut s = setup(2, Mode::Reset, "");
