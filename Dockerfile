@@ -5,9 +5,12 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# The filter: built to wasm32-wasip1 by keygate-plugin-artifacts, which also trims the module's
+# exports to the filter's own callbacks (Envoy then skips the others on every request).
 RUN rustup target add wasm32-wasip1 \
  && cargo build --release --locked -p keygate-control-plane --bin keygate \
- && cargo build --profile wasm --locked -p keygate-plugin --target wasm32-wasip1
+ && cargo run --release --locked -p keygate-plugin-artifacts --bin keygate-plugin-wasm \
+      -- /src/keygate_plugin.wasm
 
 FROM debian:bookworm-slim AS control-plane
 RUN apt-get update \
@@ -22,5 +25,5 @@ ENTRYPOINT ["keygate"]
 CMD ["serve", "--listen", "0.0.0.0:8080", "--database-url", "sqlite:///var/lib/keygate/keygate.db"]
 
 FROM envoyproxy/envoy:v1.36-latest AS envoy
-COPY --from=build /src/target/wasm32-wasip1/wasm/keygate_plugin.wasm /etc/envoy/keygate_plugin.wasm
+COPY --from=build /src/keygate_plugin.wasm /etc/envoy/keygate_plugin.wasm
 COPY envoy/envoy.yaml /etc/envoy/envoy.yaml
