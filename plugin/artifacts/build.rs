@@ -3,6 +3,8 @@
 //! filter's own callbacks among the module's exports (`src/exports.rs`); and writes the module's
 //! path as a constant.
 
+#[path = "../src/callbacks.rs"]
+mod callbacks;
 #[path = "src/exports.rs"]
 mod exports;
 
@@ -78,7 +80,7 @@ fn main() {
         Ok(m) => m,
         Err(e) => panic!("cannot read {}: {e}", built.display()),
     };
-    let trimmed = match exports::keep_callbacks(&module, keygate_plugin::glue::CALLBACKS) {
+    let trimmed = match exports::keep_callbacks(&module, callbacks::CALLBACKS) {
         Ok((trimmed, _removed)) => trimmed,
         Err(e) => panic!("cannot trim the exports of {}: {e}", built.display()),
     };
@@ -87,7 +89,7 @@ fn main() {
         panic!("cannot write {}: {e}", wasm.display());
     }
     let consts = format!(
-        "/// `keygate-plugin` compiled to wasm32-wasip1 (the `wasm` profile), exporting only the filter's\n/// own callbacks (`keygate_plugin::glue::CALLBACKS`).\npub const KEYGATE_PLUGIN_WASM: &str = {:?};\n",
+        "/// `keygate-plugin` compiled to wasm32-wasip1 (the `wasm` profile), exporting only the filter's\n/// own callbacks (`keygate_plugin::callbacks::CALLBACKS`).\npub const KEYGATE_PLUGIN_WASM: &str = {:?};\n",
         wasm.display().to_string()
     );
     if let Err(e) = std::fs::write(out_dir.join("artifacts.rs"), consts) {

@@ -251,7 +251,7 @@ fn the_module_exports_only_the_filters_own_callbacks() {
         .filter(|name| name.starts_with("proxy_on_"))
         .collect();
     callbacks.sort();
-    let mut expected: Vec<&str> = keygate_plugin::glue::CALLBACKS.to_vec();
+    let mut expected: Vec<&str> = keygate_plugin::callbacks::CALLBACKS.to_vec();
     expected.sort_unstable();
     assert_eq!(callbacks, expected);
     assert!(
