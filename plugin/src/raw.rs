@@ -1,13 +1,15 @@
-//! The two host calls the request path makes without the SDK's wrappers: reading a header map
-//! as the host's serialized buffer, and sending a local reply with pre-serialized headers.
+//! The host calls the request path makes without the SDK's wrappers: reading a header map as
+//! the host's serialized buffer, sending a local reply with pre-serialized headers, and the
+//! clock as plain nanoseconds.
 //!
 //! Why: the SDK's `get_map` turns every header into two owned `String`s and traps the filter
 //! (`String::from_utf8(..).unwrap()`) when a client sends a header value that is not UTF-8,
 //! which Envoy lets through (obs-text); its `send_http_response` serializes the headers again
-//! on every reply and traps on any status but `Ok`. Here the buffer is handed to [`crate::pairs`]
+//! on every reply and traps on any status but `Ok`, as does its `get_current_time` (which also
+//! goes through `SystemTime` on every request). Here the buffer is handed to [`crate::pairs`]
 //! to be read in place, and every status is an error value.
 //!
-//! This is the crate's only `unsafe`: two FFI calls with the ABI v0.2.1 signatures, and taking
+//! This is the crate's only `unsafe`: three FFI calls with the ABI v0.2.1 signatures, and taking
 //! ownership of the buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
 #![allow(unsafe_code)]
 
@@ -44,7 +46,17 @@ mod ffi {
             headers_size: usize,
             grpc_status: i32,
         ) -> u32;
+        pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     }
+}
+
+/// The host's clock: nanoseconds since the Unix epoch, `None` if the host refuses.
+#[cfg(target_arch = "wasm32")]
+pub fn now_nanos() -> Option<u64> {
+    let mut nanos: u64 = 0;
+    // SAFETY: the out-pointer is valid for a write for the duration of the call.
+    let status = unsafe { ffi::proxy_get_current_time_nanoseconds(&mut nanos) };
+    (status == OK).then_some(nanos)
 }
 
 /// The serialized header map `map` (see [`crate::pairs`]), or the host's status when it has
@@ -87,6 +99,12 @@ pub fn send_local_response(status: u16, headers: &[u8], body: &[u8]) -> Result<(
         )
     };
     if result == OK { Ok(()) } else { Err(result) }
+}
+
+/// Outside wasm there is no host: no clock.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn now_nanos() -> Option<u64> {
+    None
 }
 
 /// Outside wasm there is no host: no map (status `NotFound`).
