@@ -81,9 +81,18 @@ fn main() {
         Err(e) => panic!("cannot read {}: {e}", built.display()),
     };
     let trimmed = match exports::keep_callbacks(&module, callbacks::CALLBACKS) {
-        Ok((trimmed, _removed)) => trimmed,
+        Ok(trimmed) => trimmed,
         Err(e) => panic!("cannot trim the exports of {}: {e}", built.display()),
     };
+    // A name in the list that the module does not export (a typo, a callback the SDK renamed)
+    // would leave that callback unexported without a word: refuse the build instead.
+    let kept = exports::names(&trimmed).unwrap_or_default();
+    for callback in callbacks::CALLBACKS {
+        assert!(
+            kept.iter().any(|k| k == callback),
+            "{callback} is in plugin/src/callbacks.rs but the built module does not export it"
+        );
+    }
     let wasm = out_dir.join("keygate_plugin.wasm");
     if let Err(e) = std::fs::write(&wasm, trimmed) {
         panic!("cannot write {}: {e}", wasm.display());

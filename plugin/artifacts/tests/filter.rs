@@ -237,17 +237,9 @@ fn metric(h: &Harness, name: &str) -> u64 {
 #[test]
 fn the_module_exports_only_the_filters_own_callbacks() {
     let module = std::fs::read(KEYGATE_PLUGIN_WASM).unwrap();
-    let mut callbacks: Vec<String> = wasmparser::Parser::new(0)
-        .parse_all(&module)
-        .filter_map(|p| match p.unwrap() {
-            wasmparser::Payload::ExportSection(r) => Some(
-                r.into_iter()
-                    .map(|e| e.unwrap().name.to_owned())
-                    .collect::<Vec<_>>(),
-            ),
-            _ => None,
-        })
-        .flatten()
+    let mut callbacks: Vec<String> = keygate_plugin_artifacts::exports::names(&module)
+        .unwrap()
+        .into_iter()
         .filter(|name| name.starts_with("proxy_on_"))
         .collect();
     callbacks.sort();
