@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p keygate-plugin-artifacts --example ab -- a.wasm b.wasm`
 //! (`KEYGATE_BENCH_KEYS`, `KEYGATE_BENCH_ROUNDS` as for the `wasm_decision` bench;
-//! `KEYGATE_AB_KIND=allowed` or `unknown` times one kind only).
+//! `KEYGATE_AB_KIND=allowed`, `unknown` or `malformed` times one kind only).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,17 @@ fn main() -> anyhow::Result<()> {
             k.expose_secret(),
         ));
     }
+    // The last checksum character changed: refused by the parser, no digest, no lookup.
+    let malformed: Vec<Request> = keys
+        .secrets
+        .iter()
+        .map(|(s, i)| {
+            let mut bad = s.clone();
+            let last = bad.pop().unwrap_or('0');
+            bad.push(if last == 'A' { 'B' } else { 'A' });
+            request(format!("/repos/org{}/widgets", i % 100), &bad)
+        })
+        .collect();
     let config = BENCH_FILTER_CONFIG.as_bytes();
     let mut harnesses = Vec::new();
     for path in &paths {
@@ -72,11 +83,12 @@ fn main() -> anyhow::Result<()> {
         h.advance(Duration::from_millis(1_000));
         harnesses.push(h);
     }
-    // `KEYGATE_AB_KIND=allowed` (or `unknown`) times one kind only, say under `perf`.
+    // `KEYGATE_AB_KIND=allowed` (or `unknown`, `malformed`) times one kind only, say under `perf`.
     let only = std::env::var("KEYGATE_AB_KIND").ok();
     let kinds: Vec<_> = [
         ("allowed", &allowed, Disposition::Completed),
         ("unknown", &unknown, Disposition::LocalResponse),
+        ("malformed", &malformed, Disposition::LocalResponse),
     ]
     .into_iter()
     .filter(|(label, ..)| only.as_deref().is_none_or(|o| o == *label))
