@@ -25,8 +25,7 @@ use keygate_host_harness::baseline::{self, Kind};
 use keygate_host_harness::{CalloutReply, Cluster, Disposition, Request};
 use keygate_plugin::config::Config as FilterConfig;
 use keygate_plugin::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
-use keygate_plugin_artifacts::keyset_reply;
-use keygate_protocol::key;
+use keygate_plugin_artifacts::{BenchKinds, bench_requests, keyset_reply};
 use keygate_protocol::keyset::KeySet;
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{
@@ -243,10 +242,13 @@ fn main() -> anyhow::Result<()> {
         snapshot.len(),
         snapshot.len() as f64 / n as f64
     );
-    let requests: Vec<(String, String)> = sample
-        .iter()
-        .map(|(s, i)| (format!("/repos/org{}/widgets", i % 100), s.clone()))
-        .collect();
+    // Three kinds of request, 1,000 each: allowed; a well-formed key (valid checksum) that is
+    // not in the set; the allowed keys with their last checksum character changed.
+    let BenchKinds {
+        allowed: requests,
+        unknown,
+        malformed,
+    } = BenchKinds::new(&sample)?;
 
     // ---- wasm: snapshot apply time and memory per key.
     let body = snapshot.clone();
@@ -289,51 +291,24 @@ fn main() -> anyhow::Result<()> {
     );
 
     // ---- per-request cost: harness alone, the filter in wasm, the decision natively.
-    // Three kinds of request, 1,000 each: allowed; a well-formed key (valid checksum) that is
-    // not in the set; the allowed keys with their last checksum character changed.
-    let mut unknown = Vec::with_capacity(requests.len());
-    for (path, _) in &requests {
-        unknown.push((
-            path.clone(),
-            key::generate("kg_live")?.expose_secret().to_owned(),
-        ));
-    }
-    let malformed: Vec<(String, String)> = requests
-        .iter()
-        .map(|(path, secret)| {
-            let mut bad = secret.clone();
-            let last = bad.pop().unwrap_or('0');
-            bad.push(if last == 'A' { 'B' } else { 'A' });
-            (path.clone(), bad)
-        })
-        .collect();
-    let harness_requests = |set: &[(String, String)]| -> Vec<Request> {
-        set.iter()
-            .map(|(path, key)| {
-                Request::get(path)
-                    .header("user-agent", "bench")
-                    .header("x-api-key", key)
-            })
-            .collect()
-    };
     let kinds = [
         (
             "allowed",
-            harness_requests(&requests),
+            bench_requests(&requests),
             &requests,
             Disposition::Completed,
             Reason::Allowed,
         ),
         (
             "unknown key",
-            harness_requests(&unknown),
+            bench_requests(&unknown),
             &unknown,
             Disposition::LocalResponse,
             Reason::UnknownKey,
         ),
         (
             "malformed key",
-            harness_requests(&malformed),
+            bench_requests(&malformed),
             &malformed,
             Disposition::LocalResponse,
             Reason::MalformedKey,

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use keygate_host_harness::baseline::{self, Kind};
 use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin, Request};
-use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, KEYGATE_PLUGIN_WASM, keyset_reply};
-use keygate_protocol::key;
+use keygate_plugin_artifacts::{
+    BENCH_FILTER_CONFIG, BenchKinds, KEYGATE_PLUGIN_WASM, bench_requests, keyset_reply,
+};
 use keygate_protocol::wire::{Delta, Snapshot};
 use keygate_testkit::bench::{env_usize, key_set, load_average, median_p99, repo_key_set};
 
@@ -46,34 +47,12 @@ fn main() -> anyhow::Result<()> {
     println!("keys: {n}; snapshot {} bytes", snapshot.len());
 
     // The same three request shapes for every filter: path, user-agent, one x-api-key.
-    let request = |path: String, key: &str| {
-        Request::get(&path)
-            .header("user-agent", "bench")
-            .header("x-api-key", key)
-    };
-    let allowed: Vec<Request> = secrets
-        .iter()
-        .map(|(s, i)| request(format!("/repos/org{}/widgets", i % 100), s))
-        .collect();
-    let mut unknown = Vec::with_capacity(secrets.len());
-    for (_, i) in &secrets {
-        // well formed, valid checksum, not in the set: parse + SHA-256 + a lookup that misses
-        let k = key::generate("kg_live")?;
-        unknown.push(request(
-            format!("/repos/org{}/widgets", i % 100),
-            k.expose_secret(),
-        ));
-    }
-    let malformed: Vec<Request> = secrets
-        .iter()
-        .map(|(s, i)| {
-            // the last checksum character changed: refused by the parser, no digest, no lookup
-            let mut bad = s.clone();
-            let last = bad.pop().unwrap_or('0');
-            bad.push(if last == 'A' { 'B' } else { 'A' });
-            request(format!("/repos/org{}/widgets", i % 100), &bad)
-        })
-        .collect();
+    let sets = BenchKinds::new(&secrets)?;
+    let (allowed, unknown, malformed) = (
+        bench_requests(&sets.allowed),
+        bench_requests(&sets.unknown),
+        bench_requests(&sets.malformed),
+    );
 
     let plugin = Arc::new(Plugin::load_file(KEYGATE_PLUGIN_WASM)?);
     let body = snapshot.clone();

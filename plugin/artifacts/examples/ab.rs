@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use keygate_host_harness::baseline::time_each;
-use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin, Request};
-use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, keyset_reply};
-use keygate_protocol::key;
+use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin};
+use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, BenchKinds, bench_requests, keyset_reply};
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{env_usize, median_p99, repo_key_set};
 
@@ -33,35 +32,12 @@ fn main() -> anyhow::Result<()> {
         }
         .encode()?,
     );
-    let request = |path: String, key: &str| {
-        Request::get(&path)
-            .header("user-agent", "bench")
-            .header("x-api-key", key)
-    };
-    let allowed: Vec<Request> = keys
-        .secrets
-        .iter()
-        .map(|(s, i)| request(format!("/repos/org{}/widgets", i % 100), s))
-        .collect();
-    let mut unknown = Vec::new();
-    for (_, i) in &keys.secrets {
-        let k = key::generate("kg_live")?;
-        unknown.push(request(
-            format!("/repos/org{}/widgets", i % 100),
-            k.expose_secret(),
-        ));
-    }
-    // The last checksum character changed: refused by the parser, no digest, no lookup.
-    let malformed: Vec<Request> = keys
-        .secrets
-        .iter()
-        .map(|(s, i)| {
-            let mut bad = s.clone();
-            let last = bad.pop().unwrap_or('0');
-            bad.push(if last == 'A' { 'B' } else { 'A' });
-            request(format!("/repos/org{}/widgets", i % 100), &bad)
-        })
-        .collect();
+    let sets = BenchKinds::new(&keys.secrets)?;
+    let (allowed, unknown, malformed) = (
+        bench_requests(&sets.allowed),
+        bench_requests(&sets.unknown),
+        bench_requests(&sets.malformed),
+    );
     let config = BENCH_FILTER_CONFIG.as_bytes();
     let mut harnesses = Vec::new();
     for path in &paths {

@@ -1,10 +1,12 @@
 //! Path of the Keygate filter compiled to `wasm32-wasip1` by this crate's build script, for the
 //! harness-level tests in `tests/` and for the end-to-end crate; and the control plane's key-set
-//! answer as a harness cluster gives it, for the tests and benches that feed the filter.
+//! answer as a harness cluster gives it, and the benches' three kinds of request, for the tests
+//! and benches that feed the filter.
 
 pub mod exports;
 
-use keygate_host_harness::{CalloutReply, CalloutResponse};
+use keygate_host_harness::{CalloutReply, CalloutResponse, Request};
+use keygate_protocol::key::{self, KeyFormatError};
 use keygate_protocol::wire::CONTENT_TYPE;
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
@@ -22,4 +24,105 @@ pub fn keyset_reply(body: Vec<u8>) -> CalloutReply {
         body,
         trailers: Vec::new(),
     })
+}
+
+/// The benches' three kinds of request, each a list of (path, key): what the filter allows, a
+/// well-formed key that is not in the set, and a malformed one.
+#[derive(Debug, Clone)]
+pub struct BenchKinds {
+    /// The secrets given, each on a path its key may read (`/repos/org{i % 100}/widgets`).
+    pub allowed: Vec<(String, String)>,
+    /// The same paths with freshly generated keys (valid checksum): parse, SHA-256 and a lookup
+    /// that misses.
+    pub unknown: Vec<(String, String)>,
+    /// The allowed keys with their last checksum character changed: refused by the parser, no
+    /// digest, no lookup.
+    pub malformed: Vec<(String, String)>,
+}
+
+impl BenchKinds {
+    /// The three kinds for `secrets` (from `keygate_testkit::bench::repo_key_set`: a secret
+    /// and its index, which names the `org…` its key may read).
+    ///
+    /// # Errors
+    /// Never in practice: `kg_live` is a valid prefix.
+    pub fn new(secrets: &[(String, usize)]) -> Result<Self, KeyFormatError> {
+        let allowed: Vec<(String, String)> = secrets
+            .iter()
+            .map(|(s, i)| (format!("/repos/org{}/widgets", i % 100), s.clone()))
+            .collect();
+        let unknown = allowed
+            .iter()
+            .map(|(path, _)| {
+                let k = key::generate("kg_live")?;
+                Ok((path.clone(), k.expose_secret().to_owned()))
+            })
+            .collect::<Result<_, KeyFormatError>>()?;
+        let malformed = allowed
+            .iter()
+            .map(|(path, secret)| {
+                let mut bad = secret.clone();
+                let last = bad.pop().unwrap_or('0');
+                bad.push(if last == 'A' { 'B' } else { 'A' });
+                (path.clone(), bad)
+            })
+            .collect();
+        Ok(Self {
+            allowed,
+            unknown,
+            malformed,
+        })
+    }
+}
+
+/// The harness requests of one kind: `GET` of the path with a `user-agent` and the key in
+/// `x-api-key`.
+pub fn bench_requests(kind: &[(String, String)]) -> Vec<Request> {
+    kind.iter()
+        .map(|(path, key)| {
+            Request::get(path)
+                .header("user-agent", "bench")
+                .header("x-api-key", key)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_kinds_are_what_their_names_say() {
+        let secrets: Vec<(String, usize)> = (0..50)
+            .map(|i| key::generate("kg_live").map(|k| (k.expose_secret().to_owned(), i * 7)))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let kinds = BenchKinds::new(&secrets).unwrap();
+        for (j, (secret, i)) in secrets.iter().enumerate() {
+            let path = format!("/repos/org{}/widgets", i % 100);
+            assert_eq!(kinds.allowed[j], (path.clone(), secret.clone()));
+            let (unknown_path, unknown) = &kinds.unknown[j];
+            assert_eq!(unknown_path, &path);
+            assert!(key::parse(unknown).is_ok());
+            assert!(secrets.iter().all(|(s, _)| s != unknown));
+            let (bad_path, bad) = &kinds.malformed[j];
+            assert_eq!(bad_path, &path);
+            assert_eq!(bad.len(), secret.len());
+            assert_eq!(key::parse(bad).err(), Some(KeyFormatError::BadChecksum));
+        }
+        let requests = bench_requests(&kinds.malformed);
+        assert_eq!(requests.len(), secrets.len());
+        for (request, (path, bad)) in requests.iter().zip(&kinds.malformed) {
+            let header = |name: &str| {
+                request
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_text())
+            };
+            assert_eq!(header(":method"), Some("GET"));
+            assert_eq!(header(":path"), Some(path.as_str()));
+            assert_eq!(header("x-api-key"), Some(bad.as_str()));
+        }
+    }
 }
