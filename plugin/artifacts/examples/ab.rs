@@ -69,6 +69,10 @@ fn main() -> anyhow::Result<()> {
     .into_iter()
     .filter(|(label, ..)| only.as_deref().is_none_or(|o| o == *label))
     .collect();
+    ensure!(
+        !kinds.is_empty(),
+        "KEYGATE_AB_KIND must be allowed, unknown or malformed"
+    );
     let mut samples = vec![vec![Vec::new(); kinds.len()]; 2];
     for round in 0..=rounds {
         for (k, (_, requests, expect)) in kinds.iter().enumerate() {
