@@ -16,7 +16,7 @@ use anyhow::ensure;
 use keygate_host_harness::baseline::{self, Kind};
 use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin, Request};
 use keygate_plugin_artifacts::{
-    BENCH_FILTER_CONFIG, BenchKinds, KEYGATE_PLUGIN_WASM, bench_requests, keyset_reply,
+    BENCH_FILTER_CONFIG, BenchKinds, KEYGATE_PLUGIN_WASM, keyset_reply,
 };
 use keygate_protocol::wire::{Delta, Snapshot};
 use keygate_testkit::bench::{env_usize, key_set, load_average, median_p99, repo_key_set};
@@ -47,12 +47,7 @@ fn main() -> anyhow::Result<()> {
     println!("keys: {n}; snapshot {} bytes", snapshot.len());
 
     // The same three request shapes for every filter: path, user-agent, one x-api-key.
-    let sets = BenchKinds::new(&secrets)?;
-    let (allowed, unknown, malformed) = (
-        bench_requests(&sets.allowed),
-        bench_requests(&sets.unknown),
-        bench_requests(&sets.malformed),
-    );
+    let [allowed, unknown, malformed] = BenchKinds::new(&secrets)?.requests();
 
     let plugin = Arc::new(Plugin::load_file(KEYGATE_PLUGIN_WASM)?);
     let body = snapshot.clone();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use keygate_host_harness::baseline::time_each;
 use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin};
-use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, BenchKinds, bench_requests, keyset_reply};
+use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, BenchKinds, keyset_reply};
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{env_usize, median_p99, repo_key_set};
 
@@ -32,12 +32,7 @@ fn main() -> anyhow::Result<()> {
         }
         .encode()?,
     );
-    let sets = BenchKinds::new(&keys.secrets)?;
-    let (allowed, unknown, malformed) = (
-        bench_requests(&sets.allowed),
-        bench_requests(&sets.unknown),
-        bench_requests(&sets.malformed),
-    );
+    let [allowed, unknown, malformed] = BenchKinds::new(&keys.secrets)?.requests();
     let config = BENCH_FILTER_CONFIG.as_bytes();
     let mut harnesses = Vec::new();
     for path in &paths {

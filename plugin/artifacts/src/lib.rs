@@ -73,6 +73,12 @@ impl BenchKinds {
             malformed,
         })
     }
+
+    /// The harness requests of the three kinds ([`bench_requests`]): allowed, unknown,
+    /// malformed.
+    pub fn requests(&self) -> [Vec<Request>; 3] {
+        [&self.allowed, &self.unknown, &self.malformed].map(|kind| bench_requests(kind))
+    }
 }
 
 /// The harness requests of one kind: `GET` of the path with a `user-agent` and the key in
@@ -110,7 +116,7 @@ mod tests {
             assert_eq!(bad.len(), secret.len());
             assert_eq!(key::parse(bad).err(), Some(KeyFormatError::BadChecksum));
         }
-        let requests = bench_requests(&kinds.malformed);
+        let [_, _, requests] = kinds.requests();
         assert_eq!(requests.len(), secrets.len());
         for (request, (path, bad)) in requests.iter().zip(&kinds.malformed) {
             let header = |name: &str| {
