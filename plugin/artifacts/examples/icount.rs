@@ -10,11 +10,14 @@
 //! difference (the filter's own part, as the benches time it) and how much of the filter's ran
 //! inside the VM (code wasmtime compiled, which has no symbol: the filter itself, the SDK and
 //! the trampolines). Instructions are not time: a cache miss costs none. `KEYGATE_BENCH_KEYS`
-//! (default 10,000; loading a million keys under valgrind takes minutes) and
-//! `KEYGATE_ICOUNT_REPEAT` (times each request runs, default 3).
+//! (default 10,000; loading a million keys under valgrind takes minutes),
+//! `KEYGATE_ICOUNT_REPEAT` (times each request runs, default 3) and `KEYGATE_ICOUNT_TOP` (how
+//! many of the filter's functions to list per kind, by their own instructions per request,
+//! named through the perf map wasmtime writes with `KEYGATE_HARNESS_PERFMAP=1`; default 12).
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +113,8 @@ struct Counts {
     filter: f64,
     alone: f64,
     in_vm: f64,
+    /// The filter's functions in the VM by their own count, dearest first.
+    functions: Vec<(String, f64)>,
 }
 
 fn parent(wasm: &str) -> anyhow::Result<()> {
@@ -120,10 +125,11 @@ fn parent(wasm: &str) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("keygate-icount-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let top = env_usize("KEYGATE_ICOUNT_TOP", 12);
     println!("instructions per request (callgrind), filter {wasm}:");
     for kind in KINDS {
         let out = dir.join(format!("callgrind.{kind}"));
-        let run = Command::new("valgrind")
+        let child = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", out.display()))
             .arg("--toggle-collect=icount::filter_block")
@@ -131,15 +137,20 @@ fn parent(wasm: &str) -> anyhow::Result<()> {
             .arg(&exe)
             .arg(wasm)
             .env(CHILD_ENV, kind)
-            .output()
+            .env("KEYGATE_HARNESS_PERFMAP", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .context("running valgrind (Debian package valgrind)")?;
+        let perf_map = std::env::temp_dir().join(format!("perf-{}.map", child.id()));
+        let run = child.wait_with_output()?;
         ensure!(
             run.status.success(),
             "valgrind failed for {kind}: {}",
             String::from_utf8_lossy(&run.stderr)
         );
         let requests: f64 = String::from_utf8(run.stdout)?.trim().parse()?;
-        let c = counts(&out, requests)?;
+        let c = counts(&out, &perf_map, requests)?;
         println!(
             "  {kind:<10} filter {:>7.0}, harness alone {:>7.0}, own part {:>7.0} \
              ({:.0} in the VM, {:.0} in the host's calls and callbacks)",
@@ -149,14 +160,19 @@ fn parent(wasm: &str) -> anyhow::Result<()> {
             c.in_vm,
             c.filter - c.alone - c.in_vm
         );
+        for (name, n) in c.functions.iter().take(top) {
+            println!("    {n:>6.0}  {name}");
+        }
+        std::fs::remove_file(&perf_map).ok();
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
 /// Reads one run's counts back with `callgrind_annotate`: the blocks' inclusive counts, and the
-/// exclusive counts of code without a symbol (what wasmtime compiled).
-fn counts(out: &Path, requests: f64) -> anyhow::Result<Counts> {
+/// exclusive counts of code without a symbol (what wasmtime compiled), named through the perf
+/// map.
+fn counts(out: &Path, perf_map: &Path, requests: f64) -> anyhow::Result<Counts> {
     let annotate = |inclusive: bool| -> anyhow::Result<Vec<(u64, String)>> {
         let run = Command::new("callgrind_annotate")
             .arg(format!(
@@ -192,15 +208,59 @@ fn counts(out: &Path, requests: f64) -> anyhow::Result<Counts> {
         block("icount::alone_block")?,
     );
     // The no-op filters' own code is a few instructions per call; the rest ran in the filter.
-    let in_vm = annotate(false)?
-        .iter()
-        .filter(|(_, f)| f.ends_with("[???]"))
-        .map(|(n, _)| *n as f64)
-        .sum::<f64>()
-        / requests;
+    let symbols = perf_map_symbols(perf_map);
+    let mut functions: HashMap<String, f64> = HashMap::new();
+    let mut in_vm = 0.0;
+    for (n, f) in annotate(false)? {
+        let Some(code) = f.strip_suffix("[???]") else {
+            continue;
+        };
+        let n = n as f64 / requests;
+        in_vm += n;
+        let name = code
+            .trim()
+            .strip_prefix("???:0x")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .and_then(|address| symbol_at(&symbols, address))
+            .unwrap_or("(no symbol)");
+        *functions.entry(name.to_owned()).or_default() += n;
+    }
+    let mut functions: Vec<_> = functions.into_iter().collect();
+    functions.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(Counts {
         filter,
         alone,
         in_vm,
+        functions,
     })
+}
+
+/// The perf map's `(start, size, name)` lines, sorted by start; empty when it is missing.
+fn perf_map_symbols(path: &Path) -> Vec<(u64, u64, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut symbols: Vec<_> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            // wasmtime writes `0x<start> <size> <name>`, both in hex.
+            let start = parts.next()?;
+            let start = u64::from_str_radix(start.strip_prefix("0x").unwrap_or(start), 16).ok()?;
+            let size = u64::from_str_radix(parts.next()?, 16).ok()?;
+            // Rust's legacy mangling ends in a hash (`::h0123…`) that only adds noise here.
+            let name = parts.next()?;
+            let name = match name.rsplit_once("::h") {
+                Some((base, hash)) if hash.len() == 16 => base,
+                _ => name,
+            };
+            Some((start, size, name.to_owned()))
+        })
+        .collect();
+    symbols.sort_unstable_by_key(|s| s.0);
+    symbols
+}
+
+fn symbol_at(symbols: &[(u64, u64, String)], address: u64) -> Option<&str> {
+    let i = symbols.partition_point(|s| s.0 <= address).checked_sub(1)?;
+    let (start, size, name) = &symbols[i];
+    (address < start + size).then_some(name.as_str())
 }
