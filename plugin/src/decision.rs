@@ -338,7 +338,8 @@ impl DenyBodies {
         };
         let slot = &mut self.cached[deny.reason.index()];
         match slot {
-            Some((m, _)) if *m == message => {}
+            // The same static string is nearly always the same pointer: no byte compare then.
+            Some((m, _)) if std::ptr::eq(*m, message) || *m == message => {}
             _ => *slot = Some((message, deny.body())),
         }
         Cow::Borrowed(slot.as_ref().map_or("", |(_, body)| body.as_str()))
@@ -1371,8 +1372,14 @@ mod tests {
         let expired = Deny::new(Reason::ExpiredKey, "expired");
         let other = Deny::new(Reason::UnknownKey, "another static message");
         let scoped = Deny::new(Reason::InsufficientScope, format!("lacks {:?}", "a\"b"));
+        // The same static text at another address, and other text of the same length.
+        let same_text = Deny::new(Reason::UnknownKey, &*String::from("not valid").leak());
+        let same_len = Deny::new(Reason::UnknownKey, &*String::from("not VALID").leak());
         for _ in 0..2 {
-            for d in [&unknown, &expired, &other, &unknown, &scoped] {
+            for d in [
+                &unknown, &expired, &other, &unknown, &scoped, &same_text, &unknown, &same_len,
+                &unknown,
+            ] {
                 assert_eq!(bodies.body(d), d.body(), "{d:?}");
             }
         }
