@@ -2,8 +2,8 @@
 //!
 //! The crate is a pure core — [`config`], [`decision`], [`sync`], [`usage`], tied together by
 //! [`worker`] behind the [`host::Host`] seam — and a thin proxy-wasm [`glue`] (with [`pairs`],
-//! the in-place reader of the host's header maps, and `raw`, the crate's only `unsafe`: three
-//! host calls made without the SDK's wrappers). The core compiles
+//! the in-place reader of the host's header maps, and `raw`, three host calls made without the
+//! SDK's wrappers; these two hold the crate's only `unsafe`). The core compiles
 //! and is tested natively; `cargo build -p keygate-plugin --target wasm32-wasip1 --profile wasm`
 //! makes the filter module.
 #![cfg_attr(

@@ -51,16 +51,20 @@ pub fn parse_str(bytes: &mut [u8]) -> Option<(Vec<(&str, &str)>, AsSent)> {
         return Some((Vec::new(), AsSent(None)));
     }
     let (table, data) = bytes.split_at_mut(data_start(bytes)?);
-    // Request headers are nearly always ASCII, the cheaper check.
-    let as_sent = if data.is_ascii() || std::str::from_utf8(data).is_ok() {
-        AsSent(None)
-    } else {
-        let original = [&*table, &*data].concat();
-        substitute_invalid(data);
-        AsSent(Some(original))
+    // Request headers are nearly always ASCII: one pass that checks and converts.
+    let (text, as_sent) = match ascii_str(data) {
+        Ok(text) => (text, AsSent(None)),
+        Err(data) => {
+            let as_sent = if std::str::from_utf8(data).is_ok() {
+                AsSent(None)
+            } else {
+                let original = [&*table, &*data].concat();
+                substitute_invalid(data);
+                AsSent(Some(original))
+            };
+            (std::str::from_utf8(data).ok()?, as_sent)
+        }
     };
-    // A second pass (the first one's `&str` cannot outlive the branch that may write `data`).
-    let text = std::str::from_utf8(data).ok()?;
     // Fields start and end next to NUL bytes (ASCII), so they are on character boundaries.
     let pairs = parse_with(table, text.as_bytes(), |k, v| {
         (
@@ -69,6 +73,18 @@ pub fn parse_str(bytes: &mut [u8]) -> Option<(Vec<(&str, &str)>, AsSent)> {
         )
     })?;
     Some((pairs, as_sent))
+}
+
+/// `bytes` as a `str` when they are all ASCII (one pass, where `str::from_utf8` after an ASCII
+/// check would be two), or `bytes` back otherwise.
+#[allow(unsafe_code)]
+fn ascii_str(bytes: &mut [u8]) -> Result<&str, &mut [u8]> {
+    if bytes.is_ascii() {
+        // SAFETY: every ASCII byte sequence is valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        Err(bytes)
+    }
 }
 
 /// The pairs as raw bytes. `None` when `bytes` is not a well-formed map.
@@ -304,6 +320,19 @@ mod tests {
                     .collect();
                 proptest::prop_assert_eq!(as_sent.values(&view, name), sent);
             }
+        }
+    }
+
+    #[test]
+    fn only_ascii_converts_in_one_pass_and_anything_else_comes_back_unchanged() {
+        let mut ascii = *b"x-api-key\0kg_live_abc\0";
+        assert_eq!(ascii_str(&mut ascii), Ok("x-api-key\0kg_live_abc\0"));
+        for other in [&b"caf\xc3\xa9"[..], b"\x80", b"ok\xff"] {
+            let mut bytes = other.to_vec();
+            assert_eq!(
+                ascii_str(&mut bytes).map(str::as_bytes),
+                Err(&mut other.to_vec()[..])
+            );
         }
     }
 

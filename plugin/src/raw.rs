@@ -9,8 +9,9 @@
 //! goes through `SystemTime` on every request). Here the buffer is handed to [`crate::pairs`]
 //! to be read in place, and every status is an error value.
 //!
-//! This is the crate's only `unsafe`: three FFI calls with the ABI v0.2.1 signatures, and taking
-//! ownership of the buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
+//! Its `unsafe` (with one block in [`crate::pairs`], the crate's only): three FFI calls with the
+//! ABI v0.2.1 signatures, and taking ownership of the buffer the host allocated through the
+//! SDK's `proxy_on_memory_allocate`.
 #![allow(unsafe_code)]
 
 /// Status `Ok` in the ABI.
