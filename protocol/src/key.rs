@@ -123,6 +123,35 @@ const IS_BASE62: [bool; 256] = {
     table
 };
 
+/// The position of the last byte of `bytes` that is not a base62 character.
+fn last_non_base62(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    /// The high bit of each byte of `w` that is not base62. Per 7-bit byte `y`, `y + (0x80 - lo)`
+    /// sets the high bit when `y >= lo` and `y + (0x7f - hi)` when `y > hi`, without a carry
+    /// into the next byte; bytes with the high bit set are not ASCII, so not base62.
+    fn non_base62(w: u64) -> u64 {
+        let y = w & !HIGH;
+        let within = |lo: u64, hi: u64| (y + ONES * (0x80 - lo)) & !(y + ONES * (0x7f - hi));
+        let ok = (within(0x30, 0x39) | within(0x41, 0x5a) | within(0x61, 0x7a)) & !w;
+        !ok & HIGH
+    }
+    let mut end = bytes.len();
+    while end >= 8 {
+        let mut word = [0; 8];
+        word.copy_from_slice(&bytes[end - 8..end]);
+        let bad = non_base62(u64::from_le_bytes(word));
+        if bad != 0 {
+            // Little-endian: the last bad byte carries the highest set bit.
+            return Some(end - 8 + (63 - bad.leading_zeros() as usize) / 8);
+        }
+        end -= 8;
+    }
+    bytes[..end]
+        .iter()
+        .rposition(|&b| !IS_BASE62[usize::from(b)])
+}
+
 /// The [`CHECKSUM_LEN`] base62 characters of the CRC32 (IEEE) of `data`, most significant first.
 #[must_use]
 pub fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
@@ -209,28 +238,21 @@ pub fn parse(input: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
         return Err(KeyFormatError::TooLong);
     }
     let bytes = input.as_bytes();
-    // One backward pass to the last `_`, checking the body and checksum characters on the way
-    // (the filter parses a key on every request).
-    let mut sep = bytes.len();
-    while sep > 0 {
-        sep -= 1;
-        let b = bytes[sep];
-        if b == b'_' {
-            break;
-        }
-        if !IS_BASE62[usize::from(b)] {
+    // One backward pass to the last byte that is not base62, eight bytes at a time (the filter
+    // parses a key on every request): it must be the `_` that ends the prefix.
+    let sep = match last_non_base62(bytes) {
+        Some(sep) if bytes[sep] == b'_' => sep,
+        Some(bad) => {
             // Errors in the order of the checks: prefix first, then characters.
-            let sep = bytes[..sep]
+            let sep = bytes[..bad]
                 .iter()
                 .rposition(|&b| b == b'_')
                 .ok_or(KeyFormatError::BadPrefix)?;
             validate_prefix(&input[..sep])?;
             return Err(KeyFormatError::BadCharset);
         }
-    }
-    if bytes[sep] != b'_' {
-        return Err(KeyFormatError::BadPrefix);
-    }
+        None => return Err(KeyFormatError::BadPrefix),
+    };
     validate_prefix(&input[..sep])?;
     let rest = &bytes[sep + 1..];
     if rest.len() < MIN_BODY_LEN + CHECKSUM_LEN {
@@ -391,6 +413,28 @@ mod tests {
             for input in [key.clone(), chars.into_iter().collect(), other] {
                 let new = parse(&input).map(|p| (p.as_str(), p.sep));
                 prop_assert_eq!(new, parse_reference(&input), "{:?}", input);
+            }
+        }
+    }
+
+    #[test]
+    fn last_non_base62_agrees_with_a_byte_by_byte_search() {
+        let reference = |b: &[u8]| b.iter().rposition(|&c| !BASE62_ALPHABET.contains(&c));
+        // Every byte value at every position of base62 runs that end on each side of a word.
+        for len in 1..=20 {
+            let base: Vec<u8> = (0..len).map(|i| BASE62_ALPHABET[(i * 7) % 62]).collect();
+            assert_eq!(last_non_base62(&base), None);
+            for at in 0..len {
+                for value in 0..=255u8 {
+                    let mut bytes = base.clone();
+                    bytes[at] = value;
+                    assert_eq!(last_non_base62(&bytes), reference(&bytes), "{bytes:?}");
+                    // and a second bad byte before it, which must not hide it
+                    if at > 0 {
+                        bytes[at - 1] = b'_';
+                        assert_eq!(last_non_base62(&bytes), reference(&bytes), "{bytes:?}");
+                    }
+                }
             }
         }
     }
