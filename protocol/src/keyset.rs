@@ -96,6 +96,21 @@ const fn fingerprint(d: &[u8; 32]) -> u8 {
     d[4]
 }
 
+/// The high bit of byte `i` set for each of the first (up to 8) bytes of `bytes` that equals
+/// `value`, eight at a time (the fingerprint scan of a lookup).
+fn matching_bytes(bytes: &[u8], value: u8) -> u64 {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const LOW7: u64 = ONES * 0x7f;
+    let n = bytes.len().min(8);
+    let mut word = [0; 8];
+    word[..n].copy_from_slice(&bytes[..n]);
+    let x = u64::from_le_bytes(word) ^ (ONES * u64::from(value));
+    // Exact per byte (no borrow between bytes): the high bit of each byte of `x` that is zero.
+    let zero = !(((x & LOW7) + LOW7) | x | LOW7);
+    let valid = if n == 8 { u64::MAX } else { (1 << (8 * n)) - 1 };
+    zero & valid
+}
+
 /// The bucket index over an array of records sorted by digest: `buckets.len() - 1` buckets and
 /// a last one that only holds the array's length as its start. Empty for an empty array.
 #[derive(Default)]
@@ -150,13 +165,19 @@ impl Index {
         // sought); keys past the fingerprints, in a rare overfull bucket, are all compared.
         let fp = fingerprint(d);
         let seen = len.min(BUCKET_FINGERPRINTS);
-        bucket.fingerprints[..seen]
-            .iter()
-            .enumerate()
-            .filter(|&(_, &f)| f == fp)
-            .map(|(i, _)| start + i)
-            .chain(start + seen..start + len)
-            .find(|&p| ct_eq_32(&records[p].digest, d))
+        let mut at = 0;
+        while at < seen {
+            let mut matches = matching_bytes(&bucket.fingerprints[at..seen], fp);
+            while matches != 0 {
+                let p = start + at + matches.trailing_zeros() as usize / 8;
+                if ct_eq_32(&records[p].digest, d) {
+                    return Some(p);
+                }
+                matches &= matches - 1;
+            }
+            at += 8;
+        }
+        (start + seen..start + len).find(|&p| ct_eq_32(&records[p].digest, d))
     }
 
     fn heap_bytes(&self) -> usize {
@@ -735,6 +756,31 @@ impl KeySet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matching_bytes_marks_exactly_the_equal_bytes_among_the_first_eight() {
+        for len in 0..=10usize {
+            for value in [0u8, 1, 0x7f, 0x80, 0xfe, 0xff, 0x42] {
+                // every subset of positions holding the value, the others its neighbours
+                for set in 0u32..(1 << len.min(8)) {
+                    let bytes: Vec<u8> = (0..len)
+                        .map(|i| {
+                            if i < 8 && set & (1 << i) != 0 {
+                                value
+                            } else {
+                                value.wrapping_add(1 + (i as u8 % 2) * 0x7f)
+                            }
+                        })
+                        .collect();
+                    let expected: u64 = (0..len.min(8))
+                        .filter(|&i| bytes[i] == value)
+                        .map(|i| 0x80 << (8 * i))
+                        .sum();
+                    assert_eq!(matching_bytes(&bytes, value), expected, "{bytes:?} {value}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_key_takes_60_bytes_and_a_bucket_one_cache_line() {
