@@ -79,12 +79,25 @@ pub fn parse_str(bytes: &mut [u8]) -> Option<(Vec<(&str, &str)>, AsSent)> {
 /// check would be two), or `bytes` back otherwise.
 #[allow(unsafe_code)]
 fn ascii_str(bytes: &mut [u8]) -> Result<&str, &mut [u8]> {
-    if bytes.is_ascii() {
+    if is_ascii(bytes) {
         // SAFETY: every ASCII byte sequence is valid UTF-8.
         Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
     } else {
         Err(bytes)
     }
+}
+
+/// `<[u8]>::is_ascii` eight bytes at a time (core's reads a `usize`, four bytes in wasm32).
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder().iter().fold(0, |acc, &b| acc | b);
+    let high = words.fold(0, |acc, w| {
+        let mut word = [0; 8];
+        word.copy_from_slice(w);
+        acc | u64::from_ne_bytes(word)
+    });
+    (high & HIGH) == 0 && tail < 0x80
 }
 
 /// The pairs as raw bytes. `None` when `bytes` is not a well-formed map.
@@ -319,6 +332,21 @@ mod tests {
                     .map(|(_, v)| v.as_slice())
                     .collect();
                 proptest::prop_assert_eq!(as_sent.values(&view, name), sent);
+            }
+        }
+    }
+
+    #[test]
+    fn is_ascii_agrees_with_core_s_at_every_position() {
+        for len in 0..=24 {
+            let base: Vec<u8> = (0..len).map(|i| b' ' + (i * 5 % 95) as u8).collect();
+            assert!(is_ascii(&base));
+            for at in 0..len {
+                for value in [0x7f, 0x80, 0xc3, 0xff] {
+                    let mut bytes = base.clone();
+                    bytes[at] = value;
+                    assert_eq!(is_ascii(&bytes), bytes.is_ascii(), "{bytes:?}");
+                }
             }
         }
     }
