@@ -7,12 +7,11 @@
 //! `KEYGATE_AB_KIND=allowed`, `unknown` or `malformed` times one kind only).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::ensure;
 use keygate_host_harness::baseline::time_each;
-use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin};
-use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, BenchKinds, keyset_reply};
+use keygate_host_harness::{Disposition, Plugin};
+use keygate_plugin_artifacts::{BenchKinds, synced_bench_harness};
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{env_usize, median_p99, repo_key_set};
 
@@ -33,26 +32,12 @@ fn main() -> anyhow::Result<()> {
         .encode()?,
     );
     let [allowed, unknown, malformed] = BenchKinds::new(&keys.secrets)?.requests();
-    let config = BENCH_FILTER_CONFIG.as_bytes();
     let mut harnesses = Vec::new();
     for path in &paths {
-        let body = snapshot.clone();
-        let mut h = Harness::builder(Plugin::load_file(path)?)
-            .workers(1)
-            .plugin_configuration(config.to_vec())
-            .cluster(
-                "keygate",
-                Cluster::handler(move |req| {
-                    if req.header(":path") == Some("/v1/keyset") {
-                        keyset_reply(body.to_vec())
-                    } else {
-                        CalloutReply::status(304)
-                    }
-                }),
-            )
-            .build()?;
-        h.advance(Duration::from_millis(1_000));
-        harnesses.push(h);
+        harnesses.push(synced_bench_harness(
+            Plugin::load_file(path)?,
+            snapshot.clone(),
+        )?);
     }
     // `KEYGATE_AB_KIND=allowed` (or `unknown`, `malformed`) times one kind only, say under `perf`.
     let only = std::env::var("KEYGATE_AB_KIND").ok();

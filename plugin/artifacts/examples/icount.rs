@@ -19,14 +19,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use keygate_host_harness::baseline::{NOOP_CONTINUE_WAT, NOOP_DENY_WAT, time_each};
-use keygate_host_harness::{CalloutReply, Cluster, Disposition, Harness, Plugin, Request};
-use keygate_plugin_artifacts::{
-    BENCH_FILTER_CONFIG, BenchKinds, KEYGATE_PLUGIN_WASM, keyset_reply,
-};
+use keygate_host_harness::{Disposition, Harness, Plugin, Request};
+use keygate_plugin_artifacts::{BenchKinds, KEYGATE_PLUGIN_WASM, synced_bench_harness};
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{env_usize, repo_key_set};
 
@@ -82,21 +79,7 @@ fn child(wasm: &str, kind: &str) -> anyhow::Result<()> {
         "malformed" => (malformed, Disposition::LocalResponse, NOOP_DENY_WAT),
         other => bail!("unknown kind {other:?}"),
     };
-    let mut filter = Harness::builder(Plugin::load_file(wasm)?)
-        .workers(1)
-        .plugin_configuration(BENCH_FILTER_CONFIG.as_bytes().to_vec())
-        .cluster(
-            "keygate",
-            Cluster::handler(move |req| {
-                if req.header(":path") == Some("/v1/keyset") {
-                    keyset_reply(snapshot.to_vec())
-                } else {
-                    CalloutReply::status(304)
-                }
-            }),
-        )
-        .build()?;
-    filter.advance(Duration::from_millis(1_000));
+    let mut filter = synced_bench_harness(Plugin::load_file(wasm)?, snapshot)?;
     let mut alone = Harness::builder(Plugin::load(noop.as_bytes())?).build()?;
     time_each(&mut filter, &requests, expect, &mut Vec::new())?;
     time_each(&mut alone, &requests, expect, &mut Vec::new())?;

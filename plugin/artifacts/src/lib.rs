@@ -5,7 +5,10 @@
 
 pub mod exports;
 
-use keygate_host_harness::{CalloutReply, CalloutResponse, Request};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_host_harness::{CalloutReply, CalloutResponse, Cluster, Harness, Plugin, Request};
 use keygate_protocol::key::{self, KeyFormatError};
 use keygate_protocol::wire::CONTENT_TYPE;
 
@@ -24,6 +27,34 @@ pub fn keyset_reply(body: Vec<u8>) -> CalloutReply {
         body,
         trailers: Vec::new(),
     })
+}
+
+/// One worker of `plugin` under [`BENCH_FILTER_CONFIG`], synced from a control plane that
+/// answers the key set with `snapshot` at once and every later poll with `304`: the harness the
+/// A/B and instruction-count examples time.
+///
+/// # Errors
+/// The harness's, when the module does not load or configure.
+pub fn synced_bench_harness(
+    plugin: Plugin,
+    snapshot: Arc<Vec<u8>>,
+) -> keygate_host_harness::Result<Harness> {
+    let mut h = Harness::builder(plugin)
+        .workers(1)
+        .plugin_configuration(BENCH_FILTER_CONFIG.as_bytes().to_vec())
+        .cluster(
+            "keygate",
+            Cluster::handler(move |req| {
+                if req.header(":path") == Some("/v1/keyset") {
+                    keyset_reply(snapshot.to_vec())
+                } else {
+                    CalloutReply::status(304)
+                }
+            }),
+        )
+        .build()?;
+    h.advance(Duration::from_millis(1_000));
+    Ok(h)
 }
 
 /// The benches' three kinds of request, each a list of (path, key): what the filter allows, a
