@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 use keygate_protocol::key;
 use keygate_protocol::keyset::KeySet;
+use keygate_protocol::swar::bytes_equal;
 use keygate_protocol::{KeyId, KeyIdText};
 use smallvec::SmallVec;
 
@@ -582,14 +583,6 @@ pub fn is_normal_path(path: &str) -> bool {
     }
     // The last segment may be empty (a trailing `/`), not a dot segment.
     empty || !(only_dots && dots <= 2)
-}
-
-/// The high bit of every byte of `w` that equals `b`, and no other bit.
-const fn bytes_equal(w: u64, b: u8) -> u64 {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let x = w ^ (0x0101_0101_0101_0101 * b as u64);
-    // A byte's high bit survives only when the byte of `x` is zero: no carry leaves a byte.
-    !(((x & LOW7) + LOW7) | x | LOW7)
 }
 
 fn route_for<'a>(config: &'a Config, req: &Request<'_>) -> Option<&'a Route> {
@@ -1284,25 +1277,6 @@ mod tests {
             }
         }
         assert!(checked > 500_000, "{checked}");
-    }
-
-    #[test]
-    fn bytes_equal_marks_exactly_the_equal_bytes() {
-        let w = u64::from_le_bytes(*b"a/\x00\xff/./\x80");
-        let bits = |bytes: &[u32]| bytes.iter().map(|i| 1_u64 << (8 * i + 7)).sum::<u64>();
-        assert_eq!(bytes_equal(w, b'/'), bits(&[1, 4, 6]));
-        assert_eq!(bytes_equal(w, 0), bits(&[2]));
-        assert_eq!(bytes_equal(w, 0xff), bits(&[3]));
-        assert_eq!(bytes_equal(w, 0x80), bits(&[7]));
-        assert_eq!(bytes_equal(w, b'.'), bits(&[5]));
-        assert_eq!(bytes_equal(w, b'b'), 0);
-        for b in 0..=255 {
-            assert_eq!(
-                bytes_equal(u64::from_le_bytes([b; 8]), b),
-                bits(&[0, 1, 2, 3, 4, 5, 6, 7])
-            );
-            assert_eq!(bytes_equal(u64::from_le_bytes([b; 8]), b ^ 1), 0);
-        }
     }
 
     #[test]

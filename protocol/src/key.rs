@@ -125,8 +125,7 @@ const IS_BASE62: [bool; 256] = {
 
 /// The position of the last byte of `bytes` that is not a base62 character.
 fn last_non_base62(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES * 0x80;
+    use crate::swar::{HIGH, ONES};
     /// The high bit of each byte of `w` that is not base62. Per 7-bit byte `y`, `y + (0x80 - lo)`
     /// sets the high bit when `y >= lo` and `y + (0x7f - hi)` when `y > hi`, without a carry
     /// into the next byte; bytes with the high bit set are not ASCII, so not base62.

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::digest::ct_eq_32;
 use crate::scope;
+use crate::swar;
 use crate::wire::{
     self, DecodeError, EncodeError, Message, MessageKind, RawEntry, Tables, Validated,
 };
@@ -99,16 +100,11 @@ const fn fingerprint(d: &[u8; 32]) -> u8 {
 /// The high bit of byte `i` set for each of the first (up to 8) bytes of `bytes` that equals
 /// `value`, eight at a time (the fingerprint scan of a lookup).
 fn matching_bytes(bytes: &[u8], value: u8) -> u64 {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const LOW7: u64 = ONES * 0x7f;
     let n = bytes.len().min(8);
     let mut word = [0; 8];
     word[..n].copy_from_slice(&bytes[..n]);
-    let x = u64::from_le_bytes(word) ^ (ONES * u64::from(value));
-    // Exact per byte (no borrow between bytes): the high bit of each byte of `x` that is zero.
-    let zero = !(((x & LOW7) + LOW7) | x | LOW7);
     let valid = if n == 8 { u64::MAX } else { (1 << (8 * n)) - 1 };
-    zero & valid
+    swar::bytes_equal(u64::from_le_bytes(word), value) & valid
 }
 
 /// The bucket index over an array of records sorted by digest: `buckets.len() - 1` buckets and

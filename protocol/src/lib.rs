@@ -10,6 +10,7 @@
 //! - [`scope`]: scope names and resource allow-lists.
 //! - [`wire`]: the versioned binary key-set format (snapshots and deltas); see `FORMAT.md`.
 //! - [`keyset`]: the compact in-memory key set the filter looks keys up in.
+//! - [`swar`]: byte tests eight bytes at a time, shared by the parse, the lookup and the filter.
 
 mod digest;
 mod hex;
@@ -17,6 +18,7 @@ mod id;
 pub mod key;
 pub mod keyset;
 pub mod scope;
+pub mod swar;
 pub mod wire;
 
 pub use digest::{Digest, HexError};
