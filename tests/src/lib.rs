@@ -4,6 +4,7 @@
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
+pub mod envoy;
 pub mod stack;
 
 use std::sync::{Arc, OnceLock};
@@ -332,7 +333,7 @@ impl ControlPlane {
     }
 }
 
-fn issued(v: &Value) -> IssuedKey {
+pub(crate) fn issued(v: &Value) -> IssuedKey {
     let secret = v["secret"]
         .as_str()
         .unwrap_or_else(|| panic!("no secret in {v}"));

@@ -1,0 +1,448 @@
+//! Real Envoy end to end: `envoy/envoy.yaml` itself, with only its addresses, the `.wasm` path
+//! and chosen plugin settings substituted, in front of the echo upstream, syncing from a real
+//! `keygate serve` process. Everything over real HTTP on loopback.
+//!
+//! These are test helpers: on failure they panic with a message that says what went wrong.
+
+use std::path::Path;
+use std::time::Duration;
+
+use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
+use keygate_testkit::envoy::{Envoy, EnvoyOptions};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::stack::{ServeProcess, wait_for};
+use crate::{ADMIN_TOKEN, IssuedKey};
+
+/// The listener of `envoy/envoy.yaml`.
+pub const LISTENER: &str = "ingress";
+
+/// The VM environment variable of `envoy/envoy.yaml` that carries the edge key.
+pub const EDGE_KEY_ENV: &str = "KEYGATE_EDGE_KEY";
+
+/// `envoy/envoy.yaml` as a JSON value.
+pub fn envoy_yaml() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The Wasm filter's `config` inside a bootstrap.
+fn wasm_config(bootstrap: &mut Value) -> &mut Value {
+    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("envoy.yaml: no http_filters on the first listener"));
+    let wasm = filters
+        .iter_mut()
+        .find(|f| f["name"] == "keygate")
+        .unwrap_or_else(|| panic!("envoy.yaml: no `keygate` HTTP filter"));
+    &mut wasm["typed_config"]["config"]
+}
+
+/// The plugin configuration (the JSON in `configuration.value`) of a bootstrap.
+pub fn plugin_configuration(bootstrap: &Value) -> Value {
+    let mut b = bootstrap.clone();
+    let text = wasm_config(&mut b)["configuration"]["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("envoy.yaml: configuration.value is not a string"))
+        .to_owned();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("plugin configuration: {e}"))
+}
+
+fn set_endpoint(bootstrap: &mut Value, cluster: &str, addr: &str) {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("address {addr} has no port"));
+    let port: u64 = port
+        .parse()
+        .unwrap_or_else(|e| panic!("address {addr}: {e}"));
+    let clusters = bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("envoy.yaml: no clusters"));
+    let c = clusters
+        .iter_mut()
+        .find(|c| c["name"] == cluster)
+        .unwrap_or_else(|| panic!("envoy.yaml: no cluster {cluster}"));
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] =
+        json!({"address": host, "port_value": port});
+}
+
+/// `envoy/envoy.yaml` for this machine: listener and admin on loopback port 0, the control-plane
+/// cluster at `control_plane` (`host:port`), the upstream at `upstream`, the filter module from
+/// this build, and the plugin configuration's `authority` set to the control plane, with
+/// `overrides` (a JSON object) merged over the configuration (`null` removes a member).
+pub fn bootstrap(control_plane: &str, upstream: &str, overrides: &Value) -> Value {
+    let mut b = envoy_yaml();
+    b["static_resources"]["listeners"][0]["address"]["socket_address"] =
+        json!({"address": "127.0.0.1", "port_value": 0});
+    b["admin"]["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": 0});
+    set_endpoint(&mut b, "keygate_control_plane", control_plane);
+    set_endpoint(&mut b, "upstream", upstream);
+    let mut configuration = plugin_configuration(&b);
+    configuration["authority"] = json!(control_plane);
+    if let (Some(base), Some(over)) = (configuration.as_object_mut(), overrides.as_object()) {
+        for (k, v) in over {
+            if v.is_null() {
+                base.remove(k);
+            } else {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let config = wasm_config(&mut b);
+    config["vm_config"]["code"]["local"]["filename"] = json!(KEYGATE_PLUGIN_WASM);
+    config["configuration"]["value"] = json!(configuration.to_string());
+    b
+}
+
+/// What Envoy answered.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers (lowercase names, in order).
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub text: String,
+    /// The body as JSON (`Value::String` when it is not JSON): the echo's view of the request on
+    /// a pass, the filter's local reply on a denial.
+    pub body: Value,
+}
+
+impl Reply {
+    /// The filter's error code of a local reply (`""` when none).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    /// A header the upstream received (from the echo), if the request passed.
+    pub fn upstream_header(&self, name: &str) -> Option<&str> {
+        self.body["headers"][name].as_str()
+    }
+
+    /// The path (with query) the upstream received.
+    pub fn upstream_path(&self) -> Option<&str> {
+        self.body["path"].as_str()
+    }
+
+    /// A response header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real `keygate serve` process, the echo upstream and Envoy running `envoy/envoy.yaml` with
+/// the filter, the edge key passed through the process environment as in production.
+pub struct EnvoyStack {
+    rt: tokio::runtime::Runtime,
+    /// The control plane.
+    pub control_plane: ServeProcess,
+    /// The edge key Envoy was given.
+    pub edge_key: String,
+    envoy: Option<Envoy>,
+    stop_echo: Option<tokio::sync::oneshot::Sender<()>>,
+    upstream: String,
+    /// `http://127.0.0.1:<port>` of Envoy's listener.
+    pub url: String,
+    /// The plugin configuration Envoy was given.
+    pub configuration: Value,
+    options: EnvoyOptions,
+    overrides: Value,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for EnvoyStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvoyStack")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EnvoyStack {
+    /// Starts a control plane on a fresh SQLite file, issues an edge key, starts the echo
+    /// upstream and Envoy with `concurrency` workers and the configuration `overrides`, and waits
+    /// until Envoy is ready (its admin `/ready` is `LIVE`; the filter may not have synced yet).
+    pub fn start(concurrency: usize, overrides: Value) -> Self {
+        let control_plane = ServeProcess::start_sqlite(&[]);
+        Self::start_with(control_plane, concurrency, overrides)
+    }
+
+    /// As [`EnvoyStack::start`], with a control plane already running.
+    pub fn start_with(control_plane: ServeProcess, concurrency: usize, overrides: Value) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+        let (upstream, stop_echo) = rt.block_on(async {
+            let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("binding the echo upstream: {e}"));
+            let addr = echo
+                .local_addr()
+                .unwrap_or_else(|e| panic!("echo local_addr: {e}"));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(keygate_gateway::serve_echo(echo, async move {
+                let _ = stopped.await;
+            }));
+            (addr.to_string(), stop)
+        });
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        let mut stack = Self {
+            rt,
+            control_plane,
+            edge_key: String::new(),
+            envoy: None,
+            stop_echo: Some(stop_echo),
+            upstream,
+            url: String::new(),
+            configuration: Value::Null,
+            options: EnvoyOptions {
+                concurrency,
+                ..EnvoyOptions::default()
+            },
+            overrides,
+            http,
+        };
+        stack.edge_key = stack
+            .create_key(json!({"name": "envoy edge", "kind": "edge"}))
+            .secret;
+        stack.start_envoy();
+        stack
+    }
+
+    /// Starts (or starts again, after [`EnvoyStack::stop_envoy`]) Envoy on a fresh bootstrap.
+    pub fn start_envoy(&mut self) {
+        let bootstrap = bootstrap(
+            &self.control_plane.addr().to_string(),
+            &self.upstream,
+            &self.overrides,
+        );
+        self.configuration = plugin_configuration(&bootstrap);
+        let mut options = self.options.clone();
+        options
+            .env
+            .push((EDGE_KEY_ENV.to_owned(), self.edge_key.clone()));
+        let envoy = Envoy::start(&bootstrap.to_string(), &options)
+            .unwrap_or_else(|e| panic!("starting Envoy: {e}"));
+        let addr = envoy
+            .listener_addr(LISTENER)
+            .unwrap_or_else(|e| panic!("Envoy's listener: {e}"));
+        self.url = format!("http://{addr}");
+        self.envoy = Some(envoy);
+    }
+
+    /// Stops Envoy (graceful, then killed).
+    pub fn stop_envoy(&mut self) {
+        if let Some(mut e) = self.envoy.take() {
+            e.stop();
+        }
+    }
+
+    /// The running Envoy.
+    pub fn envoy(&self) -> &Envoy {
+        self.envoy
+            .as_ref()
+            .unwrap_or_else(|| panic!("Envoy is not running"))
+    }
+
+    /// A counter or gauge of Envoy's (`0` when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.envoy()
+            .stat(name)
+            .unwrap_or_else(|e| panic!("Envoy stats: {e}"))
+            .unwrap_or(0)
+    }
+
+    /// Envoy's log so far.
+    pub fn envoy_logs(&self) -> String {
+        self.envoy.as_ref().map(Envoy::logs).unwrap_or_default()
+    }
+
+    /// A request through Envoy with `headers`.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let url = format!("{}{path}", self.url);
+        self.rt.block_on(async {
+            let method = Method::from_bytes(method.as_bytes())
+                .unwrap_or_else(|e| panic!("method {method}: {e}"));
+            let mut req = self.http.request(method, &url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = req
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{url} through Envoy: {e}"));
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let text = resp.text().await.unwrap_or_default();
+            let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
+            Reply {
+                status,
+                headers,
+                text,
+                body,
+            }
+        })
+    }
+
+    /// `GET <path>` with `x-api-key: <key>` when given.
+    pub fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        match key {
+            Some(k) => self.request("GET", path, &[("x-api-key", k)]),
+            None => self.request("GET", path, &[]),
+        }
+    }
+
+    /// Waits until `GET <path>` with `key` answers `status` `times` times in a row (Envoy spreads
+    /// connections over its workers; with one connection per request each lands on a worker of
+    /// the kernel's choosing). Returns the last reply.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        path: &str,
+        key: &str,
+        status: u16,
+    ) -> Reply {
+        let times = self.options.concurrency.max(1) * 3;
+        wait_for(what, timeout, || {
+            let mut last = None;
+            for _ in 0..times {
+                let r = self.get(path, Some(key));
+                if r.status != status {
+                    return Err(format!("{} {}", r.status, r.text));
+                }
+                last = Some(r);
+            }
+            last.ok_or_else(|| "no request".to_owned())
+        })
+    }
+
+    /// A JSON call to the control plane with a bearer token: `(status, body)`.
+    pub fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.control_plane.url());
+        self.rt.block_on(async {
+            let mut req = self.http.request(method, &url).bearer_auth(token);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (status, v)
+        })
+    }
+
+    /// A call as the admin.
+    pub fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(ADMIN_TOKEN, method, path, body)
+    }
+
+    /// `POST /v1/keys` as the admin; asserts 201.
+    pub fn create_key(&self, body: Value) -> IssuedKey {
+        let (st, v) = self.admin(Method::POST, "/v1/keys", Some(body));
+        assert_eq!(st, 201, "create key: {v}");
+        crate::issued(&v)
+    }
+
+    /// `count` keys created concurrently (`name` + index), in order.
+    pub fn create_keys(&self, count: usize, body: Value) -> Vec<IssuedKey> {
+        let url = format!("{}/v1/keys", self.control_plane.url());
+        self.rt.block_on(async {
+            let mut out = Vec::with_capacity(count);
+            let ids: Vec<usize> = (0..count).collect();
+            for chunk in ids.chunks(32) {
+                let calls = chunk.iter().map(|i| {
+                    let mut b = body.clone();
+                    b["name"] = json!(format!("{}-{i}", b["name"].as_str().unwrap_or("key")));
+                    let req = self.http.post(&url).bearer_auth(ADMIN_TOKEN).json(&b);
+                    let url = url.clone();
+                    async move {
+                        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+                        let st = resp.status().as_u16();
+                        let v: Value = resp.json().await.unwrap_or(Value::Null);
+                        assert_eq!(st, 201, "create key: {v}");
+                        crate::issued(&v)
+                    }
+                });
+                out.extend(futures_join_all(calls).await);
+            }
+            out
+        })
+    }
+
+    /// `POST /v1/keys/{id}/<action>` as the admin; asserts 200.
+    pub fn key_action(&self, id: &str, action: &str) -> Value {
+        let (st, v) = self.admin(
+            Method::POST,
+            &format!("/v1/keys/{id}/{action}"),
+            Some(json!({})),
+        );
+        assert_eq!(st, 200, "{action} {id}: {v}");
+        v
+    }
+
+    /// `GET /v1/keys/{id}`; asserts 200.
+    pub fn key(&self, id: &str) -> Value {
+        let (st, v) = self.admin(Method::GET, &format!("/v1/keys/{id}"), None);
+        assert_eq!(st, 200, "show {id}: {v}");
+        v
+    }
+
+    /// Envoy, the echo upstream and the control plane, stopped.
+    pub fn shutdown(&mut self) {
+        self.stop_envoy();
+        if let Some(tx) = self.stop_echo.take() {
+            let _ = tx.send(());
+        }
+        self.control_plane.kill();
+    }
+}
+
+impl Drop for EnvoyStack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap_or_else(|e| panic!("task: {e}")));
+    }
+    out
+}
