@@ -300,7 +300,7 @@ pub(crate) fn forwarded<V: Clone + From<String> + Value>(
         out.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         out.push(((*name).to_owned(), value.clone().into()));
     }
-    if let Some(name) = allow.strip_cookie {
+    if !allow.strip_cookies.is_empty() {
         // Written out here, not with the filter's `cookies_without`: Envoy's `setCopy` of the
         // cookie header (the first one takes the value, later ones go), over the bytes sent.
         let mut rest: Vec<u8> = Vec::new();
@@ -311,7 +311,7 @@ pub(crate) fn forwarded<V: Clone + From<String> + Value>(
             for c in v.bytes().split(|&b| b == b';') {
                 let c = trim_ows(c);
                 let k = trim_ows(c.split(|&b| b == b'=').next().unwrap_or_default());
-                if c.is_empty() || k == name.as_bytes() {
+                if c.is_empty() || allow.strip_cookies.iter().any(|n| k == n.as_bytes()) {
                     continue;
                 }
                 if !rest.is_empty() {

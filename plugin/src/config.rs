@@ -102,8 +102,14 @@ pub struct Config {
     pub cluster: String,
     /// `:authority` sent to the control plane.
     pub authority: String,
-    /// The edge key presented to the control plane (never logged).
-    pub edge_key: String,
+    /// The edge key presented to the control plane (never logged). `None` when `edge_key_env`
+    /// names a variable the VM does not have (as under `envoy --mode validate`, or a deployment
+    /// that forgot it): the configuration is accepted so that Envoy can validate and start, the
+    /// filter never calls the control plane, says why in its log ([`Config::missing_edge_key`]),
+    /// and every keyed request fails closed (503 `keyset_unavailable`).
+    pub edge_key: Option<String>,
+    /// The environment variable the edge key was to come from, if any.
+    pub edge_key_env: Option<String>,
     /// Interval between key-set polls, in milliseconds.
     pub sync_interval_ms: u64,
     /// Long-poll wait in seconds (0 = plain polling).
@@ -254,6 +260,20 @@ impl Config {
         base.min(self.usage_report_interval_ms)
     }
 
+    /// Why the filter cannot call the control plane, when the edge key is missing.
+    pub fn missing_edge_key(&self) -> Option<String> {
+        if self.edge_key.is_some() {
+            return None;
+        }
+        let name = self.edge_key_env.as_deref().unwrap_or_default();
+        Some(format!(
+            "the edge key is missing: environment variable {name:?} is not set in the VM (Envoy: \
+             list it in vm_config.environment_variables.host_env_keys and set it in Envoy's \
+             environment); the key set cannot be fetched and every keyed request gets 503 \
+             keyset_unavailable"
+        ))
+    }
+
     /// Timeout of one key-set call (the long-poll wait plus the request timeout).
     pub fn sync_timeout_ms(&self) -> u64 {
         u64::from(self.long_poll_wait_s) * 1000 + self.request_timeout_ms
@@ -317,16 +337,10 @@ impl RawConfig {
         nonempty("cluster", &self.cluster)?;
         nonempty("authority", &self.authority)?;
         let (field, edge_key) = match (&self.edge_key, &self.edge_key_env) {
-            (Some(key), None) => ("edge_key", key.clone()),
+            (Some(key), None) => ("edge_key", Some(key.clone())),
             (None, Some(name)) => {
                 nonempty("edge_key_env", name)?;
-                let key = env(name).ok_or_else(|| {
-                    ConfigError::new(
-                        "edge_key_env",
-                        format!("environment variable {name:?} is not set in the VM"),
-                    )
-                })?;
-                ("edge_key_env", key)
+                ("edge_key_env", env(name))
             }
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -341,8 +355,13 @@ impl RawConfig {
                 ));
             }
         };
-        nonempty(field, &edge_key)?;
-        if edge_key.bytes().any(|b| !b.is_ascii_graphic()) {
+        if let Some(edge_key) = &edge_key {
+            nonempty(field, edge_key)?;
+        }
+        if edge_key
+            .as_deref()
+            .is_some_and(|k| k.bytes().any(|b| !b.is_ascii_graphic()))
+        {
             return Err(ConfigError::new(
                 field,
                 "must be printable ASCII without spaces",
@@ -359,6 +378,21 @@ impl RawConfig {
         }
         if self.max_staleness_s == 0 {
             return Err(ConfigError::new("max_staleness_s", "must be at least 1"));
+        }
+        // A healthy control plane with nothing to say answers a long poll only when its wait
+        // ends: freshness advances once per wait, so the wait (and the answer's way back) must
+        // end well inside the staleness bound, or an idle system turns stale by itself.
+        let idle_gap_ms = u64::from(self.long_poll_wait_s) * 1000 + self.request_timeout_ms;
+        if self.long_poll_wait_s > 0 && idle_gap_ms >= self.max_staleness_s * 1000 {
+            return Err(ConfigError::new(
+                "long_poll_wait_s",
+                format!(
+                    "{} s plus request_timeout_ms ({} ms) must be less than max_staleness_s ({} s): \
+                     an idle control plane answers a long poll only when its wait ends, so the \
+                     key set would turn stale between answers",
+                    self.long_poll_wait_s, self.request_timeout_ms, self.max_staleness_s
+                ),
+            ));
         }
         if self.usage_report_interval_ms < 100 {
             return Err(ConfigError::new(
@@ -555,6 +589,7 @@ impl RawConfig {
             cluster: self.cluster,
             authority: self.authority,
             edge_key,
+            edge_key_env: self.edge_key_env,
             sync_interval_ms: self.sync_interval_ms,
             long_poll_wait_s: self.long_poll_wait_s,
             key_sources,
@@ -768,11 +803,18 @@ mod tests {
         let env = |name: &str| (name == "KEYGATE_EDGE_KEY").then(|| "kg_edge_fromenv".to_string());
         let json = br#"{"cluster":"c","authority":"a","edge_key_env":"KEYGATE_EDGE_KEY"}"#;
         let c = Config::from_json_with_env(json, env).unwrap();
-        assert_eq!(c.edge_key, "kg_edge_fromenv");
+        assert_eq!(c.edge_key.as_deref(), Some("kg_edge_fromenv"));
+        assert_eq!(c.missing_edge_key(), None);
 
+        // Accepted (Envoy validates and starts), but the filter knows it cannot sync and says why.
         let unset = br#"{"cluster":"c","authority":"a","edge_key_env":"OTHER"}"#;
-        let err = Config::from_json_with_env(unset, env).unwrap_err();
-        assert_eq!(err.field, "edge_key_env");
+        let c = Config::from_json_with_env(unset, env).unwrap();
+        assert_eq!(c.edge_key, None);
+        let why = c.missing_edge_key().unwrap();
+        assert!(
+            why.contains("\"OTHER\"") && why.contains("host_env_keys"),
+            "{why}"
+        );
 
         let both =
             br#"{"cluster":"c","authority":"a","edge_key":"k","edge_key_env":"KEYGATE_EDGE_KEY"}"#;
@@ -784,6 +826,25 @@ mod tests {
         let neither = br#"{"cluster":"c","authority":"a"}"#;
         let err = Config::from_json_with_env(neither, env).unwrap_err();
         assert!(err.message.contains("edge_key"), "{err}");
+    }
+
+    #[test]
+    fn a_long_poll_that_outlasts_the_staleness_bound_is_refused() {
+        let base = r#""cluster":"c","authority":"a","edge_key":"k""#;
+        let at = |wait: u32, stale: u64| {
+            Config::from_json(
+                format!(r#"{{{base},"long_poll_wait_s":{wait},"max_staleness_s":{stale}}}"#)
+                    .as_bytes(),
+            )
+        };
+        let err = at(20, 10).unwrap_err();
+        assert_eq!(err.field, "long_poll_wait_s");
+        assert!(err.message.contains("max_staleness_s (10 s)"), "{err}");
+        // the request timeout (5 s by default) counts too
+        assert!(at(20, 25).is_err());
+        assert!(at(20, 26).is_ok());
+        // plain polling is not bound by it
+        assert!(at(0, 1).is_ok());
     }
 
     #[test]

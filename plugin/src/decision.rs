@@ -229,11 +229,11 @@ pub struct Allow<'a> {
     pub remove: Removals<'a>,
     /// Headers to set, replacing what is there (`:path` rewritten without the credential).
     pub set: Vec<(&'a str, String)>,
-    /// The name of the key's cookie when it is to be hidden: every `cookie` header becomes
-    /// [`cookies_without`] it, computed by the host shell from the bytes the client sent (the
+    /// The names of the key cookies to hide: every `cookie` header becomes
+    /// [`cookies_without`] them, computed by the host shell from the bytes the client sent (the
     /// decision reads a string view; other cookies may hold bytes that are not UTF-8), and the
     /// header goes when no cookie is left.
-    pub strip_cookie: Option<&'a str>,
+    pub strip_cookies: CookieNames<'a>,
     /// Identity headers to add after the removals (key id, owner, scopes), for an allowed key.
     /// None of them is present by then: every one the client sent is in `remove`, so the host
     /// is asked to add, the cheaper call, not to replace.
@@ -250,6 +250,9 @@ impl Allow<'_> {
 
 /// Names of request headers to remove.
 pub type Removals<'a> = SmallVec<[&'a str; 4]>;
+
+/// Names of cookies to remove.
+pub type CookieNames<'a> = SmallVec<[&'a str; 1]>;
 
 /// The identity headers of an allowed key, without an allocation: the names from the
 /// configuration, the key id's text on the stack, the owner and the scope list borrowed from the
@@ -366,31 +369,23 @@ impl Decision<'_> {
     }
 }
 
-/// Where the key was found, for hiding it.
-#[derive(Debug, Clone, Copy)]
-enum Found<'a> {
-    Header(&'a str),
-    Bearer,
-    Query(&'a str),
-    Cookie(&'a str),
-}
-
-fn find_key<'a>(req: &Request<'a>, config: &'a Config) -> Option<(&'a str, Found<'a>)> {
+/// The key, from the first configured source that has one.
+fn find_key<'a>(req: &Request<'a>, config: &'a Config) -> Option<&'a str> {
     for source in &config.key_sources {
         match source {
             KeySource::Header(name) => {
                 if let Some(v) = req.header(name).map(str::trim).filter(|v| !v.is_empty()) {
-                    return Some((v, Found::Header(name)));
+                    return Some(v);
                 }
             }
             KeySource::Bearer => {
                 if let Some(v) = req.header("authorization").and_then(bearer_token) {
-                    return Some((v, Found::Bearer));
+                    return Some(v);
                 }
             }
             KeySource::Query(name) => {
                 if let Some(v) = query_param(req.path, name).filter(|v| !v.is_empty()) {
-                    return Some((v, Found::Query(name)));
+                    return Some(v);
                 }
             }
             KeySource::Cookie(name) => {
@@ -401,7 +396,7 @@ fn find_key<'a>(req: &Request<'a>, config: &'a Config) -> Option<(&'a str, Found
                     .find_map(|(_, v)| cookie_value(v, name))
                     .filter(|v| !v.is_empty());
                 if let Some(v) = v {
-                    return Some((v, Found::Cookie(name)));
+                    return Some(v);
                 }
             }
         }
@@ -474,14 +469,15 @@ fn path_without_param(path: &str, name: &str) -> String {
 /// byte for byte as sent; `None` when no cookie is left (the header goes).
 pub fn cookies_without<'v>(
     values: impl IntoIterator<Item = &'v [u8]>,
-    name: &str,
+    names: &[&str],
 ) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     for v in values {
         for c in v.split(|&b| b == b';') {
             let c = ows_trimmed(c);
             let k = c.iter().position(|&b| b == b'=').map_or(c, |eq| &c[..eq]);
-            if c.is_empty() || ows_trimmed(k) == name.as_bytes() {
+            let k = ows_trimmed(k);
+            if c.is_empty() || names.iter().any(|n| k == n.as_bytes()) {
                 continue;
             }
             if !out.is_empty() {
@@ -606,25 +602,63 @@ fn path_segment(path: &str, index: usize) -> Option<&str> {
     (!segment.is_empty()).then_some(segment)
 }
 
-/// With `hide_credentials`, the header changes that keep the credential found in `found` from
-/// the upstream; a cookie is named in the returned `strip_cookie`.
+/// With `hide_credentials`, the header changes that keep every credential from the upstream:
+/// each configured key source the request uses is emptied, not only the one the key was read
+/// from (a client may send keys in several places; the upstream must see none of them). The
+/// cookies to strip are returned.
 fn hide<'a>(
     config: &'a Config,
     req: &Request<'a>,
-    found: Found<'a>,
     remove: &mut Removals<'a>,
     set: &mut Vec<(&'a str, String)>,
-) -> Option<&'a str> {
+) -> CookieNames<'a> {
+    let mut cookies = CookieNames::new();
     if !config.hide_credentials {
-        return None;
+        return cookies;
     }
-    match found {
-        Found::Header(name) => remove.push(name),
-        Found::Bearer => remove.push("authorization"),
-        Found::Query(name) => set.push((":path", path_without_param(req.path, name))),
-        Found::Cookie(name) => return Some(name),
+    let mut path: Option<String> = None;
+    for source in &config.key_sources {
+        match source {
+            KeySource::Header(name) => {
+                if let Some(&(k, _)) = req
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    && !remove.contains(&k)
+                {
+                    remove.push(k);
+                }
+            }
+            KeySource::Bearer => {
+                if let Some(&(k, _)) = req.headers.iter().find(|(k, v)| {
+                    k.eq_ignore_ascii_case("authorization") && bearer_token(v).is_some()
+                }) && !remove.contains(&k)
+                {
+                    remove.push(k);
+                }
+            }
+            KeySource::Query(name) => {
+                let current = path.as_deref().unwrap_or(req.path);
+                if query_param(current, name).is_some() {
+                    path = Some(path_without_param(current, name));
+                }
+            }
+            KeySource::Cookie(name) => {
+                let sent = req
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+                    .any(|(_, v)| cookie_value(v, name).is_some());
+                if sent {
+                    cookies.push(name);
+                }
+            }
+        }
     }
-    None
+    if let Some(p) = path {
+        set.push((":path", p));
+    }
+    cookies
 }
 
 /// Decides one request. `now_secs` is Unix time in seconds.
@@ -647,18 +681,17 @@ pub fn decide<'a>(
     if route.is_some_and(|r| r.anonymous) {
         // A key sent to an anonymous route is hidden as well: the upstream never sees one.
         let mut set = Vec::new();
-        let strip_cookie = find_key(req, config)
-            .and_then(|(_, found)| hide(config, req, found, &mut remove, &mut set));
+        let strip_cookies = hide(config, req, &mut remove, &mut set);
         return Decision::Allow(Allow {
             reason: Reason::Anonymous,
             remove,
             set,
-            strip_cookie,
+            strip_cookies,
             identity: None,
         });
     }
 
-    let Some((raw, found)) = find_key(req, config) else {
+    let Some(raw) = find_key(req, config) else {
         return Decision::Deny(Deny::new(Reason::MissingKey, "an API key is required"));
     };
     let parsed = match key::parse(raw) {
@@ -688,12 +721,12 @@ pub fn decide<'a>(
         }
         KeySetState::Stale(_) if config.failure_mode == FailureMode::Open => {
             let mut set = Vec::new();
-            let strip_cookie = hide(config, req, found, &mut remove, &mut set);
+            let strip_cookies = hide(config, req, &mut remove, &mut set);
             return Decision::Allow(Allow {
                 reason: Reason::FailOpen,
                 remove,
                 set,
-                strip_cookie,
+                strip_cookies,
                 identity: None,
             });
         }
@@ -736,7 +769,7 @@ pub fn decide<'a>(
     }
 
     let mut set_headers = Vec::new();
-    let strip_cookie = hide(config, req, found, &mut remove, &mut set_headers);
+    let strip_cookies = hide(config, req, &mut remove, &mut set_headers);
     let key_id = entry.key_id();
     let identity = Identity {
         names: &config.identity_headers,
@@ -749,7 +782,7 @@ pub fn decide<'a>(
         reason: Reason::Allowed,
         remove,
         set: set_headers,
-        strip_cookie,
+        strip_cookies,
         identity: Some(identity),
     })
 }
@@ -876,20 +909,68 @@ mod tests {
         let cookie = format!("theme=dark; kg={}; lang=en", f.reader.secret);
         let h = headers("GET", "/x", &[("cookie", &cookie)]);
         let a = allow(run(&f, &c, &h));
-        assert_eq!(a.strip_cookie, Some("kg"));
+        assert_eq!(a.strip_cookies[..], ["kg"]);
         assert!(a.set.is_empty() && !a.remove.contains(&"cookie"));
         // without hiding, nothing is stripped
         let shown = cfg(r#""key_sources":[{"cookie":"kg"}],"hide_credentials":false"#);
-        assert_eq!(allow(run(&f, &shown, &h)).strip_cookie, None);
-        // a key in the query is read first: the cookies stay
+        assert!(allow(run(&f, &shown, &h)).strip_cookies.is_empty());
+        // a key in the query is read first: the key cookie goes as well
         let path = format!("/x?api_key={}", f.reader.secret);
         let h = headers("GET", &path, &[("cookie", &cookie)]);
-        assert_eq!(allow(run(&f, &c, &h)).strip_cookie, None);
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(a.strip_cookies[..], ["kg"]);
+        assert_eq!(set_value(&a, ":path"), Some("/x"));
+    }
+
+    #[test]
+    fn every_key_source_the_request_uses_is_hidden_not_only_the_one_read() {
+        let f = Fixture::new();
+        let c = cfg(&format!(
+            r#"{ROUTES},"key_sources":[{{"header":"x-api-key"}},{{"bearer":true}},{{"cookie":"kg"}},{{"query":"api_key"}},{{"query":"token"}}]"#
+        ));
+        let path = "/x?api_key=kg_live_other&page=2&token=t";
+        let bearer = "Bearer kg_live_other";
+        let h = headers(
+            "GET",
+            path,
+            &[
+                ("x-api-key", f.reader.secret.as_str()),
+                ("Authorization", bearer),
+                ("cookie", "a=1; kg=kg_live_other"),
+            ],
+        );
+        let a = allow(run(&f, &c, &h));
+        assert_eq!(a.reason, Reason::Allowed);
+        assert!(a.remove.contains(&"x-api-key"));
+        assert!(a.remove.contains(&"Authorization"));
+        assert_eq!(a.strip_cookies[..], ["kg"]);
+        assert_eq!(set_value(&a, ":path"), Some("/x?page=2"));
+        // An anonymous route hides them all as well.
+        let anon = headers(
+            "GET",
+            "/health?api_key=k",
+            &[("authorization", bearer), ("cookie", "kg=k")],
+        );
+        let a = allow(run(&f, &c, &anon));
+        assert_eq!(a.reason, Reason::Anonymous);
+        assert!(a.remove.contains(&"authorization"));
+        assert_eq!(a.strip_cookies[..], ["kg"]);
+        assert_eq!(set_value(&a, ":path"), Some("/health"));
+        // Another authorization scheme is not a key: it stays.
+        let basic = headers(
+            "GET",
+            "/x",
+            &[
+                ("x-api-key", f.reader.secret.as_str()),
+                ("authorization", "Basic dXNlcjpwYXNz"),
+            ],
+        );
+        assert!(!allow(run(&f, &c, &basic)).remove.contains(&"authorization"));
     }
 
     #[test]
     fn cookies_without_drops_every_cookie_of_that_name_and_keeps_the_rest_byte_for_byte() {
-        let strip = |values: &[&[u8]]| cookies_without(values.iter().copied(), "kg");
+        let strip = |values: &[&[u8]]| cookies_without(values.iter().copied(), &["kg"]);
         assert_eq!(
             strip(&[b"theme=dark; kg=SECRET; lang=en"]).as_deref(),
             Some(&b"theme=dark; lang=en"[..])
@@ -932,7 +1013,7 @@ mod tests {
         fn after_stripping_no_key_cookie_can_be_read_and_every_other_cookie_stays(
             headers in proptest::collection::vec(cookie_piece(), 0..4)
         ) {
-            let rest = cookies_without(headers.iter().map(Vec::as_slice), "kg");
+            let rest = cookies_without(headers.iter().map(Vec::as_slice), &["kg"]);
             // the model: every non-empty OWS-trimmed piece whose trimmed name is not `kg`
             let model: Vec<&[u8]> = headers
                 .iter()
@@ -963,13 +1044,13 @@ mod tests {
         let nbsp = "\u{a0}kg=v";
         assert_eq!(cookie_value(nbsp, "kg"), None);
         assert_eq!(
-            cookies_without([nbsp.as_bytes()], "kg").as_deref(),
+            cookies_without([nbsp.as_bytes()], &["kg"]).as_deref(),
             Some(nbsp.as_bytes())
         );
         let tabbed = "\tkg\t=\tv\t; a=1";
         assert_eq!(cookie_value(tabbed, "kg"), Some("v"));
         assert_eq!(
-            cookies_without([tabbed.as_bytes()], "kg").as_deref(),
+            cookies_without([tabbed.as_bytes()], &["kg"]).as_deref(),
             Some(&b"a=1"[..])
         );
     }

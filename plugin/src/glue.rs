@@ -135,9 +135,6 @@ impl Host for ProxyHost<'_> {
     }
 }
 
-/// Gauge: this VM's linear memory size in bytes (its high-water mark: wasm memory never shrinks).
-pub const MEMORY_GAUGE: &str = "keygate.wasm.memory_bytes";
-
 fn linear_memory_bytes() -> u64 {
     #[cfg(target_arch = "wasm32")]
     {
@@ -257,18 +254,20 @@ impl RootContext for KeygateRoot {
         }
         *self.state.worker.borrow_mut() = Some(Worker::new(config, self.id, now_ms()));
         let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
-        log(
-            LogLevel::Info,
-            &format!("keygate: configured (tick {tick} ms)"),
-        );
-        self.with_worker(|w, host| w.tick(host));
+        log(LogLevel::Info, &format!("configured (tick {tick} ms)"));
+        // No work here beyond configuring: Envoy configures a throw-away copy of the VM first
+        // (proxy-wasm's configuration canary) and destroys it at once. A sync started here
+        // would take the lease for a VM about to die and hold every worker off until it
+        // lapsed (2 s of 503s at every start). The first tick, one period from now, starts it.
         true
     }
 
     fn on_tick(&mut self) {
         self.with_worker(|w, host| {
             w.tick(host);
-            host.gauge_set(MEMORY_GAUGE, linear_memory_bytes());
+            // The VM's linear memory: its high-water mark (wasm memory never shrinks).
+            w.syncer()
+                .gauge(host, crate::sync::metrics::MEMORY, linear_memory_bytes());
         });
     }
 
@@ -326,7 +325,7 @@ impl Replies {
         if let Err(status) = raw::send_local_response(deny.status(), headers, body.as_bytes()) {
             log(
                 LogLevel::Error,
-                &format!("keygate: the local reply was refused (status {status})"),
+                &format!("the local reply was refused (status {status})"),
             );
         }
     }
@@ -363,12 +362,12 @@ impl HttpContext for KeygateHttp {
                             Some(value),
                         );
                     }
-                    if let Some(name) = a.strip_cookie {
+                    if !a.strip_cookies.is_empty() {
                         let cookies = as_sent.values(&req.headers, "cookie");
                         let _ = hostcalls::set_map_value_bytes(
                             proxy_wasm::types::MapType::HttpRequestHeaders,
                             "cookie",
-                            decision::cookies_without(cookies, name).as_deref(),
+                            decision::cookies_without(cookies, &a.strip_cookies).as_deref(),
                         );
                     }
                     for (name, value) in a.identity.iter().flat_map(decision::Identity::headers) {

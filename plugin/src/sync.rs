@@ -27,8 +27,19 @@ use crate::host::{Host, HttpCall, HttpResponse, LogLevel, SharedDataError};
 
 /// Longest delta chain kept in shared data before the leader publishes a fresh snapshot.
 pub const MAX_CHAIN: usize = 32;
-/// Longest backoff after repeated failures, in milliseconds.
-pub const MAX_BACKOFF_MS: u64 = 30_000;
+/// Longest backoff after repeated failures, in milliseconds: after an outage of any length the
+/// leader tries again within this (±20 %) of the control plane's return, so the set is fresh
+/// (and revocations made meanwhile enforced) seconds after it, not half a minute. One failed
+/// connection attempt per proxy every few seconds costs a control plane nothing.
+pub const MAX_BACKOFF_MS: u64 = 4_000;
+
+/// Shortest time from the start of one key-set call to the start of the next, with long-poll:
+/// an answer that brings changes is followed by the next poll at once, except while changes
+/// arrive faster than this, when they are coalesced. This bounds a proxy's calls to 10 a second
+/// under any churn (a fleet of 1,000 proxies: 10,000, not one per change each), and adds at
+/// most this much to a revocation's way to the edge while keys churn; an isolated change still
+/// arrives in milliseconds (the parked poll answers at once).
+pub const MIN_POLL_GAP_MS: u64 = 100;
 
 /// Why a sync attempt failed (metric `keygate.sync.failure.<code>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,14 +97,25 @@ pub mod metrics {
     pub const SUCCESS: &str = "keygate.sync.success";
     /// Counter: revisions picked up from shared data by following.
     pub const FOLLOWED: &str = "keygate.sync.followed";
-    /// Gauge: revision of this worker's set.
+    /// Gauge: revision of the set (the leader's, for the process; per VM under `keygate.vm.<n>.`).
     pub const REVISION: &str = "keygate.keyset.revision";
-    /// Gauge: keys in this worker's set.
+    /// Gauge: keys in the set (likewise).
     pub const KEYS: &str = "keygate.keyset.keys";
-    /// Gauge: heap bytes of this worker's set.
+    /// Gauge: heap bytes of the set (likewise).
     pub const HEAP_BYTES: &str = "keygate.keyset.heap_bytes";
-    /// Gauge: seconds since the last successful sync this worker's set reflects.
+    /// Gauge: seconds since the last successful sync the set reflects (likewise).
     pub const STALENESS: &str = "keygate.keyset.staleness_seconds";
+    /// Gauge: the VM's linear memory in bytes (likewise).
+    pub const MEMORY: &str = "keygate.wasm.memory_bytes";
+
+    /// The per-VM name of a gauge: `keygate.vm.<index>.<rest>` for `keygate.<rest>`. Envoy
+    /// keeps one value per name for the whole process (every VM writes the same stat), so a
+    /// VM's own value needs its own name; `envoy/envoy.yaml`'s `stats_tags` turn the index
+    /// back into a `keygate_vm` label.
+    pub fn per_vm(index: u32, gauge: &str) -> String {
+        let rest = gauge.strip_prefix("keygate.").unwrap_or(gauge);
+        format!("keygate.vm.{index}.{rest}")
+    }
 }
 
 /// The lease's time to live: long enough to survive a few missed ticks.
@@ -138,6 +160,9 @@ pub struct Syncer {
     next_poll_ms: u64,
     failures: u32,
     force_snapshot: bool,
+    /// This VM's index among the VMs of its process that ever ticked (a counter in shared
+    /// data), for its per-VM gauges; claimed on the first tick.
+    vm_index: Option<u32>,
 }
 
 impl Syncer {
@@ -154,6 +179,7 @@ impl Syncer {
             next_poll_ms: 0,
             failures: 0,
             force_snapshot: false,
+            vm_index: None,
         }
     }
 
@@ -196,9 +222,19 @@ impl Syncer {
     }
 
     /// Timer tick: follow the published head, take or renew the lease, poll when due, update gauges.
+    /// Without an edge key the worker neither leads nor calls: it repeats why once a minute.
     pub fn tick(&mut self, host: &mut impl Host, config: &Config) {
         let now = host.now_ms();
+        self.claim_vm_index(host);
         self.follow(host);
+        if let Some(why) = config.missing_edge_key() {
+            if now >= self.next_poll_ms {
+                host.log(LogLevel::Error, &why);
+                self.next_poll_ms = now + 60_000;
+            }
+            self.report_gauges(host, config, now);
+            return;
+        }
         self.leader = self.acquire_lease(host, config, now);
         if self.leader {
             self.maybe_poll(host, config, now);
@@ -206,14 +242,64 @@ impl Syncer {
         self.report_gauges(host, config, now);
     }
 
+    /// This VM's gauges: under its per-VM names always, under the plain names when it leads
+    /// (the process's view: what its leader fetched).
     fn report_gauges(&self, host: &mut impl Host, _config: &Config, now: u64) {
+        let mut values: [(&str, Option<u64>); 4] = [
+            (metrics::REVISION, None),
+            (metrics::KEYS, None),
+            (metrics::HEAP_BYTES, None),
+            (metrics::STALENESS, None),
+        ];
         if let Some(set) = &self.set {
-            host.gauge_set(metrics::REVISION, set.revision().unwrap_or(0));
-            host.gauge_set(metrics::KEYS, set.len() as u64);
-            host.gauge_set(metrics::HEAP_BYTES, set.heap_bytes() as u64);
+            values[0].1 = Some(set.revision().unwrap_or(0));
+            values[1].1 = Some(set.len() as u64);
+            values[2].1 = Some(set.heap_bytes() as u64);
         }
-        if let Some(at) = self.fresh_at_ms {
-            host.gauge_set(metrics::STALENESS, now.saturating_sub(at) / 1000);
+        values[3].1 = self.fresh_at_ms.map(|at| now.saturating_sub(at) / 1000);
+        for (name, value) in values {
+            if let Some(v) = value {
+                self.gauge(host, name, v);
+            }
+        }
+    }
+
+    /// Sets `name` under this VM's per-VM name, and under the plain name when it leads.
+    pub fn gauge(&self, host: &mut impl Host, name: &str, value: u64) {
+        if let Some(index) = self.vm_index {
+            host.gauge_set(&metrics::per_vm(index, name), value);
+        }
+        if self.leader {
+            host.gauge_set(name, value);
+        }
+    }
+
+    /// Claims this VM's index: the shared counter's value, incremented with compare-and-swap.
+    fn claim_vm_index(&mut self, host: &mut impl Host) {
+        if self.vm_index.is_some() {
+            return;
+        }
+        let key = self.key("vms");
+        for _ in 0..8 {
+            let (value, cas) = host.shared_get(&key);
+            let taken: u32 = value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let next = (taken + 1).to_string();
+            if host.shared_set(&key, next.as_bytes(), cas).is_ok() {
+                if cas.is_some() {
+                    self.vm_index = Some(taken);
+                    return;
+                }
+                // First write of the key is not compare-and-swapped: read back who won.
+                let (v, _) = host.shared_get(&key);
+                if v.as_deref() == Some(next.as_bytes()) {
+                    self.vm_index = Some(taken);
+                    return;
+                }
+            }
         }
     }
 
@@ -254,7 +340,7 @@ impl Syncer {
                     }
                     Err(e) => host.log(
                         LogLevel::Warn,
-                        &format!("keygate: published snapshot did not apply ({e}); will retry"),
+                        &format!("published snapshot did not apply ({e}); will retry"),
                     ),
                 }
             }
@@ -312,10 +398,7 @@ impl Syncer {
             }
             Err(SharedDataError::CasMismatch) => false,
             Err(SharedDataError::Refused) => {
-                host.log(
-                    LogLevel::Warn,
-                    "keygate: shared data refused the lease write",
-                );
+                host.log(LogLevel::Warn, "shared data refused the lease write");
                 false
             }
         }
@@ -342,7 +425,10 @@ impl Syncer {
                 (":method", "GET".to_owned()),
                 (":path", path),
                 (":authority", config.authority.clone()),
-                ("authorization", format!("Bearer {}", config.edge_key)),
+                (
+                    "authorization",
+                    format!("Bearer {}", config.edge_key.as_deref().unwrap_or_default()),
+                ),
                 ("accept", wire::CONTENT_TYPE.to_owned()),
             ],
             body: None,
@@ -384,7 +470,7 @@ impl Syncer {
         host.log(
             LogLevel::Warn,
             &format!(
-                "keygate: key-set sync failed ({}): {detail}; keeping revision {:?}, retry in {} ms",
+                "key-set sync failed ({}): {detail}; keeping revision {:?}, retry in {} ms",
                 why.code(),
                 self.revision(),
                 self.next_poll_ms - now
@@ -419,6 +505,15 @@ impl Syncer {
                 );
             }
             Some(200) => {}
+            Some(503) if is_proxy_unreachable_reply(resp) => {
+                return self.fail(
+                    host,
+                    config,
+                    now,
+                    SyncFailure::Unreachable,
+                    "the proxy could not reach the control plane",
+                );
+            }
             Some(s) => {
                 return self.fail(
                     host,
@@ -488,7 +583,7 @@ impl Syncer {
         self.failures = 0;
         self.fresh_at_ms = Some(now);
         self.next_poll_ms = if config.long_poll_wait_s > 0 {
-            now
+            (self.poll_started_ms + MIN_POLL_GAP_MS).max(now)
         } else {
             (self.poll_started_ms + config.sync_interval_ms).max(now)
         };
@@ -554,7 +649,7 @@ impl Syncer {
         if let Err(e) = host.shared_set(&self.key("head"), &json, cas) {
             host.log(
                 LogLevel::Warn,
-                &format!("keygate: could not publish revision {rev}: {e}"),
+                &format!("could not publish revision {rev}: {e}"),
             );
         }
     }
@@ -578,7 +673,7 @@ impl Syncer {
         if let Err(e) = host.shared_set(&self.key("snap"), bytes, None) {
             host.log(
                 LogLevel::Warn,
-                &format!("keygate: could not publish the snapshot: {e}"),
+                &format!("could not publish the snapshot: {e}"),
             );
             return None;
         }
@@ -593,6 +688,15 @@ impl Syncer {
             chain: Vec::new(),
         })
     }
+}
+
+/// Whether a `503` is the proxy's own answer for a control plane it could not connect to: Envoy
+/// answers a call whose connection was refused or reset, or whose cluster has no healthy host,
+/// with a local `503` whose text body says so (`upstream connect error or disconnect/reset
+/// before headers…`, `no healthy upstream`); the control plane's own 503s are JSON.
+fn is_proxy_unreachable_reply(resp: &HttpResponse) -> bool {
+    let body = resp.body.as_slice();
+    body.starts_with(b"upstream connect error") || body.starts_with(b"no healthy upstream")
 }
 
 fn parse_lease(v: &[u8]) -> Option<(u64, u64)> {

@@ -8,8 +8,9 @@
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-/// Most entries per batch; the rest waits for the next one.
-pub const MAX_BATCH_ENTRIES: usize = 10_000;
+/// Most entries per batch (what the control plane accepts); the rest goes in the next batch,
+/// sent as soon as this one is acknowledged.
+pub const MAX_BATCH_ENTRIES: usize = keygate_protocol::usage::MAX_BATCH_ENTRIES;
 
 /// Uses logged before a request folds them into the per-key counts itself (24 bytes each with a
 /// [`keygate_protocol::KeyId`]). The timer (every 100 ms at most) folds them first unless a
@@ -42,7 +43,9 @@ pub struct UsageBatch {
     pub entries: Vec<UsageEntry>,
 }
 
-/// Per-worker usage accounting.
+/// Per-worker usage accounting. What it holds is bounded while the control plane is away: one
+/// tally per key id (at most the keys that passed, all of them in the key set at the time), one
+/// unacknowledged batch, and the log's [`LOG_CAPACITY`] entries.
 #[derive(Debug)]
 pub struct UsageTracker<K> {
     /// Each allowed request appends here (one write at the end of an array that stays in
@@ -52,8 +55,11 @@ pub struct UsageTracker<K> {
     /// Per-key tallies: a fast hash (the keys are the ids of keys in the set, chosen by the
     /// control plane, not by clients).
     counts: FxHashMap<K, Tally>,
-    pending: Option<UsageBatch>,
+    /// The batch sent and not yet acknowledged, and its keys (in the order of its entries).
+    pending: Option<(UsageBatch, Vec<K>)>,
     in_flight: bool,
+    /// Most entries in the next batch: [`MAX_BATCH_ENTRIES`], halved by each `413`.
+    batch_limit: usize,
     worker: u64,
     seq: u64,
 }
@@ -66,6 +72,7 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
             counts: FxHashMap::default(),
             pending: None,
             in_flight: false,
+            batch_limit: MAX_BATCH_ENTRIES,
             worker,
             seq: 0,
         }
@@ -112,15 +119,10 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
             }
             self.seq += 1;
             let batch_id = format!("{:016x}-{}", self.worker, self.seq);
-            let take: Vec<K> = self
-                .counts
-                .keys()
-                .take(MAX_BATCH_ENTRIES)
-                .copied()
-                .collect();
+            let take: Vec<K> = self.counts.keys().take(self.batch_limit).copied().collect();
             let mut entries = Vec::with_capacity(take.len());
-            for k in take {
-                if let Some(t) = self.counts.remove(&k) {
+            for k in &take {
+                if let Some(t) = self.counts.remove(k) {
                     entries.push(UsageEntry {
                         key_id: k.to_string(),
                         count: t.count,
@@ -128,10 +130,10 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
                     });
                 }
             }
-            self.pending = Some(UsageBatch { batch_id, entries });
+            self.pending = Some((UsageBatch { batch_id, entries }, take));
         }
         self.in_flight = true;
-        self.pending.as_ref()
+        self.pending.as_ref().map(|(b, _)| b)
     }
 
     /// The send finished: `acknowledged` drops the batch, otherwise it is kept for a retry with the same id.
@@ -142,9 +144,43 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
         }
     }
 
+    /// The control plane refused the batch as too large (`413`; it did not apply it): its
+    /// entries go back into the counts and are sent again in batches of half its size, under
+    /// new ids.
+    pub fn split_pending(&mut self) {
+        self.in_flight = false;
+        let Some((batch, keys)) = self.pending.take() else {
+            return;
+        };
+        self.batch_limit = (batch.entries.len() / 2).max(1);
+        for (key, e) in keys.into_iter().zip(batch.entries) {
+            let t = self.counts.entry(key).or_insert(Tally {
+                count: 0,
+                last_used_at: 0,
+            });
+            t.count += e.count;
+            t.last_used_at = t.last_used_at.max(e.last_used_at);
+        }
+    }
+
+    /// The control plane refused the batch for good (a `400`: resending it cannot succeed):
+    /// it is dropped, so that it never blocks the counts after it. Returns the requests it held.
+    pub fn drop_pending(&mut self) -> u64 {
+        self.in_flight = false;
+        self.pending
+            .take()
+            .map_or(0, |(b, _)| b.entries.iter().map(|e| e.count).sum())
+    }
+
+    /// Whether counts are waiting for a batch (or a batch for its acknowledgement).
+    pub fn has_backlog(&mut self) -> bool {
+        self.fold();
+        self.pending.is_some() || !self.counts.is_empty()
+    }
+
     /// The batch awaiting acknowledgement, if any.
     pub fn pending(&self) -> Option<&UsageBatch> {
-        self.pending.as_ref()
+        self.pending.as_ref().map(|(b, _)| b)
     }
 }
 
@@ -266,6 +302,53 @@ mod tests {
         let ia = a.next_batch().unwrap().batch_id.clone();
         let ib = b.next_batch().unwrap().batch_id.clone();
         assert_ne!(ia, ib);
+    }
+
+    #[test]
+    fn a_batch_refused_as_too_large_is_sent_again_in_halves_and_nothing_is_lost() {
+        let mut t = UsageTracker::<u32>::new(1);
+        for k in 0..100u32 {
+            t.record(k, 5);
+            t.record(k, 7);
+        }
+        let first = t.next_batch().unwrap().clone();
+        assert_eq!(first.entries.len(), 100);
+        t.split_pending();
+        t.record(3, 9);
+        let mut acked = Vec::new();
+        while let Some(b) = t.next_batch().cloned() {
+            assert!(b.entries.len() <= 50, "{} entries", b.entries.len());
+            assert_ne!(
+                b.batch_id, first.batch_id,
+                "a refused batch's id is not reused"
+            );
+            t.finish(true);
+            acked.push(b);
+        }
+        assert_eq!(acked.len(), 2);
+        for k in 0..100u32 {
+            let want = if k == 3 { 3 } else { 2 };
+            assert_eq!(total(&acked, &k.to_string()), want, "key {k}");
+        }
+        let e3 = acked
+            .iter()
+            .flat_map(|b| &b.entries)
+            .find(|e| e.key_id == "3")
+            .unwrap();
+        assert_eq!(e3.last_used_at, 9);
+    }
+
+    #[test]
+    fn a_batch_refused_for_good_is_dropped_and_later_counts_go_out() {
+        let mut t = UsageTracker::<u32>::new(1);
+        t.record(1, 5);
+        t.next_batch().unwrap();
+        assert_eq!(t.drop_pending(), 1);
+        assert!(!t.has_backlog());
+        t.record(2, 6);
+        let b = t.next_batch().unwrap();
+        assert_eq!(b.entries.len(), 1);
+        assert_eq!(b.entries[0].key_id, "2");
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub mod metrics {
     pub const USAGE_SENT: &str = "keygate.usage.batches_sent";
     /// Counter: usage batch sends that failed (to be retried).
     pub const USAGE_FAILED: &str = "keygate.usage.batches_failed";
+    /// Counter: usage batches the control plane refused for good (`400`), dropped so that
+    /// they never block later counts.
+    pub const USAGE_DROPPED: &str = "keygate.usage.batches_dropped";
+    /// Counter: requests whose usage was in a dropped batch.
+    pub const USAGE_DROPPED_REQUESTS: &str = "keygate.usage.requests_dropped";
 }
 
 /// A worker's filter state.
@@ -87,16 +92,16 @@ impl Worker {
     }
 
     fn send_usage(&mut self, host: &mut impl Host) {
+        let Some(edge_key) = self.config.edge_key.as_deref() else {
+            return;
+        };
         let Some(batch) = self.usage.next_batch() else {
             return;
         };
         let body = match serde_json::to_vec(batch) {
             Ok(b) => b,
             Err(e) => {
-                host.log(
-                    LogLevel::Error,
-                    &format!("keygate: usage batch did not encode: {e}"),
-                );
+                host.log(LogLevel::Error, &format!("usage batch did not encode: {e}"));
                 self.usage.finish(false);
                 return;
             }
@@ -107,7 +112,7 @@ impl Worker {
                 (":method", "POST".to_owned()),
                 (":path", "/v1/usage".to_owned()),
                 (":authority", self.config.authority.clone()),
-                ("authorization", format!("Bearer {}", self.config.edge_key)),
+                ("authorization", format!("Bearer {edge_key}")),
                 ("content-type", "application/json".to_owned()),
             ],
             body: Some(body),
@@ -116,12 +121,53 @@ impl Worker {
         match host.dispatch(call) {
             Ok(token) => self.usage_token = Some(token),
             Err(e) => {
-                host.log(
-                    LogLevel::Warn,
-                    &format!("keygate: usage report not sent: {e}"),
-                );
+                host.log(LogLevel::Warn, &format!("usage report not sent: {e}"));
                 host.counter_add(metrics::USAGE_FAILED, 1);
                 self.usage.finish(false);
+            }
+        }
+    }
+
+    /// The answer to a usage report. Acknowledged: the next batch goes at once while counts
+    /// are waiting (a backlog drains in one interval, a batch at a time). `413`: the batch is
+    /// split and sent again at once. `400`: dropped, never resent. Anything else (no answer,
+    /// `5xx`, a refused edge key): the same batch, same id, at the next interval.
+    fn on_usage_response(&mut self, host: &mut impl Host, status: Option<u16>) {
+        match status {
+            Some(200..=299) => {
+                self.usage.finish(true);
+                host.counter_add(metrics::USAGE_SENT, 1);
+                if self.usage.has_backlog() {
+                    self.send_usage(host);
+                }
+            }
+            Some(413) => {
+                self.usage.split_pending();
+                host.counter_add(metrics::USAGE_FAILED, 1);
+                host.log(
+                    LogLevel::Warn,
+                    "usage report refused as too large (413); sending it again in smaller batches",
+                );
+                self.send_usage(host);
+            }
+            Some(400) => {
+                let requests = self.usage.drop_pending();
+                host.counter_add(metrics::USAGE_DROPPED, 1);
+                host.counter_add(metrics::USAGE_DROPPED_REQUESTS, requests);
+                host.log(
+                    LogLevel::Error,
+                    &format!(
+                        "usage report refused as invalid (400); dropped it ({requests} requests) so later counts are not blocked"
+                    ),
+                );
+            }
+            _ => {
+                self.usage.finish(false);
+                host.counter_add(metrics::USAGE_FAILED, 1);
+                host.log(
+                    LogLevel::Warn,
+                    &format!("usage report failed (status {status:?}); will retry the same batch"),
+                );
             }
         }
     }
@@ -130,20 +176,7 @@ impl Worker {
     pub fn on_response(&mut self, host: &mut impl Host, token: u32, resp: &HttpResponse) {
         if self.usage_token == Some(token) {
             self.usage_token = None;
-            let ok = resp.status.is_some_and(|s| (200..300).contains(&s));
-            self.usage.finish(ok);
-            if ok {
-                host.counter_add(metrics::USAGE_SENT, 1);
-            } else {
-                host.counter_add(metrics::USAGE_FAILED, 1);
-                host.log(
-                    LogLevel::Warn,
-                    &format!(
-                        "keygate: usage report failed (status {:?}); will retry the same batch",
-                        resp.status
-                    ),
-                );
-            }
+            self.on_usage_response(host, resp.status);
             return;
         }
         self.syncer.on_response(host, &self.config, token, resp);

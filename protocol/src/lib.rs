@@ -11,6 +11,7 @@
 //! - [`wire`]: the versioned binary key-set format (snapshots and deltas); see `FORMAT.md`.
 //! - [`keyset`]: the compact in-memory key set the filter looks keys up in.
 //! - [`swar`]: byte tests eight bytes at a time, shared by the parse, the lookup and the filter.
+//! - [`usage`]: the size bounds of a usage report, shared by the filter and the control plane.
 
 mod digest;
 mod hex;
@@ -19,6 +20,7 @@ pub mod key;
 pub mod keyset;
 pub mod scope;
 pub mod swar;
+pub mod usage;
 pub mod wire;
 
 pub use digest::{Digest, HexError};
