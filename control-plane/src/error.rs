@@ -130,6 +130,26 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// Every route answers an oversize body with the JSON error shape: an extractor that reads the
+/// body without the API's JSON extractor (raw `Bytes`, for instance) answers its
+/// limit with axum's `413 text/plain`; this turns that answer into the API's own.
+pub async fn json_payload_too_large(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return resp;
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        "the request body is larger than this route accepts",
+    )
+    .into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

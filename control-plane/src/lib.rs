@@ -53,7 +53,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{id}/rotate", post(keys::rotate_key))
         .route("/v1/audit", get(keys::list_audit))
         .route("/v1/keyset", get(keyset::get_keyset))
-        .route("/v1/usage", post(keyset::post_usage))
+        // A full usage batch (keygate_protocol::usage) is larger than the general body limit.
+        .route(
+            "/v1/usage",
+            post(keyset::post_usage).layer(DefaultBodyLimit::max(
+                body_limit.max(keygate_protocol::usage::MAX_BODY_BYTES),
+            )),
+        )
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
@@ -64,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .merge(github::routes::router())
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::map_response(error::json_payload_too_large))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_responses,
