@@ -1,0 +1,217 @@
+//! Key-set sync in real Envoy 1.40: start-up, failing closed before the first sync, failing
+//! static through an outage, turning stale, recovering after it, one leader among four workers,
+//! revocation on every worker, and the key-set call rate under churn.
+
+use std::time::{Duration, Instant};
+
+use keygate_e2e::envoy::EnvoyStack;
+use keygate_e2e::stack::{ServeProcess, wait_for};
+use serde_json::json;
+
+const CP_CLUSTER_CALLS: &str = "cluster.keygate_control_plane.upstream_rq_total";
+
+#[test]
+fn the_first_request_passes_within_a_second_of_envoy_being_up() {
+    // The control plane runs and the key exists before Envoy starts, as at a deploy.
+    let stack = EnvoyStack::start(2, json!({}));
+    let listening = Instant::now();
+    let k = stack.create_key(json!({"name": "caller"}));
+    // (The key was issued after Envoy came up, so the filter's first snapshot must hold it:
+    // the bound covers the first sync, not a later poll.)
+    let first = wait_for("the first 200", Duration::from_secs(10), || {
+        let r = stack.get("/hello", Some(&k.secret));
+        if r.status == 200 {
+            Ok(listening.elapsed())
+        } else {
+            Err(format!("{} {}", r.status, r.text))
+        }
+    });
+    assert!(
+        first < Duration::from_secs(1),
+        "first 200 {first:?} after Envoy's listener was up; Envoy log:\n{}",
+        stack.envoy_logs()
+    );
+}
+
+#[test]
+fn before_the_first_sync_keyed_requests_fail_closed_then_pass_once_it_succeeds() {
+    let mut stack = EnvoyStack::start(1, json!({"sync_interval_ms": 200}));
+    let url = stack.control_plane.url();
+    let k = stack.create_key(json!({"name": "caller"}));
+    // Envoy without a control plane from its first moment.
+    stack.stop_envoy();
+    stack.control_plane.kill();
+    stack.start_envoy();
+    for _ in 0..5 {
+        let r = stack.get("/hello", Some(&k.secret));
+        assert_eq!(
+            (r.status, r.code()),
+            (503, "keyset_unavailable"),
+            "{}",
+            r.text
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Anonymous routes do not need the set.
+    assert_eq!(stack.get("/healthz", None).status, 200);
+    stack.control_plane.restart();
+    assert_eq!(stack.control_plane.url(), url);
+    stack.wait_status(
+        "the first sync after the control plane came up",
+        Duration::from_secs(8),
+        "/hello",
+        &k.secret,
+        200,
+    );
+}
+
+#[test]
+fn through_an_outage_the_set_serves_then_turns_stale_then_is_fresh_again_within_seconds() {
+    let mut stack = EnvoyStack::start(
+        1,
+        json!({"max_staleness_s": 3, "long_poll_wait_s": null, "sync_interval_ms": 500}),
+    );
+    let k = stack.create_key(json!({"name": "caller"}));
+    let doomed = stack.create_key(json!({"name": "doomed"}));
+    stack.wait_status(
+        "first sync",
+        Duration::from_secs(10),
+        "/hello",
+        &k.secret,
+        200,
+    );
+    stack.control_plane.kill();
+    // Fail static: the last good set serves while it is younger than max_staleness_s.
+    let r = stack.get("/hello", Some(&k.secret));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Then fail closed.
+    stack.wait_status("stale", Duration::from_secs(10), "/hello", &k.secret, 503);
+    assert_eq!(stack.get("/hello", Some(&k.secret)).code(), "keyset_stale");
+    // A long outage: the backoff grows all the while.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        stack.stat("wasmcustom.keygate.sync.failure.unreachable") >= 3,
+        "a control plane that is down is counted as unreachable: {:?}",
+        stack
+            .envoy()
+            .stats()
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.contains("keygate.sync"))
+            .collect::<Vec<_>>()
+    );
+    stack.control_plane.restart();
+    let back = Instant::now();
+    // A key revoked right after the restart is refused, and the set is fresh, within seconds.
+    stack.key_action(&doomed.id, "revoke");
+    stack.wait_status(
+        "fresh again",
+        Duration::from_secs(6),
+        "/hello",
+        &k.secret,
+        200,
+    );
+    stack.wait_status(
+        "revoked",
+        Duration::from_secs(6),
+        "/hello",
+        &doomed.secret,
+        401,
+    );
+    assert!(
+        back.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        back.elapsed()
+    );
+}
+
+#[test]
+fn four_workers_make_one_call_at_a_time_and_a_revocation_reaches_every_worker() {
+    let stack = EnvoyStack::start(4, json!({}));
+    let k = stack.create_key(json!({"name": "caller"}));
+    stack.wait_status(
+        "first sync",
+        Duration::from_secs(10),
+        "/hello",
+        &k.secret,
+        200,
+    );
+    // One leader long-polls: over two quiet seconds the control plane sees at most a few calls.
+    let before = stack.stat(CP_CLUSTER_CALLS);
+    std::thread::sleep(Duration::from_secs(2));
+    let calls = stack.stat(CP_CLUSTER_CALLS) - before;
+    assert!(calls <= 2, "{calls} key-set calls in 2 quiet seconds");
+    assert_eq!(
+        stack.stat("cluster.keygate_control_plane.upstream_rq_active"),
+        1
+    );
+    stack.key_action(&k.id, "revoke");
+    // Every worker: 24 requests on fresh connections, all refused.
+    stack.wait_status(
+        "revoked everywhere",
+        Duration::from_secs(3),
+        "/hello",
+        &k.secret,
+        401,
+    );
+}
+
+#[test]
+fn a_long_poll_longer_than_the_staleness_bound_is_refused_at_start_with_a_clear_message() {
+    let cp = ServeProcess::start_sqlite(&[]);
+    let stack = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        EnvoyStack::start_with(
+            cp,
+            1,
+            json!({"long_poll_wait_s": 20, "max_staleness_s": 10}),
+        )
+    }));
+    let Err(panic) = stack else {
+        panic!("Envoy started with a long poll that outlasts max_staleness_s");
+    };
+    let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("long_poll_wait_s") && msg.contains("must be less than max_staleness_s"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn under_churn_the_key_set_call_rate_per_proxy_is_bounded() {
+    let stack = EnvoyStack::start(2, json!({}));
+    let k = stack.create_key(json!({"name": "caller"}));
+    stack.wait_status(
+        "first sync",
+        Duration::from_secs(10),
+        "/hello",
+        &k.secret,
+        200,
+    );
+    let before = stack.stat(CP_CLUSTER_CALLS);
+    let started = Instant::now();
+    let issued = stack.create_keys(600, json!({"name": "churn"}));
+    let secs = started.elapsed().as_secs_f64();
+    let calls = stack.stat(CP_CLUSTER_CALLS) - before;
+    let per_sec = calls as f64 / secs;
+    assert!(
+        per_sec <= 11.0,
+        "{calls} key-set calls in {secs:.1} s ({per_sec:.1}/s) while {} keys were issued",
+        issued.len()
+    );
+    // An isolated change after the churn still arrives in milliseconds.
+    std::thread::sleep(Duration::from_millis(500));
+    let revoked = Instant::now();
+    stack.key_action(&issued[0].id, "revoke");
+    stack.wait_status(
+        "revoked",
+        Duration::from_secs(2),
+        "/hello",
+        &issued[0].secret,
+        401,
+    );
+    assert!(
+        revoked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        revoked.elapsed()
+    );
+}
