@@ -22,6 +22,8 @@ on_both_engines!(
     audit_log_records_every_change,
     system_endpoints,
     failed_authentications_are_rate_limited,
+    every_route_answers_an_oversize_body_with_the_json_error,
+    a_full_usage_batch_fits_what_the_usage_route_accepts,
 );
 
 async fn audit_count(s: &Server) -> usize {
@@ -989,4 +991,78 @@ impl ReadyCheck for Server {
         let (st, _) = self.call(None, Method::GET, "/healthz", None).await;
         assert_eq!(st, StatusCode::OK);
     }
+}
+
+async fn every_route_answers_an_oversize_body_with_the_json_error(e: Engine) {
+    let s = Server::start(e).await;
+    let (_, rec) = s.create(json!({"name": "target"})).await;
+    let id = rec["id"].as_str().unwrap().to_owned();
+    // Over the general limit (64 KiB) and over the usage route's own.
+    let big = format!(
+        "{{\"name\":\"{}\"}}",
+        "x".repeat(keygate_protocol::usage::MAX_BODY_BYTES + 1)
+    );
+    let routes = [
+        (Method::POST, "/v1/keys".to_owned()),
+        (Method::POST, "/v1/keys/verify".to_owned()),
+        (Method::PATCH, format!("/v1/keys/{id}")),
+        (Method::POST, format!("/v1/keys/{id}/suspend")),
+        (Method::POST, format!("/v1/keys/{id}/rotate")),
+        (Method::POST, "/v1/usage".to_owned()),
+        (Method::POST, "/api/github/tokens".to_owned()),
+        (Method::POST, "/v1/github/tokens".to_owned()),
+        (Method::POST, "/v1/repositories".to_owned()),
+    ];
+    for (method, path) in routes {
+        let resp = s
+            .http
+            .request(method.clone(), s.url(&path))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        let st = resp.status();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: {st} {ct:?} is not JSON: {text}"));
+        assert_error(st, &v, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+        assert_eq!(ct.as_deref(), Some("application/json"), "{method} {path}");
+    }
+    // Nothing changed.
+    let (st, v) = s.admin(Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["status"], "active");
+}
+
+async fn a_full_usage_batch_fits_what_the_usage_route_accepts(e: Engine) {
+    let s = Server::start(e).await;
+    let (edge, _) = s.create(json!({"name": "edge", "kind": "edge"})).await;
+    let (_, rec) = s.create(json!({"name": "used"})).await;
+    let id = rec["id"].as_str().unwrap().to_owned();
+    // The largest batch the contract allows: every entry at its largest accepted values.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let entries: Vec<Value> = (0..keygate_protocol::usage::MAX_BATCH_ENTRIES)
+        .map(|_| json!({"key_id": id, "count": 1_000_000_000u64, "last_used_at": now}))
+        .collect();
+    let body = json!({"batch_id": "b".repeat(128), "entries": entries});
+    let text = body.to_string();
+    assert!(
+        text.len() > 64 * 1024,
+        "the batch is over the general limit"
+    );
+    assert!(text.len() <= keygate_protocol::usage::MAX_BODY_BYTES);
+    let (st, v) = s
+        .call(Some(&edge), Method::POST, "/v1/usage", Some(body))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["applied"], true);
 }
