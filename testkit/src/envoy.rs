@@ -209,6 +209,9 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
+            // Envoy writes its log file every 10 s by default; tests read it as it goes.
+            .arg("--file-flush-interval-msec")
+            .arg("50")
             .arg("--log-level")
             .arg("info");
         if let Some(levels) = &options.component_log_level {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use keygate_e2e::{ControlPlane, plugin};
 use keygate_gateway::{Gateway, GatewayConfig, PluginSettings};
-use keygate_host_harness::{Cluster, Harness, HarnessError};
+use keygate_host_harness::{Cluster, Harness};
 
 fn envoy_settings() -> PluginSettings {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml");
@@ -30,16 +30,32 @@ fn envoy_yaml_names_the_vm_and_passes_the_edge_key_by_environment() {
 }
 
 #[test]
-fn envoy_yaml_configuration_is_refused_without_the_edge_key_in_the_environment() {
+fn without_the_edge_key_in_the_environment_the_filter_configures_fails_closed_and_says_why() {
+    // Accepted, so that `envoy --mode validate` (which has no secrets) and a start without the
+    // variable do not fail on it; but the filter never calls the control plane, every keyed
+    // request fails closed, and the log names the variable.
     let settings = envoy_settings();
-    let result = Harness::builder_shared(plugin())
+    let mut h = Harness::builder_shared(plugin())
         .plugin_configuration(settings.configuration.clone())
         .cluster("keygate_control_plane", Cluster::http("http://127.0.0.1:9"))
-        .build();
+        .build()
+        .unwrap_or_else(|e| panic!("configure: {e}"));
+    h.advance(Duration::from_secs(3));
+    assert!(h.callouts().is_empty(), "{:?}", h.callouts());
+    let key = keygate_protocol::key::generate("kg_live").unwrap_or_else(|e| panic!("{e}"));
+    let o = h
+        .run_request(
+            keygate_host_harness::Request::get("/x").header("x-api-key", key.expose_secret()),
+        )
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    let lr = o.local_response.unwrap_or_else(|| panic!("no local reply"));
+    assert_eq!(lr.status, 503);
+    let errors = h.logs_at(keygate_host_harness::LogLevel::Error);
     assert!(
-        matches!(result, Err(HarnessError::ConfigureFailed)),
-        "expected a failed configure, got {:?}",
-        result.err()
+        errors
+            .iter()
+            .any(|m| m.contains("\"KEYGATE_EDGE_KEY\"") && m.contains("host_env_keys")),
+        "{errors:?}"
     );
 }
 
