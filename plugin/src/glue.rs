@@ -253,6 +253,7 @@ impl RootContext for KeygateRoot {
             m.define_decisions();
         }
         *self.state.worker.borrow_mut() = Some(Worker::new(config, self.id, now_ms()));
+        self.with_worker(|w, host| w.on_configure(host));
         let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
         log(LogLevel::Info, &format!("configured (tick {tick} ms)"));
         // No work here beyond configuring: Envoy configures a throw-away copy of the VM first
@@ -272,6 +273,7 @@ impl RootContext for KeygateRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        self.with_worker(|w, host| w.on_request(host));
         Some(Box::new(KeygateHttp {
             state: Rc::clone(&self.state),
         }))

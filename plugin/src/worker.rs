@@ -63,6 +63,18 @@ impl Worker {
         &self.usage
     }
 
+    /// Called once when the VM is configured (see [`Syncer::on_configure`]).
+    pub fn on_configure(&mut self, host: &mut impl Host) {
+        self.syncer.on_configure(host);
+    }
+
+    /// A request arrives (before [`Worker::decide`]): an idle VM catches up first.
+    pub fn on_request(&mut self, host: &mut impl Host) {
+        if self.syncer.is_idle() {
+            self.syncer.wake(host);
+        }
+    }
+
     /// Decides one request at `now_ms`.
     pub fn decide<'a>(&'a self, req: &Request<'a>, now_ms: u64) -> Decision<'a> {
         decide(

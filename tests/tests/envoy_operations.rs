@@ -61,6 +61,8 @@ fn prometheus_gets_the_documented_names_labels_and_one_gauge_per_vm() {
     let per_vm = wait_per_vm(&stack, "keygate_keyset_keys{keygate_vm=");
     let full = per_vm.values().filter(|v| **v == 3.0).count();
     assert!(full >= 2, "per-VM key counts: {per_vm:?}");
+    // Only the two workers' VMs hold a set: not the main thread's (nor the canary's).
+    assert_eq!(per_vm.len(), 2, "VMs holding a key set: {per_vm:?}");
     let revisions = samples(&text, "keygate_keyset_revision{keygate_vm=");
     assert!(!revisions.is_empty(), "{text}");
     let memory = samples(&text, "keygate_wasm_memory_bytes{keygate_vm=");
@@ -92,7 +94,15 @@ fn log_lines_carry_one_prefix_and_a_down_control_plane_is_unreachable() {
         if n >= 1 { Ok(()) } else { Err(format!("{n}")) }
     });
     assert_eq!(stack.stat("wasmcustom.keygate.sync.failure.status"), 0);
-    let logs = stack.envoy_logs();
+    // (Envoy writes its log file every 50 ms here.)
+    let logs = keygate_e2e::stack::wait_for("the failure logged", Duration::from_secs(5), || {
+        let logs = stack.envoy_logs();
+        if logs.contains("key-set sync failed (unreachable)") {
+            Ok(logs)
+        } else {
+            Err("not yet".to_owned())
+        }
+    });
     let ours: Vec<&str> = logs.lines().filter(|l| l.contains("wasm log")).collect();
     assert!(
         ours.iter().any(|l| l.contains("configured (tick")),
