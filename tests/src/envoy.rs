@@ -4,9 +4,9 @@
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
-use std::path::Path;
 use std::time::Duration;
 
+use keygate_gateway::envoy_bootstrap;
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use reqwest::Method;
@@ -23,79 +23,30 @@ pub const EDGE_KEY_ENV: &str = "KEYGATE_EDGE_KEY";
 
 /// `envoy/envoy.yaml` as a JSON value.
 pub fn envoy_yaml() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The Wasm filter's `config` inside a bootstrap.
-fn wasm_config(bootstrap: &mut Value) -> &mut Value {
-    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["http_filters"]
-        .as_array_mut()
-        .unwrap_or_else(|| panic!("envoy.yaml: no http_filters on the first listener"));
-    let wasm = filters
-        .iter_mut()
-        .find(|f| f["name"] == "keygate")
-        .unwrap_or_else(|| panic!("envoy.yaml: no `keygate` HTTP filter"));
-    &mut wasm["typed_config"]["config"]
+    envoy_bootstrap::parse(envoy_bootstrap::ENVOY_YAML)
+        .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}"))
 }
 
 /// The plugin configuration (the JSON in `configuration.value`) of a bootstrap.
 pub fn plugin_configuration(bootstrap: &Value) -> Value {
-    let mut b = bootstrap.clone();
-    let text = wasm_config(&mut b)["configuration"]["value"]
-        .as_str()
-        .unwrap_or_else(|| panic!("envoy.yaml: configuration.value is not a string"))
-        .to_owned();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("plugin configuration: {e}"))
-}
-
-fn set_endpoint(bootstrap: &mut Value, cluster: &str, addr: &str) {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .unwrap_or_else(|| panic!("address {addr} has no port"));
-    let port: u64 = port
-        .parse()
-        .unwrap_or_else(|e| panic!("address {addr}: {e}"));
-    let clusters = bootstrap["static_resources"]["clusters"]
-        .as_array_mut()
-        .unwrap_or_else(|| panic!("envoy.yaml: no clusters"));
-    let c = clusters
-        .iter_mut()
-        .find(|c| c["name"] == cluster)
-        .unwrap_or_else(|| panic!("envoy.yaml: no cluster {cluster}"));
-    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] =
-        json!({"address": host, "port_value": port});
+    envoy_bootstrap::plugin_configuration(bootstrap)
+        .unwrap_or_else(|e| panic!("plugin configuration: {e}"))
 }
 
 /// `envoy/envoy.yaml` for this machine: listener and admin on loopback port 0, the control-plane
 /// cluster at `control_plane` (`host:port`), the upstream at `upstream`, the filter module from
 /// this build, and the plugin configuration's `authority` set to the control plane, with
 /// `overrides` (a JSON object) merged over the configuration (`null` removes a member).
+/// Built by [`keygate_gateway::envoy_bootstrap`], as the quickstart's.
 pub fn bootstrap(control_plane: &str, upstream: &str, overrides: &Value) -> Value {
-    let mut b = envoy_yaml();
-    b["static_resources"]["listeners"][0]["address"]["socket_address"] =
-        json!({"address": "127.0.0.1", "port_value": 0});
-    b["admin"]["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": 0});
-    set_endpoint(&mut b, "keygate_control_plane", control_plane);
-    set_endpoint(&mut b, "upstream", upstream);
-    let mut configuration = plugin_configuration(&b);
-    configuration["authority"] = json!(control_plane);
-    if let (Some(base), Some(over)) = (configuration.as_object_mut(), overrides.as_object()) {
-        for (k, v) in over {
-            if v.is_null() {
-                base.remove(k);
-            } else {
-                base.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    let config = wasm_config(&mut b);
-    config["vm_config"]["code"]["local"]["filename"] = json!(KEYGATE_PLUGIN_WASM);
-    config["configuration"]["value"] = json!(configuration.to_string());
-    b
+    let addresses = envoy_bootstrap::Addresses {
+        listener: "127.0.0.1:0",
+        admin: "127.0.0.1:0",
+        control_plane,
+        upstream,
+    };
+    envoy_bootstrap::runnable(envoy_yaml(), &addresses, KEYGATE_PLUGIN_WASM, overrides)
+        .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}"))
 }
 
 /// What Envoy answered.
@@ -432,11 +383,10 @@ impl Drop for EnvoyStack {
     }
 }
 
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
+/// Runs the futures as tasks and collects their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
