@@ -11,6 +11,8 @@
 //!   to the client as the filter wrote them.
 //! * The plugin configuration is the one Envoy gets: a file, or the Wasm filter's
 //!   `configuration.value` extracted from an `envoy.yaml` ([`PluginSettings::from_envoy_yaml`]).
+//! * [`envoy_bootstrap`] turns `envoy/envoy.yaml` into a bootstrap a real Envoy runs here (the
+//!   quickstart's and the end-to-end tests').
 //!
 //! Limits (by design, for a development host): the filter sees the request headers only
 //! (`end_of_stream` is true on them; body and response callbacks see nothing of the real
@@ -19,6 +21,7 @@
 //! worker thread.
 
 mod echo;
+pub mod envoy_bootstrap;
 mod error;
 mod proxy;
 mod settings;

@@ -1,0 +1,271 @@
+//! Runnable Envoy bootstraps made from `envoy/envoy.yaml`: the listener, admin and cluster
+//! addresses, the filter module's path and the plugin configuration's `authority` substituted,
+//! chosen plugin settings merged over the configuration, everything else exactly as deployed.
+//!
+//! Pure (text and values in, a value out): the quickstart (`keygate-quickstart`) and the
+//! end-to-end tests (`keygate_e2e::envoy`) both build their bootstraps here, so what the tests
+//! run is what the quickstart runs. The edge key is never written into a bootstrap: Envoy's
+//! process environment carries it ([`EDGE_KEY_ENV`], listed in `host_env_keys`).
+
+use serde_json::{Value, json};
+
+use crate::GatewayError;
+
+/// `envoy/envoy.yaml`, as built into this crate.
+pub const ENVOY_YAML: &str = include_str!("../../envoy/envoy.yaml");
+
+/// The listener of `envoy/envoy.yaml` that runs the filter.
+pub const LISTENER: &str = "ingress";
+
+/// The name of the Keygate HTTP filter in `envoy/envoy.yaml`.
+pub const FILTER: &str = "keygate";
+
+/// The cluster the filter syncs from (the plugin configuration's `cluster`).
+pub const CONTROL_PLANE_CLUSTER: &str = "keygate_control_plane";
+
+/// The cluster the router sends allowed requests to.
+pub const UPSTREAM_CLUSTER: &str = "upstream";
+
+/// The process environment variable `envoy/envoy.yaml` passes into the VM with the edge key.
+pub const EDGE_KEY_ENV: &str = "KEYGATE_EDGE_KEY";
+
+/// Where things are, each as `host:port` (`[v6]:port` for IPv6; port 0 lets Envoy pick one for
+/// the listener and the admin interface).
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses<'a> {
+    /// The `ingress` listener.
+    pub listener: &'a str,
+    /// The admin interface.
+    pub admin: &'a str,
+    /// The control plane: the `keygate_control_plane` cluster's endpoint and the plugin
+    /// configuration's `authority`.
+    pub control_plane: &'a str,
+    /// The `upstream` cluster's endpoint.
+    pub upstream: &'a str,
+}
+
+/// An Envoy bootstrap (YAML or JSON text) as a JSON value.
+///
+/// # Errors
+/// [`GatewayError::EnvoyConfig`] when the text is not YAML.
+pub fn parse(yaml: &str) -> Result<Value, GatewayError> {
+    serde_norway::from_str(yaml).map_err(|e| GatewayError::EnvoyConfig(format!("not YAML: {e}")))
+}
+
+/// The Keygate filter's Wasm `config` (the `typed_config.config` of the HTTP filter named
+/// [`FILTER`] on the first listener's first filter chain).
+///
+/// # Errors
+/// [`GatewayError::EnvoyConfig`] when the bootstrap has no such filter.
+pub fn wasm_config_mut(bootstrap: &mut Value) -> Result<&mut Value, GatewayError> {
+    bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"]
+        .as_array_mut()
+        .ok_or_else(|| config_error("no http_filters on the first listener"))?
+        .iter_mut()
+        .find(|f| f["name"] == FILTER)
+        .map(|f| &mut f["typed_config"]["config"])
+        .ok_or_else(|| config_error(&format!("no `{FILTER}` HTTP filter")))
+}
+
+/// The plugin configuration (the JSON text in `configuration.value`) of a bootstrap, parsed.
+///
+/// # Errors
+/// [`GatewayError::EnvoyConfig`] when there is no Keygate filter or its configuration is not a
+/// JSON string.
+pub fn plugin_configuration(bootstrap: &Value) -> Result<Value, GatewayError> {
+    let mut b = bootstrap.clone();
+    let text = wasm_config_mut(&mut b)?["configuration"]["value"]
+        .as_str()
+        .ok_or_else(|| config_error("configuration.value is not a string"))?
+        .to_owned();
+    serde_json::from_str(&text)
+        .map_err(|e| config_error(&format!("the plugin configuration is not JSON: {e}")))
+}
+
+/// A `socket_address` for `addr` (`host:port`).
+///
+/// # Errors
+/// [`GatewayError::EnvoyConfig`] when `addr` has no numeric port.
+pub fn socket_address(addr: &str) -> Result<Value, GatewayError> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| config_error(&format!("address {addr} has no port")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|e| config_error(&format!("address {addr}: {e}")))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Ok(json!({"address": host, "port_value": port}))
+}
+
+/// Points the (first) endpoint of `cluster` at `addr` (`host:port`).
+///
+/// # Errors
+/// [`GatewayError::EnvoyConfig`] when there is no such cluster or `addr` is malformed.
+pub fn set_cluster_endpoint(
+    bootstrap: &mut Value,
+    cluster: &str,
+    addr: &str,
+) -> Result<(), GatewayError> {
+    let address = socket_address(addr)?;
+    let c = bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .ok_or_else(|| config_error("no clusters"))?
+        .iter_mut()
+        .find(|c| c["name"] == cluster)
+        .ok_or_else(|| config_error(&format!("no cluster {cluster}")))?;
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] =
+        address;
+    Ok(())
+}
+
+/// `base` (a parsed bootstrap such as `envoy/envoy.yaml`) made runnable here: the `ingress`
+/// listener and the admin interface at `addresses`, the control-plane and upstream clusters'
+/// endpoints, the filter module read from `wasm_path`, and the plugin configuration with
+/// `authority` set to the control plane and `overrides` (a JSON object) merged over it (`null`
+/// removes a member).
+///
+/// # Errors
+/// [`GatewayError::EnvoyConfig`] when `base` lacks a part that is substituted or an address is
+/// malformed.
+pub fn runnable(
+    mut base: Value,
+    addresses: &Addresses<'_>,
+    wasm_path: &str,
+    overrides: &Value,
+) -> Result<Value, GatewayError> {
+    let listener = base["static_resources"]["listeners"]
+        .as_array_mut()
+        .ok_or_else(|| config_error("no listeners"))?
+        .iter_mut()
+        .find(|l| l["name"] == LISTENER)
+        .ok_or_else(|| config_error(&format!("no listener {LISTENER}")))?;
+    listener["address"]["socket_address"] = socket_address(addresses.listener)?;
+    base["admin"]["address"]["socket_address"] = socket_address(addresses.admin)?;
+    set_cluster_endpoint(&mut base, CONTROL_PLANE_CLUSTER, addresses.control_plane)?;
+    set_cluster_endpoint(&mut base, UPSTREAM_CLUSTER, addresses.upstream)?;
+    let mut configuration = plugin_configuration(&base)?;
+    configuration["authority"] = json!(addresses.control_plane);
+    if let (Some(config), Some(overrides)) = (configuration.as_object_mut(), overrides.as_object())
+    {
+        for (k, v) in overrides {
+            if v.is_null() {
+                config.remove(k);
+            } else {
+                config.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let config = wasm_config_mut(&mut base)?;
+    config["vm_config"]["code"]["local"]["filename"] = json!(wasm_path);
+    config["configuration"]["value"] = json!(configuration.to_string());
+    Ok(base)
+}
+
+/// [`runnable`] on `envoy/envoy.yaml` ([`ENVOY_YAML`]).
+///
+/// # Errors
+/// As [`runnable`].
+pub fn from_envoy_yaml(
+    addresses: &Addresses<'_>,
+    wasm_path: &str,
+    overrides: &Value,
+) -> Result<Value, GatewayError> {
+    runnable(parse(ENVOY_YAML)?, addresses, wasm_path, overrides)
+}
+
+fn config_error(what: &str) -> GatewayError {
+    GatewayError::EnvoyConfig(what.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: Addresses<'static> = Addresses {
+        listener: "127.0.0.1:0",
+        admin: "127.0.0.1:0",
+        control_plane: "127.0.0.1:8080",
+        upstream: "[::1]:8081",
+    };
+
+    #[test]
+    fn substitutes_addresses_module_and_authority_and_keeps_the_rest() {
+        let base = parse(ENVOY_YAML).expect("envoy.yaml parses");
+        let b = runnable(
+            base.clone(),
+            &HERE,
+            "/tmp/k.wasm",
+            &json!({"sync_interval_ms": 500, "max_staleness_s": null}),
+        )
+        .expect("runnable");
+        let l = &b["static_resources"]["listeners"][0];
+        assert_eq!(l["name"], LISTENER);
+        assert_eq!(
+            l["address"]["socket_address"],
+            json!({"address": "127.0.0.1", "port_value": 0})
+        );
+        assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 0);
+        let endpoint = |name: &str| {
+            b["static_resources"]["clusters"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+                .map(|c| {
+                    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                        ["socket_address"]
+                        .clone()
+                })
+                .expect("cluster")
+        };
+        assert_eq!(
+            endpoint(CONTROL_PLANE_CLUSTER),
+            json!({"address": "127.0.0.1", "port_value": 8080})
+        );
+        assert_eq!(
+            endpoint(UPSTREAM_CLUSTER),
+            json!({"address": "::1", "port_value": 8081})
+        );
+        let mut b2 = b.clone();
+        let wasm = wasm_config_mut(&mut b2).expect("filter");
+        assert_eq!(
+            wasm["vm_config"]["code"]["local"]["filename"],
+            "/tmp/k.wasm"
+        );
+        assert_eq!(
+            wasm["vm_config"]["environment_variables"]["host_env_keys"],
+            json!([EDGE_KEY_ENV])
+        );
+        let deployed = plugin_configuration(&base).expect("configuration");
+        let c = plugin_configuration(&b).expect("configuration");
+        assert_eq!(c["authority"], "127.0.0.1:8080");
+        assert_eq!(c["sync_interval_ms"], 500);
+        assert!(c.get("max_staleness_s").is_none());
+        assert_eq!(c["cluster"], CONTROL_PLANE_CLUSTER);
+        assert_eq!(c["routes"], deployed["routes"]);
+        assert!(c.get("edge_key").is_none(), "no secret in a bootstrap");
+        // The rest (filter order, failure policy, HTTP connection manager) is as deployed.
+        assert_eq!(
+            l["filter_chains"][0]["filters"][0]["typed_config"]["normalize_path"],
+            true
+        );
+        assert_eq!(
+            wasm_config_mut(&mut b2).expect("filter")["failure_policy"],
+            "FAIL_RELOAD"
+        );
+    }
+
+    #[test]
+    fn says_what_is_missing() {
+        let err = runnable(json!({"static_resources": {}}), &HERE, "x", &json!({}))
+            .expect_err("no listeners");
+        assert!(err.to_string().contains("no listeners"), "{err}");
+        let err = socket_address("localhost").expect_err("no port");
+        assert!(err.to_string().contains("no port"), "{err}");
+        let mut b = parse(ENVOY_YAML).expect("parses");
+        let err = set_cluster_endpoint(&mut b, "nope", "1.2.3.4:5").expect_err("no cluster");
+        assert!(err.to_string().contains("no cluster nope"), "{err}");
+    }
+}
