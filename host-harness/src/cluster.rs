@@ -264,6 +264,43 @@ fn http_exchange(url: &str, request: &CalloutRequest) -> CalloutResult {
             }
         }
         Err(ureq::Error::Timeout(_)) => CalloutResult::Timeout,
+        Err(e) if is_connect_failure(&e) => connect_failure_reply(),
         Err(_) => CalloutResult::Reset,
     }
+}
+
+/// The body of Envoy's answer to a call whose connection could not be made.
+pub const CONNECT_FAILURE_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+
+/// Whether the exchange failed before a connection existed (refused, unreachable).
+fn is_connect_failure(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::ConnectionFailed => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::NetworkUnreachable
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
+    }
+}
+
+/// Envoy answers a call whose connection fails (refused, unreachable) with its router's local
+/// reply, delivered as a normal response (`onSuccess`), not as a failure: `503`,
+/// `content-length`, `content-type: text/plain` and [`CONNECT_FAILURE_BODY`].
+fn connect_failure_reply() -> CalloutResult {
+    CalloutResult::Response(CalloutResponse {
+        headers: vec![
+            (":status".to_owned(), "503".into()),
+            (
+                "content-length".to_owned(),
+                CONNECT_FAILURE_BODY.len().to_string().into(),
+            ),
+            ("content-type".to_owned(), "text/plain".into()),
+        ],
+        body: CONNECT_FAILURE_BODY.as_bytes().to_vec(),
+        trailers: Vec::new(),
+    })
 }

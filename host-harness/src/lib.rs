@@ -53,7 +53,8 @@ mod worker;
 pub use abi::{HeaderMap, HeaderValue, LogLevel, MetricType, Status};
 pub use clock::{Clock, DEFAULT_VIRTUAL_START_NANOS};
 pub use cluster::{
-    CalloutReply, CalloutRequest, CalloutResponse, CalloutResult, Cluster, Handler, TimeoutDelivery,
+    CONNECT_FAILURE_BODY, CalloutReply, CalloutRequest, CalloutResponse, CalloutResult, Cluster,
+    Handler, TimeoutDelivery,
 };
 pub use error::{HarnessError, Result};
 pub use harness::{Harness, HarnessBuilder};

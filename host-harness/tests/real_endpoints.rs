@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use keygate_harness_test_artifacts::SDK_FILTER;
 use keygate_host_harness::{
-    CalloutReply, CalloutResult, Cluster, Disposition, Harness, Plugin, Request,
+    CONNECT_FAILURE_BODY, CalloutReply, CalloutResult, Cluster, Disposition, Harness, Plugin,
+    Request,
 };
 
 /// Serves one connection: records the request head and body, answers `response` (or never
@@ -120,7 +121,9 @@ fn a_silent_real_endpoint_times_out_with_the_call_timeout() {
 }
 
 #[test]
-fn an_unreachable_endpoint_is_a_reset() {
+fn an_unreachable_endpoint_is_answered_with_envoys_503_not_a_reset() {
+    // Envoy 1.40 answers a call whose connection is refused with its router's local reply,
+    // delivered as a response (observed: 3 headers, a 98-byte text body), not as a failure.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -132,11 +135,56 @@ fn an_unreachable_endpoint_is_a_reset() {
         .build()
         .unwrap();
     let out = h.run_request(Request::get("/x")).unwrap();
+    assert_eq!(out.status(), Some(403));
+    let response = out.response.unwrap();
+    assert_eq!(response.header("x-upstream-status"), Some("503"));
+    assert_eq!(response.body, CONNECT_FAILURE_BODY.as_bytes());
+    match &h.callouts()[0].result {
+        Some(CalloutResult::Response(r)) => {
+            let headers: Vec<(&str, &str)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_text()))
+                .collect();
+            assert_eq!(
+                headers,
+                [
+                    (":status", "503"),
+                    ("content-length", "98"),
+                    ("content-type", "text/plain")
+                ]
+            );
+            assert_eq!(r.body, CONNECT_FAILURE_BODY.as_bytes());
+        }
+        other => panic!("expected Envoy's 503, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_connection_closed_before_the_response_is_a_reset() {
+    // A connection that is accepted and then closed without an answer stays a reset.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        drop(stream);
+        line
+    });
+    let mut h = Harness::builder(plugin())
+        .plugin_configuration(b"callout".to_vec())
+        .cluster("auth", Cluster::http(url))
+        .build()
+        .unwrap();
+    let out = h.run_request(Request::get("/x")).unwrap();
+    assert!(server.join().unwrap().starts_with("POST /check"));
     assert_eq!(out.status(), Some(502));
     assert_eq!(
         out.response.unwrap().header("x-call-message"),
         Some("reset")
     );
+    assert_eq!(h.callouts()[0].result, Some(CalloutResult::Reset));
 }
 
 #[test]

@@ -298,17 +298,8 @@ impl EnvoyStack {
         body: Option<Value>,
     ) -> (u16, Value) {
         let url = format!("{}{path}", self.control_plane.url());
-        self.rt.block_on(async {
-            let mut req = self.http.request(method, &url).bearer_auth(token);
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-            let status = resp.status().as_u16();
-            let text = resp.text().await.unwrap_or_default();
-            let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            (status, v)
-        })
+        self.rt
+            .block_on(crate::json_call(&self.http, &url, token, method, body))
     }
 
     /// A call as the admin.

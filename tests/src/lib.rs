@@ -274,21 +274,8 @@ impl ControlPlane {
         body: Option<Value>,
     ) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
-        self.rt.block_on(async {
-            let mut req = self.http.request(method, &url).bearer_auth(token);
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-            let status = resp.status().as_u16();
-            let text = resp.text().await.unwrap_or_default();
-            let v = if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            };
-            (status, v)
-        })
+        self.rt
+            .block_on(json_call(&self.http, &url, token, method, body))
     }
 
     /// A call as the admin.
@@ -331,6 +318,30 @@ impl ControlPlane {
         assert_eq!(st, 200, "show {id}: {v}");
         v
     }
+}
+
+/// A JSON call with a bearer token: `(status, body)`, the body `Null` when empty and a JSON
+/// string when it is not JSON. Panics when the request cannot be sent.
+pub(crate) async fn json_call(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    method: Method,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, v)
 }
 
 pub(crate) fn issued(v: &Value) -> IssuedKey {
