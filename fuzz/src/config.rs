@@ -31,10 +31,15 @@ pub fn to_json(c: &Config) -> Value {
             })
         })
         .collect();
-    json!({
+    // The key itself when there is one (a key read from the environment is written out), else
+    // the environment variable that was missing.
+    let (key_field, key_value) = match (&c.edge_key, &c.edge_key_env) {
+        (Some(k), _) => ("edge_key", k.clone()),
+        (None, env) => ("edge_key_env", env.clone().unwrap_or_default()),
+    };
+    let mut doc = json!({
         "cluster": c.cluster,
         "authority": c.authority,
-        "edge_key": c.edge_key,
         "sync_interval_ms": c.sync_interval_ms,
         "long_poll_wait_s": c.long_poll_wait_s,
         "key_sources": sources,
@@ -51,7 +56,9 @@ pub fn to_json(c: &Config) -> Value {
         "usage_report_interval_ms": c.usage_report_interval_ms,
         "usage_cluster": c.usage_cluster,
         "request_timeout_ms": c.request_timeout_ms,
-    })
+    });
+    doc[key_field] = json!(key_value);
+    doc
 }
 
 fn is_header_name(h: &str) -> bool {
@@ -88,7 +95,13 @@ pub fn check(data: &[u8]) {
 
 fn check_accepted(c: &Config) {
     assert!(!c.cluster.trim().is_empty() && !c.authority.trim().is_empty());
-    assert!(!c.edge_key.is_empty() && c.edge_key.bytes().all(|b| b.is_ascii_graphic()));
+    // An edge key, when the configuration has one (a missing environment variable leaves none),
+    // is printable ASCII without spaces.
+    assert!(
+        c.edge_key
+            .as_deref()
+            .is_none_or(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic()))
+    );
     assert!(c.sync_interval_ms >= 10);
     assert!(c.long_poll_wait_s <= MAX_LONG_POLL_WAIT_S);
     assert!(c.max_staleness_s >= 1);
@@ -145,5 +158,12 @@ fn check_accepted(c: &Config) {
     let text = to_json(c).to_string();
     let again = Config::from_json(text.as_bytes())
         .unwrap_or_else(|e| panic!("a re-serialized accepted config is rejected: {e}\n{text}"));
-    assert_eq!(&again, c, "config → JSON → config is not the identity");
+    let mut expected = c.clone();
+    if expected.edge_key.is_some() {
+        expected.edge_key_env = None;
+    }
+    assert_eq!(
+        again, expected,
+        "config → JSON → config is not the identity"
+    );
 }
