@@ -12,6 +12,7 @@ use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+pub use crate::Reply;
 use crate::stack::{ServeProcess, wait_for};
 use crate::{ADMIN_TOKEN, IssuedKey};
 
@@ -47,45 +48,6 @@ pub fn bootstrap(control_plane: &str, upstream: &str, overrides: &Value) -> Valu
     };
     envoy_bootstrap::runnable(envoy_yaml(), &addresses, KEYGATE_PLUGIN_WASM, overrides)
         .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}"))
-}
-
-/// What Envoy answered.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// Response headers (lowercase names, in order).
-    pub headers: Vec<(String, String)>,
-    /// The body as text.
-    pub text: String,
-    /// The body as JSON (`Value::String` when it is not JSON): the echo's view of the request on
-    /// a pass, the filter's local reply on a denial.
-    pub body: Value,
-}
-
-impl Reply {
-    /// The filter's error code of a local reply (`""` when none).
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or_default()
-    }
-
-    /// A header the upstream received (from the echo), if the request passed.
-    pub fn upstream_header(&self, name: &str) -> Option<&str> {
-        self.body["headers"][name].as_str()
-    }
-
-    /// The path (with query) the upstream received.
-    pub fn upstream_path(&self) -> Option<&str> {
-        self.body["path"].as_str()
-    }
-
-    /// A response header.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 /// A real `keygate serve` process, the echo upstream and Envoy running `envoy/envoy.yaml` with
@@ -234,25 +196,7 @@ impl EnvoyStack {
                 .send()
                 .await
                 .unwrap_or_else(|e| panic!("{url} through Envoy: {e}"));
-            let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            let text = resp.text().await.unwrap_or_default();
-            let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
-            Reply {
-                status,
-                headers,
-                text,
-                body,
-            }
+            Reply::read(resp).await
         })
     }
 

@@ -136,6 +136,68 @@ pub fn keyset_calls(h: &Harness) -> usize {
     keyset_callouts(h).len()
 }
 
+/// What a proxy (Envoy or the gateway) answered.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers (lowercase names, in order).
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub text: String,
+    /// The body as JSON (`Value::String` when it is not JSON): the echo's view of the request on
+    /// a pass, the filter's local reply on a denial.
+    pub body: Value,
+}
+
+impl Reply {
+    /// Reads a response whole.
+    pub async fn read(resp: reqwest::Response) -> Self {
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
+        Self {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
+    /// The filter's error code of a local reply (`""` when none).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    /// A header the upstream received (from the echo), if the request passed.
+    pub fn upstream_header(&self, name: &str) -> Option<&str> {
+        self.body["headers"][name].as_str()
+    }
+
+    /// The path (with query) the upstream received.
+    pub fn upstream_path(&self) -> Option<&str> {
+        self.body["path"].as_str()
+    }
+
+    /// A response header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// A key issued through the API.
 #[derive(Debug, Clone)]
 pub struct IssuedKey {

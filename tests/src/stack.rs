@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use keygate_gateway::{Gateway, GatewayConfig, PluginSettings, RunningGateway};
 use serde_json::{Value, json};
 
-use crate::{ADMIN_TOKEN, ROUTES, plugin};
+use crate::{ADMIN_TOKEN, ROUTES, Reply, plugin};
 
 /// The filter's name for the control-plane cluster in [`GatewayStack`].
 pub const CONTROL_PLANE_CLUSTER: &str = "keygate_control_plane";
@@ -366,30 +366,6 @@ impl Cli {
     }
 }
 
-/// What the gateway answered: the status and the JSON body (the echo upstream's view of the
-/// request on a pass, the filter's local reply on a denial; `Value::String` when not JSON).
-#[derive(Debug, Clone)]
-pub struct GatewayReply {
-    /// HTTP status.
-    pub status: u16,
-    /// The body.
-    pub body: Value,
-    /// The body as text.
-    pub text: String,
-}
-
-impl GatewayReply {
-    /// The filter's error code of a local reply (`""` when none).
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or_default()
-    }
-
-    /// A header the upstream received (from the echo), if the request passed.
-    pub fn upstream_header(&self, name: &str) -> Option<&str> {
-        self.body["headers"][name].as_str()
-    }
-}
-
 /// The development gateway (real filter `.wasm`, N workers, real-time ticks, callouts over real
 /// HTTP) in front of the echo upstream, on its own tokio runtime. The filter gets the edge key
 /// through the VM environment (`edge_key_env`), as in `envoy/envoy.yaml`.
@@ -484,12 +460,12 @@ impl GatewayStack {
     }
 
     /// `GET <path>` through the gateway, with `x-api-key: <key>` when given.
-    pub fn get(&self, path: &str, key: Option<&str>) -> GatewayReply {
+    pub fn get(&self, path: &str, key: Option<&str>) -> Reply {
         self.get_with(path, key.map(|k| ("x-api-key", k.to_owned())))
     }
 
     /// `GET <path>` through the gateway with one extra header.
-    pub fn get_with(&self, path: &str, header: Option<(&str, String)>) -> GatewayReply {
+    pub fn get_with(&self, path: &str, header: Option<(&str, String)>) -> Reply {
         let url = format!("{}{path}", self.url);
         self.rt.block_on(async {
             let mut req = self.http.get(&url);
@@ -500,10 +476,7 @@ impl GatewayStack {
                 .send()
                 .await
                 .unwrap_or_else(|e| panic!("GET {url} through the gateway: {e}"));
-            let status = resp.status().as_u16();
-            let text = resp.text().await.unwrap_or_default();
-            let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
-            GatewayReply { status, body, text }
+            Reply::read(resp).await
         })
     }
 
@@ -517,7 +490,7 @@ impl GatewayStack {
         path: &str,
         key: &str,
         status: u16,
-    ) -> GatewayReply {
+    ) -> Reply {
         wait_for(what, timeout, || {
             let mut last = None;
             for _ in 0..WORKERS {
