@@ -233,6 +233,20 @@ impl EnvoyStack {
         })
     }
 
+    /// Issues a key (`POST /v1/keys` with `body`) and waits until Envoy lets it through on
+    /// `path` on every worker: the filter has synced it.
+    pub fn synced_key(&self, body: Value, path: &str) -> IssuedKey {
+        let k = self.create_key(body);
+        self.wait_status(
+            "the key synced",
+            Duration::from_secs(15),
+            path,
+            &k.secret,
+            200,
+        );
+        k
+    }
+
     /// A JSON call to the control plane with a bearer token: `(status, body)`.
     pub fn call(
         &self,

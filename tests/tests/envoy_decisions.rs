@@ -25,10 +25,12 @@ fn decision_stack() -> EnvoyStack {
     )
 }
 
+/// A key for `/repos/acme/…` (`repo:read`, owner `alice`), synced to every worker.
 fn reader(stack: &EnvoyStack) -> IssuedKey {
-    stack.create_key(json!({
-        "name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"
-    }))
+    stack.synced_key(
+        json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"}),
+        "/repos/acme/x",
+    )
 }
 
 fn denied(r: &Reply, status: u16, code: &str) {
@@ -46,7 +48,7 @@ fn every_row_of_the_decision_table_in_envoy() {
     );
     let revoked = stack.create_key(json!({"name": "gone"}));
     stack.key_action(&revoked.id, "revoke");
-    let ok = stack.wait_status("first sync", SYNC, "/repos/acme/x", &k.secret, 200);
+    let ok = stack.wait_status("synced", SYNC, "/repos/acme/x", &k.secret, 200);
     assert_eq!(ok.upstream_header("x-keygate-key-id"), Some(k.id.as_str()));
     assert_eq!(ok.upstream_header("x-keygate-owner"), Some("alice"));
     assert_eq!(ok.upstream_header("x-keygate-scopes"), Some("repo:read"));
@@ -119,7 +121,6 @@ fn every_row_of_the_decision_table_in_envoy() {
 fn no_key_from_any_source_reaches_the_upstream() {
     let stack = decision_stack();
     let k = reader(&stack);
-    stack.wait_status("first sync", SYNC, "/repos/acme/x", &k.secret, 200);
     let other = keygate_protocol::key::generate("kg_live").unwrap();
     let other = other.expose_secret();
     let bearer = format!("Bearer {other}");
@@ -207,7 +208,6 @@ fn assert_no_key(r: &Reply, keys: &[&str]) {
 fn spoofed_identity_headers_never_reach_the_upstream() {
     let stack = decision_stack();
     let k = reader(&stack);
-    stack.wait_status("first sync", SYNC, "/repos/acme/x", &k.secret, 200);
     let spoof = [
         ("x-keygate-key-id", "key_ffffffffffffffffffffffffffffffff"),
         ("x-keygate-owner", "mallory"),
@@ -234,7 +234,6 @@ fn spoofed_identity_headers_never_reach_the_upstream() {
 fn envoy_normalizes_the_path_before_the_filter_sees_it() {
     let stack = decision_stack();
     let k = reader(&stack);
-    stack.wait_status("first sync", SYNC, "/repos/acme/x", &k.secret, 200);
     // Dot segments are resolved by Envoy (normalize_path): the filter sees /repos/globex/x and
     // checks the allow-list against `globex`.
     let r = stack.get("/repos/acme/../globex/x", Some(&k.secret));

@@ -128,14 +128,7 @@ fn through_an_outage_the_set_serves_then_turns_stale_then_is_fresh_again_within_
 #[test]
 fn four_workers_make_one_call_at_a_time_and_a_revocation_reaches_every_worker() {
     let stack = EnvoyStack::start(4, json!({}));
-    let k = stack.create_key(json!({"name": "caller"}));
-    stack.wait_status(
-        "first sync",
-        Duration::from_secs(10),
-        "/hello",
-        &k.secret,
-        200,
-    );
+    let k = stack.synced_key(json!({"name": "caller"}), "/hello");
     // One leader long-polls: over two quiet seconds the control plane sees at most a few calls.
     let before = stack.stat(CP_CLUSTER_CALLS);
     std::thread::sleep(Duration::from_secs(2));
@@ -179,14 +172,7 @@ fn a_long_poll_longer_than_the_staleness_bound_is_refused_at_start_with_a_clear_
 #[test]
 fn under_churn_the_key_set_call_rate_per_proxy_is_bounded() {
     let stack = EnvoyStack::start(2, json!({}));
-    let k = stack.create_key(json!({"name": "caller"}));
-    stack.wait_status(
-        "first sync",
-        Duration::from_secs(10),
-        "/hello",
-        &k.secret,
-        200,
-    );
+    let k = stack.synced_key(json!({"name": "caller"}), "/hello");
     let before = stack.stat(CP_CLUSTER_CALLS);
     let started = Instant::now();
     let issued = stack.create_keys(600, json!({"name": "churn"}));
