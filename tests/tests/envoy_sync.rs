@@ -172,7 +172,7 @@ fn a_long_poll_longer_than_the_staleness_bound_is_refused_at_start_with_a_clear_
 #[test]
 fn under_churn_the_key_set_call_rate_per_proxy_is_bounded() {
     let stack = EnvoyStack::start(2, json!({}));
-    let k = stack.synced_key(json!({"name": "caller"}), "/hello");
+    stack.synced_key(json!({"name": "caller"}), "/hello");
     let before = stack.stat(CP_CLUSTER_CALLS);
     let started = Instant::now();
     let issued = stack.create_keys(600, json!({"name": "churn"}));
