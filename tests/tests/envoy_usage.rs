@@ -71,7 +71,22 @@ fn every_allowed_request_is_counted_once_across_thousands_of_distinct_keys() {
         &keys[KEYS - 1].secret,
         200,
     );
-    let warmup = usage(&stack);
+    // The requests that found the key synced are counted too: start from the counts once those
+    // are reported (two reads a report interval and more apart agree).
+    let warmup = wait_for(
+        "the warm-up counts reported",
+        Duration::from_secs(30),
+        || {
+            let before = usage(&stack);
+            std::thread::sleep(Duration::from_millis(1500));
+            let after = usage(&stack);
+            if before == after {
+                Ok(after)
+            } else {
+                Err("still changing".to_owned())
+            }
+        },
+    );
     let mut expected: BTreeMap<String, i64> =
         warmup.iter().map(|(id, (n, _))| (id.clone(), *n)).collect();
     // Round one: every key once, every tenth key three times.
