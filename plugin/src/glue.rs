@@ -1,7 +1,7 @@
 //! Thin proxy-wasm glue: root context (configuration, timer, HTTP call answers) and HTTP context
 //! (one decision per request). All logic lives in the pure core behind [`Host`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -151,6 +151,13 @@ struct State {
     worker: RefCell<Option<Worker>>,
     metrics: RefCell<Metrics>,
     replies: RefCell<Replies>,
+    /// The clock as read at the last timer tick (or at configure): requests read this, not
+    /// the host's clock, which is a host call each. A tick comes every 20-100 ms on the same
+    /// thread as the requests, so expiry and staleness are judged at most one tick late.
+    clock_ms: Cell<u64>,
+    /// Decisions since the last tick, per reason: added to Envoy's counters on the tick, one
+    /// host call per reason that occurred instead of one per request.
+    decisions: RefCell<[u64; Reason::ALL.len()]>,
 }
 
 /// The per-worker root context.
@@ -167,8 +174,24 @@ impl KeygateRoot {
                 worker: RefCell::new(None),
                 metrics: RefCell::new(Metrics::default()),
                 replies: RefCell::new(Replies::new()),
+                clock_ms: Cell::new(now_ms()),
+                decisions: RefCell::new([0; Reason::ALL.len()]),
             }),
             id: random_u64(),
+        }
+    }
+
+    /// Adds the decisions counted since the last tick to Envoy's counters.
+    fn flush_decisions(&self) {
+        let mut counts = self.state.decisions.borrow_mut();
+        let metrics = self.state.metrics.borrow();
+        for (reason, count) in Reason::ALL.iter().zip(counts.iter_mut()) {
+            if *count > 0 {
+                if let Some(id) = metrics.decision(*reason) {
+                    let _ = hostcalls::increment_metric(id, *count as i64);
+                }
+                *count = 0;
+            }
         }
     }
 
@@ -252,6 +275,7 @@ impl RootContext for KeygateRoot {
             let mut m = self.state.metrics.borrow_mut();
             m.define_decisions();
         }
+        self.state.clock_ms.set(now_ms());
         *self.state.worker.borrow_mut() = Some(Worker::new(config, self.id, now_ms()));
         self.with_worker(|w, host| w.on_configure(host));
         let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
@@ -264,6 +288,8 @@ impl RootContext for KeygateRoot {
     }
 
     fn on_tick(&mut self) {
+        self.state.clock_ms.set(now_ms());
+        self.flush_decisions();
         self.with_worker(|w, host| {
             w.tick(host);
             // The VM's linear memory: its high-water mark (wasm memory never shrinks).
@@ -339,7 +365,7 @@ impl HttpContext for KeygateHttp {
         let mut raw = raw::header_map(raw::Map::RequestHeaders).unwrap_or_default();
         let (view, as_sent) = pairs::parse_str(&mut raw).unwrap_or_default();
         let req = Request::from_pairs(view);
-        let now = now_ms();
+        let now = self.state.clock_ms.get();
         let (reason, key_id) = {
             let guard = self.state.worker.borrow();
             let Some(worker) = guard.as_ref() else {
@@ -387,8 +413,8 @@ impl HttpContext for KeygateHttp {
                 }
             }
         };
-        if let Some(id) = self.state.metrics.borrow().decision(reason) {
-            let _ = hostcalls::increment_metric(id, 1);
+        if let Some(count) = self.state.decisions.borrow_mut().get_mut(reason.index()) {
+            *count += 1;
         }
         if reason.is_allow() {
             if let Some(w) = self.state.worker.borrow_mut().as_mut() {

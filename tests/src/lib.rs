@@ -119,6 +119,14 @@ pub fn metric(h: &Harness, name: &str) -> u64 {
     h.metric(name).map_or(0, |m| m.value)
 }
 
+/// A decision counter (`keygate.decision.…`) after one timer tick: the filter counts its
+/// decisions in its own memory and adds them to the host's counters on the tick (100 ms is at
+/// least one tick of every configuration).
+pub fn decision_count(h: &mut Harness, name: &str) -> u64 {
+    h.advance(Duration::from_millis(100));
+    metric(h, name)
+}
+
 /// The key-set calls (`GET /v1/keyset…`) the filter has made so far, in order.
 pub fn keyset_callouts(h: &Harness) -> Vec<keygate_host_harness::CalloutRecord> {
     h.callouts()

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use keygate_e2e::{
-    CLUSTER, ControlPlane, IssuedKey, denial, harness_builder, keyset_callouts, keyset_calls,
-    metric,
+    CLUSTER, ControlPlane, IssuedKey, decision_count, denial, harness_builder, keyset_callouts,
+    keyset_calls, metric,
 };
 use keygate_host_harness::{
     Cluster, Disposition, FailurePolicy, Harness, LogLevel, Request, StreamOutcome, TimeoutDelivery,
@@ -768,7 +768,7 @@ fn past_max_staleness_while_misbehaving_the_failure_mode_applies_then_recovers()
         Disposition::Completed,
         "anonymous routes pass"
     );
-    assert!(metric(&s.h, "keygate.decision.deny.keyset_stale") >= 4);
+    assert!(decision_count(&mut s.h, "keygate.decision.deny.keyset_stale") >= 4);
     assert!(metric(&s.h, "keygate.keyset.staleness_seconds") >= 1);
     let unreachable = metric(&s.h, "keygate.sync.failure.unreachable");
     assert!(unreachable >= 1);
@@ -787,7 +787,7 @@ fn past_max_staleness_while_misbehaving_the_failure_mode_applies_then_recovers()
     assert!(metric(&s.h, "keygate.keyset.staleness_seconds") <= 1);
     println!(
         "FIGURE closed: {unreachable} unreachable, {} keyset_stale denials; keys pass again {} ms (virtual) after the server was honest",
-        metric(&s.h, "keygate.decision.deny.keyset_stale"),
+        decision_count(&mut s.h, "keygate.decision.deny.keyset_stale"),
         recovered.as_millis()
     );
 
@@ -820,7 +820,10 @@ fn past_max_staleness_while_misbehaving_the_failure_mode_applies_then_recovers()
         assert_eq!(o.request_header("x-keygate-key-id"), None, "no identity");
         assert_eq!(o.request_header("x-api-key"), None, "credential hidden");
     }
-    assert_eq!(metric(&h, "keygate.decision.allow.fail_open"), 2);
+    assert_eq!(
+        decision_count(&mut h, "keygate.decision.allow.fail_open"),
+        2
+    );
     assert!(metric(&h, "keygate.sync.failure.unreachable") >= 1);
     s.server.set(Fault::Honest);
     let recovered = step_until(
@@ -888,7 +891,10 @@ fn a_trapped_filter_instance_fails_closed_is_rebuilt_and_serves_the_synced_set()
     assert_allowed(&mut s.h, leader, &later.secret, "rebuilt instance");
     assert_unknown(&mut s.h, leader, &s.revoked.secret, "rebuilt instance");
     assert_allowed(&mut s.h, other, &s.stable.secret, "the other worker");
-    assert_eq!(metric(&s.h, "keygate.decision.deny.keyset_unavailable"), 0);
+    assert_eq!(
+        decision_count(&mut s.h, "keygate.decision.deny.keyset_unavailable"),
+        0
+    );
     // Sync goes on: the dead leader's lease lapses, a worker takes it, a revocation lands.
     let calls = keyset_calls(&s.h);
     s.cp.key_action(&later.id, "revoke");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keygate_e2e::{ControlPlane, denial, edge_harness, local_header, metric};
+use keygate_e2e::{ControlPlane, decision_count, denial, edge_harness, local_header, metric};
 use keygate_host_harness::{Disposition, Harness, Request, StreamOutcome};
 use serde_json::json;
 
@@ -92,7 +92,7 @@ fn an_issued_key_passes_with_identity_headers_and_without_its_secret() {
     assert_eq!(o.request_header("x-keygate-owner"), None);
     // The filter holds exactly the control plane's set: the one key (edge keys are not in it).
     assert_eq!(metric(&h, "keygate.keyset.keys"), 1);
-    assert_eq!(metric(&h, "keygate.decision.allow.allowed"), 3);
+    assert_eq!(decision_count(&mut h, "keygate.decision.allow.allowed"), 3);
 }
 
 #[test]
@@ -175,7 +175,10 @@ fn an_expired_key_is_denied_on_the_filter_clock() {
         );
         assert_allowed(&get(&mut h, w, "/repos/acme/x", &forever.secret));
     }
-    assert_eq!(metric(&h, "keygate.decision.deny.expired_key"), 2);
+    assert_eq!(
+        decision_count(&mut h, "keygate.decision.deny.expired_key"),
+        2
+    );
 }
 
 #[test]
@@ -287,6 +290,12 @@ fn scopes_and_allow_lists_give_403_with_their_codes() {
     );
     let o = h.run_request_on(0, Request::get("/repos/acme/x")).unwrap();
     assert_eq!(denial(&o), (401, "missing_key".into()));
-    assert_eq!(metric(&h, "keygate.decision.deny.insufficient_scope"), 2);
-    assert_eq!(metric(&h, "keygate.decision.deny.resource_not_allowed"), 2);
+    assert_eq!(
+        decision_count(&mut h, "keygate.decision.deny.insufficient_scope"),
+        2
+    );
+    assert_eq!(
+        decision_count(&mut h, "keygate.decision.deny.resource_not_allowed"),
+        2
+    );
 }

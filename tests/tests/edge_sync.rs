@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keygate_e2e::{
-    CLUSTER, ControlPlane, denial, edge_harness, eventually, harness_builder, keyset_callouts,
-    keyset_calls, metric,
+    CLUSTER, ControlPlane, decision_count, denial, edge_harness, eventually, harness_builder,
+    keyset_callouts, keyset_calls, metric,
 };
 use keygate_host_harness::{
     CalloutReply, CalloutRequest, CalloutResponse, Cluster, Disposition, Harness, HeaderMap,
@@ -132,7 +132,10 @@ fn failure_mode_open_passes_requests_without_identity_after_max_staleness() {
         None,
         "no identity when failing open"
     );
-    assert_eq!(metric(&h, "keygate.decision.allow.fail_open"), 1);
+    assert_eq!(
+        decision_count(&mut h, "keygate.decision.allow.fail_open"),
+        1
+    );
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

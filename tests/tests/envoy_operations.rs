@@ -33,6 +33,15 @@ fn prometheus_gets_the_documented_names_labels_and_one_gauge_per_vm() {
         200,
     );
     stack.get("/hello", Some("kg_live_not_a_key"));
+    // Decisions reach Envoy's counters on the filter's next tick.
+    keygate_e2e::stack::wait_for(
+        "the decision counted",
+        Duration::from_secs(5),
+        || match stack.stat("wasmcustom.keygate.decision.deny.malformed_key") {
+            0 => Err("not yet".to_owned()),
+            n => Ok(n),
+        },
+    );
     let text = stack
         .envoy()
         .prometheus()

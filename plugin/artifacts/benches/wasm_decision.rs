@@ -142,6 +142,8 @@ fn main() -> anyhow::Result<()> {
         rounds,
         &format!("{n} keys + {overlay} from a delta (in the overlay)"),
     )?;
+    // The filter adds its decisions to the host's counters on its timer tick.
+    h.advance(Duration::from_millis(100));
     let allowed_n = gauge(&h, "keygate.decision.allow.allowed");
     let unknown_n = gauge(&h, "keygate.decision.deny.unknown_key");
     let malformed_n = gauge(&h, "keygate.decision.deny.malformed_key");

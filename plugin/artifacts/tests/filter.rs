@@ -232,6 +232,13 @@ fn metric(h: &Harness, name: &str) -> u64 {
     h.metric(name).map_or(0, |m| m.value)
 }
 
+/// A decision counter after one timer tick: the filter adds its decisions to the host's
+/// counters on the tick (100 ms is at least one tick here).
+fn decision_count(h: &mut Harness, name: &str) -> u64 {
+    h.advance(Duration::from_millis(100));
+    metric(h, name)
+}
+
 /// The module exports exactly the callbacks the filter implements: no request pays a call into
 /// the VM for a callback the SDK would answer with its default.
 #[test]
@@ -266,7 +273,10 @@ fn fails_closed_before_the_first_sync() {
     let o = get(&mut s.h, 0, "/health", None);
     assert_eq!(o.disposition, Disposition::Completed);
     assert!(metric(&s.h, "keygate.sync.failure.unreachable") >= 1);
-    assert_eq!(metric(&s.h, "keygate.decision.deny.keyset_unavailable"), 2);
+    assert_eq!(
+        decision_count(&mut s.h, "keygate.decision.deny.keyset_unavailable"),
+        2
+    );
 }
 
 #[test]
@@ -322,8 +332,14 @@ fn allowed_requests_carry_identity_and_no_secret_and_spoofs_are_stripped() {
         .unwrap();
     assert_eq!(o.disposition, Disposition::Completed);
     assert_eq!(o.request_header("x-keygate-owner"), None);
-    assert_eq!(metric(&s.h, "keygate.decision.allow.allowed"), 3);
-    assert_eq!(metric(&s.h, "keygate.decision.allow.anonymous"), 1);
+    assert_eq!(
+        decision_count(&mut s.h, "keygate.decision.allow.allowed"),
+        3
+    );
+    assert_eq!(
+        decision_count(&mut s.h, "keygate.decision.allow.anonymous"),
+        1
+    );
     assert_eq!(metric(&s.h, "keygate.keyset.keys"), 3);
     assert_eq!(metric(&s.h, "keygate.keyset.revision"), 7);
 }
@@ -365,7 +381,10 @@ fn a_cookie_key_is_stripped_and_the_other_cookies_reach_upstream_byte_for_byte()
     let o = s.h.run_request(r).unwrap();
     assert_eq!(o.disposition, Disposition::Completed, "{o:?}");
     assert!(cookies(&o).is_empty());
-    assert_eq!(metric(&s.h, "keygate.decision.allow.allowed"), 3);
+    assert_eq!(
+        decision_count(&mut s.h, "keygate.decision.allow.allowed"),
+        3
+    );
 }
 
 #[test]
@@ -441,7 +460,7 @@ fn every_deny_has_its_status_code_and_challenge() {
 
     for code in ["missing_key", "malformed_key", "unknown_key", "expired_key"] {
         assert_eq!(
-            metric(&s.h, &format!("keygate.decision.deny.{code}")),
+            decision_count(&mut s.h, &format!("keygate.decision.deny.{code}")),
             1,
             "{code}"
         );
@@ -537,7 +556,10 @@ fn failure_mode_open_lets_requests_through_without_identity_after_max_staleness(
     let o = s.h.run_request_on(0, r).unwrap();
     assert_eq!(o.disposition, Disposition::Completed);
     assert_eq!(o.request_header("x-keygate-owner"), None);
-    assert_eq!(metric(&s.h, "keygate.decision.allow.fail_open"), 1);
+    assert_eq!(
+        decision_count(&mut s.h, "keygate.decision.allow.fail_open"),
+        1
+    );
 }
 
 #[test]
