@@ -33,39 +33,15 @@ use keygate_testkit::bench::{env_usize, key_set, load_average};
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use serde_json::{Value, json};
 
-/// A filter that does nothing: the callbacks Keygate's trimmed module exports, each returning
-/// at once. Its cost over no filter is Envoy's own price of a Wasm filter under V8.
-const NOOP_WAT: &str = r#"(module
+/// A filter in WebAssembly text exporting the callbacks Keygate's trimmed module exports (and a
+/// bump allocator, reset per request), with `imports` and `data` added and `on_request` as the
+/// body of `proxy_on_request_headers` before it continues the request.
+fn filter_wat(imports: &str, data: &str, on_request: &str) -> String {
+    format!(
+        r#"(module
+  {imports}
   (memory (export "memory") 2)
-  (global $heap (mut i32) (i32.const 65536))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
-    (local.get $p))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "proxy_on_delete") (param i32)))"#;
-
-/// The host calls Keygate makes for an allowed request, and nothing else: read the request's
-/// header map (the host calls back into the VM to allocate it), remove the key's header, add the
-/// three identity headers. Its cost over the no-op filter is the floor of Keygate's design in
-/// this runtime: what no trim of the filter's own code can go below.
-const HOST_CALLS_WAT: &str = r#"(module
-  (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
-  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
-  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (data (i32.const 1024) "x-api-key")
-  (data (i32.const 1040) "x-keygate-key-id")
-  (data (i32.const 1060) "key_0123456789abcdef0123456789abcdef")
-  (data (i32.const 1100) "x-keygate-owner")
-  (data (i32.const 1120) "owner-1")
-  (data (i32.const 1130) "x-keygate-scopes")
-  (data (i32.const 1150) "repo:read")
+  {data}
   (global $heap (mut i32) (i32.const 65536))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
@@ -78,13 +54,41 @@ const HOST_CALLS_WAT: &str = r#"(module
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (global.set $heap (i32.const 65536))
-    (drop (call $pairs (i32.const 0) (i32.const 2000) (i32.const 2004)))
+    {on_request}
+    (i32.const 0))
+  (func (export "proxy_on_delete") (param i32)))"#
+    )
+}
+
+/// A filter that does nothing: each callback returns at once. Its cost over no filter is
+/// Envoy's own price of a Wasm filter under V8.
+fn noop_wat() -> String {
+    filter_wat("", "", "")
+}
+
+/// The host calls Keygate makes for an allowed request, and nothing else: read the request's
+/// header map (the host calls back into the VM to allocate it), remove the key's header, add the
+/// three identity headers. Its cost over the no-op filter is the floor of Keygate's design in
+/// this runtime: what no trim of the filter's own code can go below.
+fn host_calls_wat() -> String {
+    filter_wat(
+        r#"(import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 1024) "x-api-key")
+  (data (i32.const 1040) "x-keygate-key-id")
+  (data (i32.const 1060) "key_0123456789abcdef0123456789abcdef")
+  (data (i32.const 1100) "x-keygate-owner")
+  (data (i32.const 1120) "owner-1")
+  (data (i32.const 1130) "x-keygate-scopes")
+  (data (i32.const 1150) "repo:read")"#,
+        r#"(drop (call $pairs (i32.const 0) (i32.const 2000) (i32.const 2004)))
     (drop (call $remove (i32.const 0) (i32.const 1024) (i32.const 9)))
     (drop (call $add (i32.const 0) (i32.const 1040) (i32.const 16) (i32.const 1060) (i32.const 36)))
     (drop (call $add (i32.const 0) (i32.const 1100) (i32.const 15) (i32.const 1120) (i32.const 7)))
-    (drop (call $add (i32.const 0) (i32.const 1130) (i32.const 16) (i32.const 1150) (i32.const 9)))
-    (i32.const 0))
-  (func (export "proxy_on_delete") (param i32)))"#;
+    (drop (call $add (i32.const 0) (i32.const 1130) (i32.const 16) (i32.const 1150) (i32.const 9)))"#,
+    )
+}
 
 /// The wrk script: a GET of `/hello` with a random key of the file given after `--`.
 const WRK_LUA: &str = r#"
@@ -179,9 +183,9 @@ fn main() -> anyhow::Result<()> {
     let lua = dir.path().join("keys.lua");
     std::fs::write(&lua, WRK_LUA)?;
     let noop = dir.path().join("noop.wasm");
-    std::fs::write(&noop, wat::parse_str(NOOP_WAT)?)?;
+    std::fs::write(&noop, wat::parse_str(noop_wat())?)?;
     let host_calls = dir.path().join("host_calls.wasm");
-    std::fs::write(&host_calls, wat::parse_str(HOST_CALLS_WAT)?)?;
+    std::fs::write(&host_calls, wat::parse_str(host_calls_wat())?)?;
     println!(
         "keys: {n} generated in {:.1} s, snapshot {} bytes, {} request keys",
         t.elapsed().as_secs_f64(),
