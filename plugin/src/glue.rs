@@ -299,7 +299,17 @@ impl RootContext for KeygateRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        self.with_worker(|w, host| w.on_request(host));
+        // Only a VM presumed idle (Envoy's main thread's) has work to do here: a plain borrow
+        // keeps the request path free of the host seam's set-up.
+        let idle = self
+            .state
+            .worker
+            .borrow()
+            .as_ref()
+            .is_some_and(|w| w.syncer().is_idle());
+        if idle {
+            self.with_worker(|w, host| w.on_request(host));
+        }
         Some(Box::new(KeygateHttp {
             state: Rc::clone(&self.state),
         }))

@@ -70,9 +70,7 @@ impl Worker {
 
     /// A request arrives (before [`Worker::decide`]): an idle VM catches up first.
     pub fn on_request(&mut self, host: &mut impl Host) {
-        if self.syncer.is_idle() {
-            self.syncer.wake(host);
-        }
+        self.syncer.wake(host);
     }
 
     /// Decides one request at `now_ms`.
