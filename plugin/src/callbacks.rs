@@ -15,6 +15,7 @@ pub const CALLBACKS: &[&str] = &[
     "proxy_on_configure",
     "proxy_on_tick",
     "proxy_on_http_call_response",
+    "proxy_on_queue_ready",
     // a request
     "proxy_on_context_create",
     "proxy_on_request_headers",

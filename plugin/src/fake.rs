@@ -2,7 +2,7 @@
 //! several simulated workers, and a record of calls, logs and metrics.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use crate::host::{DispatchError, Host, HttpCall, LogLevel, SharedDataError};
@@ -53,6 +53,12 @@ pub struct World {
     pub gauges: HashMap<(usize, String), u64>,
     /// When set, dispatch fails.
     pub refuse_dispatch: bool,
+    /// Shared queues by name: the worker that registered it, its token, its items.
+    pub queues: HashMap<String, (usize, u32, VecDeque<Vec<u8>>)>,
+    /// Workers whose queue got an item since the test last delivered `on_queue_ready`, in order.
+    pub queue_ready: Vec<usize>,
+    /// When set, queue registration fails (a host without shared queues).
+    pub refuse_queues: bool,
     rng: u64,
 }
 
@@ -177,5 +183,41 @@ impl Host for FakeHost {
             .borrow_mut()
             .gauges
             .insert((worker, name.to_owned()), value);
+    }
+
+    fn queue_register(&mut self, name: &str) -> Option<u32> {
+        let mut w = self.world.borrow_mut();
+        if w.refuse_queues {
+            return None;
+        }
+        w.next_token += 1;
+        let token = w.next_token;
+        let worker = self.worker;
+        // As in proxy-wasm hosts: registering again takes the queue over, keeping its items.
+        let entry = w
+            .queues
+            .entry(name.to_owned())
+            .or_insert((worker, token, VecDeque::new()));
+        entry.0 = worker;
+        Some(entry.1)
+    }
+
+    fn queue_enqueue(&mut self, name: &str, value: &[u8]) -> bool {
+        let mut w = self.world.borrow_mut();
+        let Some((owner, _, items)) = w.queues.get_mut(name) else {
+            return false;
+        };
+        items.push_back(value.to_vec());
+        let owner = *owner;
+        w.queue_ready.push(owner);
+        true
+    }
+
+    fn queue_drain(&mut self, token: u32) -> usize {
+        let mut w = self.world.borrow_mut();
+        w.queues
+            .values_mut()
+            .find(|(_, t, _)| *t == token)
+            .map_or(0, |(_, _, items)| items.drain(..).count())
     }
 }

@@ -133,6 +133,26 @@ impl Host for ProxyHost<'_> {
             let _ = hostcalls::record_metric(id, value);
         }
     }
+
+    fn queue_register(&mut self, name: &str) -> Option<u32> {
+        hostcalls::register_shared_queue(name).ok()
+    }
+
+    fn queue_enqueue(&mut self, name: &str, value: &[u8]) -> bool {
+        // An empty `vm_id` names this VM's own (Envoy's proxy-wasm host).
+        match hostcalls::resolve_shared_queue("", name) {
+            Ok(Some(token)) => hostcalls::enqueue_shared_queue(token, Some(value)).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn queue_drain(&mut self, token: u32) -> usize {
+        let mut n = 0;
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(token) {
+            n += 1;
+        }
+        n
+    }
 }
 
 fn linear_memory_bytes() -> u64 {
@@ -296,6 +316,12 @@ impl RootContext for KeygateRoot {
             w.syncer()
                 .gauge(host, crate::sync::metrics::MEMORY, linear_memory_bytes());
         });
+    }
+
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        // The leader published a change: follow it now rather than at the next tick.
+        self.state.clock_ms.set(now_ms());
+        self.with_worker(|w, host| w.on_queue_ready(host));
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

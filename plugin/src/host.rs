@@ -87,4 +87,12 @@ pub trait Host {
     fn counter_add(&mut self, name: &str, delta: u64);
     /// Sets a gauge.
     fn gauge_set(&mut self, name: &str, value: u64);
+    /// Registers this VM's shared queue `name` (in its own `vm_id`): whenever a VM enqueues to
+    /// it, the host calls this VM's root context back (`on_queue_ready`) on this VM's thread.
+    /// Its token, `None` if the host refused.
+    fn queue_register(&mut self, name: &str) -> Option<u32>;
+    /// Enqueues `value` to the queue `name` of this VM's `vm_id`; false if no VM registered it.
+    fn queue_enqueue(&mut self, name: &str, value: &[u8]) -> bool;
+    /// Takes every item waiting in the queue `token`; how many there were.
+    fn queue_drain(&mut self, token: u32) -> usize;
 }

@@ -88,6 +88,24 @@ impl Sim {
                 w.tick(h);
             }
         }
+        self.deliver_queue_ready();
+    }
+
+    /// Runs `on_queue_ready` on every live worker whose queue got an item, as the host does
+    /// after the callback that enqueued it.
+    fn deliver_queue_ready(&mut self) {
+        loop {
+            let ready = std::mem::take(&mut self.world.borrow_mut().queue_ready);
+            if ready.is_empty() {
+                return;
+            }
+            for i in ready {
+                if self.alive[i] {
+                    let (w, h) = &mut self.workers[i];
+                    w.on_queue_ready(h);
+                }
+            }
+        }
     }
 
     /// Unanswered calls.
@@ -105,6 +123,7 @@ impl Sim {
         self.answered.insert(call.token);
         let (w, h) = &mut self.workers[call.worker];
         w.on_response(h, call.token, resp);
+        self.deliver_queue_ready();
     }
 
     /// Advances the clock in tick steps, ticking every live worker and answering every new call
@@ -307,6 +326,41 @@ fn deltas_reach_followers_through_the_published_chain() {
         serde_json::from_slice(&world.shared["keygate/cp/head"].0).unwrap();
     assert_eq!((head.rev, head.snap_rev), (15, 10));
     assert_eq!(head.chain, vec![(10, 12), (12, 15)]);
+}
+
+/// Syncs three workers to `s1`, then answers the leader's next poll with `d2` without any tick:
+/// the revisions every worker holds right after that answer.
+fn revisions_right_after_a_change(refuse_queues: bool) -> (Vec<Option<u64>>, u64) {
+    let c = config("");
+    let mut sim = Sim::new(3, &c);
+    sim.world.borrow_mut().refuse_queues = refuse_queues;
+    let (a, b) = keys();
+    let s1 = snapshot(10, &[&a, &b]);
+    let d2 = delta(10, 12, &[], &[&a]);
+    let mut first = true;
+    sim.run(2_000, &mut |_| {
+        std::mem::take(&mut first).then(|| ok(s1.clone()))
+    });
+    assert_eq!(sim.revisions(), vec![Some(10); 3]);
+    let poll = sim.pending();
+    assert_eq!(poll.len(), 1, "one poll in flight: {poll:?}");
+    sim.answer(&poll[0], &ok(d2));
+    let woken = sim.world.borrow().counter(metrics::WOKEN);
+    (sim.revisions(), woken)
+}
+
+#[test]
+fn the_leader_wakes_every_follower_the_moment_it_applies_a_change() {
+    assert_eq!(revisions_right_after_a_change(false), (vec![Some(12); 3], 2));
+}
+
+#[test]
+fn without_shared_queues_followers_still_catch_up_on_their_tick() {
+    let (revisions, woken) = revisions_right_after_a_change(true);
+    assert_eq!(woken, 0);
+    // Only the leader has it until the followers' next tick.
+    assert_eq!(revisions.iter().filter(|r| **r == Some(12)).count(), 1);
+    assert_eq!(revisions.iter().filter(|r| **r == Some(10)).count(), 2);
 }
 
 #[test]

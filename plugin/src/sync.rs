@@ -7,9 +7,17 @@
 //!   a snapshot under `<ns>/snap` (the bytes it received, or its own re-encoding when the delta
 //!   chain gets long), deltas under `<ns>/delta/<target revision>`, and last the small
 //!   `<ns>/head` record `{rev, ok_ms, snap_rev, chain:[[base,target],…]}` naming them.
-//! * **Following.** On every tick each worker reads `head`; if it is behind, it applies the chain
-//!   of deltas starting at its own revision, or else the snapshot and the chain after it.
-//!   `KeySet::apply` is atomic and checks delta bases, so a torn or garbled read changes nothing.
+//! * **Following.** Each worker reads `head` when the leader wakes it and on every tick; if it is
+//!   behind, it applies the chain of deltas starting at its own revision, or else the snapshot
+//!   and the chain after it. `KeySet::apply` is atomic and checks delta bases, so a torn or
+//!   garbled read changes nothing.
+//! * **Wake-up.** Each worker that keeps a set registers the shared queue `<ns>/wake/<vm index>`;
+//!   after publishing, the leader enqueues its revision to every other VM's queue, and the host
+//!   runs that VM's `on_queue_ready` on its own thread at once. A change reaches every worker in
+//!   the time of a callback, not of a tick; the tick remains the fallback (a VM whose queue the
+//!   host refused, a wake-up lost). A VM that dies with its queue registered leaves that queue
+//!   behind: each later publication adds one small item to it until the process restarts (VMs
+//!   die only on a crash, which Envoy does not recover from in place).
 //! * **Staleness.** A worker's set is as fresh as the last successful control-plane answer it
 //!   reflects (`ok_ms` of the head it caught up to). Before any: fail closed. Past
 //!   `max_staleness_s`: the configured failure mode.
@@ -97,6 +105,8 @@ pub mod metrics {
     pub const SUCCESS: &str = "keygate.sync.success";
     /// Counter: revisions picked up from shared data by following.
     pub const FOLLOWED: &str = "keygate.sync.followed";
+    /// Counter: of those, revisions picked up at once because the leader woke the VM.
+    pub const WOKEN: &str = "keygate.sync.woken";
     /// Gauge: revision of the set (the leader's, for the process; per VM under `keygate.vm.<n>.`).
     pub const REVISION: &str = "keygate.keyset.revision";
     /// Gauge: keys in the set (likewise).
@@ -166,6 +176,8 @@ pub struct Syncer {
     /// Presumed Envoy's main-thread VM, which never serves a request: it keeps no key set,
     /// neither follows nor leads, until a request proves otherwise ([`Syncer::wake`]).
     idle: bool,
+    /// The token of this VM's wake-up queue (`<ns>/wake/<vm index>`), once registered.
+    wake_queue: Option<u32>,
 }
 
 impl Syncer {
@@ -184,6 +196,7 @@ impl Syncer {
             force_snapshot: false,
             vm_index: None,
             idle: false,
+            wake_queue: None,
         }
     }
 
@@ -233,6 +246,7 @@ impl Syncer {
         if self.idle {
             return;
         }
+        self.register_wake_queue(host);
         self.follow(host);
         if let Some(why) = config.missing_edge_key() {
             if now >= self.next_poll_ms {
@@ -313,6 +327,51 @@ impl Syncer {
         if self.idle {
             self.idle = false;
             self.follow(host);
+        }
+    }
+
+    /// The leader woke this VM (its queue has items): follow the published head now.
+    pub fn on_queue_ready(&mut self, host: &mut impl Host, config: &Config) {
+        if let Some(token) = self.wake_queue {
+            host.queue_drain(token);
+        }
+        if self.idle {
+            return;
+        }
+        let before = self.revision();
+        self.follow(host);
+        if self.revision() != before {
+            host.counter_add(metrics::WOKEN, 1);
+        }
+        let now = host.now_ms();
+        self.report_gauges(host, config, now);
+    }
+
+    fn wake_queue_name(&self, index: u32) -> String {
+        format!("{}/wake/{index}", self.ns)
+    }
+
+    /// Registers this VM's wake-up queue once it has an index (a VM that keeps a set only).
+    fn register_wake_queue(&mut self, host: &mut impl Host) {
+        if self.wake_queue.is_some() {
+            return;
+        }
+        if let Some(index) = self.vm_index {
+            self.wake_queue = host.queue_register(&self.wake_queue_name(index));
+        }
+    }
+
+    /// Wakes every other VM of the process that registered a wake-up queue, with `revision`.
+    fn wake_followers(&self, host: &mut impl Host, revision: u64) {
+        let (count, _) = host.shared_get(&self.key("vms"));
+        let count: u32 = count
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let message = revision.to_string();
+        for index in (0..count).filter(|&i| Some(i) != self.vm_index) {
+            host.queue_enqueue(&self.wake_queue_name(index), message.as_bytes());
         }
     }
 
@@ -645,6 +704,7 @@ impl Syncer {
     fn publish(&mut self, host: &mut impl Host, now: u64, applied: Option<(Shape, &[u8])>) {
         let Some(rev) = self.revision() else { return };
         let (head, cas) = self.read_head(host);
+        let head_was_absent = head.is_none();
         let old = head.clone().unwrap_or_default();
         let new_head = match applied {
             None => {
@@ -697,6 +757,9 @@ impl Syncer {
                 LogLevel::Warn,
                 &format!("could not publish revision {rev}: {e}"),
             );
+        } else if old.rev != rev || head_was_absent {
+            // The followers need the new revision now; a fresher `ok_ms` can wait for a tick.
+            self.wake_followers(host, rev);
         }
     }
 

@@ -73,6 +73,11 @@ impl Worker {
         self.syncer.wake(host);
     }
 
+    /// The leader woke this VM through its queue (see [`Syncer::on_queue_ready`]).
+    pub fn on_queue_ready(&mut self, host: &mut impl Host) {
+        self.syncer.on_queue_ready(host, &self.config);
+    }
+
     /// Decides one request at `now_ms`.
     pub fn decide<'a>(&'a self, req: &Request<'a>, now_ms: u64) -> Decision<'a> {
         decide(

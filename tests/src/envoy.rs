@@ -40,13 +40,23 @@ pub fn plugin_configuration(bootstrap: &Value) -> Value {
 /// `overrides` (a JSON object) merged over the configuration (`null` removes a member).
 /// Built by [`keygate_gateway::envoy_bootstrap`], as the quickstart's.
 pub fn bootstrap(control_plane: &str, upstream: &str, overrides: &Value) -> Value {
+    bootstrap_with_module(control_plane, upstream, overrides, KEYGATE_PLUGIN_WASM)
+}
+
+/// As [`bootstrap`], with the filter module at `module` (another build, for an A/B).
+pub fn bootstrap_with_module(
+    control_plane: &str,
+    upstream: &str,
+    overrides: &Value,
+    module: &str,
+) -> Value {
     let addresses = envoy_bootstrap::Addresses {
         listener: "127.0.0.1:0",
         admin: "127.0.0.1:0",
         control_plane,
         upstream,
     };
-    envoy_bootstrap::runnable(envoy_yaml(), &addresses, KEYGATE_PLUGIN_WASM, overrides)
+    envoy_bootstrap::runnable(envoy_yaml(), &addresses, module, overrides)
         .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}"))
 }
 
@@ -67,6 +77,8 @@ pub struct EnvoyStack {
     pub configuration: Value,
     options: EnvoyOptions,
     overrides: Value,
+    /// The filter module Envoy loads: this build's, unless [`EnvoyStack::use_module`] chose another.
+    module: String,
     http: reqwest::Client,
 }
 
@@ -125,6 +137,7 @@ impl EnvoyStack {
                 ..EnvoyOptions::default()
             },
             overrides,
+            module: KEYGATE_PLUGIN_WASM.to_owned(),
             http,
         };
         stack.edge_key = stack
@@ -134,12 +147,18 @@ impl EnvoyStack {
         stack
     }
 
+    /// The filter module the next [`EnvoyStack::start_envoy`] loads (another build, for an A/B).
+    pub fn use_module(&mut self, module: &str) {
+        module.clone_into(&mut self.module);
+    }
+
     /// Starts (or starts again, after [`EnvoyStack::stop_envoy`]) Envoy on a fresh bootstrap.
     pub fn start_envoy(&mut self) {
-        let bootstrap = bootstrap(
+        let bootstrap = bootstrap_with_module(
             &self.control_plane.addr().to_string(),
             &self.upstream,
             &self.overrides,
+            &self.module,
         );
         self.configuration = plugin_configuration(&bootstrap);
         let mut options = self.options.clone();

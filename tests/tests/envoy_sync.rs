@@ -1,6 +1,7 @@
 //! Key-set sync in real Envoy 1.40: start-up, failing closed before the first sync, failing
 //! static through an outage, turning stale, recovering after it, one leader among four workers,
-//! revocation on every worker, and the key-set call rate under churn.
+//! revocation on every worker (the leader waking the others through their shared queues), and
+//! the key-set call rate under churn.
 
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,35 @@ fn four_workers_make_one_call_at_a_time_and_a_revocation_reaches_every_worker() 
         "/hello",
         &k.secret,
         401,
+    );
+}
+
+#[test]
+fn the_leader_wakes_every_other_worker_through_its_shared_queue_on_each_change() {
+    let stack = EnvoyStack::start(4, json!({}));
+    let keys: Vec<_> = (0..5)
+        .map(|i| stack.synced_key(json!({"name": format!("woken-{i}")}), "/hello"))
+        .collect();
+    let woken = || stack.stat("wasmcustom.keygate.sync.woken");
+    let before = woken();
+    for k in &keys {
+        stack.key_action(&k.id, "revoke");
+        stack.wait_status(
+            "revoked everywhere",
+            Duration::from_secs(3),
+            "/hello",
+            &k.secret,
+            401,
+        );
+    }
+    // Five changes, three followers each: Envoy ran each follower's `on_queue_ready` on its
+    // own thread. (A follower whose tick happens to fall between the leader's publication and
+    // the wake-up picks the change up there instead, hence not all fifteen.)
+    let after = woken();
+    assert!(
+        after - before >= 10,
+        "followers woken {} times for 5 changes on 3 followers",
+        after - before
     );
 }
 
