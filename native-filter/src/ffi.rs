@@ -1,0 +1,465 @@
+//! Envoy's dynamic-module ABI, the subset this module uses, declared here from the ABI's
+//! specification (`source/extensions/dynamic_modules/abi/abi.h` in Envoy's repository; Envoy
+//! 1.40.0 reports ABI version `v0.2.0`): the event hooks Envoy calls (exported, `no_mangle`)
+//! and the callbacks into Envoy (resolved against the `envoy` executable when it `dlopen`s
+//! this library).
+//!
+//! Envoy resolves every HTTP filter hook when it creates a filter configuration and refuses the
+//! configuration if one is missing, so the hooks this module has no use for (bodies, trailers,
+//! callouts, scheduling, watermarks) are exported as no-ops.
+//!
+//! The crate's only `unsafe`: the FFI calls, the slices over Envoy's buffers (valid for the
+//! duration of the hook that reads them), and the configuration pointer handed to Envoy
+//! (`Box::into_raw` in `config_new`, `Box::from_raw` in `config_destroy`; in between only shared
+//! borrows, from every worker thread: the configuration is immutable and `Sync`).
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, c_char, c_void};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use keygate_plugin::decision::Reason;
+use smallvec::SmallVec;
+
+use crate::shell::{FilterConfig, Stream, Verdict};
+
+/// The ABI version this module was written against (Envoy 1.40.0). A mismatch is only a
+/// warning in Envoy's log.
+const ABI_VERSION: &CStr = c"v0.2.0";
+
+/// `envoy_dynamic_module_type_envoy_buffer` / `…_module_buffer`: bytes owned by Envoy or by the
+/// module, by context.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Buffer {
+    ptr: *const c_char,
+    length: usize,
+}
+
+impl Buffer {
+    const NULL: Buffer = Buffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            ptr: bytes.as_ptr().cast(),
+            length: bytes.len(),
+        }
+    }
+
+    /// The bytes, or none for a null buffer.
+    ///
+    /// # Safety
+    /// `ptr` must point to `length` readable bytes that outlive `'a`.
+    unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.length == 0 {
+            return &[];
+        }
+        // SAFETY: by this function's contract.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.length) }
+    }
+}
+
+/// `envoy_dynamic_module_type_envoy_http_header` / `…_module_http_header`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HttpHeader {
+    key_ptr: *const c_char,
+    key_length: usize,
+    value_ptr: *const c_char,
+    value_length: usize,
+}
+
+impl HttpHeader {
+    const EMPTY: HttpHeader = HttpHeader {
+        key_ptr: std::ptr::null(),
+        key_length: 0,
+        value_ptr: std::ptr::null(),
+        value_length: 0,
+    };
+}
+
+/// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
+const REQUEST_HEADER: u32 = 0;
+/// `…_status_Continue` (every hook's status enum starts with it).
+const CONTINUE: u32 = 0;
+/// `envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration`.
+const STOP_ITERATION: u32 = 1;
+/// `envoy_dynamic_module_type_log_level_Error`.
+const LOG_ERROR: u32 = 4;
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
+
+unsafe extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
+    fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        result_headers: *mut HttpHeader,
+    ) -> bool;
+    /// A null `value` removes the header.
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter_envoy_ptr: *mut c_void,
+        status_code: u32,
+        headers_vector: *const HttpHeader,
+        headers_vector_size: usize,
+        body: Buffer,
+        details: Buffer,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        filter_config_envoy_ptr: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_length: usize,
+        counter_id_ptr: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+}
+
+fn log_error(message: &str) {
+    // SAFETY: the buffer describes `message`, alive for the call; Envoy copies it.
+    unsafe { envoy_dynamic_module_callback_log(LOG_ERROR, Buffer::of(message.as_bytes())) }
+}
+
+/// What Envoy holds for a filter configuration: the shell's configuration and the ids of the
+/// decision counters (`keygate.decision.<outcome>.<code>`, as the proxy-wasm filter's).
+struct Module {
+    filter: FilterConfig,
+    counters: [Option<usize>; Reason::ALL.len()],
+}
+
+/// Every worker thread reads the one `Module` of a configuration at once.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Module>();
+};
+
+/// The [`Stream`] of one request: Envoy's callbacks on its filter.
+struct EnvoyStream<'a> {
+    filter: *mut c_void,
+    counters: &'a [Option<usize>; Reason::ALL.len()],
+}
+
+impl Stream for EnvoyStream<'_> {
+    fn remove_header(&mut self, name: &[u8]) {
+        // SAFETY: `filter` is the live filter of the current hook; the key buffer is alive for
+        // the call (Envoy copies it); a null value asks for a removal.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.filter,
+                REQUEST_HEADER,
+                Buffer::of(name),
+                Buffer::NULL,
+            );
+        }
+    }
+
+    fn set_header(&mut self, name: &[u8], value: &[u8]) {
+        // SAFETY: as above; both buffers are alive for the call and copied by Envoy.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.filter,
+                REQUEST_HEADER,
+                Buffer::of(name),
+                Buffer::of(value),
+            );
+        }
+    }
+
+    fn add_header(&mut self, name: &[u8], value: &[u8]) {
+        // SAFETY: as above.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.filter,
+                REQUEST_HEADER,
+                Buffer::of(name),
+                Buffer::of(value),
+            );
+        }
+    }
+
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let headers: SmallVec<[HttpHeader; 4]> = headers
+            .iter()
+            .map(|(k, v)| HttpHeader {
+                key_ptr: k.as_ptr().cast(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr().cast(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: the header array and every buffer are alive for the call; Envoy copies them
+        // into its local reply. No details (null), as the proxy-wasm filter sends none.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.filter,
+                u32::from(status),
+                headers.as_ptr(),
+                headers.len(),
+                Buffer::of(body),
+                Buffer::NULL,
+            );
+        }
+    }
+
+    fn count(&mut self, reason: Reason) {
+        if let Some(Some(id)) = self.counters.get(reason.index()) {
+            // SAFETY: `id` was defined on the configuration this filter was created from; no
+            // labels (null, 0).
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_increment_counter(
+                    self.filter,
+                    *id,
+                    std::ptr::null(),
+                    0,
+                    1,
+                );
+            }
+        }
+    }
+}
+
+/// Called once, when Envoy loads this library.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    ABI_VERSION.as_ptr()
+}
+
+/// A filter configuration; null refuses it (the reason is in Envoy's log).
+///
+/// # Safety
+/// Envoy's contract: the buffers are valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    filter_config_envoy_ptr: *mut c_void,
+    name: Buffer,
+    config: Buffer,
+) -> *const c_void {
+    // SAFETY: Envoy's buffers are valid for this call, and only read during it.
+    let (name, config) = unsafe { (name.bytes(), config.bytes()) };
+    let filter = match FilterConfig::new(name, config) {
+        Ok(f) => f,
+        Err(e) => {
+            log_error(&e);
+            return std::ptr::null();
+        }
+    };
+    let mut counters = [None; Reason::ALL.len()];
+    if matches!(filter, FilterConfig::Keygate(_)) {
+        for (reason, slot) in Reason::ALL.iter().zip(counters.iter_mut()) {
+            let metric = reason.metric_name();
+            let mut id = 0usize;
+            // SAFETY: the configuration pointer is Envoy's for this call; the name is alive
+            // for the call; no labels; `id` is writable. Counters must be defined here: Envoy
+            // freezes stat creation once this hook returns.
+            let result = unsafe {
+                envoy_dynamic_module_callback_http_filter_config_define_counter(
+                    filter_config_envoy_ptr,
+                    Buffer::of(metric.as_bytes()),
+                    std::ptr::null(),
+                    0,
+                    &mut id,
+                )
+            };
+            if result == METRICS_SUCCESS {
+                *slot = Some(id);
+            } else {
+                log_error(&format!(
+                    "keygate-native-filter: counter {metric} not defined (result {result})"
+                ));
+            }
+        }
+    }
+    Box::into_raw(Box::new(Module { filter, counters }))
+        .cast_const()
+        .cast()
+}
+
+/// The configuration goes: every filter made from it has gone.
+///
+/// # Safety
+/// `config` came from `envoy_dynamic_module_on_http_filter_config_new` and is not used again.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
+    if !config.is_null() {
+        // SAFETY: made by `Box::into_raw` in `config_new`; Envoy destroys it once.
+        drop(unsafe { Box::from_raw(config.cast_mut().cast::<Module>()) });
+    }
+}
+
+/// A stream's filter: no state of its own, so the configuration itself (no allocation).
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: *const c_void,
+    _filter_envoy_ptr: *mut c_void,
+) -> *const c_void {
+    config
+}
+
+/// The request's headers: the whole of Keygate's work.
+///
+/// # Safety
+/// Envoy's contract: `filter_envoy_ptr` is the live filter, `filter_module_ptr` what
+/// `envoy_dynamic_module_on_http_filter_new` returned.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    // SAFETY: the configuration outlives its filters (Envoy destroys it after them); only
+    // shared borrows exist between `config_new` and `config_destroy`.
+    let module = unsafe { &*filter_module_ptr.cast::<Module>() };
+    let keygate = match &module.filter {
+        FilterConfig::Noop => return CONTINUE,
+        FilterConfig::Keygate(k) => k,
+    };
+    // SAFETY: the filter is live for this hook.
+    let count = unsafe {
+        envoy_dynamic_module_callback_http_get_headers_size(filter_envoy_ptr, REQUEST_HEADER)
+    };
+    let mut raw: SmallVec<[HttpHeader; 32]> = SmallVec::from_elem(HttpHeader::EMPTY, count);
+    // SAFETY: `raw` has room for the `count` headers Envoy writes.
+    let ok = unsafe {
+        envoy_dynamic_module_callback_http_get_headers(
+            filter_envoy_ptr,
+            REQUEST_HEADER,
+            raw.as_mut_ptr(),
+        )
+    };
+    if !ok {
+        raw.clear();
+    }
+    let headers: SmallVec<[(&[u8], &[u8]); 32]> = raw
+        .iter()
+        .map(|h| {
+            // SAFETY: Envoy's header map, valid until this hook returns or the map is edited;
+            // the shell copies what it needs before its first edit.
+            unsafe {
+                (
+                    Buffer {
+                        ptr: h.key_ptr,
+                        length: h.key_length,
+                    }
+                    .bytes(),
+                    Buffer {
+                        ptr: h.value_ptr,
+                        length: h.value_length,
+                    }
+                    .bytes(),
+                )
+            }
+        })
+        .collect();
+    let now_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut stream = EnvoyStream {
+        filter: filter_envoy_ptr,
+        counters: &module.counters,
+    };
+    match keygate.on_request_headers(&headers, now_secs, &mut stream) {
+        Verdict::Continue => CONTINUE,
+        Verdict::Stop => STOP_ITERATION,
+    }
+}
+
+/// Defines hooks that only continue (their status enums' `Continue` is 0).
+macro_rules! continue_hooks {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name($(_: $ty),*) -> u32 {
+            CONTINUE
+        }
+    )*};
+}
+
+/// Defines hooks that do nothing.
+macro_rules! no_op_hooks {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name($(_: $ty),*) {}
+    )*};
+}
+
+type Ptr = *const c_void;
+
+continue_hooks! {
+    envoy_dynamic_module_on_http_filter_request_body(e: Ptr, m: Ptr, eos: bool);
+    envoy_dynamic_module_on_http_filter_request_trailers(e: Ptr, m: Ptr);
+    envoy_dynamic_module_on_http_filter_response_headers(e: Ptr, m: Ptr, eos: bool);
+    envoy_dynamic_module_on_http_filter_response_body(e: Ptr, m: Ptr, eos: bool);
+    envoy_dynamic_module_on_http_filter_response_trailers(e: Ptr, m: Ptr);
+}
+
+no_op_hooks! {
+    envoy_dynamic_module_on_http_filter_stream_complete(e: Ptr, m: Ptr);
+    envoy_dynamic_module_on_http_filter_destroy(m: Ptr);
+    envoy_dynamic_module_on_http_filter_http_callout_done(
+        e: Ptr, m: Ptr, id: u64, result: u32, headers: Ptr, n: usize, body: Ptr, chunks: usize);
+    envoy_dynamic_module_on_http_filter_http_stream_headers(
+        e: Ptr, m: Ptr, id: u64, headers: Ptr, n: usize, end: bool);
+    envoy_dynamic_module_on_http_filter_http_stream_data(
+        e: Ptr, m: Ptr, id: u64, data: Ptr, n: usize, end: bool);
+    envoy_dynamic_module_on_http_filter_http_stream_trailers(
+        e: Ptr, m: Ptr, id: u64, trailers: Ptr, n: usize);
+    envoy_dynamic_module_on_http_filter_http_stream_complete(e: Ptr, m: Ptr, id: u64);
+    envoy_dynamic_module_on_http_filter_http_stream_reset(e: Ptr, m: Ptr, id: u64, reason: u32);
+    envoy_dynamic_module_on_http_filter_scheduled(e: Ptr, m: Ptr, id: u64);
+    envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(e: Ptr, m: Ptr);
+    envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(e: Ptr, m: Ptr);
+}
+
+/// Defines proxy-wasm host functions that refuse (`Unimplemented`, 12).
+macro_rules! refused_proxy_wasm_host_functions {
+    ($($name:ident)*) => {$(
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name() -> u32 {
+            12
+        }
+    )*};
+}
+
+// The pure core lives in `keygate-plugin`, which also holds the proxy-wasm glue and so links the
+// proxy-wasm SDK natively. rustc exports every `no_mangle` function of every crate from a
+// `cdylib`, so the SDK's entry points (`proxy_on_*`) come along, with their references to the
+// proxy-wasm host functions, which no native process defines: the dynamic loader would refuse
+// this library for them (Rust calls external functions through the GOT, bound at load time).
+// Defined here, never called (Envoy only calls `envoy_dynamic_module_on_*`). Every import of
+// the SDK's `hostcalls.rs` (proxy-wasm 0.2.5). Splitting the core from the glue (a crate, or
+// the SDK as a wasm-only dependency of the plugin) would remove both.
+refused_proxy_wasm_host_functions! {
+    proxy_add_header_map_value proxy_call_foreign_function proxy_close_stream proxy_continue_stream
+    proxy_define_metric proxy_dequeue_shared_queue proxy_done proxy_enqueue_shared_queue
+    proxy_get_buffer_bytes proxy_get_current_time_nanoseconds proxy_get_header_map_pairs
+    proxy_get_header_map_value proxy_get_log_level proxy_get_metric proxy_get_property
+    proxy_get_shared_data proxy_get_status proxy_grpc_call proxy_grpc_cancel proxy_grpc_close
+    proxy_grpc_send proxy_grpc_stream proxy_http_call proxy_increment_metric proxy_log
+    proxy_record_metric proxy_register_shared_queue proxy_remove_header_map_value
+    proxy_replace_header_map_value proxy_resolve_shared_queue proxy_send_local_response
+    proxy_set_buffer_bytes proxy_set_effective_context proxy_set_header_map_pairs
+    proxy_set_property proxy_set_shared_data proxy_set_tick_period_milliseconds
+}
