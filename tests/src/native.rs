@@ -1,0 +1,173 @@
+//! The Keygate dynamic module (`keygate-native-filter`, the prototype native shell) in real
+//! Envoy 1.40: its HTTP filter entries, a bootstrap with it in the proxy-wasm filter's place,
+//! and Envoy started where it can find the module.
+//!
+//! These are test helpers: on failure they panic with a message that says what went wrong.
+
+use std::path::Path;
+use std::time::Duration;
+
+use keygate_gateway::envoy_bootstrap;
+use keygate_native_filter_artifacts::{MODULE, envoy_env};
+use keygate_testkit::envoy::{Envoy, EnvoyOptions};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::Reply;
+
+/// An HTTP filter entry running the module's filter `filter_name` (`keygate` or `noop`) with
+/// `filter_config` (sent as a `google.protobuf.StringValue`).
+pub fn filter(filter_name: &str, filter_config: &str) -> Value {
+    json!({
+        "name": format!("native_{filter_name}"),
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": MODULE},
+            "filter_name": filter_name,
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": filter_config
+            }
+        }
+    })
+}
+
+/// Keygate's native filter: the proxy-wasm filter's plugin `configuration` (the same JSON) and
+/// the key set read from `snapshot_file` (wire format) when Envoy creates the configuration.
+pub fn keygate_filter(configuration: &Value, snapshot_file: &Path) -> Value {
+    let filter_config = json!({
+        "configuration": configuration,
+        "snapshot_file": snapshot_file.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", snapshot_file.display())),
+    });
+    filter("keygate", &filter_config.to_string())
+}
+
+/// The no-op native filter (the price of a dynamic module in Envoy).
+pub fn noop_filter() -> Value {
+    filter("noop", "")
+}
+
+/// `bootstrap` (one made from `envoy/envoy.yaml`) with `native` in place of the proxy-wasm
+/// Keygate filter.
+pub fn replace_wasm_filter(bootstrap: &Value, native: Value) -> Value {
+    let mut b = bootstrap.clone();
+    let filters = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("no http_filters on the first listener"));
+    let slot = filters
+        .iter_mut()
+        .find(|f| f["name"] == envoy_bootstrap::FILTER)
+        .unwrap_or_else(|| panic!("no `{}` HTTP filter", envoy_bootstrap::FILTER));
+    *slot = native;
+    b
+}
+
+/// Envoy's options with the module's directory as its search path.
+pub fn options(concurrency: usize) -> EnvoyOptions {
+    EnvoyOptions {
+        concurrency,
+        env: vec![envoy_env()],
+        ..EnvoyOptions::default()
+    }
+}
+
+/// Envoy on `bootstrap` with the native module, an echo upstream of its own, and a client.
+pub struct NativeEnvoy {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    stop_echo: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The running Envoy.
+    pub envoy: Envoy,
+    /// `http://127.0.0.1:<port>` of its listener.
+    pub url: String,
+}
+
+impl std::fmt::Debug for NativeEnvoy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeEnvoy")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NativeEnvoy {
+    /// Starts an echo upstream, then Envoy on the bootstrap `make_bootstrap(upstream)` returns
+    /// (`upstream` is the echo's `host:port`), listener `listener`.
+    pub fn start(
+        concurrency: usize,
+        listener: &str,
+        make_bootstrap: impl FnOnce(&str) -> Value,
+    ) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+        let (upstream, stop_echo) = rt.block_on(async {
+            let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("binding the echo upstream: {e}"));
+            let addr = echo
+                .local_addr()
+                .unwrap_or_else(|e| panic!("echo local_addr: {e}"));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(keygate_gateway::serve_echo(echo, async move {
+                let _ = stopped.await;
+            }));
+            (addr.to_string(), stop)
+        });
+        let bootstrap = make_bootstrap(&upstream);
+        let envoy = Envoy::start(&bootstrap.to_string(), &options(concurrency))
+            .unwrap_or_else(|e| panic!("starting Envoy with the native module: {e}"));
+        let addr = envoy
+            .listener_addr(listener)
+            .unwrap_or_else(|e| panic!("Envoy's listener: {e}"));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        Self {
+            rt,
+            http,
+            stop_echo: Some(stop_echo),
+            envoy,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// A request through Envoy with `headers`.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let url = format!("{}{path}", self.url);
+        self.rt.block_on(async {
+            let method = Method::from_bytes(method.as_bytes())
+                .unwrap_or_else(|e| panic!("method {method}: {e}"));
+            let mut req = self.http.request(method, &url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = req
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{url} through Envoy: {e}"));
+            Reply::read(resp).await
+        })
+    }
+
+    /// A counter or gauge of Envoy's (`0` when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.envoy
+            .stat(name)
+            .unwrap_or_else(|e| panic!("Envoy stats: {e}"))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for NativeEnvoy {
+    fn drop(&mut self) {
+        self.envoy.stop();
+        if let Some(tx) = self.stop_echo.take() {
+            let _ = tx.send(());
+        }
+    }
+}
