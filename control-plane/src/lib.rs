@@ -13,6 +13,7 @@ pub mod error;
 pub mod github;
 pub mod index;
 pub mod metrics;
+pub mod mirror;
 pub mod state;
 pub mod store;
 

@@ -131,6 +131,20 @@ pub struct SetEntry {
     pub resources: Vec<String>,
 }
 
+impl SetEntry {
+    /// The entry in the wire format's terms (the sync feed's, and the forward-auth mirror's).
+    pub fn into_wire(self) -> keygate_protocol::wire::KeyEntry {
+        keygate_protocol::wire::KeyEntry {
+            digest: keygate_protocol::Digest::from_bytes(self.digest),
+            key_id: keygate_protocol::KeyId::from_bytes(*self.key_id.as_bytes()),
+            owner: self.owner_id,
+            expires_at: self.expires_at.map(|t| t.max(0) as u64),
+            scopes: self.scopes,
+            resources: self.resources,
+        }
+    }
+}
+
 /// The answer to a key-set read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SetRead {

@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keygate_protocol::wire::{self, Delta, KeyEntry, Snapshot};
-use keygate_protocol::{Digest, KeyId};
+use keygate_protocol::Digest;
+use keygate_protocol::wire::{self, Delta, Snapshot};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -32,17 +32,6 @@ pub struct KeysetQuery {
     pub since: Option<u64>,
     /// Long-poll: wait up to this many seconds (at most 30) for a change.
     pub wait: Option<u64>,
-}
-
-fn entry(e: SetEntry) -> KeyEntry {
-    KeyEntry {
-        digest: Digest::from_bytes(e.digest),
-        key_id: KeyId::from_bytes(*e.key_id.as_bytes()),
-        owner: e.owner_id,
-        expires_at: e.expires_at.map(|t| t.max(0) as u64),
-        scopes: e.scopes,
-        resources: e.resources,
-    }
 }
 
 fn revision_header(resp: &mut Response, revision: u64) {
@@ -120,7 +109,7 @@ pub async fn get_keyset(
         SetRead::Snapshot { revision, entries } => {
             let snap = Snapshot {
                 revision: revision as u64,
-                entries: entries.into_iter().map(entry).collect(),
+                entries: entries.into_iter().map(SetEntry::into_wire).collect(),
             };
             (revision, snap.encode(), KeysetAnswer::Snapshot)
         }
@@ -133,7 +122,7 @@ pub async fn get_keyset(
             let delta = Delta {
                 base_revision: base as u64,
                 revision: revision as u64,
-                upserts: upserts.into_iter().map(entry).collect(),
+                upserts: upserts.into_iter().map(SetEntry::into_wire).collect(),
                 removals: removals.into_iter().map(Digest::from_bytes).collect(),
             };
             (revision, delta.encode(), KeysetAnswer::Delta)
