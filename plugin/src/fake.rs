@@ -41,6 +41,8 @@ pub struct World {
     pub now_ms: u64,
     /// Shared data: value and cas token.
     pub shared: HashMap<String, (Vec<u8>, u32)>,
+    /// Reads of shared data that found a value, by key.
+    pub shared_reads: HashMap<String, u64>,
     next_cas: u32,
     next_token: u32,
     /// Every call dispatched, in order.
@@ -114,8 +116,13 @@ impl Host for FakeHost {
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.world.borrow().shared.get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+        let mut w = self.world.borrow_mut();
+        let found = w.shared.get(key).map(|(v, cas)| (v.clone(), *cas));
+        match found {
+            Some((v, cas)) => {
+                *w.shared_reads.entry(key.to_owned()).or_default() += 1;
+                (Some(v), Some(cas))
+            }
             None => (None, None),
         }
     }

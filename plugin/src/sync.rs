@@ -142,7 +142,8 @@ pub struct Head {
     pub ok_ms: u64,
     /// Revision of the published snapshot.
     pub snap_rev: u64,
-    /// Published deltas after the snapshot, `(base, target)`, in order.
+    /// Published deltas ending at `rev`, `(base, target)`, in order: those after the snapshot,
+    /// and after a compaction also the one delta that led to it.
     pub chain: Vec<(u64, u64)>,
 }
 
@@ -734,6 +735,22 @@ impl Syncer {
                         snap_rev: old.snap_rev,
                         chain,
                     }
+                }
+                Some(base) if head.is_some() && old.rev == base => {
+                    // The chain is full: compact it into a fresh snapshot, but keep this last
+                    // delta, so that the followers one revision behind (all of them, woken on
+                    // every change) catch up by it and never read the snapshot: reading it
+                    // would build a second set beside theirs and grow their wasm memory for good.
+                    let Some(mut h) = self.publish_snapshot(host, &old, None) else {
+                        return;
+                    };
+                    if host
+                        .shared_set(&format!("{}/delta/{}", self.ns, shape.target), bytes, None)
+                        .is_ok()
+                    {
+                        h.chain = vec![(base, shape.target)];
+                    }
+                    h
                 }
                 Some(_) => match self.publish_snapshot(host, &old, None) {
                     Some(h) => h,

@@ -671,10 +671,12 @@ impl KeySet {
     /// first snapshot). Equal contents give the same bytes as [`wire::Snapshot::encode`].
     #[must_use]
     pub fn encode_snapshot(&self) -> Vec<u8> {
+        // Two passes over the records, so that nothing as large as the set is built beside the
+        // message (in wasm, a transient copy grows the VM's memory for good): the first fills
+        // the string and grant tables, the second writes the entries straight into the message.
         let mut tables = Tables::new();
         let mut owner_map = vec![u32::MAX; self.owners.len()];
         let mut grant_map = vec![u32::MAX; self.grants.len()];
-        let mut entries = Vec::with_capacity(self.len);
         for r in self.live_records() {
             let owner = &mut owner_map[r.meta.owner as usize];
             if *owner == u32::MAX {
@@ -692,20 +694,23 @@ impl KeySet {
                     )
                     .expect("grants in the set were validated");
             }
-            entries.push(RawEntry {
+        }
+        let entries = ExactLen {
+            inner: self.live_records().map(|r| RawEntry {
                 digest: r.digest,
                 key_id: r.meta.key_id,
                 expiry: r.meta.expiry,
-                owner: *owner,
-                grant: *grant,
-            });
-        }
+                owner: owner_map[r.meta.owner as usize],
+                grant: grant_map[r.meta.grant as usize],
+            }),
+            remaining: self.len,
+        };
         wire::write_message(
             MessageKind::Snapshot,
             self.revision.unwrap_or(0),
             0,
             &tables,
-            entries.into_iter(),
+            entries,
             &[],
         )
         .expect("a valid set encodes")
@@ -748,6 +753,28 @@ impl KeySet {
         records + index + owners + grants
     }
 }
+
+/// An iterator of a length known in advance (the set's live records: `len` counts them).
+struct ExactLen<I> {
+    inner: I,
+    remaining: usize,
+}
+
+impl<I: Iterator> Iterator for ExactLen<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        self.remaining = self.remaining.saturating_sub(1);
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
 
 #[cfg(test)]
 mod tests {
