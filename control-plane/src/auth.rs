@@ -1,6 +1,7 @@
 //! Caller authentication (`Authorization: Bearer <key>` or `x-api-key`), the [`Caller`]
-//! extractor, per-address rate limiting of failed authentications, and the audit-writing
-//! helper other modules (the GitHub broker) use.
+//! extractor, the forward-auth proxy's authentication (its own header, [`authenticate_proxy`]),
+//! per-address rate limiting of failed authentications, and the audit-writing helper other
+//! modules (the GitHub broker) use.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -141,6 +142,32 @@ fn client_ip(parts: &Parts) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
+/// 429 when `ip` is over its failed-authentication limit.
+fn check_limit(state: &AppState, ip: IpAddr) -> Result<(), ApiError> {
+    if let Some(wait) = state.limiter.blocked(ip) {
+        state.metrics.rate_limited();
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            "too many failed authentications from this address",
+        );
+        e.retry_after = Some(wait.as_secs().max(1));
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Counts a 401 against `ip`.
+fn note_failure<T>(state: &AppState, ip: IpAddr, r: Result<T, ApiError>) -> Result<T, ApiError> {
+    if let Err(e) = &r
+        && e.status == axum::http::StatusCode::UNAUTHORIZED
+    {
+        state.metrics.auth_failure();
+        state.limiter.fail(ip);
+    }
+    r
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -149,27 +176,56 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ip = client_ip(parts);
-        if let Some(wait) = state.limiter.blocked(ip) {
-            state.metrics.rate_limited();
-            let mut e = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "RATE_LIMITED",
-                "too many failed authentications from this address",
-            );
-            e.retry_after = Some(wait.as_secs().max(1));
-            return Err(e);
-        }
-        match authenticate(state, presented_token(&parts.headers)).await {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                if e.status == axum::http::StatusCode::UNAUTHORIZED {
-                    state.metrics.auth_failure();
-                    state.limiter.fail(ip);
-                }
-                Err(e)
-            }
-        }
+        check_limit(state, ip)?;
+        let r = authenticate(state, presented_token(&parts.headers)).await;
+        note_failure(state, ip, r)
     }
+}
+
+/// Authenticates the caller of forward-auth, the proxy, by the `edge` key in
+/// [`crate::forward_auth::PROXY_KEY_HEADER`]; never by `Authorization` or `x-api-key`, which
+/// belong to the request being authorized. Failures count against the address as any failed
+/// authentication does.
+///
+/// # Errors
+/// 401 `PROXY_UNAUTHENTICATED` (no key, or not a valid one), 403 `PROXY_FORBIDDEN` (a valid
+/// key of another kind, the admin credential included: a proxy holds only an edge key), 429.
+pub async fn authenticate_proxy(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    let ip = client_ip(parts);
+    check_limit(state, ip)?;
+    let header = crate::forward_auth::PROXY_KEY_HEADER;
+    let token = parts
+        .headers
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let unauthenticated = |why: &str| {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "PROXY_UNAUTHENTICATED",
+            format!(
+                "{why}: the caller of forward-auth (the proxy) presents an `edge` key in \
+                 {header} (keygate serve --forward-auth-open turns this off on a private network)"
+            ),
+        )
+    };
+    let r = match token {
+        None => Err(unauthenticated("no proxy credential")),
+        Some(token) => match authenticate(state, Some(token)).await {
+            Ok(c) if c.kind == CallerKind::Key(KeyKind::Edge) => Ok(()),
+            Ok(_) => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "PROXY_FORBIDDEN",
+                format!("the key in {header} is not an `edge` key"),
+            )),
+            Err(e) if e.status == axum::http::StatusCode::UNAUTHORIZED => {
+                Err(unauthenticated("the proxy credential is not valid"))
+            }
+            Err(e) => Err(e),
+        },
+    };
+    note_failure(state, ip, r)
 }
 
 async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {

@@ -37,6 +37,9 @@ pub struct Config {
     /// GitHub App token broker settings.
     #[command(flatten)]
     pub github: crate::github::GithubArgs,
+    /// Forward-auth endpoint settings (`/v1/forward-auth`).
+    #[command(flatten)]
+    pub forward_auth: crate::forward_auth::ForwardAuthArgs,
 }
 
 impl Config {
@@ -52,6 +55,7 @@ impl Config {
             usage_flush_ms: 1000,
             changes_retained: 100_000,
             github: crate::github::GithubArgs::default(),
+            forward_auth: crate::forward_auth::ForwardAuthArgs::default(),
         }
     }
 }

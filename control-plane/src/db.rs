@@ -51,6 +51,9 @@ pub enum DbError {
     /// The GitHub broker configuration is invalid (a bad key file or URL).
     #[error("GitHub configuration: {0}")]
     Github(#[from] crate::github::ConfigError),
+    /// The forward-auth configuration is invalid, or its first key set did not load.
+    #[error(transparent)]
+    ForwardAuth(#[from] crate::forward_auth::ForwardAuthError),
 }
 
 impl Db {

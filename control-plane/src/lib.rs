@@ -1,4 +1,4 @@
-//! Keygate control plane: key lifecycle service, sync feed and GitHub App token broker.
+//! Keygate control plane: key lifecycle service, sync feed, forward-auth and GitHub App token broker.
 //!
 //! A library with a thin `main`: build an [`AppState`] from a [`Config`], then [`serve`] it on
 //! a pre-bound listener, or mount [`app`] yourself.
@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod forward_auth;
 pub mod github;
 pub mod index;
 pub mod metrics;
@@ -24,7 +25,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -36,7 +37,7 @@ pub use state::AppState;
 
 /// The service's router: every route, the body limit, the JSON 404, metrics and tracing.
 pub fn app(state: AppState) -> Router {
-    use api::{keys, keyset, system};
+    use api::{forward_auth, keys, keyset, system};
     let body_limit = state.config.body_limit;
     Router::new()
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
@@ -60,6 +61,16 @@ pub fn app(state: AppState) -> Router {
             post(keyset::post_usage).layer(DefaultBodyLimit::max(
                 body_limit.max(keygate_protocol::usage::MAX_BODY_BYTES),
             )),
+        )
+        // Every method: the method is the original request's (ext_authz, nginx).
+        .route(forward_auth::BASE_PATH, any(forward_auth::forward_auth))
+        .route(
+            &format!("{}/", forward_auth::BASE_PATH),
+            any(forward_auth::forward_auth_ext_authz),
+        )
+        .route(
+            &format!("{}/{{*path}}", forward_auth::BASE_PATH),
+            any(forward_auth::forward_auth_ext_authz),
         )
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use keygate_plugin::decision::Reason;
+
 use crate::domain::VerifyCode;
 
 /// Counters exported at `/metrics`.
@@ -19,6 +21,7 @@ pub struct Metrics {
     keyset_not_modified: AtomicU64,
     usage_batches_applied: AtomicU64,
     usage_batches_duplicate: AtomicU64,
+    forward_auth: [AtomicU64; Reason::ALL.len()],
 }
 
 const CODES: [(VerifyCode, &str); 8] = [
@@ -84,6 +87,13 @@ impl Metrics {
             &self.usage_batches_duplicate
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// Counts a forward-auth decision.
+    pub fn forward_auth(&self, reason: Reason) {
+        if let Some(c) = self.forward_auth.get(reason.index()) {
+            c.fetch_add(1, Relaxed);
+        }
     }
 
     /// Renders the Prometheus text exposition format; `revision` is the current key-set revision.
@@ -179,6 +189,19 @@ impl Metrics {
             "keygate_usage_batches_total{{result=\"duplicate\"}} {}",
             self.usage_batches_duplicate.load(Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "# HELP keygate_forward_auth_decisions_total Forward-auth decisions by the filter's reason code."
+        );
+        let _ = writeln!(o, "# TYPE keygate_forward_auth_decisions_total counter");
+        for r in Reason::ALL {
+            let _ = writeln!(
+                o,
+                "keygate_forward_auth_decisions_total{{reason=\"{}\"}} {}",
+                r.code(),
+                self.forward_auth[r.index()].load(Relaxed)
+            );
+        }
         let _ = writeln!(
             o,
             "# HELP keygate_keyset_revision Current key-set revision known to this process."

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use crate::auth::AuthLimiter;
 use crate::config::Config;
 use crate::db::{Db, DbError};
+use crate::forward_auth::{ForwardAuth, ForwardAuthError, Settings};
 use crate::index::{KeyIndex, UsageBuffer};
 use crate::metrics::Metrics;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// The GitHub App token broker.
     pub(crate) github: Arc<crate::github::Broker>,
+    /// The forward-auth endpoint, when configured.
+    pub(crate) forward_auth: Option<Arc<ForwardAuth>>,
 }
 
 /// A bootstrap admin key generated on first start; its secret must be shown exactly once.
@@ -54,6 +57,10 @@ impl AppState {
         config: Config,
         db: Db,
     ) -> Result<(Self, Option<GeneratedAdmin>), DbError> {
+        // A bad forward-auth configuration stops the start before an admin key is generated.
+        let forward_auth = Settings::load(&config.forward_auth)
+            .map_err(ForwardAuthError::from)?
+            .map(ForwardAuth::new);
         let mut generated = None;
         if config.admin_token.is_none()
             && db.admin_count().await? == 0
@@ -77,6 +84,22 @@ impl AppState {
         let github =
             crate::github::Broker::new(crate::github::GithubConfig::from_args(&config.github)?)?;
         let revision = db.revision().await?;
+        if let Some(fa) = &forward_auth {
+            // Loaded before the listener serves: forward-auth never answers from an empty set.
+            fa.mirror
+                .refresh(&db)
+                .await
+                .map_err(ForwardAuthError::from)?;
+            let s = &fa.settings;
+            tracing::info!(
+                config = %s.path.display(),
+                proxy_credential = if s.open { "none (--forward-auth-open)" } else { "edge key" },
+                ignored = ?s.ignored,
+                revision = ?fa.mirror.revision(),
+                keys = fa.mirror.len(),
+                "forward-auth enabled"
+            );
+        }
         let state = Self {
             admin_token: config.admin_token.as_deref().map(Digest::of),
             limiter: Arc::new(AuthLimiter::new(config.auth_failures_per_minute)),
@@ -85,6 +108,7 @@ impl AppState {
             usage: Arc::new(UsageBuffer::default()),
             metrics: Arc::new(Metrics::default()),
             github: Arc::new(github),
+            forward_auth: forward_auth.map(Arc::new),
             db,
         };
         Ok((state, generated))
@@ -100,8 +124,14 @@ impl AppState {
         &self.github
     }
 
-    /// Starts the background tasks: usage flushing, change-log pruning, and on PostgreSQL the
-    /// `LISTEN keygate_keyset` loop that learns of other replicas' writes.
+    /// The forward-auth endpoint, when configured.
+    pub fn forward_auth(&self) -> Option<&ForwardAuth> {
+        self.forward_auth.as_deref()
+    }
+
+    /// Starts the background tasks: usage flushing, change-log pruning, the forward-auth key
+    /// set's follower (when configured), and on PostgreSQL the `LISTEN keygate_keyset` loop that
+    /// learns of other replicas' writes.
     pub(crate) fn spawn_background(&self) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         let s = self.clone();
@@ -123,6 +153,11 @@ impl AppState {
                 }
             }
         }));
+        if let Some(fa) = &self.forward_auth {
+            tasks.push(tokio::spawn(
+                Arc::clone(&fa.mirror).follow(self.db.clone(), Arc::clone(&self.index)),
+            ));
+        }
         if let Db::Postgres(pool) = &self.db {
             let pool = pool.clone();
             let s = self.clone();

@@ -51,6 +51,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         {
             let mut body = state.metrics.render(state.index.revision());
             state.github.metrics().render(&mut body);
+            if let Some(fa) = state.forward_auth() {
+                fa.render_metrics(&mut body);
+            }
             body
         },
     )
@@ -78,7 +81,7 @@ impl Modify for BearerAuth {
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Keygate control plane", description = "Key lifecycle, audit, key-set sync feed and usage intake."),
+    info(title = "Keygate control plane", description = "Key lifecycle, audit, key-set sync feed, usage intake and forward-auth."),
     paths(
         crate::api::keys::create_key,
         crate::api::keys::list_keys,
@@ -94,6 +97,8 @@ impl Modify for BearerAuth {
         crate::api::keys::list_audit,
         crate::api::keyset::get_keyset,
         crate::api::keyset::post_usage,
+        crate::api::forward_auth::forward_auth,
+        crate::api::forward_auth::forward_auth_ext_authz,
         healthz,
         readyz,
         metrics,
