@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::abi::LogLevel;
 use crate::clock::{Clock, DEFAULT_VIRTUAL_START_NANOS};
 use crate::cluster::{Cluster, TimeoutDelivery};
+use crate::counts::CallCounts;
 use crate::error::{HarnessError, Result};
 use crate::plugin::Plugin;
 use crate::shared::{
@@ -38,6 +39,7 @@ pub struct HarnessBuilder {
     failure_policy: FailurePolicy,
     shared_data: Arc<SharedData>,
     max_memory_bytes: Option<usize>,
+    count_calls: bool,
 }
 
 impl HarnessBuilder {
@@ -127,6 +129,15 @@ impl HarnessBuilder {
         self
     }
 
+    /// Counts, per worker, every host call the module makes (by import) and every entry into
+    /// the VM (by export, the allocator called back from inside host calls included): read
+    /// them with [`Harness::call_counts`] or [`Worker::call_counts`]. Deterministic, unlike a
+    /// timing. Off by default, and then free: the module is linked to the plain host functions.
+    pub fn count_calls(mut self, count: bool) -> Self {
+        self.count_calls = count;
+        self
+    }
+
     /// Shares this shared-data store with other harnesses (as Envoy's worker threads of one
     /// process share it): a gateway running one harness per thread passes the same store to each.
     /// Default: a store of this harness's own.
@@ -159,6 +170,7 @@ impl HarnessBuilder {
             timeout_delivery: self.timeout_delivery,
             failure_policy: self.failure_policy,
             max_memory_bytes: self.max_memory_bytes,
+            count_calls: self.count_calls,
             shared_data: self.shared_data,
             queues: SharedQueues::default(),
             metrics: Metrics::default(),
@@ -211,6 +223,7 @@ impl Harness {
             failure_policy: FailurePolicy::default(),
             shared_data: Arc::default(),
             max_memory_bytes: None,
+            count_calls: false,
         }
     }
 
@@ -413,6 +426,25 @@ impl Harness {
             if let Some(worker) = self.workers.get_mut(owner.worker) {
                 worker.deliver_queue_ready(owner.root_context_id, token);
             }
+        }
+    }
+
+    /// The host calls and VM entries of all workers together, since the harness was built or
+    /// [`Harness::reset_call_counts`]; per worker: [`Worker::call_counts`]. Empty unless built
+    /// with [`HarnessBuilder::count_calls`].
+    pub fn call_counts(&self) -> CallCounts {
+        let mut sum = CallCounts::default();
+        for worker in &self.workers {
+            sum.add(&worker.call_counts());
+        }
+        sum
+    }
+
+    /// Starts every worker's counts again from zero (say after start-up and a first sync, to
+    /// count what one request costs).
+    pub fn reset_call_counts(&mut self) {
+        for worker in &mut self.workers {
+            worker.reset_call_counts();
         }
     }
 

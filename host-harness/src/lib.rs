@@ -10,6 +10,8 @@
 //! * [`Harness::advance`] moves the virtual clock: ticks fire and callout responses arrive.
 //! * Observations: [`Harness::logs`], [`Harness::metrics`], [`Harness::callouts`],
 //!   [`Harness::traps`], [`Harness::local_responses`], [`Harness::shared_data`].
+//! * [`HarnessBuilder::count_calls`]: host calls by import and VM entries by export, per
+//!   worker ([`Harness::call_counts`], a [`CallCounts`]).
 //! * [`baseline`]: no-op filters and an interleaved timing loop, for a filter's own cost per
 //!   request (its figure minus the harness alone's on the same requests).
 //!
@@ -39,6 +41,7 @@ mod abi;
 pub mod baseline;
 mod clock;
 mod cluster;
+mod counts;
 mod error;
 mod harness;
 mod hostcalls;
@@ -56,6 +59,7 @@ pub use cluster::{
     CONNECT_FAILURE_BODY, CalloutReply, CalloutRequest, CalloutResponse, CalloutResult, Cluster,
     Handler, TimeoutDelivery,
 };
+pub use counts::{CallCounts, WasmtimeTally};
 pub use error::{HarnessError, Result};
 pub use harness::{Harness, HarnessBuilder};
 pub use hostcalls::add_to_linker;

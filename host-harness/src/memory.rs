@@ -5,11 +5,15 @@ use std::ops::Range;
 use wasmtime::{Caller, Extern, Memory, TypedFunc};
 
 use crate::abi::Status;
+use crate::counts::call_export;
 use crate::state::HostState;
 
 /// Largest single buffer the host reads from or hands to the guest (64 MiB). Anything larger is
 /// refused with `InvalidMemoryAccess` instead of being allocated.
 pub const MAX_GUEST_BUFFER: usize = 64 << 20;
+
+/// The exports a host asks for guest memory, in order of preference.
+pub(crate) const ALLOCATORS: [&str; 2] = ["proxy_on_memory_allocate", "malloc"];
 
 /// A pointer or size outside the guest's memory (or a buffer over [`MAX_GUEST_BUFFER`]).
 const OUT_OF_BOUNDS: HostCallError = HostCallError::Status(Status::InvalidMemoryAccess);
@@ -162,7 +166,8 @@ impl<'a, 'b> Guest<'a, 'b> {
                 Some(alloc) => alloc,
                 None => self.allocator()?,
             };
-            let called = alloc.call(&mut *self.caller, len as i32);
+            let name = self.caller.data().allocator_name;
+            let called = call_export(&mut *self.caller, name, &alloc, len as i32);
             self.caller.data_mut().allocator.get_or_insert(alloc);
             let raw = called?;
             if raw == 0 {
@@ -183,10 +188,11 @@ impl<'a, 'b> Guest<'a, 'b> {
 
     /// The guest's allocator looked up by export name (when none is cached).
     fn allocator(&mut self) -> HostResult<TypedFunc<i32, i32>> {
-        for name in ["proxy_on_memory_allocate", "malloc"] {
+        for name in ALLOCATORS {
             if let Some(Extern::Func(f)) = self.caller.get_export(name)
                 && let Ok(typed) = f.typed::<i32, i32>(&*self.caller)
             {
+                self.caller.data_mut().allocator_name = name;
                 return Ok(typed);
             }
         }

@@ -24,6 +24,14 @@ pub struct Plugin {
     pub(crate) engine: Engine,
     pub(crate) pre: InstancePre<HostState>,
     abi: AbiVersion,
+    /// The module linked to the counting host functions, made when a harness first counts.
+    counting: OnceLock<std::result::Result<Counting, String>>,
+}
+
+/// The module linked to host functions that count their calls, and the counters' names.
+pub(crate) struct Counting {
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) names: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -84,7 +92,28 @@ impl Plugin {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| HarnessError::InvalidModule(format!("{e:#}")))?;
-        Ok(Self { engine, pre, abi })
+        Ok(Self {
+            engine,
+            pre,
+            abi,
+            counting: OnceLock::new(),
+        })
+    }
+
+    /// The module linked to the counting host functions (linked on first use).
+    pub(crate) fn counting(&self) -> Result<&Counting> {
+        self.counting
+            .get_or_init(|| {
+                let mut linker = Linker::new(&self.engine);
+                let names = crate::hostcalls::add_counting_to_linker(&mut linker)
+                    .map_err(|e| format!("{e:#}"))?;
+                let pre = linker
+                    .instantiate_pre(self.pre.module())
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(Counting { pre, names })
+            })
+            .as_ref()
+            .map_err(|e| HarnessError::Engine(e.clone()))
     }
 
     /// Reads and loads a module file.

@@ -9,6 +9,7 @@ use wasmtime::{Memory, TypedFunc};
 use crate::abi::{HeaderMap, LogLevel, MapType};
 use crate::clock::Clock;
 use crate::cluster::{CalloutRequest, Cluster, TimeoutDelivery};
+use crate::counts::Counter;
 use crate::shared::{Metrics, QueueOwner, Recorder, SharedData, SharedQueues};
 
 /// How a stream is treated when the filter traps (Envoy's `failure_policy`).
@@ -40,6 +41,8 @@ pub(crate) struct Env {
     pub(crate) failure_policy: FailurePolicy,
     /// Cap of each worker's linear memory, if any.
     pub(crate) max_memory_bytes: Option<usize>,
+    /// Whether each worker counts its host calls and VM entries.
+    pub(crate) count_calls: bool,
     pub(crate) shared_data: Arc<SharedData>,
     pub(crate) queues: SharedQueues,
     pub(crate) metrics: Metrics,
@@ -179,6 +182,10 @@ pub struct HostState {
     pub(crate) callback_errors: Vec<String>,
     pub(crate) memory: Option<Memory>,
     pub(crate) allocator: Option<TypedFunc<i32, i32>>,
+    /// The export `allocator` is (`proxy_on_memory_allocate` or `malloc`).
+    pub(crate) allocator_name: &'static str,
+    /// Calls across the VM boundary, when the harness counts them.
+    pub(crate) counter: Option<Box<Counter>>,
     /// WASI `proc_exit` code, when the guest exited.
     pub(crate) exit_code: Option<i32>,
     /// The memory cap, enforced by wasmtime's store limiter.
@@ -203,6 +210,8 @@ impl HostState {
             callback_errors: Vec::new(),
             memory: None,
             allocator: None,
+            allocator_name: "proxy_on_memory_allocate",
+            counter: None,
             exit_code: None,
             limits: match env.max_memory_bytes {
                 Some(bytes) => wasmtime::StoreLimitsBuilder::new()
@@ -243,6 +252,7 @@ impl Env {
             timeout_delivery: TimeoutDelivery::default(),
             failure_policy: FailurePolicy::default(),
             max_memory_bytes: None,
+            count_calls: false,
             shared_data: Arc::default(),
             queues: SharedQueues::default(),
             metrics: Metrics::default(),

@@ -14,7 +14,9 @@ use crate::cluster::{
     CalloutReply, CalloutResponse, CalloutResult, Cluster, ReplyOutcome, TimeoutDelivery,
     spawn_http_call,
 };
+use crate::counts::{CallCounts, Counter, call_export};
 use crate::error::{HarnessError, Result};
+use crate::memory::ALLOCATORS;
 use crate::plugin::Plugin;
 use crate::shared::{CalloutRecord, TrapReport};
 use crate::state::{CallDelivery, Env, FailurePolicy, HostState, LocalResponse, StreamData};
@@ -187,8 +189,21 @@ fn instantiate(
     if env.max_memory_bytes.is_some() {
         store.limiter(|state| &mut state.limits);
     }
-    let instance = plugin
-        .pre
+    let pre = if env.count_calls {
+        let counting = plugin.counting()?;
+        store.data_mut().counter = Some(Box::new(Counter::new(counting.names.clone())));
+        #[cfg(feature = "call-hook")]
+        store.call_hook(|mut store, hook| {
+            if let Some(counter) = store.data_mut().counter.as_deref_mut() {
+                counter.hook(hook);
+            }
+            Ok(())
+        });
+        &counting.pre
+    } else {
+        &plugin.pre
+    };
+    let instance = pre
         .instantiate(&mut store)
         .map_err(|e| HarnessError::Trap {
             during: "instantiation".to_owned(),
@@ -199,19 +214,22 @@ fn instantiate(
         _ => return Err(HarnessError::MissingExport("memory".to_owned())),
     };
     store.data_mut().memory = Some(memory);
-    let allocator = ["proxy_on_memory_allocate", "malloc"]
-        .iter()
-        .find_map(|name| {
-            export::<i32, i32>(&instance, &mut store, name)
-                .ok()
-                .flatten()
-        });
-    store.data_mut().allocator = allocator;
+    let allocator = ALLOCATORS.into_iter().find_map(|name| {
+        export::<i32, i32>(&instance, &mut store, name)
+            .ok()
+            .flatten()
+            .map(|func| (func, name))
+    });
+    if let Some((func, name)) = allocator {
+        let state = store.data_mut();
+        state.allocator = Some(func);
+        state.allocator_name = name;
+    }
     let exports = Exports::resolve(&instance, &mut store)?;
     // Envoy runs the WASI reactor (or command) initializer first.
     for init in ["_initialize", "_start"] {
         if let Some(func) = export::<(), ()>(&instance, &mut store, init)? {
-            func.call(&mut store, ()).map_err(|e| HarnessError::Trap {
+            call_export(&mut store, init, &func, ()).map_err(|e| HarnessError::Trap {
                 during: init.to_owned(),
                 message: format!("{e:?}"),
             })?;
@@ -314,15 +332,35 @@ impl Worker {
         self.rebuilds
     }
 
+    /// The host calls and VM entries this worker counted (across rebuilds after traps) since
+    /// it started or [`Worker::reset_call_counts`]; empty unless the harness counts them
+    /// ([`HarnessBuilder::count_calls`](crate::HarnessBuilder::count_calls)).
+    pub fn call_counts(&self) -> CallCounts {
+        self.store
+            .data()
+            .counter
+            .as_deref()
+            .map(Counter::counts)
+            .unwrap_or_default()
+    }
+
+    /// Starts this worker's counts again from zero.
+    pub fn reset_call_counts(&mut self) {
+        if let Some(counter) = self.store.data_mut().counter.as_deref_mut() {
+            counter.reset();
+        }
+    }
+
     /// Whether the instance trapped and could not be rebuilt yet.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }
 
-    /// Calls a guest export with the host state pointed at `context`; collects side effects.
+    /// Calls the guest's callback `export` with the host state pointed at `context`; collects
+    /// side effects.
     fn invoke<P: WasmParams, R: WasmResults>(
         &mut self,
-        during: &'static str,
+        export: &'static str,
         pick: fn(&Exports) -> Option<&TypedFunc<P, R>>,
         context: u32,
         params: P,
@@ -340,7 +378,7 @@ impl Worker {
             state.effective_context = context;
             state.callback_errors.clear();
         }
-        let result = func.call(&mut self.store, params);
+        let result = call_export(&mut self.store, export, func, params);
         self.collect_side_effects();
         match result {
             Ok(value) => Ok(Some(value)),
@@ -350,7 +388,7 @@ impl Worker {
                     (!state.callback_errors.is_empty()).then(|| state.callback_errors.join("\n"));
                 self.env.recorder.trap(TrapReport {
                     worker: self.index,
-                    during: during.to_owned(),
+                    during: export.to_owned(),
                     guest_message,
                     trap: format!("{error:?}"),
                 });
@@ -1054,7 +1092,14 @@ impl Worker {
         self.tick_period = None;
         self.next_tick = None;
         match instantiate(&self.plugin, &self.env, self.index) {
-            Ok((store, exports)) => {
+            Ok((mut store, exports)) => {
+                // The worker's counts go on across the new instance.
+                if let (Some(new), Some(old)) = (
+                    store.data_mut().counter.as_deref_mut(),
+                    self.store.data().counter.as_deref(),
+                ) {
+                    new.absorb(old);
+                }
                 self.store = store;
                 self.exports = exports;
                 self.poisoned = false;

@@ -1,7 +1,8 @@
 //! Buffers: `proxy_get_buffer_bytes`, `proxy_set_buffer_bytes`, `proxy_get_buffer_status`.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::abi::{BufferType, Status};
 use crate::memory::{Guest, finish};
 use crate::state::HostState;
@@ -41,7 +42,7 @@ pub(crate) fn splice(
     }
 }
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",

@@ -2,8 +2,9 @@
 //! Envoy's header maps do; a map that does not exist in the current phase is `BadArgument`
 //! (`NotFound` during `proxy_on_log`), as in Envoy.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::abi::{
     HeaderMap, HeaderValue, MapType, Status, deserialize_map, serialize_map_into, serialized_len,
 };
@@ -56,7 +57,7 @@ pub(crate) fn replace(map: &mut HeaderMap, key: &str, value: HeaderValue) {
     }
 }
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_pairs",

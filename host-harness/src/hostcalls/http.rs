@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::abi::{HeaderMap, Status, deserialize_map};
 use crate::cluster::CalloutRequest;
 use crate::memory::{Guest, finish};
 use crate::state::{HostState, LocalResponse};
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_http_call",

@@ -2,8 +2,9 @@
 //! `proxy_close_stream`, `proxy_done`, `proxy_call_foreign_function`, and the ABI 0.2.0
 //! names `proxy_continue_request`/`proxy_continue_response`/`proxy_clear_route_cache`.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::abi::{Status, StreamType};
 use crate::state::HostState;
 
@@ -22,7 +23,7 @@ fn continue_stream(state: &mut HostState, kind: Option<StreamType>) -> i32 {
     Status::Ok as i32
 }
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_effective_context",

@@ -1,7 +1,8 @@
 //! Logging: `proxy_log`, `proxy_get_log_level`.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::abi::{LogLevel, Status};
 use crate::memory::{Guest, finish};
 use crate::shared::LogEntry;
@@ -27,7 +28,7 @@ pub(crate) fn record(
     }
 }
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_log",

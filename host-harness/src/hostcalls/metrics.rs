@@ -1,12 +1,13 @@
 //! Metrics: define, increment, record, get (shared by name across workers, Envoy's rules).
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::abi::{MetricType, Status};
 use crate::memory::{Guest, finish};
 use crate::state::HostState;
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_define_metric",

@@ -1,7 +1,8 @@
 //! Properties: `proxy_get_property`, `proxy_set_property`.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::abi::Status;
 use crate::memory::{Guest, finish};
 use crate::state::{HostState, PropertyKey};
@@ -25,7 +26,7 @@ fn lookup(state: &HostState, key: &str) -> Option<Vec<u8>> {
         .cloned()
 }
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_property",

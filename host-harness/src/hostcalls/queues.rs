@@ -1,13 +1,14 @@
 //! Shared queues: register, resolve, enqueue (notifies the owner's root context with
 //! `proxy_on_queue_ready` after the current callback), dequeue.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::memory::{Guest, finish};
 use crate::shared::QueueOwner;
 use crate::state::HostState;
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_register_shared_queue",

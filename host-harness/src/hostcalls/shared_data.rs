@@ -1,12 +1,13 @@
 //! Shared data: `proxy_get_shared_data`, `proxy_set_shared_data` (one store per `vm_id`,
 //! shared by all workers, Envoy's compare-and-swap rules).
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::memory::{Guest, finish};
 use crate::state::HostState;
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",

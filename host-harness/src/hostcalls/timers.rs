@@ -1,11 +1,12 @@
 //! Timers and time: `proxy_set_tick_period_milliseconds`, `proxy_get_current_time_nanoseconds`.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::memory::{Guest, finish};
 use crate::state::HostState;
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_tick_period_milliseconds",

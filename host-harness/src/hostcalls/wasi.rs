@@ -3,8 +3,9 @@
 //! real randomness, and `proc_exit` as a trap. Registered as `wasi_snapshot_preview1` and
 //! `wasi_unstable`.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
+use super::HostLinker;
 use crate::abi::LogLevel;
 use crate::memory::{Guest, HostCallError, HostResult, MAX_GUEST_BUFFER};
 use crate::state::HostState;
@@ -38,7 +39,7 @@ fn environ(state: &HostState) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn add_module(linker: &mut Linker<HostState>, module: &str) -> wasmtime::Result<()> {
+fn add_module(linker: &mut HostLinker<'_>, module: &str) -> wasmtime::Result<()> {
     linker.func_wrap(
         module,
         "args_sizes_get",
@@ -251,7 +252,7 @@ fn add_module(linker: &mut Linker<HostState>, module: &str) -> wasmtime::Result<
     Ok(())
 }
 
-pub(super) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
     add_module(linker, "wasi_snapshot_preview1")?;
     add_module(linker, "wasi_unstable")
 }
