@@ -3,6 +3,7 @@
 //! answer as a harness cluster gives it, and the benches' three kinds of request, for the tests
 //! and benches that feed the filter.
 
+pub mod calls;
 pub mod exports;
 
 use std::sync::Arc;
