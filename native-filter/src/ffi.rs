@@ -268,7 +268,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         }
     };
     let mut counters = [None; Reason::ALL.len()];
-    if matches!(filter, FilterConfig::Keygate(_)) {
+    if !matches!(filter, FilterConfig::Noop) {
         for (reason, slot) in Reason::ALL.iter().zip(counters.iter_mut()) {
             let metric = reason.metric_name();
             let mut id = 0usize;
@@ -335,7 +335,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     let module = unsafe { &*filter_module_ptr.cast::<Module>() };
     let keygate = match &module.filter {
         FilterConfig::Noop => return CONTINUE,
-        FilterConfig::Keygate(k) => k,
+        FilterConfig::HostCalls => None,
+        FilterConfig::Keygate(k) => Some(k),
     };
     // SAFETY: the filter is live for this hook.
     let count = unsafe {
@@ -381,7 +382,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         filter: filter_envoy_ptr,
         counters: &module.counters,
     };
-    match keygate.on_request_headers(&headers, now_secs, &mut stream) {
+    let verdict = match keygate {
+        Some(k) => k.on_request_headers(&headers, now_secs, &mut stream),
+        None => crate::shell::host_calls_only(&mut stream),
+    };
+    match verdict {
         Verdict::Continue => CONTINUE,
         Verdict::Stop => STOP_ITERATION,
     }

@@ -13,8 +13,11 @@
 //!   Envoy calls, and the [`shell::Stream`] over Envoy's callbacks. The crate's only `unsafe`;
 //!   left out of unit-test builds, whose binaries cannot resolve Envoy's callbacks.
 //!
-//! Two filters in one module, chosen by the filter configuration's `filter_name`: `keygate`,
-//! and `noop` (does nothing: the baseline price of a dynamic module in Envoy).
+//! Three filters in one module, chosen by the filter configuration's `filter_name`: `keygate`;
+//! `noop` (does nothing: the baseline price of a dynamic module in Envoy); and `host-calls`
+//! (reads the request headers and makes the callbacks Keygate makes on an allowed request, with
+//! no logic: the floor of this shell, as `benches/envoy.rs`'s host-calls filter is the wasm
+//! shell's).
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)

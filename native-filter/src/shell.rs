@@ -20,6 +20,9 @@ use smallvec::SmallVec;
 pub const KEYGATE: &str = "keygate";
 /// The `filter_name` of the filter that does nothing (the baseline).
 pub const NOOP: &str = "noop";
+/// The `filter_name` of the filter that makes the callbacks Keygate makes on an allowed request
+/// and nothing else (the floor of this shell: what no trim of Keygate's own code goes below).
+pub const HOST_CALLS: &str = "host-calls";
 
 /// What the request path asks of its host: Envoy's request header map and local reply, and the
 /// decision counters.
@@ -51,6 +54,8 @@ pub enum Verdict {
 pub enum FilterConfig {
     /// `filter_name: noop`.
     Noop,
+    /// `filter_name: host-calls`.
+    HostCalls,
     /// `filter_name: keygate`.
     Keygate(Box<Keygate>),
 }
@@ -64,11 +69,12 @@ impl FilterConfig {
     pub fn new(filter_name: &[u8], filter_config: &[u8]) -> Result<Self, String> {
         match filter_name {
             n if n == NOOP.as_bytes() => Ok(FilterConfig::Noop),
+            n if n == HOST_CALLS.as_bytes() => Ok(FilterConfig::HostCalls),
             n if n == KEYGATE.as_bytes() => Ok(FilterConfig::Keygate(Box::new(Keygate::new(
                 filter_config,
             )?))),
             n => Err(format!(
-                "keygate-native-filter: unknown filter_name {:?} (expected {KEYGATE:?} or {NOOP:?})",
+                "keygate-native-filter: unknown filter_name {:?} (expected {KEYGATE:?}, {NOOP:?} or {HOST_CALLS:?})",
                 String::from_utf8_lossy(n)
             )),
         }
@@ -212,6 +218,17 @@ impl Keygate {
         stream.count(reason);
         verdict
     }
+}
+
+/// The callbacks Keygate makes on an allowed request (its headers already read by the shell):
+/// remove the key's header, add the three identity headers, count the decision. No logic.
+pub fn host_calls_only(stream: &mut impl Stream) -> Verdict {
+    stream.remove_header(b"x-api-key");
+    stream.add_header(b"x-keygate-key-id", b"key_0123456789abcdef0123456789abcdef");
+    stream.add_header(b"x-keygate-owner", b"owner-1");
+    stream.add_header(b"x-keygate-scopes", b"repo:read");
+    stream.count(Reason::Allowed);
+    Verdict::Continue
 }
 
 thread_local! {
