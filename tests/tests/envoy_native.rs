@@ -92,11 +92,19 @@ fn the_native_module_decides_as_the_wasm_filter_in_envoy() {
             native::keygate_filter(&configuration, &snapshot_file),
         )
     });
-    let logs = native.envoy.logs();
-    assert!(
-        logs.contains("Dynamic module ABI version v0.2.0 matched"),
-        "Envoy reports another dynamic-module ABI version than native-filter/src/ffi.rs declares: {logs}"
-    );
+    // Envoy writes its log file through a buffer flushed every few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = native.envoy.logs();
+        if logs.contains("Dynamic module ABI version v0.2.0 matched") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !logs.contains("Dynamic module ABI version"),
+            "Envoy reports another dynamic-module ABI version than native-filter/src/ffi.rs declares: {logs}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let unknown = key::generate("kg_live").unwrap();
     let other_prefix = key::generate("acme_test").unwrap();
