@@ -47,6 +47,11 @@ pub fn noop_filter() -> Value {
     filter("noop", "")
 }
 
+/// The native filter that makes Keygate's callbacks of an allowed request and nothing else.
+pub fn host_calls_filter() -> Value {
+    filter("host-calls", "")
+}
+
 /// `bootstrap` (one made from `envoy/envoy.yaml`) with `native` in place of the proxy-wasm
 /// Keygate filter.
 pub fn replace_wasm_filter(bootstrap: &Value, native: Value) -> Value {

@@ -1,0 +1,521 @@
+//! What a second shell would cost: Keygate's pure core as an Envoy dynamic module (native code,
+//! `keygate-native-filter`, a prototype) against the proxy-wasm filter under V8 and the
+//! baselines, in real Envoy 1.40, in one run; and Envoy's memory with the module's key set.
+//!
+//! ```text
+//! cargo bench -p keygate-e2e --bench envoy_native
+//! ```
+//! The method of `benches/envoy.rs`: Envoy with `--concurrency 1` pinned to CPU 0, `wrk -t1
+//! -c16` pinned to CPU 1, each configuration for `KEYGATE_BENCH_SECONDS` (default 5) after a 1 s
+//! warm-up, the configurations alternated over `KEYGATE_BENCH_ROUNDS` rounds (default 3), the
+//! median round reported. Beside requests per second, Envoy's own CPU time per request (all its
+//! threads, from `/proc/<pid>/task/*/schedstat`): other work on the machine moves it less than
+//! throughput, though it still moves it (shared caches, a busy SMT sibling). Every request
+//! carries a random one of 10,000 valid keys out of `KEYGATE_BENCH_KEYS` (default 100,000), to a
+//! `direct_response` route.
+//!
+//! Configurations: no filter; the no-op wasm filter (V8); the no-op dynamic module; the dynamic
+//! module making only Keygate's callbacks of an allowed request (headers read, the key's header
+//! removed, three identity headers added, a counter; no logic); Envoy's `api_key_auth` with
+//! every key; Keygate's wasm filter, synced from a local fake of the key-set feed; Keygate's
+//! dynamic module with the same configuration and the same snapshot, read from a file when
+//! Envoy starts. `KEYGATE_BENCH_SETUPS` (comma-separated: `none`, `noop-wasm`, `noop-native`,
+//! `host-calls-native`, `api-key-auth`, `keygate-wasm`, `keygate-native`) runs only those;
+//! `KEYGATE_BENCH_RSS=0` skips the memory table (the module's RSS with 0 and all keys at
+//! `--concurrency` 1, 2 and 4).
+//!
+//! The module comes from `keygate-native-filter-artifacts`, whose build script builds it with
+//! the `release` profile whatever this bench's profile.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use keygate_e2e::bench_envoy::{Load, WRK_LUA, cpu_ns, noop_wat, rss_bytes, start_pinned, wrk};
+use keygate_e2e::envoy::{envoy_yaml, plugin_configuration};
+use keygate_e2e::native;
+use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
+use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
+use keygate_testkit::bench::{env_usize, key_set, load_average};
+use keygate_testkit::envoy::Envoy;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Setup {
+    NoFilter,
+    NoopWasm,
+    NoopNative,
+    HostCallsNative,
+    ApiKeyAuth,
+    KeygateWasm,
+    KeygateNative,
+}
+
+impl Setup {
+    const ALL: [Setup; 7] = [
+        Setup::NoFilter,
+        Setup::NoopWasm,
+        Setup::NoopNative,
+        Setup::HostCallsNative,
+        Setup::ApiKeyAuth,
+        Setup::KeygateWasm,
+        Setup::KeygateNative,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Setup::NoFilter => "no filter",
+            Setup::NoopWasm => "no-op wasm filter (V8)",
+            Setup::NoopNative => "no-op dynamic module",
+            Setup::HostCallsNative => "module, Keygate's callbacks only",
+            Setup::ApiKeyAuth => "Envoy's api_key_auth",
+            Setup::KeygateWasm => "Keygate, wasm (V8)",
+            Setup::KeygateNative => "Keygate, dynamic module",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Setup::NoFilter => "none",
+            Setup::NoopWasm => "noop-wasm",
+            Setup::NoopNative => "noop-native",
+            Setup::HostCallsNative => "host-calls-native",
+            Setup::ApiKeyAuth => "api-key-auth",
+            Setup::KeygateWasm => "keygate-wasm",
+            Setup::KeygateNative => "keygate-native",
+        }
+    }
+}
+
+/// One measured load and Envoy's CPU time per request during it, in µs.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    load: Load,
+    cpu_us: f64,
+}
+
+/// The files and addresses every configuration is built from.
+struct Fixture {
+    feed: String,
+    noop_wasm: std::path::PathBuf,
+    snapshot_file: std::path::PathBuf,
+    api_keys: Vec<Value>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let n = env_usize("KEYGATE_BENCH_KEYS", 100_000);
+    let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 3);
+    let seconds = env_usize("KEYGATE_BENCH_SECONDS", 5);
+    let with_rss = env_usize("KEYGATE_BENCH_RSS", 1) != 0;
+    let setups: Vec<Setup> = match std::env::var("KEYGATE_BENCH_SETUPS") {
+        Ok(list) => {
+            let mut chosen = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                match Setup::ALL.iter().find(|s| s.key() == name) {
+                    Some(s) => chosen.push(*s),
+                    None => bail!("KEYGATE_BENCH_SETUPS: unknown configuration {name:?}"),
+                }
+            }
+            chosen
+        }
+        Err(_) => Setup::ALL.to_vec(),
+    };
+    ensure!(n >= 1, "KEYGATE_BENCH_KEYS must be at least 1");
+    ensure!(
+        std::thread::available_parallelism().map_or(1, |p| p.get()) >= 2,
+        "needs two CPUs: Envoy on CPU 0, wrk on CPU 1"
+    );
+    println!(
+        "== Keygate's shells in Envoy 1.40 ({n} keys, {rounds} rounds of {seconds} s per configuration); load average {}",
+        load_average()
+    );
+
+    // ---- keys: the set, 10,000 of its secrets for the requests
+    let t = Instant::now();
+    let step = (n / 10_000).max(1);
+    let keys = key_set(n, |_, _| {}, |_| true)?;
+    let snapshot = Arc::new(
+        Snapshot {
+            revision: 1,
+            entries: {
+                let mut e = keys.entries.clone();
+                e.sort_by(|a, b| a.digest.as_bytes().cmp(b.digest.as_bytes()));
+                e
+            },
+        }
+        .encode()?,
+    );
+    let dir = tempfile::tempdir()?;
+    let keys_file = dir.path().join("keys.txt");
+    let mut f = std::fs::File::create(&keys_file)?;
+    for (secret, _) in keys.secrets.iter().step_by(step) {
+        writeln!(f, "{secret}")?;
+    }
+    drop(f);
+    let lua = dir.path().join("keys.lua");
+    std::fs::write(&lua, WRK_LUA)?;
+    let noop_wasm = dir.path().join("noop.wasm");
+    std::fs::write(&noop_wasm, wat::parse_str(noop_wat())?)?;
+    let snapshot_file = dir.path().join("keyset.bin");
+    std::fs::write(&snapshot_file, snapshot.as_slice())?;
+    let empty_file = dir.path().join("empty.bin");
+    std::fs::write(
+        &empty_file,
+        Snapshot {
+            revision: 1,
+            entries: Vec::new(),
+        }
+        .encode()?,
+    )?;
+    println!(
+        "keys: {n} generated in {:.1} s, snapshot {} bytes, {} request keys",
+        t.elapsed().as_secs_f64(),
+        snapshot.len(),
+        keys.secrets.len().div_ceil(step)
+    );
+
+    // ---- the fake key-set feed (the wasm filter's)
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let feed = rt.block_on(start_feed(snapshot.clone()))?;
+    let fixture = Fixture {
+        feed,
+        noop_wasm,
+        snapshot_file: snapshot_file.clone(),
+        api_keys: if setups.contains(&Setup::ApiKeyAuth) {
+            keys.secrets
+                .iter()
+                .map(|(s, i)| json!({"key": s, "client": format!("client-{i}")}))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    };
+    drop(keys);
+
+    // ---- throughput, configurations alternated per round
+    let mut loads: BTreeMap<Setup, Vec<Run>> = BTreeMap::new();
+    for round in 1..=rounds {
+        for &setup in &setups {
+            let t = Instant::now();
+            let envoy = start_pinned(&bootstrap(setup, &fixture), &native::options(1))?;
+            if setup == Setup::KeygateWasm {
+                wait_for_wasm_keys(&envoy, n)?;
+            }
+            let ready_s = t.elapsed().as_secs_f64();
+            let addr = envoy.listener_addr("bench")?.to_string();
+            let pid = envoy.pid().context("no pid")?;
+            wrk(&addr, &lua, &keys_file, 1)?;
+            let cpu_before = cpu_ns(pid)?;
+            let load = wrk(&addr, &lua, &keys_file, seconds)?;
+            let cpu_us = (cpu_ns(pid)? - cpu_before) as f64 / 1e3 / load.requests.max(1) as f64;
+            if matches!(
+                setup,
+                Setup::ApiKeyAuth | Setup::KeygateWasm | Setup::KeygateNative
+            ) {
+                ensure!(
+                    load.non_2xx == 0,
+                    "{}: {} answers were not 2xx: keys were refused",
+                    setup.name(),
+                    load.non_2xx
+                );
+            }
+            println!(
+                "round {round}: {:<26} {:>9.0} req/s  Envoy CPU {cpu_us:>6.2} µs/req  p50 {:>6.0} µs  p99 {:>6.0} µs  (ready in {ready_s:.1} s)",
+                setup.name(),
+                load.rps,
+                load.p50_us,
+                load.p99_us
+            );
+            loads.entry(setup).or_default().push(Run { load, cpu_us });
+            drop(envoy);
+        }
+    }
+    println!(
+        "\n| configuration | req/s | per request (1 / req/s) | Envoy CPU per request | p50 | p99 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut median = BTreeMap::new();
+    let mut cpu = BTreeMap::new();
+    for (setup, mut runs) in loads {
+        // Each column's median round, independently.
+        let mut cpus: Vec<f64> = runs.iter().map(|r| r.cpu_us).collect();
+        cpus.sort_by(f64::total_cmp);
+        let c = cpus[cpus.len() / 2];
+        runs.sort_by(|a, b| a.load.rps.total_cmp(&b.load.rps));
+        let m = runs[runs.len() / 2].load;
+        println!(
+            "| {} | {:.0} | {:.2} µs | {c:.2} µs | {:.0} µs | {:.0} µs |",
+            setup.name(),
+            m.rps,
+            1e6 / m.rps,
+            m.p50_us,
+            m.p99_us
+        );
+        median.insert(setup, m);
+        cpu.insert(setup, c);
+    }
+    let per = |s: Setup| median.get(&s).map(|m| 1e6 / m.rps);
+    let over = |what: &str, a: Setup, b: Setup| {
+        if let (Some(x), Some(y)) = (per(a), per(b)) {
+            let cpu = match (cpu.get(&a), cpu.get(&b)) {
+                (Some(ca), Some(cb)) => format!("; Envoy CPU {:+.2} µs", ca - cb),
+                _ => String::new(),
+            };
+            println!("{what}: {:+.2} µs per request{cpu}", x - y);
+        }
+    };
+    println!();
+    over(
+        "Keygate's own part, dynamic module, over the no-op dynamic module",
+        Setup::KeygateNative,
+        Setup::NoopNative,
+    );
+    over(
+        "the dynamic module's callbacks alone (Keygate's, no logic) over the no-op dynamic module",
+        Setup::HostCallsNative,
+        Setup::NoopNative,
+    );
+    over(
+        "Keygate's logic in the dynamic module (over its callbacks alone)",
+        Setup::KeygateNative,
+        Setup::HostCallsNative,
+    );
+    over(
+        "Keygate's own part, wasm, over the no-op wasm filter",
+        Setup::KeygateWasm,
+        Setup::NoopWasm,
+    );
+    over(
+        "Keygate as a dynamic module over no filter",
+        Setup::KeygateNative,
+        Setup::NoFilter,
+    );
+    over(
+        "Keygate as wasm over no filter",
+        Setup::KeygateWasm,
+        Setup::NoFilter,
+    );
+    over(
+        "the no-op dynamic module over no filter",
+        Setup::NoopNative,
+        Setup::NoFilter,
+    );
+    over(
+        "the no-op wasm filter over no filter",
+        Setup::NoopWasm,
+        Setup::NoFilter,
+    );
+    over(
+        "api_key_auth over no filter",
+        Setup::ApiKeyAuth,
+        Setup::NoFilter,
+    );
+    for s in [Setup::KeygateNative, Setup::KeygateWasm] {
+        if let (Some(k), Some(a)) = (median.get(&s), median.get(&Setup::ApiKeyAuth)) {
+            println!(
+                "{} throughput ÷ api_key_auth's: {:.2}×",
+                s.name(),
+                k.rps / a.rps
+            );
+        }
+    }
+
+    // ---- memory: Envoy's RSS with the module holding no key and all of them
+    if with_rss {
+        println!(
+            "\n| --concurrency | RSS, dynamic module, 0 keys | RSS, {n} keys | growth per key | load |"
+        );
+        println!("| --- | --- | --- | --- | --- |");
+        for concurrency in [1, 2, 4] {
+            let rss = |file: &Path| -> anyhow::Result<(u64, f64)> {
+                let fixture = Fixture {
+                    snapshot_file: file.to_owned(),
+                    api_keys: Vec::new(),
+                    feed: fixture.feed.clone(),
+                    noop_wasm: fixture.noop_wasm.clone(),
+                };
+                let t = Instant::now();
+                let envoy = start_pinned(
+                    &bootstrap(Setup::KeygateNative, &fixture),
+                    &native::options(concurrency),
+                )?;
+                let load_s = t.elapsed().as_secs_f64();
+                // Every worker serves a few requests, so each has touched what it uses.
+                let addr = envoy.listener_addr("bench")?.to_string();
+                wrk(&addr, &lua, &keys_file, 1)?;
+                Ok((rss_bytes(envoy.pid().unwrap_or(0))?, load_s))
+            };
+            let (base, _) = rss(&empty_file)?;
+            let (full, load_s) = rss(&snapshot_file)?;
+            println!(
+                "| {concurrency} | {:.1} MB | {:.1} MB | {:.0} B | Envoy ready in {load_s:.1} s |",
+                base as f64 / 1e6,
+                full as f64 / 1e6,
+                full.saturating_sub(base) as f64 / n as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A bootstrap: listener `bench` on a free loopback port, a `direct_response` route, the filter
+/// of `setup` in front, and the `keygate_control_plane` cluster at the fake feed.
+fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
+    // envoy/envoy.yaml's plugin configuration, with its own control plane: the wasm filter and
+    // the dynamic module get the same.
+    let configuration = || {
+        let mut configuration = plugin_configuration(&envoy_yaml());
+        configuration["authority"] = json!(fixture.feed);
+        configuration["edge_key"] = json!("kg_edge_bench");
+        if let Some(c) = configuration.as_object_mut() {
+            c.remove("edge_key_env");
+        }
+        configuration
+    };
+    let mut filters = Vec::new();
+    match setup {
+        Setup::NoFilter => {}
+        Setup::NoopWasm => filters.push(json!({
+            "name": "noop",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "noop", "root_id": "noop",
+                    "vm_config": {"vm_id": "noop", "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": fixture.noop_wasm}}}
+                }
+            }
+        })),
+        Setup::NoopNative => filters.push(native::noop_filter()),
+        Setup::HostCallsNative => filters.push(native::host_calls_filter()),
+        Setup::ApiKeyAuth => filters.push(json!({
+            "name": "envoy.filters.http.api_key_auth",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+                "credentials": fixture.api_keys,
+                "key_sources": [{"header": "x-api-key"}]
+            }
+        })),
+        Setup::KeygateWasm => filters.push(json!({
+            "name": "keygate",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "keygate", "root_id": "keygate", "failure_policy": "FAIL_RELOAD",
+                    "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": KEYGATE_PLUGIN_WASM}}},
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": configuration().to_string()
+                    }
+                }
+            }
+        })),
+        Setup::KeygateNative => filters.push(native::keygate_filter(
+            &configuration(),
+            &fixture.snapshot_file,
+        )),
+    }
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    let (host, port) = fixture
+        .feed
+        .rsplit_once(':')
+        .unwrap_or((&fixture.feed, "0"));
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "bench",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"},
+                                "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+                        }]},
+                        "http_filters": filters
+                    }
+                }]}]
+            }],
+            "clusters": [{
+                "name": "keygate_control_plane",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "keygate_control_plane", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {"address": host, "port_value": port.parse::<u16>().unwrap_or(0)}}}
+                }]}]}
+            }]
+        }
+    })
+}
+
+/// Waits until the wasm filter's leader reports `n` keys (the process-wide gauge).
+fn wait_for_wasm_keys(envoy: &Envoy, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let keys = envoy.stat("wasmcustom.keygate.keyset.keys")?;
+        if keys == Some(n as u64) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the filter holds {keys:?} keys, expected {n}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fake of the control plane's feed on a free loopback port: `GET /v1/keyset` answers
+/// `snapshot` (revision 1) without `since`, else `304` after the long-poll wait; `POST
+/// /v1/usage` is acknowledged (as `benches/envoy.rs`'s).
+async fn start_feed(snapshot: Arc<Vec<u8>>) -> anyhow::Result<String> {
+    use axum::extract::Query;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+
+    let app = axum::Router::new()
+        .route(
+            "/v1/keyset",
+            get(move |Query(q): Query<BTreeMap<String, String>>| {
+                let snapshot = snapshot.clone();
+                async move {
+                    if q.contains_key("since") {
+                        let wait: u64 = q.get("wait").and_then(|w| w.parse().ok()).unwrap_or(0);
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                        return StatusCode::NOT_MODIFIED.into_response();
+                    }
+                    (
+                        [
+                            (header::CONTENT_TYPE, CONTENT_TYPE),
+                            (header::HeaderName::from_static("x-keygate-revision"), "1"),
+                        ],
+                        snapshot.to_vec(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/v1/usage",
+            post(|| async { axum::Json(json!({"applied": true})) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
