@@ -1,0 +1,283 @@
+//! Envoy's memory with Keygate's key set, of record: RSS with no key and with
+//! `KEYGATE_BENCH_KEYS` keys (default 100,000) at `--concurrency` 1, 2 and 4, from a fresh start
+//! and after `KEYGATE_BENCH_CHANGED` keys (default 100,000) were replaced while Envoy ran.
+//!
+//! ```text
+//! cargo bench -p keygate-e2e --bench envoy_memory --profile dev
+//! KEYGATE_BENCH_KEYS=1000000 cargo bench -p keygate-e2e --bench envoy_memory --profile dev
+//! ```
+//! Envoy runs `envoy/envoy.yaml` (long-poll) pinned to CPU 0, syncing from a local fake of the
+//! control plane's key-set feed: a snapshot at revision 1, then, once the fresh figure is read,
+//! one delta per 1,000 changed keys (1,000 removed, 1,000 new), which the filter's leader
+//! fetches one after another while its followers follow. A figure is read once every worker's
+//! VM reports the expected key count and revision, plus half a second. Besides `VmRSS`, each
+//! row gives the worker VMs' linear memory (`keygate.vm.<n>.wasm.memory_bytes`: wasm memory
+//! never shrinks, so this is each VM's high-water mark) and the set's own heap
+//! (`keygate.vm.<n>.keyset.heap_bytes`), summed over the workers. `KEYGATE_BENCH_WASM` measures
+//! another build of the filter (`keygate-plugin-wasm <path>` writes one).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use keygate_e2e::bench_envoy::{rss_bytes, start_pinned};
+use keygate_e2e::envoy::{EDGE_KEY_ENV, bootstrap_with_module};
+use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
+use keygate_protocol::wire::{CONTENT_TYPE, Delta, KeyEntry, Snapshot};
+use keygate_testkit::bench::{env_usize, key_set, load_average};
+use keygate_testkit::envoy::{Envoy, EnvoyOptions};
+use serde_json::json;
+use tokio::sync::Notify;
+
+/// Keys replaced per delta.
+const PER_DELTA: usize = 1_000;
+
+fn main() -> anyhow::Result<()> {
+    let n = env_usize("KEYGATE_BENCH_KEYS", 100_000);
+    let changed = env_usize("KEYGATE_BENCH_CHANGED", 100_000);
+    ensure!(
+        changed <= n && changed.is_multiple_of(PER_DELTA),
+        "KEYGATE_BENCH_CHANGED must be a multiple of {PER_DELTA} and at most KEYGATE_BENCH_KEYS"
+    );
+    println!(
+        "== Envoy 1.40 memory with Keygate: {n} keys, {changed} changed live; load average {}",
+        load_average()
+    );
+    let t = Instant::now();
+    let keys = key_set(n, |_, _| {}, |_| false)?.entries;
+    let fresh = key_set(changed, |_, _| {}, |_| false)?.entries;
+    let full = Arc::new(Feed::new(&keys, &fresh)?);
+    let empty = Arc::new(Feed::new(&[], &[])?);
+    println!(
+        "keys generated and encoded in {:.1} s: snapshot {} bytes, {} deltas",
+        t.elapsed().as_secs_f64(),
+        full.snapshot.len(),
+        full.deltas.len()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let full_addr = rt.block_on(serve(full.clone()))?;
+    let empty_addr = rt.block_on(serve(empty.clone()))?;
+
+    println!(
+        "\n| --concurrency | RSS, 0 keys | RSS, {n} keys | growth per key | after {changed} changed live | worker VMs' linear memory (fresh → changed) | key sets' heap |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for concurrency in [1, 2, 4] {
+        let base = {
+            let envoy = start(&empty_addr, concurrency)?;
+            wait_for(&envoy, concurrency, 0, 1)?;
+            rss_bytes(envoy.pid().context("no pid")?)?
+        };
+        full.publish(1);
+        let envoy = start(&full_addr, concurrency)?;
+        wait_for(&envoy, concurrency, n, 1)?;
+        let pid = envoy.pid().context("no pid")?;
+        let fresh_rss = rss_bytes(pid)?;
+        let fresh_vm = vm_sum(&envoy, "wasm.memory_bytes")?;
+        let heap = vm_sum(&envoy, "keyset.heap_bytes")?;
+        let last = 1 + full.deltas.len() as u64;
+        full.publish(last);
+        wait_for(&envoy, concurrency, n, last)?;
+        let live_rss = rss_bytes(pid)?;
+        let live_vm = vm_sum(&envoy, "wasm.memory_bytes")?;
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "| {concurrency} | {:.1} MB | {:.1} MB | {:.0} B | {:.1} MB ({:+.1} MB) | {:.1} → {:.1} MB | {:.1} MB |",
+            mb(base),
+            mb(fresh_rss),
+            fresh_rss.saturating_sub(base) as f64 / n.max(1) as f64,
+            mb(live_rss),
+            (live_rss as f64 - fresh_rss as f64) / 1e6,
+            mb(fresh_vm),
+            mb(live_vm),
+            mb(heap),
+        );
+    }
+    Ok(())
+}
+
+/// Envoy running `envoy/envoy.yaml` with this build's filter, syncing from the feed at `feed`,
+/// pinned to CPU 0. The upstream is never called.
+fn start(feed: &str, concurrency: usize) -> anyhow::Result<Envoy> {
+    let module = std::env::var("KEYGATE_BENCH_WASM").unwrap_or_else(|_| KEYGATE_PLUGIN_WASM.into());
+    let bootstrap = bootstrap_with_module(feed, feed, &json!({}), &module);
+    start_pinned(
+        &bootstrap,
+        &EnvoyOptions {
+            concurrency,
+            env: vec![(EDGE_KEY_ENV.to_owned(), "kg_edge_bench".to_owned())],
+            ..EnvoyOptions::default()
+        },
+    )
+}
+
+/// The per-VM gauges `keygate.vm.<n>.<name>` of Envoy's stats, by VM index.
+fn per_vm(envoy: &Envoy, name: &str) -> anyhow::Result<BTreeMap<u32, u64>> {
+    let suffix = format!(".{name}");
+    Ok(envoy
+        .stats()?
+        .into_iter()
+        .filter_map(|(stat, v)| {
+            let index = stat
+                .strip_prefix("wasmcustom.keygate.vm.")?
+                .strip_suffix(&suffix)?;
+            Some((index.parse().ok()?, v))
+        })
+        .collect())
+}
+
+/// The sum of a per-VM gauge over the VMs that hold a set.
+fn vm_sum(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
+    let with_set = per_vm(envoy, "keyset.revision")?;
+    Ok(per_vm(envoy, name)?
+        .into_iter()
+        .filter(|(i, _)| with_set.contains_key(i))
+        .map(|(_, v)| v)
+        .sum())
+}
+
+/// Waits until `workers` VMs hold `keys` keys at `revision`, then half a second more (for the
+/// allocator to settle).
+fn wait_for(envoy: &Envoy, workers: usize, keys: usize, revision: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let revisions = per_vm(envoy, "keyset.revision")?;
+        let counts = per_vm(envoy, "keyset.keys")?;
+        let done = revisions.len() == workers
+            && revisions.values().all(|&r| r == revision)
+            && revisions
+                .keys()
+                .all(|i| counts.get(i) == Some(&(keys as u64)));
+        if done {
+            std::thread::sleep(Duration::from_millis(500));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the workers hold revisions {revisions:?} and key counts {counts:?}; expected {workers} at revision {revision} with {keys} keys"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The fake feed's content: a snapshot at revision 1 and the deltas after it; `published` is
+/// the newest revision it serves.
+struct Feed {
+    snapshot: Vec<u8>,
+    /// `deltas[i]` takes revision `i + 1` to `i + 2`.
+    deltas: Vec<Vec<u8>>,
+    published: Mutex<u64>,
+    changed: Notify,
+}
+
+impl Feed {
+    /// `keys` as the snapshot; then, per [`PER_DELTA`] keys of `fresh`, a delta that removes as
+    /// many of `keys` (in order) and adds those.
+    fn new(keys: &[KeyEntry], fresh: &[KeyEntry]) -> anyhow::Result<Self> {
+        let mut entries = keys.to_vec();
+        entries.sort_by(|a, b| a.digest.as_bytes().cmp(b.digest.as_bytes()));
+        let snapshot = Snapshot {
+            revision: 1,
+            entries,
+        }
+        .encode()?;
+        let deltas = fresh
+            .chunks(PER_DELTA)
+            .zip(keys.chunks(PER_DELTA))
+            .enumerate()
+            .map(|(i, (added, removed))| {
+                Delta {
+                    base_revision: 1 + i as u64,
+                    revision: 2 + i as u64,
+                    upserts: added.to_vec(),
+                    removals: removed.iter().map(|e| e.digest).collect(),
+                }
+                .encode()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            snapshot,
+            deltas,
+            published: Mutex::new(1),
+            changed: Notify::new(),
+        })
+    }
+
+    fn published(&self) -> u64 {
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Serves revisions up to `revision` from now on (and wakes the long-polls).
+    fn publish(&self, revision: u64) {
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = revision;
+        self.changed.notify_waiters();
+    }
+}
+
+/// Serves `feed` on a free loopback port: `GET /v1/keyset` answers the snapshot without `since`,
+/// the delta from `since` when a newer revision is published, else `304` after the long-poll
+/// wait (or as soon as one is published); `POST /v1/usage` is acknowledged.
+async fn serve(feed: Arc<Feed>) -> anyhow::Result<String> {
+    use axum::extract::Query;
+    use axum::http::{StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+
+    let keyset = move |Query(q): Query<BTreeMap<String, String>>| {
+        let feed = feed.clone();
+        async move {
+            let reply = |revision: u64, body: Vec<u8>| -> Response {
+                (
+                    [
+                        (header::CONTENT_TYPE, CONTENT_TYPE.to_owned()),
+                        (
+                            header::HeaderName::from_static("x-keygate-revision"),
+                            revision.to_string(),
+                        ),
+                    ],
+                    body,
+                )
+                    .into_response()
+            };
+            let since = q.get("since").and_then(|s| s.parse::<u64>().ok());
+            let Some(since) = since.filter(|&s| s >= 1) else {
+                return reply(1, feed.snapshot.clone());
+            };
+            let wait: u64 = q.get("wait").and_then(|w| w.parse().ok()).unwrap_or(0);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+            loop {
+                let changed = feed.changed.notified();
+                if since < feed.published() {
+                    let Some(delta) = feed.deltas.get((since - 1) as usize) else {
+                        return StatusCode::NOT_FOUND.into_response();
+                    };
+                    return reply(since + 1, delta.clone());
+                }
+                if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    return StatusCode::NOT_MODIFIED.into_response();
+                }
+            }
+        }
+    };
+    let app = axum::Router::new().route("/v1/keyset", get(keyset)).route(
+        "/v1/usage",
+        post(|| async { axum::Json(json!({"applied": true})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
