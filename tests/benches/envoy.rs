@@ -1,166 +1,188 @@
-//! Figures of record in real Envoy 1.40 (V8): requests per second and per-request cost of one
-//! Envoy worker with no filter, a no-op Wasm filter, Envoy's native `api_key_auth` holding the
-//! same keys, and Keygate; and Envoy's memory with Keygate's key set loaded.
+//! Figures of record in real Envoy 1.40, in one run: requests per second, per-request cost
+//! and Envoy's CPU time per request of one Envoy worker with no filter, the no-op wasm filter
+//! (V8), Keygate's host calls alone in wasm, the no-op dynamic module, Keygate's callbacks alone
+//! in a dynamic module, Envoy's native `api_key_auth` holding the same keys, Envoy's `ext_authz`
+//! asking Keygate's forward-auth endpoint, Keygate's wasm filter and Keygate's pure core as an
+//! Envoy dynamic module (`keygate-native-filter`, a prototype shell).
 //!
 //! ```text
-//! cargo bench -p keygate-e2e --bench envoy
+//! cargo bench -p keygate-e2e --bench envoy --profile dev
+//! KEYGATE_BENCH_KEYS=1000000 cargo bench -p keygate-e2e --bench envoy --profile dev
 //! ```
-//! One run holds every baseline. Envoy runs with `--concurrency 1` pinned to CPU 0, `wrk -t1
-//! -c16` pinned to CPU 1, each configuration for `KEYGATE_BENCH_SECONDS` (default 5) after a 1 s
-//! warm-up, the configurations alternated over `KEYGATE_BENCH_ROUNDS` rounds (default 3); the
-//! median round is reported. Every request carries a random one of 10,000 valid keys out of
-//! `KEYGATE_BENCH_KEYS` (default 100,000), to a `direct_response` route (no upstream); Keygate
-//! and `api_key_auth` both hold every key. Keygate
-//! syncs its set from a local fake of the control plane's key-set feed (one snapshot, then
-//! `304`s), so the figures are the filter's, not the control plane's.
+//! Envoy with `--concurrency 1` pinned to CPU 0, `wrk -t1 -c16` pinned to CPU 1, each
+//! configuration for `KEYGATE_BENCH_SECONDS` (default 5) after a 1 s warm-up, the configurations
+//! alternated over `KEYGATE_BENCH_ROUNDS` rounds (default 3), the median round reported. Beside
+//! requests per second, Envoy's own CPU time per request (all its threads, from
+//! `/proc/<pid>/task/*/schedstat`): other work on the machine moves it less than throughput,
+//! though it still moves it (shared caches, a busy SMT sibling). Every request carries a random
+//! one of 10,000 valid keys out of `KEYGATE_BENCH_KEYS` (default 100,000), to a
+//! `direct_response` route.
 //!
-//! An A/B of two builds of the filter in the same run: `KEYGATE_BENCH_WASM_B=<other.wasm>` adds
-//! a fifth configuration, "Keygate B", alternated with the others, and `KEYGATE_BENCH_WASM`
-//! replaces this build's module as "Keygate" (`keygate-plugin-wasm <path>` writes the module of
-//! the checked-out source).
+//! - Keygate's wasm filter syncs from a local fake of the key-set feed (one snapshot, then
+//!   `304`s), so its figures are the filter's; the dynamic module reads the same snapshot from a
+//!   file when Envoy starts; `api_key_auth` holds every key.
+//! - `ext_authz` asks a real `keygate serve --forward-auth-config` (the filter's configuration,
+//!   SQLite) on CPU 1 beside `wrk`, over `envoy/ext-authz.yaml`'s filter and cluster. Its keys
+//!   are issued through the API, so it holds `KEYGATE_BENCH_EXT_AUTHZ_KEYS` (default 2,000) of
+//!   them, not the whole set: its lookup is a hash probe whose cost does not depend on the size.
+//! - `KEYGATE_BENCH_SETUPS` (comma-separated: `none`, `noop-wasm`, `host-calls-wasm`,
+//!   `noop-native`, `host-calls-native`, `api-key-auth`, `ext-authz`, `keygate-wasm`,
+//!   `keygate-wasm-b`, `keygate-native`) runs only those.
+//! - An A/B of two builds of the wasm filter in the same run: `KEYGATE_BENCH_WASM_B=<other.wasm>`
+//!   adds "Keygate B", and `KEYGATE_BENCH_WASM` replaces this build's module as "Keygate"
+//!   (`keygate-plugin-wasm <path>` writes the module of the checked-out source).
+//!
+//! Memory is `benches/envoy_memory.rs`'s; revocation latency `benches/envoy_revocation.rs`'s. The
+//! dynamic module comes from `keygate-native-filter-artifacts`, whose build script builds it with
+//! the `release` profile whatever this bench's profile.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use keygate_e2e::bench_envoy::{
+    Load, WRK_LUA, cpu_ns, host_calls_wat, noop_wat, start_pinned, wrk,
+};
 use keygate_e2e::envoy::{envoy_yaml, plugin_configuration};
+use keygate_e2e::stack::ServeProcess;
+use keygate_e2e::{ADMIN_TOKEN, ext_authz, native};
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
 use keygate_testkit::bench::{env_usize, key_set, load_average};
-use keygate_testkit::envoy::{Envoy, EnvoyOptions};
+use keygate_testkit::envoy::Envoy;
 use serde_json::{Value, json};
-
-/// A filter in WebAssembly text exporting the callbacks Keygate's trimmed module exports (and a
-/// bump allocator, reset per request), with `imports` and `data` added and `on_request` as the
-/// body of `proxy_on_request_headers` before it continues the request.
-fn filter_wat(imports: &str, data: &str, on_request: &str) -> String {
-    format!(
-        r#"(module
-  {imports}
-  (memory (export "memory") 2)
-  {data}
-  (global $heap (mut i32) (i32.const 65536))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
-    (local.get $p))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-    (global.set $heap (i32.const 65536))
-    {on_request}
-    (i32.const 0))
-  (func (export "proxy_on_delete") (param i32)))"#
-    )
-}
-
-/// A filter that does nothing: each callback returns at once. Its cost over no filter is
-/// Envoy's own price of a Wasm filter under V8.
-fn noop_wat() -> String {
-    filter_wat("", "", "")
-}
-
-/// The host calls Keygate makes for an allowed request, and nothing else: read the request's
-/// header map (the host calls back into the VM to allocate it), remove the key's header, add the
-/// three identity headers. Its cost over the no-op filter is the floor of Keygate's design in
-/// this runtime: what no trim of the filter's own code can go below.
-fn host_calls_wat() -> String {
-    filter_wat(
-        r#"(import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
-  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
-  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#,
-        r#"(data (i32.const 1024) "x-api-key")
-  (data (i32.const 1040) "x-keygate-key-id")
-  (data (i32.const 1060) "key_0123456789abcdef0123456789abcdef")
-  (data (i32.const 1100) "x-keygate-owner")
-  (data (i32.const 1120) "owner-1")
-  (data (i32.const 1130) "x-keygate-scopes")
-  (data (i32.const 1150) "repo:read")"#,
-        r#"(drop (call $pairs (i32.const 0) (i32.const 2000) (i32.const 2004)))
-    (drop (call $remove (i32.const 0) (i32.const 1024) (i32.const 9)))
-    (drop (call $add (i32.const 0) (i32.const 1040) (i32.const 16) (i32.const 1060) (i32.const 36)))
-    (drop (call $add (i32.const 0) (i32.const 1100) (i32.const 15) (i32.const 1120) (i32.const 7)))
-    (drop (call $add (i32.const 0) (i32.const 1130) (i32.const 16) (i32.const 1150) (i32.const 9)))"#,
-    )
-}
-
-/// The wrk script: a GET of `/hello` with a random key of the file given after `--`.
-const WRK_LUA: &str = r#"
-local keys = {}
-init = function(args)
-  for line in io.lines(args[1]) do keys[#keys + 1] = line end
-  math.randomseed(os.time())
-end
-request = function()
-  return wrk.format("GET", "/hello", { ["x-api-key"] = keys[math.random(#keys)] })
-end
-"#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Setup {
     NoFilter,
     NoopWasm,
-    HostCalls,
+    HostCallsWasm,
+    NoopNative,
+    HostCallsNative,
     ApiKeyAuth,
-    Keygate,
-    KeygateB,
+    ExtAuthz,
+    KeygateWasm,
+    KeygateWasmB,
+    KeygateNative,
 }
 
 impl Setup {
-    const ALL: [Setup; 6] = [
+    const ALL: [Setup; 10] = [
         Setup::NoFilter,
         Setup::NoopWasm,
-        Setup::HostCalls,
+        Setup::HostCallsWasm,
+        Setup::NoopNative,
+        Setup::HostCallsNative,
         Setup::ApiKeyAuth,
-        Setup::Keygate,
-        Setup::KeygateB,
+        Setup::ExtAuthz,
+        Setup::KeygateWasm,
+        Setup::KeygateWasmB,
+        Setup::KeygateNative,
     ];
 
     fn name(self) -> &'static str {
         match self {
             Setup::NoFilter => "no filter",
             Setup::NoopWasm => "no-op wasm filter (V8)",
-            Setup::HostCalls => "Keygate's host calls only",
+            Setup::HostCallsWasm => "wasm, Keygate's host calls only",
+            Setup::NoopNative => "no-op dynamic module",
+            Setup::HostCallsNative => "module, Keygate's callbacks only",
             Setup::ApiKeyAuth => "Envoy's api_key_auth",
-            Setup::Keygate => "Keygate",
-            Setup::KeygateB => "Keygate B",
+            Setup::ExtAuthz => "ext_authz → forward-auth",
+            Setup::KeygateWasm => "Keygate, wasm (V8)",
+            Setup::KeygateWasmB => "Keygate B, wasm (V8)",
+            Setup::KeygateNative => "Keygate, dynamic module",
         }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Setup::NoFilter => "none",
+            Setup::NoopWasm => "noop-wasm",
+            Setup::HostCallsWasm => "host-calls-wasm",
+            Setup::NoopNative => "noop-native",
+            Setup::HostCallsNative => "host-calls-native",
+            Setup::ApiKeyAuth => "api-key-auth",
+            Setup::ExtAuthz => "ext-authz",
+            Setup::KeygateWasm => "keygate-wasm",
+            Setup::KeygateWasmB => "keygate-wasm-b",
+            Setup::KeygateNative => "keygate-native",
+        }
+    }
+
+    /// Whether every request it answers must pass (the configurations that check keys).
+    fn checks_keys(self) -> bool {
+        matches!(
+            self,
+            Setup::ApiKeyAuth
+                | Setup::ExtAuthz
+                | Setup::KeygateWasm
+                | Setup::KeygateWasmB
+                | Setup::KeygateNative
+        )
     }
 }
 
-/// One wrk run: requests per second, p50 and p99 latency in microseconds, non-2xx answers.
+/// One measured load and Envoy's CPU time per request during it, in µs.
 #[derive(Debug, Clone, Copy)]
-struct Load {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    non_2xx: u64,
+struct Run {
+    load: Load,
+    cpu_us: f64,
+}
+
+/// The files and addresses every configuration is built from.
+struct Fixture {
+    feed: String,
+    noop_wasm: PathBuf,
+    host_calls_wasm: PathBuf,
+    keygate_wasm: PathBuf,
+    keygate_wasm_b: Option<PathBuf>,
+    snapshot_file: PathBuf,
+    api_keys: Vec<Value>,
+    /// The forward-auth control plane's address and the edge key Envoy presents to it.
+    forward_auth: Option<(String, String)>,
 }
 
 fn main() -> anyhow::Result<()> {
     let n = env_usize("KEYGATE_BENCH_KEYS", 100_000);
     let rounds = env_usize("KEYGATE_BENCH_ROUNDS", 3);
     let seconds = env_usize("KEYGATE_BENCH_SECONDS", 5);
+    let setups: Vec<Setup> = match std::env::var("KEYGATE_BENCH_SETUPS") {
+        Ok(list) => {
+            let mut chosen = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                match Setup::ALL.iter().find(|s| s.key() == name) {
+                    Some(s) => chosen.push(*s),
+                    None => bail!("KEYGATE_BENCH_SETUPS: unknown configuration {name:?}"),
+                }
+            }
+            chosen
+        }
+        Err(_) => Setup::ALL.to_vec(),
+    };
+    let keygate_wasm = std::env::var_os("KEYGATE_BENCH_WASM")
+        .map_or_else(|| PathBuf::from(KEYGATE_PLUGIN_WASM), PathBuf::from);
+    let keygate_wasm_b = std::env::var_os("KEYGATE_BENCH_WASM_B").map(PathBuf::from);
+    let setups: Vec<Setup> = setups
+        .into_iter()
+        .filter(|&s| s != Setup::KeygateWasmB || keygate_wasm_b.is_some())
+        .collect();
     ensure!(n >= 1, "KEYGATE_BENCH_KEYS must be at least 1");
     ensure!(
         std::thread::available_parallelism().map_or(1, |p| p.get()) >= 2,
         "needs two CPUs: Envoy on CPU 0, wrk on CPU 1"
     );
     println!(
-        "== keygate in Envoy 1.40 ({n} keys, {rounds} rounds of {seconds} s per configuration); load average {}",
+        "== Keygate's shells in Envoy 1.40 ({n} keys, {rounds} rounds of {seconds} s per configuration); load average {}",
         load_average()
     );
 
     // ---- keys: the set, 10,000 of its secrets for the requests
     let t = Instant::now();
     let step = (n / 10_000).max(1);
-    // Every secret: api_key_auth holds them all; the requests use every `step`-th.
     let keys = key_set(n, |_, _| {}, |_| true)?;
     let snapshot = Arc::new(
         Snapshot {
@@ -182,10 +204,12 @@ fn main() -> anyhow::Result<()> {
     drop(f);
     let lua = dir.path().join("keys.lua");
     std::fs::write(&lua, WRK_LUA)?;
-    let noop = dir.path().join("noop.wasm");
-    std::fs::write(&noop, wat::parse_str(noop_wat())?)?;
-    let host_calls = dir.path().join("host_calls.wasm");
-    std::fs::write(&host_calls, wat::parse_str(host_calls_wat())?)?;
+    let noop_wasm = dir.path().join("noop.wasm");
+    std::fs::write(&noop_wasm, wat::parse_str(noop_wat())?)?;
+    let host_calls_wasm = dir.path().join("host_calls.wasm");
+    std::fs::write(&host_calls_wasm, wat::parse_str(host_calls_wat())?)?;
+    let snapshot_file = dir.path().join("keyset.bin");
+    std::fs::write(&snapshot_file, snapshot.as_slice())?;
     println!(
         "keys: {n} generated in {:.1} s, snapshot {} bytes, {} request keys",
         t.elapsed().as_secs_f64(),
@@ -193,42 +217,79 @@ fn main() -> anyhow::Result<()> {
         keys.secrets.len().div_ceil(step)
     );
 
-    // ---- the fake key-set feed
+    // ---- the fake key-set feed (the wasm filter's)
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let feed_addr = rt.block_on(start_feed(snapshot.clone()))?;
-    let api_keys: Vec<Value> = keys
-        .secrets
-        .iter()
-        .map(|(s, i)| json!({"key": s, "client": format!("client-{i}")}))
-        .collect();
+    let feed = rt.block_on(start_feed(snapshot.clone()))?;
+    // ---- forward-auth: a real control plane, its keys issued through the API
+    let forward_auth = if setups.contains(&Setup::ExtAuthz) {
+        let count = env_usize("KEYGATE_BENCH_EXT_AUTHZ_KEYS", 2_000);
+        let t = Instant::now();
+        let fa = rt.block_on(ForwardAuth::start(count, dir.path()))?;
+        let mut f = std::fs::File::create(dir.path().join("ext_authz_keys.txt"))?;
+        for secret in &fa.secrets {
+            writeln!(f, "{secret}")?;
+        }
+        println!(
+            "forward-auth: keygate serve with {count} keys issued in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        Some(fa)
+    } else {
+        None
+    };
+    let ext_authz_keys = dir.path().join("ext_authz_keys.txt");
+    let fixture = Fixture {
+        feed,
+        noop_wasm,
+        host_calls_wasm,
+        keygate_wasm,
+        keygate_wasm_b,
+        snapshot_file: snapshot_file.clone(),
+        forward_auth: forward_auth
+            .as_ref()
+            .map(|fa| (fa.process.addr().to_string(), fa.edge_key.clone())),
+        api_keys: if setups.contains(&Setup::ApiKeyAuth) {
+            keys.secrets
+                .iter()
+                .map(|(s, i)| json!({"key": s, "client": format!("client-{i}")}))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    };
+    drop(keys);
 
     // ---- throughput, configurations alternated per round
-    let module_a = std::env::var_os("KEYGATE_BENCH_WASM").map_or_else(
-        || std::path::PathBuf::from(KEYGATE_PLUGIN_WASM),
-        std::path::PathBuf::from,
-    );
-    let module_b = std::env::var_os("KEYGATE_BENCH_WASM_B").map(std::path::PathBuf::from);
-    let mut loads: BTreeMap<Setup, Vec<Load>> = BTreeMap::new();
+    let mut loads: BTreeMap<Setup, Vec<Run>> = BTreeMap::new();
     for round in 1..=rounds {
-        for setup in Setup::ALL {
-            let module = match (setup, &module_b) {
-                (Setup::KeygateB, None) => continue,
-                (Setup::KeygateB, Some(b)) => b.clone(),
-                (Setup::HostCalls, _) => host_calls.clone(),
-                _ => module_a.clone(),
-            };
-            let bootstrap = bootstrap(setup, &feed_addr, &noop, &api_keys, &module);
-            let envoy = start_pinned(&bootstrap, 1)?;
-            if matches!(setup, Setup::Keygate | Setup::KeygateB) {
-                wait_for_keys(&envoy, n)?;
+        for &setup in &setups {
+            let t = Instant::now();
+            let mut options = native::options(1);
+            if let Some((_, edge_key)) = &fixture.forward_auth {
+                options
+                    .env
+                    .push((ext_authz::EDGE_KEY_ENV.to_owned(), edge_key.clone()));
             }
-            let addr = envoy.listener_addr("bench")?;
-            wrk(&addr.to_string(), &lua, &keys_file, 1)?;
-            let load = wrk(&addr.to_string(), &lua, &keys_file, seconds)?;
-            if setup != Setup::NoFilter && setup != Setup::NoopWasm {
+            let envoy = start_pinned(&bootstrap(setup, &fixture), &options)?;
+            if matches!(setup, Setup::KeygateWasm | Setup::KeygateWasmB) {
+                wait_for_wasm_keys(&envoy, n)?;
+            }
+            let request_keys = if setup == Setup::ExtAuthz {
+                &ext_authz_keys
+            } else {
+                &keys_file
+            };
+            let ready_s = t.elapsed().as_secs_f64();
+            let addr = envoy.listener_addr("bench")?.to_string();
+            let pid = envoy.pid().context("no pid")?;
+            wrk(&addr, &lua, request_keys, 1)?;
+            let cpu_before = cpu_ns(pid)?;
+            let load = wrk(&addr, &lua, request_keys, seconds)?;
+            let cpu_us = (cpu_ns(pid)? - cpu_before) as f64 / 1e3 / load.requests.max(1) as f64;
+            if setup.checks_keys() {
                 ensure!(
                     load.non_2xx == 0,
                     "{}: {} answers were not 2xx: keys were refused",
@@ -237,24 +298,31 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             println!(
-                "round {round}: {:<26} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
+                "round {round}: {:<26} {:>9.0} req/s  Envoy CPU {cpu_us:>6.2} µs/req  p50 {:>6.0} µs  p99 {:>6.0} µs  (ready in {ready_s:.1} s)",
                 setup.name(),
                 load.rps,
                 load.p50_us,
                 load.p99_us
             );
-            loads.entry(setup).or_default().push(load);
+            loads.entry(setup).or_default().push(Run { load, cpu_us });
             drop(envoy);
         }
     }
-    println!("\n| configuration | req/s | per request | p50 | p99 |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "\n| configuration | req/s | per request (1 / req/s) | Envoy CPU per request | p50 | p99 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
     let mut median = BTreeMap::new();
+    let mut cpu = BTreeMap::new();
     for (setup, mut runs) in loads {
-        runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-        let m = runs[runs.len() / 2];
+        // Each column's median round, independently.
+        let mut cpus: Vec<f64> = runs.iter().map(|r| r.cpu_us).collect();
+        cpus.sort_by(f64::total_cmp);
+        let c = cpus[cpus.len() / 2];
+        runs.sort_by(|a, b| a.load.rps.total_cmp(&b.load.rps));
+        let m = runs[runs.len() / 2].load;
         println!(
-            "| {} | {:.0} | {:.2} µs | {:.0} µs | {:.0} µs |",
+            "| {} | {:.0} | {:.2} µs | {c:.2} µs | {:.0} µs | {:.0} µs |",
             setup.name(),
             m.rps,
             1e6 / m.rps,
@@ -262,129 +330,209 @@ fn main() -> anyhow::Result<()> {
             m.p99_us
         );
         median.insert(setup, m);
+        cpu.insert(setup, c);
     }
-    let per = |s: Setup| 1e6 / median[&s].rps;
-    println!(
-        "\nKeygate's own part over the no-op wasm filter: {:.2} µs per request (target ≤ 3 µs)",
-        per(Setup::Keygate) - per(Setup::NoopWasm)
+    let per = |s: Setup| median.get(&s).map(|m| 1e6 / m.rps);
+    let over = |what: &str, a: Setup, b: Setup| {
+        if let (Some(x), Some(y)) = (per(a), per(b)) {
+            let cpu = match (cpu.get(&a), cpu.get(&b)) {
+                (Some(ca), Some(cb)) => format!("; Envoy CPU {:+.2} µs", ca - cb),
+                _ => String::new(),
+            };
+            println!("{what}: {:+.2} µs per request{cpu}", x - y);
+        }
+    };
+    println!();
+    over(
+        "Keygate's own part, dynamic module, over the no-op dynamic module",
+        Setup::KeygateNative,
+        Setup::NoopNative,
     );
-    println!(
-        "Keygate's host calls alone over the no-op wasm filter: {:.2} µs (the floor of this design)",
-        per(Setup::HostCalls) - per(Setup::NoopWasm)
+    over(
+        "the dynamic module's callbacks alone (Keygate's, no logic) over the no-op dynamic module",
+        Setup::HostCallsNative,
+        Setup::NoopNative,
     );
-    println!(
-        "api_key_auth's own part over no filter: {:.2} µs; the no-op wasm filter over no filter: {:.2} µs",
-        per(Setup::ApiKeyAuth) - per(Setup::NoFilter),
-        per(Setup::NoopWasm) - per(Setup::NoFilter)
+    over(
+        "Keygate's logic in the dynamic module (over its callbacks alone)",
+        Setup::KeygateNative,
+        Setup::HostCallsNative,
     );
-    println!(
-        "Keygate's throughput ÷ api_key_auth's: {:.2}× (target ≥ 0.85×)",
-        median[&Setup::Keygate].rps / median[&Setup::ApiKeyAuth].rps
+    over(
+        "Keygate's own part, wasm, over the no-op wasm filter (target ≤ 3 µs)",
+        Setup::KeygateWasm,
+        Setup::NoopWasm,
     );
-    if median.contains_key(&Setup::KeygateB) {
-        println!(
-            "Keygate B − Keygate: {:+.2} µs per request",
-            per(Setup::KeygateB) - per(Setup::Keygate)
-        );
+    over(
+        "Keygate's host calls alone in wasm (no logic) over the no-op wasm filter",
+        Setup::HostCallsWasm,
+        Setup::NoopWasm,
+    );
+    over(
+        "Keygate B − Keygate (wasm)",
+        Setup::KeygateWasmB,
+        Setup::KeygateWasm,
+    );
+    over(
+        "ext_authz asking forward-auth over no filter",
+        Setup::ExtAuthz,
+        Setup::NoFilter,
+    );
+    over(
+        "Keygate as a dynamic module over no filter",
+        Setup::KeygateNative,
+        Setup::NoFilter,
+    );
+    over(
+        "Keygate as wasm over no filter",
+        Setup::KeygateWasm,
+        Setup::NoFilter,
+    );
+    over(
+        "the no-op dynamic module over no filter",
+        Setup::NoopNative,
+        Setup::NoFilter,
+    );
+    over(
+        "the no-op wasm filter over no filter",
+        Setup::NoopWasm,
+        Setup::NoFilter,
+    );
+    over(
+        "api_key_auth over no filter",
+        Setup::ApiKeyAuth,
+        Setup::NoFilter,
+    );
+    for s in [Setup::KeygateNative, Setup::KeygateWasm, Setup::ExtAuthz] {
+        if let (Some(k), Some(a)) = (median.get(&s), median.get(&Setup::ApiKeyAuth)) {
+            println!(
+                "{} throughput ÷ api_key_auth's: {:.2}×",
+                s.name(),
+                k.rps / a.rps
+            );
+        }
     }
 
-    // ---- memory: Envoy's RSS with Keygate holding no key and all of them
-    println!("\n| --concurrency | RSS, 0 keys | RSS, {n} keys | growth per key |");
-    println!("| --- | --- | --- | --- |");
-    let empty = Arc::new(
-        Snapshot {
-            revision: 1,
-            entries: Vec::new(),
-        }
-        .encode()?,
-    );
-    let empty_feed = rt.block_on(start_feed(empty))?;
-    for concurrency in [1, 2, 4] {
-        let rss = |feed: &str, keys: usize| -> anyhow::Result<u64> {
-            let module = std::path::Path::new(KEYGATE_PLUGIN_WASM);
-            let envoy = start_pinned(
-                &bootstrap(Setup::Keygate, feed, &noop, &[], module),
-                concurrency,
-            )?;
-            wait_for_keys(&envoy, keys)?;
-            // The followers pick the set up on their next tick.
-            std::thread::sleep(Duration::from_millis(500));
-            rss_bytes(envoy.pid().context("no pid")?)
-        };
-        let base = rss(&empty_feed, 0)?;
-        let full = rss(&feed_addr, n)?;
-        println!(
-            "| {concurrency} | {:.1} MB | {:.1} MB | {:.0} B |",
-            base as f64 / 1e6,
-            full as f64 / 1e6,
-            full.saturating_sub(base) as f64 / n as f64
-        );
-    }
     Ok(())
 }
 
-/// A bootstrap: listener `bench` on a free loopback port, a `direct_response` route, the
-/// filter of `setup` in front, and the `keygate_control_plane` cluster at `feed`.
-fn bootstrap(
-    setup: Setup,
-    feed: &str,
-    noop: &std::path::Path,
-    api_keys: &[Value],
-    module: &std::path::Path,
-) -> Value {
+/// A bootstrap: listener `bench` on a free loopback port, a `direct_response` route, the filter
+/// of `setup` in front, and the `keygate_control_plane` cluster at the fake feed.
+fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
+    // envoy/envoy.yaml's plugin configuration, with its own control plane: the wasm filter and
+    // the dynamic module get the same.
+    let configuration = || {
+        let mut configuration = plugin_configuration(&envoy_yaml());
+        configuration["authority"] = json!(fixture.feed);
+        configuration["edge_key"] = json!("kg_edge_bench");
+        if let Some(c) = configuration.as_object_mut() {
+            c.remove("edge_key_env");
+        }
+        configuration
+    };
     let mut filters = Vec::new();
     match setup {
         Setup::NoFilter => {}
-        Setup::NoopWasm | Setup::HostCalls => filters.push(json!({
+        Setup::NoopWasm | Setup::HostCallsWasm => filters.push(json!({
             "name": "noop",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
                     "name": "noop", "root_id": "noop",
                     "vm_config": {"vm_id": "noop", "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": if setup == Setup::HostCalls { module } else { noop }}}}
+                        "code": {"local": {"filename": if setup == Setup::NoopWasm {
+                            &fixture.noop_wasm
+                        } else {
+                            &fixture.host_calls_wasm
+                        }}}}
                 }
             }
         })),
+        Setup::NoopNative => filters.push(native::noop_filter()),
+        Setup::HostCallsNative => filters.push(native::host_calls_filter()),
         Setup::ApiKeyAuth => filters.push(json!({
             "name": "envoy.filters.http.api_key_auth",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
-                "credentials": api_keys,
+                "credentials": fixture.api_keys,
                 "key_sources": [{"header": "x-api-key"}]
             }
         })),
-        Setup::Keygate | Setup::KeygateB => {
-            // envoy/envoy.yaml's filter and plugin configuration, with its own control plane.
-            let shipped = envoy_yaml();
-            let mut configuration = plugin_configuration(&shipped);
-            configuration["authority"] = json!(feed);
-            configuration["edge_key"] = json!("kg_edge_bench");
-            if let Some(c) = configuration.as_object_mut() {
-                c.remove("edge_key_env");
-            }
-            filters.push(json!({
-                "name": "keygate",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": "keygate", "root_id": "keygate", "failure_policy": "FAIL_RELOAD",
-                        "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": module}}},
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": configuration.to_string()
-                        }
+        Setup::ExtAuthz => {
+            let mut shipped = ext_authz::ext_authz_yaml();
+            let (addr, _) = fixture
+                .forward_auth
+                .as_ref()
+                .expect("forward-auth runs when ext-authz is measured");
+            ext_authz::ext_authz_config_mut(&mut shipped)["http_service"]["server_uri"]["uri"] =
+                json!(format!("http://{addr}"));
+            let filter = shipped["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+                [0]["typed_config"]["http_filters"]
+                .as_array()
+                .and_then(|f| f.iter().find(|f| f["name"] == ext_authz::FILTER))
+                .cloned()
+                .expect("envoy/ext-authz.yaml has its ext_authz filter");
+            filters.push(filter);
+        }
+        Setup::KeygateWasm | Setup::KeygateWasmB => filters.push(json!({
+            "name": "keygate",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "keygate", "root_id": "keygate", "failure_policy": "FAIL_RELOAD",
+                    "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": if setup == Setup::KeygateWasm {
+                            &fixture.keygate_wasm
+                        } else {
+                            fixture.keygate_wasm_b.as_ref().expect("B runs only when given")
+                        }}}},
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": configuration().to_string()
                     }
                 }
-            }));
-        }
+            }
+        })),
+        Setup::KeygateNative => filters.push(native::keygate_filter(
+            &configuration(),
+            &fixture.snapshot_file,
+        )),
     }
     filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
-    let (host, port) = feed.rsplit_once(':').unwrap_or((feed, "0"));
+    let (host, port) = fixture
+        .feed
+        .rsplit_once(':')
+        .unwrap_or((&fixture.feed, "0"));
+    let mut cluster = json!({
+        "name": "keygate_control_plane",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "keygate_control_plane", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {"address": host, "port_value": port.parse::<u16>().unwrap_or(0)}}}
+        }]}]}
+    });
+    if let (Setup::ExtAuthz, Some((addr, _))) = (setup, &fixture.forward_auth) {
+        // envoy/ext-authz.yaml's own cluster, at the forward-auth control plane.
+        let mut shipped = ext_authz::ext_authz_yaml();
+        keygate_gateway::envoy_bootstrap::set_cluster_endpoint(
+            &mut shipped,
+            ext_authz::CONTROL_PLANE_CLUSTER,
+            addr,
+        )
+        .expect("envoy/ext-authz.yaml has the control-plane cluster");
+        if let Some(c) = shipped["static_resources"]["clusters"]
+            .as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["name"] == ext_authz::CONTROL_PLANE_CLUSTER)
+            })
+        {
+            cluster = c.clone();
+        }
+    }
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -405,40 +553,14 @@ fn bootstrap(
                     }
                 }]}]
             }],
-            "clusters": [{
-                "name": "keygate_control_plane",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "keygate_control_plane", "endpoints": [{"lb_endpoints": [{
-                    "endpoint": {"address": {"socket_address": {"address": host, "port_value": port.parse::<u16>().unwrap_or(0)}}}
-                }]}]}
-            }]
+            "clusters": [cluster]
         }
     })
 }
 
-/// Starts Envoy and pins all its threads to CPU 0.
-fn start_pinned(bootstrap: &Value, concurrency: usize) -> anyhow::Result<Envoy> {
-    let envoy = Envoy::start(
-        &bootstrap.to_string(),
-        &EnvoyOptions {
-            concurrency,
-            ..EnvoyOptions::default()
-        },
-    )?;
-    let pid = envoy.pid().context("no pid")?;
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", "0", &pid.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .context("taskset (util-linux)")?;
-    ensure!(status.success(), "taskset failed: {status}");
-    Ok(envoy)
-}
-
-/// Waits until the filter's leader reports `n` keys (the process-wide gauge).
-fn wait_for_keys(envoy: &Envoy, n: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits until the wasm filter's leader reports `n` keys (the process-wide gauge).
+fn wait_for_wasm_keys(envoy: &Envoy, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let keys = envoy.stat("wasmcustom.keygate.keyset.keys")?;
         if keys == Some(n as u64) {
@@ -451,68 +573,9 @@ fn wait_for_keys(envoy: &Envoy, n: usize) -> anyhow::Result<()> {
     }
 }
 
-/// `wrk -t1 -c16 -d<seconds>s --latency` pinned to CPU 1.
-fn wrk(
-    addr: &str,
-    lua: &std::path::Path,
-    keys: &std::path::Path,
-    seconds: usize,
-) -> anyhow::Result<Load> {
-    let out = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "-c16", "--latency"])
-        .arg(format!("-d{seconds}s"))
-        .arg("-s")
-        .arg(lua)
-        .arg(format!("http://{addr}/hello"))
-        .arg("--")
-        .arg(keys)
-        .output()
-        .context("wrk (Debian package wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(out.status.success(), "wrk failed: {text}");
-    let field = |prefix: &str| -> Option<String> {
-        text.lines()
-            .map(str::trim)
-            .find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_owned()))
-    };
-    let rps = field("Requests/sec:")
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no Requests/sec in {text}"))?;
-    let us = |v: Option<String>| -> anyhow::Result<f64> {
-        let v = v.with_context(|| format!("no latency percentile in {text}"))?;
-        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-        let num: f64 = num.parse()?;
-        Ok(match unit {
-            "us" => num,
-            "ms" => num * 1e3,
-            "s" => num * 1e6,
-            _ => bail!("latency unit {unit:?}"),
-        })
-    };
-    let non_2xx = field("Non-2xx or 3xx responses:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok(Load {
-        rps,
-        p50_us: us(field("50%"))?,
-        p99_us: us(field("99%"))?,
-        non_2xx,
-    })
-}
-
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")?;
-    Ok(kb * 1024)
-}
-
 /// A fake of the control plane's feed on a free loopback port: `GET /v1/keyset` answers
 /// `snapshot` (revision 1) without `since`, else `304` after the long-poll wait; `POST
-/// /v1/usage` is acknowledged.
+/// /v1/usage` is acknowledged (as `benches/envoy.rs`'s).
 async fn start_feed(snapshot: Arc<Vec<u8>>) -> anyhow::Result<String> {
     use axum::extract::Query;
     use axum::http::{StatusCode, header};
@@ -551,4 +614,67 @@ async fn start_feed(snapshot: Arc<Vec<u8>>) -> anyhow::Result<String> {
         let _ = axum::serve(listener, app).await;
     });
     Ok(addr)
+}
+
+/// A real `keygate serve --forward-auth-config` on SQLite, with an edge key and `count` keys
+/// issued through its API (the figures' ext_authz row asks it).
+struct ForwardAuth {
+    process: ServeProcess,
+    edge_key: String,
+    secrets: Vec<String>,
+}
+
+impl ForwardAuth {
+    async fn start(count: usize, dir: &std::path::Path) -> anyhow::Result<Self> {
+        let config = dir.join("forward-auth.json");
+        std::fs::write(&config, plugin_configuration(&envoy_yaml()).to_string())?;
+        let process = ServeProcess::start_sqlite(&[
+            "--forward-auth-config".to_owned(),
+            config.display().to_string(),
+        ]);
+        pin_to_cpu1(process.pid().context("no control-plane pid")?)?;
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/keys", process.url());
+        let post = |body: Value| http.post(&url).bearer_auth(ADMIN_TOKEN).json(&body);
+        let edge_key = issue(post(json!({"name": "bench edge", "kind": "edge"}))).await?;
+        let mut secrets = Vec::with_capacity(count);
+        let indices: Vec<usize> = (0..count).collect();
+        for chunk in indices.chunks(32) {
+            let mut calls = tokio::task::JoinSet::new();
+            for i in chunk {
+                calls.spawn(issue(post(json!({"name": format!("bench-{i}")}))));
+            }
+            while let Some(secret) = calls.join_next().await {
+                secrets.push(secret??);
+            }
+        }
+        Ok(Self {
+            process,
+            edge_key,
+            secrets,
+        })
+    }
+}
+
+/// Sends a key-creation call; the secret.
+async fn issue(req: reqwest::RequestBuilder) -> anyhow::Result<String> {
+    let resp = req.send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await?;
+    ensure!(status.as_u16() == 201, "creating a key: {status} {v}");
+    v["secret"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no secret in the answer")
+}
+
+/// Pins process `pid` (every thread) to CPU 1, beside `wrk`.
+fn pin_to_cpu1(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux)")?;
+    ensure!(status.success(), "taskset failed: {status}");
+    Ok(())
 }

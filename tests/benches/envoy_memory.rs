@@ -15,6 +15,11 @@
 //! never shrinks, so this is each VM's high-water mark) and the set's own heap
 //! (`keygate.vm.<n>.keyset.heap_bytes`), summed over the workers. `KEYGATE_BENCH_WASM` measures
 //! another build of the filter (`keygate-plugin-wasm <path>` writes one).
+//!
+//! A second table gives the same RSS figures for Keygate's pure core as an Envoy dynamic module
+//! (`keygate-native-filter`, the prototype shell), which reads the same snapshot from a file when
+//! Envoy creates its configuration and keeps one set per process (it does not sync yet, so it has
+//! no "changed live" column).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::bench_envoy::{rss_bytes, start_pinned};
-use keygate_e2e::envoy::{EDGE_KEY_ENV, bootstrap_with_module};
+use keygate_e2e::envoy::{EDGE_KEY_ENV, bootstrap_with_module, envoy_yaml, plugin_configuration};
+use keygate_e2e::native;
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_protocol::wire::{CONTENT_TYPE, Delta, KeyEntry, Snapshot};
 use keygate_testkit::bench::{env_usize, key_set, load_average};
@@ -95,6 +101,34 @@ fn main() -> anyhow::Result<()> {
             mb(fresh_vm),
             mb(live_vm),
             mb(heap),
+        );
+    }
+
+    // ---- the dynamic module: one set per process
+    let dir = tempfile::tempdir()?;
+    let full_file = dir.path().join("keyset.bin");
+    std::fs::write(&full_file, &full.snapshot)?;
+    let empty_file = dir.path().join("empty.bin");
+    std::fs::write(&empty_file, &empty.snapshot)?;
+    println!("\n| --concurrency | dynamic module: RSS, 0 keys | RSS, {n} keys | growth per key |");
+    println!("| --- | --- | --- | --- |");
+    for concurrency in [1, 2, 4] {
+        let rss = |file: &std::path::Path| -> anyhow::Result<u64> {
+            let bootstrap = native::replace_wasm_filter(
+                &bootstrap_with_module(&full_addr, &full_addr, &json!({}), KEYGATE_PLUGIN_WASM),
+                native::keygate_filter(&plugin_configuration(&envoy_yaml()), file),
+            );
+            let envoy = start_pinned(&bootstrap, &native::options(concurrency))?;
+            std::thread::sleep(Duration::from_millis(500));
+            rss_bytes(envoy.pid().context("no pid")?)
+        };
+        let base = rss(&empty_file)?;
+        let loaded = rss(&full_file)?;
+        println!(
+            "| {concurrency} | {:.1} MB | {:.1} MB | {:.0} B |",
+            base as f64 / 1e6,
+            loaded as f64 / 1e6,
+            loaded.saturating_sub(base) as f64 / n.max(1) as f64
         );
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! Scaffolding of the benchmarks in real Envoy: Envoy pinned to CPU 0, `wrk` pinned to CPU 1,
-//! Envoy's RSS, and the no-op proxy-wasm filter in WebAssembly text. The method of
-//! `benches/envoy.rs` (which still holds its own copy), shared here for `benches/envoy_native.rs`.
+//! Envoy's RSS and CPU time, and the proxy-wasm filters in WebAssembly text (the no-op, and
+//! Keygate's host calls alone).
 
 use std::process::{Command, Stdio};
 
@@ -24,8 +24,17 @@ end
 /// Keygate's trimmed module exports (and a bump allocator), each returning at once. Its cost
 /// over no filter is Envoy's own price of a Wasm filter under V8 (`benches/envoy.rs`'s no-op).
 pub fn noop_wat() -> String {
-    r#"(module
+    noop_with("", "", "")
+}
+
+/// [`noop_wat`] with `imports` and `data` added and `on_request` as the body of
+/// `proxy_on_request_headers` before it continues the request.
+fn noop_with(imports: &str, data: &str, on_request: &str) -> String {
+    format!(
+        r#"(module
+  {imports}
   (memory (export "memory") 2)
+  {data}
   (global $heap (mut i32) (i32.const 65536))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
@@ -38,9 +47,34 @@ pub fn noop_wat() -> String {
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (global.set $heap (i32.const 65536))
+    {on_request}
     (i32.const 0))
   (func (export "proxy_on_delete") (param i32)))"#
-        .to_owned()
+    )
+}
+
+/// The host calls Keygate makes for an allowed request, and nothing else: read the request's
+/// header map (the host calls back into the VM to allocate it), remove the key's header, add the
+/// three identity headers. Its cost over the no-op filter is the floor of Keygate's design in
+/// this runtime: what no trim of the filter's own code can go below.
+pub fn host_calls_wat() -> String {
+    noop_with(
+        r#"(import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 1024) "x-api-key")
+  (data (i32.const 1040) "x-keygate-key-id")
+  (data (i32.const 1060) "key_0123456789abcdef0123456789abcdef")
+  (data (i32.const 1100) "x-keygate-owner")
+  (data (i32.const 1120) "owner-1")
+  (data (i32.const 1130) "x-keygate-scopes")
+  (data (i32.const 1150) "repo:read")"#,
+        r#"(drop (call $pairs (i32.const 0) (i32.const 2000) (i32.const 2004)))
+    (drop (call $remove (i32.const 0) (i32.const 1024) (i32.const 9)))
+    (drop (call $add (i32.const 0) (i32.const 1040) (i32.const 16) (i32.const 1060) (i32.const 36)))
+    (drop (call $add (i32.const 0) (i32.const 1100) (i32.const 15) (i32.const 1120) (i32.const 7)))
+    (drop (call $add (i32.const 0) (i32.const 1130) (i32.const 16) (i32.const 1150) (i32.const 9)))"#,
+    )
 }
 
 /// One wrk run: requests per second, p50 and p99 latency in microseconds, non-2xx answers.

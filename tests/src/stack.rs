@@ -138,6 +138,11 @@ impl ServeProcess {
         format!("http://{}", self.addr)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
