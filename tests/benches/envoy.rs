@@ -47,10 +47,11 @@ use keygate_e2e::bench_envoy::{
     Load, WRK_LUA, cpu_ns, host_calls_wat, noop_wat, start_pinned, wrk,
 };
 use keygate_e2e::envoy::{envoy_yaml, plugin_configuration};
+use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::stack::ServeProcess;
 use keygate_e2e::{ADMIN_TOKEN, ext_authz, native};
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
-use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
+use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{env_usize, key_set, load_average};
 use keygate_testkit::envoy::Envoy;
 use serde_json::{Value, json};
@@ -222,7 +223,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let feed = rt.block_on(start_feed(snapshot.clone()))?;
+    let feed = rt.block_on(FakeFeed::new(snapshot.to_vec(), Vec::new()).serve())?;
     // ---- forward-auth: a real control plane, its keys issued through the API
     let forward_auth = if setups.contains(&Setup::ExtAuthz) {
         let count = env_usize("KEYGATE_BENCH_EXT_AUTHZ_KEYS", 2_000);
@@ -535,6 +536,11 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
     }
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        // As envoy/envoy.yaml: a snapshot of a million keys (60 MB) exceeds Envoy's default
+        // 32 MiB limit on an HTTP client's answer.
+        "layered_runtime": {"layers": [{"name": "keygate", "static_layer": {
+            "http.async_response_buffer_limit": 268_435_456
+        }}]},
         "static_resources": {
             "listeners": [{
                 "name": "bench",
@@ -571,49 +577,6 @@ fn wait_for_wasm_keys(envoy: &Envoy, n: usize) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A fake of the control plane's feed on a free loopback port: `GET /v1/keyset` answers
-/// `snapshot` (revision 1) without `since`, else `304` after the long-poll wait; `POST
-/// /v1/usage` is acknowledged (as `benches/envoy.rs`'s).
-async fn start_feed(snapshot: Arc<Vec<u8>>) -> anyhow::Result<String> {
-    use axum::extract::Query;
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
-    use axum::routing::{get, post};
-
-    let app = axum::Router::new()
-        .route(
-            "/v1/keyset",
-            get(move |Query(q): Query<BTreeMap<String, String>>| {
-                let snapshot = snapshot.clone();
-                async move {
-                    if q.contains_key("since") {
-                        let wait: u64 = q.get("wait").and_then(|w| w.parse().ok()).unwrap_or(0);
-                        tokio::time::sleep(Duration::from_secs(wait)).await;
-                        return StatusCode::NOT_MODIFIED.into_response();
-                    }
-                    (
-                        [
-                            (header::CONTENT_TYPE, CONTENT_TYPE),
-                            (header::HeaderName::from_static("x-keygate-revision"), "1"),
-                        ],
-                        snapshot.to_vec(),
-                    )
-                        .into_response()
-                }
-            }),
-        )
-        .route(
-            "/v1/usage",
-            post(|| async { axum::Json(json!({"applied": true})) }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(addr)
 }
 
 /// A real `keygate serve --forward-auth-config` on SQLite, with an edge key and `count` keys

@@ -22,19 +22,19 @@
 //! no "changed live" column).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::bench_envoy::{rss_bytes, start_pinned};
 use keygate_e2e::envoy::{EDGE_KEY_ENV, bootstrap_with_module, envoy_yaml, plugin_configuration};
+use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::native;
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
-use keygate_protocol::wire::{CONTENT_TYPE, Delta, KeyEntry, Snapshot};
+use keygate_protocol::wire::{Delta, KeyEntry, Snapshot};
 use keygate_testkit::bench::{env_usize, key_set, load_average};
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use serde_json::json;
-use tokio::sync::Notify;
 
 /// Keys replaced per delta.
 const PER_DELTA: usize = 1_000;
@@ -53,20 +53,20 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let keys = key_set(n, |_, _| {}, |_| false)?.entries;
     let fresh = key_set(changed, |_, _| {}, |_| false)?.entries;
-    let full = Arc::new(Feed::new(&keys, &fresh)?);
-    let empty = Arc::new(Feed::new(&[], &[])?);
+    let full = feed(&keys, &fresh)?;
+    let empty = feed(&[], &[])?;
     println!(
         "keys generated and encoded in {:.1} s: snapshot {} bytes, {} deltas",
         t.elapsed().as_secs_f64(),
-        full.snapshot.len(),
-        full.deltas.len()
+        full.snapshot().len(),
+        full.delta_count()
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let full_addr = rt.block_on(serve(full.clone()))?;
-    let empty_addr = rt.block_on(serve(empty.clone()))?;
+    let full_addr = rt.block_on(full.clone().serve())?;
+    let empty_addr = rt.block_on(empty.clone().serve())?;
 
     println!(
         "\n| --concurrency | RSS, 0 keys | RSS, {n} keys | growth per key | after {changed} changed live | worker VMs' linear memory (fresh → changed) | key sets' heap |"
@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         let fresh_rss = rss_bytes(pid)?;
         let fresh_vm = vm_sum(&envoy, "wasm.memory_bytes")?;
         let heap = vm_sum(&envoy, "keyset.heap_bytes")?;
-        let last = 1 + full.deltas.len() as u64;
+        let last = 1 + full.delta_count() as u64;
         full.publish(last);
         wait_for(&envoy, concurrency, n, last)?;
         let live_rss = rss_bytes(pid)?;
@@ -107,9 +107,9 @@ fn main() -> anyhow::Result<()> {
     // ---- the dynamic module: one set per process
     let dir = tempfile::tempdir()?;
     let full_file = dir.path().join("keyset.bin");
-    std::fs::write(&full_file, &full.snapshot)?;
+    std::fs::write(&full_file, full.snapshot())?;
     let empty_file = dir.path().join("empty.bin");
-    std::fs::write(&empty_file, &empty.snapshot)?;
+    std::fs::write(&empty_file, empty.snapshot())?;
     println!("\n| --concurrency | dynamic module: RSS, 0 keys | RSS, {n} keys | growth per key |");
     println!("| --- | --- | --- | --- |");
     for concurrency in [1, 2, 4] {
@@ -199,119 +199,29 @@ fn wait_for(envoy: &Envoy, workers: usize, keys: usize, revision: u64) -> anyhow
     }
 }
 
-/// The fake feed's content: a snapshot at revision 1 and the deltas after it; `published` is
-/// the newest revision it serves.
-struct Feed {
-    snapshot: Vec<u8>,
-    /// `deltas[i]` takes revision `i + 1` to `i + 2`.
-    deltas: Vec<Vec<u8>>,
-    published: Mutex<u64>,
-    changed: Notify,
-}
-
-impl Feed {
-    /// `keys` as the snapshot; then, per [`PER_DELTA`] keys of `fresh`, a delta that removes as
-    /// many of `keys` (in order) and adds those.
-    fn new(keys: &[KeyEntry], fresh: &[KeyEntry]) -> anyhow::Result<Self> {
-        let mut entries = keys.to_vec();
-        entries.sort_by(|a, b| a.digest.as_bytes().cmp(b.digest.as_bytes()));
-        let snapshot = Snapshot {
-            revision: 1,
-            entries,
-        }
-        .encode()?;
-        let deltas = fresh
-            .chunks(PER_DELTA)
-            .zip(keys.chunks(PER_DELTA))
-            .enumerate()
-            .map(|(i, (added, removed))| {
-                Delta {
-                    base_revision: 1 + i as u64,
-                    revision: 2 + i as u64,
-                    upserts: added.to_vec(),
-                    removals: removed.iter().map(|e| e.digest).collect(),
-                }
-                .encode()
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            snapshot,
-            deltas,
-            published: Mutex::new(1),
-            changed: Notify::new(),
-        })
+/// A feed of `keys` as the snapshot and, per [`PER_DELTA`] keys of `fresh`, a delta that
+/// removes as many of `keys` (in order) and adds those.
+fn feed(keys: &[KeyEntry], fresh: &[KeyEntry]) -> anyhow::Result<Arc<FakeFeed>> {
+    let mut entries = keys.to_vec();
+    entries.sort_by(|a, b| a.digest.as_bytes().cmp(b.digest.as_bytes()));
+    let snapshot = Snapshot {
+        revision: 1,
+        entries,
     }
-
-    fn published(&self) -> u64 {
-        *self
-            .published
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Serves revisions up to `revision` from now on (and wakes the long-polls).
-    fn publish(&self, revision: u64) {
-        *self
-            .published
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = revision;
-        self.changed.notify_waiters();
-    }
-}
-
-/// Serves `feed` on a free loopback port: `GET /v1/keyset` answers the snapshot without `since`,
-/// the delta from `since` when a newer revision is published, else `304` after the long-poll
-/// wait (or as soon as one is published); `POST /v1/usage` is acknowledged.
-async fn serve(feed: Arc<Feed>) -> anyhow::Result<String> {
-    use axum::extract::Query;
-    use axum::http::{StatusCode, header};
-    use axum::response::{IntoResponse, Response};
-    use axum::routing::{get, post};
-
-    let keyset = move |Query(q): Query<BTreeMap<String, String>>| {
-        let feed = feed.clone();
-        async move {
-            let reply = |revision: u64, body: Vec<u8>| -> Response {
-                (
-                    [
-                        (header::CONTENT_TYPE, CONTENT_TYPE.to_owned()),
-                        (
-                            header::HeaderName::from_static("x-keygate-revision"),
-                            revision.to_string(),
-                        ),
-                    ],
-                    body,
-                )
-                    .into_response()
-            };
-            let since = q.get("since").and_then(|s| s.parse::<u64>().ok());
-            let Some(since) = since.filter(|&s| s >= 1) else {
-                return reply(1, feed.snapshot.clone());
-            };
-            let wait: u64 = q.get("wait").and_then(|w| w.parse().ok()).unwrap_or(0);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-            loop {
-                let changed = feed.changed.notified();
-                if since < feed.published() {
-                    let Some(delta) = feed.deltas.get((since - 1) as usize) else {
-                        return StatusCode::NOT_FOUND.into_response();
-                    };
-                    return reply(since + 1, delta.clone());
-                }
-                if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                    return StatusCode::NOT_MODIFIED.into_response();
-                }
+    .encode()?;
+    let deltas = fresh
+        .chunks(PER_DELTA)
+        .zip(keys.chunks(PER_DELTA))
+        .enumerate()
+        .map(|(i, (added, removed))| {
+            Delta {
+                base_revision: 1 + i as u64,
+                revision: 2 + i as u64,
+                upserts: added.to_vec(),
+                removals: removed.iter().map(|e| e.digest).collect(),
             }
-        }
-    };
-    let app = axum::Router::new().route("/v1/keyset", get(keyset)).route(
-        "/v1/usage",
-        post(|| async { axum::Json(json!({"applied": true})) }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(addr)
+            .encode()
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(FakeFeed::new(snapshot, deltas))
 }

@@ -7,6 +7,7 @@
 pub mod bench_envoy;
 pub mod envoy;
 pub mod ext_authz;
+pub mod fake_feed;
 pub mod native;
 pub mod stack;
 

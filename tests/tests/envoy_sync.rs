@@ -1,12 +1,17 @@
 //! Key-set sync in real Envoy 1.40: start-up, failing closed before the first sync, failing
 //! static through an outage, turning stale, recovering after it, one leader among four workers,
-//! revocation on every worker (the leader waking the others through their shared queues), and
-//! the key-set call rate under churn.
+//! revocation on every worker (the leader waking the others through their shared queues), the
+//! key-set call rate under churn, and a snapshot larger than Envoy's default limit on an HTTP
+//! client's answer.
 
 use std::time::{Duration, Instant};
 
-use keygate_e2e::envoy::EnvoyStack;
+use keygate_e2e::envoy::{EDGE_KEY_ENV, EnvoyStack, LISTENER, bootstrap};
+use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::stack::{ServeProcess, wait_for};
+use keygate_protocol::wire::{KeyEntry, Snapshot};
+use keygate_protocol::{Digest, KeyId, key};
+use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use serde_json::json;
 
 const CP_CLUSTER_CALLS: &str = "cluster.keygate_control_plane.upstream_rq_total";
@@ -229,5 +234,127 @@ fn under_churn_the_key_set_call_rate_per_proxy_is_bounded() {
         revoked.elapsed() < Duration::from_millis(500),
         "{:?}",
         revoked.elapsed()
+    );
+}
+
+/// A feed whose snapshot holds one real key and `filler` more entries (digests that no key
+/// has): its address, the real key's secret and the runtime serving it.
+fn large_feed(filler: u64) -> (String, String, tokio::runtime::Runtime) {
+    let real = key::generate("kg_live").unwrap_or_else(|e| panic!("generate: {e}"));
+    let entry = |digest: [u8; 32], i: u64| KeyEntry {
+        digest: Digest::from_bytes(digest),
+        key_id: KeyId::from_bytes(u128::from(i).to_be_bytes()),
+        owner: "bulk".to_owned(),
+        expires_at: None,
+        scopes: Vec::new(),
+        resources: Vec::new(),
+    };
+    // splitmix64: distinct, well-spread digests without hashing anything.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut entries: Vec<KeyEntry> = (1..=filler)
+        .map(|i| {
+            let mut d = [0u8; 32];
+            for chunk in d.chunks_mut(8) {
+                chunk.copy_from_slice(&next().to_be_bytes());
+            }
+            entry(d, i)
+        })
+        .collect();
+    entries.push(entry(*real.digest().as_bytes(), 0));
+    entries.sort_by(|a, b| a.digest.as_bytes().cmp(b.digest.as_bytes()));
+    let snapshot = Snapshot {
+        revision: 1,
+        entries,
+    }
+    .encode()
+    .unwrap_or_else(|e| panic!("encode: {e}"));
+    assert!(
+        snapshot.len() > 32 << 20,
+        "the snapshot ({} bytes) must exceed Envoy's default 32 MiB",
+        snapshot.len()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let addr = rt
+        .block_on(FakeFeed::new(snapshot, Vec::new()).serve())
+        .unwrap_or_else(|e| panic!("feed: {e}"));
+    (addr, real.expose_secret().to_owned(), rt)
+}
+
+fn start_envoy(bootstrap: &serde_json::Value) -> Envoy {
+    Envoy::start(
+        &bootstrap.to_string(),
+        &EnvoyOptions {
+            concurrency: 1,
+            env: vec![(EDGE_KEY_ENV.to_owned(), "kg_edge_unchecked".to_owned())],
+            ..EnvoyOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("starting Envoy: {e}"))
+}
+
+#[test]
+fn a_snapshot_over_envoys_default_client_buffer_limit_loads_with_envoy_yamls_runtime() {
+    // About 600,000 keys: a 36 MB snapshot, over the 32 MiB Envoy's HTTP client buffers by
+    // default (`http.async_response_buffer_limit`), which envoy/envoy.yaml raises.
+    let filler = 600_000;
+    let (feed, secret, rt) = large_feed(filler);
+    let shipped = bootstrap(&feed, &feed, &json!({}));
+    let envoy = start_envoy(&shipped);
+    let keys = wait_for(
+        "the large set loaded",
+        Duration::from_secs(90),
+        || match envoy.stat("wasmcustom.keygate.keyset.keys") {
+            Ok(Some(n)) if n == filler + 1 => Ok(n),
+            other => Err(format!("keys gauge {other:?}")),
+        },
+    );
+    assert_eq!(keys, filler + 1);
+    let addr = envoy
+        .listener_addr(LISTENER)
+        .unwrap_or_else(|e| panic!("listener: {e}"));
+    let status = |key: &str| {
+        rt.block_on(
+            reqwest::Client::new()
+                .get(format!("http://{addr}/hello"))
+                .header("x-api-key", key)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("request: {e}"))
+        .status()
+        .as_u16()
+    };
+    // The real key passes the filter on to the upstream (the fake feed plays it here, and has
+    // no `/hello`: 404); a key the set does not hold is refused by the filter.
+    assert_eq!(status(&secret), 404);
+    let unknown = key::generate("kg_live").unwrap_or_else(|e| panic!("generate: {e}"));
+    assert_eq!(status(unknown.expose_secret()), 401);
+    drop(envoy);
+
+    // The same file without its runtime layer: Envoy drops the answer as if none came.
+    let mut bare = shipped;
+    bare.as_object_mut()
+        .map(|b| b.remove("layered_runtime"))
+        .unwrap_or_else(|| panic!("the bootstrap is an object"))
+        .unwrap_or_else(|| panic!("envoy/envoy.yaml has a layered_runtime"));
+    let envoy = start_envoy(&bare);
+    wait_for("a failed sync", Duration::from_secs(60), || {
+        match envoy.stat("wasmcustom.keygate.sync.failure.unreachable") {
+            Ok(Some(n)) if n >= 1 => Ok(n),
+            other => Err(format!("unreachable failures {other:?}")),
+        }
+    });
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.keygate.keyset.keys")
+            .unwrap_or_else(|e| panic!("stats: {e}")),
+        None,
+        "without the runtime layer no set loads"
     );
 }
