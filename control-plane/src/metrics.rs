@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use keygate_plugin::decision::Reason;
+use keygate_filter_core::decision::Reason;
 
 use crate::domain::VerifyCode;
 

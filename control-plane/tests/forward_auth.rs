@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, Engine, Server, fresh_database};
-use keygate_plugin::config::Config as FilterConfig;
-use keygate_plugin::decision::{Decision, KeySetState, Request, decide};
+use keygate_filter_core::config::Config as FilterConfig;
+use keygate_filter_core::decision::{Decision, KeySetState, Request, decide};
 use keygate_protocol::keyset::KeySet;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

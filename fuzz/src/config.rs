@@ -2,7 +2,7 @@
 //! re-serializes to JSON that parses back to the same `Config`, and its values are the validated
 //! ones; a rejected one names a field and never echoes the edge key.
 
-use keygate_plugin::config::{Config, FailureMode, KeySource, MAX_LONG_POLL_WAIT_S};
+use keygate_filter_core::config::{Config, FailureMode, KeySource, MAX_LONG_POLL_WAIT_S};
 use serde_json::{Value, json};
 
 /// Every field of a validated configuration, written out explicitly.

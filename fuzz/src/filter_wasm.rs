@@ -13,7 +13,7 @@ use std::time::Duration;
 use keygate_host_harness::{
     CalloutReply, CalloutRequest, CalloutResponse, Cluster, Disposition, Harness, Plugin, Request,
 };
-use keygate_plugin::decision::{Decision, KeySetState, Reason, decide};
+use keygate_filter_core::decision::{Decision, KeySetState, Reason, decide};
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_protocol::wire::{CONTENT_TYPE, Snapshot};
 
@@ -171,7 +171,7 @@ fn check_wire(index: usize, wire: &[(String, Vec<u8>)]) -> (Reason, Option<Wire>
     let f = fixture();
     let headers = as_filter_reads(wire);
     let native = decide(
-        &keygate_plugin::decision::Request::from_headers(&headers),
+        &keygate_filter_core::decision::Request::from_headers(&headers),
         KeySetState::Fresh(&f.set),
         START_S + WARM_UP_S,
         &f.configs[index],

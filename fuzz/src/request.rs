@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
-use keygate_plugin::config::{Config, FailureMode};
-use keygate_plugin::decision::{Allow, Decision, Identity, KeySetState, Reason, Request, decide};
+use keygate_filter_core::config::{Config, FailureMode};
+use keygate_filter_core::decision::{Allow, Decision, Identity, KeySetState, Reason, Request, decide};
 use keygate_protocol::KeyId;
 use keygate_protocol::keyset::KeySet;
 use keygate_protocol::wire::{KeyEntry, Snapshot};
@@ -407,7 +407,7 @@ pub fn check(case: &Case) {
             );
             if d.status() == 400 {
                 assert_eq!(d.reason, Reason::InvalidPath);
-                assert!(!keygate_plugin::decision::is_normal_path(req.path_only()));
+                assert!(!keygate_filter_core::decision::is_normal_path(req.path_only()));
             }
             let body: serde_json::Value =
                 serde_json::from_str(&d.body()).expect("deny body is JSON");

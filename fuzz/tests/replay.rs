@@ -141,6 +141,6 @@ fn fixture_configs_parse() {
     // The filter_request fixture's configurations are accepted and round-trip.
     for c in keygate_fuzz::request::CONFIGS {
         keygate_fuzz::config::check(c.as_bytes());
-        assert!(keygate_plugin::config::Config::from_json(c.as_bytes()).is_ok());
+        assert!(keygate_filter_core::config::Config::from_json(c.as_bytes()).is_ok());
     }
 }

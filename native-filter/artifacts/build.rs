@@ -81,8 +81,8 @@ fn main() {
     for path in [
         "native-filter/src",
         "native-filter/Cargo.toml",
-        "plugin/src",
-        "plugin/Cargo.toml",
+        "plugin/core/src",
+        "plugin/core/Cargo.toml",
         "protocol/src",
         "protocol/Cargo.toml",
         "Cargo.lock",

@@ -17,7 +17,7 @@
 use std::ffi::{CStr, c_char, c_void};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keygate_plugin::decision::Reason;
+use keygate_filter_core::decision::Reason;
 use smallvec::SmallVec;
 
 use crate::shell::{FilterConfig, Stream, Verdict};

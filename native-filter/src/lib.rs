@@ -1,6 +1,6 @@
 //! Keygate as an Envoy dynamic module: a second shell, native code loaded by Envoy's
 //! `envoy.filters.http.dynamic_modules` filter, around the same pure core the proxy-wasm filter
-//! uses (`keygate_plugin::config` and `keygate_plugin::decision::decide`).
+//! uses (`keygate_filter_core::config` and `keygate_filter_core::decision::decide`).
 //!
 //! A prototype, built to measure what the shell costs in real Envoy 1.40 (issue 23, point 3):
 //! the key set is read once, from a snapshot file in the protocol's wire format, when Envoy

@@ -3,15 +3,16 @@
 //! `ffi` module, a recording fake in the tests).
 //!
 //! The request path mirrors the proxy-wasm glue (`plugin/src/glue.rs`): the same view of the
-//! headers (a byte that is not UTF-8 reads as [`pairs::SUBSTITUTE`]), the same decision, the
+//! headers (a byte that is not UTF-8 reads as [`decision::SUBSTITUTE`]), the same decision, the
 //! same header edits in the same order, the same local reply.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use keygate_plugin::config::Config;
-use keygate_plugin::decision::{self, Decision, DenyBodies, KeySetState, Reason, Request, decide};
-use keygate_plugin::pairs;
+use keygate_filter_core::config::Config;
+use keygate_filter_core::decision::{
+    self, Decision, DenyBodies, KeySetState, Reason, Request, decide,
+};
 use keygate_protocol::keyset::KeySet;
 use serde::Deserialize;
 use smallvec::SmallVec;
@@ -87,7 +88,7 @@ impl FilterConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NativeConfig {
-    /// The plugin configuration, parsed by `keygate_plugin::config::Config::from_json`.
+    /// The plugin configuration, parsed by `keygate_filter_core::config::Config::from_json`.
     pub configuration: serde_json::Value,
     /// The key set, read once when Envoy creates the configuration (the prototype has no sync).
     pub snapshot_file: String,
@@ -245,14 +246,14 @@ fn borrowed_text<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Option<Vec<(&'a str, &
 }
 
 /// `bytes` as text, every byte of a sequence that is not UTF-8 replaced by
-/// [`pairs::SUBSTITUTE`], one byte for one byte (as the proxy-wasm shell reads a header map).
+/// [`decision::SUBSTITUTE`], one byte for one byte (as the proxy-wasm shell reads a header map).
 fn substitute_invalid(bytes: &[u8]) -> String {
     let mut out = bytes.to_vec();
     let mut at = 0;
     while let Err(e) = std::str::from_utf8(&out[at..]) {
         let start = at + e.valid_up_to();
         let end = e.error_len().map_or(out.len(), |n| start + n);
-        out[start..end].fill(pairs::SUBSTITUTE);
+        out[start..end].fill(decision::SUBSTITUTE);
         at = end;
     }
     String::from_utf8(out).unwrap_or_default()

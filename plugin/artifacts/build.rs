@@ -107,6 +107,8 @@ fn main() {
     for dir in [
         "plugin/src",
         "plugin/Cargo.toml",
+        "plugin/core/src",
+        "plugin/core/Cargo.toml",
         "protocol/src",
         "protocol/Cargo.toml",
         "Cargo.lock",

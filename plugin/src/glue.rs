@@ -12,12 +12,14 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType, Status};
 
-use crate::config::Config;
-use crate::decision::{self, Decision, Deny, DenyBodies, Reason, Request};
-use crate::host::{DispatchError, Host, HttpCall, HttpResponse, LogLevel, SharedDataError};
 use crate::pairs;
 use crate::raw;
-use crate::worker::Worker;
+use keygate_filter_core::config::Config;
+use keygate_filter_core::decision::{self, Decision, Deny, DenyBodies, Reason, Request};
+use keygate_filter_core::host::{
+    DispatchError, Host, HttpCall, HttpResponse, LogLevel, SharedDataError,
+};
+use keygate_filter_core::worker::Worker;
 
 fn now_ms() -> u64 {
     raw::now_nanos().map_or(0, |n| n / 1_000_000)
@@ -313,8 +315,11 @@ impl RootContext for KeygateRoot {
         self.with_worker(|w, host| {
             w.tick(host);
             // The VM's linear memory: its high-water mark (wasm memory never shrinks).
-            w.syncer()
-                .gauge(host, crate::sync::metrics::MEMORY, linear_memory_bytes());
+            w.syncer().gauge(
+                host,
+                keygate_filter_core::sync::metrics::MEMORY,
+                linear_memory_bytes(),
+            );
         });
     }
 

@@ -6,16 +6,13 @@
 
 use std::ops::Range;
 
-/// What each byte of a sequence that is not UTF-8 reads as: U+001A SUBSTITUTE. One byte for one
-/// byte, so the map's layout holds; never whitespace, a delimiter or a key character, so a key
-/// source that holds one is malformed (not missing), and a cookie or `Authorization` header with
-/// such bytes elsewhere still yields its key. Envoy's codecs refuse control characters in
-/// header values, so a client cannot send this byte itself.
+/// What each byte of a sequence that is not UTF-8 reads as (U+001A SUBSTITUTE): the core's
+/// constant, since every shell must read such bytes alike for the decision to agree.
 ///
 /// A header the filter *rewrites* (a `cookie` without the key's cookie) is rebuilt from the
 /// bytes the host sent ([`AsSent`]), not from this view, and every other header keeps its bytes
 /// (the host holds them; the filter only reads a copy).
-pub const SUBSTITUTE: u8 = 0x1a;
+pub use keygate_filter_core::decision::SUBSTITUTE;
 
 /// The map's bytes as the host sent them, kept by [`parse_str`] only when its view differs from
 /// them (some byte was not UTF-8): a header the filter rewrites is rebuilt from these.

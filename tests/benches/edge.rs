@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::{CLUSTER, filter_config, harness_builder, metric};
+use keygate_filter_core::config::Config as FilterConfig;
+use keygate_filter_core::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
 use keygate_host_harness::baseline::{self, Kind};
 use keygate_host_harness::{CalloutReply, Cluster, Disposition, Request};
-use keygate_plugin::config::Config as FilterConfig;
-use keygate_plugin::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
 use keygate_plugin_artifacts::{BenchKinds, bench_requests, keyset_reply};
 use keygate_protocol::keyset::KeySet;
 use keygate_protocol::wire::Snapshot;

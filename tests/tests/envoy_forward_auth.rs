@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use keygate_e2e::envoy::Reply;
 use keygate_e2e::ext_authz::{ExtAuthzStack, bootstrap};
+use keygate_filter_core::config::Config as FilterConfig;
+use keygate_filter_core::decision::{Decision, KeySetState, Request, decide};
 use keygate_gateway::envoy_bootstrap::Addresses;
-use keygate_plugin::config::Config as FilterConfig;
-use keygate_plugin::decision::{Decision, KeySetState, Request, decide};
 use keygate_testkit::envoy::envoy_binary;
 use serde_json::{Value, json};
 

@@ -15,8 +15,8 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use keygate_plugin::config::IdentityHeaders;
-use keygate_plugin::decision::{self, Allow, Decision, Deny};
+use keygate_filter_core::config::IdentityHeaders;
+use keygate_filter_core::decision::{self, Allow, Decision, Deny};
 
 use crate::error::ApiError;
 

@@ -2,7 +2,7 @@
 //! Wasm filter (Envoy's `ext_authz` HTTP service, nginx `auth_request`, Traefik `ForwardAuth`,
 //! Caddy `forward_auth`) and as the remote baseline of the benchmarks.
 //!
-//! Every call is decided by the filter's own pure core (`keygate_plugin::decision::decide` on
+//! Every call is decided by the filter's own pure core (`keygate_filter_core::decision::decide` on
 //! the filter's parsed configuration) against a [`KeyMirror`], the key set in memory, so the
 //! answer is the filter's by construction and no call reads the database. The parts:
 //! - [`settings`]: the flags and the filter's configuration, validated at start-up;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::http::request::Parts;
 use axum::response::Response;
-use keygate_plugin::decision::{Decision, KeySetState, Reason, Request, decide};
+use keygate_filter_core::decision::{Decision, KeySetState, Reason, Request, decide};
 use keygate_protocol::KeyId;
 
 pub use settings::{ForwardAuthArgs, Settings, SettingsError};

@@ -17,7 +17,7 @@
 
 use std::path::PathBuf;
 
-use keygate_plugin::config::{Config as FilterConfig, KeySource};
+use keygate_filter_core::config::{Config as FilterConfig, KeySource};
 use serde_json::{Map, Value};
 
 /// The members of the filter's configuration that concern only the filter's link to the

@@ -1,12 +1,12 @@
 //! Native cost of one filter decision with 1,000,000 keys loaded: median and p99 per request.
 //!
-//! `cargo bench -p keygate-plugin --bench decision` (set `KEYGATE_BENCH_KEYS` to change the size).
+//! `cargo bench -p keygate-filter-core --bench decision` (set `KEYGATE_BENCH_KEYS` to change the size).
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use keygate_plugin::config::Config;
-use keygate_plugin::decision::{Decision, KeySetState, Reason, Request, decide};
+use keygate_filter_core::config::Config;
+use keygate_filter_core::decision::{Decision, KeySetState, Reason, Request, decide};
 use keygate_protocol::key;
 use keygate_protocol::keyset::KeySet;
 use keygate_protocol::wire::Snapshot;

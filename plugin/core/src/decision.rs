@@ -14,6 +14,14 @@ use smallvec::SmallVec;
 
 use crate::config::{Config, FailureMode, IdentityHeaders, KeySource, Route};
 
+/// What each byte of a header's sequence that is not UTF-8 reads as in a [`Request`]: U+001A
+/// SUBSTITUTE. One byte for one byte, so a shell's layout holds; never whitespace, a delimiter or
+/// a key character, so a key source that holds one is malformed (not missing), and a cookie or
+/// `Authorization` header with such bytes elsewhere still yields its key. Envoy's codecs refuse
+/// control characters in header values, so a client cannot send this byte itself. Every shell
+/// (the proxy-wasm glue's header-map reader, the dynamic module) substitutes with this.
+pub const SUBSTITUTE: u8 = 0x1a;
+
 /// A request as the filter sees it: pseudo-headers (`:method`, `:path`) and headers, names lowercase.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
