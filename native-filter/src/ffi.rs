@@ -437,34 +437,3 @@ no_op_hooks! {
     envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(e: Ptr, m: Ptr);
     envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(e: Ptr, m: Ptr);
 }
-
-/// Defines proxy-wasm host functions that refuse (`Unimplemented`, 12).
-macro_rules! refused_proxy_wasm_host_functions {
-    ($($name:ident)*) => {$(
-        #[unsafe(no_mangle)]
-        pub extern "C" fn $name() -> u32 {
-            12
-        }
-    )*};
-}
-
-// The pure core lives in `keygate-plugin`, which also holds the proxy-wasm glue and so links the
-// proxy-wasm SDK natively. rustc exports every `no_mangle` function of every crate from a
-// `cdylib`, so the SDK's entry points (`proxy_on_*`) come along, with their references to the
-// proxy-wasm host functions, which no native process defines: the dynamic loader would refuse
-// this library for them (Rust calls external functions through the GOT, bound at load time).
-// Defined here, never called (Envoy only calls `envoy_dynamic_module_on_*`). Every import of
-// the SDK's `hostcalls.rs` (proxy-wasm 0.2.5). Splitting the core from the glue (a crate, or
-// the SDK as a wasm-only dependency of the plugin) would remove both.
-refused_proxy_wasm_host_functions! {
-    proxy_add_header_map_value proxy_call_foreign_function proxy_close_stream proxy_continue_stream
-    proxy_define_metric proxy_dequeue_shared_queue proxy_done proxy_enqueue_shared_queue
-    proxy_get_buffer_bytes proxy_get_current_time_nanoseconds proxy_get_header_map_pairs
-    proxy_get_header_map_value proxy_get_log_level proxy_get_metric proxy_get_property
-    proxy_get_shared_data proxy_get_status proxy_grpc_call proxy_grpc_cancel proxy_grpc_close
-    proxy_grpc_send proxy_grpc_stream proxy_http_call proxy_increment_metric proxy_log
-    proxy_record_metric proxy_register_shared_queue proxy_remove_header_map_value
-    proxy_replace_header_map_value proxy_resolve_shared_queue proxy_send_local_response
-    proxy_set_buffer_bytes proxy_set_effective_context proxy_set_header_map_pairs
-    proxy_set_property proxy_set_shared_data proxy_set_tick_period_milliseconds
-}
