@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 pub use crate::Reply;
+use crate::echo::{EchoUpstream, send};
 use crate::stack::{ServeProcess, wait_for};
 use crate::{ADMIN_TOKEN, IssuedKey};
 
@@ -69,7 +70,7 @@ pub struct EnvoyStack {
     /// The edge key Envoy was given.
     pub edge_key: String,
     envoy: Option<Envoy>,
-    stop_echo: Option<tokio::sync::oneshot::Sender<()>>,
+    echo: EchoUpstream,
     upstream: String,
     /// `http://127.0.0.1:<port>` of Envoy's listener.
     pub url: String,
@@ -106,19 +107,8 @@ impl EnvoyStack {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
-        let (upstream, stop_echo) = rt.block_on(async {
-            let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .unwrap_or_else(|e| panic!("binding the echo upstream: {e}"));
-            let addr = echo
-                .local_addr()
-                .unwrap_or_else(|e| panic!("echo local_addr: {e}"));
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(keygate_gateway::serve_echo(echo, async move {
-                let _ = stopped.await;
-            }));
-            (addr.to_string(), stop)
-        });
+        let echo = EchoUpstream::start(&rt);
+        let upstream = echo.addr().to_owned();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -128,7 +118,7 @@ impl EnvoyStack {
             control_plane,
             edge_key: String::new(),
             envoy: None,
-            stop_echo: Some(stop_echo),
+            echo,
             upstream,
             url: String::new(),
             configuration: Value::Null,
@@ -204,19 +194,7 @@ impl EnvoyStack {
     /// A request through Envoy with `headers`.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         let url = format!("{}{path}", self.url);
-        self.rt.block_on(async {
-            let method = Method::from_bytes(method.as_bytes())
-                .unwrap_or_else(|e| panic!("method {method}: {e}"));
-            let mut req = self.http.request(method, &url);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            let resp = req
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{url} through Envoy: {e}"));
-            Reply::read(resp).await
-        })
+        self.rt.block_on(send(&self.http, method, &url, headers))
     }
 
     /// `GET <path>` with `x-api-key: <key>` when given.
@@ -338,9 +316,7 @@ impl EnvoyStack {
     /// Envoy, the echo upstream and the control plane, stopped.
     pub fn shutdown(&mut self) {
         self.stop_envoy();
-        if let Some(tx) = self.stop_echo.take() {
-            let _ = tx.send(());
-        }
+        self.echo.stop();
         self.control_plane.kill();
     }
 }

@@ -14,6 +14,7 @@ use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::echo::{EchoUpstream, send};
 use crate::envoy::Reply;
 use crate::stack::{ServeProcess, wait_for};
 use crate::{ADMIN_TOKEN, IssuedKey};
@@ -90,7 +91,7 @@ pub struct ExtAuthzStack {
     /// The edge key Envoy presents to forward-auth.
     pub edge_key: String,
     envoy: Option<Envoy>,
-    stop_echo: Option<tokio::sync::oneshot::Sender<()>>,
+    echo: EchoUpstream,
     /// `http://127.0.0.1:<port>` of Envoy's listener.
     pub url: String,
     /// The bootstrap Envoy runs.
@@ -129,19 +130,8 @@ impl ExtAuthzStack {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
-        let (upstream, stop_echo) = rt.block_on(async {
-            let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .unwrap_or_else(|e| panic!("binding the echo upstream: {e}"));
-            let addr = echo
-                .local_addr()
-                .unwrap_or_else(|e| panic!("echo local_addr: {e}"));
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(keygate_gateway::serve_echo(echo, async move {
-                let _ = stopped.await;
-            }));
-            (addr.to_string(), stop)
-        });
+        let echo = EchoUpstream::start(&rt);
+        let upstream = echo.addr().to_owned();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -157,7 +147,7 @@ impl ExtAuthzStack {
             control_plane,
             edge_key: String::new(),
             envoy: None,
-            stop_echo: Some(stop_echo),
+            echo,
             url: String::new(),
             bootstrap,
             http,
@@ -204,19 +194,7 @@ impl ExtAuthzStack {
     /// A request through Envoy with `headers`.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         let url = format!("{}{path}", self.url);
-        self.rt.block_on(async {
-            let method = Method::from_bytes(method.as_bytes())
-                .unwrap_or_else(|e| panic!("method {method}: {e}"));
-            let mut req = self.http.request(method, &url);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            let resp = req
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{url} through Envoy: {e}"));
-            Reply::read(resp).await
-        })
+        self.rt.block_on(send(&self.http, method, &url, headers))
     }
 
     /// `GET <path>` with `x-api-key: <key>` when given.
@@ -314,9 +292,7 @@ impl ExtAuthzStack {
         if let Some(mut e) = self.envoy.take() {
             e.stop();
         }
-        if let Some(tx) = self.stop_echo.take() {
-            let _ = tx.send(());
-        }
+        self.echo.stop();
         self.control_plane.kill();
     }
 }

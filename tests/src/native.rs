@@ -10,10 +10,10 @@ use std::time::Duration;
 use keygate_gateway::envoy_bootstrap;
 use keygate_native_filter_artifacts::{MODULE, envoy_env};
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::Reply;
+use crate::echo::{EchoUpstream, send};
 
 /// An HTTP filter entry running the module's filter `filter_name` (`keygate` or `noop`) with
 /// `filter_config` (sent as a `google.protobuf.StringValue`).
@@ -81,7 +81,7 @@ pub fn options(concurrency: usize) -> EnvoyOptions {
 pub struct NativeEnvoy {
     rt: tokio::runtime::Runtime,
     http: reqwest::Client,
-    stop_echo: Option<tokio::sync::oneshot::Sender<()>>,
+    echo: EchoUpstream,
     /// The running Envoy.
     pub envoy: Envoy,
     /// `http://127.0.0.1:<port>` of its listener.
@@ -109,19 +109,8 @@ impl NativeEnvoy {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
-        let (upstream, stop_echo) = rt.block_on(async {
-            let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .unwrap_or_else(|e| panic!("binding the echo upstream: {e}"));
-            let addr = echo
-                .local_addr()
-                .unwrap_or_else(|e| panic!("echo local_addr: {e}"));
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(keygate_gateway::serve_echo(echo, async move {
-                let _ = stopped.await;
-            }));
-            (addr.to_string(), stop)
-        });
+        let echo = EchoUpstream::start(&rt);
+        let upstream = echo.addr().to_owned();
         let bootstrap = make_bootstrap(&upstream);
         let envoy = Envoy::start(&bootstrap.to_string(), &options(concurrency))
             .unwrap_or_else(|e| panic!("starting Envoy with the native module: {e}"));
@@ -135,7 +124,7 @@ impl NativeEnvoy {
         Self {
             rt,
             http,
-            stop_echo: Some(stop_echo),
+            echo,
             envoy,
             url: format!("http://{addr}"),
         }
@@ -144,19 +133,7 @@ impl NativeEnvoy {
     /// A request through Envoy with `headers`.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         let url = format!("{}{path}", self.url);
-        self.rt.block_on(async {
-            let method = Method::from_bytes(method.as_bytes())
-                .unwrap_or_else(|e| panic!("method {method}: {e}"));
-            let mut req = self.http.request(method, &url);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            let resp = req
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{url} through Envoy: {e}"));
-            Reply::read(resp).await
-        })
+        self.rt.block_on(send(&self.http, method, &url, headers))
     }
 
     /// A counter or gauge of Envoy's (`0` when absent).
@@ -171,8 +148,6 @@ impl NativeEnvoy {
 impl Drop for NativeEnvoy {
     fn drop(&mut self) {
         self.envoy.stop();
-        if let Some(tx) = self.stop_echo.take() {
-            let _ = tx.send(());
-        }
+        self.echo.stop();
     }
 }
