@@ -333,10 +333,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     // SAFETY: the configuration outlives its filters (Envoy destroys it after them); only
     // shared borrows exist between `config_new` and `config_destroy`.
     let module = unsafe { &*filter_module_ptr.cast::<Module>() };
-    let keygate = match &module.filter {
+    let (keygate, decide_only) = match &module.filter {
         FilterConfig::Noop => return CONTINUE,
-        FilterConfig::HostCalls => None,
-        FilterConfig::Keygate(k) => Some(k),
+        FilterConfig::HostCalls => (None, false),
+        FilterConfig::Keygate(k) => (Some(k), false),
+        FilterConfig::DecideOnly(k) => (Some(k), true),
     };
     // SAFETY: the filter is live for this hook.
     let count = unsafe {
@@ -383,6 +384,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         counters: &module.counters,
     };
     let verdict = match keygate {
+        Some(k) if decide_only => k.decide_then_host_calls(&headers, now_secs, &mut stream),
         Some(k) => k.on_request_headers(&headers, now_secs, &mut stream),
         None => crate::shell::host_calls_only(&mut stream),
     };

@@ -24,6 +24,10 @@ pub const NOOP: &str = "noop";
 /// The `filter_name` of the filter that makes the callbacks Keygate makes on an allowed request
 /// and nothing else (the floor of this shell: what no trim of Keygate's own code goes below).
 pub const HOST_CALLS: &str = "host-calls";
+/// `filter_name` of the filter that decides as Keygate does, on Keygate's configuration and
+/// key set, then makes [`host_calls_only`]'s callbacks instead of the decision's (a baseline
+/// that tells the decision's own cost in Envoy from that of the edits it asks for).
+pub const DECIDE_ONLY: &str = "decide-only";
 
 /// What the request path asks of its host: Envoy's request header map and local reply, and the
 /// decision counters.
@@ -59,6 +63,8 @@ pub enum FilterConfig {
     HostCalls,
     /// `filter_name: keygate`.
     Keygate(Box<Keygate>),
+    /// `filter_name: decide-only`, with Keygate's `filter_config`.
+    DecideOnly(Box<Keygate>),
 }
 
 impl FilterConfig {
@@ -74,8 +80,11 @@ impl FilterConfig {
             n if n == KEYGATE.as_bytes() => Ok(FilterConfig::Keygate(Box::new(Keygate::new(
                 filter_config,
             )?))),
+            n if n == DECIDE_ONLY.as_bytes() => Ok(FilterConfig::DecideOnly(Box::new(
+                Keygate::new(filter_config)?,
+            ))),
             n => Err(format!(
-                "keygate-native-filter: unknown filter_name {:?} (expected {KEYGATE:?}, {NOOP:?} or {HOST_CALLS:?})",
+                "keygate-native-filter: unknown filter_name {:?} (expected {KEYGATE:?}, {NOOP:?}, {HOST_CALLS:?} or {DECIDE_ONLY:?})",
                 String::from_utf8_lossy(n)
             )),
         }
@@ -221,6 +230,31 @@ impl Keygate {
     }
 }
 
+impl Keygate {
+    /// [`DECIDE_ONLY`]: decides as [`Keygate::on_request_headers`] does, then makes
+    /// [`host_calls_only`]'s callbacks whatever the decision.
+    pub fn decide_then_host_calls(
+        &self,
+        headers: &[(&[u8], &[u8])],
+        now_secs: u64,
+        stream: &mut impl Stream,
+    ) -> Verdict {
+        let view: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    std::str::from_utf8(k).unwrap_or(""),
+                    std::str::from_utf8(v).unwrap_or(""),
+                )
+            })
+            .collect();
+        let req = Request::from_pairs(view);
+        let decision = decide(&req, KeySetState::Fresh(&self.keys), now_secs, &self.config);
+        std::hint::black_box(&decision);
+        host_calls_only(stream)
+    }
+}
+
 /// The callbacks Keygate makes on an allowed request (its headers already read by the shell):
 /// remove the key's header, add the three identity headers, count the decision. No logic.
 pub fn host_calls_only(stream: &mut impl Stream) -> Verdict {
@@ -355,6 +389,28 @@ mod tests {
         ];
         h.extend_from_slice(extra);
         h
+    }
+
+    #[test]
+    fn decide_only_makes_the_fixed_callbacks_whatever_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, secret, _) = keygate(dir.path());
+        let mut fixed = Recorded::default();
+        host_calls_only(&mut fixed);
+        for key in [secret.as_str(), "kg_live_unknown"] {
+            let mut s = Recorded::default();
+            let h = request(&[(b"x-api-key", key.as_bytes())]);
+            let verdict = config.decide_then_host_calls(&h, 1_763_900_000, &mut s);
+            assert!(matches!(verdict, Verdict::Continue));
+            assert_eq!(s.edits, fixed.edits, "{key}");
+            assert_eq!(s.counted, fixed.counted);
+            assert!(s.reply.is_none());
+        }
+        assert_eq!(
+            FilterConfig::new(b"decide-only", b"{}").unwrap_err(),
+            FilterConfig::new(b"keygate", b"{}").unwrap_err(),
+            "decide-only takes Keygate's filter_config"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Figures of record in real Envoy 1.40, in one run: requests per second, per-request cost
 //! and Envoy's CPU time per request of one Envoy worker with no filter, the no-op wasm filter
 //! (V8), Keygate's host calls alone in wasm, the no-op dynamic module, Keygate's callbacks alone
-//! in a dynamic module, Envoy's native `api_key_auth` holding the same keys, Envoy's `ext_authz`
+//! in a dynamic module (and with Keygate's decision made but its edits not), Envoy's native
+//! `api_key_auth` holding the same keys, Envoy's `ext_authz`
 //! asking Keygate's forward-auth endpoint, Keygate's wasm filter and Keygate's pure core as an
 //! Envoy dynamic module (`keygate-native-filter`, a prototype shell).
 //!
@@ -26,7 +27,7 @@
 //!   are issued through the API, so it holds `KEYGATE_BENCH_EXT_AUTHZ_KEYS` (default 2,000) of
 //!   them, not the whole set: its lookup is a hash probe whose cost does not depend on the size.
 //! - `KEYGATE_BENCH_SETUPS` (comma-separated: `none`, `noop-wasm`, `host-calls-wasm`,
-//!   `noop-native`, `host-calls-native`, `api-key-auth`, `ext-authz`, `keygate-wasm`,
+//!   `noop-native`, `host-calls-native`, `decide-native`, `api-key-auth`, `ext-authz`, `keygate-wasm`,
 //!   `keygate-wasm-b`, `keygate-native`) runs only those.
 //! - An A/B of two builds of the wasm filter in the same run: `KEYGATE_BENCH_WASM_B=<other.wasm>`
 //!   adds "Keygate B", and `KEYGATE_BENCH_WASM` replaces this build's module as "Keygate"
@@ -63,6 +64,7 @@ enum Setup {
     HostCallsWasm,
     NoopNative,
     HostCallsNative,
+    DecideNative,
     ApiKeyAuth,
     ExtAuthz,
     KeygateWasm,
@@ -71,12 +73,13 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 10] = [
+    const ALL: [Setup; 11] = [
         Setup::NoFilter,
         Setup::NoopWasm,
         Setup::HostCallsWasm,
         Setup::NoopNative,
         Setup::HostCallsNative,
+        Setup::DecideNative,
         Setup::ApiKeyAuth,
         Setup::ExtAuthz,
         Setup::KeygateWasm,
@@ -91,6 +94,7 @@ impl Setup {
             Setup::HostCallsWasm => "wasm, Keygate's host calls only",
             Setup::NoopNative => "no-op dynamic module",
             Setup::HostCallsNative => "module, Keygate's callbacks only",
+            Setup::DecideNative => "module, decision + callbacks only",
             Setup::ApiKeyAuth => "Envoy's api_key_auth",
             Setup::ExtAuthz => "ext_authz → forward-auth",
             Setup::KeygateWasm => "Keygate, wasm (V8)",
@@ -106,6 +110,7 @@ impl Setup {
             Setup::HostCallsWasm => "host-calls-wasm",
             Setup::NoopNative => "noop-native",
             Setup::HostCallsNative => "host-calls-native",
+            Setup::DecideNative => "decide-native",
             Setup::ApiKeyAuth => "api-key-auth",
             Setup::ExtAuthz => "ext-authz",
             Setup::KeygateWasm => "keygate-wasm",
@@ -360,6 +365,16 @@ fn main() -> anyhow::Result<()> {
         Setup::HostCallsNative,
     );
     over(
+        "the decision alone in the dynamic module (decision + fixed callbacks, over the callbacks alone)",
+        Setup::DecideNative,
+        Setup::HostCallsNative,
+    );
+    over(
+        "the decision's own edits in the dynamic module (Keygate over decision + fixed callbacks)",
+        Setup::KeygateNative,
+        Setup::DecideNative,
+    );
+    over(
         "Keygate's own part, wasm, over the no-op wasm filter (target ≤ 3 µs)",
         Setup::KeygateWasm,
         Setup::NoopWasm,
@@ -451,6 +466,10 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
         })),
         Setup::NoopNative => filters.push(native::noop_filter()),
         Setup::HostCallsNative => filters.push(native::host_calls_filter()),
+        Setup::DecideNative => filters.push(native::decide_only_filter(
+            &configuration(),
+            &fixture.snapshot_file,
+        )),
         Setup::ApiKeyAuth => filters.push(json!({
             "name": "envoy.filters.http.api_key_auth",
             "typed_config": {

@@ -42,6 +42,16 @@ pub fn keygate_filter(configuration: &Value, snapshot_file: &Path) -> Value {
     filter("keygate", &filter_config.to_string())
 }
 
+/// The native filter that decides as Keygate does (same configuration and set as
+/// [`keygate_filter`]) but then makes only [`host_calls_filter`]'s callbacks: a bench baseline
+/// that tells the decision's cost in Envoy from that of the edits it asks for.
+pub fn decide_only_filter(configuration: &Value, snapshot_file: &Path) -> Value {
+    let mut f = keygate_filter(configuration, snapshot_file);
+    f["name"] = json!("native_decide-only");
+    f["typed_config"]["filter_name"] = json!("decide-only");
+    f
+}
+
 /// The no-op native filter (the price of a dynamic module in Envoy).
 pub fn noop_filter() -> Value {
     filter("noop", "")
