@@ -15,6 +15,7 @@ pub mod github;
 pub mod index;
 pub mod metrics;
 pub mod mirror;
+pub mod oversize;
 pub mod state;
 pub mod store;
 
@@ -83,6 +84,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::map_response(error::json_payload_too_large))
+        .layer(middleware::from_fn(oversize::drain_after_payload_too_large))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_responses,

@@ -23,6 +23,7 @@ on_both_engines!(
     system_endpoints,
     failed_authentications_are_rate_limited,
     every_route_answers_an_oversize_body_with_the_json_error,
+    after_an_oversize_body_the_kept_alive_connection_serves_the_next_request,
     a_full_usage_batch_fits_what_the_usage_route_accepts,
 );
 
@@ -990,6 +991,36 @@ impl ReadyCheck for Server {
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
         let (st, _) = self.call(None, Method::GET, "/healthz", None).await;
         assert_eq!(st, StatusCode::OK);
+    }
+}
+
+async fn after_an_oversize_body_the_kept_alive_connection_serves_the_next_request(e: Engine) {
+    let s = Server::start(e).await;
+    // One kept-alive connection: each oversize body is answered 413, and the connection then
+    // serves the next request (the server read the rest of the body instead of closing the
+    // connection under the client, which then lost its next request to the reset).
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let big = format!("{{\"name\":\"{}\"}}", "x".repeat(1 << 20));
+    for round in 0..20 {
+        let resp = http
+            .post(s.url("/v1/keys"))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the oversize body: {e:?}"));
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let _ = resp.text().await;
+        let next = http
+            .get(s.url("/healthz"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the next request: {e:?}"));
+        assert_eq!(next.status(), StatusCode::OK, "round {round}");
     }
 }
 
