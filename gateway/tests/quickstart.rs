@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use keygate_testkit::envoy::{INSTALL_COMMAND, envoy_binary};
+use keygate_testkit::poll::wait_for;
 use serde_json::Value;
 
 /// Runs one printed shell line, with `-w` appended so the status code comes last.
@@ -245,9 +246,9 @@ fn quickstart_runs_envoy_with_the_filter_and_its_curl_lines_work() {
     let (status, body) = run_curl(&format!("curl -s http://{admin}/ready"));
     assert_eq!((status, body.trim()), (200, "LIVE"));
     // The filter runs in Envoy: its own counters are Envoy's (the quickstart's readiness
-    // requests were allowed by it), and it has called the control plane.
-    let (_, stats) = run_curl(&format!("curl -s http://{admin}/stats"));
-    let stat = |name: &str| {
+    // requests were allowed by it), and it has called the control plane. The filter adds its
+    // decision counts to Envoy's counters on its tick, so they show within a few ticks.
+    let stat = |stats: &str, name: &str| {
         stats
             .lines()
             .find_map(|l| {
@@ -259,13 +260,19 @@ fn quickstart_runs_envoy_with_the_filter_and_its_curl_lines_work() {
             })
             .unwrap_or(0)
     };
-    assert!(
-        stat("wasmcustom.keygate.decision.allow.allowed") >= 1,
-        "{stats}"
-    );
-    assert!(
-        stat("cluster.keygate_control_plane.upstream_rq_total") >= 1,
-        "{stats}"
+    wait_for(
+        "Envoy's stats show the filter's allowed requests and its calls to the control plane",
+        Duration::from_secs(10),
+        || {
+            let (_, stats) = run_curl(&format!("curl -s http://{admin}/stats"));
+            let allowed = stat(&stats, "wasmcustom.keygate.decision.allow.allowed");
+            let calls = stat(&stats, "cluster.keygate_control_plane.upstream_rq_total");
+            if allowed >= 1 && calls >= 1 {
+                Ok(())
+            } else {
+                Err(format!("allowed {allowed}, control-plane calls {calls}"))
+            }
+        },
     );
 
     // Its bootstrap, the plugin configuration and its log are in the state directory; no secret

@@ -1,10 +1,11 @@
 //! Test helpers shared by Keygate's integration and end-to-end tests: throwaway PostgreSQL
 //! clusters (`initdb`/`pg_ctl` from the machine's PostgreSQL), real Envoy processes ([`envoy`]) and
-//! free TCP ports; and the
+//! free TCP ports, polling ([`poll`]); and the
 //! benchmarks' shared scaffolding ([`bench`]).
 
 pub mod bench;
 pub mod envoy;
+pub mod poll;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};

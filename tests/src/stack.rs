@@ -56,25 +56,7 @@ pub fn keygate_bin() -> PathBuf {
     bin
 }
 
-/// Polls `check` every 25 ms until it returns `Some` or `timeout` passes; panics with `what`
-/// and the last observation otherwise. A bound, not a timing: the check decides.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        if Instant::now() >= deadline {
-            panic!("{what}: not reached within {timeout:?}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+pub use keygate_testkit::poll::wait_for;
 
 /// A `keygate serve` process (the real binary) with the bootstrap admin token [`ADMIN_TOKEN`].
 /// Its stderr (the logs) goes to a file; stdout is read for the listening line. Killed on drop.

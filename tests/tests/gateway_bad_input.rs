@@ -27,23 +27,6 @@ use serde_json::{Value, json};
 
 const MIB: usize = 1024 * 1024;
 
-/// Polls `check` every 25 ms until it returns `Ok` or `timeout` passes; panics with `what` and
-/// the last observation otherwise. A bound, not a timing: the check decides.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {timeout:?}; last: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // A raw upstream: records what it receives, counts body bytes as they arrive.
 

@@ -1,0 +1,52 @@
+//! Polling for state that other processes reach asynchronously: a bound, not a timing.
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 25 ms until it returns `Ok` or `timeout` passes; panics with `what` and
+/// the last observation (the `Err`) otherwise. The check decides; the timeout only bounds it.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            panic!("{what}: not reached within {timeout:?}; last: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_the_first_ok_once_the_check_passes() {
+        let mut calls = 0;
+        let got = wait_for("third call", Duration::from_secs(5), || {
+            calls += 1;
+            if calls == 3 {
+                Ok(calls)
+            } else {
+                Err(format!("call {calls}"))
+            }
+        });
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "never: not reached within 50ms; last: still no")]
+    fn panics_with_the_last_observation_at_the_deadline() {
+        wait_for::<()>(
+            "never",
+            Duration::from_millis(50),
+            || Err("still no".into()),
+        );
+    }
+}
