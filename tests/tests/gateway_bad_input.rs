@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keygate_e2e::stack::wait_for;
 use keygate_e2e::{CLUSTER, ControlPlane, IssuedKey, ROUTES, plugin};
 use keygate_gateway::{Gateway, GatewayConfig, PluginSettings, RunningGateway};
 use serde_json::{Value, json};
