@@ -1,0 +1,181 @@
+//! Why a request passes or not: [`Reason`], with its stable code, HTTP status,
+//! `WWW-Authenticate` challenge and metric name.
+
+/// Why a request was allowed or denied; each has a stable machine-readable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A valid key with the needed scopes and resource.
+    Allowed,
+    /// An anonymous route.
+    Anonymous,
+    /// The key set is too stale and `failure_mode` is `open`.
+    FailOpen,
+    /// No key in any configured source.
+    MissingKey,
+    /// The key does not parse (format or checksum).
+    MalformedKey,
+    /// The key's prefix is not in `accepted_prefixes`.
+    PrefixNotAccepted,
+    /// Well-formed but not in the key set (never issued, revoked, suspended).
+    UnknownKey,
+    /// In the set but past its expiry.
+    ExpiredKey,
+    /// The key lacks a required scope.
+    InsufficientScope,
+    /// The key's allow-list does not cover the requested resource.
+    ResourceNotAllowed,
+    /// No key set yet (before the first successful sync).
+    KeysetUnavailable,
+    /// The key set is older than `max_staleness_s` and `failure_mode` is `closed`.
+    KeysetStale,
+    /// The path is not in normal form (dot segments, encoded separators or dot segments,
+    /// backslashes, empty segments): an upstream could resolve it to another route.
+    InvalidPath,
+}
+
+impl Reason {
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [Reason; 13] = [
+        Reason::Allowed,
+        Reason::Anonymous,
+        Reason::FailOpen,
+        Reason::MissingKey,
+        Reason::MalformedKey,
+        Reason::PrefixNotAccepted,
+        Reason::UnknownKey,
+        Reason::ExpiredKey,
+        Reason::InsufficientScope,
+        Reason::ResourceNotAllowed,
+        Reason::KeysetUnavailable,
+        Reason::KeysetStale,
+        Reason::InvalidPath,
+    ];
+
+    /// This reason's position in [`Reason::ALL`], for per-reason tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The machine-readable code (`unknown_key`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::Anonymous => "anonymous",
+            Reason::FailOpen => "fail_open",
+            Reason::MissingKey => "missing_key",
+            Reason::MalformedKey => "malformed_key",
+            Reason::PrefixNotAccepted => "prefix_not_accepted",
+            Reason::UnknownKey => "unknown_key",
+            Reason::ExpiredKey => "expired_key",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::ResourceNotAllowed => "resource_not_allowed",
+            Reason::KeysetUnavailable => "keyset_unavailable",
+            Reason::KeysetStale => "keyset_stale",
+            Reason::InvalidPath => "invalid_path",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a deny with this reason (RFC 6750), for 401 and 403.
+    pub fn www_authenticate(self) -> Option<&'static str> {
+        Some(match self {
+            Reason::MissingKey => r#"Bearer realm="keygate""#,
+            Reason::MalformedKey => {
+                r#"Bearer realm="keygate", error="invalid_token", error_description="malformed_key""#
+            }
+            Reason::PrefixNotAccepted => {
+                r#"Bearer realm="keygate", error="invalid_token", error_description="prefix_not_accepted""#
+            }
+            Reason::UnknownKey => {
+                r#"Bearer realm="keygate", error="invalid_token", error_description="unknown_key""#
+            }
+            Reason::ExpiredKey => {
+                r#"Bearer realm="keygate", error="invalid_token", error_description="expired_key""#
+            }
+            Reason::InsufficientScope => {
+                r#"Bearer realm="keygate", error="insufficient_scope", error_description="insufficient_scope""#
+            }
+            Reason::ResourceNotAllowed => {
+                r#"Bearer realm="keygate", error="insufficient_scope", error_description="resource_not_allowed""#
+            }
+            Reason::Allowed
+            | Reason::Anonymous
+            | Reason::FailOpen
+            | Reason::KeysetUnavailable
+            | Reason::KeysetStale
+            | Reason::InvalidPath => return None,
+        })
+    }
+
+    /// Whether requests with this reason pass.
+    pub fn is_allow(self) -> bool {
+        matches!(self, Reason::Allowed | Reason::Anonymous | Reason::FailOpen)
+    }
+
+    /// The HTTP status of a deny with this reason (200 for allows).
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::Allowed | Reason::Anonymous | Reason::FailOpen => 200,
+            Reason::MissingKey
+            | Reason::MalformedKey
+            | Reason::PrefixNotAccepted
+            | Reason::UnknownKey
+            | Reason::ExpiredKey => 401,
+            Reason::InsufficientScope | Reason::ResourceNotAllowed => 403,
+            Reason::KeysetUnavailable | Reason::KeysetStale => 503,
+            Reason::InvalidPath => 400,
+        }
+    }
+
+    /// Metric name counting decisions with this reason: `keygate.decision.<outcome>.<code>`.
+    pub fn metric_name(self) -> String {
+        let outcome = if self.is_allow() { "allow" } else { "deny" };
+        format!("keygate.decision.{outcome}.{}", self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_follow_rfc6750_for_every_reason() {
+        for r in Reason::ALL {
+            let expected = match r.status() {
+                401 if r == Reason::MissingKey => Some(r#"Bearer realm="keygate""#.to_owned()),
+                401 => Some(format!(
+                    r#"Bearer realm="keygate", error="invalid_token", error_description="{}""#,
+                    r.code()
+                )),
+                403 => Some(format!(
+                    r#"Bearer realm="keygate", error="insufficient_scope", error_description="{}""#,
+                    r.code()
+                )),
+                _ => None,
+            };
+            assert_eq!(r.www_authenticate().map(str::to_owned), expected, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn reason_index_is_the_position_in_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_code_and_metric() {
+        let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        assert_eq!(
+            Reason::UnknownKey.metric_name(),
+            "keygate.decision.deny.unknown_key"
+        );
+        assert_eq!(
+            Reason::Allowed.metric_name(),
+            "keygate.decision.allow.allowed"
+        );
+    }
+}
