@@ -589,7 +589,7 @@ fn digests_are_compared_in_constant_time() {
     // Stored keys are found by their digest (an index lookup on SHA-256 output, not on the
     // secret), and the filter's key set ends every lookup with the same helper: the overlay and
     // the main array are both searched by `Index::find`, which compares with it.
-    let keyset = read("protocol/src/keyset.rs");
+    let keyset = read("protocol/src/keyset/mod.rs");
     let find = block(
         &keyset,
         "    fn find(&self, records: &[Record], d: &[u8; 32])",

@@ -1,0 +1,62 @@
+//! The key-set wire format: a versioned, compact binary encoding of snapshots and deltas.
+//!
+//! A control plane answers `GET /v1/keyset` with one message ([`CONTENT_TYPE`]): a full
+//! [`Snapshot`] of the key set at a revision, or a [`Delta`] from `base_revision` to `revision`.
+//! Everything is little-endian. The layout is (see `FORMAT.md` for the byte tables):
+//!
+//! | part | size |
+//! | --- | --- |
+//! | header: magic `KGKS`, version `u16` (= 1), kind `u8`, flags `u8` (= 0), revision `u64`, base revision `u64`, then six `u32` counts | 48 |
+//! | string table: `string_count` end offsets (`u32`), then `string_bytes` of UTF-8 | 4·S + B |
+//! | grant table: `grant_count` × (`u16` scope count, `u16` resource count) | 4·G |
+//! | grant items: `grant_item_count` string indices (`u32`): each grant's scopes, then its resources | 4·I |
+//! | entries, sorted by digest: digest 32, key id 16, expiry `u32` (0 = none), owner string `u32`, grant `u32` | 60·E |
+//! | removals (deltas only), sorted: 32-byte digests | 32·R |
+//! | CRC32 (IEEE) of every byte before it | 4 |
+//!
+//! Owners, scopes and resources are interned in the string table; each distinct pair of
+//! (scope list, resource list) is stored once as a *grant*. A million keys take about 60 MB.
+//!
+//! [`decode`](fn@decode) never panics and never allocates more than the input justifies: the
+//! declared counts must add up to exactly the input length before anything is allocated, then
+//! the CRC is checked, then every table, index, order and value. [`Snapshot::encode`] and
+//! [`Delta::encode`] sort their entries, so any list of distinct digests encodes, and the same
+//! content always encodes to the same bytes.
+//!
+//! The parts: `message.rs` (the values a message holds), `error.rs` (why bytes do not decode or
+//! a message does not encode), `header.rs` (the fixed header and [`peek_header`]), `decode.rs`
+//! (checking every byte, and [`decode`](fn@decode)), `encode.rs` (the string and grant tables,
+//! writing a message, [`Snapshot::encode`] and [`Delta::encode`]).
+
+mod decode;
+mod encode;
+mod error;
+mod header;
+mod message;
+
+pub use decode::decode;
+pub use error::{DecodeError, EncodeError};
+pub use header::{Header, peek_header};
+pub use message::{Delta, KeyEntry, Message, MessageKind, Snapshot};
+
+pub(crate) use decode::{RawEntry, Validated};
+pub(crate) use encode::{Tables, write_message};
+
+use crate::scope;
+
+/// The media type of an encoded message.
+pub const CONTENT_TYPE: &str = "application/vnd.keygate.keyset";
+/// The first four bytes of every message.
+pub const MAGIC: [u8; 4] = *b"KGKS";
+/// The format version this crate writes and the only one it reads.
+pub const VERSION: u16 = 1;
+/// The size of the fixed header.
+pub const HEADER_LEN: usize = 48;
+/// The size of one entry.
+pub const ENTRY_LEN: usize = 60;
+/// The size of one removal.
+pub const REMOVAL_LEN: usize = 32;
+/// The size of the CRC32 trailer.
+pub const TRAILER_LEN: usize = 4;
+/// The longest string the string table may hold (the longest resource), in bytes.
+pub const MAX_STRING_LEN: usize = scope::MAX_RESOURCE_LEN;
