@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
         Command::Keys { client, command } => print(cli::run_keys(&client, command).await),
         Command::Audit { client, key, limit } => print(cli::run_audit(&client, key, limit).await),
         Command::Repos { client, command } => {
-            print(keygate_control_plane::github::cli::run_repos(&client, command).await)
+            print(keygate_control_plane::cli::github::run_repos(&client, command).await)
         }
     }
 }

@@ -79,18 +79,7 @@ async fn record(s: &Server, edge: &str, states: &mut BTreeMap<u64, Set>) -> u64 
 
 /// (floor, smallest revision left in the change log) read straight from the database.
 async fn floor_and_oldest(db: &Db) -> (i64, Option<i64>) {
-    let q1 = "SELECT floor FROM keyset_revision WHERE id = 1";
-    let q2 = "SELECT MIN(revision) FROM keyset_changes";
-    match db {
-        Db::Sqlite(p) => (
-            sqlx::query_scalar(q1).fetch_one(p).await.unwrap(),
-            sqlx::query_scalar(q2).fetch_one(p).await.unwrap(),
-        ),
-        Db::Postgres(p) => (
-            sqlx::query_scalar(q1).fetch_one(p).await.unwrap(),
-            sqlx::query_scalar(q2).fetch_one(p).await.unwrap(),
-        ),
-    }
+    db.change_log_bounds().await.expect("change-log bounds")
 }
 
 /// Every possible reader, from revision 0 to the current one, asks for the changes since its

@@ -571,17 +571,17 @@ fn digests_are_compared_in_constant_time() {
 
     // The control plane compares secrets only as Digests: the admin token (a Digest field) and
     // the internal API key, never as strings or byte slices.
-    let auth = read("control-plane/src/auth.rs");
+    let auth = read("control-plane/src/http/auth.rs");
     assert!(
         auth.contains("state.admin_token.as_ref().is_some_and(|d| *d == digest)"),
         "admin token compared as Digest"
     );
-    let state = read("control-plane/src/state.rs");
+    let state = read("control-plane/src/runtime/state.rs");
     assert!(
         state.contains("admin_token: Option<Digest>"),
         "admin token held as a Digest"
     );
-    let routes = read("control-plane/src/github/routes.rs");
+    let routes = read("control-plane/src/http/github.rs");
     assert!(
         routes.contains("Digest::of(given) != Digest::of(expected)"),
         "internal API key compared as Digests"

@@ -1,34 +1,23 @@
-//! Forward-auth: the filter's decision as an HTTP service, for proxies that cannot load the
-//! Wasm filter (Envoy's `ext_authz` HTTP service, nginx `auth_request`, Traefik `ForwardAuth`,
-//! Caddy `forward_auth`) and as the remote baseline of the benchmarks.
-//!
-//! Every call is decided by the filter's own pure core (`keygate_filter_core::decision::decide` on
-//! the filter's parsed configuration) against a [`KeyMirror`], the key set in memory, so the
-//! answer is the filter's by construction and no call reads the database. The parts:
+//! Forward-auth's runtime side: the filter's decision as an HTTP service (for proxies that
+//! cannot load the Wasm filter: Envoy's `ext_authz` HTTP service, nginx `auth_request`, Traefik
+//! `ForwardAuth`, Caddy `forward_auth`; and the remote baseline of the benchmarks) needs its
+//! settings and a key set in memory. The parts:
 //! - [`settings`]: the flags and the filter's configuration, validated at start-up;
-//! - [`original`]: which request a call is about (ext_authz path suffix, or the proxies'
-//!   `X-Forwarded-*` / `X-Original-*` headers);
-//! - [`answer`]: the decision as the answer each proxy understands;
-//! - this module: the request as the filter would see it, and the decision under the mirror's
-//!   read lock. The HTTP route and the proxy's authentication are in `api::forward_auth`.
+//! - [`mirror`]: the key set in memory, following the store's revisions;
+//! - this module: the enabled endpoint and its gauges.
+//!
+//! The HTTP side (which request a call is about, the decision, the answer each proxy
+//! understands, the proxy's authentication) is `http::forward_auth`.
 
-pub mod answer;
-pub mod original;
+pub mod mirror;
 pub mod settings;
 
-use std::borrow::Cow;
 use std::fmt::Write;
 use std::sync::Arc;
 
-use axum::http::request::Parts;
-use axum::response::Response;
-use keygate_filter_core::decision::{Decision, KeySetState, Reason, Request, decide};
-use keygate_protocol::KeyId;
-
 pub use settings::{ForwardAuthArgs, Settings, SettingsError};
 
-use crate::error::ApiError;
-use crate::mirror::{Freshness, KeyMirror, MirrorError};
+use mirror::{KeyMirror, MirrorError};
 
 /// The header in which the proxy presents its `edge` key. It is the proxy's, set on the
 /// authorization call only (ext_authz `authorization_request.headers_to_add`, nginx
@@ -56,17 +45,6 @@ pub struct ForwardAuth {
     pub mirror: Arc<KeyMirror>,
 }
 
-/// One decided call.
-#[derive(Debug)]
-pub struct Decided {
-    /// The answer to send.
-    pub response: Response,
-    /// Why.
-    pub reason: Reason,
-    /// The key that was allowed (for usage), as the filter counts it.
-    pub key_id: Option<KeyId>,
-}
-
 impl ForwardAuth {
     /// An endpoint with `settings` and an empty mirror (load it with [`KeyMirror::refresh`]).
     pub fn new(settings: Settings) -> Self {
@@ -74,52 +52,6 @@ impl ForwardAuth {
             settings,
             mirror: Arc::new(KeyMirror::new()),
         }
-    }
-
-    /// Decides the call `parts` at `now_secs` (Unix seconds): the original request is read
-    /// ([`original::read`]), its headers are handed to the filter's decision as the filter
-    /// would see them (without the proxy's [`PROXY_KEY_HEADER`]), and the decision becomes
-    /// the answer ([`answer::answer`]).
-    ///
-    /// # Errors
-    /// 400 when the original request cannot be told ([`original::read`]); 500 when the answer
-    /// cannot be built.
-    pub fn decide(&self, parts: &Parts, now_secs: u64) -> Result<Decided, ApiError> {
-        let original = original::read(&parts.method, &parts.uri, &parts.headers)?;
-        let values: Vec<(&str, Cow<'_, str>)> = parts
-            .headers
-            .iter()
-            .filter(|(name, _)| name.as_str() != PROXY_KEY_HEADER)
-            .map(|(name, v)| (name.as_str(), String::from_utf8_lossy(v.as_bytes())))
-            .collect();
-        let mut view: Vec<(&str, &str)> = Vec::with_capacity(values.len() + 2);
-        view.push((":method", original.method.as_str()));
-        view.push((":path", original.path.as_str()));
-        view.extend(values.iter().map(|(k, v)| (*k, v.as_ref())));
-        let req = Request::from_pairs(view);
-        let cookies = parts
-            .headers
-            .get_all(axum::http::header::COOKIE)
-            .iter()
-            .map(|v| v.as_bytes());
-        let config = &self.settings.filter;
-        self.mirror.read(config.max_staleness_s, |set, freshness| {
-            let keys = match freshness {
-                Freshness::Unavailable => KeySetState::Unavailable,
-                Freshness::Fresh => KeySetState::Fresh(set),
-                Freshness::Stale => KeySetState::Stale(set),
-            };
-            let decision = decide(&req, keys, now_secs, config);
-            let key_id = match &decision {
-                Decision::Allow(a) if a.reason == Reason::Allowed => a.key_id(),
-                _ => None,
-            };
-            answer::answer(&decision, &config.identity_headers, cookies).map(|response| Decided {
-                response,
-                reason: decision.reason(),
-                key_id,
-            })
-        })
     }
 
     /// Appends the mirror's gauges to a Prometheus text body.

@@ -11,21 +11,19 @@
 //! - [`cache`]: the token cache with single flight, and the installation cache.
 //! - [`broker`]: the whole flow ([`Broker::token`], [`Broker::revoke`]).
 //! - [`metrics`]: Prometheus counters.
-//! - [`store`], [`routes`], [`cli`]: the repository registry, the HTTP endpoints and
-//!   `keygate repos`.
+//!
+//! The repository registry's storage is `storage::github_repos`, its HTTP endpoints
+//! `http::github`, and `keygate repos` is `cli::github`.
 //!
 //! Tokens and JWTs are held in [`Secret`], whose `Debug` and `Display` never show the value,
 //! and are never logged.
 
 pub mod broker;
 pub mod cache;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod jwt;
 pub mod metrics;
-pub mod routes;
-pub mod store;
 
 use std::collections::BTreeMap;
 use std::fmt;

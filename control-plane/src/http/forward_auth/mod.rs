@@ -11,10 +11,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
-use crate::auth::authenticate_proxy;
-use crate::error::ApiError;
-pub use crate::forward_auth::original::BASE_PATH;
-use crate::state::{AppState, unix_now};
+use crate::http::auth::authenticate_proxy;
+use crate::http::error::ApiError;
+pub mod answer;
+pub mod decide;
+pub mod original;
+
+use crate::runtime::clock::unix_now;
+use crate::runtime::state::AppState;
+pub use original::BASE_PATH;
 
 /// Longest a call waits for the key set to apply a change this process has seen committed.
 pub const CATCH_UP: Duration = Duration::from_millis(100);
@@ -27,11 +32,11 @@ pub const CATCH_UP: Duration = Duration::from_millis(100);
     ),
     responses(
         (status = 200, description = "Allowed: the identity headers to copy upstream (`x-keygate-key-id`, `x-keygate-owner`, `x-keygate-scopes` by default), and in `x-envoy-auth-headers-to-remove` the request headers to drop"),
-        (status = 400, description = "`invalid_path` (the filter's), or the original request cannot be told", body = crate::error::ErrorBody),
-        (status = 401, description = "The filter's 401 (`missing_key`, `malformed_key`, `prefix_not_accepted`, `unknown_key`, `expired_key`), or `PROXY_UNAUTHENTICATED`", body = crate::error::ErrorBody),
-        (status = 403, description = "The filter's 403 (`insufficient_scope`, `resource_not_allowed`), or `PROXY_FORBIDDEN`", body = crate::error::ErrorBody),
-        (status = 404, description = "`FORWARD_AUTH_DISABLED`: keygate serve runs without --forward-auth-config", body = crate::error::ErrorBody),
-        (status = 503, description = "The filter's 503 (`keyset_unavailable`, `keyset_stale`)", body = crate::error::ErrorBody),
+        (status = 400, description = "`invalid_path` (the filter's), or the original request cannot be told", body = crate::http::error::ErrorBody),
+        (status = 401, description = "The filter's 401 (`missing_key`, `malformed_key`, `prefix_not_accepted`, `unknown_key`, `expired_key`), or `PROXY_UNAUTHENTICATED`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "The filter's 403 (`insufficient_scope`, `resource_not_allowed`), or `PROXY_FORBIDDEN`", body = crate::http::error::ErrorBody),
+        (status = 404, description = "`FORWARD_AUTH_DISABLED`: keygate serve runs without --forward-auth-config", body = crate::http::error::ErrorBody),
+        (status = 503, description = "The filter's 503 (`keyset_unavailable`, `keyset_stale`)", body = crate::http::error::ErrorBody),
     ))]
 /// Forward-auth for nginx `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth`: the
 /// original request is named by `X-Forwarded-Uri`/`X-Forwarded-Method` or
@@ -51,11 +56,11 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
     ),
     responses(
         (status = 200, description = "Allowed: the identity headers (list them in `allowed_upstream_headers`, with `cookie`), and in `x-envoy-auth-headers-to-remove` the request headers Envoy removes"),
-        (status = 400, description = "`invalid_path` (the filter's)", body = crate::error::ErrorBody),
-        (status = 401, description = "The filter's 401, or `PROXY_UNAUTHENTICATED`", body = crate::error::ErrorBody),
-        (status = 403, description = "The filter's 403, or `PROXY_FORBIDDEN`", body = crate::error::ErrorBody),
-        (status = 404, description = "`FORWARD_AUTH_DISABLED`", body = crate::error::ErrorBody),
-        (status = 503, description = "The filter's 503 (Envoy answers its `status_on_error` to 5xx)", body = crate::error::ErrorBody),
+        (status = 400, description = "`invalid_path` (the filter's)", body = crate::http::error::ErrorBody),
+        (status = 401, description = "The filter's 401, or `PROXY_UNAUTHENTICATED`", body = crate::http::error::ErrorBody),
+        (status = 403, description = "The filter's 403, or `PROXY_FORBIDDEN`", body = crate::http::error::ErrorBody),
+        (status = 404, description = "`FORWARD_AUTH_DISABLED`", body = crate::http::error::ErrorBody),
+        (status = 503, description = "The filter's 503 (Envoy answers its `status_on_error` to 5xx)", body = crate::http::error::ErrorBody),
     ))]
 /// Forward-auth for Envoy's `ext_authz` HTTP service: the original method, the original path
 /// appended to this prefix, the original headers. `X-Forwarded-*` and `X-Original-*` headers are
@@ -85,14 +90,12 @@ async fn authorize(state: &AppState, req: Request) -> Result<Response, Response>
     // replica is refused as soon as the revoke call has answered. Only just after a write
     // does a call wait (for the follower's refresh, never on the database itself), and never
     // longer than CATCH_UP.
-    let seen = u64::try_from(state.index.revision()).unwrap_or(0);
+    let seen = u64::try_from(state.db.known_revision()).unwrap_or(0);
     if fa.mirror.revision().is_some_and(|held| held < seen) {
         fa.mirror.caught_up(seen, CATCH_UP).await;
     }
     let now = unix_now().max(0) as u64;
-    let decided = fa
-        .decide(&parts, now)
-        .map_err(IntoResponse::into_response)?;
+    let decided = decide::decide(fa, &parts, now).map_err(IntoResponse::into_response)?;
     state.metrics.forward_auth(decided.reason);
     if let Some(key) = decided.key_id {
         state

@@ -1,17 +1,20 @@
 //! The shared application state: one `AppState`, cheap to clone, everything behind `Arc`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keygate_protocol::{Digest, key};
 use tokio::task::JoinHandle;
 
-use crate::auth::AuthLimiter;
-use crate::config::Config;
-use crate::db::{Db, DbError};
+use super::clock::unix_now;
+use super::config::Config;
+use super::drain::Drain;
+use super::limiter::AuthLimiter;
+use super::metrics::Metrics;
+use super::usage::UsageBuffer;
+use super::verify_cache::VerifyCache;
 use crate::forward_auth::{ForwardAuth, ForwardAuthError, Settings};
-use crate::index::{KeyIndex, UsageBuffer};
-use crate::metrics::Metrics;
+use crate::storage::{Db, DbError};
 
 /// Prefix of generated bootstrap admin keys.
 pub const ADMIN_KEY_PREFIX: &str = "kg_admin";
@@ -23,8 +26,10 @@ pub struct AppState {
     pub(crate) db: Db,
     /// The configuration read at start-up.
     pub(crate) config: Arc<Config>,
-    /// Verification cache and revision watch.
-    pub(crate) index: Arc<KeyIndex>,
+    /// Verified keys by digest, valid for the revision they were read at.
+    pub(crate) verify_cache: Arc<VerifyCache>,
+    /// Turns true when the server starts shutting down.
+    pub(crate) drain: Arc<Drain>,
     /// Usage counted by verification, flushed in batches.
     pub(crate) usage: Arc<UsageBuffer>,
     /// Digest of `KEYGATE_ADMIN_TOKEN`, if set.
@@ -43,11 +48,31 @@ pub struct AppState {
 #[derive(Debug)]
 pub struct GeneratedAdmin(pub key::SecretKey);
 
+/// Why the state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A query at start-up failed.
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    /// The bootstrap admin key could not be generated.
+    #[error("generating the bootstrap admin key: {0}")]
+    AdminKey(keygate_protocol::key::KeyFormatError),
+    /// The GitHub broker configuration is invalid (a bad key file or URL).
+    #[error("GitHub configuration: {0}")]
+    Github(#[from] crate::github::ConfigError),
+    /// The forward-auth configuration is invalid, or its first key set did not load.
+    #[error(transparent)]
+    ForwardAuth(#[from] ForwardAuthError),
+}
+
 impl AppState {
     /// Opens the database (running migrations) and prepares the state. When no admin token is
     /// configured and the database has no admin credential yet, generates one and returns it
     /// so that the caller prints it once.
-    pub async fn new(config: Config) -> Result<(Self, Option<GeneratedAdmin>), DbError> {
+    pub async fn new(config: Config) -> Result<(Self, Option<GeneratedAdmin>), StartError> {
         let db = Db::connect(&config.database_url).await?;
         Self::with_db(config, db).await
     }
@@ -56,7 +81,7 @@ impl AppState {
     pub async fn with_db(
         config: Config,
         db: Db,
-    ) -> Result<(Self, Option<GeneratedAdmin>), DbError> {
+    ) -> Result<(Self, Option<GeneratedAdmin>), StartError> {
         // A bad forward-auth configuration stops the start before an admin key is generated.
         let forward_auth = Settings::load(&config.forward_auth)
             .map_err(ForwardAuthError::from)?
@@ -66,9 +91,7 @@ impl AppState {
             && db.admin_count().await? == 0
             && db.count_keys().await? == 0
         {
-            let secret = key::generate(ADMIN_KEY_PREFIX).map_err(|e| {
-                DbError::Sqlx(sqlx::Error::Protocol(format!("generate admin key: {e}")))
-            })?;
+            let secret = key::generate(ADMIN_KEY_PREFIX).map_err(StartError::AdminKey)?;
             // Another replica may have got there first: then it prints its key, not us.
             if db
                 .insert_first_admin(
@@ -83,7 +106,6 @@ impl AppState {
         }
         let github =
             crate::github::Broker::new(crate::github::GithubConfig::from_args(&config.github)?)?;
-        let revision = db.revision().await?;
         if let Some(fa) = &forward_auth {
             // Loaded before the listener serves: forward-auth never answers from an empty set.
             fa.mirror
@@ -104,7 +126,8 @@ impl AppState {
             admin_token: config.admin_token.as_deref().map(Digest::of),
             limiter: Arc::new(AuthLimiter::new(config.auth_failures_per_minute)),
             config: Arc::new(config),
-            index: Arc::new(KeyIndex::new(revision)),
+            verify_cache: Arc::new(VerifyCache::default()),
+            drain: Arc::new(Drain::default()),
             usage: Arc::new(UsageBuffer::default()),
             metrics: Arc::new(Metrics::default()),
             github: Arc::new(github),
@@ -154,15 +177,13 @@ impl AppState {
             }
         }));
         if let Some(fa) = &self.forward_auth {
-            tasks.push(tokio::spawn(
-                Arc::clone(&fa.mirror).follow(self.db.clone(), Arc::clone(&self.index)),
-            ));
+            tasks.push(tokio::spawn(Arc::clone(&fa.mirror).follow(self.db.clone())));
         }
-        if let Db::Postgres(pool) = &self.db {
+        if let Some(pool) = self.db.postgres_pool() {
             let pool = pool.clone();
-            let s = self.clone();
+            let db = self.db.clone();
             tasks.push(tokio::spawn(
-                async move { listen_for_changes(pool, s).await },
+                async move { listen_for_changes(pool, db).await },
             ));
         }
         tasks
@@ -172,7 +193,7 @@ impl AppState {
 /// Follows other replicas' writes: `LISTEN keygate_keyset` (each write's transaction sends
 /// its revision with `pg_notify`), plus a slow poll of the counter row so that a notification
 /// lost during a reconnect only delays, never loses, a wake-up.
-async fn listen_for_changes(pool: sqlx::PgPool, s: AppState) {
+async fn listen_for_changes(pool: sqlx::PgPool, db: Db) {
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
@@ -193,7 +214,7 @@ async fn listen_for_changes(pool: sqlx::PgPool, s: AppState) {
                 n = listener.recv() => match n {
                     Ok(n) => {
                         if let Ok(rev) = n.payload().parse::<i64>() {
-                            s.index.advance(rev);
+                            db.observe_revision(rev);
                         }
                     }
                     Err(e) => {
@@ -202,19 +223,11 @@ async fn listen_for_changes(pool: sqlx::PgPool, s: AppState) {
                     }
                 },
                 _ = poll.tick() => {
-                    if let Ok(rev) = s.db.revision().await {
-                        s.index.advance(rev);
+                    if let Ok(rev) = db.revision().await {
+                        db.observe_revision(rev);
                     }
                 }
             }
         }
     }
-}
-
-/// Current time in unix seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

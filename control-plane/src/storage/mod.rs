@@ -5,20 +5,46 @@
 //! vs `max`, `FOR UPDATE`, `pg_notify`) each engine has its own statement.
 //!
 //! Every write is one transaction that also writes its audit row and, when the key set
-//! changes, bumps the single revision counter row and logs the touched digests.
+//! changes, bumps the single revision counter row and logs the touched digests; after the
+//! commit the same write advances the store's revision watch ([`Db::subscribe_revisions`]),
+//! which wakes long-polls and retires cached verifications. Errors are the store's own
+//! ([`StoreError`]); the HTTP layer maps them to answers.
+
+pub mod error;
+pub mod github_repos;
+mod key_writes;
+pub mod keys;
+pub mod keyset;
+mod rows;
+pub mod usage;
+mod write;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::domain::{KeyKind, KeyStatus};
+pub use error::StoreError;
 
-/// The database: SQLite (embedded default) or PostgreSQL (several replicas on one database).
+use crate::domain::key::Actor;
+
+/// The database, SQLite (embedded default) or PostgreSQL (several replicas on one database),
+/// with the revision watch its writes advance. Cheap to clone: clones share the pool and the
+/// watch.
 #[derive(Debug, Clone)]
-pub enum Db {
+pub struct Db {
+    pub(crate) pool: Pool,
+    revision: Arc<watch::Sender<i64>>,
+}
+
+/// One pool per engine.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
     /// SQLite in WAL mode.
     Sqlite(sqlx::SqlitePool),
     /// PostgreSQL.
@@ -28,9 +54,9 @@ pub enum Db {
 /// Expands `$body` once per engine with `$pool` bound to the engine's pool.
 macro_rules! on_db {
     ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::db::Db::Sqlite($pool) => $body,
-            $crate::db::Db::Postgres($pool) => $body,
+        match &$db.pool {
+            $crate::storage::Pool::Sqlite($pool) => $body,
+            $crate::storage::Pool::Postgres($pool) => $body,
         }
     };
 }
@@ -48,12 +74,6 @@ pub enum DbError {
     /// A migration failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The GitHub broker configuration is invalid (a bad key file or URL).
-    #[error("GitHub configuration: {0}")]
-    Github(#[from] crate::github::ConfigError),
-    /// The forward-auth configuration is invalid, or its first key set did not load.
-    #[error(transparent)]
-    ForwardAuth(#[from] crate::forward_auth::ForwardAuthError),
 }
 
 impl Db {
@@ -72,7 +92,7 @@ impl Db {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
-            Ok(Self::Postgres(pool))
+            Self::opened(Pool::Postgres(pool)).await
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -85,15 +105,58 @@ impl Db {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-            Ok(Self::Sqlite(pool))
+            Self::opened(Pool::Sqlite(pool)).await
         } else {
             Err(DbError::UnsupportedUrl)
         }
     }
 
+    async fn opened(pool: Pool) -> Result<Self, DbError> {
+        let mut db = Self {
+            pool,
+            revision: Arc::new(watch::Sender::new(0)),
+        };
+        let revision = db.revision().await?;
+        db.revision = Arc::new(watch::Sender::new(revision));
+        Ok(db)
+    }
+
     /// Whether this is the PostgreSQL engine.
     pub fn is_postgres(&self) -> bool {
-        matches!(self, Self::Postgres(_))
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
+    /// The PostgreSQL pool, for `LISTEN` (none on SQLite).
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.pool {
+            Pool::Postgres(p) => Some(p),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    /// The newest key-set revision this process knows of (its own writes, and other
+    /// replicas' once observed).
+    pub fn known_revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    /// Records that the key set reached `revision`: called by every write after its commit,
+    /// and by whatever learns of other replicas' writes (NOTIFY, a poll, a read). Wakes the
+    /// subscribers when it moves forward.
+    pub fn observe_revision(&self, revision: i64) {
+        self.revision.send_if_modified(|r| {
+            if revision > *r {
+                *r = revision;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// A receiver that sees the known revision move forward.
+    pub fn subscribe_revisions(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
     }
 
     /// Checks that the database answers.
@@ -107,69 +170,7 @@ impl Db {
     }
 }
 
-/// Who made a change: recorded on keys (`created_by`) and in the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct Actor {
-    /// `admin` or a key id.
-    pub id: String,
-    /// The admin or the key's name.
-    pub name: String,
-    /// The display prefix of the credential used.
-    pub display_prefix: String,
-}
-
-/// A stored key (never the secret).
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeyRecord {
-    /// UUIDv7.
-    pub id: Uuid,
-    /// Owning workspace.
-    pub workspace_id: String,
-    /// Name.
-    pub name: String,
-    /// Description.
-    pub description: String,
-    /// Kind.
-    pub kind: KeyKind,
-    /// Display prefix (prefix plus 8 body characters).
-    pub display_prefix: String,
-    /// SHA-256 digest of the current secret.
-    pub digest: [u8; 32],
-    /// Version of the hash algorithm (1 = SHA-256 of the whole key).
-    pub hash_version: i64,
-    /// Scopes.
-    pub scopes: Vec<String>,
-    /// Resource allow-list (empty = any).
-    pub resources: Vec<String>,
-    /// Status.
-    pub status: KeyStatus,
-    /// Suspended because its parent was (reactivated with it).
-    pub suspended_by_parent: bool,
-    /// Expiry, unix seconds.
-    pub expires_at: Option<i64>,
-    /// Creation time.
-    pub created_at: i64,
-    /// Last change time.
-    pub updated_at: i64,
-    /// Last use reported by verification or the edge.
-    pub last_used_at: Option<i64>,
-    /// Uses reported.
-    pub usage_count: i64,
-    /// Revocation time.
-    pub revoked_at: Option<i64>,
-    /// Creator.
-    pub created_by: Actor,
-    /// The caller's user or service id.
-    pub owner_id: String,
-    /// Small JSON object.
-    pub metadata: serde_json::Value,
-    /// Parent key (exchanged children).
-    pub parent_id: Option<Uuid>,
-    /// Subject recorded at exchange.
-    pub subject: Option<String>,
-}
-
-/// The columns of `keys`, in the order [`key_from_row!`] reads them by name.
+/// The columns of `keys`, as [`rows::key_from_row`] reads them by name.
 macro_rules! key_cols {
     () => {
         "id, workspace_id, name, description, kind, display_prefix, digest, hash_version, scopes, \
@@ -216,66 +217,15 @@ impl Engine for sqlx::PgPool {
     }
 }
 
-/// Decodes a `KEY_COLS` row of either engine.
-macro_rules! key_from_row {
-    ($row:expr) => {{
-        let row = $row;
-        (|| -> Result<$crate::db::KeyRecord, sqlx::Error> {
-            let bad = |what: &str| sqlx::Error::Decode(format!("bad stored {what}").into());
-            let id: Vec<u8> = row.try_get("id")?;
-            let digest: Vec<u8> = row.try_get("digest")?;
-            let parent: Option<Vec<u8>> = row.try_get("parent_id")?;
-            let kind: String = row.try_get("kind")?;
-            let status: String = row.try_get("status")?;
-            let scopes: String = row.try_get("scopes")?;
-            let resources: String = row.try_get("resources")?;
-            let metadata: String = row.try_get("metadata")?;
-            Ok($crate::db::KeyRecord {
-                id: Uuid::from_slice(&id).map_err(|_| bad("id"))?,
-                workspace_id: row.try_get("workspace_id")?,
-                name: row.try_get("name")?,
-                description: row.try_get("description")?,
-                kind: KeyKind::parse(&kind).ok_or_else(|| bad("kind"))?,
-                display_prefix: row.try_get("display_prefix")?,
-                digest: digest.try_into().map_err(|_| bad("digest"))?,
-                hash_version: row.try_get("hash_version")?,
-                scopes: serde_json::from_str(&scopes).map_err(|_| bad("scopes"))?,
-                resources: serde_json::from_str(&resources).map_err(|_| bad("resources"))?,
-                status: KeyStatus::parse(&status).ok_or_else(|| bad("status"))?,
-                suspended_by_parent: row.try_get::<i64, _>("suspended_by_parent")? != 0,
-                expires_at: row.try_get("expires_at")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-                last_used_at: row.try_get("last_used_at")?,
-                usage_count: row.try_get("usage_count")?,
-                revoked_at: row.try_get("revoked_at")?,
-                created_by: $crate::db::Actor {
-                    id: row.try_get("created_by_id")?,
-                    name: row.try_get("created_by_name")?,
-                    display_prefix: row.try_get("created_by_prefix")?,
-                },
-                owner_id: row.try_get("owner_id")?,
-                metadata: serde_json::from_str(&metadata).map_err(|_| bad("metadata"))?,
-                parent_id: match parent {
-                    Some(p) => Some(Uuid::from_slice(&p).map_err(|_| bad("parent_id"))?),
-                    None => None,
-                },
-                subject: row.try_get("subject")?,
-            })
-        })()
-    }};
-}
-pub(crate) use key_from_row;
-
 /// Filters and cursor for listing keys.
 #[derive(Debug, Clone, Default)]
 pub struct KeyFilter {
     /// Only this workspace (none = all, for the admin).
     pub workspace_id: Option<String>,
     /// Only this status.
-    pub status: Option<KeyStatus>,
+    pub status: Option<crate::domain::KeyStatus>,
     /// Only this kind.
-    pub kind: Option<KeyKind>,
+    pub kind: Option<crate::domain::KeyKind>,
     /// Only this owner.
     pub owner_id: Option<String>,
     /// Keys created after this id (cursor).
@@ -328,22 +278,4 @@ pub struct AuditEntry<'a> {
     pub after: Option<serde_json::Value>,
     /// Reason or subject.
     pub reason: Option<&'a str>,
-}
-
-/// Formats a key id as `key_<32 lowercase hex>`.
-pub fn format_key_id(id: Uuid) -> String {
-    keygate_protocol::KeyId::from_bytes(*id.as_bytes()).to_string()
-}
-
-/// Parses `key_<32 lowercase hex>`.
-pub fn parse_key_id(s: &str) -> Option<Uuid> {
-    let hex = s.strip_prefix("key_")?;
-    if hex.len() != 32
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
-    }
-    Uuid::try_parse(hex).ok()
 }

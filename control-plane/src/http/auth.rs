@@ -1,12 +1,10 @@
 //! Caller authentication (`Authorization: Bearer <key>` or `x-api-key`), the [`Caller`]
 //! extractor, the forward-auth proxy's authentication (its own header, [`authenticate_proxy`]),
-//! per-address rate limiting of failed authentications, and the audit-writing helper other
-//! modules (the GitHub broker) use.
+//! per-address rate limiting of failed authentications (counted by
+//! [`crate::runtime::limiter::AuthLimiter`]), and the audit-writing helper other handlers (the
+//! GitHub broker's) use.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -14,10 +12,12 @@ use axum::http::{HeaderMap, header};
 use keygate_protocol::{Digest, key};
 use uuid::Uuid;
 
-use crate::db::{Actor, AuditEntry, format_key_id};
+use crate::domain::key::{Actor, format_key_id};
 use crate::domain::{Grant, KeyKind, KeyStatus};
-use crate::error::ApiError;
-use crate::state::{AppState, unix_now};
+use crate::http::error::ApiError;
+use crate::runtime::clock::unix_now;
+use crate::runtime::state::AppState;
+use crate::storage::AuditEntry;
 
 /// Scope needed to read keys and the audit log.
 pub const SCOPE_KEYS_READ: &str = "keys:read";
@@ -242,12 +242,15 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, A
         return Ok(admin_caller("admin".into()));
     }
     let parsed = key::parse(token).map_err(|_| ApiError::unauthenticated("invalid credential"))?;
-    if parsed.prefix() == crate::state::ADMIN_KEY_PREFIX
+    if parsed.prefix() == crate::runtime::state::ADMIN_KEY_PREFIX
         && let Some(prefix) = state.db.find_admin(digest.as_bytes()).await?
     {
         return Ok(admin_caller(prefix));
     }
-    let found = state.index.lookup(&state.db, digest.as_bytes()).await?;
+    let found = state
+        .verify_cache
+        .lookup(&state.db, digest.as_bytes())
+        .await?;
     let Some(found) = found else {
         return Err(ApiError::unauthenticated("invalid credential"));
     };
@@ -293,48 +296,6 @@ fn admin_caller(display_prefix: String) -> Caller {
     }
 }
 
-/// Counts failed authentications per client address in fixed one-minute windows.
-#[derive(Debug)]
-pub struct AuthLimiter {
-    limit: u32,
-    window: Duration,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl AuthLimiter {
-    /// A limiter allowing `limit` failures per minute per address.
-    pub fn new(limit: u32) -> Self {
-        Self {
-            limit,
-            window: Duration::from_secs(60),
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// When the address is over its limit, how long until it may try again.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let map = self.failures.lock().ok()?;
-        let (start, n) = map.get(&ip)?;
-        let elapsed = start.elapsed();
-        (elapsed < self.window && *n >= self.limit).then(|| self.window - elapsed)
-    }
-
-    /// Records one failure.
-    pub fn fail(&self, ip: IpAddr) {
-        if let Ok(mut map) = self.failures.lock() {
-            if map.len() > 100_000 {
-                let window = self.window;
-                map.retain(|_, (s, _)| s.elapsed() < window);
-            }
-            let e = map.entry(ip).or_insert((Instant::now(), 0));
-            if e.0.elapsed() >= self.window {
-                *e = (Instant::now(), 0);
-            }
-            e.1 += 1;
-        }
-    }
-}
-
 /// Appends one audit row in its own transaction, for actions that change nothing else in
 /// the database (for example a GitHub token handed out by the broker). Changes to keys
 /// write their audit row inside their own transaction instead.
@@ -355,19 +316,5 @@ mod tests {
         assert_eq!(presented_token(&h), Some("kg_a"));
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(presented_token(&h), Some("kg_b"));
-    }
-
-    #[test]
-    fn limiter_blocks_after_limit() {
-        let l = AuthLimiter::new(2);
-        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-        assert!(l.blocked(ip).is_none());
-        l.fail(ip);
-        assert!(l.blocked(ip).is_none());
-        l.fail(ip);
-        let wait = l.blocked(ip).expect("blocked");
-        assert!(wait <= Duration::from_secs(60) && wait > Duration::from_secs(0));
-        assert!(l.blocked(other).is_none());
     }
 }

@@ -4,7 +4,12 @@
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::runtime::config::Config;
+
+mod client;
+pub mod github;
+
+use client::Client;
 
 /// Keygate: API keys validated at the edge.
 #[derive(Debug, Parser)]
@@ -48,7 +53,7 @@ pub enum Command {
         client: ClientArgs,
         /// The registry command.
         #[command(subcommand)]
-        command: crate::github::cli::ReposCommand,
+        command: github::ReposCommand,
     },
 }
 
@@ -194,53 +199,6 @@ pub enum CliError {
     /// No credential given.
     #[error("no credential: set KEYGATE_TOKEN or pass --token")]
     NoToken,
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Client {
-    fn new(args: &ClientArgs) -> Result<Self, CliError> {
-        let token = args
-            .token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .ok_or(CliError::NoToken)?;
-        Ok(Self {
-            http: reqwest::Client::new(),
-            base: args.url.trim_end_matches('/').to_owned(),
-            token,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, CliError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(CliError::Api {
-                status: status.as_u16(),
-                code: v["error"]["code"].as_str().unwrap_or("UNKNOWN").to_owned(),
-                message: v["error"]["message"].as_str().unwrap_or("").to_owned(),
-            });
-        }
-        Ok(v)
-    }
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::state::AppState;
+use crate::runtime::state::AppState;
 
 /// Health answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -49,7 +49,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         {
-            let mut body = state.metrics.render(state.index.revision());
+            let mut body = state.metrics.render(state.db.known_revision());
             state.github.metrics().render(&mut body);
             if let Some(fa) = state.forward_auth() {
                 fa.render_metrics(&mut body);
@@ -83,22 +83,22 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Keygate control plane", description = "Key lifecycle, audit, key-set sync feed, usage intake and forward-auth."),
     paths(
-        crate::api::keys::create_key,
-        crate::api::keys::list_keys,
-        crate::api::keys::show_key,
-        crate::api::keys::update_key,
-        crate::api::keys::suspend_key,
-        crate::api::keys::reactivate_key,
-        crate::api::keys::revoke_key,
-        crate::api::keys::delete_key,
-        crate::api::keys::rotate_key,
-        crate::api::keys::exchange_key,
-        crate::api::keys::verify_key,
-        crate::api::keys::list_audit,
-        crate::api::keyset::get_keyset,
-        crate::api::keyset::post_usage,
-        crate::api::forward_auth::forward_auth,
-        crate::api::forward_auth::forward_auth_ext_authz,
+        crate::http::keys::issue::create_key,
+        crate::http::keys::read::list_keys,
+        crate::http::keys::read::show_key,
+        crate::http::keys::change::update_key,
+        crate::http::keys::change::suspend_key,
+        crate::http::keys::change::reactivate_key,
+        crate::http::keys::change::revoke_key,
+        crate::http::keys::change::delete_key,
+        crate::http::keys::change::rotate_key,
+        crate::http::keys::issue::exchange_key,
+        crate::http::keys::verify::verify_key,
+        crate::http::audit::list_audit,
+        crate::http::keyset::get_keyset,
+        crate::http::keyset::post_usage,
+        crate::http::forward_auth::forward_auth,
+        crate::http::forward_auth::forward_auth_ext_authz,
         healthz,
         readyz,
         metrics,

@@ -21,14 +21,16 @@ use keygate_protocol::{Digest, scope};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::client::RevokeOutcome;
-use super::store::{self, Repository};
-use super::{Brokered, GithubError, Permissions, Secret, TokenRequest};
-use crate::auth::{Caller, CallerKind, write_audit};
-use crate::db::{Actor, AuditEntry};
 use crate::domain::KeyKind;
-use crate::error::{ApiError, ApiJson, ApiQuery};
-use crate::state::{AppState, unix_now};
+use crate::domain::key::Actor;
+use crate::github::client::RevokeOutcome;
+use crate::github::{Brokered, GithubError, Permissions, Secret, TokenRequest};
+use crate::http::auth::{Caller, CallerKind, write_audit};
+use crate::http::error::{ApiError, ApiJson, ApiQuery};
+use crate::runtime::clock::unix_now;
+use crate::runtime::state::AppState;
+use crate::storage::AuditEntry;
+use crate::storage::github_repos::{self as store, Repository};
 
 /// Scope a key needs to obtain GitHub tokens.
 pub const SCOPE_GITHUB_TOKENS: &str = "github:tokens";

@@ -2,7 +2,7 @@
 //! from this process's own sync feed (the change log read by [`Db::read_set`]: a snapshot at
 //! start, then deltas), so that forward-auth decides each request without a database query.
 //!
-//! It follows the revision watch of [`KeyIndex`], which every write on this replica advances at
+//! It follows the store's revision watch ([`Db::subscribe_revisions`]), which every write on this replica advances at
 //! commit and, on PostgreSQL, every other replica's write through `LISTEN keygate_keyset` (with a
 //! 1 s poll of the counter behind it): a revocation reaches the mirror as fast as it reaches a
 //! filter that long-polls. Besides, every [`CONFIRM_INTERVAL`] it asks the database for the
@@ -19,10 +19,9 @@ use keygate_protocol::keyset::{ApplyError, KeySet};
 use keygate_protocol::wire::{Delta, EncodeError, Message, Snapshot};
 use tokio::sync::watch;
 
-use crate::db::Db;
-use crate::index::KeyIndex;
-use crate::state::unix_now;
-use crate::store::{SetEntry, SetRead};
+use crate::runtime::clock::unix_now;
+use crate::storage::Db;
+use crate::storage::keyset::{SetEntry, SetRead};
 
 /// How often the mirror asks the database for the revision when nothing wakes it.
 pub const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
@@ -199,10 +198,10 @@ impl KeyMirror {
         Ok(revision)
     }
 
-    /// Follows the key set for ever: a refresh whenever `index`'s revision moves and every
+    /// Follows the key set for ever: a refresh whenever the store's known revision moves and every
     /// [`CONFIRM_INTERVAL`]. Failures are logged (once per run of failures) and retried.
-    pub async fn follow(self: Arc<Self>, db: Db, index: Arc<KeyIndex>) {
-        let mut changes = index.subscribe();
+    pub async fn follow(self: Arc<Self>, db: Db) {
+        let mut changes = db.subscribe_revisions();
         let mut tick = tokio::time::interval(CONFIRM_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
@@ -222,7 +221,7 @@ impl KeyMirror {
             tokio::select! {
                 changed = changes.changed() => {
                     if changed.is_err() {
-                        // The index is gone (shutting down): only the timer is left.
+                        // The watch is gone (shutting down): only the timer is left.
                         tick.tick().await;
                     }
                 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::db::{Db, on_db};
+use super::{Db, on_db};
 
 /// Longest organization or repository name GitHub allows (100), with room to spare.
 pub const MAX_NAME_LEN: usize = 100;

@@ -105,6 +105,18 @@ fn database_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+impl From<crate::storage::StoreError> for ApiError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        use crate::storage::StoreError as S;
+        match e {
+            S::Database(e) => e.into(),
+            S::KeyNotFound => Self::not_found("no such key"),
+            S::ParentNotActive => Self::conflict(e.to_string()),
+            S::Rule(r) => r.into(),
+        }
+    }
+}
+
 impl From<crate::domain::RuleError> for ApiError {
     fn from(e: crate::domain::RuleError) -> Self {
         use crate::domain::RuleError as R;

@@ -18,7 +18,7 @@ use axum::response::Response;
 use keygate_filter_core::config::IdentityHeaders;
 use keygate_filter_core::decision::{self, Allow, Decision, Deny};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The answer header that lists, comma separated, the request headers Envoy's `ext_authz`
 /// removes before forwarding (Envoy's own name; it never reaches the upstream or the client).

@@ -16,7 +16,7 @@
 
 use axum::http::{HeaderMap, Method, Uri};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The endpoint; Envoy's `http_service.path_prefix`.
 pub const BASE_PATH: &str = "/v1/forward-auth";

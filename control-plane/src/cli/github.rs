@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::cli::{CliError, ClientArgs};
+use super::{CliError, Client, ClientArgs};
 
 /// Registry subcommands.
 #[derive(Debug, Subcommand)]
@@ -32,39 +32,6 @@ pub enum ReposCommand {
         /// Its numeric id.
         id: i64,
     },
-}
-
-async fn call(
-    client: &ClientArgs,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, CliError> {
-    let token = client
-        .token
-        .clone()
-        .filter(|t| !t.is_empty())
-        .ok_or(CliError::NoToken)?;
-    let mut req = reqwest::Client::new()
-        .request(
-            method,
-            format!("{}{path}", client.url.trim_end_matches('/')),
-        )
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        return Err(CliError::Api {
-            status: status.as_u16(),
-            code: v["error"]["code"].as_str().unwrap_or("UNKNOWN").to_owned(),
-            message: v["error"]["message"].as_str().unwrap_or("").to_owned(),
-        });
-    }
-    Ok(v)
 }
 
 fn row(r: &Value) -> String {
@@ -101,13 +68,15 @@ pub async fn run_repos(client: &ClientArgs, cmd: ReposCommand) -> Result<String,
             repository,
             app,
         } => {
-            let v = call(
-                client,
-                Method::POST,
-                "/v1/repositories",
-                Some(json!({"organization": organization, "repository": repository, "app": app})),
-            )
-            .await?;
+            let v = Client::new(client)?
+                .call(
+                    Method::POST,
+                    "/v1/repositories",
+                    Some(
+                        json!({"organization": organization, "repository": repository, "app": app}),
+                    ),
+                )
+                .await?;
             Ok(if client.json {
                 v.to_string()
             } else {
@@ -119,7 +88,9 @@ pub async fn run_repos(client: &ClientArgs, cmd: ReposCommand) -> Result<String,
                 Some(a) => format!("?after={a}&limit={limit}"),
                 None => format!("?limit={limit}"),
             };
-            let v = call(client, Method::GET, &format!("/v1/repositories{q}"), None).await?;
+            let v = Client::new(client)?
+                .call(Method::GET, &format!("/v1/repositories{q}"), None)
+                .await?;
             if client.json {
                 return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
             }
@@ -131,13 +102,9 @@ pub async fn run_repos(client: &ClientArgs, cmd: ReposCommand) -> Result<String,
             Ok(out)
         }
         ReposCommand::Remove { id } => {
-            call(
-                client,
-                Method::DELETE,
-                &format!("/v1/repositories/{id}"),
-                None,
-            )
-            .await?;
+            Client::new(client)?
+                .call(Method::DELETE, &format!("/v1/repositories/{id}"), None)
+                .await?;
             Ok(if client.json {
                 json!({"deleted": id}).to_string()
             } else {

@@ -12,12 +12,13 @@ use keygate_protocol::wire::{self, Delta, Snapshot};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::Caller;
-use crate::db::parse_key_id;
-use crate::error::{ApiError, ApiJson, ApiQuery};
-use crate::metrics::KeysetAnswer;
-use crate::state::{AppState, unix_now};
-use crate::store::{SetEntry, SetRead};
+use crate::domain::key::parse_key_id;
+use crate::http::auth::Caller;
+use crate::http::error::{ApiError, ApiJson, ApiQuery};
+use crate::runtime::clock::unix_now;
+use crate::runtime::metrics::KeysetAnswer;
+use crate::runtime::state::AppState;
+use crate::storage::keyset::{SetEntry, SetRead};
 
 /// Longest long-poll wait, seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -43,7 +44,7 @@ fn revision_header(resp: &mut Response, revision: u64) {
 #[utoipa::path(get, path = "/v1/keyset", tag = "edge", params(KeysetQuery),
     responses((status = 200, description = "application/vnd.keygate.keyset snapshot or delta", content_type = "application/vnd.keygate.keyset"),
               (status = 304, description = "long-poll timeout: no change"),
-              (status = 403, body = crate::error::ErrorBody)),
+              (status = 403, body = crate::http::error::ErrorBody)),
     security(("bearer" = [])))]
 /// The key-set feed: a delta from `since` (collapsed per digest), or a snapshot when `since`
 /// is absent, older than the retained change log, or the delta would be bigger. With `wait`
@@ -65,9 +66,9 @@ pub async fn get_keyset(
         .map(|s| i64::try_from(s).map_err(|_| ApiError::invalid("since is too large")))
         .transpose()?;
     if let (Some(since), true) = (since, wait > 0) {
-        let mut rx = state.index.subscribe();
-        let mut draining = state.index.draining();
-        state.index.advance(state.db.revision().await?);
+        let mut rx = state.db.subscribe_revisions();
+        let mut draining = state.drain.subscribe();
+        state.db.observe_revision(state.db.revision().await?);
         if *rx.borrow_and_update() <= since {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
             let moved = loop {
@@ -129,7 +130,7 @@ pub async fn get_keyset(
         }
     };
     let body = body.map_err(ApiError::internal)?;
-    state.index.advance(revision);
+    state.db.observe_revision(revision);
     state.metrics.keyset(kind);
     let mut resp = ([(header::CONTENT_TYPE, wire::CONTENT_TYPE)], body).into_response();
     revision_header(&mut resp, revision as u64);
@@ -169,7 +170,7 @@ pub struct UsageAck {
 }
 
 #[utoipa::path(post, path = "/v1/usage", tag = "edge", request_body = UsageBatch,
-    responses((status = 200, body = UsageAck), (status = 400, body = crate::error::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = UsageAck), (status = 400, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
 /// The filter's batched usage report; idempotent per `batch_id`.
 pub async fn post_usage(
     State(state): State<AppState>,

@@ -2,6 +2,10 @@
 //! non-escalation rules, exchange limits and the verification decision. No I/O here; the HTTP
 //! and SQL layers only call these functions.
 
+pub mod key;
+pub mod lifecycle;
+pub mod names;
+
 use keygate_protocol::scope;
 use serde::{Deserialize, Serialize};
 
@@ -304,35 +308,11 @@ pub fn check_grace(grace_secs: i64) -> Result<(), RuleError> {
     Ok(())
 }
 
-/// Validates a name.
-pub fn check_name(name: &str) -> Result<(), RuleError> {
-    if name.trim().is_empty() {
-        return Err(RuleError::Invalid("name must not be empty".into()));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(RuleError::Invalid(format!(
-            "name is at most {MAX_NAME_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
 /// Validates a free text field (description, reason, subject) against a byte limit.
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), RuleError> {
     if value.len() > max {
         return Err(RuleError::Invalid(format!(
             "{field} is at most {max} bytes"
-        )));
-    }
-    Ok(())
-}
-
-/// Validates an owner id.
-pub fn check_owner(owner: &str) -> Result<(), RuleError> {
-    if owner.is_empty() || owner.len() > scope::MAX_OWNER_LEN {
-        return Err(RuleError::Invalid(format!(
-            "owner_id must be 1 to {} bytes",
-            scope::MAX_OWNER_LEN
         )));
     }
     Ok(())
@@ -594,9 +574,6 @@ mod tests {
 
     #[test]
     fn field_limits() {
-        assert!(check_name("ok").is_ok());
-        assert!(check_name("  ").is_err());
-        assert!(check_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
         assert!(check_metadata(&serde_json::json!({"a": 1})).is_ok());
         assert!(check_metadata(&serde_json::json!([1])).is_err());
         assert!(check_metadata(&serde_json::json!({"a": "x".repeat(MAX_METADATA_BYTES)})).is_err());

@@ -1,0 +1,315 @@
+//! Changing a key: update, suspend, reactivate, revoke, delete (revoke by `DELETE`) and
+//! rotate. Each is one `Db::change_key` call whose `Plan` the handler decides from the key's
+//! current state inside the transaction.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::domain::key::KeyView;
+use crate::domain::lifecycle::{Cascade, Plan};
+use crate::domain::names::KeyName;
+use crate::domain::{self, Action, Grant};
+use crate::http::auth::{Caller, SCOPE_KEYS_WRITE};
+use crate::http::error::{ApiError, ApiJson, ApiQuery};
+use crate::runtime::clock::unix_now;
+use crate::runtime::state::AppState;
+
+use super::{IssuedKey, check_edge_admin, generate, optional_json, parse_id};
+
+/// `PATCH /v1/keys/{id}` body; absent fields are unchanged.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New scopes.
+    pub scopes: Option<Vec<String>>,
+    /// New allow-list.
+    pub resources: Option<Vec<String>>,
+    /// New lifetime from now, seconds.
+    pub expires_in: Option<i64>,
+    /// New expiry, unix seconds.
+    pub expires_at: Option<i64>,
+    /// New metadata.
+    #[schema(value_type = Object)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), request_body = UpdateKey,
+    responses((status = 200, body = KeyView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)),
+    security(("bearer" = [])))]
+
+/// Changes name, description, scopes, allow-list, expiry or metadata.
+pub async fn update_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<ApiJson<UpdateKey>, ApiError>,
+) -> Result<Json<KeyView>, ApiError> {
+    caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let ApiJson(req) = body?;
+    let id = parse_id(&id)?;
+    let now = unix_now();
+    let name = req.name.map(KeyName::parse).transpose()?;
+    if let Some(d) = &req.description {
+        domain::check_text("description", d, domain::MAX_DESCRIPTION_LEN)?;
+    }
+    let scopes = req
+        .scopes
+        .as_deref()
+        .map(domain::normalize_scopes)
+        .transpose()?;
+    let resources = req
+        .resources
+        .as_deref()
+        .map(domain::normalize_resources)
+        .transpose()?;
+    let expires_at = domain::resolve_expiry(now, req.expires_in, req.expires_at)?;
+    if let Some(m) = &req.metadata {
+        domain::check_metadata(m)?;
+    }
+    let grant = caller.grant();
+    let (k, _revision) = state
+        .db
+        .change_key(
+            id,
+            caller.workspace_filter(),
+            &caller.actor,
+            Action::Update.as_str(),
+            None,
+            now,
+            |old| {
+                check_edge_admin(&caller, old.kind)?;
+                domain::transition(old.status, Action::Update)?;
+                let mut new = old.clone();
+                if let Some(n) = name {
+                    new.name = n.into_string();
+                }
+                if let Some(d) = req.description {
+                    new.description = d;
+                }
+                if let Some(s) = scopes {
+                    new.scopes = s;
+                }
+                if let Some(r) = resources {
+                    new.resources = r;
+                }
+                if expires_at.is_some() {
+                    new.expires_at = expires_at;
+                }
+                if let Some(m) = req.metadata {
+                    new.metadata = m;
+                }
+                new.updated_at = now;
+                domain::check_within(
+                    grant.as_ref(),
+                    &Grant {
+                        scopes: new.scopes.clone(),
+                        resources: new.resources.clone(),
+                        expires_at: new.expires_at,
+                    },
+                )?;
+                Ok::<_, ApiError>(Plan {
+                    new,
+                    retire: None,
+                    cascade: None,
+                })
+            },
+        )
+        .await?;
+    Ok(Json(KeyView::from(&k)))
+}
+
+/// Optional body of suspend, reactivate and revoke.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Why (kept in the audit log).
+    pub reason: Option<String>,
+}
+
+async fn status_change(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: Action,
+    reason: Option<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let id = parse_id(id)?;
+    if let Some(r) = &reason {
+        domain::check_text("reason", r, domain::MAX_REASON_LEN)?;
+    }
+    let now = unix_now();
+    let (k, _revision) = state
+        .db
+        .change_key(
+            id,
+            caller.workspace_filter(),
+            &caller.actor,
+            action.as_str(),
+            reason.as_deref(),
+            now,
+            |old| {
+                check_edge_admin(caller, old.kind)?;
+                let to = domain::transition(old.status, action)?;
+                let mut new = old.clone();
+                new.status = to;
+                new.updated_at = now;
+                new.suspended_by_parent = false;
+                let cascade = match action {
+                    Action::Suspend => Some(Cascade::Suspend),
+                    Action::Reactivate => Some(Cascade::Reactivate),
+                    Action::Revoke => {
+                        new.revoked_at = Some(now);
+                        Some(Cascade::Revoke)
+                    }
+                    _ => None,
+                };
+                Ok::<_, ApiError>(Plan {
+                    new,
+                    retire: None,
+                    cascade,
+                })
+            },
+        )
+        .await?;
+    Ok(Json(KeyView::from(&k)))
+}
+
+#[utoipa::path(post, path = "/v1/keys/{id}/suspend", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
+    responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+
+/// Suspends an active key (and its exchanged children).
+pub async fn suspend_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<KeyView>, ApiError> {
+    let b: ReasonBody = optional_json(&headers, &body)?;
+    status_change(&state, &caller, &id, Action::Suspend, b.reason).await
+}
+
+#[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
+    responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+
+/// Reactivates a suspended key (and the children its suspension suspended).
+pub async fn reactivate_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<KeyView>, ApiError> {
+    let b: ReasonBody = optional_json(&headers, &body)?;
+    status_change(&state, &caller, &id, Action::Reactivate, b.reason).await
+}
+
+#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
+    responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+
+/// Revokes a key for good (and its children); the reason goes to the audit log.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<KeyView>, ApiError> {
+    let b: ReasonBody = optional_json(&headers, &body)?;
+    status_change(&state, &caller, &id, Action::Revoke, b.reason).await
+}
+
+/// `DELETE /v1/keys/{id}` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Why (kept in the audit log).
+    pub reason: Option<String>,
+}
+
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path), DeleteQuery),
+    responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+
+/// Same as revoke.
+pub async fn delete_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
+) -> Result<Json<KeyView>, ApiError> {
+    status_change(&state, &caller, &id, Action::Revoke, q.reason).await
+}
+
+/// `POST /v1/keys/{id}/rotate` body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// Seconds the old secret keeps working (0 to 7 days; default 0).
+    pub grace_period: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)), request_body(content = RotateBody, description = "optional"),
+    responses((status = 200, body = IssuedKey), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+
+/// Gives an active key a new secret; the old one works until the grace period ends.
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<IssuedKey>, ApiError> {
+    caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let b: RotateBody = optional_json(&headers, &body)?;
+    let id = parse_id(&id)?;
+    let grace = b.grace_period.unwrap_or(0);
+    domain::check_grace(grace)?;
+    let now = unix_now();
+    let mut secret_out = None;
+    let (k, _revision) = state
+        .db
+        .change_key(
+            id,
+            caller.workspace_filter(),
+            &caller.actor,
+            Action::Rotate.as_str(),
+            None,
+            now,
+            |old| {
+                check_edge_admin(&caller, old.kind)?;
+                domain::transition(old.status, Action::Rotate)?;
+                let prefix = old
+                    .display_prefix
+                    .rsplit_once('_')
+                    .map(|(p, _)| p.to_owned())
+                    .unwrap_or_default();
+                let secret = generate(&prefix)?;
+                let mut new = old.clone();
+                new.digest = *secret.digest().as_bytes();
+                new.display_prefix = secret.display_prefix();
+                new.updated_at = now;
+                secret_out = Some(secret);
+                let retire = (grace > 0).then_some((old.digest, now + grace));
+                Ok::<_, ApiError>(Plan {
+                    new,
+                    retire,
+                    cascade: None,
+                })
+            },
+        )
+        .await?;
+    let secret = secret_out.ok_or_else(|| ApiError::internal("rotation produced no secret"))?;
+    Ok(Json(IssuedKey {
+        secret: secret.expose_secret().to_owned(),
+        key: KeyView::from(&k),
+    }))
+}
