@@ -44,7 +44,10 @@ use crate::swar;
 use record::{Grant, Record, TOMBSTONE};
 
 /// The set of valid key digests with what each key may do.
-#[derive(Default)]
+///
+/// `Clone` makes a full copy (the records, the indexes; owners and grants are shared): a shell
+/// that serves requests from one set while a sync thread changes it copies it on write.
+#[derive(Default, Clone)]
 pub struct KeySet {
     revision: Option<u64>,
     /// The main array, sorted by digest, no duplicates.
@@ -170,7 +173,7 @@ fn matching_bytes(bytes: &[u8], value: u8) -> u64 {
 
 /// The bucket index over an array of records sorted by digest: `buckets.len() - 1` buckets and
 /// a last one that only holds the array's length as its start. Empty for an empty array.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Index {
     buckets: Vec<Bucket>,
 }

@@ -1,6 +1,8 @@
 //! Following: a worker catches up with the published head (deltas from its revision, else the
 //! snapshot and the deltas after it).
 
+use std::sync::Arc;
+
 use keygate_protocol::keyset::KeySet;
 
 use super::publish::Head;
@@ -34,7 +36,7 @@ impl Syncer {
                     Ok(_) => {
                         // Replace only if it moves us forward.
                         if set.revision() > self.revision() {
-                            self.set = Some(set);
+                            self.set = Some(Arc::new(set));
                         }
                     }
                     Err(e) => host.log(
@@ -55,7 +57,7 @@ impl Syncer {
 
     /// Applies published deltas starting at our revision; true when it reached `head.rev`.
     fn apply_chain(&mut self, host: &mut impl Host, head: &Head) -> bool {
-        let Some(set) = self.set.as_mut() else {
+        let Some(set) = self.set.as_mut().map(Arc::make_mut) else {
             return false;
         };
         for &(base, target) in &head.chain {

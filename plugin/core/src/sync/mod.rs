@@ -41,6 +41,8 @@ mod publish;
 mod vm;
 mod wake;
 
+use std::sync::Arc;
+
 use keygate_protocol::keyset::KeySet;
 
 pub use failure::{MAX_BACKOFF_MS, SyncFailure};
@@ -57,7 +59,10 @@ use crate::host::{Host, LogLevel};
 pub struct Syncer {
     ns: String,
     worker: u64,
-    set: Option<KeySet>,
+    /// Behind an `Arc` so that a shell running one VM for a whole process can share it with
+    /// its request threads ([`Syncer::shared_key_set`]); changes go through `Arc::make_mut`,
+    /// a copy only while a shell holds it (never in proxy-wasm, where nothing else does).
+    set: Option<Arc<KeySet>>,
     fresh_at_ms: Option<u64>,
     leader: bool,
     in_flight: Option<u32>,
@@ -99,21 +104,23 @@ impl Syncer {
 
     /// This worker's key set, if any sync succeeded.
     pub fn key_set(&self) -> Option<&KeySet> {
+        self.set.as_deref()
+    }
+
+    /// This worker's key set as a shared reference (a shell that serves requests from other
+    /// threads publishes it to them; the next change then copies it).
+    pub fn shared_key_set(&self) -> Option<&Arc<KeySet>> {
         self.set.as_ref()
+    }
+
+    /// When the control plane last answered successfully, as the set reflects it (ms).
+    pub fn fresh_at_ms(&self) -> Option<u64> {
+        self.fresh_at_ms
     }
 
     /// The set's state for decisions at `now_ms`.
     pub fn state(&self, config: &Config, now_ms: u64) -> KeySetState<'_> {
-        match (&self.set, self.fresh_at_ms) {
-            (Some(set), Some(at)) => {
-                if now_ms.saturating_sub(at) > config.max_staleness_s * 1000 {
-                    KeySetState::Stale(set)
-                } else {
-                    KeySetState::Fresh(set)
-                }
-            }
-            _ => KeySetState::Unavailable,
-        }
+        state_of(self.key_set(), self.fresh_at_ms, config, now_ms)
     }
 
     /// Whether this worker held the lease at its last tick.
@@ -128,7 +135,7 @@ impl Syncer {
 
     /// Revision of this worker's set.
     pub fn revision(&self) -> Option<u64> {
-        self.set.as_ref().and_then(KeySet::revision)
+        self.set.as_deref().and_then(KeySet::revision)
     }
 
     fn key(&self, name: &str) -> String {
@@ -158,5 +165,26 @@ impl Syncer {
             self.maybe_poll(host, config, now);
         }
         self.report_gauges(host, config, now);
+    }
+}
+
+/// The state for decisions at `now_ms` of `set`, fresh as of `fresh_at_ms` (the last successful
+/// control-plane answer it reflects): none or never fresh, unavailable; older than
+/// `max_staleness_s`, stale; else fresh.
+pub fn state_of<'a>(
+    set: Option<&'a KeySet>,
+    fresh_at_ms: Option<u64>,
+    config: &Config,
+    now_ms: u64,
+) -> KeySetState<'a> {
+    match (set, fresh_at_ms) {
+        (Some(set), Some(at)) => {
+            if now_ms.saturating_sub(at) > config.max_staleness_s * 1000 {
+                KeySetState::Stale(set)
+            } else {
+                KeySetState::Fresh(set)
+            }
+        }
+        _ => KeySetState::Unavailable,
     }
 }

@@ -1,6 +1,8 @@
 //! Polling: the leader's calls to the control plane's key-set feed (plain or long-poll) and
 //! what their answers do.
 
+use std::sync::Arc;
+
 use keygate_protocol::keyset::ApplyError;
 use keygate_protocol::wire;
 use keygate_protocol::wire::MessageKind;
@@ -123,7 +125,7 @@ impl Syncer {
         let had_set = self.set.is_some();
         let mut set = self.set.take().unwrap_or_default();
         let before = set.revision();
-        let result = set.apply(&resp.body);
+        let result = Arc::make_mut(&mut set).apply(&resp.body);
         if had_set || result.is_ok() {
             self.set = Some(set);
         }
