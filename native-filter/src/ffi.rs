@@ -12,15 +12,23 @@
 //! duration of the hook that reads them), and the configuration pointer handed to Envoy
 //! (`Box::into_raw` in `config_new`, `Box::from_raw` in `config_destroy`; in between only shared
 //! borrows, from every worker thread: the configuration is immutable and `Sync`).
+//!
+//! No panic crosses into Envoy: each hook that runs the module's code runs it under
+//! `catch_unwind`; a request whose handling panicked gets the core's fail-closed reply (`503
+//! keyset_unavailable`), a configuration that panicked is refused.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_void};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use keygate_filter_core::decision::Reason;
+use keygate_filter_core::host::LogLevel;
 use smallvec::SmallVec;
 
-use crate::shell::{FilterConfig, Stream, Verdict};
+use crate::config::{FilterConfig, Keys};
+use crate::host::now_ms;
+use crate::metrics::{GAUGE_NAMES, MetricSink, counter_names};
+use crate::shell::{Stream, Verdict, fail_closed};
 
 /// The ABI version this module was written against (Envoy 1.40.0). A mismatch is only a
 /// warning in Envoy's log.
@@ -86,6 +94,10 @@ const REQUEST_HEADER: u32 = 0;
 const CONTINUE: u32 = 0;
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration`.
 const STOP_ITERATION: u32 = 1;
+/// `envoy_dynamic_module_type_log_level_Info`.
+const LOG_INFO: u32 = 2;
+/// `envoy_dynamic_module_type_log_level_Warn`.
+const LOG_WARN: u32 = 3;
 /// `envoy_dynamic_module_type_log_level_Error`.
 const LOG_ERROR: u32 = 4;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
@@ -137,18 +149,46 @@ unsafe extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        filter_config_envoy_ptr: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_length: usize,
+        gauge_id_ptr: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
 }
 
 fn log_error(message: &str) {
-    // SAFETY: the buffer describes `message`, alive for the call; Envoy copies it.
-    unsafe { envoy_dynamic_module_callback_log(LOG_ERROR, Buffer::of(message.as_bytes())) }
+    log(LogLevel::Error, message);
 }
 
-/// What Envoy holds for a filter configuration: the shell's configuration and the ids of the
-/// decision counters (`keygate.decision.<outcome>.<code>`, as the proxy-wasm filter's).
+/// Envoy's log, from any thread (the sync thread logs through it too).
+fn log(level: LogLevel, message: &str) {
+    let level = match level {
+        LogLevel::Info => LOG_INFO,
+        LogLevel::Warn => LOG_WARN,
+        LogLevel::Error => LOG_ERROR,
+    };
+    // SAFETY: the buffer describes `message`, alive for the call; Envoy copies it.
+    unsafe { envoy_dynamic_module_callback_log(level, Buffer::of(message.as_bytes())) }
+}
+
+/// What Envoy holds for a filter configuration: the shell's configuration and the ids of its
+/// stats: the decision counters (`keygate.decision.<outcome>.<code>`, as the proxy-wasm
+/// filter's) and, for a synced configuration, the sync's counters and gauges
+/// ([`crate::metrics`]).
 struct Module {
     filter: FilterConfig,
     counters: [Option<usize>; Reason::ALL.len()],
+    sync_counters: Vec<Option<usize>>,
+    gauges: [Option<usize>; GAUGE_NAMES.len()],
 }
 
 /// Every worker thread reads the one `Module` of a configuration at once.
@@ -160,7 +200,40 @@ const _: () = {
 /// The [`Stream`] of one request: Envoy's callbacks on its filter.
 struct EnvoyStream<'a> {
     filter: *mut c_void,
-    counters: &'a [Option<usize>; Reason::ALL.len()],
+    module: &'a Module,
+}
+
+impl MetricSink for EnvoyStream<'_> {
+    fn counter_add(&mut self, index: usize, delta: u64) {
+        if let Some(Some(id)) = self.module.sync_counters.get(index) {
+            // SAFETY: `id` was defined on the configuration this filter was created from; no
+            // labels.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_increment_counter(
+                    self.filter,
+                    *id,
+                    std::ptr::null(),
+                    0,
+                    delta,
+                );
+            }
+        }
+    }
+
+    fn gauge_set(&mut self, index: usize, value: u64) {
+        if let Some(Some(id)) = self.module.gauges.get(index) {
+            // SAFETY: as above.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_set_gauge(
+                    self.filter,
+                    *id,
+                    std::ptr::null(),
+                    0,
+                    value,
+                );
+            }
+        }
+    }
 }
 
 impl Stream for EnvoyStream<'_> {
@@ -226,7 +299,7 @@ impl Stream for EnvoyStream<'_> {
     }
 
     fn count(&mut self, reason: Reason) {
-        if let Some(Some(id)) = self.counters.get(reason.index()) {
+        if let Some(Some(id)) = self.module.counters.get(reason.index()) {
             // SAFETY: `id` was defined on the configuration this filter was created from; no
             // labels (null, 0).
             unsafe {
@@ -260,42 +333,82 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 ) -> *const c_void {
     // SAFETY: Envoy's buffers are valid for this call, and only read during it.
     let (name, config) = unsafe { (name.bytes(), config.bytes()) };
-    let filter = match FilterConfig::new(name, config) {
+    let made = catch_unwind(AssertUnwindSafe(|| {
+        new_module(filter_config_envoy_ptr, name, config)
+    }));
+    match made {
+        Ok(Some(module)) => Box::into_raw(Box::new(module)).cast_const().cast(),
+        Ok(None) => std::ptr::null(),
+        Err(_) => {
+            log_error("keygate-native-filter: the configuration failed (a panic); refused");
+            std::ptr::null()
+        }
+    }
+}
+
+/// Defines the stat `name` of `kind` on the configuration; its id, or none (logged).
+fn define(
+    filter_config_envoy_ptr: *mut c_void,
+    name: &str,
+    define: unsafe extern "C" fn(*mut c_void, Buffer, *const Buffer, usize, *mut usize) -> u32,
+) -> Option<usize> {
+    let mut id = 0usize;
+    // SAFETY: the configuration pointer is Envoy's for the `config_new` call this runs in; the
+    // name is alive for the call; no labels; `id` is writable. Stats must be defined there:
+    // Envoy freezes stat creation once that hook returns.
+    let result = unsafe {
+        define(
+            filter_config_envoy_ptr,
+            Buffer::of(name.as_bytes()),
+            std::ptr::null(),
+            0,
+            &mut id,
+        )
+    };
+    if result == METRICS_SUCCESS {
+        Some(id)
+    } else {
+        log_error(&format!(
+            "keygate-native-filter: stat {name} not defined (result {result})"
+        ));
+        None
+    }
+}
+
+/// The configuration and its stats, or none (the reason logged).
+fn new_module(filter_config_envoy_ptr: *mut c_void, name: &[u8], config: &[u8]) -> Option<Module> {
+    let filter = match FilterConfig::new(name, config, log) {
         Ok(f) => f,
         Err(e) => {
             log_error(&e);
-            return std::ptr::null();
+            return None;
         }
     };
+    let counter = envoy_dynamic_module_callback_http_filter_config_define_counter;
     let mut counters = [None; Reason::ALL.len()];
     if !matches!(filter, FilterConfig::Noop) {
         for (reason, slot) in Reason::ALL.iter().zip(counters.iter_mut()) {
-            let metric = reason.metric_name();
-            let mut id = 0usize;
-            // SAFETY: the configuration pointer is Envoy's for this call; the name is alive
-            // for the call; no labels; `id` is writable. Counters must be defined here: Envoy
-            // freezes stat creation once this hook returns.
-            let result = unsafe {
-                envoy_dynamic_module_callback_http_filter_config_define_counter(
-                    filter_config_envoy_ptr,
-                    Buffer::of(metric.as_bytes()),
-                    std::ptr::null(),
-                    0,
-                    &mut id,
-                )
-            };
-            if result == METRICS_SUCCESS {
-                *slot = Some(id);
-            } else {
-                log_error(&format!(
-                    "keygate-native-filter: counter {metric} not defined (result {result})"
-                ));
-            }
+            *slot = define(filter_config_envoy_ptr, &reason.metric_name(), counter);
         }
     }
-    Box::into_raw(Box::new(Module { filter, counters }))
-        .cast_const()
-        .cast()
+    let mut sync_counters = Vec::new();
+    let mut gauges = [None; GAUGE_NAMES.len()];
+    if let Some(Keys::Synced(_)) = filter.keygate().map(|k| k.keys()) {
+        sync_counters = counter_names()
+            .iter()
+            .map(|n| define(filter_config_envoy_ptr, n, counter))
+            .collect();
+        let gauge = envoy_dynamic_module_callback_http_filter_config_define_gauge;
+        for (name, slot) in GAUGE_NAMES.iter().zip(gauges.iter_mut()) {
+            *slot = define(filter_config_envoy_ptr, name, gauge);
+        }
+    }
+    Some(Module {
+        filter,
+        counters,
+        sync_counters,
+        gauges,
+    })
 }
 
 /// The configuration goes: every filter made from it has gone.
@@ -306,7 +419,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
     if !config.is_null() {
         // SAFETY: made by `Box::into_raw` in `config_new`; Envoy destroys it once.
-        drop(unsafe { Box::from_raw(config.cast_mut().cast::<Module>()) });
+        let module = unsafe { Box::from_raw(config.cast_mut().cast::<Module>()) };
+        // Stops its sync if it was the last configuration holding it (joins its threads).
+        if catch_unwind(AssertUnwindSafe(|| drop(module))).is_err() {
+            log_error("keygate-native-filter: destroying a configuration failed (a panic)");
+        }
     }
 }
 
@@ -333,12 +450,36 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     // SAFETY: the configuration outlives its filters (Envoy destroys it after them); only
     // shared borrows exist between `config_new` and `config_destroy`.
     let module = unsafe { &*filter_module_ptr.cast::<Module>() };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the filter is live for this hook.
+        unsafe { request_headers(filter_envoy_ptr, module) }
+    }));
+    let verdict = run.unwrap_or_else(|_| {
+        log_error("keygate-native-filter: a request failed (a panic); answered 503");
+        let mut stream = EnvoyStream {
+            filter: filter_envoy_ptr,
+            module,
+        };
+        catch_unwind(AssertUnwindSafe(|| fail_closed(&mut stream))).unwrap_or(Verdict::Stop)
+    });
+    match verdict {
+        Verdict::Continue => CONTINUE,
+        Verdict::Stop => STOP_ITERATION,
+    }
+}
+
+/// The request's headers, read and decided.
+///
+/// # Safety
+/// `filter_envoy_ptr` is the live filter of the current hook.
+unsafe fn request_headers(filter_envoy_ptr: *mut c_void, module: &Module) -> Verdict {
     let (keygate, decide_only) = match &module.filter {
-        FilterConfig::Noop => return CONTINUE,
+        FilterConfig::Noop => return Verdict::Continue,
         FilterConfig::HostCalls => (None, false),
         FilterConfig::Keygate(k) => (Some(k), false),
         FilterConfig::DecideOnly(k) => (Some(k), true),
     };
+
     // SAFETY: the filter is live for this hook.
     let count = unsafe {
         envoy_dynamic_module_callback_http_get_headers_size(filter_envoy_ptr, REQUEST_HEADER)
@@ -376,21 +517,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             }
         })
         .collect();
-    let now_secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = now_ms();
     let mut stream = EnvoyStream {
         filter: filter_envoy_ptr,
-        counters: &module.counters,
+        module,
     };
-    let verdict = match keygate {
-        Some(k) if decide_only => k.decide_then_host_calls(&headers, now_secs, &mut stream),
-        Some(k) => k.on_request_headers(&headers, now_secs, &mut stream),
+    match keygate {
+        Some(k) if decide_only => k.decide_then_host_calls(&headers, now, &mut stream),
+        Some(k) => k.on_request_headers(&headers, now, &mut stream),
         None => crate::shell::host_calls_only(&mut stream),
-    };
-    match verdict {
-        Verdict::Continue => CONTINUE,
-        Verdict::Stop => STOP_ITERATION,
     }
 }
 

@@ -1,37 +1,26 @@
-//! The native shell's logic, without FFI: the filter configuration Envoy hands over once, and
-//! the work on each request's headers, over the [`Stream`] seam (Envoy's callbacks in the
-//! `ffi` module, a recording fake in the tests).
+//! The native shell's request path, without FFI: the work on each request's headers, over the
+//! [`Stream`] seam (Envoy's callbacks in the `ffi` module, a recording fake in the tests).
 //!
 //! The request path mirrors the proxy-wasm glue (`plugin/src/glue.rs`): the same view of the
-//! headers (a byte that is not UTF-8 reads as [`decision::SUBSTITUTE`]), the same decision, the
-//! same header edits in the same order, the same local reply.
+//! headers (a byte that is not UTF-8 reads as [`decision::SUBSTITUTE`]), the same decision on
+//! the set's state (Fresh, Stale or Unavailable: [`crate::published`]), the same header edits in
+//! the same order, the same local reply; an allowed request is counted for usage
+//! ([`crate::usage`]), and the sync's counters and gauges are flushed to Envoy when they changed
+//! ([`crate::metrics`]).
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
-use keygate_filter_core::config::Config;
 use keygate_filter_core::decision::{
-    self, Decision, DenyBodies, KeySetState, Reason, Request, decide,
+    self, Decision, Deny, DenyBodies, KeySetState, Reason, Request, decide,
 };
-use keygate_protocol::keyset::KeySet;
-use serde::Deserialize;
 use smallvec::SmallVec;
 
-/// The `filter_name` of Keygate's filter.
-pub const KEYGATE: &str = "keygate";
-/// The `filter_name` of the filter that does nothing (the baseline).
-pub const NOOP: &str = "noop";
-/// The `filter_name` of the filter that makes the callbacks Keygate makes on an allowed request
-/// and nothing else (the floor of this shell: what no trim of Keygate's own code goes below).
-pub const HOST_CALLS: &str = "host-calls";
-/// `filter_name` of the filter that decides as Keygate does, on Keygate's configuration and
-/// key set, then makes [`host_calls_only`]'s callbacks instead of the decision's (a baseline
-/// that tells the decision's own cost in Envoy from that of the edits it asks for).
-pub const DECIDE_ONLY: &str = "decide-only";
+use crate::config::{Keygate, Keys};
+use crate::metrics::MetricSink;
 
-/// What the request path asks of its host: Envoy's request header map and local reply, and the
-/// decision counters.
-pub trait Stream {
+/// What the request path asks of its host: Envoy's request header map and local reply, the
+/// decision counters, and (through [`MetricSink`]) the sync's counters and gauges.
+pub trait Stream: MetricSink {
     /// Removes every request header named `name`.
     fn remove_header(&mut self, name: &[u8]);
     /// Replaces the request header `name` by `value`.
@@ -53,101 +42,9 @@ pub enum Verdict {
     Stop,
 }
 
-/// A filter configuration: one per `DynamicModuleFilter` in Envoy's configuration, created on
-/// the main thread and read by every worker thread.
-#[derive(Debug)]
-pub enum FilterConfig {
-    /// `filter_name: noop`.
-    Noop,
-    /// `filter_name: host-calls`.
-    HostCalls,
-    /// `filter_name: keygate`.
-    Keygate(Box<Keygate>),
-    /// `filter_name: decide-only`, with Keygate's `filter_config`.
-    DecideOnly(Box<Keygate>),
-}
-
-impl FilterConfig {
-    /// The configuration of the filter named `filter_name`, from `filter_config` (the bytes of
-    /// the `google.protobuf.StringValue` Envoy's configuration gives; see [`NativeConfig`]).
-    ///
-    /// # Errors
-    /// A message for Envoy's log: unknown filter name, bad configuration, unreadable snapshot.
-    pub fn new(filter_name: &[u8], filter_config: &[u8]) -> Result<Self, String> {
-        match filter_name {
-            n if n == NOOP.as_bytes() => Ok(FilterConfig::Noop),
-            n if n == HOST_CALLS.as_bytes() => Ok(FilterConfig::HostCalls),
-            n if n == KEYGATE.as_bytes() => Ok(FilterConfig::Keygate(Box::new(Keygate::new(
-                filter_config,
-            )?))),
-            n if n == DECIDE_ONLY.as_bytes() => Ok(FilterConfig::DecideOnly(Box::new(
-                Keygate::new(filter_config)?,
-            ))),
-            n => Err(format!(
-                "keygate-native-filter: unknown filter_name {:?} (expected {KEYGATE:?}, {NOOP:?}, {HOST_CALLS:?} or {DECIDE_ONLY:?})",
-                String::from_utf8_lossy(n)
-            )),
-        }
-    }
-}
-
-/// Keygate's `filter_config`, JSON:
-/// `{"configuration": <the proxy-wasm filter's configuration, the same JSON object>,
-/// "snapshot_file": "<path of a key-set snapshot in the protocol's wire format>"}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NativeConfig {
-    /// The plugin configuration, parsed by `keygate_filter_core::config::Config::from_json`.
-    pub configuration: serde_json::Value,
-    /// The key set, read once when Envoy creates the configuration (the prototype has no sync).
-    pub snapshot_file: String,
-}
-
-/// Keygate's filter configuration: the plugin's configuration and the key set, one copy per
-/// process (Envoy shares this object between its worker threads).
-#[derive(Debug)]
-pub struct Keygate {
-    config: Config,
-    keys: Arc<KeySet>,
-}
-
 impl Keygate {
-    /// Parses `filter_config` ([`NativeConfig`]) and loads its snapshot.
-    ///
-    /// # Errors
-    /// A message naming what is wrong.
-    pub fn new(filter_config: &[u8]) -> Result<Self, String> {
-        let native: NativeConfig = serde_json::from_slice(filter_config)
-            .map_err(|e| format!("keygate-native-filter: filter_config: {e}"))?;
-        let json = serde_json::to_vec(&native.configuration)
-            .map_err(|e| format!("keygate-native-filter: configuration: {e}"))?;
-        let config = Config::from_json(&json).map_err(|e| e.to_string())?;
-        let bytes = std::fs::read(&native.snapshot_file).map_err(|e| {
-            format!(
-                "keygate-native-filter: snapshot_file {:?}: {e}",
-                native.snapshot_file
-            )
-        })?;
-        let mut keys = KeySet::new();
-        keys.apply(&bytes).map_err(|e| {
-            format!(
-                "keygate-native-filter: snapshot_file {:?}: {e}",
-                native.snapshot_file
-            )
-        })?;
-        Ok(Self {
-            config,
-            keys: Arc::new(keys),
-        })
-    }
-
-    /// The key set.
-    pub fn keys(&self) -> &KeySet {
-        &self.keys
-    }
-
     /// Decides a request from its headers (every one, pseudo-headers included, as Envoy holds
-    /// them) at `now_secs`, and acts on `stream`: on an allow, the header edits; on a deny,
+    /// them) at `now_ms`, and acts on `stream`: on an allow, the header edits; on a deny,
     /// the local reply.
     ///
     /// `headers` may borrow Envoy's header map, whose memory an edit may free: whatever the
@@ -155,7 +52,7 @@ impl Keygate {
     pub fn on_request_headers(
         &self,
         headers: &[(&[u8], &[u8])],
-        now_secs: u64,
+        now_ms: u64,
         stream: &mut impl Stream,
     ) -> Verdict {
         let substituted: Vec<(String, String)>;
@@ -173,10 +70,23 @@ impl Keygate {
             }
         };
         let req = Request::from_pairs(view);
-        let decision = decide(&req, KeySetState::Fresh(&self.keys), now_secs, &self.config);
+        let published;
+        let state = match &self.keys {
+            Keys::Fixed(set) => KeySetState::Fresh(set),
+            Keys::Synced(sync) => {
+                published = sync.shared_state().published.load();
+                published.state(&self.config, now_ms)
+            }
+        };
+        let decision = decide(&req, state, now_ms / 1000, &self.config);
         let reason = decision.reason();
         let verdict = match decision {
             Decision::Allow(a) => {
+                if let (Reason::Allowed, Some(key), Keys::Synced(sync)) =
+                    (reason, a.key_id(), &self.keys)
+                {
+                    sync.shared_state().usage.record(key, now_ms / 1000);
+                }
                 // Copies first: the removals' names and the cookies may borrow Envoy's map.
                 let mut names: SmallVec<[u8; 128]> = SmallVec::new();
                 let mut ends: SmallVec<[usize; 4]> = SmallVec::new();
@@ -212,22 +122,53 @@ impl Keygate {
                 Verdict::Continue
             }
             Decision::Deny(d) => {
-                let mut reply: SmallVec<[(&str, &str); 3]> = SmallVec::new();
-                reply.push(("content-type", "application/json"));
-                reply.push(("cache-control", "no-store"));
-                if let Some(w) = d.www_authenticate {
-                    reply.push(("www-authenticate", w));
-                }
-                BODIES.with_borrow_mut(|bodies| {
-                    let body = bodies.body(&d);
-                    stream.send_reply(d.status(), &reply, body.as_bytes());
-                });
+                send_deny(&d, stream);
                 Verdict::Stop
             }
         };
         stream.count(reason);
+        if let Keys::Synced(sync) = &self.keys {
+            sync.shared_state().metrics.flush(stream);
+        }
         verdict
     }
+}
+
+/// Answers with the filter's local reply for `deny`.
+pub fn send_deny(deny: &Deny, stream: &mut impl Stream) {
+    let mut reply: SmallVec<[(&str, &str); 3]> = SmallVec::new();
+    reply.push(("content-type", "application/json"));
+    reply.push(("cache-control", "no-store"));
+    if let Some(w) = deny.www_authenticate {
+        reply.push(("www-authenticate", w));
+    }
+    // A panic inside a borrow (caught at the hook) leaves the cell borrowed for good: then a
+    // body of its own.
+    let sent = BODIES.with(|cell| {
+        let Ok(mut bodies) = cell.try_borrow_mut() else {
+            return false;
+        };
+        let body = bodies.body(deny);
+        stream.send_reply(deny.status(), &reply, body.as_bytes());
+        true
+    });
+    if !sent {
+        let mut bodies = DenyBodies::default();
+        let body = bodies.body(deny);
+        stream.send_reply(deny.status(), &reply, body.as_bytes());
+    }
+}
+
+/// The reply of a request whose handling failed (a panic caught at the hook): fail closed,
+/// with the core's `503 keyset_unavailable`, counted as such.
+pub fn fail_closed(stream: &mut impl Stream) -> Verdict {
+    let deny = Deny::new(
+        Reason::KeysetUnavailable,
+        "the filter failed on this request",
+    );
+    send_deny(&deny, stream);
+    stream.count(Reason::KeysetUnavailable);
+    Verdict::Stop
 }
 
 impl Keygate {
@@ -236,7 +177,7 @@ impl Keygate {
     pub fn decide_then_host_calls(
         &self,
         headers: &[(&[u8], &[u8])],
-        now_secs: u64,
+        now_ms: u64,
         stream: &mut impl Stream,
     ) -> Verdict {
         let view: Vec<(&str, &str)> = headers
@@ -249,7 +190,15 @@ impl Keygate {
             })
             .collect();
         let req = Request::from_pairs(view);
-        let decision = decide(&req, KeySetState::Fresh(&self.keys), now_secs, &self.config);
+        let published;
+        let state = match &self.keys {
+            Keys::Fixed(set) => KeySetState::Fresh(set),
+            Keys::Synced(sync) => {
+                published = sync.shared_state().published.load();
+                published.state(&self.config, now_ms)
+            }
+        };
+        let decision = decide(&req, state, now_ms / 1000, &self.config);
         std::hint::black_box(&decision);
         host_calls_only(stream)
     }
@@ -296,6 +245,7 @@ fn substitute_invalid(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FilterConfig;
     use keygate_protocol::KeyId;
     use keygate_protocol::key;
     use keygate_protocol::wire::{KeyEntry, Snapshot};
@@ -348,6 +298,13 @@ mod tests {
         }
     }
 
+    impl MetricSink for Recorded {
+        fn counter_add(&mut self, _: usize, _: u64) {}
+        fn gauge_set(&mut self, _: usize, _: u64) {}
+    }
+
+    fn no_log(_: keygate_filter_core::host::LogLevel, _: &str) {}
+
     /// A configuration holding one key (returned), with its snapshot in `dir`.
     fn keygate(dir: &std::path::Path) -> (Keygate, String, KeyId) {
         let k = key::generate("kg_live").unwrap();
@@ -377,7 +334,7 @@ mod tests {
             },
             "snapshot_file": path.to_str().unwrap(),
         });
-        let config = Keygate::new(filter_config.to_string().as_bytes()).unwrap();
+        let config = Keygate::new(filter_config.to_string().as_bytes(), no_log).unwrap();
         (config, k.expose_secret().to_owned(), key_id)
     }
 
@@ -407,8 +364,8 @@ mod tests {
             assert!(s.reply.is_none());
         }
         assert_eq!(
-            FilterConfig::new(b"decide-only", b"{}").unwrap_err(),
-            FilterConfig::new(b"keygate", b"{}").unwrap_err(),
+            FilterConfig::new(b"decide-only", b"{}", no_log).unwrap_err(),
+            FilterConfig::new(b"keygate", b"{}", no_log).unwrap_err(),
             "decide-only takes Keygate's filter_config"
         );
     }
@@ -478,18 +435,83 @@ mod tests {
     #[test]
     fn filter_names_and_bad_configurations_are_refused_with_a_reason() {
         assert!(matches!(
-            FilterConfig::new(b"noop", b""),
+            FilterConfig::new(b"noop", b"", no_log),
             Ok(FilterConfig::Noop)
         ));
-        let e = FilterConfig::new(b"other", b"").unwrap_err();
+        let e = FilterConfig::new(b"other", b"", no_log).unwrap_err();
         assert!(e.contains("unknown filter_name"), "{e}");
-        let e = FilterConfig::new(b"keygate", b"{}").unwrap_err();
+        let e = FilterConfig::new(b"keygate", b"{}", no_log).unwrap_err();
         assert!(e.contains("configuration"), "{e}");
         let e = FilterConfig::new(
             b"keygate",
             br#"{"configuration": {"cluster": "c", "authority": "a", "edge_key": "k"}, "snapshot_file": "/nonexistent/x"}"#,
+            no_log,
         )
         .unwrap_err();
         assert!(e.contains("snapshot_file"), "{e}");
+        for (config, says) in [
+            (
+                r#"{"cluster": "c", "authority": "a", "edge_key": "k"}"#,
+                "either",
+            ),
+            (
+                r#"{"cluster": "c", "authority": "a", "edge_key": "k"}, "control_plane_url": "https://cp", "snapshot_file": "x""#,
+                "either",
+            ),
+            (
+                r#"{"cluster": "c", "authority": "a", "edge_key": "k"}, "control_plane_url": "https://cp""#,
+                "plain http",
+            ),
+            (
+                r#"{"cluster": "c", "authority": "a", "edge_key": "k"}, "control_plane_url": "http://""#,
+                "no host",
+            ),
+        ] {
+            let json = format!(r#"{{"configuration": {config}}}"#);
+            let e = FilterConfig::new(b"keygate", json.as_bytes(), no_log).unwrap_err();
+            assert!(e.contains(says), "{json}: {e}");
+        }
+    }
+
+    /// A synced configuration whose control plane is not there: every keyed request fails
+    /// closed (no set yet), an anonymous route still passes.
+    #[test]
+    fn before_the_first_sync_keyed_requests_fail_closed() {
+        let _serial = crate::sync_thread::SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let filter_config = serde_json::json!({
+            "configuration": {
+                "cluster": "fail-closed-test",
+                "authority": "cp",
+                "edge_key": "kg_edge_x",
+                "key_sources": [{"header": "x-api-key"}],
+                "routes": [
+                    {"path_prefix": "/open", "anonymous": true},
+                    {"path_prefix": "/", "required_scopes": []}
+                ]
+            },
+            "control_plane_url": format!("http://127.0.0.1:{port}"),
+        });
+        let config = Keygate::new(filter_config.to_string().as_bytes(), no_log).unwrap();
+        let key = key::generate("kg_live").unwrap();
+        let mut s = Recorded::default();
+        let h = request(&[(b"x-api-key", key.expose_secret().as_bytes())]);
+        assert_eq!(config.on_request_headers(&h, 1, &mut s), Verdict::Stop);
+        let (status, _, body) = s.reply.unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("keyset_unavailable"), "{body}");
+        let mut s = Recorded::default();
+        let h = vec![(&b":method"[..], &b"GET"[..]), (b":path", b"/open/x")];
+        assert_eq!(config.on_request_headers(&h, 1, &mut s), Verdict::Continue);
+        let mut s = Recorded::default();
+        assert_eq!(fail_closed(&mut s), Verdict::Stop);
+        assert_eq!(s.reply.unwrap().0, 503);
+        assert_eq!(s.counted, vec![Reason::KeysetUnavailable]);
     }
 }

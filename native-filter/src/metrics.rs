@@ -1,0 +1,184 @@
+//! The sync thread's counters and gauges, on their way to Envoy's stats.
+//!
+//! Envoy 1.40's dynamic-module ABI changes a counter or gauge only through a stream's filter
+//! (`…_http_filter_increment_counter`, `…_http_filter_set_gauge`), never from a thread of the
+//! module's own. So the sync thread's [`Host`](keygate_filter_core::host::Host) adds to atomics
+//! here and marks them dirty, and the next request on any worker thread [`flush`es](SyncMetrics::flush)
+//! them to Envoy (one relaxed load per request while nothing changed). A gauge therefore shows
+//! its new value at the first request after the change.
+//!
+//! The names are those of the proxy-wasm filter (`keygate.sync.*`, `keygate.usage.*`,
+//! `keygate.keyset.*`), plus [`SYNCS`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use keygate_filter_core::sync::{SyncFailure, metrics as sync_metrics};
+use keygate_filter_core::worker::metrics as usage_metrics;
+
+/// Gauge: key-set syncs running in this process (one per distinct control-plane source: a
+/// reload or a second listener with the same source shares the running one).
+pub const SYNCS: &str = "keygate.native.syncs";
+
+/// Syncs running in this process (the [`SYNCS`] gauge).
+pub static LIVE_SYNCS: AtomicUsize = AtomicUsize::new(0);
+
+/// The counters the sync thread adds to, in a fixed order (their index is their id here).
+pub fn counter_names() -> Vec<String> {
+    let mut names: Vec<String> = [
+        sync_metrics::CALLS,
+        sync_metrics::SUCCESS,
+        sync_metrics::FOLLOWED,
+        sync_metrics::WOKEN,
+        usage_metrics::USAGE_SENT,
+        usage_metrics::USAGE_FAILED,
+        usage_metrics::USAGE_DROPPED,
+        usage_metrics::USAGE_DROPPED_REQUESTS,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    names.extend(SyncFailure::ALL.iter().map(|f| f.metric_name()));
+    names
+}
+
+/// The gauges the sync thread sets, in a fixed order; [`SYNCS`] last.
+pub const GAUGE_NAMES: [&str; 5] = [
+    sync_metrics::REVISION,
+    sync_metrics::KEYS,
+    sync_metrics::HEAP_BYTES,
+    sync_metrics::STALENESS,
+    SYNCS,
+];
+
+/// What a flush does to Envoy's stats.
+pub trait MetricSink {
+    /// Adds `delta` to counter `index` of [`counter_names`].
+    fn counter_add(&mut self, index: usize, delta: u64);
+    /// Sets gauge `index` of [`GAUGE_NAMES`].
+    fn gauge_set(&mut self, index: usize, value: u64);
+}
+
+/// The counts and values not yet flushed.
+#[derive(Debug)]
+pub struct SyncMetrics {
+    counter_names: Vec<String>,
+    counters: Vec<AtomicU64>,
+    gauges: [AtomicU64; GAUGE_NAMES.len()],
+    /// Gauges ever set (an unset gauge is not flushed).
+    gauges_set: [AtomicBool; GAUGE_NAMES.len()],
+    dirty: AtomicBool,
+}
+
+impl Default for SyncMetrics {
+    fn default() -> Self {
+        let counter_names = counter_names();
+        let counters = counter_names.iter().map(|_| AtomicU64::new(0)).collect();
+        Self {
+            counter_names,
+            counters,
+            gauges: Default::default(),
+            gauges_set: Default::default(),
+            dirty: AtomicBool::new(false),
+        }
+    }
+}
+
+impl SyncMetrics {
+    /// Adds to the counter `name` (ignored if not one of [`counter_names`]).
+    pub fn counter_add(&self, name: &str, delta: u64) {
+        if let Some(i) = self.counter_names.iter().position(|n| n == name)
+            && let Some(c) = self.counters.get(i)
+        {
+            c.fetch_add(delta, Ordering::Relaxed);
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Sets the gauge `name` (ignored if not one of [`GAUGE_NAMES`]: the core's per-VM names,
+    /// which a process with one VM does not need).
+    pub fn gauge_set(&self, name: &str, value: u64) {
+        if let Some(i) = GAUGE_NAMES.iter().position(|n| *n == name) {
+            self.set_gauge_at(i, value);
+        }
+    }
+
+    fn set_gauge_at(&self, i: usize, value: u64) {
+        if let (Some(g), Some(s)) = (self.gauges.get(i), self.gauges_set.get(i)) {
+            let changed = g.swap(value, Ordering::Relaxed) != value;
+            let first = !s.swap(true, Ordering::Relaxed);
+            if changed || first {
+                self.dirty.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Marks everything dirty (a new filter configuration shares this sync: its gauges need
+    /// values).
+    pub fn touch(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Sends what changed since the last flush to `sink` (the request path: one load when
+    /// nothing did).
+    pub fn flush(&self, sink: &mut impl MetricSink) {
+        if !self.dirty.load(Ordering::Acquire) || !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let syncs = GAUGE_NAMES.len() - 1;
+        if let (Some(g), Some(s)) = (self.gauges.get(syncs), self.gauges_set.get(syncs)) {
+            g.store(LIVE_SYNCS.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
+            s.store(true, Ordering::Relaxed);
+        }
+        for (i, c) in self.counters.iter().enumerate() {
+            let delta = c.swap(0, Ordering::Relaxed);
+            if delta > 0 {
+                sink.counter_add(i, delta);
+            }
+        }
+        for (i, (g, s)) in self.gauges.iter().zip(&self.gauges_set).enumerate() {
+            if s.load(Ordering::Relaxed) {
+                sink.gauge_set(i, g.load(Ordering::Relaxed));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Sink(Vec<(char, usize, u64)>);
+    impl MetricSink for Sink {
+        fn counter_add(&mut self, index: usize, delta: u64) {
+            self.0.push(('c', index, delta));
+        }
+        fn gauge_set(&mut self, index: usize, value: u64) {
+            self.0.push(('g', index, value));
+        }
+    }
+
+    #[test]
+    fn counts_reach_the_sink_once_and_gauges_their_last_value() {
+        let m = SyncMetrics::default();
+        let mut s = Sink::default();
+        m.flush(&mut s);
+        assert!(s.0.is_empty(), "nothing changed");
+        m.counter_add(sync_metrics::CALLS, 2);
+        m.counter_add(sync_metrics::CALLS, 1);
+        m.counter_add("keygate.vm.0.keygate.keyset.keys", 1);
+        m.gauge_set(sync_metrics::KEYS, 7);
+        m.gauge_set(sync_metrics::KEYS, 9);
+        m.flush(&mut s);
+        assert!(s.0.contains(&('c', 0, 3)), "{:?}", s.0);
+        assert!(s.0.contains(&('g', 1, 9)), "{:?}", s.0);
+        assert!(s.0.iter().any(|(k, i, _)| *k == 'g' && *i == 4), "syncs");
+        let before = s.0.len();
+        m.flush(&mut s);
+        assert_eq!(s.0.len(), before, "flushed once");
+        let failure = SyncFailure::Unreachable.metric_name();
+        m.counter_add(&failure, 1);
+        m.flush(&mut s);
+        let i = counter_names().iter().position(|n| *n == failure).unwrap();
+        assert!(s.0.contains(&('c', i, 1)));
+    }
+}
