@@ -1,6 +1,6 @@
-//! The Keygate dynamic module (`keygate-native-filter`, the prototype native shell) in real
-//! Envoy 1.40: its HTTP filter entries, a bootstrap with it in the proxy-wasm filter's place,
-//! and Envoy started where it can find the module.
+//! The Keygate dynamic module (`keygate-native-filter`, the native shell) in real Envoy 1.40:
+//! its HTTP filter entries (synced from a control plane, or on a fixed snapshot), a bootstrap
+//! with it in the proxy-wasm filter's place, and Envoy started where it can find the module.
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
@@ -12,8 +12,8 @@ use keygate_native_filter_artifacts::{MODULE, envoy_env};
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use serde_json::{Value, json};
 
-use crate::Reply;
 use crate::echo::{EchoUpstream, send};
+use crate::{ADMIN_TOKEN, IssuedKey, Reply};
 
 /// An HTTP filter entry running the module's filter `filter_name` (`keygate` or `noop`) with
 /// `filter_config` (sent as a `google.protobuf.StringValue`).
@@ -38,6 +38,16 @@ pub fn keygate_filter(configuration: &Value, snapshot_file: &Path) -> Value {
     let filter_config = json!({
         "configuration": configuration,
         "snapshot_file": snapshot_file.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", snapshot_file.display())),
+    });
+    filter("keygate", &filter_config.to_string())
+}
+
+/// Keygate's native filter synced from the control plane at `control_plane_url`
+/// (`http://host:port`): the proxy-wasm filter's plugin `configuration` (the same JSON).
+pub fn synced_filter(configuration: &Value, control_plane_url: &str) -> Value {
+    let filter_config = json!({
+        "configuration": configuration,
+        "control_plane_url": control_plane_url,
     });
     filter("keygate", &filter_config.to_string())
 }
@@ -114,6 +124,16 @@ impl NativeEnvoy {
         listener: &str,
         make_bootstrap: impl FnOnce(&str) -> Value,
     ) -> Self {
+        Self::start_with_env(concurrency, listener, &[], make_bootstrap)
+    }
+
+    /// As [`NativeEnvoy::start`], with `env` added to Envoy's environment (the edge key).
+    pub fn start_with_env(
+        concurrency: usize,
+        listener: &str,
+        env: &[(&str, &str)],
+        make_bootstrap: impl FnOnce(&str) -> Value,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -122,13 +142,19 @@ impl NativeEnvoy {
         let echo = EchoUpstream::start(&rt);
         let upstream = echo.addr().to_owned();
         let bootstrap = make_bootstrap(&upstream);
-        let envoy = Envoy::start(&bootstrap.to_string(), &options(concurrency))
+        let mut options = options(concurrency);
+        options
+            .env
+            .extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let envoy = Envoy::start(&bootstrap.to_string(), &options)
             .unwrap_or_else(|e| panic!("starting Envoy with the native module: {e}"));
         let addr = envoy
             .listener_addr(listener)
             .unwrap_or_else(|e| panic!("Envoy's listener: {e}"));
+        // A connection per request: Envoy spreads them over its workers.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap_or_else(|e| panic!("HTTP client: {e}"));
         Self {
@@ -146,6 +172,16 @@ impl NativeEnvoy {
         self.rt.block_on(send(&self.http, method, &url, headers))
     }
 
+    /// A request to the listener named `listener` (another than the one of [`NativeEnvoy::url`]).
+    pub fn request_to(&self, listener: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let addr = self
+            .envoy
+            .listener_addr(listener)
+            .unwrap_or_else(|e| panic!("Envoy's listener {listener}: {e}"));
+        let url = format!("http://{addr}{path}");
+        self.rt.block_on(send(&self.http, "GET", &url, headers))
+    }
+
     /// A counter or gauge of Envoy's (`0` when absent).
     pub fn stat(&self, name: &str) -> u64 {
         self.envoy
@@ -159,5 +195,76 @@ impl Drop for NativeEnvoy {
     fn drop(&mut self) {
         self.envoy.stop();
         self.echo.stop();
+    }
+}
+
+/// The control plane's admin API over HTTP, as an operator's tooling calls it.
+pub struct Api {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    url: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// The API of the control plane at `url` (`http://host:port`).
+    pub fn new(url: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        Self {
+            rt,
+            http,
+            url: url.to_owned(),
+        }
+    }
+
+    /// A call as the admin: `(status, body)`.
+    pub fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        self.rt.block_on(crate::json_call(
+            &self.http,
+            &url,
+            ADMIN_TOKEN,
+            method,
+            body,
+        ))
+    }
+
+    /// `POST /v1/keys`; asserts 201.
+    pub fn create_key(&self, body: Value) -> IssuedKey {
+        let (st, v) = self.admin(reqwest::Method::POST, "/v1/keys", Some(body));
+        assert_eq!(st, 201, "create key: {v}");
+        crate::issued(&v)
+    }
+
+    /// `POST /v1/keys/{id}/<action>`; asserts 200.
+    pub fn key_action(&self, id: &str, action: &str) -> Value {
+        let (st, v) = self.admin(
+            reqwest::Method::POST,
+            &format!("/v1/keys/{id}/{action}"),
+            Some(json!({})),
+        );
+        assert_eq!(st, 200, "{action} {id}: {v}");
+        v
+    }
+
+    /// `GET /v1/keys/{id}`; asserts 200.
+    pub fn key(&self, id: &str) -> Value {
+        let (st, v) = self.admin(reqwest::Method::GET, &format!("/v1/keys/{id}"), None);
+        assert_eq!(st, 200, "show {id}: {v}");
+        v
     }
 }

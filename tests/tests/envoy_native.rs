@@ -1,15 +1,25 @@
-//! The Keygate dynamic module (`keygate-native-filter`, the prototype native shell) in real
-//! Envoy 1.40: it loads (the ABI version Envoy expects), and it decides as the proxy-wasm filter
-//! does. Both shells run `envoy/envoy.yaml`'s configuration side by side: the wasm filter synced
-//! from a real `keygate serve`, the native module holding that control plane's own snapshot;
-//! every request goes to both, and status, reply and what the upstream sees must match.
+//! The Keygate dynamic module (`keygate-native-filter`, the native shell) in real Envoy 1.40.
+//!
+//! - It loads (the ABI version Envoy expects), and it decides as the proxy-wasm filter does.
+//!   Both shells run `envoy/envoy.yaml`'s configuration side by side: the wasm filter synced
+//!   from a real `keygate serve`, the native module holding that control plane's own snapshot;
+//!   every request goes to both, and status, reply and what the upstream sees must match.
+//! - Synced from a real `keygate serve` (SQLite) by its own thread: the first request passes
+//!   within a second of Envoy's start; a revocation reaches every worker (4) within a second
+//!   with long-poll; before the first sync keyed requests fail closed; with the control plane
+//!   gone the set turns stale after `max_staleness_s` and each listener's `failure_mode`
+//!   applies, then it recovers; usage counts reach the control plane; two listeners with the
+//!   same source share one sync (one set).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use keygate_e2e::envoy::{EnvoyStack, LISTENER, Reply, bootstrap};
-use keygate_e2e::native::{self, NativeEnvoy};
+use keygate_e2e::envoy::{
+    EDGE_KEY_ENV, EnvoyStack, LISTENER, Reply, bootstrap, plugin_configuration,
+};
+use keygate_e2e::native::{self, Api, NativeEnvoy};
+use keygate_e2e::stack::{ServeProcess, wait_for};
 use keygate_protocol::key;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const SYNC: Duration = Duration::from_secs(15);
 
@@ -203,4 +213,249 @@ fn the_noop_module_passes_every_request() {
     let r = native.request("GET", "/anything", &[]);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.upstream_path(), Some("/anything"));
+}
+
+/// A control plane on SQLite, its API, and an edge key.
+fn control_plane() -> (ServeProcess, Api, String) {
+    let cp = ServeProcess::start_sqlite(&[]);
+    let api = Api::new(&cp.url());
+    let edge_key = api
+        .create_key(json!({"name": "native edge", "kind": "edge"}))
+        .secret;
+    (cp, api, edge_key)
+}
+
+/// `envoy/envoy.yaml` with the native module synced from `cp`, the plugin configuration with
+/// `overrides`, and `concurrency` workers; every further `(listener, overrides)` adds a copy
+/// of the listener with its own configuration (same source).
+fn synced_envoy(
+    cp: &ServeProcess,
+    edge_key: &str,
+    concurrency: usize,
+    overrides: &Value,
+    more: &[(&str, Value)],
+) -> NativeEnvoy {
+    let control_plane = cp.addr().to_string();
+    let url = cp.url();
+    NativeEnvoy::start_with_env(
+        concurrency,
+        LISTENER,
+        &[(EDGE_KEY_ENV, edge_key)],
+        |upstream| {
+            let wasm = bootstrap(&control_plane, upstream, overrides);
+            let configuration = plugin_configuration(&wasm);
+            let mut b =
+                native::replace_wasm_filter(&wasm, native::synced_filter(&configuration, &url));
+            for (name, extra) in more {
+                let mut c = configuration.clone();
+                for (k, v) in extra.as_object().into_iter().flatten() {
+                    c[k] = v.clone();
+                }
+                let mut listener = b["static_resources"]["listeners"][0].clone();
+                listener["name"] = json!(name);
+                let filters =
+                    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+                        .as_array_mut()
+                        .unwrap();
+                filters[0] = native::synced_filter(&c, &url);
+                b["static_resources"]["listeners"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(listener);
+            }
+            b
+        },
+    )
+}
+
+/// `times` requests in a row (each on a new connection) answer `status`.
+fn all(envoy: &NativeEnvoy, times: usize, key: &str, status: u16) -> Result<Reply, String> {
+    let mut last = None;
+    for _ in 0..times {
+        let r = envoy.request("GET", "/repos/acme/x", &[("x-api-key", key)]);
+        if r.status != status {
+            return Err(format!("{} {}", r.status, r.text));
+        }
+        last = Some(r);
+    }
+    last.ok_or_else(|| "no request".to_owned())
+}
+
+#[test]
+fn synced_the_first_request_passes_at_once_and_a_revocation_reaches_every_worker_within_a_second() {
+    let (cp, api, edge_key) = control_plane();
+    let key = api.create_key(json!({"name": "k", "scopes": ["repo:read"]}));
+    let other = api.create_key(json!({"name": "other", "scopes": ["repo:read"]}));
+    let started = Instant::now();
+    let envoy = synced_envoy(&cp, &edge_key, 4, &json!({"long_poll_wait_s": 5}), &[]);
+    let ready = Instant::now();
+    let first = wait_for("the first request passes", Duration::from_secs(1), || {
+        all(&envoy, 1, &key.secret, 200)
+    });
+    assert_eq!(
+        first.upstream_header("x-keygate-key-id"),
+        Some(key.id.as_str())
+    );
+    eprintln!(
+        "first request allowed {:?} after Envoy was ready ({:?} after its start)",
+        ready.elapsed(),
+        started.elapsed()
+    );
+    all(&envoy, 12, &key.secret, 200).unwrap();
+
+    api.key_action(&key.id, "revoke");
+    let revoked = Instant::now();
+    wait_for(
+        "the revocation on every worker",
+        Duration::from_secs(1),
+        || all(&envoy, 12, &key.secret, 401),
+    );
+    eprintln!(
+        "revocation enforced on 12 connections after {:?}",
+        revoked.elapsed()
+    );
+    all(&envoy, 8, &other.secret, 200).unwrap();
+    assert_eq!(
+        envoy.stat("dynamicmodulescustom.keygate.keyset.keys"),
+        1,
+        "one set, of the one live key (edge keys are not in it): {:?}",
+        envoy.envoy.stats()
+    );
+    assert_eq!(envoy.stat("dynamicmodulescustom.keygate.native.syncs"), 1);
+    assert!(envoy.stat("dynamicmodulescustom.keygate.sync.success") >= 2);
+}
+
+#[test]
+fn synced_fails_closed_before_the_first_sync_turns_stale_without_the_control_plane_and_recovers() {
+    let (mut cp, api, edge_key) = control_plane();
+    let key = api.create_key(json!({"name": "k", "scopes": ["repo:read"]}));
+    cp.kill();
+    // `max_staleness_s` must exceed a long poll's wait plus its timeout.
+    let overrides = json!({
+        "long_poll_wait_s": 1,
+        "request_timeout_ms": 1000,
+        "max_staleness_s": 3,
+        "failure_mode": "closed",
+    });
+    let envoy = synced_envoy(
+        &cp,
+        &edge_key,
+        2,
+        &overrides,
+        &[("open", json!({"failure_mode": "open"}))],
+    );
+    let open = |k: &str| envoy.request_to("open", "/repos/acme/x", &[("x-api-key", k)]);
+
+    // No set yet: fail closed, whatever the failure mode (as the wasm filter).
+    for _ in 0..4 {
+        let r = envoy.request("GET", "/repos/acme/x", &[("x-api-key", &key.secret)]);
+        assert_eq!(
+            (r.status, r.code()),
+            (503, "keyset_unavailable"),
+            "{}",
+            r.text
+        );
+        let r = open(&key.secret);
+        assert_eq!(
+            (r.status, r.code()),
+            (503, "keyset_unavailable"),
+            "{}",
+            r.text
+        );
+    }
+
+    cp.restart();
+    let back = Instant::now();
+    wait_for(
+        "the first sync after the control plane came up",
+        Duration::from_secs(8),
+        || all(&envoy, 4, &key.secret, 200),
+    );
+    eprintln!(
+        "first sync {:?} after the control plane came up",
+        back.elapsed()
+    );
+    assert_eq!(open(&key.secret).status, 200);
+
+    cp.kill();
+    let gone = Instant::now();
+    let stale = wait_for(
+        "stale after max_staleness_s",
+        Duration::from_secs(10),
+        || all(&envoy, 2, &key.secret, 503),
+    );
+    assert_eq!(stale.code(), "keyset_stale", "{}", stale.text);
+    let waited = gone.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "stale after {waited:?}: before max_staleness_s (3 s) less the last answer's age"
+    );
+    let r = open(&key.secret);
+    assert_eq!(
+        r.status, 200,
+        "failure_mode open lets it through: {}",
+        r.text
+    );
+    assert_eq!(
+        r.upstream_header("x-keygate-key-id"),
+        None,
+        "without identity"
+    );
+    // An unknown key passes too when open (the set is not consulted): as the wasm filter.
+    let unknown = key::generate("kg_live").unwrap();
+    assert_eq!(open(unknown.expose_secret()).status, 200);
+
+    cp.restart();
+    wait_for("fresh again", Duration::from_secs(10), || {
+        all(&envoy, 4, &key.secret, 200)
+    });
+    let r = open(&key.secret);
+    assert_eq!(r.upstream_header("x-keygate-key-id"), Some(key.id.as_str()));
+    assert_eq!(
+        envoy.stat("dynamicmodulescustom.keygate.native.syncs"),
+        1,
+        "two listeners, one source: one sync, one set: {:?}",
+        envoy.envoy.stats()
+    );
+    assert!(envoy.stat("dynamicmodulescustom.keygate.sync.failure.unreachable") >= 1);
+}
+
+#[test]
+fn synced_usage_counts_reach_the_control_plane() {
+    let (cp, api, edge_key) = control_plane();
+    let a = api.create_key(json!({"name": "a", "scopes": ["repo:read"]}));
+    let b = api.create_key(json!({"name": "b", "scopes": ["repo:read"]}));
+    let envoy = synced_envoy(
+        &cp,
+        &edge_key,
+        2,
+        &json!({"long_poll_wait_s": 5, "usage_report_interval_ms": 200}),
+        &[],
+    );
+    wait_for("synced", Duration::from_secs(5), || {
+        all(&envoy, 1, &a.secret, 200)
+    });
+    all(&envoy, 6, &a.secret, 200).unwrap();
+    all(&envoy, 3, &b.secret, 200).unwrap();
+    let unknown = key::generate("kg_live").unwrap();
+    all(&envoy, 2, unknown.expose_secret(), 401).unwrap();
+    wait_for("usage reported", Duration::from_secs(10), || {
+        let counts = [&a, &b].map(|k| api.key(&k.id)["usage_count"].as_i64());
+        if counts == [Some(7), Some(3)] {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    });
+    assert!(api.key(&a.id)["last_used_at"].is_i64());
+    // Counted once: a while later, still the same.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(api.key(&a.id)["usage_count"].as_i64(), Some(7));
+    // The sync's stats reach Envoy with the next request.
+    all(&envoy, 1, unknown.expose_secret(), 401).unwrap();
+    assert!(
+        envoy.stat("dynamicmodulescustom.keygate.usage.batches_sent") >= 1,
+        "{:?}",
+        envoy.envoy.stats()
+    );
 }
