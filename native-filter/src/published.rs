@@ -7,7 +7,8 @@
 //! it (an `arc-swap` read: no lock, no write to a shared cache line in the common case) and
 //! judges it Fresh, Stale or Unavailable with the core's own rule
 //! ([`keygate_filter_core::sync::state_of`]). The set is never copied to publish it: the next
-//! change copies it on write in the syncer, and the old one goes when its last reader does.
+//! change copies it on write in the syncer (its overlay; the main array only at a compaction,
+//! as `KeySet`'s clone shares it), and the old one goes when its last reader does.
 
 use std::sync::Arc;
 

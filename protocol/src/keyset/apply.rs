@@ -112,8 +112,8 @@ impl KeySet {
         }
         let id = u32::try_from(self.owners.len()).expect("fewer than 2^32 owners");
         let owner: Arc<str> = Arc::from(owner);
-        self.owners.push(Arc::clone(&owner));
-        self.owner_ids.insert(owner, id);
+        Arc::make_mut(&mut self.owners).push(Arc::clone(&owner));
+        Arc::make_mut(&mut self.owner_ids).insert(owner, id);
         id
     }
 
@@ -129,8 +129,8 @@ impl KeySet {
         }
         let id = u32::try_from(self.grants.len()).expect("fewer than 2^32 grants");
         let grant = Arc::new(grant);
-        self.grants.push(Arc::clone(&grant));
-        self.grant_ids.insert(grant, id);
+        Arc::make_mut(&mut self.grants).push(Arc::clone(&grant));
+        Arc::make_mut(&mut self.grant_ids).insert(grant, id);
         id
     }
 
@@ -173,8 +173,8 @@ impl KeySet {
         for i in 0..n {
             main.push(Self::record(&v.entry(i), &owner_map, &grant_map));
         }
-        self.main = main;
+        self.main_index = Arc::new(Index::build(&main));
+        self.main = Arc::new(main);
         self.len = n;
-        self.main_index = Index::build(&self.main);
     }
 }

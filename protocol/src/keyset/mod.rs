@@ -45,24 +45,27 @@ use record::{Grant, Record, TOMBSTONE};
 
 /// The set of valid key digests with what each key may do.
 ///
-/// `Clone` makes a full copy (the records, the indexes; owners and grants are shared): a shell
-/// that serves requests from one set while a sync thread changes it copies it on write.
+/// `Clone` is cheap: the main array, its index and the owner and grant tables are shared
+/// (`Arc`), only the overlay (bounded by compaction) is copied. A shell that serves requests
+/// from one set while a sync thread changes it copies it on write: a delta copies the overlay,
+/// a compaction the main array (`Arc::make_mut`); where nothing else holds the set (one
+/// proxy-wasm VM) nothing is ever copied.
 #[derive(Default, Clone)]
 pub struct KeySet {
     revision: Option<u64>,
     /// The main array, sorted by digest, no duplicates.
-    main: Vec<Record>,
+    main: Arc<Vec<Record>>,
     /// The bucket index over `main`, rebuilt when `main` changes (snapshot, merge).
-    main_index: Index,
+    main_index: Arc<Index>,
     /// Sorted by digest, no duplicates; tombstones always hide a key of the main array.
     overlay: Vec<Record>,
     /// The bucket index over `overlay`, rebuilt with every delta.
     overlay_index: Index,
     len: usize,
-    owners: Vec<Arc<str>>,
-    owner_ids: HashMap<Arc<str>, u32>,
-    grants: Vec<Arc<Grant>>,
-    grant_ids: HashMap<Arc<Grant>, u32>,
+    owners: Arc<Vec<Arc<str>>>,
+    owner_ids: Arc<HashMap<Arc<str>, u32>>,
+    grants: Arc<Vec<Arc<Grant>>>,
+    grant_ids: Arc<HashMap<Arc<Grant>, u32>>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -247,7 +250,89 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
+    use super::overlay::OVERLAY_MIN;
     use super::*;
+    use crate::KeyId;
+    use crate::wire::{Delta, KeyEntry, Snapshot};
+
+    fn entry(i: u32, owner: &str) -> KeyEntry {
+        KeyEntry {
+            digest: Digest::of(&format!("key-{i}")),
+            key_id: KeyId::from_bytes([7; 16]),
+            owner: owner.into(),
+            expires_at: None,
+            scopes: vec!["keys:read".into()],
+            resources: vec![],
+        }
+    }
+
+    #[test]
+    fn a_clone_shares_the_main_array_until_a_compaction_and_each_side_keeps_its_own_changes() {
+        let snapshot = Snapshot {
+            revision: 1,
+            entries: (0..1000).map(|i| entry(i, "a")).collect(),
+        };
+        let mut original = KeySet::new();
+        original.apply(&snapshot.encode().unwrap()).unwrap();
+        let mut copy = original.clone();
+        assert!(Arc::ptr_eq(&original.main, &copy.main));
+        assert!(Arc::ptr_eq(&original.owners, &copy.owners));
+
+        // A small delta lands in the copy's overlay: the main array stays shared.
+        let delta = Delta {
+            base_revision: 1,
+            revision: 2,
+            upserts: vec![entry(5000, "new-owner")],
+            removals: vec![Digest::of("key-3")],
+        };
+        copy.apply(&delta.encode().unwrap()).unwrap();
+        assert!(
+            Arc::ptr_eq(&original.main, &copy.main),
+            "a delta copies only the overlay"
+        );
+        assert!(
+            !Arc::ptr_eq(&original.owners, &copy.owners),
+            "a new owner copies the table"
+        );
+        assert!(copy.lookup(&Digest::of("key-5000")).is_some());
+        assert!(copy.lookup(&Digest::of("key-3")).is_none());
+        assert!(original.lookup(&Digest::of("key-5000")).is_none());
+        assert!(original.lookup(&Digest::of("key-3")).is_some());
+
+        // Enough changes to compact: the copy gets its own main array, the original is intact.
+        let upserts: Vec<KeyEntry> = (10_000..10_000 + OVERLAY_MIN as u32 + 1)
+            .map(|i| entry(i, "bulk"))
+            .collect();
+        let big = Delta {
+            base_revision: 2,
+            revision: 3,
+            upserts,
+            removals: vec![],
+        };
+        copy.apply(&big.encode().unwrap()).unwrap();
+        assert!(copy.overlay.is_empty(), "compacted");
+        assert!(!Arc::ptr_eq(&original.main, &copy.main));
+        assert_eq!(original.len(), 1000);
+        assert_eq!(original.revision(), Some(1));
+        assert_eq!(copy.len(), 1000 + OVERLAY_MIN + 1);
+        assert!(copy.lookup(&Digest::of("key-10000")).is_some());
+        assert!(original.lookup(&Digest::of("key-10000")).is_none());
+        assert!(original.lookup(&Digest::of("key-3")).is_some());
+
+        // With nothing else holding it, a compaction works in place.
+        let before = Arc::as_ptr(&copy.main);
+        let again = Delta {
+            base_revision: 3,
+            revision: 4,
+            upserts: (20_000..20_000 + OVERLAY_MIN as u32 + 1)
+                .map(|i| entry(i, "bulk"))
+                .collect(),
+            removals: vec![],
+        };
+        copy.apply(&again.encode().unwrap()).unwrap();
+        assert!(copy.overlay.is_empty(), "compacted again");
+        assert_eq!(Arc::as_ptr(&copy.main), before, "no copy when unshared");
+    }
 
     #[test]
     fn matching_bytes_marks_exactly_the_equal_bytes_among_the_first_eight() {

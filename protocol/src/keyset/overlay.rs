@@ -1,11 +1,13 @@
 //! Deltas: the sorted overlay they go into, its in-place merge into the main array, the live view.
 
+use std::sync::Arc;
+
 use super::record::{EMPTY_RECORD, Record, TOMBSTONE, TOMBSTONE_META};
 use super::{Index, KeySet};
 use crate::wire::Validated;
 
 /// The overlay is merged into the main array once it holds more than this many records…
-const OVERLAY_MIN: usize = 4096;
+pub(super) const OVERLAY_MIN: usize = 4096;
 /// …or more than `main.len() / OVERLAY_DIVISOR`, whichever is larger.
 const OVERLAY_DIVISOR: usize = 128;
 
@@ -59,29 +61,31 @@ impl KeySet {
         self.overlay_index = Index::build(&self.overlay);
     }
 
-    /// Merges the overlay into the main array in place.
+    /// Merges the overlay into the main array in place (after a copy when a clone of the set
+    /// still shares it).
     fn compact(&mut self) {
         let overlay = std::mem::take(&mut self.overlay);
         self.overlay_index = Index::default();
+        let main = Arc::make_mut(&mut self.main);
         let mut inserts: Vec<Record> = Vec::new();
         let mut ov = overlay.iter().peekable();
-        let n = self.main.len();
+        let n = main.len();
         let mut w = 0;
         for r in 0..n {
-            let digest = self.main[r].digest;
+            let digest = main[r].digest;
             while let Some(o) = ov.next_if(|o| o.digest < digest) {
                 inserts.push(*o);
             }
             match ov.next_if(|o| o.digest == digest) {
                 Some(o) if o.meta.grant == TOMBSTONE => {}
                 Some(o) => {
-                    self.main[w] = *o;
+                    main[w] = *o;
                     w += 1;
                 }
                 None => {
                     // Until the first removal, keys stay where they are.
                     if w != r {
-                        self.main[w] = self.main[r];
+                        main[w] = main[r];
                     }
                     w += 1;
                 }
@@ -89,15 +93,15 @@ impl KeySet {
         }
         inserts.extend(ov.copied());
         debug_assert!(inserts.iter().all(|r| r.meta.grant != TOMBSTONE));
-        self.main.truncate(w);
+        main.truncate(w);
         let k = inserts.len();
         let total = w + k;
-        if self.main.capacity() < total {
+        if main.capacity() < total {
             // Some slack so that the next compactions do not reallocate (a reallocation may
             // copy, and wasm memory never shrinks).
-            self.main.reserve_exact(k + total / 64);
+            main.reserve_exact(k + total / 64);
         }
-        self.main.resize(total, EMPTY_RECORD);
+        main.resize(total, EMPTY_RECORD);
         // Merge from the back: main[..i] and inserts[..j] into main[..dst + 1].
         let (mut i, mut j) = (w, k);
         for dst in (0..total).rev() {
@@ -105,15 +109,15 @@ impl KeySet {
                 break;
             }
             let insert = &inserts[j - 1];
-            if i > 0 && self.main[i - 1].digest > insert.digest {
-                self.main[dst] = self.main[i - 1];
+            if i > 0 && main[i - 1].digest > insert.digest {
+                main[dst] = main[i - 1];
                 i -= 1;
             } else {
-                self.main[dst] = *insert;
+                main[dst] = *insert;
                 j -= 1;
             }
         }
-        self.main_index = Index::build(&self.main);
+        self.main_index = Arc::new(Index::build(main));
     }
 
     /// Every live key in digest order (the main array merged with the overlay).

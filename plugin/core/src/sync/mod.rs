@@ -61,7 +61,8 @@ pub struct Syncer {
     worker: u64,
     /// Behind an `Arc` so that a shell running one VM for a whole process can share it with
     /// its request threads ([`Syncer::shared_key_set`]); changes go through `Arc::make_mut`,
-    /// a copy only while a shell holds it (never in proxy-wasm, where nothing else does).
+    /// a copy only while a shell holds it (never in proxy-wasm, where nothing else does), and
+    /// a cheap one: `KeySet`'s clone shares its main array and copies only the overlay.
     set: Option<Arc<KeySet>>,
     fresh_at_ms: Option<u64>,
     leader: bool,
@@ -108,7 +109,7 @@ impl Syncer {
     }
 
     /// This worker's key set as a shared reference (a shell that serves requests from other
-    /// threads publishes it to them; the next change then copies it).
+    /// threads publishes it to them; the next change then copies its overlay).
     pub fn shared_key_set(&self) -> Option<&Arc<KeySet>> {
         self.set.as_ref()
     }
