@@ -2,11 +2,12 @@
 //!
 //! - Clock: the system clock. Randomness: a xorshift generator seeded from the OS (lease owner
 //!   ids, backoff jitter).
-//! - Shared data and queues: in-process maps owned by the sync thread. A single VM leads and
-//!   is its only follower, so the core's lease, head record and VM counters work as written
-//!   (the VM always wins). The copies it publishes for *other* VMs, the snapshot (`…/snap`) and
-//!   the deltas (`…/delta/<rev>`), have no reader in this process: they are stored empty, or
-//!   they would hold a second copy of the set.
+//! - Shared data and queues: in-process maps owned by the sync thread. A single VM leads, so
+//!   the core's lease and VM counters work as written (the VM always wins). It says it has no
+//!   other VMs ([`Host::has_other_vms`]), so the core publishes nothing for followers (no head
+//!   record, no delta chain, no snapshot encoded every `MAX_CHAIN` changes); should a snapshot
+//!   (`…/snap`) or a delta (`…/delta/<rev>`) be written anyway, it is stored empty, never as a
+//!   second copy of the set.
 //! - HTTP calls: [`Host::dispatch`] queues the call ([`NativeHost::take_calls`]); the sync thread
 //!   runs it on a thread of its own with the blocking client and feeds the answer back to the
 //!   core's `on_response` with the token.
@@ -92,6 +93,12 @@ impl NativeHost {
 impl Host for NativeHost {
     fn now_ms(&self) -> u64 {
         now_ms()
+    }
+
+    /// One VM for the whole process: nothing reads a publication, so the syncer makes none
+    /// (no delta chain, no snapshot encoded every `MAX_CHAIN` changes).
+    fn has_other_vms(&self) -> bool {
+        false
     }
 
     fn random_u64(&mut self) -> u64 {

@@ -61,6 +61,8 @@ pub struct World {
     pub queue_ready: Vec<usize>,
     /// When set, queue registration fails (a host without shared queues).
     pub refuse_queues: bool,
+    /// When set, the host says it runs one VM for the process (`Host::has_other_vms` false).
+    pub single_vm: bool,
     rng: u64,
 }
 
@@ -102,6 +104,10 @@ impl FakeHost {
 impl Host for FakeHost {
     fn now_ms(&self) -> u64 {
         self.world.borrow().now_ms
+    }
+
+    fn has_other_vms(&self) -> bool {
+        !self.world.borrow().single_vm
     }
 
     fn random_u64(&mut self) -> u64 {

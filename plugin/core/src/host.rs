@@ -95,4 +95,10 @@ pub trait Host {
     fn queue_enqueue(&mut self, name: &str, value: &[u8]) -> bool;
     /// Takes every item waiting in the queue `token`; how many there were.
     fn queue_drain(&mut self, token: u32) -> usize;
+    /// Whether other VMs read what this one publishes in shared data (proxy-wasm: one VM per
+    /// worker, so yes). A shell that runs one VM for its whole process says no: the syncer
+    /// then publishes nothing (no delta chain, no snapshot encoded every `MAX_CHAIN` changes).
+    fn has_other_vms(&self) -> bool {
+        true
+    }
 }

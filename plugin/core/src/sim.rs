@@ -412,6 +412,34 @@ fn a_long_chain_is_compacted_into_a_snapshot() {
 }
 
 #[test]
+fn a_single_vm_shell_publishes_nothing_and_still_follows_every_change() {
+    let c = config("");
+    let mut sim = Sim::new(1, &c);
+    sim.world.borrow_mut().single_vm = true;
+    let (a, b) = keys();
+    let mut rev = 1;
+    let mut first = true;
+    sim.run(((MAX_CHAIN + 3) * 1000) as u64, &mut |_| {
+        if first {
+            first = false;
+            return Some(ok(snapshot(1, &[&a])));
+        }
+        rev += 1;
+        let upserts: &[&TestKey] = if rev == 2 { &[&b] } else { &[] };
+        Some(ok(delta(rev - 1, rev, upserts, &[])))
+    });
+    assert_eq!(sim.revisions(), vec![Some(rev)]);
+    assert_eq!(sim.decide(0, &b.secret), Reason::Allowed);
+    let w = sim.world.borrow();
+    let published: Vec<&String> = w
+        .shared
+        .keys()
+        .filter(|k| k.ends_with("/head") || k.ends_with("/snap") || k.contains("/delta"))
+        .collect();
+    assert!(published.is_empty(), "published {published:?}");
+}
+
+#[test]
 fn bad_responses_never_replace_the_good_set() {
     let c = config("");
     let mut sim = Sim::new(2, &c);

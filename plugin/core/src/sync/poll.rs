@@ -172,7 +172,9 @@ impl Syncer {
             (self.poll_started_ms + config.sync_interval_ms).max(now)
         };
         host.counter_add(metrics::SUCCESS, 1);
-        self.publish(host, now, applied);
+        if host.has_other_vms() {
+            self.publish(host, now, applied);
+        }
         self.report_gauges(host, config, now);
         if config.long_poll_wait_s > 0 && self.leader {
             self.maybe_poll(host, config, now);
