@@ -1,11 +1,15 @@
 //! Test helpers shared by Keygate's integration and end-to-end tests: throwaway PostgreSQL
-//! clusters (`initdb`/`pg_ctl` from the machine's PostgreSQL), real Envoy processes ([`envoy`]) and
-//! free TCP ports, polling ([`poll`]); and the
-//! benchmarks' shared scaffolding ([`bench`]).
+//! clusters (`initdb`/`pg_ctl` from the machine's PostgreSQL), real Envoy processes ([`envoy`]),
+//! supervised child processes ([`process`]), free TCP ports, polling ([`poll`]), a seeded
+//! generator ([`rng`]), a raw HTTP/1.1 upstream ([`raw_upstream`]); and the benchmarks' shared
+//! scaffolding ([`bench`]).
 
 pub mod bench;
 pub mod envoy;
 pub mod poll;
+pub mod process;
+pub mod raw_upstream;
+pub mod rng;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};

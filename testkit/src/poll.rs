@@ -22,6 +22,23 @@ pub fn wait_for<T>(
     }
 }
 
+/// Polls `check` up to `tries` times, `pause` apart, until it returns `Some`; panics with
+/// `what` otherwise. For state that reaches a database asynchronously over real HTTP.
+pub fn eventually<T>(
+    what: &str,
+    tries: usize,
+    pause: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    for _ in 0..tries {
+        if let Some(v) = check() {
+            return v;
+        }
+        std::thread::sleep(pause);
+    }
+    panic!("{what}: not reached after {tries} tries");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +65,21 @@ mod tests {
             Duration::from_millis(50),
             || Err("still no".into()),
         );
+    }
+
+    #[test]
+    fn eventually_returns_the_first_some() {
+        let mut calls = 0;
+        let got = eventually("second call", 5, Duration::from_millis(1), || {
+            calls += 1;
+            (calls == 2).then_some(calls)
+        });
+        assert_eq!(got, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "never: not reached after 3 tries")]
+    fn eventually_panics_after_the_last_try() {
+        eventually::<()>("never", 3, Duration::from_millis(1), || None);
     }
 }
