@@ -14,6 +14,8 @@ pub mod github;
 pub mod http;
 pub mod runtime;
 pub mod storage;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{ADMIN, Engine, Server, assert_error};
+use common::{ADMIN, Engine, InProcessServer, assert_error};
+use keygate_control_plane::domain::{KeyKind, KeyStatus};
+use keygate_control_plane::http::keys::IssuedKey;
 use keygate_protocol::key;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -27,33 +29,39 @@ on_both_engines!(
     a_full_usage_batch_fits_what_the_usage_route_accepts,
 );
 
-async fn audit_count(s: &Server) -> usize {
+async fn audit_count(s: &InProcessServer) -> usize {
     let (st, v) = s.admin(Method::GET, "/v1/audit?limit=1000", None).await;
     assert_eq!(st, StatusCode::OK);
     v["items"].as_array().unwrap().len()
 }
 
 async fn create_show_list_never_return_the_secret(e: Engine) {
-    let s = Server::start(e).await;
-    let (secret, rec) = s
-        .create(
-            json!({"name": "ci", "scopes": ["keys:read", "graphs:execute"], "owner_id": "user-1",
+    let s = InProcessServer::start(e).await;
+    let (st, raw) = s
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(
+                json!({"name": "ci", "scopes": ["keys:read", "graphs:execute"], "owner_id": "user-1",
                        "metadata": {"team": "infra"}, "expires_in": 3600, "description": "for CI"}),
+            ),
         )
         .await;
+    assert_eq!(st, StatusCode::CREATED, "{raw}");
+    assert!(raw["key"].get("secret").is_none() && raw["key"].get("digest").is_none());
+    let IssuedKey { secret, key: rec } = serde_json::from_value(raw).expect("an issued key");
     let parsed = key::parse(&secret).expect("issued key parses");
     assert_eq!(parsed.prefix(), "kg_live");
-    assert_eq!(rec["display_prefix"], parsed.display_prefix());
-    assert_eq!(rec["status"], "active");
-    assert_eq!(rec["kind"], "workspace");
-    assert_eq!(rec["owner_id"], "user-1");
-    assert_eq!(rec["hash_version"], 1);
-    assert_eq!(rec["scopes"], json!(["graphs:execute", "keys:read"]));
-    assert_eq!(rec["metadata"], json!({"team": "infra"}));
-    assert_eq!(rec["created_by"]["id"], "admin");
-    assert!(rec["expires_at"].as_i64().unwrap() > rec["created_at"].as_i64().unwrap());
-    assert!(rec.get("secret").is_none() && rec.get("digest").is_none());
-    let id = rec["id"].as_str().unwrap();
+    assert_eq!(rec.display_prefix, parsed.display_prefix());
+    assert_eq!(rec.status, KeyStatus::Active);
+    assert_eq!(rec.kind, KeyKind::Workspace);
+    assert_eq!(rec.owner_id, "user-1");
+    assert_eq!(rec.hash_version, 1);
+    assert_eq!(rec.scopes, ["graphs:execute", "keys:read"]);
+    assert_eq!(rec.metadata, json!({"team": "infra"}));
+    assert_eq!(rec.created_by.id, "admin");
+    assert!(rec.expires_at.unwrap() > rec.created_at);
+    let id = rec.id.as_str();
     assert!(id.starts_with("key_") && id.len() == 36);
 
     let (st, shown) = s.admin(Method::GET, &format!("/v1/keys/{id}"), None).await;
@@ -74,16 +82,16 @@ async fn create_show_list_never_return_the_secret(e: Engine) {
 }
 
 async fn list_paginates_and_filters(e: Engine) {
-    let s = Server::start(e).await;
+    let s = InProcessServer::start(e).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let kind = if i % 2 == 0 { "workspace" } else { "repo" };
-        let (_, r) = s
+        let IssuedKey { key: r, .. } = s
             .create(
                 json!({"name": format!("k{i}"), "kind": kind, "owner_id": format!("o{}", i % 3)}),
             )
             .await;
-        ids.push(r["id"].as_str().unwrap().to_owned());
+        ids.push(r.id.clone());
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -128,11 +136,11 @@ async fn list_paginates_and_filters(e: Engine) {
 }
 
 async fn lifecycle_transitions(e: Engine) {
-    let s = Server::start(e).await;
-    let (secret, rec) = s.create(json!({"name": "life"})).await;
-    let id = rec["id"].as_str().unwrap();
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret, key: rec } = s.create(json!({"name": "life"})).await;
+    let id = rec.id.as_str();
     let p = |a: &str| format!("/v1/keys/{id}/{a}");
-    assert_eq!(s.verify(&secret, &[], None).await["code"], "VALID");
+    assert_eq!(s.verify(&secret, &[], None).await.code, "VALID");
 
     let (st, v) = s
         .admin(
@@ -143,14 +151,14 @@ async fn lifecycle_transitions(e: Engine) {
         .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["status"], "suspended");
-    assert_eq!(s.verify(&secret, &[], None).await["code"], "SUSPENDED");
+    assert_eq!(s.verify(&secret, &[], None).await.code, "SUSPENDED");
     let (st, v) = s.admin(Method::POST, &p("suspend"), None).await;
     assert_error(st, &v, StatusCode::CONFLICT, "CONFLICT");
 
     let (st, v) = s.admin(Method::POST, &p("reactivate"), None).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["status"], "active");
-    assert_eq!(s.verify(&secret, &[], None).await["code"], "VALID");
+    assert_eq!(s.verify(&secret, &[], None).await.code, "VALID");
     let (st, v) = s.admin(Method::POST, &p("reactivate"), None).await;
     assert_error(st, &v, StatusCode::CONFLICT, "CONFLICT");
 
@@ -164,7 +172,7 @@ async fn lifecycle_transitions(e: Engine) {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["status"], "revoked");
     assert!(v["revoked_at"].as_i64().is_some());
-    assert_eq!(s.verify(&secret, &[], None).await["code"], "REVOKED");
+    assert_eq!(s.verify(&secret, &[], None).await.code, "REVOKED");
     for a in ["reactivate", "suspend", "revoke", "rotate"] {
         let (st, v) = s.admin(Method::POST, &p(a), None).await;
         assert_error(st, &v, StatusCode::CONFLICT, "CONFLICT");
@@ -183,8 +191,11 @@ async fn lifecycle_transitions(e: Engine) {
     assert_error(st, &v, StatusCode::CONFLICT, "CONFLICT");
 
     // DELETE revokes too, with the reason from the query string.
-    let (secret2, rec2) = s.create(json!({"name": "del"})).await;
-    let id2 = rec2["id"].as_str().unwrap();
+    let IssuedKey {
+        secret: secret2,
+        key: rec2,
+    } = s.create(json!({"name": "del"})).await;
+    let id2 = rec2.id.as_str();
     let (st, v) = s
         .admin(
             Method::DELETE,
@@ -194,7 +205,7 @@ async fn lifecycle_transitions(e: Engine) {
         .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["status"], "revoked");
-    assert_eq!(s.verify(&secret2, &[], None).await["code"], "REVOKED");
+    assert_eq!(s.verify(&secret2, &[], None).await.code, "REVOKED");
     let (_, audit) = s
         .admin(Method::GET, &format!("/v1/audit?key_id={id2}"), None)
         .await;
@@ -205,13 +216,13 @@ async fn lifecycle_transitions(e: Engine) {
 }
 
 async fn update_changes_fields_and_respects_rules(e: Engine) {
-    let s = Server::start(e).await;
-    let (secret, rec) = s
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret, key: rec } = s
         .create(json!({"name": "u", "scopes": ["keys:read"]}))
         .await;
-    let id = rec["id"].as_str().unwrap();
+    let id = rec.id.as_str();
     assert_eq!(
-        s.verify(&secret, &["graphs:execute"], None).await["code"],
+        s.verify(&secret, &["graphs:execute"], None).await.code,
         "INSUFFICIENT_SCOPE"
     );
     let (st, v) = s
@@ -228,16 +239,18 @@ async fn update_changes_fields_and_respects_rules(e: Engine) {
     assert!(v["expires_at"].as_i64().is_some());
     assert_eq!(
         s.verify(&secret, &["graphs:execute"], Some("acme/api"))
-            .await["code"],
+            .await
+            .code,
         "VALID"
     );
     assert_eq!(
         s.verify(&secret, &["graphs:execute"], Some("other/api"))
-            .await["code"],
+            .await
+            .code,
         "RESOURCE_NOT_ALLOWED"
     );
     assert_eq!(
-        s.verify(&secret, &["keys:read"], None).await["code"],
+        s.verify(&secret, &["keys:read"], None).await.code,
         "INSUFFICIENT_SCOPE"
     );
     let (st, v) = s
@@ -266,9 +279,12 @@ async fn update_changes_fields_and_respects_rules(e: Engine) {
 }
 
 async fn rotate_keeps_old_secret_during_grace(e: Engine) {
-    let s = Server::start(e).await;
-    let (old, rec) = s.create(json!({"name": "rot", "scopes": ["a:b"]})).await;
-    let id = rec["id"].as_str().unwrap();
+    let s = InProcessServer::start(e).await;
+    let IssuedKey {
+        secret: old,
+        key: rec,
+    } = s.create(json!({"name": "rot", "scopes": ["a:b"]})).await;
+    let id = rec.id.as_str();
     let (st, v) = s
         .admin(
             Method::POST,
@@ -280,32 +296,29 @@ async fn rotate_keeps_old_secret_during_grace(e: Engine) {
     let new = v["secret"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
     assert_eq!(v["key"]["id"], id);
-    assert_ne!(v["key"]["display_prefix"], rec["display_prefix"]);
+    assert_ne!(v["key"]["display_prefix"], rec.display_prefix.as_str());
     let vo = s.verify(&old, &["a:b"], None).await;
-    assert_eq!(
-        vo["code"], "VALID",
-        "old secret works during the grace period"
-    );
-    assert_eq!(vo["key_id"], id);
-    assert_eq!(s.verify(&new, &["a:b"], None).await["code"], "VALID");
+    assert_eq!(vo.code, "VALID", "old secret works during the grace period");
+    assert_eq!(vo.key_id.as_deref(), Some(id));
+    assert_eq!(s.verify(&new, &["a:b"], None).await.code, "VALID");
     // Rotating again without grace: the previous secret stops at once.
     let (st, v) = s
         .admin(Method::POST, &format!("/v1/keys/{id}/rotate"), None)
         .await;
     assert_eq!(st, StatusCode::OK);
     let newest = v["secret"].as_str().unwrap().to_owned();
-    assert_eq!(s.verify(&new, &[], None).await["code"], "NOT_FOUND");
-    assert_eq!(s.verify(&newest, &[], None).await["code"], "VALID");
+    assert_eq!(s.verify(&new, &[], None).await.code, "NOT_FOUND");
+    assert_eq!(s.verify(&newest, &[], None).await.code, "VALID");
     assert_eq!(
-        s.verify(&old, &[], None).await["code"],
+        s.verify(&old, &[], None).await.code,
         "VALID",
         "first grace still running"
     );
     // Revoking the key ends every secret, grace or not.
     s.admin(Method::POST, &format!("/v1/keys/{id}/revoke"), None)
         .await;
-    assert_eq!(s.verify(&old, &[], None).await["code"], "REVOKED");
-    assert_eq!(s.verify(&newest, &[], None).await["code"], "REVOKED");
+    assert_eq!(s.verify(&old, &[], None).await.code, "REVOKED");
+    assert_eq!(s.verify(&newest, &[], None).await.code, "REVOKED");
     let (st, v) = s
         .admin(
             Method::POST,
@@ -326,16 +339,16 @@ async fn rotate_keeps_old_secret_during_grace(e: Engine) {
 }
 
 async fn verify_reports_every_code(e: Engine) {
-    let s = Server::start(e).await;
-    let (secret, rec) = s.create(json!({"name": "v", "scopes": ["graphs:execute"], "resources": ["acme/api"], "owner_id": "svc-7"})).await;
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret, key: rec } = s.create(json!({"name": "v", "scopes": ["graphs:execute"], "resources": ["acme/api"], "owner_id": "svc-7"})).await;
     let v = s
         .verify(&secret, &["graphs:execute"], Some("acme/api"))
         .await;
-    assert_eq!(v["valid"], true);
-    assert_eq!(v["code"], "VALID");
-    assert_eq!(v["key_id"], rec["id"]);
-    assert_eq!(v["owner_id"], "svc-7");
-    assert_eq!(v["scopes"], json!(["graphs:execute"]));
+    assert!(v.valid);
+    assert_eq!(v.code, "VALID");
+    assert_eq!(v.key_id.as_deref(), Some(rec.id.as_str()));
+    assert_eq!(v.owner_id.as_deref(), Some("svc-7"));
+    assert_eq!(v.scopes, Some(vec!["graphs:execute".to_owned()]));
     // The last checksum character changed (to one it is not: `x` would leave one key in 62
     // unchanged).
     let last = if secret.ends_with('x') { 'y' } else { 'x' };
@@ -346,29 +359,29 @@ async fn verify_reports_every_code(e: Engine) {
         &format!("{}{last}", &secret[..secret.len() - 1]),
     ] {
         let v = s.verify(bad, &[], None).await;
-        assert_eq!(v["code"], "MALFORMED", "{bad}");
-        assert_eq!(v["valid"], false);
-        assert!(v["key_id"].is_null());
+        assert_eq!(v.code, "MALFORMED", "{bad}");
+        assert!(!v.valid);
+        assert!(v.key_id.is_none());
     }
     let unknown = key::generate("kg_live").unwrap();
     assert_eq!(
-        s.verify(unknown.expose_secret(), &[], None).await["code"],
+        s.verify(unknown.expose_secret(), &[], None).await.code,
         "NOT_FOUND"
     );
     assert_eq!(
-        s.verify(&secret, &["keys:write"], None).await["code"],
+        s.verify(&secret, &["keys:write"], None).await.code,
         "INSUFFICIENT_SCOPE"
     );
     assert_eq!(
-        s.verify(&secret, &[], Some("acme/web")).await["code"],
+        s.verify(&secret, &[], Some("acme/web")).await.code,
         "RESOURCE_NOT_ALLOWED"
     );
-    let (short, _) = s.create(json!({"name": "short", "expires_in": 1})).await;
-    assert_eq!(s.verify(&short, &[], None).await["code"], "VALID");
+    let IssuedKey { secret: short, .. } = s.create(json!({"name": "short", "expires_in": 1})).await;
+    assert_eq!(s.verify(&short, &[], None).await.code, "VALID");
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(s.verify(&short, &[], None).await["code"], "EXPIRED");
+    assert_eq!(s.verify(&short, &[], None).await.code, "EXPIRED");
     // Usage from verification is written in batches.
-    let id = rec["id"].as_str().unwrap();
+    let id = rec.id.as_str();
     let mut used = 0;
     for _ in 0..50 {
         let (_, k) = s.admin(Method::GET, &format!("/v1/keys/{id}"), None).await;
@@ -384,7 +397,7 @@ async fn verify_reports_every_code(e: Engine) {
 }
 
 async fn authentication_and_permissions(e: Engine) {
-    let s = Server::start(e).await;
+    let s = InProcessServer::start(e).await;
     let (st, v) = s.call(None, Method::GET, "/v1/keys", None).await;
     assert_error(st, &v, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     let (st, v) = s.call(Some("garbage"), Method::GET, "/v1/keys", None).await;
@@ -404,11 +417,11 @@ async fn authentication_and_permissions(e: Engine) {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 
-    let (repo, _) = s
+    let IssuedKey { secret: repo, .. } = s
         .create(json!({"name": "r", "kind": "repo", "scopes": ["keys:read", "keys:write"]}))
         .await;
-    let (edge, _) = s.create(json!({"name": "e", "kind": "edge"})).await;
-    let (reader, _) = s
+    let IssuedKey { secret: edge, .. } = s.create(json!({"name": "e", "kind": "edge"})).await;
+    let IssuedKey { secret: reader, .. } = s
         .create(json!({"name": "w", "scopes": ["keys:read"]}))
         .await;
     for t in [&repo, &edge] {
@@ -458,12 +471,15 @@ async fn authentication_and_permissions(e: Engine) {
         .await;
     assert_error(st, &v, StatusCode::FORBIDDEN, "FORBIDDEN");
     // A suspended workspace key authenticates no more.
-    let (w, wrec) = s
+    let IssuedKey {
+        secret: w,
+        key: wrec,
+    } = s
         .create(json!({"name": "w2", "scopes": ["keys:read"]}))
         .await;
     s.admin(
         Method::POST,
-        &format!("/v1/keys/{}/suspend", wrec["id"].as_str().unwrap()),
+        &format!("/v1/keys/{}/suspend", wrec.id.as_str()),
         None,
     )
     .await;
@@ -473,12 +489,15 @@ async fn authentication_and_permissions(e: Engine) {
 }
 
 async fn workspace_keys_cannot_escalate(e: Engine) {
-    let s = Server::start(e).await;
-    let (ws, wsrec) = s
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret: ws, key: wsrec } = s
         .create(json!({"name": "acme-ci", "workspace_id": "acme", "scopes": ["keys:read", "keys:write", "graphs:execute"],
                        "resources": ["acme/*"], "expires_in": 7200}))
         .await;
-    let (other, other_rec) = s
+    let IssuedKey {
+        secret: other,
+        key: other_rec,
+    } = s
         .create(json!({"name": "globex", "workspace_id": "globex"}))
         .await;
     let call = |m: Method, p: String, b: Option<Value>| {
@@ -489,10 +508,10 @@ async fn workspace_keys_cannot_escalate(e: Engine) {
     let (st, v) = call(Method::POST, "/v1/keys".into(), Some(json!({"name": "ok", "scopes": ["graphs:execute"], "resources": ["acme/api"], "expires_in": 60}))).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["key"]["workspace_id"], "acme");
-    assert_eq!(v["key"]["created_by"]["id"], wsrec["id"]);
+    assert_eq!(v["key"]["created_by"]["id"], wsrec.id.as_str());
     assert_eq!(
         v["key"]["created_by"]["display_prefix"],
-        wsrec["display_prefix"]
+        wsrec.display_prefix.as_str()
     );
     let child_id = v["key"]["id"].as_str().unwrap().to_owned();
     for (body, what) in [
@@ -530,7 +549,7 @@ async fn workspace_keys_cannot_escalate(e: Engine) {
     .await;
     assert_error(st, &v, StatusCode::FORBIDDEN, "FORBIDDEN");
     // Other workspaces' keys do not exist for this caller.
-    let oid = other_rec["id"].as_str().unwrap();
+    let oid = other_rec.id.as_str();
     let (st, v) = call(Method::GET, format!("/v1/keys/{oid}"), None).await;
     assert_error(st, &v, StatusCode::NOT_FOUND, "NOT_FOUND");
     let (st, v) = call(Method::POST, format!("/v1/keys/{oid}/revoke"), None).await;
@@ -568,9 +587,9 @@ async fn workspace_keys_cannot_escalate(e: Engine) {
 }
 
 async fn bad_input_is_rejected_and_changes_nothing(e: Engine) {
-    let s = Server::start(e).await;
-    let (_, rec) = s.create(json!({"name": "base"})).await;
-    let id = rec["id"].as_str().unwrap().to_owned();
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { key: rec, .. } = s.create(json!({"name": "base"})).await;
+    let id = rec.id.clone();
     let audit_before = audit_count(&s).await;
     // Raw bodies with their content type: (body, content type, status, code).
     let big = format!(
@@ -723,11 +742,11 @@ async fn bad_input_is_rejected_and_changes_nothing(e: Engine) {
 }
 
 async fn exchange_makes_bounded_children_that_follow_their_parent(e: Engine) {
-    let s = Server::start(e).await;
-    let (parent, prec) = s
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret: parent, key: prec } = s
         .create(json!({"name": "ws", "workspace_id": "acme", "scopes": ["repo:read", "repo:write"], "resources": ["acme/*"]}))
         .await;
-    let pid = prec["id"].as_str().unwrap().to_owned();
+    let pid = prec.id.clone();
     let (st, v) = s
         .call(
             Some(&parent),
@@ -751,11 +770,13 @@ async fn exchange_makes_bounded_children_that_follow_their_parent(e: Engine) {
         "default one hour, got {life}"
     );
     assert_eq!(
-        s.verify(&child, &["repo:read"], Some("acme/api")).await["code"],
+        s.verify(&child, &["repo:read"], Some("acme/api"))
+            .await
+            .code,
         "VALID"
     );
     assert_eq!(
-        s.verify(&child, &["repo:write"], None).await["code"],
+        s.verify(&child, &["repo:write"], None).await.code,
         "INSUFFICIENT_SCOPE"
     );
     // A repo key cannot manage keys or exchange again.
@@ -801,13 +822,13 @@ async fn exchange_makes_bounded_children_that_follow_their_parent(e: Engine) {
     // Suspend / reactivate / revoke cascade to the child.
     s.admin(Method::POST, &format!("/v1/keys/{pid}/suspend"), None)
         .await;
-    assert_eq!(s.verify(&child, &[], None).await["code"], "SUSPENDED");
+    assert_eq!(s.verify(&child, &[], None).await.code, "SUSPENDED");
     s.admin(Method::POST, &format!("/v1/keys/{pid}/reactivate"), None)
         .await;
-    assert_eq!(s.verify(&child, &[], None).await["code"], "VALID");
+    assert_eq!(s.verify(&child, &[], None).await.code, "VALID");
     s.admin(Method::POST, &format!("/v1/keys/{pid}/revoke"), None)
         .await;
-    assert_eq!(s.verify(&child, &[], None).await["code"], "REVOKED");
+    assert_eq!(s.verify(&child, &[], None).await.code, "REVOKED");
     let (_, audit) = s
         .admin(
             Method::GET,
@@ -835,9 +856,9 @@ async fn exchange_makes_bounded_children_that_follow_their_parent(e: Engine) {
 }
 
 async fn audit_log_records_every_change(e: Engine) {
-    let s = Server::start(e).await;
-    let (secret, rec) = s.create(json!({"name": "a"})).await;
-    let id = rec["id"].as_str().unwrap();
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret, key: rec } = s.create(json!({"name": "a"})).await;
+    let id = rec.id.as_str();
     s.admin(
         Method::PATCH,
         &format!("/v1/keys/{id}"),
@@ -900,7 +921,7 @@ async fn audit_log_records_every_change(e: Engine) {
 }
 
 async fn system_endpoints(e: Engine) {
-    let s = Server::start(e).await;
+    let s = InProcessServer::start(e).await;
     let (st, v) = s.call(None, Method::GET, "/healthz", None).await;
     assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (st, v) = s.call(None, Method::GET, "/readyz", None).await;
@@ -949,7 +970,7 @@ async fn system_endpoints(e: Engine) {
 }
 
 async fn failed_authentications_are_rate_limited(e: Engine) {
-    let s = Server::start(e).await;
+    let s = InProcessServer::start(e).await;
     for _ in 0..30 {
         let (st, _) = s.call(Some("wrong"), Method::GET, "/v1/keys", None).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
@@ -983,7 +1004,7 @@ trait ReadyCheck {
     async fn db_close_check(&self);
 }
 
-impl ReadyCheck for Server {
+impl ReadyCheck for InProcessServer {
     /// With the database closed, readiness fails and liveness does not.
     async fn db_close_check(&self) {
         self.state.db().close().await;
@@ -995,7 +1016,7 @@ impl ReadyCheck for Server {
 }
 
 async fn after_an_oversize_body_the_kept_alive_connection_serves_the_next_request(e: Engine) {
-    let s = Server::start(e).await;
+    let s = InProcessServer::start(e).await;
     // One kept-alive connection: each oversize body is answered 413, and the connection then
     // serves the next request (the server read the rest of the body instead of closing the
     // connection under the client, which then lost its next request to the reset).
@@ -1025,9 +1046,9 @@ async fn after_an_oversize_body_the_kept_alive_connection_serves_the_next_reques
 }
 
 async fn every_route_answers_an_oversize_body_with_the_json_error(e: Engine) {
-    let s = Server::start(e).await;
-    let (_, rec) = s.create(json!({"name": "target"})).await;
-    let id = rec["id"].as_str().unwrap().to_owned();
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { key: rec, .. } = s.create(json!({"name": "target"})).await;
+    let id = rec.id.clone();
     // Over the general limit (64 KiB) and over the usage route's own.
     let big = format!(
         "{{\"name\":\"{}\"}}",
@@ -1072,10 +1093,10 @@ async fn every_route_answers_an_oversize_body_with_the_json_error(e: Engine) {
 }
 
 async fn a_full_usage_batch_fits_what_the_usage_route_accepts(e: Engine) {
-    let s = Server::start(e).await;
-    let (edge, _) = s.create(json!({"name": "edge", "kind": "edge"})).await;
-    let (_, rec) = s.create(json!({"name": "used"})).await;
-    let id = rec["id"].as_str().unwrap().to_owned();
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret: edge, .. } = s.create(json!({"name": "edge", "kind": "edge"})).await;
+    let IssuedKey { key: rec, .. } = s.create(json!({"name": "used"})).await;
+    let id = rec.id.clone();
     // The largest batch the contract allows: every entry at its largest accepted values.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

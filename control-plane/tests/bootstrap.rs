@@ -6,15 +6,15 @@ mod common;
 
 use std::path::Path;
 
-use common::Served;
+use common::ServeProcess;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const BANNER: &str = "Generated bootstrap admin key (shown once, store it now): ";
 
 /// `keygate serve` on `db` with trace-level logging and no admin token.
-fn start(dir: &Path, db: &Path, run: &str) -> Served {
-    Served::start(dir, run, |c| {
+fn start(dir: &Path, db: &Path, run: &str) -> ServeProcess {
+    common::serve(dir, run, |c| {
         c.env_remove("KEYGATE_ADMIN_TOKEN")
             .env("KEYGATE_DATABASE_URL", format!("sqlite:{}", db.display()))
             .env("RUST_LOG", "trace")

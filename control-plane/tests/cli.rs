@@ -1,8 +1,11 @@
 //! Drives the real `keygate` binary: `serve` (with debug logging), the `keys` and `audit`
 //! client subcommands, and checks that no secret ever reaches the server's logs.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+mod common;
+
+use std::process::Command;
+
+use keygate_control_plane::http::keys::{IssuedKey, KeyView};
 
 const ADMIN: &str = "cli-test-admin-token-42";
 
@@ -23,36 +26,15 @@ fn keygate(url: &str, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn cli_drives_the_api_and_no_secret_is_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let port = keygate_testkit::free_port().unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let log_path = dir.path().join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("serve")
-        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env(
+    let server = common::serve(dir.path(), "server", |c| {
+        c.env(
             "KEYGATE_DATABASE_URL",
             format!("sqlite:{}", dir.path().join("kg.db").display()),
         )
         .env("KEYGATE_ADMIN_TOKEN", ADMIN)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        up,
-        "server did not start: {}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
-    );
+        .env("RUST_LOG", "trace");
+    });
+    let url = server.base();
 
     let (ok, out, err) = keygate(
         &url,
@@ -67,9 +49,8 @@ fn cli_drives_the_api_and_no_secret_is_logged() {
         ],
     );
     assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let secret = v["secret"].as_str().unwrap().to_owned();
-    let id = v["key"]["id"].as_str().unwrap().to_owned();
+    let IssuedKey { secret, key } = serde_json::from_str(&out).unwrap();
+    let id = key.id;
     let (ok, out, _) = keygate(&url, &["keys", "list"]);
     assert!(ok);
     assert!(
@@ -87,8 +68,8 @@ fn cli_drives_the_api_and_no_secret_is_logged() {
     assert!(ok && out.contains("secret (shown once"), "{out}");
     let (ok, out, _) = keygate(&url, &["keys", "show", &id, "--json"]);
     assert!(ok);
-    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(shown["name"], "renamed");
+    let shown: KeyView = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown.name, "renamed");
     let (ok, out, _) = keygate(&url, &["keys", "revoke", &id, "--reason", "done"]);
     assert!(ok && out.contains("revoked"), "{out}");
     let (ok, out, _) = keygate(&url, &["audit", "--key", &id]);
@@ -125,9 +106,8 @@ fn cli_drives_the_api_and_no_secret_is_logged() {
     if let Ok(o) = status {
         assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
     }
-    server.kill().unwrap();
-    let _ = server.wait();
-    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let (out, err) = server.stop();
+    let logs = out + &err;
     assert!(logs.contains("listening"), "the log was captured: {logs}");
     assert!(!logs.contains(&secret), "secret leaked into logs");
     assert!(!logs.contains(ADMIN), "admin token leaked into logs");

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{Engine, Server, assert_error};
+use common::{Engine, InProcessServer, assert_error};
+use keygate_control_plane::http::keys::IssuedKey;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -13,7 +14,7 @@ on_both_engines!(workspace_keys_cannot_issue_or_change_edge_keys);
 
 const CODE: &str = "EDGE_KEY_ADMIN_ONLY";
 
-async fn keyset_status(s: &Server, token: &str) -> StatusCode {
+async fn keyset_status(s: &InProcessServer, token: &str) -> StatusCode {
     s.http
         .get(s.url("/v1/keyset"))
         .bearer_auth(token)
@@ -24,7 +25,7 @@ async fn keyset_status(s: &Server, token: &str) -> StatusCode {
 }
 
 /// (number of keys, number of audit rows, feed revision) as the admin sees them.
-async fn footprint(s: &Server) -> (usize, usize, i64) {
+async fn footprint(s: &InProcessServer) -> (usize, usize, i64) {
     let (_, keys) = s.admin(Method::GET, "/v1/keys?limit=1000", None).await;
     let (_, audit) = s.admin(Method::GET, "/v1/audit?limit=1000", None).await;
     (
@@ -35,14 +36,17 @@ async fn footprint(s: &Server) -> (usize, usize, i64) {
 }
 
 async fn workspace_keys_cannot_issue_or_change_edge_keys(e: Engine) {
-    let s = Server::start(e).await;
-    let (ws, _) = s
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret: ws, .. } = s
         .create(json!({"name": "ops", "scopes": ["keys:read", "keys:write"]}))
         .await;
-    let (edge, edge_rec) = s.create(json!({"name": "edge", "kind": "edge"})).await;
-    let edge_id = edge_rec["id"].as_str().unwrap().to_owned();
+    let IssuedKey {
+        secret: edge,
+        key: edge_rec,
+    } = s.create(json!({"name": "edge", "kind": "edge"})).await;
+    let edge_id = edge_rec.id.clone();
     assert_eq!(
-        edge_rec["workspace_id"], "default",
+        edge_rec.workspace_id, "default",
         "the admin's edge key lives in the workspace key's own workspace"
     );
     let before = footprint(&s).await;

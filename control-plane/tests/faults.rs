@@ -12,16 +12,19 @@
 //!
 //! The figures (rounds, writes, kills, recovery) are printed; run with `--nocapture` to see them.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::ServeProcess;
 use keygate_protocol::Digest;
 use keygate_protocol::wire::{self, Message};
-use keygate_testkit::{PgCluster, free_port};
+use keygate_testkit::PgCluster;
+use keygate_testkit::rng::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -34,118 +37,38 @@ const CLIENTS: usize = 4;
 /// still in the set at the end.
 const GRACE: i64 = 3600;
 
-/// A small deterministic PRNG (xorshift64*), seeded per run and printed, so a failing run's
-/// timings can be replayed with `KEYGATE_FAULT_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> (Self, u64) {
-        let seed = std::env::var("KEYGATE_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        (Self(seed | 1), seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// A `keygate serve` process on a fixed port, logging (appending) to one file across restarts.
-struct Keygate {
-    child: Option<Child>,
-    port: u16,
-    database_url: String,
-    log: PathBuf,
-}
-
-impl Keygate {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_keygate"))
-                .arg("serve")
-                .env("KEYGATE_LISTEN", format!("127.0.0.1:{}", self.port))
-                .env("KEYGATE_DATABASE_URL", &self.database_url)
+/// `keygate serve` on `database_url` (output in `<dir>/<name>.stdout` and `.stderr`, appended
+/// across restarts), once `/readyz` answers 200.
+async fn start_keygate(
+    database_url: &str,
+    dir: &Path,
+    name: &str,
+    http: &reqwest::Client,
+) -> ServeProcess {
+    let mut kg = tokio::task::block_in_place(|| {
+        common::serve(dir, name, |c| {
+            c.env("KEYGATE_DATABASE_URL", database_url)
                 .env("KEYGATE_ADMIN_TOKEN", ADMIN)
-                .env("RUST_LOG", "info,sqlx=warn")
-                .stdout(Stdio::from(log.try_clone().unwrap()))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    /// Starts the server and waits until `/readyz` answers 200.
-    async fn start(database_url: String, log: PathBuf, http: &reqwest::Client) -> Self {
-        let mut k = Self {
-            child: None,
-            port: free_port().unwrap(),
-            database_url,
-            log,
-        };
-        k.spawn();
-        k.wait_ready(http).await;
-        k
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn wait_ready(&mut self, http: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("keygate exited with {status}: {}", self.logs());
-            }
-            if let Ok(r) = http.get(self.url("/readyz")).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("keygate not ready within 60 s: {}", self.logs());
-    }
-
-    /// SIGKILL (`Child::kill` sends SIGKILL on Unix) and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Whether the process started last is still running.
-    fn running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+                .env("RUST_LOG", "info,sqlx=warn");
+        })
+    });
+    wait_ready(&mut kg, http).await;
+    kg
 }
 
-impl Drop for Keygate {
-    fn drop(&mut self) {
-        self.kill();
+/// Waits until `/readyz` answers 200; panics with the logs if it exits or takes over 60 s.
+async fn wait_ready(kg: &mut ServeProcess, http: &reqwest::Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        assert!(kg.is_running(), "keygate exited: {}", kg.logs());
+        if let Ok(r) = http.get(kg.url("/readyz")).send().await
+            && r.status() == StatusCode::OK
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    panic!("keygate not ready within 60 s: {}", kg.logs());
 }
 
 /// What one client knows of one key it issued (an acknowledged create).
@@ -214,7 +137,7 @@ async fn client(
     stop: Arc<AtomicBool>,
     http: reqwest::Client,
 ) -> ClientLog {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut log = ClientLog::default();
     let mut made = 0usize;
     while !stop.load(Ordering::Relaxed) {
@@ -244,7 +167,7 @@ async fn client(
                 Outcome::Lost(_) => log.uncertain_creates.push(name),
             }
         } else {
-            let k = open[rng.below(open.len() as u64) as usize];
+            let k = open[rng.below(open.len())];
             let id = log.keys[k].id.clone();
             let (action, path, body) = if roll < 78 {
                 (
@@ -371,7 +294,7 @@ async fn reader(
 }
 
 /// Reads every page of `path` (`items`, `next_cursor`).
-async fn all_pages(http: &reqwest::Client, k: &Keygate, path: &str) -> Vec<Value> {
+async fn all_pages(http: &reqwest::Client, k: &ServeProcess, path: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -397,7 +320,7 @@ async fn all_pages(http: &reqwest::Client, k: &Keygate, path: &str) -> Vec<Value
     }
 }
 
-async fn snapshot(http: &reqwest::Client, k: &Keygate, edge: &str) -> (u64, Set) {
+async fn snapshot(http: &reqwest::Client, k: &ServeProcess, edge: &str) -> (u64, Set) {
     let resp = http
         .get(k.url("/v1/keyset"))
         .bearer_auth(edge)
@@ -413,7 +336,7 @@ async fn snapshot(http: &reqwest::Client, k: &Keygate, edge: &str) -> (u64, Set)
     (rev, set)
 }
 
-async fn verify_code(http: &reqwest::Client, k: &Keygate, secret: &str) -> String {
+async fn verify_code(http: &reqwest::Client, k: &ServeProcess, secret: &str) -> String {
     let v: Value = http
         .post(k.url("/v1/keys/verify"))
         .bearer_auth(ADMIN)
@@ -434,13 +357,10 @@ async fn sigkill_loop(engine: &str, database_url: String, dir: &Path) -> String 
         .connect_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let (mut rng, seed) = Rng::seeded();
-    let mut kg = Keygate::start(
-        database_url,
-        dir.join(format!("keygate-{engine}.log")),
-        &http,
-    )
-    .await;
+    // Printed with the figures, so that a failing run's timings can be replayed.
+    let seed = Rng::seed_from_env("KEYGATE_FAULT_SEED");
+    let mut rng = Rng::new(seed);
+    let mut kg = start_keygate(&database_url, dir, &format!("keygate-{engine}"), &http).await;
     let (st, v) = match send(
         &http,
         Method::POST,
@@ -463,7 +383,7 @@ async fn sigkill_loop(engine: &str, database_url: String, dir: &Path) -> String 
             tokio::spawn(client(
                 n,
                 base.clone(),
-                rng.next(),
+                rng.next_u64(),
                 stop.clone(),
                 http.clone(),
             ))
@@ -478,12 +398,12 @@ async fn sigkill_loop(engine: &str, database_url: String, dir: &Path) -> String 
 
     let mut restart_to_ready = Vec::new();
     for _ in 0..ROUNDS {
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(900))).await;
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(900) as u64)).await;
         kg.kill();
-        tokio::time::sleep(Duration::from_millis(rng.below(200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(200) as u64)).await;
         let t = Instant::now();
-        kg.spawn();
-        kg.wait_ready(&http).await;
+        tokio::task::block_in_place(|| kg.restart());
+        wait_ready(&mut kg, &http).await;
         restart_to_ready.push(t.elapsed());
     }
     // Let the clients work against the last server for a moment, then stop them.
@@ -653,7 +573,7 @@ async fn sigkill_loop(engine: &str, database_url: String, dir: &Path) -> String 
     }
     assert_eq!(followed_rev, rev);
     assert_eq!(followed, snap, "the delta follower equals a fresh snapshot");
-    assert!(kg.running());
+    assert!(kg.is_running());
 
     let acked: usize = logs.iter().map(|l| l.acked_writes).sum();
     let refused: usize = logs.iter().map(|l| l.refused_writes).sum();
@@ -729,7 +649,7 @@ async fn database_outage_answers_503_and_recovers_by_itself() {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let mut kg = Keygate::start(url, dir.path().join("outage.log"), &http).await;
+    let mut kg = start_keygate(&url, dir.path(), "outage", &http).await;
     let keys_url = kg.url("/v1/keys");
     let create = |name: &str, kind: &str| {
         send(
@@ -854,7 +774,7 @@ async fn database_outage_answers_503_and_recovers_by_itself() {
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "unavailable");
     let r = http.get(kg.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the process itself is healthy");
-    assert!(kg.running());
+    assert!(kg.is_running());
 
     // The database returns on the same port: the same process recovers by itself.
     let c = cluster.clone();
@@ -881,7 +801,7 @@ async fn database_outage_answers_503_and_recovers_by_itself() {
     }
     let recovery = t.elapsed();
     assert!(
-        kg.running(),
+        kg.is_running(),
         "recovered without a restart of the control plane"
     );
     let r = http.get(kg.url("/readyz")).send().await.unwrap();

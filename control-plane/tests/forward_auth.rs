@@ -11,7 +11,8 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Engine, Server, fresh_database};
+use common::{ADMIN, Engine, InProcessServer, fresh_database};
+use keygate_control_plane::http::keys::IssuedKey;
 use keygate_filter_core::config::Config as FilterConfig;
 use keygate_filter_core::decision::{Decision, KeySetState, Request, decide};
 use keygate_protocol::keyset::KeySet;
@@ -39,17 +40,17 @@ async fn start(
     engine: Engine,
     config: &str,
     open: bool,
-) -> (Server, Vec<tempfile::TempDir>, String) {
+) -> (InProcessServer, Vec<tempfile::TempDir>, String) {
     let (url, db_dir) = fresh_database(engine);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("forward-auth.json");
     std::fs::write(&path, config).expect("write config");
-    let s = Server::start_on(&url, |c| {
+    let s = InProcessServer::start_on(&url, |c| {
         c.forward_auth.config = Some(path);
         c.forward_auth.open = open;
     })
     .await;
-    let (edge, _) = s.create(json!({"name": "proxy", "kind": "edge"})).await;
+    let IssuedKey { secret: edge, .. } = s.create(json!({"name": "proxy", "kind": "edge"})).await;
     (s, db_dir.into_iter().chain([dir]).collect(), edge)
 }
 
@@ -94,7 +95,7 @@ impl Answer {
 }
 
 /// A call to `path` (from `/v1/forward-auth` on) with `method` and `headers`.
-async fn call(s: &Server, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+async fn call(s: &InProcessServer, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut req = s.http.request(
         Method::from_bytes(method.as_bytes()).unwrap(),
         s.url(&format!("/v1/forward-auth{path}")),
@@ -126,7 +127,7 @@ fn with_edge<'a>(edge: &'a str, headers: &[(&'a str, &'a str)]) -> Vec<(&'a str,
 
 /// Envoy ext_authz's style: the original method, `/v1/forward-auth<original path>`.
 async fn ext_authz(
-    s: &Server,
+    s: &InProcessServer,
     edge: &str,
     method: &str,
     path: &str,
@@ -143,7 +144,7 @@ fn filter_config() -> FilterConfig {
 }
 
 /// The filter's key set, synced the filter's way (`GET /v1/keyset` with the edge key).
-async fn synced_set(s: &Server, edge: &str) -> KeySet {
+async fn synced_set(s: &InProcessServer, edge: &str) -> KeySet {
     let resp = s
         .http
         .get(s.url("/v1/keyset"))
@@ -228,23 +229,29 @@ fn same_as_filter(
 async fn every_row_of_the_decision_table_is_the_filters() {
     let (s, _dirs, edge) = start(Engine::Sqlite, &format!("{{{MEMBERS}}}"), false).await;
     let config = filter_config();
-    let (reader, rec) = s
+    let IssuedKey { secret: reader, key: rec } = s
         .create(json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"}))
         .await;
-    let reader_id = rec["id"].as_str().unwrap().to_owned();
-    let (writer, _) = s
+    let reader_id = rec.id.clone();
+    let IssuedKey { secret: writer, .. } = s
         .create(json!({"name": "writer", "scopes": ["repo:read", "repo:write"], "owner_id": "bob"}))
         .await;
-    let (revoked, rrec) = s.create(json!({"name": "revoked"})).await;
-    let (suspended, srec) = s.create(json!({"name": "suspended"})).await;
-    let (short, _) = s
+    let IssuedKey {
+        secret: revoked,
+        key: rrec,
+    } = s.create(json!({"name": "revoked"})).await;
+    let IssuedKey {
+        secret: suspended,
+        key: srec,
+    } = s.create(json!({"name": "suspended"})).await;
+    let IssuedKey { secret: short, .. } = s
         .create(json!({"name": "short", "scopes": ["repo:read"], "expires_in": 2}))
         .await;
     for (rec, action) in [(&rrec, "revoke"), (&srec, "suspend")] {
         let (st, v) = s
             .admin(
                 Method::POST,
-                &format!("/v1/keys/{}/{action}", rec["id"].as_str().unwrap()),
+                &format!("/v1/keys/{}/{action}", rec.id.as_str()),
                 Some(json!({})),
             )
             .await;
@@ -516,7 +523,7 @@ async fn every_row_of_the_decision_table_is_the_filters() {
 }
 
 /// Waits until the forward-auth mirror holds the database's current revision.
-async fn wait_for_revision(s: &Server) {
+async fn wait_for_revision(s: &InProcessServer) {
     let fa = s.state.forward_auth().expect("forward-auth on");
     let want = s.state.db().revision().await.unwrap() as u64;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -530,7 +537,7 @@ async fn wait_for_revision(s: &Server) {
 }
 
 /// Polls `GET /v1/keys/{id}` until `ok` holds (usage is flushed every 50 ms here).
-async fn eventually_key(s: &Server, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
+async fn eventually_key(s: &InProcessServer, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..100 {
         let (st, v) = s.admin(Method::GET, &format!("/v1/keys/{id}"), None).await;
         assert_eq!(st, StatusCode::OK);
@@ -545,7 +552,7 @@ async fn eventually_key(s: &Server, id: &str, ok: impl Fn(&Value) -> bool) -> Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traefik_caddy_and_nginx_name_the_original_request_in_headers() {
     let (s, _dirs, edge) = start(Engine::Sqlite, &format!("{{{MEMBERS}}}"), false).await;
-    let (reader, _) = s
+    let IssuedKey { secret: reader, .. } = s
         .create(json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"}))
         .await;
     let bearer = format!("Bearer {reader}");
@@ -693,7 +700,9 @@ async fn traefik_caddy_and_nginx_name_the_original_request_in_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_presents_an_edge_key_never_confused_with_the_requests() {
     let (s, _dirs, edge) = start(Engine::Sqlite, &format!("{{{MEMBERS}}}"), false).await;
-    let (workspace, _) = s
+    let IssuedKey {
+        secret: workspace, ..
+    } = s
         .create(json!({"name": "ws", "scopes": ["repo:read"]}))
         .await;
     let bearer_edge = format!("Bearer {edge}");
@@ -739,11 +748,14 @@ async fn the_proxy_presents_an_edge_key_never_confused_with_the_requests() {
     .await;
     a.is(200, "");
     // A revoked edge key stops working at once.
-    let (second, rec) = s.create(json!({"name": "proxy 2", "kind": "edge"})).await;
+    let IssuedKey {
+        secret: second,
+        key: rec,
+    } = s.create(json!({"name": "proxy 2", "kind": "edge"})).await;
     call(&s, "GET", "/health", &[(PROXY_KEY, second.as_str())])
         .await
         .is(200, "");
-    let id = rec["id"].as_str().unwrap();
+    let id = rec.id.as_str();
     let (st, v) = s
         .admin(
             Method::POST,
@@ -759,7 +771,7 @@ async fn the_proxy_presents_an_edge_key_never_confused_with_the_requests() {
     // --forward-auth-open: no proxy credential needed; a proxy header is ignored, and still
     // never a key source.
     let (open, _dirs2, _) = start(Engine::Sqlite, &format!("{{{MEMBERS}}}"), true).await;
-    let (key, _) = open
+    let IssuedKey { secret: key, .. } = open
         .create(json!({"name": "k", "scopes": ["repo:read"]}))
         .await;
     call(&open, "GET", "/health", &[]).await.is(200, "");
@@ -786,11 +798,14 @@ async fn a_revocation_is_followed_promptly(e: Engine) {
         // Read your writes on this replica: a key is known as soon as its creation answered,
         // and refused as soon as its revocation answered (the call waits for the key set to
         // apply a change the process has seen committed, never for the database).
-        let (key, rec) = s
+        let IssuedKey {
+            secret: key,
+            key: rec,
+        } = s
             .create(json!({"name": format!("k{round}"), "scopes": ["repo:read"]}))
             .await;
         call(key.clone()).await.is(200, "");
-        let id = rec["id"].as_str().unwrap().to_owned();
+        let id = rec.id.clone();
         let (st, v) = s
             .admin(
                 Method::POST,
@@ -814,16 +829,19 @@ async fn two_replicas_on_one_postgres_follow_each_others_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("forward-auth.json");
     std::fs::write(&path, format!("{{{MEMBERS}}}")).unwrap();
-    let writer = Server::start_on(&url, |_| {}).await;
+    let writer = InProcessServer::start_on(&url, |_| {}).await;
     let p = path.clone();
-    let reader = Server::start_on(&url, move |c| c.forward_auth.config = Some(p)).await;
-    let (edge, _) = writer
+    let reader = InProcessServer::start_on(&url, move |c| c.forward_auth.config = Some(p)).await;
+    let IssuedKey { secret: edge, .. } = writer
         .create(json!({"name": "proxy", "kind": "edge"}))
         .await;
-    let (key, rec) = writer
+    let IssuedKey {
+        secret: key,
+        key: rec,
+    } = writer
         .create(json!({"name": "k", "scopes": ["repo:read"]}))
         .await;
-    let id = rec["id"].as_str().unwrap().to_owned();
+    let id = rec.id.clone();
     let wait = |want: StatusCode| {
         let (reader, edge, key) = (&reader, edge.clone(), key.clone());
         async move {
@@ -862,7 +880,7 @@ async fn two_replicas_on_one_postgres_follow_each_others_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_configuration_the_endpoint_says_it_is_off() {
-    let s = Server::start(Engine::Sqlite).await;
+    let s = InProcessServer::start(Engine::Sqlite).await;
     for path in ["", "/repos/x", "/"] {
         let a = call(&s, "GET", path, &[]).await;
         a.is(404, "FORWARD_AUTH_DISABLED");

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{ADMIN, Engine, Server, assert_error, fresh_database};
+use common::{ADMIN, Engine, InProcessServer, assert_error, fresh_database};
+use keygate_control_plane::http::keys::IssuedKey;
 use keygate_fake_github::{FakeGithub, Operation, RateLimit, fixture, fixture_path};
 use keygate_protocol::Digest;
 use reqwest::{Method, StatusCode};
@@ -15,7 +16,7 @@ const APP_ID: u64 = 4242;
 const INTERNAL: &str = "internal-key-for-tests-0123456789";
 
 struct Env {
-    server: Server,
+    server: InProcessServer,
     fake: FakeGithub,
     widgets: i64,
     _dir: Option<tempfile::TempDir>,
@@ -50,7 +51,7 @@ async fn setup_with(engine: Engine, tweak: impl FnOnce(&mut keygate_control_plan
         key("other-app.pkcs8.pem"),
         fake.base_url()
     );
-    let server = Server::start_on(&url, |c| {
+    let server = InProcessServer::start_on(&url, |c| {
         c.github.github_apps = vec![main, rogue];
         c.github.internal_api_key = Some(INTERNAL.into());
         c.github.timeout_secs = 1;
@@ -78,7 +79,7 @@ async fn setup(engine: Engine) -> Env {
     setup_with(engine, |_| {}).await
 }
 
-async fn register(s: &Server, org: &str, repo: &str, app: Option<&str>) -> i64 {
+async fn register(s: &InProcessServer, org: &str, repo: &str, app: Option<&str>) -> i64 {
     let (st, v) = s
         .admin(
             Method::POST,
@@ -90,7 +91,7 @@ async fn register(s: &Server, org: &str, repo: &str, app: Option<&str>) -> i64 {
     v["id"].as_i64().expect("id")
 }
 
-async fn seed(s: &Server, body: Value) -> (StatusCode, Value) {
+async fn seed(s: &InProcessServer, body: Value) -> (StatusCode, Value) {
     s.call(None, Method::POST, "/api/github/tokens", Some(body))
         .await
 }
@@ -156,7 +157,7 @@ async fn repository_registry(engine: Engine) {
     );
 
     // Keys without the registry scope cannot manage it; no credential is 401.
-    let (repo_key, _) = s
+    let IssuedKey { secret: repo_key, .. } = s
         .create(json!({"name": "r", "kind": "repo", "scopes": ["github:tokens"], "resources": ["acme/widgets"]}))
         .await;
     let (st, _) = s
@@ -292,7 +293,7 @@ async fn v1_tokens(engine: Engine) {
     let e = setup(engine).await;
     let s = &e.server;
     register(s, "acme", "gadgets", None).await;
-    let (reader, _) = s
+    let IssuedKey { secret: reader, .. } = s
         .create(json!({"name": "ci", "kind": "repo", "scopes": ["github:tokens"], "resources": ["acme/widgets"]}))
         .await;
     let (st, v) = s
@@ -337,7 +338,9 @@ async fn v1_tokens(engine: Engine) {
         )
         .await;
     assert_error(st, &v, StatusCode::FORBIDDEN, "FORBIDDEN");
-    let (unlisted, _) = s
+    let IssuedKey {
+        secret: unlisted, ..
+    } = s
         .create(json!({"name": "u", "kind": "repo", "scopes": ["github:tokens"]}))
         .await;
     let (st, _) = s
@@ -353,7 +356,7 @@ async fn v1_tokens(engine: Engine) {
         StatusCode::FORBIDDEN,
         "a repo key with no allow-list reaches nothing"
     );
-    let (writer, _) = s
+    let IssuedKey { secret: writer, .. } = s
         .create(json!({"name": "w", "kind": "repo", "scopes": ["github:tokens", "github:write"], "resources": ["acme/*"]}))
         .await;
     let (st, v) = s
@@ -366,7 +369,9 @@ async fn v1_tokens(engine: Engine) {
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["permissions"], json!({"contents": "write"}));
-    let (no_scope, _) = s
+    let IssuedKey {
+        secret: no_scope, ..
+    } = s
         .create(json!({"name": "n", "kind": "workspace", "scopes": ["keys:read"]}))
         .await;
     let (st, _) = s
@@ -378,7 +383,7 @@ async fn v1_tokens(engine: Engine) {
         )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (edge, _) = s
+    let IssuedKey { secret: edge, .. } = s
         .create(json!({"name": "e", "kind": "edge", "scopes": ["github:tokens"]}))
         .await;
     let (st, _) = s
@@ -505,7 +510,7 @@ async fn github_failures_map_to_statuses(engine: Engine) {
     let s = &e.server;
     let tools = register(s, "beta", "tools", None).await;
     let rogue = register(s, "acme", "gadgets", Some("rogue")).await;
-    let (writer, _) = s
+    let IssuedKey { secret: writer, .. } = s
         .create(
             json!({"name": "w", "kind": "workspace", "scopes": ["github:tokens", "github:write"]}),
         )

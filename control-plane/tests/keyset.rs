@@ -6,7 +6,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Engine, Server};
+use common::{Engine, InProcessServer};
+use keygate_control_plane::http::keys::IssuedKey;
 use keygate_protocol::wire::{self, Message};
 use keygate_protocol::{Digest, key};
 use reqwest::{Method, StatusCode};
@@ -18,7 +19,7 @@ on_both_engines!(
 );
 
 /// GET /v1/keyset; returns status, revision header and the decoded message (if any).
-async fn poll(s: &Server, edge: &str, query: &str) -> (StatusCode, u64, Option<Message>) {
+async fn poll(s: &InProcessServer, edge: &str, query: &str) -> (StatusCode, u64, Option<Message>) {
     let resp = s
         .http
         .get(s.url(&format!("/v1/keyset{query}")))
@@ -63,16 +64,22 @@ fn apply(set: &mut HashMap<Digest, Option<u64>>, m: Message) -> u64 {
 }
 
 async fn snapshot_delta_longpoll_and_timeout(e: Engine) {
-    let s = Server::start(e).await;
-    let (edge, _) = s.create(json!({"name": "edge", "kind": "edge"})).await;
-    let (a, arec) = s
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret: edge, .. } = s.create(json!({"name": "edge", "kind": "edge"})).await;
+    let IssuedKey {
+        secret: a,
+        key: arec,
+    } = s
         .create(json!({"name": "a", "scopes": ["x:y"], "owner_id": "o-a"}))
         .await;
-    let (b, _) = s.create(json!({"name": "b"})).await;
-    let (susp, srec) = s.create(json!({"name": "s"})).await;
+    let IssuedKey { secret: b, .. } = s.create(json!({"name": "b"})).await;
+    let IssuedKey {
+        secret: susp,
+        key: srec,
+    } = s.create(json!({"name": "s"})).await;
     s.admin(
         Method::POST,
-        &format!("/v1/keys/{}/suspend", srec["id"].as_str().unwrap()),
+        &format!("/v1/keys/{}/suspend", srec.id.as_str()),
         None,
     )
     .await;
@@ -101,12 +108,12 @@ async fn snapshot_delta_longpoll_and_timeout(e: Engine) {
         .unwrap();
     assert_eq!(ea.owner, "o-a");
     assert_eq!(ea.scopes, ["x:y"]);
-    assert_eq!(ea.key_id.to_string(), arec["id"].as_str().unwrap());
+    assert_eq!(ea.key_id.to_string(), arec.id.as_str());
 
     // Revoke a, rotate b with grace: one delta brings the reader up to date.
     s.admin(
         Method::POST,
-        &format!("/v1/keys/{}/revoke", arec["id"].as_str().unwrap()),
+        &format!("/v1/keys/{}/revoke", arec.id.as_str()),
         None,
     )
     .await;
@@ -190,10 +197,10 @@ async fn snapshot_delta_longpoll_and_timeout(e: Engine) {
 }
 
 async fn usage_is_idempotent_per_batch(e: Engine) {
-    let s = Server::start(e).await;
-    let (edge, _) = s.create(json!({"name": "edge", "kind": "edge"})).await;
-    let (_, rec) = s.create(json!({"name": "k"})).await;
-    let id = rec["id"].as_str().unwrap();
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret: edge, .. } = s.create(json!({"name": "edge", "kind": "edge"})).await;
+    let IssuedKey { key: rec, .. } = s.create(json!({"name": "k"})).await;
+    let id = rec.id.as_str();
     let batch = json!({"batch_id": "b-1", "entries": [{"key_id": id, "count": 12, "last_used_at": 1_763_900_000}]});
     let (st, v) = s
         .call(Some(&edge), Method::POST, "/v1/usage", Some(batch.clone()))
@@ -222,11 +229,11 @@ async fn usage_is_idempotent_per_batch(e: Engine) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_postgres_and_a_since_reader_misses_nothing() {
     let (url, _) = common::fresh_database(Engine::Postgres);
-    let r1 = Server::start_on(&url, |_| {}).await;
-    let r2 = Server::start_on(&url, |_| {}).await;
+    let r1 = InProcessServer::start_on(&url, |_| {}).await;
+    let r2 = InProcessServer::start_on(&url, |_| {}).await;
     // Created on one, listed, verified and revoked on the other.
-    let (secret, rec) = r1.create(json!({"name": "shared"})).await;
-    let id = rec["id"].as_str().unwrap();
+    let IssuedKey { secret, key: rec } = r1.create(json!({"name": "shared"})).await;
+    let id = rec.id.as_str();
     let (_, list) = r2.admin(Method::GET, "/v1/keys", None).await;
     assert!(
         list["items"]
@@ -235,7 +242,7 @@ async fn two_replicas_share_one_postgres_and_a_since_reader_misses_nothing() {
             .iter()
             .any(|k| k["id"] == id)
     );
-    assert_eq!(r2.verify(&secret, &[], None).await["code"], "VALID");
+    assert_eq!(r2.verify(&secret, &[], None).await.code, "VALID");
     let (st, _) = r2
         .admin(Method::POST, &format!("/v1/keys/{id}/revoke"), None)
         .await;
@@ -243,10 +250,7 @@ async fn two_replicas_share_one_postgres_and_a_since_reader_misses_nothing() {
     // r1 learns of r2's write through NOTIFY (or its fallback poll); allow for delivery.
     let mut code = String::new();
     for _ in 0..40 {
-        code = r1.verify(&secret, &[], None).await["code"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        code = r1.verify(&secret, &[], None).await.code;
         if code == "REVOKED" {
             break;
         }
@@ -255,7 +259,7 @@ async fn two_replicas_share_one_postgres_and_a_since_reader_misses_nothing() {
     assert_eq!(code, "REVOKED");
 
     // Write storm from both replicas while a reader follows with `since` on r1.
-    let (edge, _) = r1.create(json!({"name": "edge", "kind": "edge"})).await;
+    let IssuedKey { secret: edge, .. } = r1.create(json!({"name": "edge", "kind": "edge"})).await;
     let (_, _, snap) = poll(&r1, &edge, "").await;
     let mut set = HashMap::new();
     let mut rev = apply(&mut set, snap.unwrap());

@@ -9,8 +9,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::{Engine, Server};
+use common::{Engine, InProcessServer};
 use keygate_control_plane::Db;
+use keygate_control_plane::http::keys::IssuedKey;
 use keygate_protocol::Digest;
 use keygate_protocol::wire::{self, Message};
 use reqwest::{Method, StatusCode};
@@ -22,7 +23,7 @@ on_both_engines!(pruned_readers_get_a_snapshot_and_recent_readers_a_delta);
 type Set = HashMap<Digest, (String, Option<u64>)>;
 
 /// GET /v1/keyset with the edge key: status and decoded message (when 200).
-async fn poll(s: &Server, edge: &str, query: &str) -> (StatusCode, Option<Message>) {
+async fn poll(s: &InProcessServer, edge: &str, query: &str) -> (StatusCode, Option<Message>) {
     let resp = s
         .http
         .get(s.url(&format!("/v1/keyset{query}")))
@@ -60,7 +61,7 @@ fn apply(set: &mut Set, m: Message) -> u64 {
 }
 
 /// A fresh snapshot: (revision, set).
-async fn snapshot(s: &Server, edge: &str) -> (u64, Set) {
+async fn snapshot(s: &InProcessServer, edge: &str) -> (u64, Set) {
     let (st, m) = poll(s, edge, "").await;
     assert_eq!(st, StatusCode::OK);
     let mut set = Set::new();
@@ -69,7 +70,7 @@ async fn snapshot(s: &Server, edge: &str) -> (u64, Set) {
 }
 
 /// Records the set after a write that must have moved the revision by exactly one.
-async fn record(s: &Server, edge: &str, states: &mut BTreeMap<u64, Set>) -> u64 {
+async fn record(s: &InProcessServer, edge: &str, states: &mut BTreeMap<u64, Set>) -> u64 {
     let (rev, set) = snapshot(s, edge).await;
     let last = *states.keys().next_back().unwrap();
     assert_eq!(rev, last + 1, "one write, one revision");
@@ -87,7 +88,7 @@ async fn floor_and_oldest(db: &Db) -> (i64, Option<i64>) {
 /// from exactly its revision that turns its set into the current one (304 when it is current).
 /// Returns (snapshots, deltas) answered.
 async fn check_every_reader(
-    s: &Server,
+    s: &InProcessServer,
     edge: &str,
     states: &BTreeMap<u64, Set>,
     floor: u64,
@@ -130,8 +131,8 @@ async fn check_every_reader(
 
 async fn pruned_readers_get_a_snapshot_and_recent_readers_a_delta(e: Engine) {
     let (url, _dir) = common::fresh_database(e);
-    let a = Server::start_on(&url, |_| {}).await;
-    let (edge, _) = a.create(json!({"name": "edge", "kind": "edge"})).await;
+    let a = InProcessServer::start_on(&url, |_| {}).await;
+    let IssuedKey { secret: edge, .. } = a.create(json!({"name": "edge", "kind": "edge"})).await;
     let mut states = BTreeMap::new();
     states.insert(0, Set::new());
     states.insert(1, snapshot(&a, &edge).await.1);
@@ -140,10 +141,10 @@ async fn pruned_readers_get_a_snapshot_and_recent_readers_a_delta(e: Engine) {
     // A dozen writes of every kind that touches the set.
     let mut ids = Vec::new();
     for i in 0..6 {
-        let (_, k) = a
+        let IssuedKey { key: k, .. } = a
             .create(json!({"name": format!("k{i}"), "scopes": ["x:read"]}))
             .await;
-        ids.push(k["id"].as_str().unwrap().to_owned());
+        ids.push(k.id.clone());
         record(&a, &edge, &mut states).await;
     }
     for (path, body) in [
@@ -178,7 +179,7 @@ async fn pruned_readers_get_a_snapshot_and_recent_readers_a_delta(e: Engine) {
     a.stop().await;
 
     // Restart with a window of 4 revisions: the background task prunes at start-up.
-    let b = Server::start_on(&url, |c| c.changes_retained = 4).await;
+    let b = InProcessServer::start_on(&url, |c| c.changes_retained = 4).await;
     let want_floor = cur as i64 - 4;
     let mut seen = (0, None);
     for _ in 0..100 {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layer of each top-level module; higher may use lower.
 const LAYERS: &[(&str, u8)] = &[
+    ("test_support", 6),
     ("cli", 5),
     ("http", 4),
     ("runtime", 3),

@@ -13,7 +13,6 @@ mod common;
 
 use std::process::Command;
 
-use common::Served;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "openapi-fuzz-admin-token-0123456789";
@@ -51,7 +50,7 @@ async fn server_errors(http: &reqwest::Client, base: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut served = Served::start(dir.path(), "server", |c| {
+    let mut served = common::serve(dir.path(), "server", |c| {
         c.env(
             "KEYGATE_DATABASE_URL",
             format!("sqlite:{}", dir.path().join("fuzz.db").display()),
@@ -64,7 +63,7 @@ async fn schemathesis_finds_no_server_error() {
         .env("RUST_LOG", "info,sqlx=warn");
     });
     let http = reqwest::Client::new();
-    let base = served.base.clone();
+    let base = served.base();
     // Some state for the generated calls to run into: keys of each kind, one suspended, one
     // revoked, one rotated with grace.
     let workspace = create(

@@ -20,7 +20,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Engine, Served, Server};
+use common::{Engine, InProcessServer, ServeProcess};
+use keygate_control_plane::http::keys::IssuedKey;
 use keygate_fake_github::{FakeGithub, fixture, fixture_path};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -31,12 +32,12 @@ const APP_ID: u64 = 4242;
 
 /// `keygate serve` at trace level on a fresh SQLite file, with the GitHub broker pointed at the
 /// fake and the App JWT exposed, so every kind of secret passes through it.
-fn start_traced(dir: &Path, github_api: &str) -> Served {
+fn start_traced(dir: &Path, github_api: &str) -> ServeProcess {
     let app = format!(
         "name=main,app-id={APP_ID},private-key={},api-url={github_api}",
         fixture_path("app-key-1.pkcs1.pem").display()
     );
-    Served::start(dir, "server", |c| {
+    common::serve(dir, "server", |c| {
         c.env(
             "KEYGATE_DATABASE_URL",
             format!("sqlite:{}", dir.join("sec.db").display()),
@@ -136,7 +137,7 @@ async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
     let served = start_traced(dir.path(), &fake.base_url());
     let mut c = Client {
         http: reqwest::Client::new(),
-        base: served.base.clone(),
+        base: served.base(),
         bodies: Vec::new(),
     };
     // Every secret of the session, with a name for the failure message.
@@ -614,8 +615,8 @@ fn digests_are_compared_in_constant_time() {
 /// Failed authentications are rate limited per client address on every endpoint, key
 /// verification included, whatever header the guess comes in.
 async fn brute_force_is_rate_limited_everywhere(e: Engine) {
-    let s = Server::start(e).await;
-    let (secret, _) = s
+    let s = InProcessServer::start(e).await;
+    let IssuedKey { secret, .. } = s
         .create(json!({"name": "target", "scopes": ["keys:read"]}))
         .await;
     let guess = |i: usize| {

@@ -6,14 +6,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Engine, Server};
+use common::{Engine, InProcessServer};
+use keygate_control_plane::http::keys::IssuedKey;
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_long_polls_with_304() {
-    let server = Server::start(Engine::Sqlite).await;
-    let (edge, _) = server.create(json!({"name": "edge", "kind": "edge"})).await;
+    let server = InProcessServer::start(Engine::Sqlite).await;
+    let IssuedKey { secret: edge, .. } =
+        server.create(json!({"name": "edge", "kind": "edge"})).await;
     let head = server
         .http
         .get(server.url("/v1/keyset"))
