@@ -12,10 +12,13 @@ pub mod fake_feed;
 pub mod native;
 pub mod stack;
 
+use std::future::Future;
+use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keygate_control_plane::{AppState, Config, serve};
+use keygate_control_plane::http::keys::{IssuedKey as ApiIssuedKey, KeyView};
+use keygate_control_plane::test_support::{self, Engine, InProcessServer};
 use keygate_host_harness::{Cluster, Disposition, Harness, HarnessBuilder, Plugin, StreamOutcome};
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use reqwest::Method;
@@ -23,8 +26,8 @@ use serde_json::{Value, json};
 
 pub use reqwest;
 
-/// The bootstrap admin credential of every test control plane.
-pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+pub use keygate_control_plane::test_support::ADMIN_TOKEN;
+pub use keygate_testkit::poll::eventually;
 
 /// The harness cluster name of the control plane in [`filter_config`].
 pub const CLUSTER: &str = "keygate";
@@ -211,7 +214,7 @@ impl Reply {
     }
 }
 
-/// A key issued through the API.
+/// A key issued through the API: the crate's [`IssuedKey`](ApiIssuedKey) with its id at hand.
 #[derive(Debug, Clone)]
 pub struct IssuedKey {
     /// The secret, shown once.
@@ -219,54 +222,66 @@ pub struct IssuedKey {
     /// `key_<hex>`.
     pub id: String,
     /// The key record as returned.
-    pub record: Value,
+    pub record: KeyView,
 }
 
-/// A control plane (the real library's [`serve`]) on 127.0.0.1 port 0, on its own tokio
-/// runtime, with an `edge` key for the filter.
+impl From<ApiIssuedKey> for IssuedKey {
+    fn from(k: ApiIssuedKey) -> Self {
+        Self {
+            secret: k.secret,
+            id: k.key.id.clone(),
+            record: k.key,
+        }
+    }
+}
+
+/// The control plane in this process ([`InProcessServer`]: the real library's
+/// [`serve`](keygate_control_plane::serve) on 127.0.0.1 port 0) on a tokio runtime of its own,
+/// so that synchronous tests can drive it, with an `edge` key for the filter. Derefs to the
+/// server (`base`, `database_url`, `url`, `state`).
 pub struct ControlPlane {
-    rt: tokio::runtime::Runtime,
-    /// `http://127.0.0.1:<port>`.
-    pub base: String,
-    /// The database URL it runs on.
-    pub database_url: String,
+    server: Option<InProcessServer>,
     /// The secret of an `edge` key, for the filter's configuration.
     pub edge_key: String,
-    http: reqwest::Client,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _dir: Option<tempfile::TempDir>,
+    rt: tokio::runtime::Runtime,
 }
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
-            .field("base", &self.base)
-            .field("database_url", &self.database_url)
+            .field("server", &self.server)
             .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for ControlPlane {
+    type Target = InProcessServer;
+
+    fn deref(&self) -> &InProcessServer {
+        self.server
+            .as_ref()
+            .unwrap_or_else(|| panic!("the control plane was dropped"))
     }
 }
 
 impl ControlPlane {
     /// Starts on a fresh SQLite file in a temporary directory.
     pub fn start_sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let url = format!("sqlite:{}", dir.path().join("keygate.db").display());
-        let mut cp = Self::start_on(&url);
-        cp._dir = Some(dir);
-        cp
+        Self::start_with(|| InProcessServer::start(Engine::Sqlite))
     }
 
     /// Starts on a fresh database of the shared throwaway PostgreSQL cluster.
     pub fn start_postgres() -> Self {
-        let url = keygate_testkit::PgCluster::shared()
-            .fresh_database()
-            .unwrap_or_else(|e| panic!("fresh PostgreSQL database: {e}"));
-        Self::start_on(&url)
+        Self::start_with(|| InProcessServer::start(Engine::Postgres))
     }
 
-    /// Starts on `database_url` and issues an `edge` key.
+    /// Starts on `database_url`.
     pub fn start_on(database_url: &str) -> Self {
+        Self::start_with(|| InProcessServer::start_on(database_url, |_| {}))
+    }
+
+    /// Starts the server `start` makes on a runtime of its own and issues an `edge` key.
+    fn start_with<F: Future<Output = InProcessServer>>(start: impl FnOnce() -> F) -> Self {
         // The control plane's warnings and errors, in the test's captured output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -280,36 +295,11 @@ impl ControlPlane {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
-        let mut config = Config::new(database_url, Some(ADMIN_TOKEN.to_owned()));
-        config.usage_flush_ms = 50;
-        let (base, shutdown, task) = rt.block_on(async {
-            let (state, _) = AppState::new(config)
-                .await
-                .unwrap_or_else(|e| panic!("control plane state on {database_url}: {e}"));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .unwrap_or_else(|e| panic!("bind: {e}"));
-            let base = format!(
-                "http://{}",
-                listener
-                    .local_addr()
-                    .unwrap_or_else(|e| panic!("local_addr: {e}"))
-            );
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(serve(listener, state, async move {
-                let _ = rx.await;
-            }));
-            (base, tx, task)
-        });
+        let server = rt.block_on(start());
         let mut cp = Self {
-            rt,
-            base,
-            database_url: database_url.to_owned(),
+            server: Some(server),
             edge_key: String::new(),
-            http: reqwest::Client::new(),
-            shutdown: Some(shutdown),
-            task: Some(task),
-            _dir: None,
+            rt,
         };
         cp.edge_key = cp
             .create_key(json!({"name": "e2e edge", "kind": "edge"}))
@@ -324,19 +314,8 @@ impl ControlPlane {
 
     /// Stops serving (graceful, bounded to 5 s); the port then refuses connections.
     pub fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            self.rt.block_on(async {
-                let abort = task.abort_handle();
-                if tokio::time::timeout(Duration::from_secs(5), task)
-                    .await
-                    .is_err()
-                {
-                    abort.abort();
-                }
-            });
+        if let Some(s) = self.server.as_mut() {
+            self.rt.block_on(s.shutdown());
         }
     }
 
@@ -348,9 +327,10 @@ impl ControlPlane {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
-        self.rt
-            .block_on(json_call(&self.http, &url, token, method, body))
+        let (st, v) = self
+            .rt
+            .block_on(self.deref().call(Some(token), method, path, body));
+        (st.as_u16(), v)
     }
 
     /// A call as the admin.
@@ -360,38 +340,33 @@ impl ControlPlane {
 
     /// `POST /v1/keys` as the admin; asserts 201.
     pub fn create_key(&self, body: Value) -> IssuedKey {
-        let (st, v) = self.admin(Method::POST, "/v1/keys", Some(body));
-        assert_eq!(st, 201, "create key: {v}");
-        issued(&v)
+        self.rt.block_on(self.create(body)).into()
     }
 
     /// `POST /v1/keys/{id}/<action>` (suspend, reactivate, revoke) as the admin; asserts 200.
-    pub fn key_action(&self, id: &str, action: &str) -> Value {
-        let (st, v) = self.admin(
-            Method::POST,
-            &format!("/v1/keys/{id}/{action}"),
-            Some(json!({})),
-        );
-        assert_eq!(st, 200, "{action} {id}: {v}");
-        v
+    pub fn key_action(&self, id: &str, action: &str) -> KeyView {
+        self.rt.block_on(self.deref().key_action(id, action))
     }
 
     /// `POST /v1/keys/{id}/rotate` with a grace period; asserts 200 and returns the new secret.
     pub fn rotate(&self, id: &str, grace_period_s: i64) -> IssuedKey {
-        let (st, v) = self.admin(
-            Method::POST,
-            &format!("/v1/keys/{id}/rotate"),
-            Some(json!({"grace_period": grace_period_s})),
-        );
-        assert_eq!(st, 200, "rotate {id}: {v}");
-        issued(&v)
+        self.rt
+            .block_on(self.deref().rotate(id, grace_period_s))
+            .into()
     }
 
     /// `GET /v1/keys/{id}`; asserts 200.
-    pub fn key(&self, id: &str) -> Value {
-        let (st, v) = self.admin(Method::GET, &format!("/v1/keys/{id}"), None);
-        assert_eq!(st, 200, "show {id}: {v}");
-        v
+    pub fn key(&self, id: &str) -> KeyView {
+        self.rt.block_on(self.deref().key(id))
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+        // Its state (database pool) goes inside the runtime that made it.
+        let _inside = self.rt.enter();
+        drop(self.server.take());
     }
 }
 
@@ -404,54 +379,13 @@ pub(crate) async fn json_call(
     method: Method,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = http.request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    let v = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, v)
+    let (st, v) = test_support::json_call(http, url, Some(token), method, body).await;
+    (st.as_u16(), v)
 }
 
-pub(crate) fn issued(v: &Value) -> IssuedKey {
-    let secret = v["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no secret in {v}"));
-    let id = v["key"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no key id in {v}"));
-    IssuedKey {
-        secret: secret.to_owned(),
-        id: id.to_owned(),
-        record: v["key"].clone(),
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Polls `check` up to `tries` times, `pause` apart, until it returns `Some`; panics with
-/// `what` otherwise. For state that reaches the database asynchronously over real HTTP.
-pub fn eventually<T>(
-    what: &str,
-    tries: usize,
-    pause: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    for _ in 0..tries {
-        if let Some(v) = check() {
-            return v;
-        }
-        std::thread::sleep(pause);
-    }
-    panic!("{what}: not reached after {tries} tries");
+/// The issued key of a `POST /v1/keys` or rotation answer.
+pub fn issued(v: &Value) -> IssuedKey {
+    serde_json::from_value::<ApiIssuedKey>(v.clone())
+        .unwrap_or_else(|e| panic!("not an issued key ({e}): {v}"))
+        .into()
 }

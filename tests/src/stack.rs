@@ -9,14 +9,13 @@
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use keygate_control_plane::test_support::{self, Engine};
 use keygate_gateway::{Gateway, GatewayConfig, PluginSettings, RunningGateway};
 use serde_json::{Value, json};
 
@@ -32,25 +31,30 @@ pub const EDGE_KEY_ENV: &str = "KEYGATE_EDGE_KEY";
 /// threads; one leads the sync, the other follows through shared data).
 pub const WORKERS: usize = 2;
 
-/// How long `keygate serve` may take to print its listening line (PostgreSQL migrations
-/// included, on a loaded 2-core machine).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Path of the `keygate` binary of this build; panics with the command that builds it when it
 /// is missing.
 pub fn keygate_bin() -> PathBuf {
+    built_binary(
+        "keygate",
+        "cargo build -p keygate-control-plane --bin keygate",
+    )
+}
+
+/// Path of the binary `name` of this build, next to the test executable (the test runs from
+/// `<target>/<profile>/deps/`); panics with `build`, the command that builds it, when it is
+/// missing.
+pub fn built_binary(name: &str, build: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    // <target>/<profile>/deps/<test exe> → <target>/<profile>/keygate
+    // <target>/<profile>/deps/<test exe> → <target>/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()));
-    let bin = profile_dir.join("keygate");
+    let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),
-        "the keygate binary is missing at {}: build it first with \
-         `cargo build -p keygate-control-plane --bin keygate` (with the same CARGO_TARGET_DIR \
-         and profile as this test), or run `cargo test --workspace`",
+        "{name} is missing at {}: build it first with `{build}` (with the same \
+         CARGO_TARGET_DIR and profile as this test), or run `cargo test --workspace`",
         bin.display()
     );
     bin
@@ -58,26 +62,13 @@ pub fn keygate_bin() -> PathBuf {
 
 pub use keygate_testkit::poll::wait_for;
 
-/// A `keygate serve` process (the real binary) with the bootstrap admin token [`ADMIN_TOKEN`].
-/// Its stderr (the logs) goes to a file; stdout is read for the listening line. Killed on drop.
+/// A `keygate serve` process (the real binary, [`keygate_bin`]) with the bootstrap admin token
+/// [`ADMIN_TOKEN`]: the control plane's [`test_support::ServeProcess`] with its output in a
+/// temporary directory. Killed on drop.
+#[derive(Debug)]
 pub struct ServeProcess {
-    child: Option<Child>,
-    addr: SocketAddr,
+    process: test_support::ServeProcess,
     database_url: String,
-    extra_args: Vec<String>,
-    log_path: PathBuf,
-    starts: u32,
-    _dir: tempfile::TempDir,
-    _db_dir: Option<tempfile::TempDir>,
-}
-
-impl std::fmt::Debug for ServeProcess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeProcess")
-            .field("addr", &self.addr)
-            .field("database_url", &self.database_url)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ServeProcess {
@@ -88,46 +79,32 @@ impl ServeProcess {
             .prefix("keygate-serve-")
             .tempdir()
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut p = Self {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        let process = test_support::ServeProcess::start(keygate_bin(), dir.path(), "serve", |c| {
+            c.arg("--database-url")
+                .arg(database_url)
+                .args(extra_args)
+                .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("RUST_LOG", "info,sqlx=warn");
+        });
+        Self {
+            process: process.keep(dir),
             database_url: database_url.to_owned(),
-            extra_args: extra_args.to_vec(),
-            log_path: dir.path().join("serve.log"),
-            starts: 0,
-            _dir: dir,
-            _db_dir: None,
-        };
-        p.spawn_until_listening(Duration::ZERO);
-        p
+        }
     }
 
-    /// Starts on a fresh SQLite file in its own temporary directory.
+    /// Starts on a fresh SQLite file in its own temporary directory (kept across restarts).
     pub fn start_sqlite(extra_args: &[String]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("keygate-db-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let url = format!("sqlite:{}", dir.path().join("keygate.db").display());
+        let (url, dir) = test_support::fresh_database(Engine::Sqlite);
         let mut p = Self::start(&url, extra_args);
-        // The database lives as long as the process handle (restarts reuse it).
-        p._db_dir = Some(dir);
+        if let Some(dir) = dir {
+            p.process = p.process.keep(dir);
+        }
         p
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// The listening address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.process.base()
     }
 
     /// The database URL it runs on.
@@ -137,120 +114,27 @@ impl ServeProcess {
 
     /// The logs (stderr) of every start so far.
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.process.stderr()
     }
 
     /// A CLI pointed at this process with the admin token.
     pub fn admin_cli(&self) -> Cli {
         Cli::new(&self.url(), ADMIN_TOKEN)
     }
+}
 
-    /// Sends SIGKILL and reaps the process: no shutdown code runs. The port then refuses
-    /// connections.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// The rest (`addr`, `pid`, `kill`, `restart`, `is_running`, …) is the control plane's.
+impl std::ops::Deref for ServeProcess {
+    type Target = test_support::ServeProcess;
 
-    /// Whether the process is running (not killed, not exited).
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Starts the binary again on the same address and database (after [`ServeProcess::kill`]).
-    /// Retries for a few seconds while the port is not yet free.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn_until_listening(Duration::from_secs(10));
-    }
-
-    /// Spawns and waits for the listening line; a start that fails because the address is
-    /// still in use is retried until `retry_for` has passed.
-    fn spawn_until_listening(&mut self, retry_for: Duration) {
-        let deadline = Instant::now() + retry_for;
-        loop {
-            match self.spawn_once() {
-                Ok(()) => return,
-                Err(why) if why.contains("in use") && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(why) => panic!("keygate serve on {}: {why}", self.database_url),
-            }
-        }
-    }
-
-    fn spawn_once(&mut self) -> Result<(), String> {
-        self.starts += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|e| format!("log file {}: {e}", self.log_path.display()))?;
-        let mut child = Command::new(keygate_bin())
-            .arg("serve")
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .arg("--database-url")
-            .arg(&self.database_url)
-            .args(&self.extra_args)
-            .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| format!("spawning {}: {e}", keygate_bin().display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let (tx, rx) = mpsc::channel::<String>();
-        // Reads stdout for the listening line, then keeps draining it until the process ends.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("keygate listening on http://") {
-                        self.addr = addr
-                            .trim()
-                            .parse()
-                            .map_err(|e| format!("listening line {line:?}: {e}"))?;
-                        self.child = Some(child);
-                        return Ok(());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = child.wait().map_err(|e| e.to_string())?;
-                    return Err(format!(
-                        "start #{} exited ({status}) before listening; logs:\n{}",
-                        self.starts,
-                        self.logs()
-                    ));
-                }
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "start #{} printed no listening line within {START_TIMEOUT:?}; logs:\n{}",
-                    self.starts,
-                    self.logs()
-                ));
-            }
-        }
+    fn deref(&self) -> &test_support::ServeProcess {
+        &self.process
     }
 }
 
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::DerefMut for ServeProcess {
+    fn deref_mut(&mut self) -> &mut test_support::ServeProcess {
+        &mut self.process
     }
 }
 
@@ -320,18 +204,7 @@ impl Cli {
     pub fn create_key(&self, args: &[&str]) -> crate::IssuedKey {
         let mut all = vec!["keys", "create"];
         all.extend_from_slice(args);
-        let v = self.json(&all);
-        crate::IssuedKey {
-            secret: v["secret"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no secret in {v}"))
-                .to_owned(),
-            id: v["key"]["id"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no key id in {v}"))
-                .to_owned(),
-            record: v["key"].clone(),
-        }
+        crate::issued(&self.json(&all))
     }
 
     /// Every key the credential can list (`keygate keys list --json`, all pages).

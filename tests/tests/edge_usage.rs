@@ -12,10 +12,7 @@ use serde_json::{Value, json};
 
 fn usage_of(cp: &ControlPlane, id: &str) -> (i64, Option<i64>) {
     let k = cp.key(id);
-    (
-        k["usage_count"].as_i64().unwrap_or(-1),
-        k["last_used_at"].as_i64(),
-    )
+    (k.usage_count, k.last_used_at)
 }
 
 #[test]

@@ -15,173 +15,25 @@
 //! `KEYGATE_BAD_INPUT_SEED` replays the random part; `KEYGATE_BAD_INPUT_REQUESTS` sizes it.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use keygate_e2e::stack::wait_for;
 use keygate_e2e::{CLUSTER, ControlPlane, IssuedKey, ROUTES, plugin};
 use keygate_gateway::{Gateway, GatewayConfig, PluginSettings, RunningGateway};
+use keygate_testkit::raw_upstream::{RawUpstream, Seen};
+use keygate_testkit::rng::Rng;
 use serde_json::{Value, json};
 
 const MIB: usize = 1024 * 1024;
-
-// ---------------------------------------------------------------------------------------------
-// A raw upstream: records what it receives, counts body bytes as they arrive.
-
-/// One request as the upstream received it.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    /// Lower-case name → raw value bytes, in arrival order.
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Seen {
-    fn values(&self, name: &str) -> Vec<String> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .collect()
-    }
-}
-
-#[derive(Clone, Default)]
-struct Upstream {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Body bytes received so far, over all requests.
-    body_bytes: Arc<AtomicU64>,
-}
-
-impl Upstream {
-    fn start() -> (Self, SocketAddr) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        let addr = listener.local_addr().expect("addr");
-        let up = Self::default();
-        let u = up.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let u = u.clone();
-                std::thread::spawn(move || {
-                    let _ = u.serve(stream);
-                });
-            }
-        });
-        (up, addr)
-    }
-
-    fn count(&self) -> usize {
-        self.seen.lock().expect("lock").len()
-    }
-
-    fn since(&self, n: usize) -> Vec<Seen> {
-        self.seen.lock().expect("lock")[n..].to_vec()
-    }
-
-    /// One request per connection (answered with `connection: close`).
-    fn serve(&self, stream: TcpStream) -> std::io::Result<()> {
-        let mut r = BufReader::with_capacity(256 * 1024, stream.try_clone()?);
-        let mut line = Vec::new();
-        r.read_until(b'\n', &mut line)?;
-        let text = String::from_utf8_lossy(&line).into_owned();
-        let path = text.split(' ').nth(1).unwrap_or_default().to_owned();
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            r.read_until(b'\n', &mut line)?;
-            let l = line
-                .strip_suffix(b"\r\n")
-                .or(line.strip_suffix(b"\n"))
-                .unwrap_or(&line);
-            if l.is_empty() {
-                break;
-            }
-            if let Some(colon) = l.iter().position(|&b| b == b':') {
-                let name = String::from_utf8_lossy(&l[..colon]).to_ascii_lowercase();
-                let value = l[colon + 1..].trim_ascii().to_vec();
-                headers.push((name, value));
-            }
-        }
-        let header = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
-        let mut body_len = 0u64;
-        let mut sum = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut take = |r: &mut BufReader<TcpStream>, mut n: u64| -> std::io::Result<()> {
-            while n > 0 {
-                let want = buf.len().min(n as usize);
-                let got = r.read(&mut buf[..want])?;
-                if got == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                for &b in &buf[..got] {
-                    sum = sum.wrapping_add(u64::from(b));
-                }
-                n -= got as u64;
-                body_len += got as u64;
-                self.body_bytes.fetch_add(got as u64, Ordering::SeqCst);
-            }
-            Ok(())
-        };
-        if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-            loop {
-                line.clear();
-                r.read_until(b'\n', &mut line)?;
-                let size = String::from_utf8_lossy(&line);
-                let size = size.trim().split(';').next().unwrap_or("0");
-                let n = u64::from_str_radix(size, 16).unwrap_or(0);
-                if n == 0 {
-                    // Trailers until the empty line.
-                    loop {
-                        line.clear();
-                        r.read_until(b'\n', &mut line)?;
-                        if line == b"\r\n" || line.is_empty() {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                take(&mut r, n)?;
-                line.clear();
-                r.read_until(b'\n', &mut line)?;
-            }
-        } else if let Some(n) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
-            take(&mut r, n)?;
-        }
-        let mut json_headers = BTreeMap::new();
-        for (n, v) in &headers {
-            json_headers
-                .entry(n.clone())
-                .or_insert_with(Vec::new)
-                .push(String::from_utf8_lossy(v).into_owned());
-        }
-        let body = json!({"path": path, "headers": json_headers, "body_length": body_len, "body_sum": sum})
-            .to_string();
-        self.seen.lock().expect("lock").push(Seen { path, headers });
-        let mut w = stream;
-        write!(
-            w,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        w.flush()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The stack: control plane (in-process), upstream, gateway.
 
 struct Stack {
     cp: ControlPlane,
-    upstream: Upstream,
+    upstream: RawUpstream,
     gateway: Option<RunningGateway>,
     rt: tokio::runtime::Runtime,
     addr: SocketAddr,
@@ -190,7 +42,7 @@ struct Stack {
 impl Stack {
     fn start() -> Self {
         let cp = ControlPlane::start_sqlite();
-        let (upstream, upstream_addr) = Upstream::start();
+        let (upstream, upstream_addr) = RawUpstream::start().expect("raw upstream");
         let routes: Value = serde_json::from_str(ROUTES).expect("routes");
         let configuration = json!({
             "cluster": CLUSTER,
@@ -387,34 +239,6 @@ fn assert_clean(seen: &[Seen], secrets: &[&str]) {
                 );
             }
         }
-    }
-}
-
-/// xorshift64*: a small seeded generator, so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize, alphabet: &[u8]) -> Vec<u8> {
-        (0..n)
-            .map(|_| alphabet[self.below(alphabet.len())])
-            .collect()
-    }
-    /// `min + below(extra)` bytes from `alphabet`.
-    fn some(&mut self, min: usize, extra: usize, alphabet: &[u8]) -> Vec<u8> {
-        let n = min + self.below(extra);
-        self.bytes(n, alphabet)
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
     }
 }
 
@@ -805,7 +629,7 @@ fn header_abuse_and_garbage_never_let_anyone_in() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     println!("garbage seed {seed} ({total} requests)");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let printable: Vec<u8> = (0x21..0x7f).collect();
     let any_value: Vec<u8> = (0x20..=0xff).filter(|&c| c != 0x7f).collect();
     let token: Vec<u8> = b"abcdefghijklmnopqrstuvwxyz0123456789-_".to_vec();
@@ -1017,7 +841,7 @@ fn huge_bodies_stream_through_or_are_refused_at_once() {
     let chunk_sum: u64 = chunk.iter().map(|&b| u64::from(b)).sum();
 
     // With a valid key: the upstream sees the first MiB before the client sends the second.
-    let before_bytes = stack.upstream.body_bytes.load(Ordering::SeqCst);
+    let before_bytes = stack.upstream.body_bytes();
     let before_requests = stack.upstream.count();
     let mut s = TcpStream::connect(stack.addr).expect("connect");
     s.set_write_timeout(Some(Duration::from_secs(30))).ok();
@@ -1034,7 +858,7 @@ fn huge_bodies_stream_through_or_are_refused_at_once() {
         "the upstream receives the first MiB while the client holds the rest back",
         Duration::from_secs(30),
         || {
-            let got = stack.upstream.body_bytes.load(Ordering::SeqCst) - before_bytes;
+            let got = stack.upstream.body_bytes() - before_bytes;
             if got >= MIB as u64 {
                 Ok(())
             } else {
@@ -1067,7 +891,7 @@ fn huge_bodies_stream_through_or_are_refused_at_once() {
 
     // Without a key: the 401 comes back while the client is still sending; nothing reaches
     // the upstream; the gateway then serves the next request normally.
-    let bytes_before = stack.upstream.body_bytes.load(Ordering::SeqCst);
+    let bytes_before = stack.upstream.body_bytes();
     let requests_before = stack.upstream.count();
     assert_eq!(requests_before, before_requests + 1);
     let mut s = TcpStream::connect(stack.addr).expect("connect");
@@ -1102,7 +926,7 @@ fn huge_bodies_stream_through_or_are_refused_at_once() {
         "nothing reached the upstream"
     );
     assert_eq!(
-        stack.upstream.body_bytes.load(Ordering::SeqCst),
+        stack.upstream.body_bytes(),
         bytes_before,
         "no body byte reached the upstream"
     );

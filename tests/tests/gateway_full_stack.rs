@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use keygate_control_plane::domain::KeyKind;
 use keygate_e2e::IssuedKey;
 use keygate_e2e::stack::{Cli, GatewayStack, ServeProcess};
 use keygate_fake_github::{FakeGithub, fixture, fixture_path};
@@ -45,15 +46,6 @@ fn scope_set(header: Option<&str>) -> BTreeSet<String> {
         .collect()
 }
 
-fn strings(v: &Value) -> BTreeSet<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Asserts a request with `key` passed and the upstream saw the key's identity and no secret.
 fn assert_identity(gw: &GatewayStack, key: &IssuedKey, owner: &str) {
     let r = gw.get(ACME, Some(&key.secret));
@@ -72,7 +64,7 @@ fn assert_identity(gw: &GatewayStack, key: &IssuedKey, owner: &str) {
     );
     assert_eq!(
         scope_set(r.upstream_header("x-keygate-scopes")),
-        strings(&key.record["scopes"]),
+        key.record.scopes.iter().cloned().collect::<BTreeSet<_>>(),
         "{}",
         r.text
     );
@@ -125,8 +117,8 @@ fn operator_issues_revokes_and_rotates_keys_through_the_gateway() {
         "--scope",
         "repo:read",
     ]);
-    assert_eq!(team.record["kind"], "workspace");
-    assert_eq!(team.record["workspace_id"], "team");
+    assert_eq!(team.record.kind, KeyKind::Workspace);
+    assert_eq!(team.record.workspace_id, "team");
 
     // With it, the team issues the kinds a workspace key may: workspace and repo.
     let team_cli = admin.with_token(&team.secret);
@@ -152,18 +144,13 @@ fn operator_issues_revokes_and_rotates_keys_through_the_gateway() {
         "--resource",
         "acme",
     ]);
-    for (k, kind) in [(&service, "workspace"), (&ci, "repo")] {
-        assert_eq!(k.record["kind"], kind);
+    for (k, kind) in [(&service, KeyKind::Workspace), (&ci, KeyKind::Repo)] {
+        assert_eq!(k.record.kind, kind);
         assert_eq!(
-            k.record["workspace_id"], "team",
+            k.record.workspace_id, "team",
             "issued in the team's workspace"
         );
-        assert_eq!(
-            k.record["created_by"]["id"],
-            team.id.as_str(),
-            "{}",
-            k.record
-        );
+        assert_eq!(k.record.created_by.id, team.id, "{:?}", k.record);
     }
     // Not an edge key: that is the admin's (it reads every workspace's key set).
     let refused = team_cli.run(&["keys", "create", "--name", "edge", "--kind", "edge"]);
@@ -175,7 +162,7 @@ fn operator_issues_revokes_and_rotates_keys_through_the_gateway() {
     let refused = team_cli.run(&["keys", "create", "--name", "x", "--scope", "repo:write"]);
     assert!(!refused.ok && refused.stderr.contains("403"), "{refused:?}");
     let edge = admin.create_key(&["--name", "gateway", "--kind", "edge", "--owner", "gw-1"]);
-    assert_eq!(edge.record["kind"], "edge");
+    assert_eq!(edge.record.kind, KeyKind::Edge);
 
     let gw = GatewayStack::start(&cp.url(), &edge.secret, json!({}));
     gw.wait_status("the first sync", FIRST_SYNC, ACME, &team.secret, 200);
@@ -219,14 +206,10 @@ fn operator_issues_revokes_and_rotates_keys_through_the_gateway() {
         "--grace-period",
         &grace_s.to_string(),
     ]);
-    let new_secret = rotated["secret"].as_str().expect("new secret").to_owned();
-    assert_ne!(new_secret, ci.secret);
+    let new_ci = keygate_e2e::issued(&rotated);
+    assert_eq!(new_ci.id, ci.id);
+    assert_ne!(new_ci.secret, ci.secret);
     let rotated_at = std::time::Instant::now();
-    let new_ci = IssuedKey {
-        secret: new_secret,
-        id: ci.id.clone(),
-        record: rotated["key"].clone(),
-    };
     gw.wait_status(
         "the rotated secret at the gateway",
         SYNC_BOUND,

@@ -29,18 +29,21 @@
 //! run is `KEYGATE_SOAK_SECS=300 cargo test -p keygate-e2e --test soak -- --nocapture`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use keygate_e2e::stack::built_binary;
 use keygate_e2e::{ADMIN_TOKEN, ROUTES, unix_nanos};
 use keygate_protocol::keyset::{ApplyError, KeySet};
 use keygate_protocol::wire::MessageKind;
 use keygate_protocol::{Digest, key};
+use keygate_testkit::process::Supervised;
+use keygate_testkit::rng::Rng;
 use serde_json::{Value, json};
 
 /// Valid keys wrk cycles through (never revoked).
@@ -67,117 +70,32 @@ const RSS_SLACK_KIB: u64 = 16 * 1024;
 const RETAINED_SLACK_KIB: u64 = 8 * 1024;
 const RETAINED_PER_REQUEST: u64 = 128;
 
-/// A binary of this build next to the test executable; panics with the build command.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the binaries first with `cargo build -p keygate-control-plane \
-         --bin keygate -p keygate-gateway --bin keygate-gateway --bin keygate-echo` (same \
-         CARGO_TARGET_DIR and profile), or run `cargo test --workspace`",
-        path.display()
-    );
-    path
+/// The command that builds the binaries of the soak.
+const BUILD: &str = "cargo build -p keygate-control-plane --bin keygate -p keygate-gateway \
+                     --bin keygate-gateway --bin keygate-echo";
+
+/// Spawns `cmd` as `name` (output in `<dir>/<name>.stdout` and `.stderr`), waits for the
+/// stdout line starting with `ready` and returns the process (its own pid, so its memory can be
+/// read; killed on drop) with the rest of that line (the URL it listens on).
+fn spawn(name: &str, cmd: Command, dir: &Path, ready: &str) -> (Supervised, String) {
+    let mut p = Supervised::spawn(name, cmd, dir).unwrap_or_else(|e| panic!("{e}"));
+    let url = p
+        .wait_for_line(ready, START_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (p, url)
 }
 
-/// A process of the soak (its own pid, so its memory can be read). Killed on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Spawns `cmd` (stderr to `<dir>/<name>.log`), waits for the stdout line starting with
-    /// `ready` and returns the process with the rest of that line (the URL it listens on).
-    fn spawn(name: &'static str, mut cmd: Command, dir: &Path, ready: &str) -> (Self, String) {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let stdout = child.stdout.take().expect("stdout pipe");
-        let (tx, rx) = mpsc::channel::<String>();
-        // Reads the listening line, then keeps draining stdout until the process ends.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut p = Self { name, child, log };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(ready) {
-                        return (p, rest.trim().to_owned());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = p.child.wait();
-                    panic!("{name} exited ({status:?}) before listening:\n{}", p.logs());
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} printed no listening line within {START_TIMEOUT:?}:\n{}",
-                p.logs()
-            );
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_else(|e| panic!("/proc status of {}: {e}", self.name));
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS for {}", self.name))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Resident set size in KiB.
+fn rss_kib(p: &Supervised) -> u64 {
+    p.rss_bytes()
+        .unwrap_or_else(|e| panic!("/proc status of {}: {e}", p.name()))
+        / 1024
 }
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-/// A tiny deterministic generator (xorshift64*), seeded from the clock and printed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n.max(1)
-    }
 }
 
 /// The control plane's HTTP API as the admin.
@@ -710,12 +628,12 @@ struct Rss {
     echo: u64,
 }
 
-fn rss(procs: &[&Proc; 4]) -> Rss {
+fn rss(procs: &[&Supervised; 4]) -> Rss {
     Rss {
-        a: procs[0].rss_kib(),
-        b: procs[1].rss_kib(),
-        gateway: procs[2].rss_kib(),
-        echo: procs[3].rss_kib(),
+        a: rss_kib(procs[0]),
+        b: rss_kib(procs[1]),
+        gateway: rss_kib(procs[2]),
+        echo: rss_kib(procs[3]),
     }
 }
 
@@ -738,9 +656,9 @@ fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Res
             other.context("running wrk --version")?;
         }
     }
-    let keygate = bin("keygate");
-    let gateway_bin = bin("keygate-gateway");
-    let echo_bin = bin("keygate-echo");
+    let keygate = built_binary("keygate", BUILD);
+    let gateway_bin = built_binary("keygate-gateway", BUILD);
+    let echo_bin = built_binary("keygate-echo", BUILD);
     let dir = tempfile::Builder::new().prefix("keygate-soak-").tempdir()?;
     let seed = unix_nanos() | 1;
     println!(
@@ -765,14 +683,12 @@ fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Res
         .env("RUST_LOG", "warn");
         c
     };
-    let (mut proc_a, url_a) =
-        Proc::spawn("replica-a", serve(), dir.path(), "keygate listening on ");
-    let (mut proc_b, url_b) =
-        Proc::spawn("replica-b", serve(), dir.path(), "keygate listening on ");
+    let (mut proc_a, url_a) = spawn("replica-a", serve(), dir.path(), "keygate listening on ");
+    let (mut proc_b, url_b) = spawn("replica-b", serve(), dir.path(), "keygate listening on ");
     let mut echo_cmd = Command::new(&echo_bin);
     echo_cmd.args(["--listen", "127.0.0.1:0"]);
     let (mut proc_echo, url_echo) =
-        Proc::spawn("echo", echo_cmd, dir.path(), "keygate-echo listening on ");
+        spawn("echo", echo_cmd, dir.path(), "keygate-echo listening on ");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -844,7 +760,7 @@ fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Res
         .arg("--cluster")
         .arg(format!("keygate_control_plane={url_b}"))
         .env("RUST_LOG", "warn");
-    let (mut proc_gw, url_gw) = Proc::spawn(
+    let (mut proc_gw, url_gw) = spawn(
         "gateway",
         gw_cmd,
         dir.path(),
@@ -912,7 +828,7 @@ fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Res
         let tasks = vec![
             tokio::spawn(issuer(ctx.clone())),
             tokio::spawn(changer(ctx.clone())),
-            tokio::spawn(verifier(ctx.clone(), Rng(seed))),
+            tokio::spawn(verifier(ctx.clone(), Rng::new(seed))),
         ];
         let started = Instant::now();
         tokio::time::sleep(warm_up).await;
@@ -1123,11 +1039,11 @@ fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Res
 
     // The processes: still up, no panic in their logs; memory flat.
     for p in [&mut proc_a, &mut proc_b, &mut proc_gw, &mut proc_echo] {
-        ensure!(p.running(), "{} exited:\n{}", p.name, p.logs());
+        ensure!(p.is_running(), "{} exited:\n{}", p.name(), p.logs());
         ensure!(
             !p.logs().contains("panicked"),
             "{} panicked:\n{}",
-            p.name,
+            p.name(),
             p.logs()
         );
     }
