@@ -134,13 +134,16 @@ pub struct ReasonBody {
     pub reason: Option<String>,
 }
 
-async fn status_change(
+/// Suspends, reactivates or revokes a key for `caller` (the rules of the status endpoints,
+/// shared with the console's buttons): scope, reason, edge-admin and transition checks, the
+/// cascade to children, in one `change_key`. A key outside the caller's workspace is not found.
+pub async fn status_change(
     state: &AppState,
     caller: &Caller,
     id: &str,
     action: Action,
     reason: Option<String>,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<KeyView, ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
     let id = parse_id(id)?;
     if let Some(r) = &reason {
@@ -180,7 +183,7 @@ async fn status_change(
             },
         )
         .await?;
-    Ok(Json(KeyView::from(&k)))
+    Ok(KeyView::from(&k))
 }
 
 #[utoipa::path(post, path = "/v1/keys/{id}/suspend", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
@@ -195,7 +198,9 @@ pub async fn suspend_key(
     body: Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
     let b: ReasonBody = optional_json(&headers, &body)?;
-    status_change(&state, &caller, &id, Action::Suspend, b.reason).await
+    status_change(&state, &caller, &id, Action::Suspend, b.reason)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
@@ -210,7 +215,9 @@ pub async fn reactivate_key(
     body: Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
     let b: ReasonBody = optional_json(&headers, &body)?;
-    status_change(&state, &caller, &id, Action::Reactivate, b.reason).await
+    status_change(&state, &caller, &id, Action::Reactivate, b.reason)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
@@ -225,7 +232,9 @@ pub async fn revoke_key(
     body: Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
     let b: ReasonBody = optional_json(&headers, &body)?;
-    status_change(&state, &caller, &id, Action::Revoke, b.reason).await
+    status_change(&state, &caller, &id, Action::Revoke, b.reason)
+        .await
+        .map(Json)
 }
 
 /// `DELETE /v1/keys/{id}` query.
@@ -246,7 +255,9 @@ pub async fn delete_key(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<Json<KeyView>, ApiError> {
-    status_change(&state, &caller, &id, Action::Revoke, q.reason).await
+    status_change(&state, &caller, &id, Action::Revoke, q.reason)
+        .await
+        .map(Json)
 }
 
 /// `POST /v1/keys/{id}/rotate` body.

@@ -65,7 +65,19 @@ pub async fn create_key(
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
     let ApiJson(req) = body?;
-    check_edge_admin(&caller, req.kind.unwrap_or(KeyKind::Workspace))?;
+    let issued = issue_key(&state, &caller, req).await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+/// Issues a key for `caller` (the rules of `POST /v1/keys`, shared with the console's create
+/// form): scope, edge-admin, input, workspace and non-escalation checks, then one insert.
+pub async fn issue_key(
+    state: &AppState,
+    caller: &Caller,
+    req: CreateKey,
+) -> Result<IssuedKey, ApiError> {
+    caller.require_scope(SCOPE_KEYS_WRITE)?;
+    check_edge_admin(caller, req.kind.unwrap_or(KeyKind::Workspace))?;
     let now = unix_now();
     let name = KeyName::parse(req.name)?;
     domain::check_text("description", &req.description, domain::MAX_DESCRIPTION_LEN)?;
@@ -127,7 +139,7 @@ pub async fn create_key(
         parent_id: None,
         subject: None,
     };
-    insert(&state, &caller.actor, record, "key.create", None, secret).await
+    insert(state, &caller.actor, record, "key.create", None, secret).await
 }
 
 /// `POST /v1/keys/exchange` body.
@@ -212,7 +224,7 @@ pub async fn exchange_key(
         parent_id: Some(parent_id),
         subject: Some(req.subject.clone()),
     };
-    insert(
+    let issued = insert(
         &state,
         &caller.actor,
         record,
@@ -220,5 +232,6 @@ pub async fn exchange_key(
         Some(&req.subject),
         secret,
     )
-    .await
+    .await?;
+    Ok((StatusCode::CREATED, Json(issued)))
 }

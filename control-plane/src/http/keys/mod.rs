@@ -8,7 +8,6 @@ pub mod issue;
 pub mod read;
 pub mod verify;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use keygate_protocol::key;
@@ -68,7 +67,7 @@ async fn insert(
     action: &str,
     reason: Option<&str>,
     secret: key::SecretKey,
-) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+) -> Result<IssuedKey, ApiError> {
     let audit = AuditEntry {
         at: record.created_at,
         workspace_id: Some(&record.workspace_id),
@@ -81,16 +80,14 @@ async fn insert(
     };
     state.db.insert_key(&record, &audit).await?;
     state.metrics.key_created();
-    Ok((
-        StatusCode::CREATED,
-        Json(IssuedKey {
-            secret: secret.expose_secret().to_owned(),
-            key: KeyView::from(&record),
-        }),
-    ))
+    Ok(IssuedKey {
+        secret: secret.expose_secret().to_owned(),
+        key: KeyView::from(&record),
+    })
 }
 
-pub(super) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+/// A list's page size: default 100, 1 to 1000.
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(100),
         Some(l) if (1..=1000).contains(&l) => Ok(l),
@@ -98,7 +95,8 @@ pub(super) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+/// Parses a key id from a path (`key_<32 lowercase hex>`).
+pub fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     parse_key_id(id)
         .ok_or_else(|| ApiError::invalid("malformed key id (expected key_<32 lowercase hex>)"))
 }

@@ -16,7 +16,7 @@ use crate::storage::KeyFilter;
 use super::{page_limit, parse_id};
 
 /// `GET /v1/keys` query.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this status.
@@ -50,6 +50,16 @@ pub async fn list_keys(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<KeyPage>, ApiError> {
+    list_page(&state, &caller, q).await.map(Json)
+}
+
+/// A page of the keys `caller` may read (the rules of `GET /v1/keys`, shared with the console's
+/// list): a workspace caller sees only its workspace, whatever the query names.
+pub async fn list_page(
+    state: &AppState,
+    caller: &Caller,
+    q: ListQuery,
+) -> Result<KeyPage, ApiError> {
     caller
         .require_scope(SCOPE_KEYS_READ)
         .or_else(|_| caller.require_scope(SCOPE_KEYS_WRITE))?;
@@ -76,10 +86,10 @@ pub async fn list_keys(
     let next_cursor = (keys.len() as i64 == limit)
         .then(|| keys.last().map(|k| format_key_id(k.id)))
         .flatten();
-    Ok(Json(KeyPage {
+    Ok(KeyPage {
         items: keys.iter().map(KeyView::from).collect(),
         next_cursor,
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
@@ -90,17 +100,23 @@ pub async fn show_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
+    find_key(&state, &caller, &id).await.map(Json)
+}
+
+/// One key `caller` may read (the rules of `GET /v1/keys/{id}`, shared with the console's key
+/// page): a key in another workspace is not found, as a missing one.
+pub async fn find_key(state: &AppState, caller: &Caller, id: &str) -> Result<KeyView, ApiError> {
     caller
         .require_scope(SCOPE_KEYS_READ)
         .or_else(|_| caller.require_scope(SCOPE_KEYS_WRITE))?;
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     match state.db.get_key(id).await? {
         Some(k)
             if caller
                 .workspace_filter()
                 .is_none_or(|w| w == k.workspace_id) =>
         {
-            Ok(Json(KeyView::from(&k)))
+            Ok(KeyView::from(&k))
         }
         _ => Err(ApiError::not_found("no such key")),
     }
