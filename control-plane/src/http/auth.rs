@@ -134,7 +134,9 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn client_ip(parts: &Parts) -> IpAddr {
+/// The peer address of the connection (unspecified when the server was not started with
+/// connect info, as in-process tests).
+pub(crate) fn client_ip(parts: &Parts) -> IpAddr {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -143,7 +145,7 @@ fn client_ip(parts: &Parts) -> IpAddr {
 }
 
 /// 429 when `ip` is over its failed-authentication limit.
-fn check_limit(state: &AppState, ip: IpAddr) -> Result<(), ApiError> {
+pub(crate) fn check_limit(state: &AppState, ip: IpAddr) -> Result<(), ApiError> {
     if let Some(wait) = state.limiter.blocked(ip) {
         state.metrics.rate_limited();
         let mut e = ApiError::new(
@@ -158,7 +160,11 @@ fn check_limit(state: &AppState, ip: IpAddr) -> Result<(), ApiError> {
 }
 
 /// Counts a 401 against `ip`.
-fn note_failure<T>(state: &AppState, ip: IpAddr, r: Result<T, ApiError>) -> Result<T, ApiError> {
+pub(crate) fn note_failure<T>(
+    state: &AppState,
+    ip: IpAddr,
+    r: Result<T, ApiError>,
+) -> Result<T, ApiError> {
     if let Err(e) = &r
         && e.status == axum::http::StatusCode::UNAUTHORIZED
     {
@@ -228,7 +234,12 @@ pub async fn authenticate_proxy(state: &AppState, parts: &Parts) -> Result<(), A
     note_failure(state, ip, r)
 }
 
-async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
+/// Authenticates a presented credential (the admin token, a generated admin key or a stored
+/// key). Does not count failures: the callers do ([`note_failure`]).
+pub(crate) async fn authenticate(
+    state: &AppState,
+    token: Option<&str>,
+) -> Result<Caller, ApiError> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(ApiError::unauthenticated(
             "missing credential (Authorization: Bearer or x-api-key)",
@@ -242,9 +253,22 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, A
         return Ok(admin_caller("admin".into()));
     }
     let parsed = key::parse(token).map_err(|_| ApiError::unauthenticated("invalid credential"))?;
-    if parsed.prefix() == crate::runtime::state::ADMIN_KEY_PREFIX
-        && let Some(prefix) = state.db.find_admin(digest.as_bytes()).await?
-    {
+    let admin_key = parsed.prefix() == crate::runtime::state::ADMIN_KEY_PREFIX;
+    authenticate_digest(state, &digest, admin_key).await
+}
+
+/// Authenticates by the digest of a credential presented earlier (a console session keeps only
+/// that): the admin token, a generated admin key (looked up when `admin_key`), else a stored key,
+/// which must still be active and unexpired.
+pub(crate) async fn authenticate_digest(
+    state: &AppState,
+    digest: &Digest,
+    admin_key: bool,
+) -> Result<Caller, ApiError> {
+    if state.admin_token.as_ref().is_some_and(|d| d == digest) {
+        return Ok(admin_caller("admin".into()));
+    }
+    if admin_key && let Some(prefix) = state.db.find_admin(digest.as_bytes()).await? {
         return Ok(admin_caller(prefix));
     }
     let found = state

@@ -1,9 +1,11 @@
-//! HTTP: a router per resource, the [`auth::Caller`] extractor, the one [`error::ApiError`],
-//! and the middleware (body limits, the oversize drain, response counting). Handlers parse,
-//! call the domain rules and the store, and answer; nothing below this layer knows HTTP.
+//! HTTP: a router per resource, the operator console's pages ([`console`]), the
+//! [`auth::Caller`] extractor, the one [`error::ApiError`], and the middleware (body limits, the
+//! oversize drain, response counting). Handlers parse, call the domain rules and the store, and
+//! answer; nothing below this layer knows HTTP.
 
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod forward_auth;
 pub mod github;
@@ -72,6 +74,7 @@ pub fn app(state: AppState) -> Router {
                 .url("/openapi.json", system::ApiDoc::openapi()),
         )
         .merge(github::router())
+        .merge(console::router())
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::map_response(error::json_payload_too_large))

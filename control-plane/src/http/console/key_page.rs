@@ -1,0 +1,175 @@
+//! A key's page (details; the secret once, right after creation) and its actions: suspend,
+//! reactivate, and revoke behind a confirmation page with a reason. Reads and changes go
+//! through the API's `keys::read::find_key` and `keys::change::status_change`, so a key of
+//! another workspace is "not found" here exactly as in the API, for pages and replayed forms.
+
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::page::{Nav, PageError, render, when};
+use super::session::Session;
+use super::sign_in::CsrfForm;
+use crate::domain::Action;
+use crate::domain::key::KeyView;
+use crate::http::keys::change::status_change;
+use crate::http::keys::parse_id;
+use crate::http::keys::read::find_key;
+use crate::runtime::state::AppState;
+
+/// A key as its page shows it.
+#[derive(Debug)]
+pub struct Details {
+    /// The API view.
+    pub key: KeyView,
+    /// Creation time.
+    pub created: String,
+    /// Last use.
+    pub last_used: String,
+    /// Expiry.
+    pub expires: String,
+    /// Revocation time.
+    pub revoked: String,
+    /// Scopes, comma-separated (`none`).
+    pub scopes: String,
+    /// Resources, comma-separated (`any`).
+    pub resources: String,
+}
+
+impl From<KeyView> for Details {
+    fn from(key: KeyView) -> Self {
+        let join = |v: &[String], empty: &str| {
+            if v.is_empty() {
+                empty.to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        Self {
+            created: when(Some(key.created_at), "-"),
+            last_used: when(key.last_used_at, "never"),
+            expires: when(key.expires_at, "never"),
+            revoked: when(key.revoked_at, "-"),
+            scopes: join(&key.scopes, "none"),
+            resources: join(&key.resources, "any"),
+            key,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/key.html")]
+struct KeyPage<'a> {
+    nav: Option<Nav>,
+    csrf: &'a str,
+    k: Details,
+    status: &'static str,
+    kind: &'static str,
+    secret: Option<String>,
+}
+
+/// `GET /keys/{id}`: the key, and its secret if this session just created it (taken once).
+pub async fn show(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let key = find_key(&state, &session.caller, &id).await?;
+    let secret = session.take_flash(&state, parse_id(&id)?).await?;
+    Ok(render(&KeyPage {
+        nav: Some(session.nav()),
+        csrf: &session.csrf,
+        status: key.status.as_str(),
+        kind: key.kind.as_str(),
+        k: Details::from(key),
+        secret,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "console/revoke.html")]
+struct RevokePage<'a> {
+    nav: Option<Nav>,
+    csrf: &'a str,
+    k: Details,
+}
+
+/// `GET /keys/{id}/revoke`: the confirmation step, with a reason.
+pub async fn confirm_revoke(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let key = find_key(&state, &session.caller, &id).await?;
+    Ok(render(&RevokePage {
+        nav: Some(session.nav()),
+        csrf: &session.csrf,
+        k: Details::from(key),
+    }))
+}
+
+/// The revoke form.
+#[derive(Debug, Default, Deserialize)]
+pub struct RevokeForm {
+    /// The session's CSRF token.
+    #[serde(default)]
+    pub csrf: String,
+    /// Why (kept in the audit log).
+    #[serde(default)]
+    pub reason: String,
+}
+
+async fn change(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+    action: Action,
+    reason: Option<String>,
+) -> Result<Response, PageError> {
+    let key = status_change(state, &session.caller, id, action, reason).await?;
+    Ok(Redirect::to(&format!("/keys/{}", key.id)).into_response())
+}
+
+/// `POST /keys/{id}/revoke`.
+pub async fn revoke(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<RevokeForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let f = form.map(|Form(f)| f).unwrap_or_default();
+    session.check_post(&headers, &f.csrf)?;
+    let reason = f.reason.trim();
+    let reason = (!reason.is_empty()).then(|| reason.to_owned());
+    change(&state, &session, &id, Action::Revoke, reason).await
+}
+
+/// `POST /keys/{id}/suspend`.
+pub async fn suspend(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    session.check_post(&headers, &csrf)?;
+    change(&state, &session, &id, Action::Suspend, None).await
+}
+
+/// `POST /keys/{id}/reactivate`.
+pub async fn reactivate(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    session.check_post(&headers, &csrf)?;
+    change(&state, &session, &id, Action::Reactivate, None).await
+}

@@ -1,0 +1,343 @@
+//! Browser-driving helpers for the console's tests (`tests/console.rs`), in one place: the real
+//! `keygate serve` binary on a free port ([`Console`], through `test_support::ServeProcess`),
+//! Debian's headless `chromium` driven over WebDriver by `chromedriver` and fantoccini
+//! ([`Browser`]), screenshots into `docs/screenshots/`, and the API calls the scenarios set up
+//! with. Every process is killed on drop (chromedriver with every process that inherited its
+//! tag, [`Group`]), so a failing test leaves no chromium, chromedriver or control plane running.
+//! A missing browser fails with the command that installs it.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use keygate_control_plane::test_support::ServeProcess;
+use serde_json::{Value, json};
+
+/// The admin token every [`Console`] starts with.
+pub const ADMIN_TOKEN: &str = "console-test-admin-token-0123456789";
+
+/// The prefix of the keys a [`Console`] issues (the screenshots show it: not `kg_live`).
+pub const KEY_PREFIX: &str = "kg_demo";
+
+/// One browser test at a time: each starts a chromium, and the machine has two cores.
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Marks every process a test starts (inherited by its children, chromium's helpers too) so
+/// that [`Group`]'s drop can find them all, also those that left the process group or were
+/// reparented (chromium's crash handler daemonizes).
+const TAG_VAR: &str = "KEYGATE_CONSOLE_TEST_TAG";
+
+/// A child process in its own process group with a unique [`TAG_VAR`]; on drop every process
+/// carrying that tag is killed.
+struct Group {
+    child: Child,
+    tag: String,
+}
+
+impl Group {
+    fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let child = cmd.env(TAG_VAR, &tag).process_group(0).spawn()?;
+        Ok(Self { child, tag })
+    }
+
+    /// The processes whose environment carries this group's tag.
+    fn tagged(&self) -> Vec<u32> {
+        let needle = format!("{TAG_VAR}={}\0", self.tag);
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..3 {
+            let left = self.tagged();
+            if left.is_empty() {
+                break;
+            }
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(left.iter().map(u32::to_string))
+                .stderr(Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `keygate serve` (the binary cargo built for this test, as the crate's shared
+/// [`ServeProcess`]) on 127.0.0.1 with a fresh SQLite file, [`ADMIN_TOKEN`] and [`KEY_PREFIX`].
+pub struct Console {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    _process: ServeProcess,
+}
+
+impl Console {
+    /// Starts it and waits for its listening line.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = format!("sqlite:{}", dir.path().join("keygate.db").display());
+        let process = ServeProcess::start(
+            env!("CARGO_BIN_EXE_keygate"),
+            dir.path(),
+            "console",
+            |cmd| {
+                cmd.args(["--database-url", &db, "--admin-token", ADMIN_TOKEN])
+                    .args(["--key-prefix", KEY_PREFIX]);
+            },
+        )
+        .keep(dir);
+        Self {
+            base: process.base(),
+            _process: process,
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates a key through the API as `token`; returns the answer (`secret`, `key`).
+    pub async fn api_create(&self, token: &str, body: Value) -> Value {
+        let resp = reqwest::Client::new()
+            .post(self.url("/v1/keys"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /v1/keys");
+        assert_eq!(resp.status(), 201, "create {body}");
+        resp.json().await.expect("JSON")
+    }
+
+    /// `POST <path>` as the admin with an empty body (suspend, reactivate, revoke).
+    pub async fn api_post(&self, path: &str) {
+        let resp = reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("POST");
+        assert!(resp.status().is_success(), "POST {path}: {}", resp.status());
+    }
+
+    /// A key's status as the API (admin) reports it.
+    pub async fn api_status(&self, id: &str) -> String {
+        let v: Value = reqwest::Client::new()
+            .get(self.url(&format!("/v1/keys/{id}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("GET /v1/keys/{id}")
+            .json()
+            .await
+            .expect("JSON");
+        v["status"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// A workspace key of `workspace` with the key-management scopes; returns its secret.
+    pub async fn workspace_key(&self, workspace: &str) -> String {
+        let v = self
+            .api_create(
+                ADMIN_TOKEN,
+                json!({"name": format!("{workspace} operator"), "workspace_id": workspace,
+                       "owner_id": format!("{workspace}-ops"), "scopes": ["keys:read", "keys:write"]}),
+            )
+            .await;
+        v["secret"].as_str().expect("secret").to_owned()
+    }
+}
+
+fn require(program: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{program}` not found: the console's browser tests need Debian's headless Chromium \
+             and its WebDriver: apt-get install -y chromium chromium-driver"
+        )
+    })
+}
+
+/// Headless chromium behind its own chromedriver, with a fantoccini client.
+pub struct Browser {
+    /// The WebDriver client.
+    pub client: Client,
+    _driver: Group,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free port and a headless chromium session (1280×900).
+    pub async fn start() -> Self {
+        let chromium = require("chromium");
+        let chromedriver = require("chromedriver");
+        let port = keygate_testkit::free_port().expect("free port");
+        let driver = Group::spawn(
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("start chromedriver");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,900", "--no-first-run", "--disable-extensions",
+                         format!("--user-data-dir={}", profile.path().display())]
+            }
+        });
+        let serde_json::Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = loop {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("chromedriver on {url} gave no session in 60 s: {e}"),
+            }
+        };
+        Self {
+            client,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    /// Opens `url`.
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("goto");
+    }
+
+    /// The element matching `css`, waiting up to 10 s for it.
+    pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        match self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                let page = self.source().await;
+                panic!("no `{css}` on {}: {e}\n{page}", self.path().await)
+            }
+        }
+    }
+
+    /// Whether an element matches `css` now.
+    pub async fn has(&self, css: &str) -> bool {
+        !self
+            .client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("find_all")
+            .is_empty()
+    }
+
+    /// The text of the element matching `css`.
+    pub async fn text(&self, css: &str) -> String {
+        self.find(css).await.text().await.expect("text")
+    }
+
+    /// Types `text` into the input matching `css`.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        e.clear().await.expect("clear");
+        e.send_keys(text).await.expect("send_keys");
+    }
+
+    /// Clicks the element matching `css`.
+    pub async fn click(&self, css: &str) {
+        self.find(css).await.click().await.expect("click");
+    }
+
+    /// The current URL's path.
+    pub async fn path(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .map(|u| u.path().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The page's source.
+    pub async fn source(&self) -> String {
+        self.client.source().await.expect("source")
+    }
+
+    /// Runs a script in the page.
+    pub async fn script(&self, js: &str) -> Value {
+        self.client.execute(js, Vec::new()).await.expect("execute")
+    }
+
+    /// Signs in with `credential` and waits for the keys list.
+    pub async fn sign_in(&self, console: &Console, credential: &str) {
+        self.goto(&console.url("/sign-in")).await;
+        self.fill("#credential", credential).await;
+        self.click("#sign-in").await;
+        self.find("#new-key").await;
+        assert_eq!(self.path().await, "/keys");
+    }
+
+    /// Saves a screenshot of the page as `docs/screenshots/<name>.png`.
+    pub async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("screenshot");
+        let dir = screenshots_dir();
+        std::fs::create_dir_all(&dir).expect("docs/screenshots");
+        std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+    }
+
+    /// Ends the WebDriver session (chromium quits); the drop kills whatever is left.
+    pub async fn close(self) {
+        let Self {
+            client,
+            _driver,
+            _profile,
+        } = self;
+        let _ = client.close().await;
+    }
+}
+
+/// `docs/screenshots/` at the repository's root.
+pub fn screenshots_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("docs")
+        .join("screenshots")
+}
