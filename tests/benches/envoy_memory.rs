@@ -16,20 +16,27 @@
 //! (`keygate.vm.<n>.keyset.heap_bytes`), summed over the workers. `KEYGATE_BENCH_WASM` measures
 //! another build of the filter (`keygate-plugin-wasm <path>` writes one).
 //!
-//! A second table gives the same RSS figures for Keygate's pure core as an Envoy dynamic module
-//! (`keygate-native-filter`, the prototype shell), which reads the same snapshot from a file when
-//! Envoy creates its configuration and keeps one set per process (it does not sync yet, so it has
-//! no "changed live" column).
+//! A second table gives the same figures for Keygate's pure core as an Envoy dynamic module
+//! (`keygate-native-filter`): the same bootstrap with the module in the wasm filter's place, its
+//! `control_plane_url` pointed at the same fake feed, which its sync thread (one per process)
+//! long-polls with the edge key as the wasm leader does, fresh and after the same deltas. It
+//! keeps one set per process. Its gauges (`keygate.keyset.keys`, `keygate.keyset.revision`,
+//! `keygate.keyset.heap_bytes`) reach Envoy's stats only through a request (the ABI lets only a
+//! stream change stats), so each poll of the stats follows a request through the filter (denied:
+//! it carries no key). Instead of the VMs' columns, it gives the set's own heap.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::bench_envoy::{rss_bytes, start_pinned};
-use keygate_e2e::envoy::{EDGE_KEY_ENV, bootstrap_with_module, envoy_yaml, plugin_configuration};
+use keygate_e2e::envoy::{EDGE_KEY_ENV, LISTENER, bootstrap_with_module, plugin_configuration};
 use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::native;
+use keygate_filter_core::sync::metrics::{HEAP_BYTES, KEYS, REVISION};
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_protocol::wire::{Delta, KeyEntry, Snapshot};
 use keygate_testkit::bench::{env_usize, key_set, load_average};
@@ -104,31 +111,38 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    // ---- the dynamic module: one set per process
-    let dir = tempfile::tempdir()?;
-    let full_file = dir.path().join("keyset.bin");
-    std::fs::write(&full_file, full.snapshot())?;
-    let empty_file = dir.path().join("empty.bin");
-    std::fs::write(&empty_file, empty.snapshot())?;
-    println!("\n| --concurrency | dynamic module: RSS, 0 keys | RSS, {n} keys | growth per key |");
-    println!("| --- | --- | --- | --- |");
+    // ---- the dynamic module: one set per process, synced by the module's own thread
+    println!(
+        "\n| --concurrency | dynamic module: RSS, 0 keys | RSS, {n} keys | growth per key | after {changed} changed live | the set's heap (fresh → changed) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
     for concurrency in [1, 2, 4] {
-        let rss = |file: &std::path::Path| -> anyhow::Result<u64> {
-            let bootstrap = native::replace_wasm_filter(
-                &bootstrap_with_module(&full_addr, &full_addr, &json!({}), KEYGATE_PLUGIN_WASM),
-                native::keygate_filter(&plugin_configuration(&envoy_yaml()), file),
-            );
-            let envoy = start_pinned(&bootstrap, &native::options(concurrency))?;
-            std::thread::sleep(Duration::from_millis(500));
-            rss_bytes(envoy.pid().context("no pid")?)
+        let base = {
+            let envoy = start_native(&empty_addr, concurrency)?;
+            wait_for_native(&envoy, 0, 1)?;
+            rss_bytes(envoy.pid().context("no pid")?)?
         };
-        let base = rss(&empty_file)?;
-        let loaded = rss(&full_file)?;
+        full.publish(1);
+        let envoy = start_native(&full_addr, concurrency)?;
+        wait_for_native(&envoy, n, 1)?;
+        let pid = envoy.pid().context("no pid")?;
+        let fresh_rss = rss_bytes(pid)?;
+        let fresh_heap = native_stat(&envoy, HEAP_BYTES)?;
+        let last = 1 + full.delta_count() as u64;
+        full.publish(last);
+        wait_for_native(&envoy, n, last)?;
+        let live_rss = rss_bytes(pid)?;
+        let live_heap = native_stat(&envoy, HEAP_BYTES)?;
+        let mb = |b: u64| b as f64 / 1e6;
         println!(
-            "| {concurrency} | {:.1} MB | {:.1} MB | {:.0} B |",
-            base as f64 / 1e6,
-            loaded as f64 / 1e6,
-            loaded.saturating_sub(base) as f64 / n.max(1) as f64
+            "| {concurrency} | {:.1} MB | {:.1} MB | {:.0} B | {:.1} MB ({:+.1} MB) | {:.1} → {:.1} MB |",
+            mb(base),
+            mb(fresh_rss),
+            fresh_rss.saturating_sub(base) as f64 / n.max(1) as f64,
+            mb(live_rss),
+            (live_rss as f64 - fresh_rss as f64) / 1e6,
+            mb(fresh_heap),
+            mb(live_heap),
         );
     }
     Ok(())
@@ -193,6 +207,64 @@ fn wait_for(envoy: &Envoy, workers: usize, keys: usize, revision: u64) -> anyhow
         if Instant::now() > deadline {
             bail!(
                 "the workers hold revisions {revisions:?} and key counts {counts:?}; expected {workers} at revision {revision} with {keys} keys"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Envoy running `envoy/envoy.yaml` with the dynamic module in the wasm filter's place, synced
+/// from the feed at `feed` (`control_plane_url`), pinned to CPU 0. The upstream is the feed
+/// (never reached: the requests sent carry no key).
+fn start_native(feed: &str, concurrency: usize) -> anyhow::Result<Envoy> {
+    let wasm = bootstrap_with_module(feed, feed, &json!({}), KEYGATE_PLUGIN_WASM);
+    let filter = native::synced_filter(&plugin_configuration(&wasm), &format!("http://{feed}"));
+    let bootstrap = native::replace_wasm_filter(&wasm, filter);
+    let mut options = native::options(concurrency);
+    options
+        .env
+        .push((EDGE_KEY_ENV.to_owned(), "kg_edge_bench".to_owned()));
+    start_pinned(&bootstrap, &options)
+}
+
+/// A module gauge of Envoy's stats (`dynamicmodulescustom.<name>`), `0` when absent.
+fn native_stat(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
+    Ok(envoy
+        .stat(&format!("dynamicmodulescustom.{name}"))?
+        .unwrap_or(0))
+}
+
+/// A request through Envoy's listener (no key: the filter denies it), for the module to flush
+/// its gauges to Envoy's stats. The answer is not looked at.
+fn poke(envoy: &Envoy) -> anyhow::Result<()> {
+    let addr = envoy.listener_addr(LISTENER)?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /keygate-bench HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    ensure!(
+        !answer.is_empty(),
+        "Envoy closed the connection without an answer"
+    );
+    Ok(())
+}
+
+/// Waits until the module's one set holds `keys` keys at `revision` (a request, then the
+/// stats, until they match), then half a second more (for the allocator to settle).
+fn wait_for_native(envoy: &Envoy, keys: usize, revision: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        poke(envoy)?;
+        let r = native_stat(envoy, REVISION)?;
+        let k = native_stat(envoy, KEYS)?;
+        if r == revision && k == keys as u64 {
+            std::thread::sleep(Duration::from_millis(500));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the module holds revision {r} with {k} keys; expected revision {revision} with {keys} keys"
             );
         }
         std::thread::sleep(Duration::from_millis(50));
