@@ -21,7 +21,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Engine, InProcessServer, ServeProcess};
-use keygate_control_plane::http::keys::IssuedKey;
+use keygate_control_plane::http::keys::verify::VerifyResult;
+use keygate_control_plane::http::keys::{IssuedKey, KeyView};
 use keygate_fake_github::{FakeGithub, fixture, fixture_path};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -106,11 +107,14 @@ impl Client {
     }
 }
 
-fn secret_of(v: &Value) -> String {
-    v["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no secret in {v}"))
-        .to_owned()
+/// Decodes an issuance answer (`POST /v1/keys`, exchange, rotate) into the crate's type.
+fn issued(v: Value) -> IssuedKey {
+    serde_json::from_value(v).expect("an IssuedKey")
+}
+
+/// Decodes a `POST /v1/keys/verify` answer into the crate's type.
+fn verified(v: &Value) -> VerifyResult {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("a VerifyResult ({e}): {v}"))
 }
 
 /// A credential with one character changed (a near-miss guess).
@@ -121,115 +125,284 @@ fn near_miss(s: &str) -> String {
     String::from_utf8(b).expect("ascii")
 }
 
+/// The fixture of the secret-hygiene scenarios: fake GitHub with the App installed on `acme`,
+/// `keygate serve` at trace level, a client recording every answer it reads, keys of every kind
+/// issued (a workspace key, an edge key, a repo key the workspace key issued, an exchanged
+/// child, a key rotated with grace) and `acme/widgets` in the repository registry. Each scenario
+/// starts its own (the search is over one server's logs) and ends with [`Session::search`].
+struct Session {
+    fake: FakeGithub,
+    _dir: tempfile::TempDir,
+    served: ServeProcess,
+    c: Client,
+    /// Every secret of the session, with a name for the failure message.
+    secrets: Vec<(String, String)>,
+    /// Near-miss guesses a scenario sent: searched for too.
+    guesses: Vec<(String, String)>,
+    ws: IssuedKey,
+    edge: IssuedKey,
+    repo: IssuedKey,
+    child: IssuedKey,
+    /// The rotating key before and after its rotation.
+    rot: IssuedKey,
+    rotated: IssuedKey,
+    /// `acme/widgets`'s id in the registry.
+    widgets: i64,
+}
+
+impl Session {
+    async fn start() -> Self {
+        let fake = FakeGithub::start().await.expect("fake GitHub");
+        fake.add_app(APP_ID, "Iv23liKeygate", &[&fixture("app-key-1.pub.pem")])
+            .expect("app");
+        fake.install(
+            APP_ID,
+            "acme",
+            &["widgets", "gadgets"],
+            &[("contents", "write"), ("metadata", "read")],
+        )
+        .expect("install");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let served = start_traced(dir.path(), &fake.base_url());
+        let mut c = Client {
+            http: reqwest::Client::new(),
+            base: served.base(),
+            bodies: Vec::new(),
+        };
+        let mut secrets: Vec<(String, String)> = vec![
+            ("admin token".into(), ADMIN.into()),
+            ("internal API key".into(), INTERNAL.into()),
+        ];
+        let pem = fixture("app-key-1.pkcs1.pem");
+        let pem_line = pem
+            .lines()
+            .nth(3)
+            .expect("a line of the App's private key")
+            .to_owned();
+        secrets.push(("App private key (a line)".into(), pem_line));
+
+        // Keys of every kind.
+        let (st, ws) = c
+            .issue(
+                ADMIN,
+                Method::POST,
+                "/v1/keys",
+                json!({"name": "ws", "workspace_id": "acme", "owner_id": "svc-ws",
+                       "scopes": ["keys:read", "keys:write", "github:tokens", "repo:read"],
+                       "resources": ["acme/*"], "metadata": {"team": "infra"}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{ws}");
+        let ws = issued(ws);
+        secrets.push(("workspace key".into(), ws.secret.clone()));
+        let (st, edge) = c
+            .issue(
+                ADMIN,
+                Method::POST,
+                "/v1/keys",
+                json!({"name": "edge", "kind": "edge"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{edge}");
+        let edge = issued(edge);
+        secrets.push(("edge key".into(), edge.secret.clone()));
+        let (st, repo) = c
+            .issue(
+                &ws.secret,
+                Method::POST,
+                "/v1/keys",
+                json!({"name": "ci", "kind": "repo", "scopes": ["github:tokens", "repo:read"],
+                       "resources": ["acme/widgets"]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{repo}");
+        let repo = issued(repo);
+        secrets.push((
+            "repo key (issued by a workspace key)".into(),
+            repo.secret.clone(),
+        ));
+        let (st, child) = c
+            .issue(
+                &ws.secret,
+                Method::POST,
+                "/v1/keys/exchange",
+                json!({"subject": "ci-run-7", "scopes": ["repo:read"], "resources": ["acme/widgets"]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{child}");
+        let child = issued(child);
+        secrets.push(("exchanged child key".into(), child.secret.clone()));
+        let (st, rot) = c
+            .issue(
+                ADMIN,
+                Method::POST,
+                "/v1/keys",
+                json!({"name": "rotating", "scopes": ["repo:read"]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let rot = issued(rot);
+        secrets.push(("key before rotation".into(), rot.secret.clone()));
+        let (st, rotated) = c
+            .issue(
+                ADMIN,
+                Method::POST,
+                &format!("/v1/keys/{}/rotate", rot.key.id),
+                json!({"grace_period": 600}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{rotated}");
+        let rotated = issued(rotated);
+        secrets.push(("key after rotation".into(), rotated.secret.clone()));
+
+        // The GitHub broker's registry.
+        let (st, v) = c
+            .call(
+                Some(ADMIN),
+                Method::POST,
+                "/v1/repositories",
+                Some(json!({"organization": "acme", "repository": "widgets"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let widgets = v["id"].as_i64().expect("id");
+        Self {
+            fake,
+            _dir: dir,
+            served,
+            c,
+            secrets,
+            guesses: Vec::new(),
+            ws,
+            edge,
+            repo,
+            child,
+            rot,
+            rotated,
+            widgets,
+        }
+    }
+
+    /// The check every scenario ends with: reads everything readable (list, each key, audit,
+    /// registry, metrics, OpenAPI, health), stops the server, checks the log is a real
+    /// trace-level one with the request lines of `/v1/keys/exchange` (the fixture's) and of
+    /// `paths` (the scenario's), then searches every secret and guess (whole, a key's random
+    /// body, a JWT's signature and claims) in every log line and every recorded answer: none
+    /// may appear. Returns the number of audit rows.
+    async fn search(self, paths: &[&str]) -> usize {
+        let Session {
+            served,
+            mut c,
+            secrets,
+            guesses,
+            ws,
+            ..
+        } = self;
+        let (_, list) = c
+            .call(Some(ADMIN), Method::GET, "/v1/keys?limit=100", None)
+            .await;
+        let keys: Vec<KeyView> =
+            serde_json::from_value(list["items"].clone()).expect("items: KeyView");
+        assert!(keys.len() >= 5, "{list}");
+        for id in keys.iter().map(|k| &k.id) {
+            let (st, _) = c
+                .call(Some(ADMIN), Method::GET, &format!("/v1/keys/{id}"), None)
+                .await;
+            assert_eq!(st, StatusCode::OK);
+        }
+        for path in [
+            "/v1/audit?limit=1000",
+            "/v1/repositories",
+            "/metrics",
+            "/openapi.json",
+            "/healthz",
+            "/readyz",
+            "/v1/keys?limit=100&kind=edge",
+        ] {
+            let (st, _) = c.call(Some(ADMIN), Method::GET, path, None).await;
+            assert_eq!(st, StatusCode::OK, "{path}");
+        }
+        let (st, _) = c
+            .call(Some(&ws.secret), Method::GET, "/v1/audit", None)
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, audit) = c
+            .call(Some(ADMIN), Method::GET, "/v1/audit?limit=1000", None)
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        let audited = audit["items"].as_array().map_or(0, Vec::len);
+
+        // Give the usage flush and any late log line a moment, then stop the server.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (out, err) = served.stop();
+        let logs_after = out + &err;
+        let lines = logs_after.lines().count();
+        for level in ["TRACE", "DEBUG", "INFO"] {
+            assert!(
+                logs_after.contains(level),
+                "{level} lines were captured (RUST_LOG=trace)"
+            );
+        }
+        assert!(lines > 100, "a real trace-level log: {lines} lines");
+        for path in std::iter::once(&"/v1/keys/exchange").chain(paths) {
+            assert!(
+                logs_after.contains(path),
+                "the request log of {path} was captured"
+            );
+        }
+
+        // The search: whole values, keys' random bodies, and JWT signatures.
+        let mut needles: Vec<(String, String)> = Vec::new();
+        for (name, s) in secrets.iter().chain(guesses.iter()) {
+            needles.push((name.clone(), s.clone()));
+            if let Ok(parsed) = keygate_protocol::key::parse(s) {
+                needles.push((format!("{name} (random body)"), parsed.body().to_owned()));
+            }
+            if s.matches('.').count() == 2 && s.starts_with("eyJ") {
+                let sig = s.rsplit('.').next().unwrap_or_default();
+                needles.push((format!("{name} (signature)"), sig.to_owned()));
+                let claims = s.split('.').nth(1).unwrap_or_default();
+                needles.push((format!("{name} (claims)"), claims.to_owned()));
+            }
+        }
+        for (name, needle) in &needles {
+            assert!(needle.len() >= 16, "{name} is long enough to search for");
+            if let Some(line) = logs_after.lines().find(|l| l.contains(needle.as_str())) {
+                panic!("the {name} is in a log line: {line}");
+            }
+            for (what, body) in &c.bodies {
+                let text = String::from_utf8_lossy(body);
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "the {name} is in the response to {what}"
+                );
+            }
+        }
+        println!(
+            "secret hygiene: {} secrets and {} near-miss guesses ({} needles) searched in {lines} \
+             log lines (RUST_LOG=trace, stdout+stderr) and {} responses; {audited} audit rows; \
+             none found",
+            secrets.len(),
+            guesses.len(),
+            needles.len(),
+            c.bodies.len()
+        );
+        audited
+    }
+}
+
+/// Verification (secrets in request bodies), the edge key's feed and usage, the workspace
+/// key's management calls and lifecycle changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
-    let fake = FakeGithub::start().await.expect("fake GitHub");
-    fake.add_app(APP_ID, "Iv23liKeygate", &[&fixture("app-key-1.pub.pem")])
-        .expect("app");
-    fake.install(
-        APP_ID,
-        "acme",
-        &["widgets", "gadgets"],
-        &[("contents", "write"), ("metadata", "read")],
-    )
-    .expect("install");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let served = start_traced(dir.path(), &fake.base_url());
-    let mut c = Client {
-        http: reqwest::Client::new(),
-        base: served.base(),
-        bodies: Vec::new(),
-    };
-    // Every secret of the session, with a name for the failure message.
-    let mut secrets: Vec<(String, String)> = vec![
-        ("admin token".into(), ADMIN.into()),
-        ("internal API key".into(), INTERNAL.into()),
-    ];
-    let pem = fixture("app-key-1.pkcs1.pem");
-    let pem_line = pem
-        .lines()
-        .nth(3)
-        .expect("a line of the App's private key")
-        .to_owned();
-    secrets.push(("App private key (a line)".into(), pem_line));
-
-    // Keys of every kind.
-    let (st, ws) = c
-        .issue(
-            ADMIN,
-            Method::POST,
-            "/v1/keys",
-            json!({"name": "ws", "workspace_id": "acme", "owner_id": "svc-ws",
-                   "scopes": ["keys:read", "keys:write", "github:tokens", "repo:read"],
-                   "resources": ["acme/*"], "metadata": {"team": "infra"}}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{ws}");
-    let ws_secret = secret_of(&ws);
-    secrets.push(("workspace key".into(), ws_secret.clone()));
-    let (st, edge) = c
-        .issue(
-            ADMIN,
-            Method::POST,
-            "/v1/keys",
-            json!({"name": "edge", "kind": "edge"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{edge}");
-    let edge_secret = secret_of(&edge);
-    secrets.push(("edge key".into(), edge_secret.clone()));
-    let (st, repo) = c
-        .issue(
-            &ws_secret,
-            Method::POST,
-            "/v1/keys",
-            json!({"name": "ci", "kind": "repo", "scopes": ["github:tokens", "repo:read"],
-                   "resources": ["acme/widgets"]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{repo}");
-    let repo_secret = secret_of(&repo);
-    secrets.push((
-        "repo key (issued by a workspace key)".into(),
-        repo_secret.clone(),
-    ));
-    let (st, child) = c
-        .issue(
-            &ws_secret,
-            Method::POST,
-            "/v1/keys/exchange",
-            json!({"subject": "ci-run-7", "scopes": ["repo:read"], "resources": ["acme/widgets"]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{child}");
-    secrets.push(("exchanged child key".into(), secret_of(&child)));
-    let (st, rot) = c
-        .issue(
-            ADMIN,
-            Method::POST,
-            "/v1/keys",
-            json!({"name": "rotating", "scopes": ["repo:read"]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED);
-    let old_rot = secret_of(&rot);
-    secrets.push(("key before rotation".into(), old_rot.clone()));
-    let rot_id = rot["key"]["id"].as_str().expect("id").to_owned();
-    let (st, rotated) = c
-        .issue(
-            ADMIN,
-            Method::POST,
-            &format!("/v1/keys/{rot_id}/rotate"),
-            json!({"grace_period": 600}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{rotated}");
-    let new_rot = secret_of(&rotated);
-    secrets.push(("key after rotation".into(), new_rot.clone()));
-
-    // Use them: verification (secrets in request bodies), the edge key's feed and usage, the
-    // workspace key's management calls, lifecycle changes.
-    for key in [&ws_secret, &repo_secret, &old_rot, &new_rot] {
+async fn keys_in_use_leave_no_secret_in_a_log_line_or_a_later_response() {
+    let mut s = Session::start().await;
+    let c = &mut s.c;
+    for key in [
+        &s.ws.secret,
+        &s.repo.secret,
+        &s.rot.secret,
+        &s.rotated.secret,
+    ] {
         let (st, v) = c
             .call(
                 Some(ADMIN),
@@ -238,25 +411,21 @@ async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
                 Some(json!({"key": key, "scopes": ["repo:read"]})),
             )
             .await;
-        assert_eq!(
-            (st, v["valid"].as_bool()),
-            (StatusCode::OK, Some(true)),
-            "{v}"
-        );
+        assert_eq!((st, verified(&v).valid), (StatusCode::OK, true), "{v}");
     }
     let (st, v) = c
         .call(
-            Some(&ws_secret),
+            Some(&s.ws.secret),
             Method::POST,
             "/v1/keys/verify",
-            Some(json!({"key": repo_secret})),
+            Some(json!({"key": s.repo.secret})),
         )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::OK, Some("VALID")));
+    assert_eq!((st, verified(&v).code.as_str()), (StatusCode::OK, "VALID"));
     let resp = c
         .http
         .get(format!("{}/v1/keyset", c.base))
-        .header("x-api-key", &edge_secret)
+        .header("x-api-key", &s.edge.secret)
         .send()
         .await
         .expect("keyset");
@@ -271,34 +440,32 @@ async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
         .push(("GET /v1/keyset (snapshot)".into(), snapshot));
     let (st, _) = c
         .call(
-            Some(&edge_secret),
+            Some(&s.edge.secret),
             Method::GET,
             &format!("/v1/keyset?since={revision}&wait=1"),
             None,
         )
         .await;
     assert_eq!(st, StatusCode::NOT_MODIFIED);
-    let repo_id = repo["key"]["id"].as_str().expect("id").to_owned();
     let (st, v) = c
         .call(
-            Some(&edge_secret),
+            Some(&s.edge.secret),
             Method::POST,
             "/v1/usage",
-            Some(json!({"batch_id": "sec-1", "entries": [{"key_id": repo_id, "count": 3, "last_used_at": 1_763_900_000}]})),
+            Some(json!({"batch_id": "sec-1", "entries": [{"key_id": s.repo.key.id, "count": 3, "last_used_at": 1_763_900_000}]})),
         )
         .await;
     assert!(st.is_success(), "{st} {v}");
     let (st, _) = c
-        .call(Some(&ws_secret), Method::GET, "/v1/keys", None)
+        .call(Some(&s.ws.secret), Method::GET, "/v1/keys", None)
         .await;
     assert_eq!(st, StatusCode::OK);
-    let child_id = child["key"]["id"].as_str().expect("id").to_owned();
     for action in ["suspend", "reactivate"] {
         let (st, v) = c
             .call(
-                Some(&ws_secret),
+                Some(&s.ws.secret),
                 Method::POST,
-                &format!("/v1/keys/{child_id}/{action}"),
+                &format!("/v1/keys/{}/{action}", s.child.key.id),
                 Some(json!({"reason": "security test"})),
             )
             .await;
@@ -308,27 +475,25 @@ async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
         .call(
             Some(ADMIN),
             Method::PATCH,
-            &format!("/v1/keys/{rot_id}"),
+            &format!("/v1/keys/{}", s.rot.key.id),
             Some(json!({"name": "renamed", "metadata": {"k": "v"}})),
         )
         .await;
     assert_eq!(st, StatusCode::OK);
-
-    // The GitHub broker: registry, a repo key's installation token with its App JWT, the
-    // seed's internal endpoint (token and JWT), revocation.
-    let (st, v) = c
-        .call(
-            Some(ADMIN),
-            Method::POST,
-            "/v1/repositories",
-            Some(json!({"organization": "acme", "repository": "widgets"})),
-        )
+    let audited = s
+        .search(&["/v1/keys/verify", "/v1/keyset", "/v1/usage"])
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
-    let widgets = v["id"].as_i64().expect("id");
-    let (st, gh) = c
-        .issue(
-            &repo_secret,
+    assert!(audited >= 10, "the session was audited: {audited} rows");
+}
+
+/// The GitHub broker: a repo key's installation token with its App JWT, the seed's internal
+/// endpoint (token and JWT), revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_tokens_and_app_jwts_appear_in_no_log_line_or_later_response() {
+    let mut s = Session::start().await;
+    let (st, gh) =
+        s.c.issue(
+            &s.repo.secret,
             Method::POST,
             "/v1/github/tokens",
             json!({"repository": "acme/widgets"}),
@@ -340,71 +505,84 @@ async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
         .as_str()
         .expect("app_jwt (exposed)")
         .to_owned();
-    assert!(fake.token(&gh_token).is_some(), "a token GitHub minted");
-    secrets.push(("GitHub installation token (v1)".into(), gh_token.clone()));
-    secrets.push(("GitHub App JWT (v1)".into(), gh_jwt.clone()));
-    let (st, seed) = c
-        .issue(
+    assert!(s.fake.token(&gh_token).is_some(), "a token GitHub minted");
+    s.secrets
+        .push(("GitHub installation token (v1)".into(), gh_token.clone()));
+    s.secrets
+        .push(("GitHub App JWT (v1)".into(), gh_jwt.clone()));
+    let (st, seed) =
+        s.c.issue(
             INTERNAL,
             Method::POST,
             "/api/github/tokens",
-            json!({"repositoryId": widgets, "internalApiKey": INTERNAL}),
+            json!({"repositoryId": s.widgets, "internalApiKey": INTERNAL}),
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{seed}");
     let seed_jwt = seed["githubAppToken"].as_str().expect("jwt").to_owned();
-    secrets.push((
+    s.secrets.push((
         "GitHub installation token (seed endpoint)".into(),
         seed["installationToken"]
             .as_str()
             .expect("token")
             .to_owned(),
     ));
-    secrets.push(("GitHub App JWT (seed endpoint)".into(), seed_jwt));
-    let (st, v) = c
-        .call(
-            Some(&repo_secret),
+    s.secrets
+        .push(("GitHub App JWT (seed endpoint)".into(), seed_jwt));
+    let (st, v) =
+        s.c.call(
+            Some(&s.repo.secret),
             Method::DELETE,
             "/v1/github/tokens",
             Some(json!({"token": gh_token})),
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
+    s.search(&["/v1/github/tokens", "/api/github/tokens"]).await;
+}
 
-    // Near-miss guesses: refused, and the guessed values are not logged or echoed either.
-    let mut guesses = Vec::new();
-    for (name, s) in secrets.clone().iter().take(6) {
-        let guess = near_miss(s);
-        let (st, v) = c.call(Some(&guess), Method::GET, "/v1/keys", None).await;
+/// Near-miss guesses of the first six secrets (admin token, internal key, App private key,
+/// workspace, edge and repo keys) and of the internal key on the seed's endpoint: refused, and
+/// the guessed values are not logged or echoed either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_miss_guesses_are_refused_and_appear_in_no_log_line_or_later_response() {
+    let mut s = Session::start().await;
+    for (name, secret) in s.secrets.clone().iter().take(6) {
+        let guess = near_miss(secret);
+        let (st, v) = s.c.call(Some(&guess), Method::GET, "/v1/keys", None).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{name}: {v}");
-        let (st, v) = c
-            .call(
+        let (st, v) =
+            s.c.call(
                 Some(ADMIN),
                 Method::POST,
                 "/v1/keys/verify",
                 Some(json!({"key": guess})),
             )
             .await;
-        assert_eq!(
-            (st, v["valid"].as_bool()),
-            (StatusCode::OK, Some(false)),
-            "{v}"
-        );
-        guesses.push((format!("near miss of the {name}"), guess));
+        assert_eq!((st, verified(&v).valid), (StatusCode::OK, false), "{v}");
+        s.guesses.push((format!("near miss of the {name}"), guess));
     }
-    let (st, v) = c
-        .call(
+    let (st, v) =
+        s.c.call(
             Some(ADMIN),
             Method::POST,
             "/api/github/tokens",
-            Some(json!({"repositoryId": widgets, "internalApiKey": near_miss(INTERNAL)})),
+            Some(json!({"repositoryId": s.widgets, "internalApiKey": near_miss(INTERNAL)})),
         )
         .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
-    guesses.push(("near miss of the internal key".into(), near_miss(INTERNAL)));
-    // Bad input carrying a secret: the error does not echo it.
-    let (st, v) = c
-        .call(
+    s.guesses
+        .push(("near miss of the internal key".into(), near_miss(INTERNAL)));
+    s.search(&["/v1/keys/verify", "/api/github/tokens"]).await;
+}
+
+/// Bad input carrying a secret: refused, and the error does not echo it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_carrying_a_secret_is_refused_without_echoing_it() {
+    let mut s = Session::start().await;
+    let ws_secret = s.ws.secret.clone();
+    let (st, v) =
+        s.c.call(
             Some(ADMIN),
             Method::POST,
             "/v1/keys",
@@ -412,109 +590,7 @@ async fn no_secret_token_or_jwt_reaches_a_log_line_or_a_later_response() {
         )
         .await;
     assert!(st.is_client_error(), "{v}");
-
-    // Everything readable afterwards.
-    let (_, list) = c
-        .call(Some(ADMIN), Method::GET, "/v1/keys?limit=100", None)
-        .await;
-    let ids: Vec<String> = list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|k| k["id"].as_str().map(str::to_owned))
-        .collect();
-    assert!(ids.len() >= 5, "{list}");
-    for id in &ids {
-        let (st, _) = c
-            .call(Some(ADMIN), Method::GET, &format!("/v1/keys/{id}"), None)
-            .await;
-        assert_eq!(st, StatusCode::OK);
-    }
-    for path in [
-        "/v1/audit?limit=1000",
-        "/v1/repositories",
-        "/metrics",
-        "/openapi.json",
-        "/healthz",
-        "/readyz",
-        "/v1/keys?limit=100&kind=edge",
-    ] {
-        let (st, _) = c.call(Some(ADMIN), Method::GET, path, None).await;
-        assert_eq!(st, StatusCode::OK, "{path}");
-    }
-    let (st, _) = c
-        .call(Some(&ws_secret), Method::GET, "/v1/audit", None)
-        .await;
-    assert_eq!(st, StatusCode::OK);
-    let (st, audit) = c
-        .call(Some(ADMIN), Method::GET, "/v1/audit?limit=1000", None)
-        .await;
-    assert_eq!(st, StatusCode::OK);
-    let audited = audit["items"].as_array().map_or(0, Vec::len);
-    assert!(audited >= 10, "the session was audited: {audit}");
-
-    // Give the usage flush and any late log line a moment, then stop the server.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (out, err) = served.stop();
-    let logs_after = out + &err;
-    let lines = logs_after.lines().count();
-    for level in ["TRACE", "DEBUG", "INFO"] {
-        assert!(
-            logs_after.contains(level),
-            "{level} lines were captured (RUST_LOG=trace)"
-        );
-    }
-    assert!(lines > 100, "a real trace-level log: {lines} lines");
-    for path in [
-        "/v1/keys/verify",
-        "/v1/keys/exchange",
-        "/v1/keyset",
-        "/v1/usage",
-        "/v1/github/tokens",
-        "/api/github/tokens",
-    ] {
-        assert!(
-            logs_after.contains(path),
-            "the request log of {path} was captured"
-        );
-    }
-
-    // The search: whole values, keys' random bodies, and JWT signatures.
-    let mut needles: Vec<(String, String)> = Vec::new();
-    for (name, s) in secrets.iter().chain(guesses.iter()) {
-        needles.push((name.clone(), s.clone()));
-        if let Ok(parsed) = keygate_protocol::key::parse(s) {
-            needles.push((format!("{name} (random body)"), parsed.body().to_owned()));
-        }
-        if s.matches('.').count() == 2 && s.starts_with("eyJ") {
-            let sig = s.rsplit('.').next().unwrap_or_default();
-            needles.push((format!("{name} (signature)"), sig.to_owned()));
-            let claims = s.split('.').nth(1).unwrap_or_default();
-            needles.push((format!("{name} (claims)"), claims.to_owned()));
-        }
-    }
-    for (name, needle) in &needles {
-        assert!(needle.len() >= 16, "{name} is long enough to search for");
-        if let Some(line) = logs_after.lines().find(|l| l.contains(needle.as_str())) {
-            panic!("the {name} is in a log line: {line}");
-        }
-        for (what, body) in &c.bodies {
-            let text = String::from_utf8_lossy(body);
-            assert!(
-                !text.contains(needle.as_str()),
-                "the {name} is in the response to {what}"
-            );
-        }
-    }
-    println!(
-        "secret hygiene: {} secrets and {} near-miss guesses ({} needles) searched in {lines} \
-         log lines (RUST_LOG=trace, stdout+stderr) and {} responses; {audited} audit rows; \
-         none found",
-        secrets.len(),
-        guesses.len(),
-        needles.len(),
-        c.bodies.len()
-    );
+    s.search(&[]).await;
 }
 
 /// The comparisons that decide authentication go through `Digest`'s equality, and that
