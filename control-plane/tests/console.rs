@@ -303,3 +303,78 @@ async fn a_key_named_like_a_script_is_shown_as_text() {
     assert!(!b.source().await.contains(name), "escaped in the HTML");
     b.close().await;
 }
+
+/// Not a browser scenario: what the pages answer at the HTTP level.
+#[tokio::test]
+async fn sign_in_shares_the_failed_auth_limit_and_pages_carry_security_headers() {
+    let c = Console::start_with(&["--auth-failures-per-minute", "3"]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let sign_in = |credential: &'static str, proto: Option<&'static str>| {
+        // Both credentials are URL-safe as they are.
+        let mut r = http
+            .post(c.url("/sign-in"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("credential={credential}"));
+        if let Some(p) = proto {
+            r = r.header("x-forwarded-proto", p);
+        }
+        r.send()
+    };
+
+    // Signed in over a proxy that says HTTPS (from loopback): the cookie is Secure.
+    let ok = sign_in(ADMIN_TOKEN, Some("https")).await.expect("sign in");
+    assert_eq!(ok.status(), 303);
+    let cookie = ok.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=28800", "Secure"] {
+        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
+    }
+    let session = cookie.split(';').next().expect("pair").to_owned();
+    let page = http
+        .get(c.url("/keys"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("keys");
+    assert_eq!(page.status(), 200);
+    let h = page.headers();
+    let csp = h["content-security-policy"].to_str().expect("csp");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+    let plain = sign_in(ADMIN_TOKEN, None).await.expect("sign in");
+    assert!(
+        !plain.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .contains("Secure")
+    );
+
+    // Three failed sign-ins, then the address is limited: for sign-in and for the API alike.
+    for _ in 0..3 {
+        assert_eq!(
+            sign_in("kg_demo_wrong", None).await.expect("post").status(),
+            401
+        );
+    }
+    assert_eq!(
+        sign_in(ADMIN_TOKEN, None).await.expect("post").status(),
+        429
+    );
+    let api = http
+        .get(c.url("/v1/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(api.status(), 429, "the API shares the limit");
+}

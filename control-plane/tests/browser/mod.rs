@@ -93,6 +93,11 @@ pub struct Console {
 impl Console {
     /// Starts it and waits for its listening line.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Console::start`] with more `keygate serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = format!("sqlite:{}", dir.path().join("keygate.db").display());
         let process = ServeProcess::start(
@@ -101,7 +106,8 @@ impl Console {
             "console",
             |cmd| {
                 cmd.args(["--database-url", &db, "--admin-token", ADMIN_TOKEN])
-                    .args(["--key-prefix", KEY_PREFIX]);
+                    .args(["--key-prefix", KEY_PREFIX])
+                    .args(extra);
             },
         )
         .keep(dir);
