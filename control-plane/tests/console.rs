@@ -103,6 +103,17 @@ async fn sign_in_create_a_key_read_the_secret_once_then_revoke_it() {
     assert_eq!(b.text("#status").await, "revoked");
     assert_eq!(c.api_status(&id).await, "revoked");
     assert!(!b.has("#revoke").await, "no second revoke");
+    // Its history, from the audit log: every change, the reason kept.
+    let history = b.text("#history").await;
+    for action in [
+        "key.create",
+        "key.suspend",
+        "key.reactivate",
+        "key.revoke",
+        "leaked in a log",
+    ] {
+        assert!(history.contains(action), "{action} in {history}");
+    }
 
     // The list shows the badge; the filter finds it.
     b.goto(&c.url("/keys?status=revoked")).await;

@@ -43,6 +43,16 @@ pub async fn list_audit(
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
+    audit_page(&state, &caller, q).await.map(Json)
+}
+
+/// A page of the audit rows `caller` may read (the rules of `GET /v1/audit`, shared with the
+/// console's key page): confined to a workspace caller's workspace.
+pub async fn audit_page(
+    state: &AppState,
+    caller: &Caller,
+    q: AuditQuery,
+) -> Result<AuditPage, ApiError> {
     caller
         .require_scope(SCOPE_KEYS_READ)
         .or_else(|_| caller.require_scope(SCOPE_KEYS_WRITE))?;
@@ -58,5 +68,5 @@ pub async fn list_audit(
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|a| a.id))
         .flatten();
-    Ok(Json(AuditPage { items, next_cursor }))
+    Ok(AuditPage { items, next_cursor })
 }

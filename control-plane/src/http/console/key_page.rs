@@ -1,4 +1,5 @@
-//! A key's page (details; the secret once, right after creation) and its actions: suspend,
+//! A key's page (details, its history from the audit log; the secret once, right after
+//! creation) and its actions: suspend,
 //! reactivate, and revoke behind a confirmation page with a reason. Reads and changes go
 //! through the API's `keys::read::find_key` and `keys::change::status_change`, so a key of
 //! another workspace is "not found" here exactly as in the API, for pages and replayed forms.
@@ -15,6 +16,7 @@ use super::session::Session;
 use super::sign_in::CsrfForm;
 use crate::domain::Action;
 use crate::domain::key::KeyView;
+use crate::http::audit::{AuditQuery, audit_page};
 use crate::http::keys::change::status_change;
 use crate::http::keys::parse_id;
 use crate::http::keys::read::find_key;
@@ -60,6 +62,22 @@ impl From<KeyView> for Details {
     }
 }
 
+/// One row of a key's history (its audit trail).
+#[derive(Debug)]
+pub struct Event {
+    /// When.
+    pub at: String,
+    /// What, e.g. `key.revoke`.
+    pub action: String,
+    /// Who: a name and the credential's display prefix.
+    pub actor: String,
+    /// The reason given, if any.
+    pub reason: String,
+}
+
+/// Events shown on a key's page (oldest first).
+const HISTORY_ROWS: i64 = 100;
+
 #[derive(Template)]
 #[template(path = "console/key.html")]
 struct KeyPage<'a> {
@@ -69,6 +87,8 @@ struct KeyPage<'a> {
     status: &'static str,
     kind: &'static str,
     secret: Option<String>,
+    history: Vec<Event>,
+    more_history: bool,
 }
 
 /// `GET /keys/{id}`: the key, and its secret if this session just created it (taken once).
@@ -78,8 +98,30 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let key = find_key(&state, &session.caller, &id).await?;
+    let audit = audit_page(
+        &state,
+        &session.caller,
+        AuditQuery {
+            key_id: Some(key.id.clone()),
+            cursor: None,
+            limit: Some(HISTORY_ROWS),
+        },
+    )
+    .await?;
+    let history = audit
+        .items
+        .iter()
+        .map(|a| Event {
+            at: when(Some(a.at), "-"),
+            action: a.action.clone(),
+            actor: format!("{} ({})", a.actor.name, a.actor.display_prefix),
+            reason: a.reason.clone().unwrap_or_default(),
+        })
+        .collect();
     let secret = session.take_flash(&state, parse_id(&id)?).await?;
     Ok(render(&KeyPage {
+        history,
+        more_history: audit.next_cursor.is_some(),
         nav: Some(session.nav()),
         csrf: &session.csrf,
         status: key.status.as_str(),
