@@ -637,372 +637,541 @@ fn rss(procs: &[&Supervised; 4]) -> Rss {
     }
 }
 
-#[test]
-fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Result<()> {
-    let secs: u64 = std::env::var("KEYGATE_SOAK_SECS")
-        .ok()
-        .map(|v| {
-            v.parse()
-                .context("KEYGATE_SOAK_SECS is a number of seconds")
-        })
-        .transpose()?
-        .unwrap_or(30);
-    ensure!(secs >= 5, "KEYGATE_SOAK_SECS must be at least 5");
-    match Command::new("wrk").arg("--version").output() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("wrk is not installed: `apt-get install -y wrk` (Debian package wrk)")
-        }
-        other => {
-            other.context("running wrk --version")?;
-        }
+/// The soak's fixture: two replicas on one fresh PostgreSQL database, the echo, the keys (the
+/// edge key and the pool on A, the pre-revoked ones issued on A and revoked on B, unknown ones
+/// never issued) and the gateway syncing from B, agreeing with every one of them.
+struct Soak {
+    secs: u64,
+    seed: u64,
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    a: Api,
+    b: Api,
+    proc_a: Supervised,
+    proc_b: Supervised,
+    proc_echo: Supervised,
+    proc_gw: Supervised,
+    url_gw: String,
+    edge: String,
+    unknown: Vec<String>,
+    /// The revision after setup.
+    rev0: u64,
+    /// What the churn loops share (the pool and the pre-revoked keys among it).
+    ctx: Arc<Ctx>,
+}
+
+/// What the load phase measured.
+struct Load {
+    wrk: Wrk,
+    follower: Followed,
+    warm_up: Duration,
+    rss_start: Rss,
+    rss_end: Rss,
+    rss_peak: Rss,
+    load_start: String,
+    load_end: String,
+}
+
+/// The feed once caught up after the load, and the churn it followed.
+struct Feed {
+    churn: Vec<ChurnKey>,
+    followed: KeySet,
+    last: u64,
+    issued: u64,
+    revoked: u64,
+    rotated: u64,
+}
+
+impl Feed {
+    fn live(&self) -> Vec<&ChurnKey> {
+        self.churn.iter().filter(|k| !k.revoked).collect()
     }
-    let keygate = built_binary("keygate", BUILD);
-    let gateway_bin = built_binary("keygate-gateway", BUILD);
-    let echo_bin = built_binary("keygate-echo", BUILD);
-    let dir = tempfile::Builder::new().prefix("keygate-soak-").tempdir()?;
-    let seed = unix_nanos() | 1;
-    println!(
-        "soak: {secs} s, seed {seed}, load average at setup {}",
-        load_average()
-    );
-    let setup_started = Instant::now();
 
-    let database_url = keygate_testkit::PgCluster::shared()
-        .fresh_database()
-        .context("fresh PostgreSQL database")?;
-    let serve = || {
-        let mut c = Command::new(&keygate);
-        c.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &database_url,
-        ])
-        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn");
-        c
-    };
-    let (mut proc_a, url_a) = spawn("replica-a", serve(), dir.path(), "keygate listening on ");
-    let (mut proc_b, url_b) = spawn("replica-b", serve(), dir.path(), "keygate listening on ");
-    let mut echo_cmd = Command::new(&echo_bin);
-    echo_cmd.args(["--listen", "127.0.0.1:0"]);
-    let (mut proc_echo, url_echo) =
-        spawn("echo", echo_cmd, dir.path(), "keygate-echo listening on ");
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let a = Api {
-        http: http.clone(),
-        base: url_a.clone(),
-        name: "A",
-    };
-    let b = Api {
-        http: http.clone(),
-        base: url_b.clone(),
-        name: "B",
-    };
-
-    // Keys: the edge key and the pool on A, the pre-revoked ones issued on A and revoked on B,
-    // unknown ones never issued.
-    let (edge, pool, pre_revoked) = rt.block_on(async {
-        let (_, edge) = a.create("soak-edge", "edge").await?;
-        let mut pool = Vec::new();
-        for i in 0..POOL {
-            pool.push(a.create(&format!("pool-{i}"), "workspace").await?);
-        }
-        let mut revoked = Vec::new();
-        for i in 0..PRE_REVOKED {
-            let k = a.create(&format!("revoked-{i}"), "workspace").await?;
-            b.revoke(&k.0).await?;
-            revoked.push(k);
-        }
-        anyhow::Ok((edge, pool, revoked))
-    })?;
-    let prefix = key::parse(&pool[0].1)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .prefix()
-        .to_owned();
-    let unknown: Vec<String> = (0..UNKNOWN)
-        .map(|_| key::generate(&prefix).map(|k| k.expose_secret().to_owned()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    // The gateway: the real filter, syncing from B with long-poll.
-    let routes: Value = serde_json::from_str(ROUTES)?;
-    let config = json!({
-        "cluster": "keygate_control_plane",
-        "authority": url_b.trim_start_matches("http://"),
-        "edge_key": edge,
-        "sync_interval_ms": 200,
-        "long_poll_wait_s": 5,
-        "routes": routes,
-    });
-    let config_path = dir.path().join("plugin.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
-    let mut gw_cmd = Command::new(&gateway_bin);
-    gw_cmd
-        .arg("--config")
-        .arg(&config_path)
-        .args([
-            "--upstream",
-            &url_echo,
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ])
-        .arg("--cluster")
-        .arg(format!("keygate_control_plane={url_b}"))
-        .env("RUST_LOG", "warn");
-    let (mut proc_gw, url_gw) = spawn(
-        "gateway",
-        gw_cmd,
-        dir.path(),
-        "keygate-gateway listening on ",
-    );
-
-    let mut before: Vec<(String, u16, String)> = pool
-        .iter()
-        .map(|(id, s)| (s.clone(), 200, format!("pool key {id}")))
-        .collect();
-    before.extend(
-        pre_revoked
+    /// Every revoked or rotated-out secret, the pre-revoked ones included: `(id, secret)`.
+    fn dead<'a>(&'a self, pre_revoked: &'a [(String, String)]) -> Vec<(&'a String, &'a String)> {
+        self.churn
             .iter()
-            .map(|(id, s)| (s.clone(), 401, format!("pre-revoked {id}"))),
-    );
-    before.extend(
-        unknown
-            .iter()
-            .map(|s| (s.clone(), 401, "unknown key".to_owned())),
-    );
-    let first_sync = rt.block_on(wait_gateway(&http, &url_gw, &before, "the first sync"))?;
-    let rev0 = rt
-        .block_on(a.snapshot(&edge))?
-        .revision()
-        .context("revision")?;
-    println!(
-        "setup: {POOL} pool keys, {PRE_REVOKED} pre-revoked, {UNKNOWN} unknown; revision {rev0}; \
-         gateway agreed {first_sync:.1?} after starting; setup took {:.1?}",
-        setup_started.elapsed()
-    );
+            .flat_map(|k| {
+                k.old
+                    .iter()
+                    .chain(k.revoked.then_some(&k.secret))
+                    .map(move |s| (&k.id, s))
+            })
+            .chain(pre_revoked.iter().map(|(id, s)| (id, s)))
+            .collect()
+    }
+}
 
-    // The load.
-    let script = dir.path().join("soak.lua");
-    let mut bad: Vec<String> = pre_revoked.iter().map(|(_, s)| s.clone()).collect();
-    bad.extend(unknown.iter().cloned());
-    std::fs::File::create(&script)?.write_all(wrk_script(&pool, &bad).as_bytes())?;
-    let ctx = Arc::new(Ctx {
-        a: a.clone(),
-        b: b.clone(),
-        pool,
-        pre_revoked,
-        churn: Mutex::default(),
-        counts: Counts::default(),
-        stop: AtomicBool::new(false),
-    });
-    let load_start = load_average();
-    let warm_up = Duration::from_secs(5.min(secs / 3));
-
-    let (wrk_out, tasks, rss_start, rss_end, rss_peak, follower) = rt.block_on(async {
-        let first = a.snapshot(&edge).await?;
-        ensure!(
-            first.revision() == Some(rev0),
-            "no write between setup and load"
+impl Soak {
+    /// Setup: the processes, the keys, and the gateway's first sync.
+    fn start(secs: u64) -> anyhow::Result<Self> {
+        let keygate = built_binary("keygate", BUILD);
+        let gateway_bin = built_binary("keygate-gateway", BUILD);
+        let echo_bin = built_binary("keygate-echo", BUILD);
+        let dir = tempfile::Builder::new().prefix("keygate-soak-").tempdir()?;
+        let seed = unix_nanos() | 1;
+        println!(
+            "soak: {secs} s, seed {seed}, load average at setup {}",
+            load_average()
         );
-        let follower = tokio::spawn(follow(ctx.clone(), edge.clone(), first));
-        let wrk = tokio::process::Command::new("wrk")
-            .args(["-t2", "-c32", "--timeout", "10s", "--latency"])
-            .arg(format!("-d{secs}s"))
-            .arg("-s")
-            .arg(&script)
-            .arg(&url_gw)
-            .stdin(Stdio::null())
-            .output();
-        let wrk = tokio::spawn(wrk);
-        let tasks = vec![
-            tokio::spawn(issuer(ctx.clone())),
-            tokio::spawn(changer(ctx.clone())),
-            tokio::spawn(verifier(ctx.clone(), Rng::new(seed))),
-        ];
-        let started = Instant::now();
-        tokio::time::sleep(warm_up).await;
-        let procs = [&proc_a, &proc_b, &proc_gw, &proc_echo];
-        let rss_start = rss(&procs);
-        let mut peak = rss_start;
-        // Peaks, every 2 s, while wrk runs (and the churn loops; one failing stops the wait),
-        // and a line about every tenth of the run.
-        let line_every = Duration::from_secs((secs / 10).max(2));
-        let mut next_line = started + warm_up;
-        while !wrk.is_finished() && !tasks.iter().any(|t| t.is_finished()) {
-            let now = rss(&procs);
-            if Instant::now() >= next_line {
-                println!(
-                    "t={:>3.0} s, RSS MiB: A {:.1}, B {:.1}, gateway {:.1}, echo {:.1}; {} issued",
-                    started.elapsed().as_secs_f64().round(),
-                    now.a as f64 / 1024.0,
-                    now.b as f64 / 1024.0,
-                    now.gateway as f64 / 1024.0,
-                    now.echo as f64 / 1024.0,
-                    ctx.counts.issued.load(Ordering::Relaxed)
-                );
-                next_line += line_every;
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            peak = Rss {
-                a: peak.a.max(now.a),
-                b: peak.b.max(now.b),
-                gateway: peak.gateway.max(now.gateway),
-                echo: peak.echo.max(now.echo),
-            };
-        }
-        let rss_end = rss(&procs);
-        let elapsed = started.elapsed();
-        ctx.stop.store(true, Ordering::Relaxed);
-        let wrk_out = wrk.await??;
-        let mut done = Vec::new();
-        for t in tasks {
-            done.push(t.await?);
-        }
-        println!("load ran {elapsed:.1?}");
-        anyhow::Ok((wrk_out, done, rss_start, rss_end, peak, follower.await?))
-    })?;
-    let load_end = load_average();
-    for t in tasks {
-        t?;
-    }
-    let follower = follower?;
-    let wrk_text = String::from_utf8_lossy(&wrk_out.stdout).into_owned();
-    ensure!(
-        wrk_out.status.success(),
-        "wrk failed: {wrk_text}{}",
-        String::from_utf8_lossy(&wrk_out.stderr)
-    );
-    let w = parse_wrk(&wrk_text)?;
+        let setup_started = Instant::now();
 
-    // The feed: caught up with `since` only, it equals fresh snapshots of A and B, and the
-    // revisions it followed are exactly the writes made.
-    let churn = ctx.churn().clone();
-    let (counts, pool, pre_revoked) = (&ctx.counts, &ctx.pool, &ctx.pre_revoked);
-    let (followed, snap_a, snap_b) = rt.block_on(async {
-        let mut set = follower.set;
-        let mut api = [&a, &b].into_iter().cycle();
-        let mut quiet = 0;
-        while quiet < 2 {
-            let api = api.next().context("cycle")?;
-            match api.keyset(&edge, set.revision(), 0).await? {
-                None => quiet += 1,
-                Some(bytes) => {
-                    set.apply(&bytes)
-                        .with_context(|| format!("catching up from {}", api.name))?;
-                    quiet = 0;
+        let database_url = keygate_testkit::PgCluster::shared()
+            .fresh_database()
+            .context("fresh PostgreSQL database")?;
+        let serve = || {
+            let mut c = Command::new(&keygate);
+            c.args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &database_url,
+            ])
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn");
+            c
+        };
+        let (proc_a, url_a) = spawn("replica-a", serve(), dir.path(), "keygate listening on ");
+        let (proc_b, url_b) = spawn("replica-b", serve(), dir.path(), "keygate listening on ");
+        let mut echo_cmd = Command::new(&echo_bin);
+        echo_cmd.args(["--listen", "127.0.0.1:0"]);
+        let (proc_echo, url_echo) =
+            spawn("echo", echo_cmd, dir.path(), "keygate-echo listening on ");
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let a = Api {
+            http: http.clone(),
+            base: url_a.clone(),
+            name: "A",
+        };
+        let b = Api {
+            http: http.clone(),
+            base: url_b.clone(),
+            name: "B",
+        };
+
+        // Keys: the edge key and the pool on A, the pre-revoked ones issued on A and revoked
+        // on B, unknown ones never issued.
+        let (edge, pool, pre_revoked) = rt.block_on(async {
+            let (_, edge) = a.create("soak-edge", "edge").await?;
+            let mut pool = Vec::new();
+            for i in 0..POOL {
+                pool.push(a.create(&format!("pool-{i}"), "workspace").await?);
+            }
+            let mut revoked = Vec::new();
+            for i in 0..PRE_REVOKED {
+                let k = a.create(&format!("revoked-{i}"), "workspace").await?;
+                b.revoke(&k.0).await?;
+                revoked.push(k);
+            }
+            anyhow::Ok((edge, pool, revoked))
+        })?;
+        let prefix = key::parse(&pool[0].1)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .prefix()
+            .to_owned();
+        let unknown: Vec<String> = (0..UNKNOWN)
+            .map(|_| key::generate(&prefix).map(|k| k.expose_secret().to_owned()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        // The gateway: the real filter, syncing from B with long-poll.
+        let routes: Value = serde_json::from_str(ROUTES)?;
+        let config = json!({
+            "cluster": "keygate_control_plane",
+            "authority": url_b.trim_start_matches("http://"),
+            "edge_key": edge,
+            "sync_interval_ms": 200,
+            "long_poll_wait_s": 5,
+            "routes": routes,
+        });
+        let config_path = dir.path().join("plugin.json");
+        std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
+        let mut gw_cmd = Command::new(&gateway_bin);
+        gw_cmd
+            .arg("--config")
+            .arg(&config_path)
+            .args([
+                "--upstream",
+                &url_echo,
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+            ])
+            .arg("--cluster")
+            .arg(format!("keygate_control_plane={url_b}"))
+            .env("RUST_LOG", "warn");
+        let (proc_gw, url_gw) = spawn(
+            "gateway",
+            gw_cmd,
+            dir.path(),
+            "keygate-gateway listening on ",
+        );
+
+        let mut before: Vec<(String, u16, String)> = pool
+            .iter()
+            .map(|(id, s)| (s.clone(), 200, format!("pool key {id}")))
+            .collect();
+        before.extend(
+            pre_revoked
+                .iter()
+                .map(|(id, s)| (s.clone(), 401, format!("pre-revoked {id}"))),
+        );
+        before.extend(
+            unknown
+                .iter()
+                .map(|s| (s.clone(), 401, "unknown key".to_owned())),
+        );
+        let first_sync = rt.block_on(wait_gateway(&http, &url_gw, &before, "the first sync"))?;
+        let rev0 = rt
+            .block_on(a.snapshot(&edge))?
+            .revision()
+            .context("revision")?;
+        println!(
+            "setup: {POOL} pool keys, {PRE_REVOKED} pre-revoked, {UNKNOWN} unknown; revision \
+             {rev0}; gateway agreed {first_sync:.1?} after starting; setup took {:.1?}",
+            setup_started.elapsed()
+        );
+        let ctx = Arc::new(Ctx {
+            a: a.clone(),
+            b: b.clone(),
+            pool,
+            pre_revoked,
+            churn: Mutex::default(),
+            counts: Counts::default(),
+            stop: AtomicBool::new(false),
+        });
+        Ok(Self {
+            secs,
+            seed,
+            dir,
+            rt,
+            http,
+            a,
+            b,
+            proc_a,
+            proc_b,
+            proc_echo,
+            proc_gw,
+            url_gw,
+            edge,
+            unknown,
+            rev0,
+            ctx,
+        })
+    }
+
+    /// The load: wrk through the gateway, the churn loops and the feed follower for `secs`
+    /// seconds, memory sampled after warm-up, every 2 s and at the end.
+    fn run_load(&self) -> anyhow::Result<Load> {
+        let (secs, rev0, edge, ctx) = (self.secs, self.rev0, &self.edge, &self.ctx);
+        let script = self.dir.path().join("soak.lua");
+        let mut bad: Vec<String> = ctx.pre_revoked.iter().map(|(_, s)| s.clone()).collect();
+        bad.extend(self.unknown.iter().cloned());
+        std::fs::File::create(&script)?.write_all(wrk_script(&ctx.pool, &bad).as_bytes())?;
+        let load_start = load_average();
+        let warm_up = Duration::from_secs(5.min(secs / 3));
+
+        let (wrk_out, tasks, rss_start, rss_end, rss_peak, follower) = self.rt.block_on(async {
+            let first = self.a.snapshot(edge).await?;
+            ensure!(
+                first.revision() == Some(rev0),
+                "no write between setup and load"
+            );
+            let follower = tokio::spawn(follow(ctx.clone(), edge.clone(), first));
+            let wrk = tokio::process::Command::new("wrk")
+                .args(["-t2", "-c32", "--timeout", "10s", "--latency"])
+                .arg(format!("-d{secs}s"))
+                .arg("-s")
+                .arg(&script)
+                .arg(&self.url_gw)
+                .stdin(Stdio::null())
+                .output();
+            let wrk = tokio::spawn(wrk);
+            let tasks = vec![
+                tokio::spawn(issuer(ctx.clone())),
+                tokio::spawn(changer(ctx.clone())),
+                tokio::spawn(verifier(ctx.clone(), Rng::new(self.seed))),
+            ];
+            let started = Instant::now();
+            tokio::time::sleep(warm_up).await;
+            let procs = [&self.proc_a, &self.proc_b, &self.proc_gw, &self.proc_echo];
+            let rss_start = rss(&procs);
+            let mut peak = rss_start;
+            // Peaks, every 2 s, while wrk runs (and the churn loops; one failing stops the
+            // wait), and a line about every tenth of the run.
+            let line_every = Duration::from_secs((secs / 10).max(2));
+            let mut next_line = started + warm_up;
+            while !wrk.is_finished() && !tasks.iter().any(|t| t.is_finished()) {
+                let now = rss(&procs);
+                if Instant::now() >= next_line {
+                    println!(
+                        "t={:>3.0} s, RSS MiB: A {:.1}, B {:.1}, gateway {:.1}, echo {:.1}; {} \
+                         issued",
+                        started.elapsed().as_secs_f64().round(),
+                        now.a as f64 / 1024.0,
+                        now.b as f64 / 1024.0,
+                        now.gateway as f64 / 1024.0,
+                        now.echo as f64 / 1024.0,
+                        ctx.counts.issued.load(Ordering::Relaxed)
+                    );
+                    next_line += line_every;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                peak = Rss {
+                    a: peak.a.max(now.a),
+                    b: peak.b.max(now.b),
+                    gateway: peak.gateway.max(now.gateway),
+                    echo: peak.echo.max(now.echo),
+                };
+            }
+            let rss_end = rss(&procs);
+            let elapsed = started.elapsed();
+            ctx.stop.store(true, Ordering::Relaxed);
+            let wrk_out = wrk.await??;
+            let mut done = Vec::new();
+            for t in tasks {
+                done.push(t.await?);
+            }
+            println!("load ran {elapsed:.1?}");
+            anyhow::Ok((wrk_out, done, rss_start, rss_end, peak, follower.await?))
+        })?;
+        let load_end = load_average();
+        for t in tasks {
+            t?;
+        }
+        let follower = follower?;
+        let wrk_text = String::from_utf8_lossy(&wrk_out.stdout).into_owned();
+        ensure!(
+            wrk_out.status.success(),
+            "wrk failed: {wrk_text}{}",
+            String::from_utf8_lossy(&wrk_out.stderr)
+        );
+        Ok(Load {
+            wrk: parse_wrk(&wrk_text)?,
+            follower,
+            warm_up,
+            rss_start,
+            rss_end,
+            rss_peak,
+            load_start,
+            load_end,
+        })
+    }
+
+    /// The feed: caught up with `since` only, it equals fresh snapshots of A and B, and the
+    /// revisions it followed are exactly the writes made; it holds exactly the pool keys and
+    /// the churn keys' current secrets.
+    fn check_feed(&self, follower: &Followed) -> anyhow::Result<Feed> {
+        let (a, b, edge, rev0) = (&self.a, &self.b, &self.edge, self.rev0);
+        let churn = self.ctx.churn().clone();
+        let (counts, pool) = (&self.ctx.counts, &self.ctx.pool);
+        let (followed, snap_a, snap_b) = self.rt.block_on(async {
+            let mut set = follower.set.clone();
+            let mut api = [a, b].into_iter().cycle();
+            let mut quiet = 0;
+            while quiet < 2 {
+                let api = api.next().context("cycle")?;
+                match api.keyset(edge, set.revision(), 0).await? {
+                    None => quiet += 1,
+                    Some(bytes) => {
+                        set.apply(&bytes)
+                            .with_context(|| format!("catching up from {}", api.name))?;
+                        quiet = 0;
+                    }
                 }
             }
-        }
-        anyhow::Ok((set, a.snapshot(&edge).await?, b.snapshot(&edge).await?))
-    })?;
-    let issued = counts.issued.load(Ordering::Relaxed);
-    let revoked = counts.revoked.load(Ordering::Relaxed);
-    let rotated = counts.rotated.load(Ordering::Relaxed);
-    ensure!(issued as usize == churn.len(), "every issuance recorded");
-    let last = followed.revision().context("revision")?;
-    ensure!(
-        snap_a.revision() == Some(last),
-        "A's snapshot at {:?}, follower at {last}",
-        snap_a.revision()
-    );
-    ensure!(
-        snap_b.revision() == Some(last),
-        "B's snapshot at {:?}, follower at {last}",
-        snap_b.revision()
-    );
-    ensure!(
-        followed.encode_snapshot() == snap_a.encode_snapshot(),
-        "the follower equals A's snapshot"
-    );
-    ensure!(
-        followed.encode_snapshot() == snap_b.encode_snapshot(),
-        "the follower equals B's snapshot"
-    );
-    ensure!(
-        last - rev0 == issued + revoked + rotated,
-        "revisions {rev0} → {last} ({}) vs writes: {issued} issued + {revoked} revoked + {rotated} rotated",
-        last - rev0
-    );
-    let live: Vec<&ChurnKey> = churn.iter().filter(|k| !k.revoked).collect();
-    ensure!(
-        followed.len() == POOL + live.len(),
-        "the set holds {} keys, want {POOL} pool + {} live churn keys",
-        followed.len(),
-        live.len()
-    );
-    for (id, secret) in pool
-        .iter()
-        .map(|(id, s)| (id, s))
-        .chain(live.iter().map(|k| (&k.id, &k.secret)))
-    {
-        let found = followed.lookup(&Digest::of(secret));
+            anyhow::Ok((set, a.snapshot(edge).await?, b.snapshot(edge).await?))
+        })?;
+        let issued = counts.issued.load(Ordering::Relaxed);
+        let revoked = counts.revoked.load(Ordering::Relaxed);
+        let rotated = counts.rotated.load(Ordering::Relaxed);
+        ensure!(issued as usize == churn.len(), "every issuance recorded");
+        let last = followed.revision().context("revision")?;
         ensure!(
-            found.is_some_and(|k| k.key_id().to_string() == *id),
-            "{id}'s secret in the followed set"
+            snap_a.revision() == Some(last),
+            "A's snapshot at {:?}, follower at {last}",
+            snap_a.revision()
         );
+        ensure!(
+            snap_b.revision() == Some(last),
+            "B's snapshot at {:?}, follower at {last}",
+            snap_b.revision()
+        );
+        ensure!(
+            followed.encode_snapshot() == snap_a.encode_snapshot(),
+            "the follower equals A's snapshot"
+        );
+        ensure!(
+            followed.encode_snapshot() == snap_b.encode_snapshot(),
+            "the follower equals B's snapshot"
+        );
+        ensure!(
+            last - rev0 == issued + revoked + rotated,
+            "revisions {rev0} → {last} ({}) vs writes: {issued} issued + {revoked} revoked + \
+             {rotated} rotated",
+            last - rev0
+        );
+        let feed = Feed {
+            churn,
+            followed,
+            last,
+            issued,
+            revoked,
+            rotated,
+        };
+        let live = feed.live();
+        ensure!(
+            feed.followed.len() == POOL + live.len(),
+            "the set holds {} keys, want {POOL} pool + {} live churn keys",
+            feed.followed.len(),
+            live.len()
+        );
+        for (id, secret) in pool
+            .iter()
+            .map(|(id, s)| (id, s))
+            .chain(live.iter().map(|k| (&k.id, &k.secret)))
+        {
+            let found = feed.followed.lookup(&Digest::of(secret));
+            ensure!(
+                found.is_some_and(|k| k.key_id().to_string() == *id),
+                "{id}'s secret in the followed set"
+            );
+        }
+        for (id, secret) in &feed.dead(&self.ctx.pre_revoked) {
+            ensure!(
+                feed.followed.lookup(&Digest::of(secret)).is_none(),
+                "a dead secret of {id} in the set"
+            );
+        }
+        Ok(feed)
     }
-    let dead: Vec<(&String, &String)> = churn
-        .iter()
-        .flat_map(|k| {
-            k.old
+
+    /// The gateway, once caught up, passes every live secret and denies every dead one; both
+    /// replicas answer the same for every churn key. Returns how long the gateway took and the
+    /// churn keys checked on A and on B.
+    fn check_gateway_and_replicas(&self, feed: &Feed) -> anyhow::Result<(Duration, u64, u64)> {
+        let mut expect: Vec<(String, u16, String)> = feed
+            .live()
+            .iter()
+            .map(|k| (k.secret.clone(), 200, format!("live churn key {}", k.id)))
+            .collect();
+        expect.extend(
+            feed.dead(&self.ctx.pre_revoked)
                 .iter()
-                .chain(k.revoked.then_some(&k.secret))
-                .map(move |s| (&k.id, s))
-        })
-        .chain(pre_revoked.iter().map(|(id, s)| (id, s)))
-        .collect();
-    for (id, secret) in &dead {
-        ensure!(
-            followed.lookup(&Digest::of(secret)).is_none(),
-            "a dead secret of {id} in the set"
+                .map(|(id, s)| ((*s).clone(), 401, format!("dead secret of {id}"))),
         );
+        expect.extend(
+            self.ctx
+                .pool
+                .iter()
+                .map(|(id, s)| (s.clone(), 200, format!("pool key {id}"))),
+        );
+        let caught_up = self.rt.block_on(wait_gateway(
+            &self.http,
+            &self.url_gw,
+            &expect,
+            "after the soak",
+        ))?;
+        // Both replicas answer the same for every churn key now.
+        let (cross_a, cross_b) = self.rt.block_on(async {
+            let mut n = (0, 0);
+            for k in &feed.churn {
+                let want = if k.revoked { "REVOKED" } else { "VALID" };
+                for (api, count) in [(&self.a, &mut n.0), (&self.b, &mut n.1)] {
+                    let code = api.verify(&k.secret).await?;
+                    *count += 1;
+                    ensure!(
+                        code == want,
+                        "{} on {} after the soak: {code}, want {want}",
+                        k.id,
+                        api.name
+                    );
+                }
+            }
+            anyhow::Ok(n)
+        })?;
+        Ok((caught_up, cross_a, cross_b))
     }
 
-    // The gateway: once caught up, every live secret passes and every dead one is denied.
-    let mut expect: Vec<(String, u16, String)> = live
-        .iter()
-        .map(|k| (k.secret.clone(), 200, format!("live churn key {}", k.id)))
-        .collect();
-    expect.extend(
-        dead.iter()
-            .map(|(id, s)| ((*s).clone(), 401, format!("dead secret of {id}"))),
-    );
-    expect.extend(
-        pool.iter()
-            .map(|(id, s)| (s.clone(), 200, format!("pool key {id}"))),
-    );
-    let caught_up = rt.block_on(wait_gateway(&http, &url_gw, &expect, "after the soak"))?;
-    // Both replicas answer the same for every churn key now.
-    let (cross_a, cross_b) = rt.block_on(async {
-        let mut n = (0, 0);
-        for k in &churn {
-            let want = if k.revoked { "REVOKED" } else { "VALID" };
-            for (api, count) in [(&a, &mut n.0), (&b, &mut n.1)] {
-                let code = api.verify(&k.secret).await?;
-                *count += 1;
-                ensure!(
-                    code == want,
-                    "{} on {} after the soak: {code}, want {want}",
-                    k.id,
-                    api.name
-                );
-            }
+    /// The processes: still up, no panic in their logs; memory flat (each within 1.5 × its
+    /// value after warm-up + 16 MiB, the gateway within 8 MiB + 128 bytes a request); distinct
+    /// churn key ids.
+    fn check_processes_and_memory(&mut self, load: &Load, feed: &Feed) -> anyhow::Result<()> {
+        for p in [
+            &mut self.proc_a,
+            &mut self.proc_b,
+            &mut self.proc_gw,
+            &mut self.proc_echo,
+        ] {
+            ensure!(p.is_running(), "{} exited:\n{}", p.name(), p.logs());
+            ensure!(
+                !p.logs().contains("panicked"),
+                "{} panicked:\n{}",
+                p.name(),
+                p.logs()
+            );
         }
-        anyhow::Ok(n)
-    })?;
+        let mib = |k: u64| k as f64 / 1024.0;
+        let (rss_start, rss_end, rss_peak) = (load.rss_start, load.rss_end, load.rss_peak);
+        let rows = [
+            ("replica A", rss_start.a, rss_end.a, rss_peak.a),
+            ("replica B", rss_start.b, rss_end.b, rss_peak.b),
+            (
+                "gateway",
+                rss_start.gateway,
+                rss_end.gateway,
+                rss_peak.gateway,
+            ),
+            ("echo", rss_start.echo, rss_end.echo, rss_peak.echo),
+        ];
+        for (name, start, end, peak) in rows {
+            println!(
+                "memory {name}: {:.1} MiB after warm-up ({:?}), {:.1} MiB at the end, peak {:.1} \
+                 MiB",
+                mib(start),
+                load.warm_up,
+                mib(end),
+                mib(peak)
+            );
+        }
+        for (name, start, end, _) in rows {
+            let bound = (start as f64 * RSS_FACTOR) as u64 + RSS_SLACK_KIB;
+            ensure!(
+                end <= bound,
+                "{name}'s memory grew: {start} KiB → {end} KiB (bound {bound} KiB)"
+            );
+        }
+        // Memory kept per request is a leak whatever the run's length or throughput: the
+        // gateway may not grow by more than 8 MiB plus 128 bytes per request served.
+        let requests = load.wrk.requests;
+        let per_request_bound = RETAINED_SLACK_KIB + requests * RETAINED_PER_REQUEST / 1024;
+        ensure!(
+            rss_end.gateway.saturating_sub(rss_start.gateway) <= per_request_bound,
+            "the gateway keeps memory per request: {} KiB → {} KiB over {} requests ({:.0} bytes \
+             a request; bound {per_request_bound} KiB)",
+            rss_start.gateway,
+            rss_end.gateway,
+            requests,
+            rss_end.gateway.saturating_sub(rss_start.gateway) as f64 * 1024.0 / requests as f64
+        );
+        let ids: BTreeSet<&str> = feed.churn.iter().map(|k| k.id.as_str()).collect();
+        ensure!(ids.len() == feed.churn.len(), "distinct key ids");
+        Ok(())
+    }
+}
 
-    // wrk: no socket error, and the status mix is exactly as the keys say.
+/// wrk: no socket error, and the status mix is exactly as the keys say.
+fn check_wrk(w: &Wrk) -> anyhow::Result<()> {
     let total: u64 = w.threads.iter().map(|t| t.1 + t.2 + t.3).sum();
     println!("{}", w.text);
     ensure!(
@@ -1036,29 +1205,47 @@ fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Res
         "answers counted {total} vs wrk's total {}",
         w.requests
     );
+    Ok(())
+}
 
-    // The processes: still up, no panic in their logs; memory flat.
-    for p in [&mut proc_a, &mut proc_b, &mut proc_gw, &mut proc_echo] {
-        ensure!(p.is_running(), "{} exited:\n{}", p.name(), p.logs());
-        ensure!(
-            !p.logs().contains("panicked"),
-            "{} panicked:\n{}",
-            p.name(),
-            p.logs()
-        );
+/// `KEYGATE_SOAK_SECS` (default 30, at least 5), and wrk installed.
+fn soak_secs() -> anyhow::Result<u64> {
+    let secs: u64 = std::env::var("KEYGATE_SOAK_SECS")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .context("KEYGATE_SOAK_SECS is a number of seconds")
+        })
+        .transpose()?
+        .unwrap_or(30);
+    ensure!(secs >= 5, "KEYGATE_SOAK_SECS must be at least 5");
+    match Command::new("wrk").arg("--version").output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("wrk is not installed: `apt-get install -y wrk` (Debian package wrk)")
+        }
+        other => {
+            other.context("running wrk --version")?;
+        }
     }
-    let mib = |k: u64| k as f64 / 1024.0;
-    let rows = [
-        ("replica A", rss_start.a, rss_end.a, rss_peak.a),
-        ("replica B", rss_start.b, rss_end.b, rss_peak.b),
-        (
-            "gateway",
-            rss_start.gateway,
-            rss_end.gateway,
-            rss_peak.gateway,
-        ),
-        ("echo", rss_start.echo, rss_end.echo, rss_peak.echo),
-    ];
+    Ok(secs)
+}
+
+/// One long run by nature, so one test; its phases are the functions above: setup, load, feed,
+/// gateway and replicas, wrk's counts, processes and memory, then the figures.
+#[test]
+fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Result<()> {
+    let secs = soak_secs()?;
+    let mut soak = Soak::start(secs)?;
+    let load = soak.run_load()?;
+    let feed = soak.check_feed(&load.follower)?;
+    let (caught_up, cross_a, cross_b) = soak.check_gateway_and_replicas(&feed)?;
+    let w = &load.wrk;
+    check_wrk(w)?;
+    soak.check_processes_and_memory(&load, &feed)?;
+    let counts = &soak.ctx.counts;
+    let (issued, revoked, rotated, last) = (feed.issued, feed.revoked, feed.rotated, feed.last);
+    let (seed, rev0, follower) = (soak.seed, soak.rev0, &load.follower);
+    let (load_start, load_end) = (&load.load_start, &load.load_end);
     let verified =
         counts.verified_a.load(Ordering::Relaxed) + counts.verified_b.load(Ordering::Relaxed);
     println!(
@@ -1087,36 +1274,7 @@ fn bounded_soak_two_postgres_replicas_and_the_gateway_under_wrk() -> anyhow::Res
         follower.deltas,
         follower.snapshots,
         follower.not_modified,
-        followed.len(),
+        feed.followed.len(),
     );
-    for (name, start, end, peak) in rows {
-        println!(
-            "memory {name}: {:.1} MiB after warm-up ({warm_up:?}), {:.1} MiB at the end, peak {:.1} MiB",
-            mib(start),
-            mib(end),
-            mib(peak)
-        );
-    }
-    for (name, start, end, _) in rows {
-        let bound = (start as f64 * RSS_FACTOR) as u64 + RSS_SLACK_KIB;
-        ensure!(
-            end <= bound,
-            "{name}'s memory grew: {start} KiB → {end} KiB (bound {bound} KiB)"
-        );
-    }
-    // Memory kept per request is a leak whatever the run's length or throughput: the gateway
-    // may not grow by more than 8 MiB plus 128 bytes per request served.
-    let per_request_bound = RETAINED_SLACK_KIB + w.requests * RETAINED_PER_REQUEST / 1024;
-    ensure!(
-        rss_end.gateway.saturating_sub(rss_start.gateway) <= per_request_bound,
-        "the gateway keeps memory per request: {} KiB → {} KiB over {} requests ({:.0} bytes a \
-         request; bound {per_request_bound} KiB)",
-        rss_start.gateway,
-        rss_end.gateway,
-        w.requests,
-        rss_end.gateway.saturating_sub(rss_start.gateway) as f64 * 1024.0 / w.requests as f64
-    );
-    let ids: BTreeSet<&str> = churn.iter().map(|k| k.id.as_str()).collect();
-    ensure!(ids.len() == churn.len(), "distinct key ids");
     Ok(())
 }
