@@ -86,6 +86,36 @@ async fn sign_in_create_a_key_read_the_secret_once_then_revoke_it() {
         "not from the history either"
     );
 
+    // Rotate with an hour's grace: a new secret, once; the old one still works meanwhile.
+    b.find("#grace")
+        .await
+        .select_by_value("3600")
+        .await
+        .expect("grace");
+    b.click("#rotate").await;
+    let rotated = b.text("#secret").await;
+    assert_ne!(rotated, secret);
+    assert_eq!(b.path().await, format!("/keys/{id}"));
+    for s in [&secret, &rotated] {
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(c.url("/v1/keys/verify"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "key": s }))
+            .send()
+            .await
+            .expect("verify")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(v["valid"], true, "{v}");
+    }
+    b.client.refresh().await.expect("reload");
+    b.find("#key-id").await;
+    assert!(
+        !b.source().await.contains(&rotated),
+        "the rotated secret is shown once"
+    );
+
     // Suspend, reactivate, then revoke with a reason behind the confirmation step.
     b.click("#suspend").await;
     b.find("#reactivate").await;

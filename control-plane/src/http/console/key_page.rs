@@ -1,8 +1,9 @@
 //! A key's page (details, its history from the audit log; the secret once, right after
-//! creation) and its actions: suspend,
-//! reactivate, and revoke behind a confirmation page with a reason. Reads and changes go
-//! through the API's `keys::read::find_key` and `keys::change::status_change`, so a key of
-//! another workspace is "not found" here exactly as in the API, for pages and replayed forms.
+//! creation or rotation) and its actions: suspend, reactivate, rotate with a grace period, and
+//! revoke behind a confirmation page with a reason. Reads and changes go through the API's own
+//! functions (`keys::read::find_key`, `audit::audit_page`, `keys::change::{status_change,
+//! rotate}`), so a key of another workspace is "not found" here exactly as in the API, for pages
+//! and replayed forms.
 
 use askama::Template;
 use axum::extract::rejection::FormRejection;
@@ -17,7 +18,7 @@ use super::sign_in::CsrfForm;
 use crate::domain::Action;
 use crate::domain::key::KeyView;
 use crate::http::audit::{AuditQuery, audit_page};
-use crate::http::keys::change::status_change;
+use crate::http::keys::change::{rotate as rotate_key, status_change};
 use crate::http::keys::parse_id;
 use crate::http::keys::read::find_key;
 use crate::runtime::state::AppState;
@@ -214,4 +215,31 @@ pub async fn reactivate(
     let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
     session.check_post(&headers, &csrf)?;
     change(&state, &session, &id, Action::Reactivate, None).await
+}
+
+/// The rotate form.
+#[derive(Debug, Default, Deserialize)]
+pub struct RotateForm {
+    /// The session's CSRF token.
+    #[serde(default)]
+    pub csrf: String,
+    /// Seconds the old secret keeps working (the form offers 0, 1 hour, 1 day, 7 days).
+    #[serde(default)]
+    pub grace: i64,
+}
+
+/// `POST /keys/{id}/rotate`: a new secret, shown once on the key's page (as after a create).
+pub async fn rotate(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<RotateForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let f = form.map(|Form(f)| f).unwrap_or_default();
+    session.check_post(&headers, &f.csrf)?;
+    let issued = rotate_key(&state, &session.caller, &id, f.grace).await?;
+    let key_id = parse_id(&issued.key.id)?;
+    session.set_flash(&state, key_id, &issued.secret).await?;
+    Ok(Redirect::to(&format!("/keys/{}", issued.key.id)).into_response())
 }

@@ -44,6 +44,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/keys/{id}/suspend", post(key_page::suspend))
         .route("/keys/{id}/reactivate", post(key_page::reactivate))
+        .route("/keys/{id}/rotate", post(key_page::rotate))
         .route(assets::CSS_PATH, get(assets::css))
         .route(assets::JS_PATH, get(assets::js))
         .layer(middleware::map_response(security_headers))

@@ -281,8 +281,22 @@ pub async fn rotate_key(
 ) -> Result<Json<IssuedKey>, ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
     let b: RotateBody = optional_json(&headers, &body)?;
-    let id = parse_id(&id)?;
-    let grace = b.grace_period.unwrap_or(0);
+    rotate(&state, &caller, &id, b.grace_period.unwrap_or(0))
+        .await
+        .map(Json)
+}
+
+/// Gives a key a new secret for `caller` (the rules of the rotate endpoint, shared with the
+/// console's rotate form): scope, grace bounds, edge-admin and transition checks; the old
+/// secret keeps working for `grace` seconds. A key outside the caller's workspace is not found.
+pub async fn rotate(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    grace: i64,
+) -> Result<IssuedKey, ApiError> {
+    caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let id = parse_id(id)?;
     domain::check_grace(grace)?;
     let now = unix_now();
     let mut secret_out = None;
@@ -296,7 +310,7 @@ pub async fn rotate_key(
             None,
             now,
             |old| {
-                check_edge_admin(&caller, old.kind)?;
+                check_edge_admin(caller, old.kind)?;
                 domain::transition(old.status, Action::Rotate)?;
                 let prefix = old
                     .display_prefix
@@ -319,8 +333,8 @@ pub async fn rotate_key(
         )
         .await?;
     let secret = secret_out.ok_or_else(|| ApiError::internal("rotation produced no secret"))?;
-    Ok(Json(IssuedKey {
+    Ok(IssuedKey {
         secret: secret.expose_secret().to_owned(),
         key: KeyView::from(&k),
-    }))
+    })
 }
