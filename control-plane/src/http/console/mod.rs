@@ -4,8 +4,8 @@
 //! form POST, so the console works without JavaScript; the script only adds a copy button.
 //!
 //! The pages call the same functions as the API's handlers (`keys::issue::issue_key`,
-//! `keys::read::{list_page, find_key}`, `keys::change::status_change`): the console has no rules
-//! of its own. Sign-in, sessions and CSRF are [`session`]'s; every answer here carries the
+//! `keys::read::{list_page, find_key}`, `keys::change::{status_change, rotate}`,
+//! `audit::audit_page`, `auth::authenticate`): the console has no rules of its own. Sign-in, sessions and CSRF are [`session`]'s; every answer here carries the
 //! headers of [`security_headers`].
 
 pub mod assets;
