@@ -36,7 +36,6 @@ pub struct AuditPage {
 
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = AuditPage)), security(("bearer" = [])))]
-
 /// The audit log, oldest first, filterable by key.
 pub async fn list_audit(
     State(state): State<AppState>,

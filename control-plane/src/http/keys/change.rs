@@ -44,7 +44,6 @@ pub struct UpdateKey {
 #[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), request_body = UpdateKey,
     responses((status = 200, body = KeyView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)),
     security(("bearer" = [])))]
-
 /// Changes name, description, scopes, allow-list, expiry or metadata.
 pub async fn update_key(
     State(state): State<AppState>,
@@ -188,7 +187,6 @@ pub async fn status_change(
 
 #[utoipa::path(post, path = "/v1/keys/{id}/suspend", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
     responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
-
 /// Suspends an active key (and its exchanged children).
 pub async fn suspend_key(
     State(state): State<AppState>,
@@ -205,7 +203,6 @@ pub async fn suspend_key(
 
 #[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
     responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
-
 /// Reactivates a suspended key (and the children its suspension suspended).
 pub async fn reactivate_key(
     State(state): State<AppState>,
@@ -222,7 +219,6 @@ pub async fn reactivate_key(
 
 #[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
     responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
-
 /// Revokes a key for good (and its children); the reason goes to the audit log.
 pub async fn revoke_key(
     State(state): State<AppState>,
@@ -247,7 +243,6 @@ pub struct DeleteQuery {
 
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path), DeleteQuery),
     responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
-
 /// Same as revoke.
 pub async fn delete_key(
     State(state): State<AppState>,
@@ -270,7 +265,6 @@ pub struct RotateBody {
 
 #[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)), request_body(content = RotateBody, description = "optional"),
     responses((status = 200, body = IssuedKey), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
-
 /// Gives an active key a new secret; the old one works until the grace period ends.
 pub async fn rotate_key(
     State(state): State<AppState>,

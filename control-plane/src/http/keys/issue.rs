@@ -160,7 +160,6 @@ pub struct ExchangeBody {
 
 #[utoipa::path(post, path = "/v1/keys/exchange", tag = "keys", request_body = ExchangeBody,
     responses((status = 201, body = IssuedKey), (status = 403, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
-
 /// A `workspace` key trades itself for a short-lived child `repo` key.
 pub async fn exchange_key(
     State(state): State<AppState>,

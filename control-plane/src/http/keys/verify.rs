@@ -47,7 +47,6 @@ pub struct VerifyResult {
 
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyBody,
     responses((status = 200, body = VerifyResult)), security(("bearer" = [])))]
-
 /// Checks a key for services not behind Envoy. Reads from an in-memory cache; usage is
 /// written in batches.
 pub async fn verify_key(
