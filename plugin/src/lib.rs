@@ -3,7 +3,7 @@
 //! The thin proxy-wasm shell around the pure core in `keygate-filter-core` (configuration,
 //! decision, sync, usage, the worker behind its `Host` seam): [`glue`] implements that seam with
 //! host calls, [`pairs`] reads the host's header maps in place, and `raw` makes three host calls
-//! without the SDK's wrappers (these two hold the crate's only `unsafe`); [`callbacks`] lists the
+//! without the SDK's wrappers (it holds the crate's only `unsafe`); [`callbacks`] lists the
 //! callbacks the module keeps exported. `cargo build -p keygate-plugin --target wasm32-wasip1
 //! --profile wasm` makes the filter module.
 #![cfg_attr(

@@ -9,7 +9,7 @@
 //! goes through `SystemTime` on every request). Here the buffer is handed to [`crate::pairs`]
 //! to be read in place, and every status is an error value.
 //!
-//! Its `unsafe` (with one block in [`crate::pairs`], the crate's only): three FFI calls with the
+//! Its `unsafe` (the crate's only): three FFI calls with the
 //! ABI v0.2.1 signatures, and taking ownership of the buffer the host allocated through the
 //! SDK's `proxy_on_memory_allocate`.
 #![allow(unsafe_code)]

@@ -125,30 +125,7 @@ const IS_BASE62: [bool; 256] = {
 
 /// The position of the last byte of `bytes` that is not a base62 character.
 fn last_non_base62(bytes: &[u8]) -> Option<usize> {
-    use crate::swar::{HIGH, ONES};
-    /// The high bit of each byte of `w` that is not base62. Per 7-bit byte `y`, `y + (0x80 - lo)`
-    /// sets the high bit when `y >= lo` and `y + (0x7f - hi)` when `y > hi`, without a carry
-    /// into the next byte; bytes with the high bit set are not ASCII, so not base62.
-    fn non_base62(w: u64) -> u64 {
-        let y = w & !HIGH;
-        let within = |lo: u64, hi: u64| (y + ONES * (0x80 - lo)) & !(y + ONES * (0x7f - hi));
-        let ok = (within(0x30, 0x39) | within(0x41, 0x5a) | within(0x61, 0x7a)) & !w;
-        !ok & HIGH
-    }
-    let mut end = bytes.len();
-    while end >= 8 {
-        let mut word = [0; 8];
-        word.copy_from_slice(&bytes[end - 8..end]);
-        let bad = non_base62(u64::from_le_bytes(word));
-        if bad != 0 {
-            // Little-endian: the last bad byte carries the highest set bit.
-            return Some(end - 8 + (63 - bad.leading_zeros() as usize) / 8);
-        }
-        end -= 8;
-    }
-    bytes[..end]
-        .iter()
-        .rposition(|&b| !IS_BASE62[usize::from(b)])
+    bytes.iter().rposition(|&b| !IS_BASE62[usize::from(b)])
 }
 
 /// The [`CHECKSUM_LEN`] base62 characters of the CRC32 (IEEE) of `data`, most significant first.
@@ -237,8 +214,8 @@ pub fn parse(input: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
         return Err(KeyFormatError::TooLong);
     }
     let bytes = input.as_bytes();
-    // One backward pass to the last byte that is not base62, eight bytes at a time (the filter
-    // parses a key on every request): it must be the `_` that ends the prefix.
+    // One backward pass to the last byte that is not base62: it must be the `_` that ends the
+    // prefix.
     let sep = match last_non_base62(bytes) {
         Some(sep) if bytes[sep] == b'_' => sep,
         Some(bad) => {

@@ -10,7 +10,6 @@
 //! - [`scope`]: scope names and resource allow-lists.
 //! - [`wire`]: the versioned binary key-set format (snapshots and deltas); see `FORMAT.md`.
 //! - [`keyset`]: the compact in-memory key set the filter looks keys up in.
-//! - [`swar`]: byte tests eight bytes at a time, shared by the parse, the lookup and the filter.
 //! - [`usage`]: the size bounds of a usage report, shared by the filter and the control plane.
 
 mod digest;
@@ -19,7 +18,6 @@ mod id;
 pub mod key;
 pub mod keyset;
 pub mod scope;
-pub mod swar;
 pub mod usage;
 pub mod wire;
 

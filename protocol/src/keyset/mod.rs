@@ -40,7 +40,6 @@ use std::sync::Arc;
 
 use crate::Digest;
 use crate::digest::ct_eq_32;
-use crate::swar;
 use record::{Grant, Record, TOMBSTONE};
 
 /// The set of valid key digests with what each key may do.
@@ -165,13 +164,14 @@ const fn fingerprint(d: &[u8; 32]) -> u8 {
 }
 
 /// The high bit of byte `i` set for each of the first (up to 8) bytes of `bytes` that equals
-/// `value`, eight at a time (the fingerprint scan of a lookup).
+/// `value` (the fingerprint scan of a lookup).
 fn matching_bytes(bytes: &[u8], value: u8) -> u64 {
-    let n = bytes.len().min(8);
-    let mut word = [0; 8];
-    word[..n].copy_from_slice(&bytes[..n]);
-    let valid = if n == 8 { u64::MAX } else { (1 << (8 * n)) - 1 };
-    swar::bytes_equal(u64::from_le_bytes(word), value) & valid
+    bytes
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|&(_, &b)| b == value)
+        .fold(0, |mask, (i, _)| mask | 1 << (8 * i + 7))
 }
 
 /// The bucket index over an array of records sorted by digest: `buckets.len() - 1` buckets and

@@ -151,8 +151,7 @@ impl DenyBodies {
         };
         let slot = &mut self.cached[deny.reason.index()];
         match slot {
-            // The same static string is nearly always the same pointer: no byte compare then.
-            Some((m, _)) if std::ptr::eq(*m, message) || *m == message => {}
+            Some((m, _)) if *m == message => {}
             _ => *slot = Some((message, deny.body())),
         }
         Cow::Borrowed(slot.as_ref().map_or("", |(_, body)| body.as_str()))
