@@ -12,8 +12,8 @@ use keygate_native_filter_artifacts::{MODULE, envoy_env};
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use serde_json::{Value, json};
 
+use crate::Reply;
 use crate::echo::{EchoUpstream, send};
-use crate::{ADMIN_TOKEN, IssuedKey, Reply};
 
 /// An HTTP filter entry running the module's filter `filter_name` (`keygate` or `noop`) with
 /// `filter_config` (sent as a `google.protobuf.StringValue`).
@@ -195,76 +195,5 @@ impl Drop for NativeEnvoy {
     fn drop(&mut self) {
         self.envoy.stop();
         self.echo.stop();
-    }
-}
-
-/// The control plane's admin API over HTTP, as an operator's tooling calls it.
-pub struct Api {
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-    url: String,
-}
-
-impl std::fmt::Debug for Api {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Api {
-    /// The API of the control plane at `url` (`http://host:port`).
-    pub fn new(url: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_else(|e| panic!("HTTP client: {e}"));
-        Self {
-            rt,
-            http,
-            url: url.to_owned(),
-        }
-    }
-
-    /// A call as the admin: `(status, body)`.
-    pub fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.url);
-        self.rt.block_on(crate::json_call(
-            &self.http,
-            &url,
-            ADMIN_TOKEN,
-            method,
-            body,
-        ))
-    }
-
-    /// `POST /v1/keys`; asserts 201.
-    pub fn create_key(&self, body: Value) -> IssuedKey {
-        let (st, v) = self.admin(reqwest::Method::POST, "/v1/keys", Some(body));
-        assert_eq!(st, 201, "create key: {v}");
-        crate::issued(&v)
-    }
-
-    /// `POST /v1/keys/{id}/<action>`; asserts 200.
-    pub fn key_action(&self, id: &str, action: &str) -> Value {
-        let (st, v) = self.admin(
-            reqwest::Method::POST,
-            &format!("/v1/keys/{id}/{action}"),
-            Some(json!({})),
-        );
-        assert_eq!(st, 200, "{action} {id}: {v}");
-        v
-    }
-
-    /// `GET /v1/keys/{id}`; asserts 200.
-    pub fn key(&self, id: &str) -> Value {
-        let (st, v) = self.admin(reqwest::Method::GET, &format!("/v1/keys/{id}"), None);
-        assert_eq!(st, 200, "show {id}: {v}");
-        v
     }
 }

@@ -13,10 +13,11 @@
 
 use std::time::{Duration, Instant};
 
+use keygate_e2e::Api;
 use keygate_e2e::envoy::{
     EDGE_KEY_ENV, EnvoyStack, LISTENER, Reply, bootstrap, plugin_configuration,
 };
-use keygate_e2e::native::{self, Api, NativeEnvoy};
+use keygate_e2e::native::{self, NativeEnvoy};
 use keygate_e2e::stack::{ServeProcess, wait_for};
 use keygate_protocol::key;
 use serde_json::{Value, json};
@@ -68,9 +69,10 @@ fn the_native_module_decides_as_the_wasm_filter_in_envoy() {
         json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"}),
         "/repos/acme/x",
     );
-    let revoked =
-        stack.create_key(json!({"name": "gone", "scopes": ["repo:read"], "resources": ["acme"]}));
-    stack.key_action(&revoked.id, "revoke");
+    let revoked = stack
+        .api
+        .create_key(json!({"name": "gone", "scopes": ["repo:read"], "resources": ["acme"]}));
+    stack.api.key_action(&revoked.id, "revoke");
     stack.wait_status(
         "revocation synced",
         SYNC,
@@ -440,17 +442,17 @@ fn synced_usage_counts_reach_the_control_plane() {
     let unknown = key::generate("kg_live").unwrap();
     all(&envoy, 2, unknown.expose_secret(), 401).unwrap();
     wait_for("usage reported", Duration::from_secs(10), || {
-        let counts = [&a, &b].map(|k| api.key(&k.id)["usage_count"].as_i64());
-        if counts == [Some(7), Some(3)] {
+        let counts = [&a, &b].map(|k| api.key(&k.id).usage_count);
+        if counts == [7, 3] {
             Ok(())
         } else {
             Err(format!("{counts:?}"))
         }
     });
-    assert!(api.key(&a.id)["last_used_at"].is_i64());
+    assert!(api.key(&a.id).last_used_at.is_some());
     // Counted once: a while later, still the same.
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(api.key(&a.id)["usage_count"].as_i64(), Some(7));
+    assert_eq!(api.key(&a.id).usage_count, 7);
     // The sync's stats reach Envoy with the next request.
     all(&envoy, 1, unknown.expose_secret(), 401).unwrap();
     assert!(
