@@ -12,6 +12,7 @@ pub mod ext_authz;
 pub mod fake_feed;
 pub mod native;
 pub mod stack;
+pub mod tls_front;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -45,10 +45,26 @@ pub fn keygate_filter(configuration: &Value, snapshot_file: &Path) -> Value {
 /// Keygate's native filter synced from the control plane at `control_plane_url`
 /// (`http://host:port`): the proxy-wasm filter's plugin `configuration` (the same JSON).
 pub fn synced_filter(configuration: &Value, control_plane_url: &str) -> Value {
-    let filter_config = json!({
+    synced_filter_trusting(configuration, control_plane_url, None)
+}
+
+/// [`synced_filter`] with an `https://` URL whose certificate must chain to the CA in the PEM
+/// file `ca_file` (Mozilla's roots when `None`).
+pub fn synced_filter_trusting(
+    configuration: &Value,
+    control_plane_url: &str,
+    ca_file: Option<&Path>,
+) -> Value {
+    let mut filter_config = json!({
         "configuration": configuration,
         "control_plane_url": control_plane_url,
     });
+    if let Some(path) = ca_file {
+        filter_config["ca_file"] = json!(
+            path.to_str()
+                .unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
+        );
+    }
     filter("keygate", &filter_config.to_string())
 }
 

@@ -9,7 +9,9 @@
 //!   with long-poll; before the first sync keyed requests fail closed; with the control plane
 //!   gone the set turns stale after `max_staleness_s` and each listener's `failure_mode`
 //!   applies, then it recovers; usage counts reach the control plane; two listeners with the
-//!   same source share one sync (one set).
+//!   same source share one sync (one set); over `https://` the sync trusts the certificate
+//!   authority of its `ca_file` and no other (a TLS-terminating Envoy in front of the control
+//!   plane, with a test CA).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,7 @@ use keygate_e2e::envoy::{
 };
 use keygate_e2e::native::{self, NativeEnvoy};
 use keygate_e2e::stack::{ServeProcess, wait_for};
+use keygate_e2e::tls_front::TlsFront;
 use keygate_protocol::key;
 use serde_json::{Value, json};
 
@@ -420,6 +423,70 @@ fn synced_fails_closed_before_the_first_sync_turns_stale_without_the_control_pla
         envoy.envoy.stats()
     );
     assert!(envoy.stat("dynamicmodulescustom.keygate.sync.failure.unreachable") >= 1);
+}
+
+#[test]
+fn synced_over_https_from_a_control_plane_its_ca_file_trusts_and_never_from_one_it_does_not() {
+    let (cp, api, edge_key) = control_plane();
+    let front = TlsFront::start(cp.addr());
+    let key = api.create_key(json!({"name": "k", "scopes": ["repo:read"]}));
+    let control_plane = cp.addr().to_string();
+    // Listener `ingress` trusts the front's CA (`ca_file`); `untrusting` keeps Mozilla's roots,
+    // which never signed the front's certificate.
+    let envoy =
+        NativeEnvoy::start_with_env(2, LISTENER, &[(EDGE_KEY_ENV, &edge_key)], |upstream| {
+            let wasm = bootstrap(&control_plane, upstream, &json!({"long_poll_wait_s": 5}));
+            let configuration = plugin_configuration(&wasm);
+            let trusting = native::synced_filter_trusting(
+                &configuration,
+                &front.url,
+                Some(front.ca_file.as_path()),
+            );
+            let mut b = native::replace_wasm_filter(&wasm, trusting);
+            let mut listener = b["static_resources"]["listeners"][0].clone();
+            listener["name"] = json!("untrusting");
+            listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0] =
+                native::synced_filter_trusting(&configuration, &front.url, None);
+            listener["address"]["socket_address"]["port_value"] = json!(0);
+            b["static_resources"]["listeners"]
+                .as_array_mut()
+                .unwrap()
+                .push(listener);
+            b
+        });
+    let untrusting = |k: &str| envoy.request_to("untrusting", "/repos/acme/x", &[("x-api-key", k)]);
+
+    wait_for("the key synced over https", SYNC, || {
+        all(&envoy, 4, &key.secret, 200)
+    });
+    api.key_action(&key.id, "revoke");
+    wait_for("the revocation over https", SYNC, || {
+        all(&envoy, 4, &key.secret, 401)
+    });
+    assert!(
+        front.connections() >= 1,
+        "the sync went through the TLS front"
+    );
+
+    // The other source never gets a set: a certificate it cannot verify is no answer.
+    let r = untrusting(&key.secret);
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "keyset_unavailable"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        envoy.stat("dynamicmodulescustom.keygate.native.syncs"),
+        2,
+        "two sources (the CA is part of one): {:?}",
+        envoy.envoy.stats()
+    );
+    assert!(
+        envoy.stat("dynamicmodulescustom.keygate.sync.failure.unreachable") >= 1,
+        "{:?}",
+        envoy.envoy.stats()
+    );
 }
 
 #[test]
