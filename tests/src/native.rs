@@ -15,6 +15,68 @@ use serde_json::{Value, json};
 use crate::Reply;
 use crate::echo::{EchoUpstream, send};
 
+/// `envoy/envoy-module.yaml`: the deployment configuration of Keygate as a dynamic module.
+pub const ENVOY_MODULE_YAML: &str = include_str!("../../envoy/envoy-module.yaml");
+
+/// `envoy/envoy-module.yaml` made runnable here: the listener and the admin interface on
+/// 127.0.0.1 port 0, the upstream cluster at `upstream` (`host:port`), the module's
+/// `control_plane_url`, and its plugin configuration with `overrides` (a JSON object) merged
+/// over it (`null` removes a member).
+pub fn module_bootstrap(control_plane_url: &str, upstream: &str, overrides: &Value) -> Value {
+    let mut b = envoy_bootstrap::parse(ENVOY_MODULE_YAML)
+        .unwrap_or_else(|e| panic!("envoy/envoy-module.yaml: {e}"));
+    let local = envoy_bootstrap::socket_address("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    b["static_resources"]["listeners"][0]["address"]["socket_address"] = local.clone();
+    b["admin"]["address"]["socket_address"] = local;
+    envoy_bootstrap::set_cluster_endpoint(&mut b, envoy_bootstrap::UPSTREAM_CLUSTER, upstream)
+        .unwrap_or_else(|e| panic!("envoy/envoy-module.yaml: {e}"));
+    let mut filter_config = module_filter_config(&b);
+    filter_config["control_plane_url"] = json!(control_plane_url);
+    let configuration = &mut filter_config["configuration"];
+    for (k, v) in overrides.as_object().into_iter().flatten() {
+        if v.is_null() {
+            if let Some(c) = configuration.as_object_mut() {
+                c.remove(k);
+            }
+        } else {
+            configuration[k] = v.clone();
+        }
+    }
+    *module_filter_config_value(&mut b) = json!(filter_config.to_string());
+    b
+}
+
+/// The plugin configuration of a bootstrap made by [`module_bootstrap`].
+pub fn module_configuration(bootstrap: &Value) -> Value {
+    module_filter_config(bootstrap)["configuration"].clone()
+}
+
+/// The `filter_config` JSON of the first listener's Keygate module filter.
+fn module_filter_config(bootstrap: &Value) -> Value {
+    let mut b = bootstrap.clone();
+    let text = module_filter_config_value(&mut b)
+        .as_str()
+        .unwrap_or_else(|| panic!("the module's filter_config is not a string"))
+        .to_owned();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the module's filter_config: {e}"))
+}
+
+fn module_filter_config_value(bootstrap: &mut Value) -> &mut Value {
+    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("no http_filters on the first listener"));
+    let keygate = filters
+        .iter_mut()
+        .find(|f| f["name"] == envoy_bootstrap::FILTER)
+        .unwrap_or_else(|| panic!("no `{}` HTTP filter", envoy_bootstrap::FILTER));
+    assert_eq!(
+        keygate["typed_config"]["dynamic_module_config"]["name"], MODULE,
+        "the module's name in envoy/envoy-module.yaml"
+    );
+    &mut keygate["typed_config"]["filter_config"]["value"]
+}
+
 /// An HTTP filter entry running the module's filter `filter_name` (`keygate` or `noop`) with
 /// `filter_config` (sent as a `google.protobuf.StringValue`).
 pub fn filter(filter_name: &str, filter_config: &str) -> Value {

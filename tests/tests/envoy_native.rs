@@ -230,9 +230,9 @@ fn control_plane() -> (ServeProcess, Api, String) {
     (cp, api, edge_key)
 }
 
-/// `envoy/envoy.yaml` with the native module synced from `cp`, the plugin configuration with
-/// `overrides`, and `concurrency` workers; every further `(listener, overrides)` adds a copy
-/// of the listener with its own configuration (same source).
+/// `envoy/envoy-module.yaml` (the module's deployment configuration) synced from `cp`, the
+/// plugin configuration with `overrides`, and `concurrency` workers; every further
+/// `(listener, overrides)` adds a copy of the listener with its own configuration (same source).
 fn synced_envoy(
     cp: &ServeProcess,
     edge_key: &str,
@@ -240,17 +240,14 @@ fn synced_envoy(
     overrides: &Value,
     more: &[(&str, Value)],
 ) -> NativeEnvoy {
-    let control_plane = cp.addr().to_string();
     let url = cp.url();
     NativeEnvoy::start_with_env(
         concurrency,
         LISTENER,
         &[(EDGE_KEY_ENV, edge_key)],
         |upstream| {
-            let wasm = bootstrap(&control_plane, upstream, overrides);
-            let configuration = plugin_configuration(&wasm);
-            let mut b =
-                native::replace_wasm_filter(&wasm, native::synced_filter(&configuration, &url));
+            let mut b = native::module_bootstrap(&url, upstream, overrides);
+            let configuration = native::module_configuration(&b);
             for (name, extra) in more {
                 let mut c = configuration.clone();
                 for (k, v) in extra.as_object().into_iter().flatten() {
