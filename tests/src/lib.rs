@@ -10,6 +10,7 @@ pub mod echo;
 pub mod envoy;
 pub mod ext_authz;
 pub mod fake_feed;
+pub mod lds;
 pub mod native;
 pub mod stack;
 pub mod tls_front;
