@@ -18,6 +18,7 @@ pub mod keys;
 pub mod keyset;
 mod rows;
 pub mod usage;
+pub mod usage_history;
 mod write;
 
 use std::str::FromStr;
