@@ -16,6 +16,7 @@ use crate::http::error::{ApiError, ApiQuery};
 use crate::runtime::clock::unix_now;
 use crate::runtime::state::AppState;
 use crate::storage::usage::HOUR;
+use crate::storage::usage_history::KeyTotal;
 
 /// The most buckets one answer holds (an hourly series of about 83 days).
 pub const MAX_POINTS: i64 = 2000;
@@ -192,6 +193,24 @@ pub async fn total_usage_series(
         .usage_hours_total(caller.workspace_filter(), p.0, p.1)
         .await?;
     Ok(series(None, &hours, p))
+}
+
+/// The `limit` keys `caller` may read with the most requests in the period `q` names, most
+/// used first (the console's overview).
+pub async fn top_keys(
+    state: &AppState,
+    caller: &Caller,
+    q: &UsageQuery,
+    limit: i64,
+) -> Result<Vec<KeyTotal>, ApiError> {
+    caller
+        .require_scope(SCOPE_KEYS_READ)
+        .or_else(|_| caller.require_scope(SCOPE_KEYS_WRITE))?;
+    let (from, to, _) = period(q, unix_now())?;
+    Ok(state
+        .db
+        .top_keys(caller.workspace_filter(), from, to, limit)
+        .await?)
 }
 
 #[cfg(test)]
