@@ -22,10 +22,8 @@ fn requests_through_envoy_appear_in_the_keys_hourly_usage() {
     let path = format!("/v1/keys/{}/usage", key.id);
     // The requests of `synced_key`'s wait count too: wait until the series holds at least the
     // 25 sent and agrees with the key's own counter.
-    let (series, count): (Value, i64) = wait_for(
-        "the usage reported",
-        Duration::from_secs(20),
-        || {
+    let (series, count): (Value, i64) =
+        wait_for("the usage reported", Duration::from_secs(20), || {
             let (st, series) = stack.admin(Method::GET, &path, None);
             assert_eq!(st, 200, "{series}");
             let (_, k) = stack.admin(Method::GET, &format!("/v1/keys/{}", key.id), None);
@@ -36,8 +34,7 @@ fn requests_through_envoy_appear_in_the_keys_hourly_usage() {
             } else {
                 Err(format!("series total {total}, usage_count {count}"))
             }
-        },
-    );
+        });
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
