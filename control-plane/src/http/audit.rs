@@ -54,6 +54,7 @@ pub struct AuditQuery {
     /// Only rows before this time, unix seconds.
     pub to: Option<i64>,
     /// `asc` (oldest first, default) or `desc` (newest first).
+    #[param(inline)]
     pub order: Option<Order>,
     /// Cursor: the `next_cursor` of the previous page.
     pub cursor: Option<i64>,

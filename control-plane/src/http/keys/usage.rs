@@ -55,6 +55,7 @@ pub struct UsageQuery {
     /// End, unix seconds, exclusive (rounded up to its bucket). Default: now.
     pub to: Option<i64>,
     /// `hour` (default) or `day`.
+    #[param(inline)]
     pub bucket: Option<Bucket>,
 }
 
