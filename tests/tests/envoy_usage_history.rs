@@ -24,10 +24,9 @@ fn requests_through_envoy_appear_in_the_keys_hourly_usage() {
     // 25 sent and agrees with the key's own counter.
     let (series, count): (Value, i64) =
         wait_for("the usage reported", Duration::from_secs(20), || {
-            let (st, series) = stack.admin(Method::GET, &path, None);
+            let (st, series) = stack.api.admin(Method::GET, &path, None);
             assert_eq!(st, 200, "{series}");
-            let (_, k) = stack.admin(Method::GET, &format!("/v1/keys/{}", key.id), None);
-            let count = k["usage_count"].as_i64().unwrap_or(-1);
+            let count = stack.api.key(&key.id).usage_count;
             let total = series["total"].as_i64().unwrap_or(-1);
             if total >= SENT && total == count {
                 Ok((series, count))
