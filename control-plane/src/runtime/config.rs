@@ -34,6 +34,10 @@ pub struct Config {
     /// Key-set change-log revisions kept for deltas; older readers get a snapshot.
     #[arg(long, env = "KEYGATE_CHANGES_RETAINED", default_value_t = 100_000)]
     pub changes_retained: i64,
+    /// Days of hourly usage counts kept (`GET /v1/keys/{id}/usage`, the console's charts);
+    /// older hours are pruned by a background task.
+    #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=3660))]
+    pub usage_retention_days: i64,
     /// GitHub App token broker settings.
     #[command(flatten)]
     pub github: crate::github::GithubArgs,
@@ -54,6 +58,7 @@ impl Config {
             body_limit: 64 * 1024,
             usage_flush_ms: 1000,
             changes_retained: 100_000,
+            usage_retention_days: 90,
             github: crate::github::GithubArgs::default(),
             forward_auth: crate::forward_auth::ForwardAuthArgs::default(),
         }

@@ -40,13 +40,72 @@ where
     for<'q> Option<Vec<u8>>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
 {
     let mut tx = pool.begin_write().await?;
+    insert_rows(pool, &mut tx, k, audit).await?;
+    let revision = log_changes(&mut tx, [&k.digest], pool.pick("", NOTIFY)).await?;
+    tx.commit().await?;
+    Ok(revision)
+}
+
+/// Inserts every key with its audit row in one transaction, with one revision for them all
+/// (bulk loads: a benchmark's 100,000 keys); each as [`insert_in_transaction`] would.
+pub(crate) async fn insert_many_in_transaction<P>(
+    pool: &P,
+    keys: &[(KeyRecord, AuditEntry<'_>)],
+) -> Result<i64, StoreError>
+where
+    P: Engine,
+    for<'r> (Option<String>,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'c> &'c mut <P::Database as Database>::Connection: Executor<'c, Database = P::Database>,
+    <P::Database as Database>::Arguments: IntoArguments<P::Database>,
+    for<'a> &'a str: ColumnIndex<<P::Database as Database>::Row>,
+    for<'r> (i64,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'r> (Vec<u8>,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'q> i64: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<i64>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> String: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<String>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Vec<u8>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<Vec<u8>>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+{
+    let mut tx = pool.begin_write().await?;
+    for (k, audit) in keys {
+        insert_rows(pool, &mut tx, k, audit).await?;
+    }
+    let digests: Vec<[u8; 32]> = keys.iter().map(|(k, _)| k.digest).collect();
+    let revision = log_changes(&mut tx, &digests, pool.pick("", NOTIFY)).await?;
+    tx.commit().await?;
+    Ok(revision)
+}
+
+/// One key's rows (the parent check, its workspace, the key, its audit row) in `tx`.
+async fn insert_rows<P>(
+    pool: &P,
+    tx: &mut sqlx::Transaction<'static, P::Database>,
+    k: &KeyRecord,
+    audit: &AuditEntry<'_>,
+) -> Result<(), StoreError>
+where
+    P: Engine,
+    for<'r> (Option<String>,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'c> &'c mut <P::Database as Database>::Connection: Executor<'c, Database = P::Database>,
+    <P::Database as Database>::Arguments: IntoArguments<P::Database>,
+    for<'a> &'a str: ColumnIndex<<P::Database as Database>::Row>,
+    for<'r> (i64,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'r> (Vec<u8>,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'q> i64: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<i64>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> String: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<String>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Vec<u8>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<Vec<u8>>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+{
     if let Some(parent) = k.parent_id {
         let status: Option<String> = sqlx::query_scalar::<P::Database, Option<String>>(pool.pick(
             "SELECT status FROM keys WHERE id = $1",
             "SELECT status FROM keys WHERE id = $1 FOR UPDATE",
         ))
         .bind(parent.as_bytes().to_vec())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .flatten();
         if status.as_deref() != Some("active") {
@@ -58,7 +117,7 @@ where
         )
         .bind(parent.as_bytes().to_vec())
         .bind(k.created_at)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
         domain::check_child_count(children)?;
     }
@@ -67,7 +126,7 @@ where
     )
     .bind(k.workspace_id.clone())
     .bind(k.created_at)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     sqlx::query::<P::Database>(concat!(
         "INSERT INTO keys (",
@@ -100,12 +159,10 @@ where
     .bind(k.metadata.to_string())
     .bind(k.parent_id.map(|u| u.as_bytes().to_vec()))
     .bind(k.subject.clone())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
-    insert_audit(&mut tx, audit).await?;
-    let revision = log_changes(&mut tx, [&k.digest], pool.pick("", NOTIFY)).await?;
-    tx.commit().await?;
-    Ok(revision)
+    insert_audit(tx, audit).await?;
+    Ok(())
 }
 
 /// Who changes which key, how, and when.

@@ -6,10 +6,14 @@
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
-use super::key_writes::{Change, change_in_transaction, insert_in_transaction};
+use super::key_writes::{
+    Change, change_in_transaction, insert_in_transaction, insert_many_in_transaction,
+};
 use super::rows::key_from_row;
 use super::write::insert_audit;
-use super::{AuditEntry, AuditRecord, Db, Engine, KeyFilter, StoreError, key_cols, on_db};
+use super::{
+    AuditEntry, AuditFilter, AuditRecord, Db, Engine, KeyFilter, StoreError, key_cols, on_db,
+};
 use crate::domain::key::{Actor, KeyRecord, format_key_id};
 use crate::domain::lifecycle::Plan;
 
@@ -93,34 +97,67 @@ impl Db {
     pub async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<KeyRecord>, sqlx::Error> {
         enum B {
             T(String),
+            I(i64),
             Bytes(Vec<u8>),
         }
-        let mut sql = String::from(concat!("SELECT ", key_cols!(), " FROM keys WHERE 1 = 1"));
         let mut binds = Vec::new();
-        let mut push = |cond: &str, b: B| {
+        // Each filter's value is bound as the next placeholder.
+        let mut bind = |b: B| {
             binds.push(b);
-            sql.push_str(&format!(" AND {cond} ${}", binds.len()));
+            format!("${}", binds.len())
         };
+        let mut conds = vec!["1 = 1".to_owned()];
         if let Some(w) = &f.workspace_id {
-            push("workspace_id =", B::T(w.clone()));
+            conds.push(format!("workspace_id = {}", bind(B::T(w.clone()))));
         }
         if let Some(s) = f.status {
-            push("status =", B::T(s.as_str().into()));
+            conds.push(format!("status = {}", bind(B::T(s.as_str().into()))));
         }
         if let Some(k) = f.kind {
-            push("kind =", B::T(k.as_str().into()));
+            conds.push(format!("kind = {}", bind(B::T(k.as_str().into()))));
         }
         if let Some(o) = &f.owner_id {
-            push("owner_id =", B::T(o.clone()));
+            conds.push(format!("owner_id = {}", bind(B::T(o.clone()))));
+        }
+        if let Some(n) = &f.name_contains {
+            let needle = format!("%{}%", like_escape(&n.to_lowercase()));
+            conds.push(format!(
+                "lower(name) LIKE {} ESCAPE '\\'",
+                bind(B::T(needle))
+            ));
+        }
+        if let Some(sc) = &f.scope {
+            let needle = format!("%\"{}\"%", like_escape(sc));
+            conds.push(format!("scopes LIKE {} ESCAPE '\\'", bind(B::T(needle))));
+        }
+        if let Some((from, to)) = f.expiring {
+            conds.push(format!(
+                "status = 'active' AND expires_at > {} AND expires_at <= {}",
+                bind(B::I(from)),
+                bind(B::I(to))
+            ));
+        }
+        if f.never_used {
+            conds.push("last_used_at IS NULL".to_owned());
+        }
+        if let Some(parent) = f.parent {
+            conds.push(format!(
+                "parent_id = {}",
+                bind(B::Bytes(parent.as_bytes().to_vec()))
+            ));
         }
         if let Some(a) = f.after {
-            push("id >", B::Bytes(a.as_bytes().to_vec()));
+            conds.push(format!("id > {}", bind(B::Bytes(a.as_bytes().to_vec()))));
         }
+        let mut sql = format!(
+            concat!("SELECT ", key_cols!(), " FROM keys WHERE {}"),
+            conds.join(" AND ")
+        );
         sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit.clamp(1, 1000)));
         on_db!(self, p => {
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for b in binds {
-                q = match b { B::T(t) => q.bind(t), B::Bytes(v) => q.bind(v) };
+                q = match b { B::T(t) => q.bind(t), B::I(i) => q.bind(i), B::Bytes(v) => q.bind(v) };
             }
             q.fetch_all(p).await?.iter().map(key_from_row).collect()
         })
@@ -135,6 +172,18 @@ impl Db {
         audit: &AuditEntry<'_>,
     ) -> Result<i64, StoreError> {
         let rev = on_db!(self, p => insert_in_transaction(p, k, audit).await?);
+        self.observe_revision(rev);
+        Ok(rev)
+    }
+
+    /// Inserts many keys, each with its audit row, in one transaction with one revision for
+    /// them all (bulk loads, such as a benchmark's 100,000 keys), and advances the revision
+    /// watch. The same statements and parent checks as [`Db::insert_key`].
+    pub async fn insert_keys(
+        &self,
+        keys: &[(KeyRecord, AuditEntry<'_>)],
+    ) -> Result<i64, StoreError> {
+        let rev = on_db!(self, p => insert_many_in_transaction(p, keys).await?);
         self.observe_revision(rev);
         Ok(rev)
     }
@@ -173,26 +222,63 @@ impl Db {
         Ok((new, rev))
     }
 
-    /// A page of audit rows, oldest first, after the cursor `after`.
-    pub async fn list_audit(
-        &self,
-        workspace: Option<&str>,
-        key: Option<Uuid>,
-        after: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<AuditRecord>, sqlx::Error> {
-        let sql = "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, key_id, before, after, reason \
-                   FROM audit_log WHERE ($1 IS NULL OR workspace_id = $1) AND ($2 IS NULL OR key_id = $2) \
-                   AND id > $3 ORDER BY id LIMIT $4";
+    /// A page of audit rows matching `f`: oldest first after the cursor, or newest first
+    /// before it.
+    pub async fn list_audit(&self, f: &AuditFilter<'_>) -> Result<Vec<AuditRecord>, sqlx::Error> {
+        enum B {
+            T(String),
+            I(i64),
+            Bytes(Vec<u8>),
+        }
+        let mut binds = Vec::new();
+        // Each filter's value is bound as the next placeholder.
+        let mut bind = |b: B| {
+            binds.push(b);
+            format!("${}", binds.len())
+        };
+        let mut conds = vec!["1 = 1".to_owned()];
+        if let Some(w) = f.workspace {
+            conds.push(format!("workspace_id = {}", bind(B::T(w.to_owned()))));
+        }
+        if let Some(k) = f.key {
+            conds.push(format!(
+                "key_id = {}",
+                bind(B::Bytes(k.as_bytes().to_vec()))
+            ));
+        }
+        if let Some(a) = f.actor {
+            conds.push(format!("actor_id = {}", bind(B::T(a.to_owned()))));
+        }
+        if let Some(a) = f.action {
+            conds.push(format!("action = {}", bind(B::T(a.to_owned()))));
+        }
+        if let Some(t) = f.from {
+            conds.push(format!("at >= {}", bind(B::I(t))));
+        }
+        if let Some(t) = f.to {
+            conds.push(format!("at < {}", bind(B::I(t))));
+        }
+        let order = if f.newest_first {
+            if let Some(c) = f.cursor {
+                conds.push(format!("id < {}", bind(B::I(c))));
+            }
+            "DESC"
+        } else {
+            conds.push(format!("id > {}", bind(B::I(f.cursor.unwrap_or(0)))));
+            "ASC"
+        };
+        let sql = format!(
+            "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, key_id, before, after, reason \
+             FROM audit_log WHERE {} ORDER BY id {order} LIMIT {}",
+            conds.join(" AND "),
+            f.limit.clamp(1, 1000)
+        );
         on_db!(self, p => {
-            let rows = sqlx::query(p.pick(sql, "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, \
-                   key_id, before, after, reason FROM audit_log WHERE ($1::text IS NULL OR workspace_id = $1) \
-                   AND ($2::bytea IS NULL OR key_id = $2) AND id > $3 ORDER BY id LIMIT $4"))
-                .bind(workspace.map(str::to_owned))
-                .bind(key.map(|k| k.as_bytes().to_vec()))
-                .bind(after.unwrap_or(0))
-                .bind(limit.clamp(1, 1000))
-                .fetch_all(p).await?;
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for b in binds {
+                q = match b { B::T(t) => q.bind(t), B::I(i) => q.bind(i), B::Bytes(v) => q.bind(v) };
+            }
+            let rows = q.fetch_all(p).await?;
             rows.iter().map(|r| {
                 let key_id: Option<Vec<u8>> = r.try_get("key_id")?;
                 let before: Option<String> = r.try_get("before")?;
@@ -220,6 +306,18 @@ impl Db {
     pub async fn count_keys(&self) -> Result<i64, sqlx::Error> {
         on_db!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM keys").fetch_one(p).await)
     }
+}
+
+/// Escapes `LIKE`'s wildcards (`%`, `_`) and its escape character `\\` in a literal.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Db {
