@@ -114,3 +114,60 @@ fn cli_drives_the_api_and_no_secret_is_logged() {
     let body = secret.rsplit_once('_').unwrap().1;
     assert!(!logs.contains(body));
 }
+
+/// `keygate webhooks add|list|deliveries|remove` against a real server and a real receiver:
+/// the secret printed once by `add`, never by `list`; a revocation's delivery in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_manages_webhooks() {
+    let rx = keygate_control_plane::test_support::WebhookReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| {
+        common::serve(dir.path(), "webhooks", |c| {
+            c.env(
+                "KEYGATE_DATABASE_URL",
+                format!("sqlite:{}", dir.path().join("kg.db").display()),
+            )
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN)
+            .env("KEYGATE_WEBHOOK_POLL_MS", "50");
+        })
+    });
+    let url = server.base();
+    let run = |args: &[&str]| tokio::task::block_in_place(|| keygate(&url, args));
+    let (ok, out, err) = run(&["webhooks", "add", &rx.url(), "--event", "key.bogus"]);
+    assert!(!ok && err.contains("INVALID_REQUEST"), "{out}{err}");
+    let (ok, out, err) = run(&[
+        "webhooks",
+        "add",
+        &rx.url(),
+        "--event",
+        "key.created,key.revoked",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (id, secret) = (v["id"].as_str().unwrap(), v["secret"].as_str().unwrap());
+    rx.set_secret(secret);
+    let (ok, out, _) = run(&["webhooks", "list"]);
+    assert!(ok && out.starts_with("ID") && out.contains(id), "{out}");
+    assert!(!out.contains(secret), "{out}");
+    let (ok, out, err) = run(&["keys", "create", "--name", "hooked", "--json"]);
+    assert!(ok, "{err}");
+    let issued: IssuedKey = serde_json::from_str(&out).unwrap();
+    let (ok, _, err) = run(&["keys", "revoke", &issued.key.id]);
+    assert!(ok, "{err}");
+    let got = rx
+        .wait_for(std::time::Duration::from_secs(20), "two events", |r| {
+            r.iter().filter(|x| x.answered == Some(204)).count() >= 2
+        })
+        .await;
+    assert!(got.iter().all(|r| r.verified));
+    let (ok, out, _) = run(&["webhooks", "deliveries", id]);
+    assert!(
+        ok && out.contains("key.revoked") && out.contains("delivered"),
+        "{out}"
+    );
+    let (ok, out, _) = run(&["webhooks", "remove", id]);
+    assert!(ok && out.contains(id), "{out}");
+    let (ok, out, _) = run(&["webhooks", "list"]);
+    assert!(ok && !out.contains(id), "{out}");
+}

@@ -8,6 +8,7 @@ use crate::runtime::config::Config;
 
 mod client;
 pub mod github;
+pub mod webhooks;
 
 use client::Client;
 
@@ -54,6 +55,15 @@ pub enum Command {
         /// The registry command.
         #[command(subcommand)]
         command: github::ReposCommand,
+    },
+    /// Manage webhook endpoints and read their delivery log through the HTTP API.
+    Webhooks {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The webhook command.
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
 }
 

@@ -5,6 +5,7 @@
 pub mod key;
 pub mod lifecycle;
 pub mod names;
+pub mod webhooks;
 
 use keygate_protocol::scope;
 use serde::{Deserialize, Serialize};

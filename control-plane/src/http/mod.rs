@@ -13,6 +13,7 @@ pub mod keys;
 pub mod keyset;
 pub mod oversize;
 pub mod system;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -75,6 +76,7 @@ pub fn app(state: AppState) -> Router {
                 .url("/openapi.json", system::ApiDoc::openapi()),
         )
         .merge(github::router())
+        .merge(webhooks::router())
         .merge(console::router())
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(body_limit))

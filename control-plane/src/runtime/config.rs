@@ -44,6 +44,9 @@ pub struct Config {
     /// Forward-auth endpoint settings (`/v1/forward-auth`).
     #[command(flatten)]
     pub forward_auth: crate::forward_auth::ForwardAuthArgs,
+    /// Webhook delivery settings.
+    #[command(flatten)]
+    pub webhooks: super::webhooks::WebhookArgs,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             usage_retention_days: 90,
             github: crate::github::GithubArgs::default(),
             forward_auth: crate::forward_auth::ForwardAuthArgs::default(),
+            webhooks: super::webhooks::WebhookArgs::default(),
         }
     }
 }

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod state;
 pub mod usage;
 pub mod verify_cache;
+pub mod webhooks;

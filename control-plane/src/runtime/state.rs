@@ -153,7 +153,7 @@ impl AppState {
     }
 
     /// Starts the background tasks: usage flushing, change-log pruning, usage-history pruning
-    /// (hours older than `usage_retention_days`), the forward-auth key
+    /// (hours older than `usage_retention_days`), webhook delivery, the forward-auth key
     /// set's follower (when configured), and on PostgreSQL the `LISTEN keygate_keyset` loop that
     /// learns of other replicas' writes.
     pub(crate) fn spawn_background(&self) -> Vec<JoinHandle<()>> {
@@ -188,6 +188,10 @@ impl AppState {
                 }
             }
         }));
+        tasks.push(tokio::spawn(super::webhooks::deliver_forever(
+            self.db.clone(),
+            self.config.webhooks.clone(),
+        )));
         if let Some(fa) = &self.forward_auth {
             tasks.push(tokio::spawn(Arc::clone(&fa.mirror).follow(self.db.clone())));
         }

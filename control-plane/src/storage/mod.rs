@@ -19,6 +19,8 @@ pub mod keyset;
 mod rows;
 pub mod usage;
 pub mod usage_history;
+pub mod webhook_outbox;
+pub mod webhooks;
 mod write;
 
 use std::str::FromStr;

@@ -1,5 +1,5 @@
 //! The statements every key write shares, as functions generic over the engine (the same SQL
-//! runs on both): the audit row, a key row's mutable columns, and the revision bump with its
+//! runs on both): the audit row (with the webhook event it raises), a key row's mutable columns, and the revision bump with its
 //! change-log rows. Each runs inside the caller's transaction.
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Transaction, Type};
@@ -20,6 +20,7 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
 {
     sqlx::query::<DB>(
         "INSERT INTO audit_log (at, workspace_id, actor_id, actor_name, actor_prefix, action, \
@@ -37,7 +38,7 @@ where
     .bind(e.reason.map(str::to_owned))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    super::webhook_outbox::enqueue(tx, e).await
 }
 
 /// Writes every mutable column of a key.

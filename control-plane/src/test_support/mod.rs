@@ -9,15 +9,19 @@
 //! - [`ServeProcess`]: the real `keygate serve` binary as a child process (supervised by
 //!   [`keygate_testkit::process`]); the caller gives the binary's path.
 //!
+//! - [`WebhookReceiver`]: a real HTTP receiver of webhooks that checks every signature.
+//!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
 mod api_client;
 mod in_process;
 mod serve_process;
+mod webhook_receiver;
 
 pub use api_client::{ApiClient, json_call};
 pub use in_process::InProcessServer;
 pub use serve_process::ServeProcess;
+pub use webhook_receiver::{Answer, Received, WebhookReceiver, verify_signature};
 
 /// The bootstrap admin credential of every test control plane.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";

@@ -1,0 +1,217 @@
+//! Webhook rules: the event types, which audited action raises which event, an event's
+//! payload (the key's public view, never a secret), and an endpoint's input (URL, event types,
+//! description) parsed once.
+
+use serde_json::{Value, json};
+
+use super::key::Actor;
+
+/// A key was issued (created or exchanged).
+pub const KEY_CREATED: &str = "key.created";
+/// A key's name, description, scopes, resources, expiry or metadata changed.
+pub const KEY_UPDATED: &str = "key.updated";
+/// A key was suspended (itself, or by its parent's suspension).
+pub const KEY_SUSPENDED: &str = "key.suspended";
+/// A suspended key was reactivated.
+pub const KEY_REACTIVATED: &str = "key.reactivated";
+/// A key was revoked (itself, or by its parent's revocation).
+pub const KEY_REVOKED: &str = "key.revoked";
+/// A key's secret was rotated.
+pub const KEY_ROTATED: &str = "key.rotated";
+
+/// Every event type an endpoint may subscribe to.
+pub const EVENT_TYPES: [&str; 6] = [
+    KEY_CREATED,
+    KEY_UPDATED,
+    KEY_SUSPENDED,
+    KEY_REACTIVATED,
+    KEY_REVOKED,
+    KEY_ROTATED,
+];
+
+/// The event an audited action raises, if any (the GitHub broker's actions raise none).
+pub fn event_for_action(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "key.create" | "key.exchange" => KEY_CREATED,
+        "key.update" => KEY_UPDATED,
+        "key.suspend" => KEY_SUSPENDED,
+        "key.reactivate" => KEY_REACTIVATED,
+        "key.revoke" => KEY_REVOKED,
+        "key.rotate" => KEY_ROTATED,
+        _ => return None,
+    })
+}
+
+/// What an event says, from its audit row's parts.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFacts<'a> {
+    /// The event id (`msg_…`, the `webhook-id` header).
+    pub id: &'a str,
+    /// The event type.
+    pub event_type: &'a str,
+    /// RFC 3339 time of the change.
+    pub timestamp: &'a str,
+    /// The audited action.
+    pub action: &'a str,
+    /// Who.
+    pub actor: &'a Actor,
+    /// The key's workspace.
+    pub workspace_id: Option<&'a str>,
+    /// The key's public view after the change (before, for a change with no after).
+    pub key: Option<&'a Value>,
+    /// The reason given.
+    pub reason: Option<&'a str>,
+}
+
+/// The event's JSON body, Standard Webhooks' shape `{type, timestamp, data}`. `key` is the
+/// audit log's view of the key: id, name, display prefix, scopes, status… never the secret or
+/// its digest.
+pub fn event_payload(f: &EventFacts<'_>) -> Value {
+    json!({
+        "id": f.id,
+        "type": f.event_type,
+        "timestamp": f.timestamp,
+        "data": {
+            "action": f.action,
+            "actor": f.actor,
+            "workspace_id": f.workspace_id,
+            "key": f.key,
+            "reason": f.reason,
+        },
+    })
+}
+
+/// A webhook endpoint's input, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// `http://` or `https://` URL with a host, no user information.
+    pub url: String,
+    /// Distinct event types from [`EVENT_TYPES`], at least one.
+    pub event_types: Vec<String>,
+    /// Free text, at most 256 bytes.
+    pub description: String,
+}
+
+/// Why an endpoint's input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The URL is not an absolute http(s) URL with a host, or is too long.
+    #[error(
+        "url must be an absolute http:// or https:// URL with a host, without user information, at most 2048 bytes"
+    )]
+    Url,
+    /// No event type, or an unknown one.
+    #[error("event_types must list one or more of: {}", EVENT_TYPES.join(", "))]
+    EventTypes,
+    /// The description is too long.
+    #[error("description must be at most 256 bytes")]
+    Description,
+}
+
+impl EndpointSpec {
+    /// Parses an endpoint's input.
+    ///
+    /// # Errors
+    /// The first rule broken.
+    pub fn parse(
+        url: &str,
+        event_types: &[String],
+        description: Option<&str>,
+    ) -> Result<Self, EndpointError> {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or(EndpointError::Url)?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if url.len() > 2048
+            || authority.is_empty()
+            || authority.contains('@')
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(EndpointError::Url);
+        }
+        let mut types: Vec<String> = Vec::new();
+        for t in event_types {
+            if !EVENT_TYPES.contains(&t.as_str()) {
+                return Err(EndpointError::EventTypes);
+            }
+            if !types.contains(t) {
+                types.push(t.clone());
+            }
+        }
+        if types.is_empty() {
+            return Err(EndpointError::EventTypes);
+        }
+        let description = description.unwrap_or("").to_owned();
+        if description.len() > 256 {
+            return Err(EndpointError::Description);
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            event_types: types,
+            description,
+        })
+    }
+}
+
+/// The delay before retry `attempt` (1 = the first retry): `base_ms` doubled per attempt, at
+/// most an hour.
+pub fn retry_delay_ms(base_ms: u64, attempt: u32) -> u64 {
+    let factor = 1u64 << attempt.saturating_sub(1).min(20);
+    base_ms.saturating_mul(factor).min(3_600_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn endpoint_input_is_parsed() {
+        let s = EndpointSpec::parse(
+            "https://hooks.example.com/keygate?x=1",
+            &types(&["key.revoked", "key.created", "key.revoked"]),
+            Some("ops"),
+        )
+        .unwrap();
+        assert_eq!(s.event_types, types(&["key.revoked", "key.created"]));
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https://user:pw@host/",
+            "https://host/a b",
+            "/relative",
+        ] {
+            assert_eq!(
+                EndpointSpec::parse(bad, &types(&["key.created"]), None),
+                Err(EndpointError::Url),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            EndpointSpec::parse("http://h", &[], None),
+            Err(EndpointError::EventTypes)
+        );
+        assert_eq!(
+            EndpointSpec::parse("http://h", &types(&["key.exploded"]), None),
+            Err(EndpointError::EventTypes)
+        );
+        assert_eq!(
+            EndpointSpec::parse("http://h", &types(&["key.created"]), Some(&"x".repeat(257))),
+            Err(EndpointError::Description)
+        );
+    }
+
+    #[test]
+    fn actions_map_to_events_and_retries_back_off() {
+        assert_eq!(event_for_action("key.exchange"), Some(KEY_CREATED));
+        assert_eq!(event_for_action("key.revoke"), Some(KEY_REVOKED));
+        assert_eq!(event_for_action("github.token.issue"), None);
+        assert_eq!(retry_delay_ms(1000, 1), 1000);
+        assert_eq!(retry_delay_ms(1000, 4), 8000);
+        assert_eq!(retry_delay_ms(1000, 40), 3_600_000);
+    }
+}
