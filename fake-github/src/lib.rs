@@ -15,6 +15,8 @@
 //!   repositories the installation lacks (422), primary (403) and secondary (403/429) rate limits
 //!   with GitHub's headers, a skewed clock, slow answers, and stateless ~520-character `ghs_`
 //!   tokens with dots (`X-GitHub-Stateless-S2S-Token: enabled|disabled` forces either form).
+//! - Secret scanning partner alerts ([`secret_scanning`]): a signer with test-only ECDSA P-256
+//!   keys and `GET /meta/public_keys/secret_scanning`, as GitHub documents them.
 //! - `path_prefix: "/api/v3"` serves the routes as GitHub Enterprise Server does.
 
 #![recursion_limit = "256"]
@@ -28,6 +30,7 @@ mod model;
 mod recorded;
 mod responses;
 mod routes;
+pub mod secret_scanning;
 mod setup;
 mod state;
 mod tokens;
@@ -93,6 +96,8 @@ impl FakeGithub {
             inner: Mutex::new(Inner {
                 token_ttl: 3600,
                 next_id: 1000,
+                alert_keys: vec![secret_scanning::KEY_1, secret_scanning::KEY_2],
+                alert_key_current: secret_scanning::KEY_2,
                 ..Inner::default()
             }),
             api_base: format!("http://{addr}{prefix}"),

@@ -41,6 +41,8 @@ pub enum Operation {
     GetAuthenticated,
     /// `GET /app/installations/{installation_id}`
     GetInstallation,
+    /// `GET /meta/public_keys/secret_scanning`
+    GetSecretScanningPublicKeys,
 }
 
 /// The routes, behind the per-request checks, nested under `prefix` when it is not empty.
@@ -63,6 +65,10 @@ pub(crate) fn router(shared: Arc<Shared>, prefix: &str) -> Router {
         .route("/orgs/{org}/installation", get(get_org_installation))
         .route("/users/{username}/installation", get(get_user_installation))
         .route("/installation/token", delete(revoke_token))
+        .route(
+            "/meta/public_keys/secret_scanning",
+            get(crate::secret_scanning::public_keys),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), common))
         .with_state(shared);
@@ -122,6 +128,9 @@ fn operation(method: &axum::http::Method, path: &str) -> Option<Operation> {
         (&M::GET, ["app", "installations"]) => Operation::ListInstallations,
         (&M::GET, ["app"]) => Operation::GetAuthenticated,
         (&M::GET, ["app", "installations", _]) => Operation::GetInstallation,
+        (&M::GET, ["meta", "public_keys", "secret_scanning"]) => {
+            Operation::GetSecretScanningPublicKeys
+        }
         _ => return None,
     })
 }

@@ -48,6 +48,9 @@ pub(crate) struct Inner {
     pub(crate) token_ttl: i64,
     pub(crate) token_requests: Vec<RecordedTokenRequest>,
     pub(crate) next_id: u64,
+    /// The secret scanning keys published (fixture names), and the current one.
+    pub(crate) alert_keys: Vec<&'static str>,
+    pub(crate) alert_key_current: &'static str,
 }
 
 #[derive(Debug)]

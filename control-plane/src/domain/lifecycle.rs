@@ -1,8 +1,8 @@
 //! Lifecycle changes as data: what a change does to a key ([`Plan`]) and what a parent's change
 //! does to its exchanged children ([`Cascade`]). Decided here; the store only applies them.
 
-use super::KeyStatus;
 use super::key::KeyRecord;
+use super::{Action, KeyStatus, RuleError, transition};
 
 /// What a lifecycle change does, decided by the caller's pure closure from the current record.
 #[derive(Debug, Clone)]
@@ -13,6 +13,32 @@ pub struct Plan {
     pub retire: Option<([u8; 32], i64)>,
     /// What happens to the key's exchanged children.
     pub cascade: Option<Cascade>,
+}
+
+/// The plan of a status change (suspend, reactivate, revoke) of `old` at `now`: the transition
+/// rule, and the cascade to its exchanged children.
+///
+/// # Errors
+/// The transition is not allowed from the key's status.
+pub fn status_plan(old: &KeyRecord, action: Action, now: i64) -> Result<Plan, RuleError> {
+    let mut new = old.clone();
+    new.status = transition(old.status, action)?;
+    new.updated_at = now;
+    new.suspended_by_parent = false;
+    let cascade = match action {
+        Action::Suspend => Some(Cascade::Suspend),
+        Action::Reactivate => Some(Cascade::Reactivate),
+        Action::Revoke => {
+            new.revoked_at = Some(now);
+            Some(Cascade::Revoke)
+        }
+        _ => None,
+    };
+    Ok(Plan {
+        new,
+        retire: None,
+        cascade,
+    })
 }
 
 /// The effect of a parent's change on its children.

@@ -3,6 +3,7 @@
 //! and SQL layers only call these functions.
 
 pub mod key;
+pub mod leaks;
 pub mod lifecycle;
 pub mod names;
 pub mod webhooks;

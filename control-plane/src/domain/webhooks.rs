@@ -19,14 +19,18 @@ pub const KEY_REVOKED: &str = "key.revoked";
 /// A key's secret was rotated.
 pub const KEY_ROTATED: &str = "key.rotated";
 
+/// A key was reported leaked (GitHub secret scanning), with the public URL and source.
+pub const KEY_LEAKED: &str = "key.leaked";
+
 /// Every event type an endpoint may subscribe to.
-pub const EVENT_TYPES: [&str; 6] = [
+pub const EVENT_TYPES: [&str; 7] = [
     KEY_CREATED,
     KEY_UPDATED,
     KEY_SUSPENDED,
     KEY_REACTIVATED,
     KEY_REVOKED,
     KEY_ROTATED,
+    KEY_LEAKED,
 ];
 
 /// The event an audited action raises, if any (the GitHub broker's actions raise none).
@@ -38,6 +42,7 @@ pub fn event_for_action(action: &str) -> Option<&'static str> {
         "key.reactivate" => KEY_REACTIVATED,
         "key.revoke" => KEY_REVOKED,
         "key.rotate" => KEY_ROTATED,
+        super::leaks::LEAK_ACTION => KEY_LEAKED,
         _ => return None,
     })
 }

@@ -14,7 +14,7 @@ use crate::storage::{AuditFilter, AuditRecord};
 use super::keys::{page_limit, parse_id};
 
 /// The actions the audit log records.
-pub const ACTIONS: [&str; 11] = [
+pub const ACTIONS: [&str; 12] = [
     "key.create",
     "key.exchange",
     "key.update",
@@ -22,6 +22,7 @@ pub const ACTIONS: [&str; 11] = [
     "key.reactivate",
     "key.revoke",
     "key.rotate",
+    crate::domain::leaks::LEAK_ACTION,
     "github.token.issue",
     "github.token.revoke",
     "github.repository.create",

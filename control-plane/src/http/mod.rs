@@ -12,6 +12,7 @@ pub mod github;
 pub mod keys;
 pub mod keyset;
 pub mod oversize;
+pub mod secret_scanning;
 pub mod system;
 pub mod webhooks;
 
@@ -56,6 +57,13 @@ pub fn app(state: AppState) -> Router {
             "/v1/usage",
             post(keyset::post_usage).layer(DefaultBodyLimit::max(
                 body_limit.max(keygate_protocol::usage::MAX_BODY_BYTES),
+            )),
+        )
+        // GitHub batches matches: a larger body than the general limit.
+        .route(
+            secret_scanning::PATH,
+            post(secret_scanning::secret_scanning_alert).layer(DefaultBodyLimit::max(
+                body_limit.max(secret_scanning::BODY_LIMIT),
             )),
         )
         // Every method: the method is the original request's (ext_authz, nginx).

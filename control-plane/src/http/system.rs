@@ -96,6 +96,7 @@ impl Modify for BearerAuth {
         crate::http::keys::issue::exchange_key,
         crate::http::keys::verify::verify_key,
         crate::http::audit::list_audit,
+        crate::http::secret_scanning::secret_scanning_alert,
         crate::http::webhooks::create_webhook,
         crate::http::webhooks::list_webhooks,
         crate::http::webhooks::delete_webhook,

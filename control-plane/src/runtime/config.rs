@@ -47,6 +47,9 @@ pub struct Config {
     /// Webhook delivery settings.
     #[command(flatten)]
     pub webhooks: super::webhooks::WebhookArgs,
+    /// GitHub secret scanning alert settings.
+    #[command(flatten)]
+    pub secret_scanning: super::secret_scanning::SecretScanningArgs,
 }
 
 impl Config {
@@ -65,6 +68,7 @@ impl Config {
             github: crate::github::GithubArgs::default(),
             forward_auth: crate::forward_auth::ForwardAuthArgs::default(),
             webhooks: super::webhooks::WebhookArgs::default(),
+            secret_scanning: super::secret_scanning::SecretScanningArgs::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod drain;
 pub mod limiter;
 pub mod metrics;
+pub mod secret_scanning;
 pub mod state;
 pub mod usage;
 pub mod verify_cache;

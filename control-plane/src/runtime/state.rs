@@ -42,6 +42,8 @@ pub struct AppState {
     pub(crate) github: Arc<crate::github::Broker>,
     /// The forward-auth endpoint, when configured.
     pub(crate) forward_auth: Option<Arc<ForwardAuth>>,
+    /// GitHub's secret scanning keys, cached.
+    pub(crate) alerts: Arc<super::secret_scanning::AlertVerifier>,
 }
 
 /// A bootstrap admin key generated on first start; its secret must be shown exactly once.
@@ -124,6 +126,9 @@ impl AppState {
         }
         let state = Self {
             admin_token: config.admin_token.as_deref().map(Digest::of),
+            alerts: Arc::new(super::secret_scanning::AlertVerifier::new(
+                &config.secret_scanning.secret_scanning_keys_url,
+            )),
             limiter: Arc::new(AuthLimiter::new(config.auth_failures_per_minute)),
             config: Arc::new(config),
             verify_cache: Arc::new(VerifyCache::default()),

@@ -17,6 +17,7 @@ mod key_writes;
 pub mod keys;
 pub mod keyset;
 mod rows;
+pub mod secret_scanning;
 pub mod usage;
 pub mod usage_history;
 pub mod webhook_outbox;

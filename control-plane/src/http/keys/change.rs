@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::domain::key::KeyView;
-use crate::domain::lifecycle::{Cascade, Plan};
+use crate::domain::lifecycle::{Plan, status_plan};
 use crate::domain::names::KeyName;
 use crate::domain::{self, Action, Grant};
 use crate::http::auth::{Caller, SCOPE_KEYS_WRITE};
@@ -160,25 +160,7 @@ pub async fn status_change(
             now,
             |old| {
                 check_edge_admin(caller, old.kind)?;
-                let to = domain::transition(old.status, action)?;
-                let mut new = old.clone();
-                new.status = to;
-                new.updated_at = now;
-                new.suspended_by_parent = false;
-                let cascade = match action {
-                    Action::Suspend => Some(Cascade::Suspend),
-                    Action::Reactivate => Some(Cascade::Reactivate),
-                    Action::Revoke => {
-                        new.revoked_at = Some(now);
-                        Some(Cascade::Revoke)
-                    }
-                    _ => None,
-                };
-                Ok::<_, ApiError>(Plan {
-                    new,
-                    retire: None,
-                    cascade,
-                })
+                Ok::<_, ApiError>(status_plan(old, action, now)?)
             },
         )
         .await?;

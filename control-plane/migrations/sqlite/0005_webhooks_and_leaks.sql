@@ -1,3 +1,4 @@
+-- Migration 0005: signed webhooks (endpoints, outbox, delivery log) and GitHub secret scanning alerts.
 -- Signed webhooks (storage/webhooks.rs, runtime/webhooks.rs). An endpoint's signing secret is
 -- stored as it is (`whsec_<base64>`): HMAC signing needs the secret itself, so it cannot be
 -- hashed like a key; it is shown once at creation and never read back by the API.
@@ -49,3 +50,10 @@ CREATE TABLE webhook_attempts (
     duration_ms INTEGER NOT NULL
 );
 CREATE INDEX webhook_attempts_endpoint ON webhook_attempts (endpoint_id, id);
+
+-- GitHub secret scanning alerts already acted on (http/secret_scanning.rs), by the SHA-256 of
+-- the signed body: a replayed alert (the same signed body again) changes nothing.
+CREATE TABLE secret_scanning_alerts (
+    body_digest BLOB PRIMARY KEY NOT NULL,
+    received_at INTEGER NOT NULL
+);
