@@ -49,7 +49,7 @@ impl Syncer {
 
     /// Takes the current value of the shared counter `name` and increments it
     /// (compare-and-swap); `None` if shared data keeps refusing.
-    fn claim_counter(&mut self, host: &mut impl Host, name: &str) -> Option<u32> {
+    pub(super) fn claim_counter(&mut self, host: &mut impl Host, name: &str) -> Option<u32> {
         let key = self.key(name);
         for _ in 0..8 {
             let (value, cas) = host.shared_get(&key);
