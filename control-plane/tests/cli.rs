@@ -49,7 +49,7 @@ fn cli_drives_the_api_and_no_secret_is_logged() {
         ],
     );
     assert!(ok, "{err}");
-    let IssuedKey { secret, key } = serde_json::from_str(&out).unwrap();
+    let IssuedKey { secret, key, .. } = serde_json::from_str(&out).unwrap();
     let id = key.id;
     let (ok, out, _) = keygate(&url, &["keys", "list"]);
     assert!(ok);

@@ -103,7 +103,7 @@ where
     .execute(&mut *tx)
     .await?;
     insert_audit(&mut tx, audit).await?;
-    let revision = log_changes(&mut tx, [&k.digest], pool.pick("", NOTIFY)).await?;
+    let revision = log_changes(&mut tx, [&k.digest], k.created_at, pool.pick("", NOTIFY)).await?;
     tx.commit().await?;
     Ok(revision)
 }
@@ -256,7 +256,7 @@ where
             insert_audit(&mut tx, &audit).await?;
         }
     }
-    let revision = log_changes(&mut tx, touched.iter(), pool.pick("", NOTIFY)).await?;
+    let revision = log_changes(&mut tx, touched.iter(), change.now, pool.pick("", NOTIFY)).await?;
     tx.commit().await?;
     Ok((new, revision))
 }
