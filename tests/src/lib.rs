@@ -5,6 +5,7 @@
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
 pub mod bench_envoy;
+pub mod cut_proxy;
 pub mod echo;
 pub mod envoy;
 pub mod ext_authz;

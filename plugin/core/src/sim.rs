@@ -773,7 +773,8 @@ fn every_key_set_call_reports_one_edge_id_for_the_process_and_what_it_holds() {
     let mut sim = Sim::new(3, &c);
     {
         let mut w = sim.world.borrow_mut();
-        w.properties.insert("node.id".into(), b"edge-eu-1".to_vec());
+        w.properties
+            .insert("xds.node.id".into(), b"edge-eu-1".to_vec());
         w.properties
             .insert("node.cluster".into(), b"front\r\nproxy".to_vec());
     }
@@ -820,7 +821,10 @@ fn every_key_set_call_reports_one_edge_id_for_the_process_and_what_it_holds() {
         .unwrap();
     assert!(staleness <= c.sync_interval_ms, "{staleness}");
     // Properties are read once per VM, not per call.
-    assert_eq!(sim.world.borrow().property_reads.get("node.id"), Some(&1));
+    assert_eq!(
+        sim.world.borrow().property_reads.get("xds.node.id"),
+        Some(&1)
+    );
 
     // The leader dies: another worker takes the lease and reports the same id.
     let leader = last.worker;

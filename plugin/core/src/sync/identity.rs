@@ -7,7 +7,8 @@
 //!   later leader (the lease may move) reads it there. Shared data lives as long as the
 //!   process, so a restarted proxy is a new edge (same node id, new edge id), and the old
 //!   one goes `gone` in the registry.
-//! * **Node.** Envoy's `node.id` and `node.cluster` properties, read once per VM.
+//! * **Node.** Envoy's node id and cluster (properties `xds.node.*` in Envoy 1.40, `node.*`
+//!   before), read once per VM when it is configured.
 //! * **Workers.** A shared counter (`<ns>/workers`) each VM that keeps a set increments once.
 //! * **State.** Applied revision, keys, staleness of the set, the filter's version.
 //!
@@ -59,6 +60,22 @@ impl Syncer {
         found
     }
 
+    /// Reads Envoy's node id and cluster once, when the VM is configured: the properties
+    /// `xds.node.id`/`xds.node.cluster` (Envoy 1.40, where `node.*` is not found), or
+    /// `node.id`/`node.cluster` (older hosts).
+    pub fn read_node(&mut self, host: &mut impl Host) {
+        if self.node.is_none() {
+            let mut read = |field: &str| {
+                property_text(host, &["xds", "node", field])
+                    .or_else(|| property_text(host, &["node", field]))
+            };
+            self.node = Some(Node {
+                id: read("id"),
+                cluster: read("cluster"),
+            });
+        }
+    }
+
     /// Counts this VM among the process's workers, once (a VM that keeps a set).
     pub(super) fn count_worker(&mut self, host: &mut impl Host) {
         if !self.counted_worker {
@@ -76,10 +93,8 @@ impl Syncer {
         if let Some(id) = self.edge_id(host) {
             out.push((edge::ID_HEADER, id));
         }
-        let node = self.node.get_or_insert_with(|| Node {
-            id: property_text(host, &["node", "id"]),
-            cluster: property_text(host, &["node", "cluster"]),
-        });
+        self.read_node(host);
+        let node = self.node.get_or_insert_with(Node::default);
         if let Some(id) = &node.id {
             out.push((edge::NODE_HEADER, id.clone()));
         }

@@ -13,6 +13,7 @@ impl Syncer {
     /// key set (a whole copy of it, otherwise, for nothing). Should that presumption be wrong
     /// (another host, another order), its first request wakes it ([`Syncer::wake`]).
     pub fn on_configure(&mut self, host: &mut impl Host) {
+        self.read_node(host);
         if self.claim_counter(host, "configured") == Some(1) {
             self.idle = true;
             host.log(
