@@ -133,7 +133,6 @@ fn revoke_wait_latency(samples: usize) -> anyhow::Result<()> {
             "{v}"
         );
     }
-    // The last key revoked is refused by every proxy.
     drop((envoy_a, envoy_b, gw));
     took.sort_unstable();
     let ms = |ns: u64| ns as f64 / 1e6;
