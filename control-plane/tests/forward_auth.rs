@@ -896,9 +896,8 @@ async fn without_a_configuration_the_endpoint_says_it_is_off() {
 /// Runs `keygate serve` with `args` and `env` on a fresh SQLite file and returns its exit
 /// status and stderr; panics if it is still running after 30 s (it started instead of refusing).
 fn serve_refuses(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    use std::process::{Command, Stdio};
-    let stderr_path = dir.join("refused.stderr");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+    command
         .arg("serve")
         .args(args)
         .env("KEYGATE_LISTEN", "127.0.0.1:0")
@@ -907,29 +906,22 @@ fn serve_refuses(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
             "KEYGATE_DATABASE_URL",
             format!("sqlite:{}", dir.join("refused.db").display()),
         )
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
-        .spawn()
-        .expect("spawn keygate serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "keygate serve {args:?} started instead of refusing:\n{}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        .envs(env.iter().copied());
+    // A name of its own per start: the output files are appended to.
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut process =
+        keygate_testkit::process::Supervised::spawn(&format!("refused-{n}"), command, dir)
+            .expect("spawn keygate serve");
+    let Some(status) = process.wait_exit(Duration::from_secs(30)) else {
+        process.kill();
+        panic!(
+            "keygate serve {args:?} started instead of refusing:\n{}",
+            process.stderr()
+        );
     };
     assert!(!status.success(), "{args:?}: {status}");
-    std::fs::read_to_string(&stderr_path).unwrap()
+    process.stderr()
 }
 
 #[test]

@@ -4,15 +4,14 @@
 //! (found or installed by `keygate_testkit::envoy`: the test fails, never skips, without it), with
 //! the local gateway (`--gateway`), and refusing an `--envoy` that is not Envoy 1.40.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keygate_testkit::envoy::{INSTALL_COMMAND, envoy_binary};
 use keygate_testkit::poll::wait_for;
+use keygate_testkit::process::Supervised;
 use serde_json::Value;
 
 /// Runs one printed shell line, with `-w` appended so the status code comes last.
@@ -28,19 +27,23 @@ fn run_curl(line: &str) -> (u16, String) {
     (code.trim().parse().expect("status code"), body.to_owned())
 }
 
-/// A running quickstart; on drop (a failed assertion) stdin is closed so that it stops what it
-/// started, then it is killed if it has not exited.
+/// A running quickstart, supervised: its stdin is a pipe this test holds, so that it stops
+/// what it started when the pipe closes (on [`Quickstart::stop`], on drop after a failed
+/// assertion, or when the test process dies); killed on drop if it has not exited by then.
 struct Quickstart {
-    child: Option<Child>,
+    process: Supervised,
     /// Everything printed on stdout before `ready`.
     printed: Vec<String>,
+    _logs: tempfile::TempDir,
 }
 
 impl Quickstart {
     /// Starts the quickstart with every address on port 0 and `extra` arguments, and waits for
     /// its `ready` line.
     fn start(state: &Path, extra: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_keygate-quickstart"))
+        let logs = tempfile::tempdir().expect("tempdir");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keygate-quickstart"));
+        command
             .arg("--non-interactive")
             .arg("--state-dir")
             .arg(state)
@@ -48,50 +51,25 @@ impl Quickstart {
             .args(["--control-plane-listen", "127.0.0.1:0"])
             .args(["--upstream-listen", "127.0.0.1:0"])
             .args(extra)
-            .env_remove("KEYGATE_ENVOY")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+            .env_remove("KEYGATE_ENVOY");
+        let mut process = Supervised::spawn_with_stdin("quickstart", command, logs.path())
             .expect("quickstart starts");
-        let mut q = Self {
-            child: Some(child),
-            printed: Vec::new(),
-        };
-        let stdout = q.child().stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("ready") => return q,
-                Ok(line) => q.printed.push(line),
-                Err(e) => {
-                    let mut child = q.child.take().expect("child");
-                    drop(child.stdin.take());
-                    let _ = wait_exit(&mut child, Duration::from_secs(20));
-                    let _ = child.kill();
-                    let out = child.wait_with_output().expect("output");
-                    panic!(
-                        "no `ready` line ({e}); printed {:?}; stderr: {}",
-                        q.printed,
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            }
+        if let Err(e) = process.wait_for_line("ready", Duration::from_secs(180)) {
+            process.close_stdin();
+            let _ = process.wait_exit(Duration::from_secs(20));
+            panic!("no `ready` line: {e}");
         }
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("running")
+        let printed = process
+            .stdout()
+            .lines()
+            .take_while(|l| !l.starts_with("ready"))
+            .map(str::to_owned)
+            .collect();
+        Self {
+            process,
+            printed,
+            _logs: logs,
+        }
     }
 
     /// The printed line that starts with `prefix` (after indentation).
@@ -104,48 +82,23 @@ impl Quickstart {
 
     /// Closes stdin and waits for a clean exit.
     fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        drop(child.stdin.take());
-        let status = wait_exit(&mut child, Duration::from_secs(30));
-        let Some(status) = status else {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "quickstart did not stop; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        self.process.close_stdin();
+        let Some(status) = self.process.wait_exit(Duration::from_secs(30)) else {
+            self.process.kill();
+            panic!("quickstart did not stop; stderr: {}", self.process.stderr());
         };
-        let out = child.wait_with_output().expect("output");
         assert!(
             status.success(),
             "exit status {status}; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
+            self.process.stderr()
         );
     }
 }
 
 impl Drop for Quickstart {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            if wait_exit(&mut child, Duration::from_secs(20)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        self.process.close_stdin();
+        let _ = self.process.wait_exit(Duration::from_secs(20));
     }
 }
 

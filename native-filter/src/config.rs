@@ -15,10 +15,13 @@
 //!   `cluster` names no Envoy cluster here (the module calls the control plane itself); it
 //!   still namespaces the sync's state, and `authority` is unused (the client sends the URL's
 //!   host).
-//! - `control_plane_url`: the control plane's base URL, plain `http://host:port` (this build
-//!   has no TLS client: for a remote control plane, point it at a local Envoy listener that
-//!   proxies to the control-plane cluster with TLS). The key set is synced from it by a
-//!   background thread ([`crate::sync_thread`]) and usage reported to it.
+//! - `control_plane_url`: the control plane's base URL, `http://host:port` or
+//!   `https://host:port` (TLS by rustls; the server's certificate must chain to Mozilla's roots,
+//!   compiled in, or with `ca_file` to the certificates of that PEM file, a private CA). The
+//!   key set is synced from it by a background thread ([`crate::sync_thread`]) and usage
+//!   reported to it.
+//! - `ca_file` (with an `https://` URL only): a PEM file of the certificate authorities to
+//!   trust instead of Mozilla's roots, read when Envoy loads the configuration.
 //! - or `snapshot_file` instead: a key set in the protocol's wire format, read once and always
 //!   fresh, with no sync and no usage reports (benchmarks, tests).
 
@@ -29,6 +32,7 @@ use keygate_protocol::keyset::KeySet;
 use serde::Deserialize;
 
 use crate::host::LogFn;
+use crate::http::Trust;
 use crate::sync_thread::KeySync;
 
 /// The `filter_name` of Keygate's filter.
@@ -100,6 +104,10 @@ pub struct NativeConfig {
     /// The control plane's base URL: the key set is synced from it.
     #[serde(default)]
     pub control_plane_url: Option<String>,
+    /// The PEM file of the certificate authorities an `https://` control plane's certificate
+    /// must chain to, instead of Mozilla's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// Or a fixed key set, read once.
     #[serde(default)]
     pub snapshot_file: Option<String>,
@@ -137,8 +145,14 @@ impl Keygate {
         let config = Config::from_json(&json).map_err(|e| e.to_string())?;
         let keys = match (native.control_plane_url, native.snapshot_file) {
             (Some(url), None) => {
-                check_url(&url)?;
-                Keys::Synced(KeySync::shared(&config, &url, log)?)
+                let trust = trust(&url, native.ca_file.as_deref())?;
+                Keys::Synced(KeySync::shared(
+                    &config,
+                    &url,
+                    native.ca_file.as_deref(),
+                    &trust,
+                    log,
+                )?)
             }
             (None, Some(path)) => Keys::Fixed(Arc::new(read_snapshot(&path)?)),
             _ => {
@@ -162,18 +176,29 @@ impl Keygate {
     }
 }
 
-fn check_url(url: &str) -> Result<(), String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!(
-            "keygate-native-filter: control_plane_url {url:?}: plain http://host:port only (no TLS in this build: point it at a local Envoy listener that proxies to the control plane)"
-        ));
+/// Checks `url` (`http://` or `https://` and a host) and reads the trust its `ca_file` gives.
+fn trust(url: &str, ca_file: Option<&str>) -> Result<Trust, String> {
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => {
+            return Err(format!(
+                "keygate-native-filter: control_plane_url {url:?}: give http://host:port or https://host:port"
+            ));
+        }
     };
     if rest.is_empty() || rest.starts_with('/') {
         return Err(format!(
             "keygate-native-filter: control_plane_url {url:?}: no host"
         ));
     }
-    Ok(())
+    match ca_file {
+        None => Ok(Trust::WebPki),
+        Some(_) if !tls => Err(format!(
+            "keygate-native-filter: ca_file is for an https:// control_plane_url, not {url:?}"
+        )),
+        Some(path) => Trust::from_pem_file(path).map_err(|e| format!("keygate-native-filter: {e}")),
+    }
 }
 
 fn read_snapshot(path: &str) -> Result<KeySet, String> {

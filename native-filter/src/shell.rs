@@ -459,8 +459,16 @@ mod tests {
                 "either",
             ),
             (
-                r#"{"cluster": "c", "authority": "a", "edge_key": "k"}, "control_plane_url": "https://cp""#,
-                "plain http",
+                r#"{"cluster": "c", "authority": "a", "edge_key": "k"}, "control_plane_url": "ftp://cp""#,
+                "give http://host:port or https://host:port",
+            ),
+            (
+                r#"{"cluster": "c", "authority": "a", "edge_key": "k"}, "control_plane_url": "http://cp", "ca_file": "/etc/ssl/ca.pem""#,
+                "ca_file is for an https://",
+            ),
+            (
+                r#"{"cluster": "c", "authority": "a", "edge_key": "k"}, "control_plane_url": "https://cp", "ca_file": "/nonexistent/ca.pem""#,
+                "ca_file \"/nonexistent/ca.pem\"",
             ),
             (
                 r#"{"cluster": "c", "authority": "a", "edge_key": "k"}, "control_plane_url": "http://""#,

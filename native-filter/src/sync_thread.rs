@@ -32,7 +32,7 @@ use keygate_filter_core::host::{Host, HttpResponse, LogLevel};
 use keygate_filter_core::worker::Worker;
 
 use crate::host::{LogFn, NativeHost};
-use crate::http::Client;
+use crate::http::{Client, Trust};
 use crate::metrics::{LIVE_SYNCS, SyncMetrics};
 use crate::published::PublishedSet;
 use crate::usage::UsageShards;
@@ -83,9 +83,9 @@ pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 static RUNNING: Mutex<Vec<Weak<KeySync>>> = Mutex::new(Vec::new());
 
 /// What makes two configurations' syncs the same: where the set comes from and how.
-fn source_of(config: &Config, url: &str) -> String {
+fn source_of(config: &Config, url: &str, ca_file: Option<&str>) -> String {
     format!(
-        "{url}\n{}\n{}\n{:?}\n{}\n{}\n{}\n{}\n{}",
+        "{url}\n{ca_file:?}\n{}\n{}\n{:?}\n{}\n{}\n{}\n{}\n{}",
         config.cluster,
         config.authority,
         config.edge_key,
@@ -102,8 +102,14 @@ impl KeySync {
     ///
     /// # Errors
     /// The thread could not be started.
-    pub fn shared(config: &Config, url: &str, log: LogFn) -> Result<Arc<KeySync>, String> {
-        let source = source_of(config, url);
+    pub fn shared(
+        config: &Config,
+        url: &str,
+        ca_file: Option<&str>,
+        trust: &Trust,
+        log: LogFn,
+    ) -> Result<Arc<KeySync>, String> {
+        let source = source_of(config, url, ca_file);
         let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
         running.retain(|w| w.strong_count() > 0);
         if let Some(sync) = running
@@ -114,14 +120,20 @@ impl KeySync {
             sync.shared.metrics.touch();
             return Ok(sync);
         }
-        let sync = Arc::new(KeySync::start(config.clone(), url, source, log)?);
+        let sync = Arc::new(KeySync::start(config.clone(), url, trust, source, log)?);
         running.push(Arc::downgrade(&sync));
         Ok(sync)
     }
 
-    fn start(config: Config, url: &str, source: String, log: LogFn) -> Result<KeySync, String> {
+    fn start(
+        config: Config,
+        url: &str,
+        trust: &Trust,
+        source: String,
+        log: LogFn,
+    ) -> Result<KeySync, String> {
         let shared = Arc::new(Shared::default());
-        let client = Client::new(url);
+        let client = Client::new(url, trust);
         let (tx, rx) = mpsc::channel();
         let thread = {
             let shared = Arc::clone(&shared);
@@ -337,11 +349,18 @@ mod tests {
         let cfg = config("sync-thread-test");
         let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
         let before = LIVE_SYNCS.load(Ordering::Relaxed);
-        let sync = KeySync::shared(&cfg, &url, no_log).unwrap();
-        let again = KeySync::shared(&cfg, &url, no_log).unwrap();
+        let sync = KeySync::shared(&cfg, &url, None, &Trust::WebPki, no_log).unwrap();
+        let again = KeySync::shared(&cfg, &url, None, &Trust::WebPki, no_log).unwrap();
         assert!(Arc::ptr_eq(&sync, &again), "same source, same sync");
         assert_eq!(LIVE_SYNCS.load(Ordering::Relaxed), before + 1);
-        let other = KeySync::shared(&config(&"other".repeat(2)), &url, no_log).unwrap();
+        let other = KeySync::shared(
+            &config(&"other".repeat(2)),
+            &url,
+            None,
+            &Trust::WebPki,
+            no_log,
+        )
+        .unwrap();
         assert!(!Arc::ptr_eq(&sync, &other));
         drop(other);
 

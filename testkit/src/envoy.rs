@@ -10,11 +10,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::TestkitError;
+use crate::process::Supervised;
 
 /// The Envoy release the project runs on.
 pub const ENVOY_VERSION: &str = "1.40.0";
@@ -171,9 +172,10 @@ impl Default for EnvoyOptions {
     }
 }
 
-/// A running Envoy process; stopped (and reaped) on drop.
+/// A running Envoy process, supervised ([`Supervised`]: its stdout and stderr in files of its
+/// directory); killed (and reaped) on drop.
 pub struct Envoy {
-    child: Option<Child>,
+    process: Option<Supervised>,
     admin: SocketAddr,
     log_path: PathBuf,
     dir: tempfile::TempDir,
@@ -220,17 +222,13 @@ impl Envoy {
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| TestkitError::Tool {
+        let process =
+            Supervised::spawn("envoy", cmd, dir.path()).map_err(|e| TestkitError::Tool {
                 tool: binary.display().to_string(),
                 detail: e.to_string(),
             })?;
         let mut envoy = Self {
-            child: Some(child),
+            process: Some(process),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_path,
             dir,
@@ -242,8 +240,8 @@ impl Envoy {
     fn wait_ready(&mut self, admin_path: &Path) -> Result<(), TestkitError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
+            if let Some(process) = self.process.as_mut()
+                && let Some(status) = process.wait_exit(Duration::ZERO)
             {
                 return Err(self.failure(&format!("exited ({status}) before it was ready")));
             }
@@ -280,12 +278,16 @@ impl Envoy {
 
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(Supervised::id)
     }
 
-    /// Envoy's log so far.
+    /// Envoy's log so far, then whatever it printed on stdout or stderr (a crash report).
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        match &self.process {
+            Some(p) => log + &p.logs(),
+            None => log,
+        }
     }
 
     /// The directory Envoy's files live in (bootstrap, log), removed on drop.
@@ -349,33 +351,26 @@ impl Envoy {
 
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.process.as_mut().is_some_and(Supervised::is_running)
     }
 
     /// Stops Envoy: `POST /quitquitquit`, then SIGKILL if it has not exited within 10 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        if self.process.is_none() {
             return;
-        };
-        let _ = self.admin_post("/quitquitquit");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = self.admin_post("/quitquitquit");
+        if let Some(mut process) = self.process.take()
+            && process.wait_exit(Duration::from_secs(10)).is_none()
+        {
+            process.kill();
+        }
     }
 
     /// SIGKILL, no shutdown.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub struct Supervised {
     name: String,
     child: Child,
+    stdin: Option<ChildStdin>,
     stdout: PathBuf,
     stderr: PathBuf,
     lines: mpsc::Receiver<String>,
@@ -26,7 +27,23 @@ pub struct Supervised {
 impl Supervised {
     /// Spawns `command` with stdin closed, its stdout and stderr going to `<dir>/<name>.stdout`
     /// and `<dir>/<name>.stderr`.
-    pub fn spawn(name: &str, mut command: Command, dir: &Path) -> std::io::Result<Self> {
+    pub fn spawn(name: &str, command: Command, dir: &Path) -> std::io::Result<Self> {
+        Self::spawn_with(name, command, dir, false)
+    }
+
+    /// As [`Supervised::spawn`], with stdin a pipe this side holds until [`Supervised::close_stdin`]
+    /// (or drop, or this process's death): for a program that stops at the end of its input, so
+    /// that it stops even when the test that started it is killed.
+    pub fn spawn_with_stdin(name: &str, command: Command, dir: &Path) -> std::io::Result<Self> {
+        Self::spawn_with(name, command, dir, true)
+    }
+
+    fn spawn_with(
+        name: &str,
+        mut command: Command,
+        dir: &Path,
+        stdin_pipe: bool,
+    ) -> std::io::Result<Self> {
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
         let append = |p: &Path| {
@@ -37,7 +54,11 @@ impl Supervised {
         };
         let mut out_file = append(&stdout)?;
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(if stdin_pipe {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::from(append(&stderr)?))
             .spawn()
@@ -49,6 +70,7 @@ impl Supervised {
             .stdout
             .take()
             .ok_or_else(|| std::io::Error::other(format!("{name}: no stdout pipe")))?;
+        let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         // Copies stdout into its file line by line (a line is in the file before it is seen
         // by `wait_for_line`), and keeps draining it until the process closes it.
@@ -65,6 +87,7 @@ impl Supervised {
         Ok(Self {
             name: name.to_owned(),
             child,
+            stdin,
             stdout,
             stderr,
             lines,
@@ -103,6 +126,11 @@ impl Supervised {
                 ));
             }
         }
+    }
+
+    /// Closes its stdin (the end of its input), if [`Supervised::spawn_with_stdin`] kept it open.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
     }
 
     /// The name it was spawned under.
@@ -163,6 +191,7 @@ impl Supervised {
 
     /// SIGKILL (no shutdown code runs) and reap; its output files are then complete.
     pub fn kill(&mut self) {
+        self.close_stdin();
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.join_copier();
@@ -250,6 +279,25 @@ mod tests {
             "{err}"
         );
         assert!(!p.wait_exit(Duration::ZERO).unwrap().success());
+    }
+
+    #[test]
+    fn a_kept_stdin_is_its_input_until_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Supervised::spawn_with_stdin(
+            "reader",
+            sh("echo up; cat >/dev/null; echo eof"),
+            dir.path(),
+        )
+        .unwrap();
+        p.wait_for_line("up", Duration::from_secs(10)).unwrap();
+        assert!(
+            p.wait_exit(Duration::from_millis(300)).is_none(),
+            "waits for its input"
+        );
+        p.close_stdin();
+        assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success());
+        assert_eq!(p.stdout(), "up\neof\n");
     }
 
     #[test]

@@ -8,19 +8,19 @@
 //! cargo build --release -p keygate-control-plane --bin keygate
 //! cargo bench -p keygate-e2e --bench edge
 //! ```
-//! The control plane runs as a child process, the real `keygate` binary: `KEYGATE_BIN`, else
-//! `keygate` next to the bench's own target directory (`target/release/keygate`).
+//! The control plane runs as a child process, the real `keygate` binary next to the bench's own
+//! target directory (`target/release/keygate`), supervised (`keygate_e2e::stack::ServeProcess`).
 //! `KEYGATE_BENCH_KEYS` (default 1,000,000), `KEYGATE_BENCH_READERS` (default 1,000) and
 //! `KEYGATE_BENCH_REVOCATIONS` (default 50) and `KEYGATE_BENCH_ROUNDS` (rounds of 1,000 requests per
 //! kind in the harness, default 20) change the sizes.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use keygate_e2e::{CLUSTER, filter_config, harness_builder, metric};
+use anyhow::{Context, ensure};
+use keygate_e2e::stack::ServeProcess;
+use keygate_e2e::{ADMIN_TOKEN, Api, CLUSTER, filter_config, harness_builder, metric};
 use keygate_filter_core::config::Config as FilterConfig;
 use keygate_filter_core::decision::{KeySetState, Reason, Request as DecisionRequest, decide};
 use keygate_host_harness::baseline::{self, Kind};
@@ -31,7 +31,6 @@ use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{
     env_usize, every_thousandth, key_set, load_average, median_p99, percentile,
 };
-use reqwest::Method;
 use serde_json::{Value, json};
 
 /// The host allocates on every request (streams, header maps, copies into the guest); Envoy
@@ -39,140 +38,8 @@ use serde_json::{Value, json};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ADMIN: &str = "bench-admin-token-0123456789abcdef";
-
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
-}
-
-/// The `keygate` binary as a child process on a fresh SQLite file.
-struct KeygateProcess {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl KeygateProcess {
-    fn start(rt: &tokio::runtime::Runtime, http: &reqwest::Client) -> anyhow::Result<Self> {
-        let bin = match std::env::var_os("KEYGATE_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                let exe = std::env::current_exe()?;
-                // target/release/deps/edge-<hash> → target/release/keygate
-                let dir = exe
-                    .parent()
-                    .and_then(|d| d.parent())
-                    .context("bench executable has no target directory")?;
-                dir.join("keygate")
-            }
-        };
-        ensure!(
-            bin.exists(),
-            "{} not found: run `cargo build --release -p keygate-control-plane --bin keygate` with the same target dir first, or set KEYGATE_BIN",
-            bin.display()
-        );
-        let dir = tempfile::tempdir()?;
-        let port = keygate_testkit::free_port()?;
-        let child = Command::new(&bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--database-url")
-            .arg(format!(
-                "sqlite:{}",
-                dir.path().join("keygate.db").display()
-            ))
-            .env("KEYGATE_ADMIN_TOKEN", ADMIN)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let base = format!("http://127.0.0.1:{port}");
-        let mut p = Self {
-            child,
-            base,
-            _dir: dir,
-        };
-        let ready = rt.block_on(async {
-            for _ in 0..200 {
-                if let Ok(r) = http.get(format!("{}/readyz", p.base)).send().await
-                    && r.status().is_success()
-                {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            false
-        });
-        if !ready {
-            let _ = p.child.kill();
-            bail!("keygate did not become ready on {}", p.base);
-        }
-        if let Some(status) = p.child.try_wait()? {
-            bail!("keygate exited: {status}");
-        }
-        Ok(p)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for KeygateProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A thin blocking API client over a tokio runtime.
-struct Api<'a> {
-    rt: &'a tokio::runtime::Runtime,
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api<'_> {
-    fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        self.rt.block_on(async {
-            let mut r = self
-                .http
-                .request(method, format!("{}{path}", self.base))
-                .bearer_auth(ADMIN);
-            if let Some(b) = body {
-                r = r.json(&b);
-            }
-            let resp = r.send().await?;
-            let st = resp.status().as_u16();
-            let text = resp.text().await?;
-            Ok((st, serde_json::from_str(&text).unwrap_or(Value::Null)))
-        })
-    }
-
-    fn create(&self, body: Value) -> anyhow::Result<(String, String)> {
-        let (st, v) = self.call(Method::POST, "/v1/keys", Some(body))?;
-        ensure!(st == 201, "create key: {st} {v}");
-        Ok((
-            v["secret"].as_str().context("secret")?.to_owned(),
-            v["key"]["id"].as_str().context("id")?.to_owned(),
-        ))
-    }
-
-    fn revoke(&self, id: &str) -> anyhow::Result<()> {
-        let (st, v) = self.call(
-            Method::POST,
-            &format!("/v1/keys/{id}/revoke"),
-            Some(json!({})),
-        )?;
-        ensure!(st == 200, "revoke: {st} {v}");
-        Ok(())
-    }
 }
 
 /// `(utime + stime)` in clock ticks and VmRSS in kB of a process.
@@ -410,32 +277,32 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let http = reqwest::Client::new();
-    let cp = KeygateProcess::start(&rt, &http)?;
-    let api = Api {
-        rt: &rt,
-        http: http.clone(),
-        base: cp.base.clone(),
-    };
-    let (edge_key, _) = api.create(json!({"name": "edge", "kind": "edge"}))?;
+    let cp = ServeProcess::start_sqlite(&[]);
+    let cp_url = cp.url();
+    let pid = cp.pid().context("keygate serve has no pid")?;
+    let api = Api::new(&cp_url);
+    let edge_key = api
+        .create_key(json!({"name": "edge", "kind": "edge"}))
+        .secret;
 
     // remote verify over loopback
     let mut verify_keys = Vec::new();
     for i in 0..100 {
         verify_keys.push(
-            api.create(
+            api.create_key(
                 json!({"name": format!("v{i}"), "scopes": ["repo:read"], "resources": ["acme"]}),
-            )?
-            .0,
+            )
+            .secret,
         );
     }
     let vclient = reqwest::Client::new();
-    let verify_url = format!("{}/v1/keys/verify", cp.base);
+    let verify_url = format!("{cp_url}/v1/keys/verify");
     let remote_ns = rt.block_on(async {
         let mut out = Vec::with_capacity(5000);
         for i in 0..5200 {
             let body = json!({"key": verify_keys[i % verify_keys.len()], "scopes": ["repo:read"], "resource": "acme"});
             let t = Instant::now();
-            let resp = vclient.post(&verify_url).bearer_auth(ADMIN).json(&body).send().await?;
+            let resp = vclient.post(&verify_url).bearer_auth(ADMIN_TOKEN).json(&body).send().await?;
             let v: Value = resp.json().await?;
             let el = t.elapsed().as_nanos() as u64;
             ensure!(v["valid"] == true, "verify: {v}");
@@ -503,11 +370,12 @@ fn main() -> anyhow::Result<()> {
     ] {
         let mut h = harness_builder(2, &edge_key, extra)
             .real_time()
-            .cluster(CLUSTER, Cluster::http(cp.base.clone()))
+            .cluster(CLUSTER, Cluster::http(cp_url.clone()))
             .build()?;
         let mut keys = Vec::new();
         for i in 0..revocations {
-            keys.push(api.create(json!({"name": format!("r{i}"), "scopes": ["repo:read"]}))?);
+            let k = api.create_key(json!({"name": format!("r{i}"), "scopes": ["repo:read"]}));
+            keys.push((k.secret, k.id));
         }
         // wait until every worker has every key
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -538,7 +406,7 @@ fn main() -> anyhow::Result<()> {
             let phase = Duration::from_millis(((i as u64 * 7919) % 1000) + 50);
             h.run_for(phase);
             let sent = Instant::now();
-            api.revoke(id)?;
+            api.key_action(id, "revoke");
             // the clock starts when the revoke call has been answered
             let t = Instant::now();
             call_ns.push((t - sent).as_nanos() as u64);
@@ -599,11 +467,11 @@ fn main() -> anyhow::Result<()> {
     // ---- many long-polling readers on one control-plane process.
     println!();
     let probe_key = api
-        .create(json!({"name": "probe", "scopes": ["repo:read"]}))?
-        .1;
+        .create_key(json!({"name": "probe", "scopes": ["repo:read"]}))
+        .id;
     let (revision, base_rss) = rt.block_on(async {
         let r = http
-            .get(format!("{}/v1/keyset", cp.base))
+            .get(format!("{cp_url}/v1/keyset"))
             .bearer_auth(&edge_key)
             .send()
             .await?;
@@ -613,9 +481,9 @@ fn main() -> anyhow::Result<()> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .context("x-keygate-revision")?;
-        Ok::<_, anyhow::Error>((rev, proc_usage(cp.pid())?.1))
+        Ok::<_, anyhow::Error>((rev, proc_usage(pid)?.1))
     })?;
-    let url = format!("{}/v1/keyset?since={revision}&wait=30", cp.base);
+    let url = format!("{cp_url}/v1/keyset?since={revision}&wait=30");
     let sent = Instant::now();
     let handles: Vec<_> = (0..readers)
         .map(|_| {
@@ -640,13 +508,13 @@ fn main() -> anyhow::Result<()> {
         "{finished_early} readers answered before any change"
     );
     let tps = clock_ticks_per_sec();
-    let (ticks0, rss_parked) = proc_usage(cp.pid())?;
+    let (ticks0, rss_parked) = proc_usage(pid)?;
     let window = Duration::from_secs(5);
     std::thread::sleep(window);
-    let (ticks1, rss_after) = proc_usage(cp.pid())?;
+    let (ticks1, rss_after) = proc_usage(pid)?;
     let cpu_pct = (ticks1 - ticks0) as f64 / tps as f64 / window.as_secs_f64() * 100.0;
     let t = Instant::now();
-    api.revoke(&probe_key)?;
+    api.key_action(&probe_key, "revoke");
     let answered = Instant::now();
     let results = rt.block_on(async {
         let mut out = Vec::with_capacity(handles.len());

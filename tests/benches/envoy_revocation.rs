@@ -85,7 +85,7 @@ fn measure(overrides: Value, module: &str, samples: usize) -> anyhow::Result<Vec
     // This build's module started the stack; the one measured takes over.
     stack.stop_envoy();
     stack.use_module(module);
-    let keys = stack.create_keys(samples, json!({"name": "revoked"}));
+    let keys = stack.api.create_keys(samples, json!({"name": "revoked"}));
     stack.start_envoy();
     pin(stack.envoy().pid().context("no Envoy pid")?, "0", true)?;
     let last = keys.last().context("no key")?;
@@ -115,7 +115,7 @@ fn measure(overrides: Value, module: &str, samples: usize) -> anyhow::Result<Vec
             "the workers disagree before the revocation: {before:?}"
         );
         let t = Instant::now();
-        stack.key_action(&k.id, "revoke");
+        stack.api.key_action(&k.id, "revoke");
         let api = t.elapsed();
         let mut first = None;
         loop {

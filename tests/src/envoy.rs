@@ -9,13 +9,12 @@ use std::time::Duration;
 use keygate_gateway::envoy_bootstrap;
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 pub use crate::Reply;
 use crate::echo::{EchoUpstream, send};
 use crate::stack::{ServeProcess, wait_for};
-use crate::{ADMIN_TOKEN, IssuedKey};
+use crate::{Api, IssuedKey};
 
 /// The listener of `envoy/envoy.yaml`.
 pub const LISTENER: &str = "ingress";
@@ -81,6 +80,9 @@ pub struct EnvoyStack {
     /// The filter module Envoy loads: this build's, unless [`EnvoyStack::use_module`] chose another.
     module: String,
     node: NodeOptions,
+    /// The control plane's API.
+    pub api: Api,
+    /// The client of the proxy's listener.
     http: reqwest::Client,
 }
 
@@ -139,10 +141,14 @@ impl EnvoyStack {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        let api = Api::new(&control_plane.url());
+        let edge_key = api
+            .create_key(json!({"name": "envoy edge", "kind": "edge"}))
+            .secret;
         let mut stack = Self {
             rt,
             control_plane,
-            edge_key: String::new(),
+            edge_key,
             envoy: None,
             echo,
             upstream,
@@ -155,11 +161,9 @@ impl EnvoyStack {
             overrides,
             module: KEYGATE_PLUGIN_WASM.to_owned(),
             node,
+            api,
             http,
         };
-        stack.edge_key = stack
-            .create_key(json!({"name": "envoy edge", "kind": "edge"}))
-            .secret;
         stack.start_envoy();
         stack
     }
@@ -268,7 +272,7 @@ impl EnvoyStack {
     /// Issues a key (`POST /v1/keys` with `body`) and waits until Envoy lets it through on
     /// `path` on every worker: the filter has synced it.
     pub fn synced_key(&self, body: Value, path: &str) -> IssuedKey {
-        let k = self.create_key(body);
+        let k = self.api.create_key(body);
         self.wait_status(
             "the key synced",
             Duration::from_secs(15),
@@ -277,75 +281,6 @@ impl EnvoyStack {
             200,
         );
         k
-    }
-
-    /// A JSON call to the control plane with a bearer token: `(status, body)`.
-    pub fn call(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let url = format!("{}{path}", self.control_plane.url());
-        self.rt
-            .block_on(crate::json_call(&self.http, &url, token, method, body))
-    }
-
-    /// A call as the admin.
-    pub fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call(ADMIN_TOKEN, method, path, body)
-    }
-
-    /// `POST /v1/keys` as the admin; asserts 201.
-    pub fn create_key(&self, body: Value) -> IssuedKey {
-        let (st, v) = self.admin(Method::POST, "/v1/keys", Some(body));
-        assert_eq!(st, 201, "create key: {v}");
-        crate::issued(&v)
-    }
-
-    /// `count` keys created concurrently (`name` + index), in order.
-    pub fn create_keys(&self, count: usize, body: Value) -> Vec<IssuedKey> {
-        let url = format!("{}/v1/keys", self.control_plane.url());
-        self.rt.block_on(async {
-            let mut out = Vec::with_capacity(count);
-            let ids: Vec<usize> = (0..count).collect();
-            for chunk in ids.chunks(32) {
-                let calls = chunk.iter().map(|i| {
-                    let mut b = body.clone();
-                    b["name"] = json!(format!("{}-{i}", b["name"].as_str().unwrap_or("key")));
-                    let req = self.http.post(&url).bearer_auth(ADMIN_TOKEN).json(&b);
-                    let url = url.clone();
-                    async move {
-                        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-                        let st = resp.status().as_u16();
-                        let v: Value = resp.json().await.unwrap_or(Value::Null);
-                        assert_eq!(st, 201, "create key: {v}");
-                        crate::issued(&v)
-                    }
-                });
-                out.extend(futures_join_all(calls).await);
-            }
-            out
-        })
-    }
-
-    /// `POST /v1/keys/{id}/<action>` as the admin; asserts 200.
-    pub fn key_action(&self, id: &str, action: &str) -> Value {
-        let (st, v) = self.admin(
-            Method::POST,
-            &format!("/v1/keys/{id}/{action}"),
-            Some(json!({})),
-        );
-        assert_eq!(st, 200, "{action} {id}: {v}");
-        v
-    }
-
-    /// `GET /v1/keys/{id}`; asserts 200.
-    pub fn key(&self, id: &str) -> Value {
-        let (st, v) = self.admin(Method::GET, &format!("/v1/keys/{id}"), None);
-        assert_eq!(st, 200, "show {id}: {v}");
-        v
     }
 
     /// Envoy, the echo upstream and the control plane, stopped.
@@ -360,18 +295,4 @@ impl Drop for EnvoyStack {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Runs the futures as tasks and collects their outputs in order.
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.unwrap_or_else(|e| panic!("task: {e}")));
-    }
-    out
 }

@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use keygate_gateway::envoy_bootstrap::{self, Addresses};
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
-use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::Api;
 use crate::echo::{EchoUpstream, send};
 use crate::envoy::Reply;
 use crate::stack::{ServeProcess, wait_for};
-use crate::{ADMIN_TOKEN, IssuedKey};
 
 /// `envoy/ext-authz.yaml`, as built into this crate.
 pub const EXT_AUTHZ_YAML: &str = include_str!("../../envoy/ext-authz.yaml");
@@ -96,6 +95,9 @@ pub struct ExtAuthzStack {
     pub url: String,
     /// The bootstrap Envoy runs.
     pub bootstrap: Value,
+    /// The control plane's API.
+    pub api: Api,
+    /// The client of the proxy's listener.
     http: reqwest::Client,
     _config_dir: tempfile::TempDir,
 }
@@ -136,6 +138,10 @@ impl ExtAuthzStack {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        let api = Api::new(&control_plane.url());
+        let edge_key = api
+            .create_key(json!({"name": "envoy ext_authz", "kind": "edge"}))
+            .secret;
         let bootstrap = bootstrap(&Addresses {
             listener: "127.0.0.1:0",
             admin: "127.0.0.1:0",
@@ -145,17 +151,15 @@ impl ExtAuthzStack {
         let mut stack = Self {
             rt,
             control_plane,
-            edge_key: String::new(),
+            edge_key,
             envoy: None,
             echo,
             url: String::new(),
             bootstrap,
+            api,
             http,
             _config_dir: dir,
         };
-        stack.edge_key = stack
-            .create_key(json!({"name": "envoy ext_authz", "kind": "edge"}))
-            .secret;
         let options = EnvoyOptions {
             concurrency,
             env: vec![(EDGE_KEY_ENV.to_owned(), stack.edge_key.clone())],
@@ -224,55 +228,12 @@ impl ExtAuthzStack {
         })
     }
 
-    /// A JSON call to the control plane with a bearer token: `(status, body)`.
-    pub fn call(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let url = format!("{}{path}", self.control_plane.url());
-        self.rt
-            .block_on(crate::json_call(&self.http, &url, token, method, body))
-    }
-
-    /// A call as the admin.
-    pub fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call(ADMIN_TOKEN, method, path, body)
-    }
-
-    /// `POST /v1/keys` as the admin; asserts 201.
-    pub fn create_key(&self, body: Value) -> IssuedKey {
-        let (st, v) = self.admin(Method::POST, "/v1/keys", Some(body));
-        assert_eq!(st, 201, "create key: {v}");
-        crate::issued(&v)
-    }
-
-    /// `POST /v1/keys/{id}/<action>` as the admin; asserts 200.
-    pub fn key_action(&self, id: &str, action: &str) -> Value {
-        let (st, v) = self.admin(
-            Method::POST,
-            &format!("/v1/keys/{id}/{action}"),
-            Some(json!({})),
-        );
-        assert_eq!(st, 200, "{action} {id}: {v}");
-        v
-    }
-
-    /// `GET /v1/keys/{id}`; asserts 200.
-    pub fn key(&self, id: &str) -> Value {
-        let (st, v) = self.admin(Method::GET, &format!("/v1/keys/{id}"), None);
-        assert_eq!(st, 200, "show {id}: {v}");
-        v
-    }
-
     /// The key set as the filter syncs it (`GET /v1/keyset` with the edge key), decoded.
     pub fn keyset(&self) -> keygate_protocol::keyset::KeySet {
         let url = format!("{}/v1/keyset", self.control_plane.url());
-        let bytes = self.rt.block_on(async {
-            let resp = self
-                .http
+        let http = &self.api.client().http;
+        let bytes = self.api.block_on(async {
+            let resp = http
                 .get(&url)
                 .bearer_auth(&self.edge_key)
                 .send()

@@ -4,27 +4,29 @@
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
+pub mod api;
 pub mod bench_envoy;
 pub mod cut_proxy;
 pub mod echo;
 pub mod envoy;
 pub mod ext_authz;
 pub mod fake_feed;
+pub mod lds;
 pub mod native;
 pub mod stack;
+pub mod tls_front;
 
 use std::future::Future;
-use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keygate_control_plane::http::keys::{IssuedKey as ApiIssuedKey, KeyView};
-use keygate_control_plane::test_support::{self, Engine, InProcessServer};
+use keygate_control_plane::test_support::{Engine, InProcessServer};
 use keygate_host_harness::{Cluster, Disposition, Harness, HarnessBuilder, Plugin, StreamOutcome};
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
-use reqwest::Method;
 use serde_json::{Value, json};
 
+pub use api::Api;
 pub use reqwest;
 
 pub use keygate_control_plane::test_support::ADMIN_TOKEN;
@@ -238,12 +240,14 @@ impl From<ApiIssuedKey> for IssuedKey {
 
 /// The control plane in this process ([`InProcessServer`]: the real library's
 /// [`serve`](keygate_control_plane::serve) on 127.0.0.1 port 0) on a tokio runtime of its own,
-/// so that synchronous tests can drive it, with an `edge` key for the filter. Derefs to the
-/// server (`base`, `database_url`, `url`, `state`).
+/// so that synchronous tests can drive it through [`Api`], with an `edge` key for the filter.
+/// Derefs to the server (`base`, `database_url`, `url`, `state`).
 pub struct ControlPlane {
     server: Option<InProcessServer>,
     /// The secret of an `edge` key, for the filter's configuration.
     pub edge_key: String,
+    /// Its API, for the test's calls.
+    pub api: Api,
     rt: tokio::runtime::Runtime,
 }
 
@@ -297,15 +301,16 @@ impl ControlPlane {
             .build()
             .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
         let server = rt.block_on(start());
-        let mut cp = Self {
-            server: Some(server),
-            edge_key: String::new(),
-            rt,
-        };
-        cp.edge_key = cp
+        let api = Api::new(&server.base);
+        let edge_key = api
             .create_key(json!({"name": "e2e edge", "kind": "edge"}))
             .secret;
-        cp
+        Self {
+            server: Some(server),
+            edge_key,
+            api,
+            rt,
+        }
     }
 
     /// A handle on the control plane's runtime (to run async code from in-process handlers).
@@ -319,47 +324,6 @@ impl ControlPlane {
             self.rt.block_on(s.shutdown());
         }
     }
-
-    /// A JSON call with a bearer token: `(status, body)` (`Null` when empty).
-    pub fn call(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let (st, v) = self
-            .rt
-            .block_on(self.deref().call(Some(token), method, path, body));
-        (st.as_u16(), v)
-    }
-
-    /// A call as the admin.
-    pub fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call(ADMIN_TOKEN, method, path, body)
-    }
-
-    /// `POST /v1/keys` as the admin; asserts 201.
-    pub fn create_key(&self, body: Value) -> IssuedKey {
-        self.rt.block_on(self.create(body)).into()
-    }
-
-    /// `POST /v1/keys/{id}/<action>` (suspend, reactivate, revoke) as the admin; asserts 200.
-    pub fn key_action(&self, id: &str, action: &str) -> KeyView {
-        self.rt.block_on(self.deref().key_action(id, action))
-    }
-
-    /// `POST /v1/keys/{id}/rotate` with a grace period; asserts 200 and returns the new secret.
-    pub fn rotate(&self, id: &str, grace_period_s: i64) -> IssuedKey {
-        self.rt
-            .block_on(self.deref().rotate(id, grace_period_s))
-            .into()
-    }
-
-    /// `GET /v1/keys/{id}`; asserts 200.
-    pub fn key(&self, id: &str) -> KeyView {
-        self.rt.block_on(self.deref().key(id))
-    }
 }
 
 impl Drop for ControlPlane {
@@ -369,19 +333,6 @@ impl Drop for ControlPlane {
         let _inside = self.rt.enter();
         drop(self.server.take());
     }
-}
-
-/// A JSON call with a bearer token: `(status, body)`, the body `Null` when empty and a JSON
-/// string when it is not JSON. Panics when the request cannot be sent.
-pub(crate) async fn json_call(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    method: Method,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let (st, v) = test_support::json_call(http, url, Some(token), method, body).await;
-    (st.as_u16(), v)
 }
 
 /// The issued key of a `POST /v1/keys` or rotation answer.

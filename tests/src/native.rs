@@ -12,8 +12,70 @@ use keygate_native_filter_artifacts::{MODULE, envoy_env};
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
 use serde_json::{Value, json};
 
+use crate::Reply;
 use crate::echo::{EchoUpstream, send};
-use crate::{ADMIN_TOKEN, IssuedKey, Reply};
+
+/// `envoy/envoy-module.yaml`: the deployment configuration of Keygate as a dynamic module.
+pub const ENVOY_MODULE_YAML: &str = include_str!("../../envoy/envoy-module.yaml");
+
+/// `envoy/envoy-module.yaml` made runnable here: the listener and the admin interface on
+/// 127.0.0.1 port 0, the upstream cluster at `upstream` (`host:port`), the module's
+/// `control_plane_url`, and its plugin configuration with `overrides` (a JSON object) merged
+/// over it (`null` removes a member).
+pub fn module_bootstrap(control_plane_url: &str, upstream: &str, overrides: &Value) -> Value {
+    let mut b = envoy_bootstrap::parse(ENVOY_MODULE_YAML)
+        .unwrap_or_else(|e| panic!("envoy/envoy-module.yaml: {e}"));
+    let local = envoy_bootstrap::socket_address("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    b["static_resources"]["listeners"][0]["address"]["socket_address"] = local.clone();
+    b["admin"]["address"]["socket_address"] = local;
+    envoy_bootstrap::set_cluster_endpoint(&mut b, envoy_bootstrap::UPSTREAM_CLUSTER, upstream)
+        .unwrap_or_else(|e| panic!("envoy/envoy-module.yaml: {e}"));
+    let mut filter_config = module_filter_config(&b);
+    filter_config["control_plane_url"] = json!(control_plane_url);
+    let configuration = &mut filter_config["configuration"];
+    for (k, v) in overrides.as_object().into_iter().flatten() {
+        if v.is_null() {
+            if let Some(c) = configuration.as_object_mut() {
+                c.remove(k);
+            }
+        } else {
+            configuration[k] = v.clone();
+        }
+    }
+    *module_filter_config_value(&mut b) = json!(filter_config.to_string());
+    b
+}
+
+/// The plugin configuration of a bootstrap made by [`module_bootstrap`].
+pub fn module_configuration(bootstrap: &Value) -> Value {
+    module_filter_config(bootstrap)["configuration"].clone()
+}
+
+/// The `filter_config` JSON of the first listener's Keygate module filter.
+fn module_filter_config(bootstrap: &Value) -> Value {
+    let mut b = bootstrap.clone();
+    let text = module_filter_config_value(&mut b)
+        .as_str()
+        .unwrap_or_else(|| panic!("the module's filter_config is not a string"))
+        .to_owned();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the module's filter_config: {e}"))
+}
+
+fn module_filter_config_value(bootstrap: &mut Value) -> &mut Value {
+    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("no http_filters on the first listener"));
+    let keygate = filters
+        .iter_mut()
+        .find(|f| f["name"] == envoy_bootstrap::FILTER)
+        .unwrap_or_else(|| panic!("no `{}` HTTP filter", envoy_bootstrap::FILTER));
+    assert_eq!(
+        keygate["typed_config"]["dynamic_module_config"]["name"], MODULE,
+        "the module's name in envoy/envoy-module.yaml"
+    );
+    &mut keygate["typed_config"]["filter_config"]["value"]
+}
 
 /// An HTTP filter entry running the module's filter `filter_name` (`keygate` or `noop`) with
 /// `filter_config` (sent as a `google.protobuf.StringValue`).
@@ -45,10 +107,26 @@ pub fn keygate_filter(configuration: &Value, snapshot_file: &Path) -> Value {
 /// Keygate's native filter synced from the control plane at `control_plane_url`
 /// (`http://host:port`): the proxy-wasm filter's plugin `configuration` (the same JSON).
 pub fn synced_filter(configuration: &Value, control_plane_url: &str) -> Value {
-    let filter_config = json!({
+    synced_filter_trusting(configuration, control_plane_url, None)
+}
+
+/// [`synced_filter`] with an `https://` URL whose certificate must chain to the CA in the PEM
+/// file `ca_file` (Mozilla's roots when `None`).
+pub fn synced_filter_trusting(
+    configuration: &Value,
+    control_plane_url: &str,
+    ca_file: Option<&Path>,
+) -> Value {
+    let mut filter_config = json!({
         "configuration": configuration,
         "control_plane_url": control_plane_url,
     });
+    if let Some(path) = ca_file {
+        filter_config["ca_file"] = json!(
+            path.to_str()
+                .unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
+        );
+    }
     filter("keygate", &filter_config.to_string())
 }
 
@@ -195,76 +273,5 @@ impl Drop for NativeEnvoy {
     fn drop(&mut self) {
         self.envoy.stop();
         self.echo.stop();
-    }
-}
-
-/// The control plane's admin API over HTTP, as an operator's tooling calls it.
-pub struct Api {
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-    url: String,
-}
-
-impl std::fmt::Debug for Api {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Api {
-    /// The API of the control plane at `url` (`http://host:port`).
-    pub fn new(url: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_else(|e| panic!("HTTP client: {e}"));
-        Self {
-            rt,
-            http,
-            url: url.to_owned(),
-        }
-    }
-
-    /// A call as the admin: `(status, body)`.
-    pub fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.url);
-        self.rt.block_on(crate::json_call(
-            &self.http,
-            &url,
-            ADMIN_TOKEN,
-            method,
-            body,
-        ))
-    }
-
-    /// `POST /v1/keys`; asserts 201.
-    pub fn create_key(&self, body: Value) -> IssuedKey {
-        let (st, v) = self.admin(reqwest::Method::POST, "/v1/keys", Some(body));
-        assert_eq!(st, 201, "create key: {v}");
-        crate::issued(&v)
-    }
-
-    /// `POST /v1/keys/{id}/<action>`; asserts 200.
-    pub fn key_action(&self, id: &str, action: &str) -> Value {
-        let (st, v) = self.admin(
-            reqwest::Method::POST,
-            &format!("/v1/keys/{id}/{action}"),
-            Some(json!({})),
-        );
-        assert_eq!(st, 200, "{action} {id}: {v}");
-        v
-    }
-
-    /// `GET /v1/keys/{id}`; asserts 200.
-    pub fn key(&self, id: &str) -> Value {
-        let (st, v) = self.admin(reqwest::Method::GET, &format!("/v1/keys/{id}"), None);
-        assert_eq!(st, 200, "show {id}: {v}");
-        v
     }
 }

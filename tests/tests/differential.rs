@@ -279,7 +279,7 @@ fn run(envoy: &EnvoyStack, gateway: &GatewayStack, c: &Case) -> (Observed, Obser
 }
 
 fn reader(envoy: &EnvoyStack) -> IssuedKey {
-    envoy.create_key(json!({
+    envoy.api.create_key(json!({
         "name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"
     }))
 }
@@ -293,8 +293,8 @@ fn wait_synced(envoy: &EnvoyStack, gateway: &GatewayStack, key: &str) {
 fn the_decision_table_header_edits_and_local_replies_agree_with_envoy() {
     let (envoy, gateway) = both(overrides());
     let k = reader(&envoy);
-    let revoked = envoy.create_key(json!({"name": "gone"}));
-    envoy.key_action(&revoked.id, "revoke");
+    let revoked = envoy.api.create_key(json!({"name": "gone"}));
+    envoy.api.key_action(&revoked.id, "revoke");
     wait_synced(&envoy, &gateway, &k.secret);
 
     let key = k.secret.as_str();
@@ -830,7 +830,7 @@ fn the_key_set_feed_is_called_as_often_in_both() {
     );
     // A change ends the long-poll with a delta; the next long-poll starts.
     let rev_before = stat(&envoy, "keygate.keyset.revision");
-    envoy.create_key(json!({"name": "new"}));
+    envoy.api.create_key(json!({"name": "new"}));
     let seen = both_at(&mut harness, 3, 2);
     assert_eq!(
         seen,

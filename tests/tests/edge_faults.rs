@@ -398,7 +398,8 @@ fn failure_counts(h: &Harness) -> BTreeMap<&'static str, u64> {
 }
 
 fn repo_key(cp: &ControlPlane, name: &str) -> IssuedKey {
-    cp.create_key(json!({"name": name, "scopes": ["repo:read"], "owner_id": name}))
+    cp.api
+        .create_key(json!({"name": name, "scopes": ["repo:read"], "owner_id": name}))
 }
 
 /// A running harness with a stable key (passes throughout) and a key revoked before any fault.
@@ -416,7 +417,7 @@ impl Setup {
         let cp = ControlPlane::start_sqlite();
         let stable = repo_key(&cp, "stable");
         let revoked = repo_key(&cp, "revoked");
-        cp.key_action(&revoked.id, "revoke");
+        cp.api.key_action(&revoked.id, "revoke");
         let server = Misbehaving::start(&cp);
         let mut h = harness(&server, &cp.edge_key, workers, extra);
         h.advance(Duration::from_millis(500));
@@ -462,7 +463,7 @@ impl Setup {
         let calls_before = keyset_calls(&self.h);
         let started = Instant::now();
         self.server.set(fault);
-        self.cp.key_action(&victim.id, "revoke");
+        self.cp.api.key_action(&victim.id, "revoke");
         let counter = format!("keygate.sync.failure.{code}");
         let counted = step_until(
             &mut self.h,
@@ -588,7 +589,7 @@ fn slow_answers_keep_the_good_set_and_a_revocation_lands_once_answers_are_prompt
     let hold = Fault::Hold(Duration::from_millis(1500));
     let label = hold.label();
     s.server.set(hold);
-    s.cp.key_action(&late.id, "revoke");
+    s.cp.api.key_action(&late.id, "revoke");
     let real = Instant::now();
     s.h.advance(Duration::from_secs(5));
     let real = real.elapsed();
@@ -745,7 +746,7 @@ fn past_max_staleness_while_misbehaving_the_failure_mode_applies_then_recovers()
         .is_some()
     );
     s.server.set(Fault::CloseAtOnce);
-    s.cp.key_action(&victim.id, "revoke");
+    s.cp.api.key_action(&victim.id, "revoke");
     // Within the maximum staleness the last good set answers.
     s.h.advance(Duration::from_millis(600));
     assert_allowed(&mut s.h, 0, &s.stable.secret, "within max staleness");
@@ -897,7 +898,7 @@ fn a_trapped_filter_instance_fails_closed_is_rebuilt_and_serves_the_synced_set()
     );
     // Sync goes on: the dead leader's lease lapses, a worker takes it, a revocation lands.
     let calls = keyset_calls(&s.h);
-    s.cp.key_action(&later.id, "revoke");
+    s.cp.api.key_action(&later.id, "revoke");
     let landed = step_until(
         &mut s.h,
         Duration::from_millis(50),

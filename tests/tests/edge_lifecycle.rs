@@ -28,7 +28,7 @@ fn assert_allowed(o: &StreamOutcome) {
 #[test]
 fn an_issued_key_passes_with_identity_headers_and_without_its_secret() {
     let cp = ControlPlane::start_sqlite();
-    let k = cp.create_key(json!({
+    let k = cp.api.create_key(json!({
         "name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"
     }));
     let mut h = edge_harness(&cp, 2, "");
@@ -98,8 +98,12 @@ fn an_issued_key_passes_with_identity_headers_and_without_its_secret() {
 #[test]
 fn revoke_suspend_and_reactivate_take_effect_after_one_sync() {
     let cp = ControlPlane::start_sqlite();
-    let a = cp.create_key(json!({"name": "a", "scopes": ["repo:read"], "owner_id": "alice"}));
-    let b = cp.create_key(json!({"name": "b", "scopes": ["repo:read"], "owner_id": "bob"}));
+    let a = cp
+        .api
+        .create_key(json!({"name": "a", "scopes": ["repo:read"], "owner_id": "alice"}));
+    let b = cp
+        .api
+        .create_key(json!({"name": "b", "scopes": ["repo:read"], "owner_id": "bob"}));
     let mut h = edge_harness(&cp, 2, "");
     h.advance(Duration::from_millis(500));
     for w in 0..2 {
@@ -107,7 +111,7 @@ fn revoke_suspend_and_reactivate_take_effect_after_one_sync() {
         assert_allowed(&get(&mut h, w, "/repos/acme/x", &b.secret));
     }
 
-    cp.key_action(&a.id, "suspend");
+    cp.api.key_action(&a.id, "suspend");
     h.advance(ONE_SYNC);
     for w in 0..2 {
         assert_eq!(
@@ -118,13 +122,13 @@ fn revoke_suspend_and_reactivate_take_effect_after_one_sync() {
         assert_allowed(&get(&mut h, w, "/repos/acme/x", &b.secret));
     }
 
-    cp.key_action(&a.id, "reactivate");
+    cp.api.key_action(&a.id, "reactivate");
     h.advance(ONE_SYNC);
     for w in 0..2 {
         assert_allowed(&get(&mut h, w, "/repos/acme/x", &a.secret));
     }
 
-    cp.key_action(&b.id, "revoke");
+    cp.api.key_action(&b.id, "revoke");
     h.advance(ONE_SYNC);
     for w in 0..2 {
         let o = get(&mut h, w, "/repos/acme/x", &b.secret);
@@ -137,7 +141,7 @@ fn revoke_suspend_and_reactivate_take_effect_after_one_sync() {
         assert_allowed(&get(&mut h, w, "/repos/acme/x", &a.secret));
     }
     // Revocation is final: reactivating a revoked key is refused and changes nothing.
-    let (st, v) = cp.admin(
+    let (st, v) = cp.api.admin(
         keygate_e2e::reqwest::Method::POST,
         &format!("/v1/keys/{}/reactivate", b.id),
         Some(json!({})),
@@ -157,8 +161,12 @@ fn revoke_suspend_and_reactivate_take_effect_after_one_sync() {
 #[test]
 fn an_expired_key_is_denied_on_the_filter_clock() {
     let cp = ControlPlane::start_sqlite();
-    let k = cp.create_key(json!({"name": "short", "scopes": ["repo:read"], "expires_in": 120}));
-    let forever = cp.create_key(json!({"name": "long", "scopes": ["repo:read"]}));
+    let k = cp
+        .api
+        .create_key(json!({"name": "short", "scopes": ["repo:read"], "expires_in": 120}));
+    let forever = cp
+        .api
+        .create_key(json!({"name": "long", "scopes": ["repo:read"]}));
     let mut h = edge_harness(&cp, 2, "");
     h.advance(Duration::from_millis(500));
     assert_allowed(&get(&mut h, 0, "/repos/acme/x", &k.secret));
@@ -184,13 +192,14 @@ fn an_expired_key_is_denied_on_the_filter_clock() {
 #[test]
 fn a_rotated_key_keeps_its_old_secret_until_the_grace_period_ends() {
     let cp = ControlPlane::start_sqlite();
-    let old =
-        cp.create_key(json!({"name": "rotating", "scopes": ["repo:read"], "owner_id": "carol"}));
+    let old = cp
+        .api
+        .create_key(json!({"name": "rotating", "scopes": ["repo:read"], "owner_id": "carol"}));
     let mut h = edge_harness(&cp, 2, "");
     h.advance(Duration::from_millis(500));
     assert_allowed(&get(&mut h, 0, "/repos/acme/x", &old.secret));
 
-    let new = cp.rotate(&old.id, 60);
+    let new = cp.api.rotate(&old.id, 60);
     assert_ne!(new.secret, old.secret);
     assert_eq!(new.id, old.id, "rotation keeps the key id");
     h.advance(ONE_SYNC);
@@ -218,7 +227,7 @@ fn a_rotated_key_keeps_its_old_secret_until_the_grace_period_ends() {
     }
 
     // Rotation without grace: the previous secret is out after one sync.
-    let newest = cp.rotate(&old.id, 0);
+    let newest = cp.api.rotate(&old.id, 0);
     h.advance(ONE_SYNC);
     assert_eq!(
         denial(&get(&mut h, 0, "/repos/acme/x", &new.secret)),
@@ -230,9 +239,12 @@ fn a_rotated_key_keeps_its_old_secret_until_the_grace_period_ends() {
 #[test]
 fn scopes_and_allow_lists_give_403_with_their_codes() {
     let cp = ControlPlane::start_sqlite();
-    let reader =
-        cp.create_key(json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"]}));
-    let writer = cp.create_key(json!({"name": "writer", "scopes": ["repo:read", "repo:write"]}));
+    let reader = cp
+        .api
+        .create_key(json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"]}));
+    let writer = cp
+        .api
+        .create_key(json!({"name": "writer", "scopes": ["repo:read", "repo:write"]}));
     let mut h = edge_harness(&cp, 1, "");
     h.advance(Duration::from_millis(500));
 
@@ -265,7 +277,7 @@ fn scopes_and_allow_lists_give_403_with_their_codes() {
     assert_allowed(&o);
 
     // Narrowing the scopes through the API reaches the filter after one sync.
-    let (st, v) = cp.admin(
+    let (st, v) = cp.api.admin(
         keygate_e2e::reqwest::Method::PATCH,
         &format!("/v1/keys/{}", writer.id),
         Some(json!({"scopes": ["repo:read"]})),

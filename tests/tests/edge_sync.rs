@@ -37,7 +37,9 @@ fn assert_allowed(o: &StreamOutcome) {
 #[test]
 fn four_workers_make_one_sync_call_per_interval() {
     let cp = ControlPlane::start_sqlite();
-    let k = cp.create_key(json!({"name": "k", "scopes": ["repo:read"]}));
+    let k = cp
+        .api
+        .create_key(json!({"name": "k", "scopes": ["repo:read"]}));
     // An explicit 1 s interval (the default is 500 ms): 10 s are 10 intervals.
     let mut h = edge_harness(&cp, 4, r#""sync_interval_ms":1000"#);
     h.advance(Duration::from_millis(500));
@@ -60,7 +62,7 @@ fn four_workers_make_one_sync_call_per_interval() {
     for w in 0..4 {
         assert_allowed(&get(&mut h, w, &k.secret));
     }
-    cp.key_action(&k.id, "revoke");
+    cp.api.key_action(&k.id, "revoke");
     h.advance(Duration::from_millis(1300));
     for w in 0..4 {
         assert_eq!(
@@ -78,7 +80,9 @@ fn four_workers_make_one_sync_call_per_interval() {
 #[test]
 fn a_control_plane_outage_keeps_the_last_good_set_until_max_staleness_then_fails_closed() {
     let mut cp = ControlPlane::start_sqlite();
-    let k = cp.create_key(json!({"name": "k", "scopes": ["repo:read"]}));
+    let k = cp
+        .api
+        .create_key(json!({"name": "k", "scopes": ["repo:read"]}));
     let mut h = edge_harness(&cp, 2, r#""max_staleness_s":120"#);
     h.advance(Duration::from_millis(500));
     assert_allowed(&get(&mut h, 0, &k.secret));
@@ -109,7 +113,9 @@ fn a_control_plane_outage_keeps_the_last_good_set_until_max_staleness_then_fails
 #[test]
 fn failure_mode_open_passes_requests_without_identity_after_max_staleness() {
     let mut cp = ControlPlane::start_sqlite();
-    let k = cp.create_key(json!({"name": "k", "scopes": ["repo:read"], "owner_id": "alice"}));
+    let k = cp
+        .api
+        .create_key(json!({"name": "k", "scopes": ["repo:read"], "owner_id": "alice"}));
     let mut h = edge_harness(&cp, 1, r#""max_staleness_s":60,"failure_mode":"open""#);
     h.advance(Duration::from_millis(500));
     assert_eq!(
@@ -213,10 +219,16 @@ fn relay(cp: &ControlPlane, mode: Arc<Mutex<Mode>>, wrong_key: String) -> Cluste
 #[test]
 fn garbled_truncated_and_unauthorized_feeds_never_replace_the_good_set() {
     let cp = ControlPlane::start_sqlite();
-    let a = cp.create_key(json!({"name": "a", "scopes": ["repo:read"]}));
-    let b = cp.create_key(json!({"name": "b", "scopes": ["repo:read"]}));
+    let a = cp
+        .api
+        .create_key(json!({"name": "a", "scopes": ["repo:read"]}));
+    let b = cp
+        .api
+        .create_key(json!({"name": "b", "scopes": ["repo:read"]}));
     // A workspace key: valid for the API, but not an edge key.
-    let not_edge = cp.create_key(json!({"name": "ws", "scopes": ["keys:read"]}));
+    let not_edge = cp
+        .api
+        .create_key(json!({"name": "ws", "scopes": ["keys:read"]}));
     let mode = Arc::new(Mutex::new(Mode::Proxy));
     let mut h = harness_builder(2, &cp.edge_key, "")
         .cluster(CLUSTER, relay(&cp, mode.clone(), not_edge.secret.clone()))
@@ -229,7 +241,7 @@ fn garbled_truncated_and_unauthorized_feeds_never_replace_the_good_set() {
         assert_allowed(&get(&mut h, w, &a.secret));
     }
     // Each bad mode meets a real change (b's suspension) that the filter must not half-apply.
-    cp.key_action(&b.id, "suspend");
+    cp.api.key_action(&b.id, "suspend");
     for (bad, reason) in [
         (Mode::Garbled, "garbled"),
         (Mode::Truncated, "garbled"),
@@ -294,7 +306,9 @@ fn garbled_truncated_and_unauthorized_feeds_never_replace_the_good_set() {
 
 /// Real time, long-poll on: a revocation reaches the filter without waiting for an interval.
 fn long_poll_revocation(cp: &ControlPlane) {
-    let k = cp.create_key(json!({"name": "k", "scopes": ["repo:read"]}));
+    let k = cp
+        .api
+        .create_key(json!({"name": "k", "scopes": ["repo:read"]}));
     let mut h = harness_builder(
         2,
         &cp.edge_key,
@@ -312,7 +326,7 @@ fn long_poll_revocation(cp: &ControlPlane) {
     // let the leader park its long poll
     h.run_for(Duration::from_millis(200));
     let calls = keyset_calls(&h);
-    cp.key_action(&k.id, "revoke");
+    cp.api.key_action(&k.id, "revoke");
     // Bounded (~8 s) below the 20 s long-poll wait: only an answer to the parked poll is in time.
     eventually("revocation via long poll", 150, Duration::ZERO, || {
         h.run_for(Duration::from_millis(50));
@@ -339,7 +353,9 @@ fn long_poll_delivers_a_revocation_at_once_on_sqlite() {
 #[test]
 fn the_feed_works_on_postgresql() {
     let cp = ControlPlane::start_postgres();
-    let k = cp.create_key(json!({"name": "pg", "scopes": ["repo:read"], "owner_id": "dora"}));
+    let k = cp
+        .api
+        .create_key(json!({"name": "pg", "scopes": ["repo:read"], "owner_id": "dora"}));
     let mut h = edge_harness(&cp, 2, "");
     h.advance(Duration::from_millis(500));
     for w in 0..2 {
@@ -347,13 +363,13 @@ fn the_feed_works_on_postgresql() {
         assert_allowed(&o);
         assert_eq!(o.request_header("x-keygate-owner"), Some("dora"));
     }
-    cp.key_action(&k.id, "suspend");
+    cp.api.key_action(&k.id, "suspend");
     h.advance(Duration::from_millis(1300));
     assert_eq!(
         denial(&get(&mut h, 0, &k.secret)),
         (401, "unknown_key".into())
     );
-    cp.key_action(&k.id, "reactivate");
+    cp.api.key_action(&k.id, "reactivate");
     h.advance(Duration::from_millis(1300));
     assert_allowed(&get(&mut h, 1, &k.secret));
     drop(h);
@@ -368,8 +384,12 @@ fn a_database_outage_keeps_the_filters_set_and_everything_recovers_by_itself() {
         .fresh_database()
         .unwrap_or_else(|e| panic!("database: {e}"));
     let cp = ControlPlane::start_on(&url);
-    let stay = cp.create_key(json!({"name": "stay", "scopes": ["repo:read"]}));
-    let doomed = cp.create_key(json!({"name": "doomed", "scopes": ["repo:read"]}));
+    let stay = cp
+        .api
+        .create_key(json!({"name": "stay", "scopes": ["repo:read"]}));
+    let doomed = cp
+        .api
+        .create_key(json!({"name": "doomed", "scopes": ["repo:read"]}));
     let mut h = edge_harness(&cp, 2, r#""max_staleness_s":600"#);
     h.advance(Duration::from_millis(500));
     for w in 0..2 {
@@ -391,7 +411,7 @@ fn a_database_outage_keeps_the_filters_set_and_everything_recovers_by_itself() {
         assert_allowed(&get(&mut h, w, &stay.secret));
         assert_allowed(&get(&mut h, w, &doomed.secret));
     }
-    let (status, body) = cp.admin(
+    let (status, body) = cp.api.admin(
         Method::POST,
         &format!("/v1/keys/{}/revoke", doomed.id),
         None,
@@ -409,7 +429,7 @@ fn a_database_outage_keeps_the_filters_set_and_everything_recovers_by_itself() {
         100,
         Duration::from_millis(100),
         || {
-            let (status, _) = cp.admin(
+            let (status, _) = cp.api.admin(
                 Method::POST,
                 &format!("/v1/keys/{}/revoke", doomed.id),
                 None,

@@ -11,15 +11,19 @@ use keygate_host_harness::{CalloutReply, CalloutResponse, Cluster, Disposition, 
 use serde_json::{Value, json};
 
 fn usage_of(cp: &ControlPlane, id: &str) -> (i64, Option<i64>) {
-    let k = cp.key(id);
+    let k = cp.api.key(id);
     (k.usage_count, k.last_used_at)
 }
 
 #[test]
 fn usage_reports_set_last_used_at_and_counts() {
     let cp = ControlPlane::start_sqlite();
-    let a = cp.create_key(json!({"name": "a", "scopes": ["repo:read"], "resources": ["acme"]}));
-    let b = cp.create_key(json!({"name": "b", "scopes": ["repo:read"]}));
+    let a = cp
+        .api
+        .create_key(json!({"name": "a", "scopes": ["repo:read"], "resources": ["acme"]}));
+    let b = cp
+        .api
+        .create_key(json!({"name": "b", "scopes": ["repo:read"]}));
     assert_eq!(usage_of(&cp, &a.id), (0, None));
     let mut h = edge_harness(&cp, 2, r#""usage_report_interval_ms":1000"#);
     h.advance(Duration::from_millis(500));
@@ -75,7 +79,9 @@ fn usage_reports_set_last_used_at_and_counts() {
 #[test]
 fn a_retried_usage_batch_counts_once() {
     let cp = ControlPlane::start_sqlite();
-    let a = cp.create_key(json!({"name": "a", "scopes": ["repo:read"]}));
+    let a = cp
+        .api
+        .create_key(json!({"name": "a", "scopes": ["repo:read"]}));
     // Usage goes through a relay that delivers the first batch to the control plane but loses
     // its acknowledgement (a connection reset), so the filter must re-send that batch.
     let posts: Arc<Mutex<Vec<(Value, Value)>>> = Arc::new(Mutex::new(Vec::new()));

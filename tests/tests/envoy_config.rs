@@ -82,7 +82,9 @@ fn envoy_yaml_configuration_is_accepted_with_the_edge_key_in_the_environment() {
 fn envoy_yaml_configuration_syncs_from_the_real_control_plane_and_enforces_keys() {
     let mut settings = envoy_settings();
     let cp = ControlPlane::start_sqlite();
-    let user = cp.create_key(serde_json::json!({"name": "envoy user", "owner_id": "alice"}));
+    let user = cp
+        .api
+        .create_key(serde_json::json!({"name": "envoy user", "owner_id": "alice"}));
     // `host_env_keys` would copy the variable from this process's environment, as Envoy does;
     // tests run in parallel, so the same value goes in as a `key_values` entry instead.
     settings.host_env_keys.clear();
@@ -152,7 +154,7 @@ fn envoy_yaml_configuration_syncs_from_the_real_control_plane_and_enforces_keys(
 
         // Revocation travels over the 20 s long-poll: it lands well before the poll times out.
         let revoked = Instant::now();
-        tokio::task::block_in_place(|| cp.key_action(&user.id, "revoke"));
+        tokio::task::block_in_place(|| cp.api.key_action(&user.id, "revoke"));
         loop {
             let (status, body) = get(Some(user.secret.clone())).await;
             if status == 401 {

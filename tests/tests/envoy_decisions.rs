@@ -43,11 +43,11 @@ fn denied(r: &Reply, status: u16, code: &str) {
 fn every_row_of_the_decision_table_in_envoy() {
     let stack = decision_stack();
     let k = reader(&stack);
-    let short = stack.create_key(
+    let short = stack.api.create_key(
         json!({"name": "short", "scopes": ["repo:read"], "resources": ["acme"], "expires_in": 2}),
     );
-    let revoked = stack.create_key(json!({"name": "gone"}));
-    stack.key_action(&revoked.id, "revoke");
+    let revoked = stack.api.create_key(json!({"name": "gone"}));
+    stack.api.key_action(&revoked.id, "revoke");
     let ok = stack.wait_status("synced", SYNC, "/repos/acme/x", &k.secret, 200);
     assert_eq!(ok.upstream_header("x-keygate-key-id"), Some(k.id.as_str()));
     assert_eq!(ok.upstream_header("x-keygate-owner"), Some("alice"));

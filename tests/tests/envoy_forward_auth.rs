@@ -93,17 +93,17 @@ fn upstream_without(r: &Reply, names: &[&str]) {
 #[test]
 fn every_row_of_the_decision_table_through_ext_authz() {
     let stack = ExtAuthzStack::start(1, &filter_config());
-    let reader = stack.create_key(
+    let reader = stack.api.create_key(
         json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"}),
     );
-    let writer = stack.create_key(
+    let writer = stack.api.create_key(
         json!({"name": "writer", "scopes": ["repo:read", "repo:write"], "owner_id": "bob"}),
     );
-    let revoked = stack.create_key(json!({"name": "revoked"}));
-    stack.key_action(&revoked.id, "revoke");
-    let suspended = stack.create_key(json!({"name": "suspended"}));
-    stack.key_action(&suspended.id, "suspend");
-    let short = stack.create_key(
+    let revoked = stack.api.create_key(json!({"name": "revoked"}));
+    stack.api.key_action(&revoked.id, "revoke");
+    let suspended = stack.api.create_key(json!({"name": "suspended"}));
+    stack.api.key_action(&suspended.id, "suspend");
+    let short = stack.api.create_key(
         json!({"name": "short", "scopes": ["repo:read"], "resources": ["acme"], "expires_in": 2}),
     );
     let ok = stack.wait_status(
@@ -269,18 +269,18 @@ fn every_row_of_the_decision_table_through_ext_authz() {
     assert!(stack.stat("http.ingress_http.ext_authz.denied") >= 12);
     assert_eq!(stack.stat("http.ingress_http.ext_authz.error"), 0);
     keygate_e2e::eventually("the reader's usage", 100, Duration::from_millis(50), || {
-        let k = stack.key(&reader.id);
-        (k["usage_count"].as_i64() >= Some(4) && k["last_used_at"].is_i64()).then_some(())
+        let k = stack.api.key(&reader.id);
+        (k.usage_count >= 4 && k.last_used_at.is_some()).then_some(())
     });
 }
 
 #[test]
 fn a_revocation_is_denied_by_the_next_request_and_the_proxy_needs_its_edge_key() {
     let stack = ExtAuthzStack::start(2, &filter_config());
-    let key = stack.create_key(json!({"name": "caller"}));
+    let key = stack.api.create_key(json!({"name": "caller"}));
     stack.wait_status("allowed", Duration::from_secs(5), "/x", &key.secret, 200);
     let revoked_at = Instant::now();
-    stack.key_action(&key.id, "revoke");
+    stack.api.key_action(&key.id, "revoke");
     // The first request after the revoke call answered is refused: the control plane decides
     // only once its key set holds every change it has seen committed.
     let r = stack.get("/x", Some(&key.secret));
@@ -293,9 +293,9 @@ fn a_revocation_is_denied_by_the_next_request_and_the_proxy_needs_its_edge_key()
 
     // Envoy's edge key revoked: forward-auth refuses the proxy (a denial Envoy hands on, with
     // a code that says it is the proxy's credential, not the client's).
-    let other = stack.create_key(json!({"name": "other caller"}));
+    let other = stack.api.create_key(json!({"name": "other caller"}));
     stack.wait_status("allowed", Duration::from_secs(5), "/x", &other.secret, 200);
-    let (st, list) = stack.admin(
+    let (st, list) = stack.api.admin(
         keygate_e2e::reqwest::Method::GET,
         "/v1/keys?limit=100",
         None,
@@ -307,7 +307,7 @@ fn a_revocation_is_denied_by_the_next_request_and_the_proxy_needs_its_edge_key()
         .and_then(|k| k["id"].as_str())
         .unwrap_or_else(|| panic!("no edge key in {list}"))
         .to_owned();
-    stack.key_action(&edge_id, "revoke");
+    stack.api.key_action(&edge_id, "revoke");
     let r = stack.get("/x", Some(&other.secret));
     assert_eq!(
         (r.status, r.code()),
@@ -320,7 +320,7 @@ fn a_revocation_is_denied_by_the_next_request_and_the_proxy_needs_its_edge_key()
 #[test]
 fn envoy_fails_closed_when_the_control_plane_is_gone() {
     let mut stack = ExtAuthzStack::start(1, &filter_config());
-    let key = stack.create_key(json!({"name": "caller"}));
+    let key = stack.api.create_key(json!({"name": "caller"}));
     stack.wait_status("allowed", Duration::from_secs(5), "/x", &key.secret, 200);
     stack.control_plane.kill();
     for path in ["/x", "/health"] {

@@ -9,15 +9,19 @@
 //!   with long-poll; before the first sync keyed requests fail closed; with the control plane
 //!   gone the set turns stale after `max_staleness_s` and each listener's `failure_mode`
 //!   applies, then it recovers; usage counts reach the control plane; two listeners with the
-//!   same source share one sync (one set).
+//!   same source share one sync (one set); over `https://` the sync trusts the certificate
+//!   authority of its `ca_file` and no other (a TLS-terminating Envoy in front of the control
+//!   plane, with a test CA).
 
 use std::time::{Duration, Instant};
 
+use keygate_e2e::Api;
 use keygate_e2e::envoy::{
     EDGE_KEY_ENV, EnvoyStack, LISTENER, Reply, bootstrap, plugin_configuration,
 };
-use keygate_e2e::native::{self, Api, NativeEnvoy};
+use keygate_e2e::native::{self, NativeEnvoy};
 use keygate_e2e::stack::{ServeProcess, wait_for};
+use keygate_e2e::tls_front::TlsFront;
 use keygate_protocol::key;
 use serde_json::{Value, json};
 
@@ -68,9 +72,10 @@ fn the_native_module_decides_as_the_wasm_filter_in_envoy() {
         json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"}),
         "/repos/acme/x",
     );
-    let revoked =
-        stack.create_key(json!({"name": "gone", "scopes": ["repo:read"], "resources": ["acme"]}));
-    stack.key_action(&revoked.id, "revoke");
+    let revoked = stack
+        .api
+        .create_key(json!({"name": "gone", "scopes": ["repo:read"], "resources": ["acme"]}));
+    stack.api.key_action(&revoked.id, "revoke");
     stack.wait_status(
         "revocation synced",
         SYNC,
@@ -225,9 +230,9 @@ fn control_plane() -> (ServeProcess, Api, String) {
     (cp, api, edge_key)
 }
 
-/// `envoy/envoy.yaml` with the native module synced from `cp`, the plugin configuration with
-/// `overrides`, and `concurrency` workers; every further `(listener, overrides)` adds a copy
-/// of the listener with its own configuration (same source).
+/// `envoy/envoy-module.yaml` (the module's deployment configuration) synced from `cp`, the
+/// plugin configuration with `overrides`, and `concurrency` workers; every further
+/// `(listener, overrides)` adds a copy of the listener with its own configuration (same source).
 fn synced_envoy(
     cp: &ServeProcess,
     edge_key: &str,
@@ -235,17 +240,14 @@ fn synced_envoy(
     overrides: &Value,
     more: &[(&str, Value)],
 ) -> NativeEnvoy {
-    let control_plane = cp.addr().to_string();
     let url = cp.url();
     NativeEnvoy::start_with_env(
         concurrency,
         LISTENER,
         &[(EDGE_KEY_ENV, edge_key)],
         |upstream| {
-            let wasm = bootstrap(&control_plane, upstream, overrides);
-            let configuration = plugin_configuration(&wasm);
-            let mut b =
-                native::replace_wasm_filter(&wasm, native::synced_filter(&configuration, &url));
+            let mut b = native::module_bootstrap(&url, upstream, overrides);
+            let configuration = native::module_configuration(&b);
             for (name, extra) in more {
                 let mut c = configuration.clone();
                 for (k, v) in extra.as_object().into_iter().flatten() {
@@ -421,6 +423,70 @@ fn synced_fails_closed_before_the_first_sync_turns_stale_without_the_control_pla
 }
 
 #[test]
+fn synced_over_https_from_a_control_plane_its_ca_file_trusts_and_never_from_one_it_does_not() {
+    let (cp, api, edge_key) = control_plane();
+    let front = TlsFront::start(cp.addr());
+    let key = api.create_key(json!({"name": "k", "scopes": ["repo:read"]}));
+    let control_plane = cp.addr().to_string();
+    // Listener `ingress` trusts the front's CA (`ca_file`); `untrusting` keeps Mozilla's roots,
+    // which never signed the front's certificate.
+    let envoy =
+        NativeEnvoy::start_with_env(2, LISTENER, &[(EDGE_KEY_ENV, &edge_key)], |upstream| {
+            let wasm = bootstrap(&control_plane, upstream, &json!({"long_poll_wait_s": 5}));
+            let configuration = plugin_configuration(&wasm);
+            let trusting = native::synced_filter_trusting(
+                &configuration,
+                &front.url,
+                Some(front.ca_file.as_path()),
+            );
+            let mut b = native::replace_wasm_filter(&wasm, trusting);
+            let mut listener = b["static_resources"]["listeners"][0].clone();
+            listener["name"] = json!("untrusting");
+            listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0] =
+                native::synced_filter_trusting(&configuration, &front.url, None);
+            listener["address"]["socket_address"]["port_value"] = json!(0);
+            b["static_resources"]["listeners"]
+                .as_array_mut()
+                .unwrap()
+                .push(listener);
+            b
+        });
+    let untrusting = |k: &str| envoy.request_to("untrusting", "/repos/acme/x", &[("x-api-key", k)]);
+
+    wait_for("the key synced over https", SYNC, || {
+        all(&envoy, 4, &key.secret, 200)
+    });
+    api.key_action(&key.id, "revoke");
+    wait_for("the revocation over https", SYNC, || {
+        all(&envoy, 4, &key.secret, 401)
+    });
+    assert!(
+        front.connections() >= 1,
+        "the sync went through the TLS front"
+    );
+
+    // The other source never gets a set: a certificate it cannot verify is no answer.
+    let r = untrusting(&key.secret);
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "keyset_unavailable"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        envoy.stat("dynamicmodulescustom.keygate.native.syncs"),
+        2,
+        "two sources (the CA is part of one): {:?}",
+        envoy.envoy.stats()
+    );
+    assert!(
+        envoy.stat("dynamicmodulescustom.keygate.sync.failure.unreachable") >= 1,
+        "{:?}",
+        envoy.envoy.stats()
+    );
+}
+
+#[test]
 fn synced_usage_counts_reach_the_control_plane() {
     let (cp, api, edge_key) = control_plane();
     let a = api.create_key(json!({"name": "a", "scopes": ["repo:read"]}));
@@ -440,17 +506,17 @@ fn synced_usage_counts_reach_the_control_plane() {
     let unknown = key::generate("kg_live").unwrap();
     all(&envoy, 2, unknown.expose_secret(), 401).unwrap();
     wait_for("usage reported", Duration::from_secs(10), || {
-        let counts = [&a, &b].map(|k| api.key(&k.id)["usage_count"].as_i64());
-        if counts == [Some(7), Some(3)] {
+        let counts = [&a, &b].map(|k| api.key(&k.id).usage_count);
+        if counts == [7, 3] {
             Ok(())
         } else {
             Err(format!("{counts:?}"))
         }
     });
-    assert!(api.key(&a.id)["last_used_at"].is_i64());
+    assert!(api.key(&a.id).last_used_at.is_some());
     // Counted once: a while later, still the same.
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(api.key(&a.id)["usage_count"].as_i64(), Some(7));
+    assert_eq!(api.key(&a.id).usage_count, 7);
     // The sync's stats reach Envoy with the next request.
     all(&envoy, 1, unknown.expose_secret(), 401).unwrap();
     assert!(

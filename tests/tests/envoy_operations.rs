@@ -24,7 +24,7 @@ fn samples(text: &str, prefix: &str) -> BTreeMap<String, f64> {
 #[test]
 fn prometheus_gets_the_documented_names_labels_and_one_gauge_per_vm() {
     let stack = EnvoyStack::start(2, json!({}));
-    let keys = stack.create_keys(3, json!({"name": "caller"}));
+    let keys = stack.api.create_keys(3, json!({"name": "caller"}));
     stack.wait_status(
         "synced",
         Duration::from_secs(10),
@@ -95,7 +95,7 @@ fn wait_per_vm(stack: &EnvoyStack, prefix: &str) -> BTreeMap<String, f64> {
 #[test]
 fn log_lines_carry_one_prefix_and_a_down_control_plane_is_unreachable() {
     let mut stack = EnvoyStack::start(1, json!({"sync_interval_ms": 200}));
-    let k = stack.create_key(json!({"name": "caller"}));
+    let k = stack.api.create_key(json!({"name": "caller"}));
     stack.wait_status("synced", Duration::from_secs(10), "/hello", &k.secret, 200);
     stack.control_plane.kill();
     keygate_e2e::stack::wait_for("a failed sync", Duration::from_secs(10), || {

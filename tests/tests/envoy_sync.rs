@@ -21,7 +21,7 @@ fn the_first_request_passes_within_a_second_of_envoy_being_up() {
     // The control plane runs and the key exists before Envoy starts, as at a deploy.
     let stack = EnvoyStack::start(2, json!({}));
     let listening = Instant::now();
-    let k = stack.create_key(json!({"name": "caller"}));
+    let k = stack.api.create_key(json!({"name": "caller"}));
     // (The key was issued after Envoy came up, so the filter's first snapshot must hold it:
     // the bound covers the first sync, not a later poll.)
     let first = wait_for("the first 200", Duration::from_secs(10), || {
@@ -43,7 +43,7 @@ fn the_first_request_passes_within_a_second_of_envoy_being_up() {
 fn before_the_first_sync_keyed_requests_fail_closed_then_pass_once_it_succeeds() {
     let mut stack = EnvoyStack::start(1, json!({"sync_interval_ms": 200}));
     let url = stack.control_plane.url();
-    let k = stack.create_key(json!({"name": "caller"}));
+    let k = stack.api.create_key(json!({"name": "caller"}));
     // Envoy without a control plane from its first moment.
     stack.stop_envoy();
     stack.control_plane.kill();
@@ -77,8 +77,8 @@ fn through_an_outage_the_set_serves_then_turns_stale_then_is_fresh_again_within_
         1,
         json!({"max_staleness_s": 3, "long_poll_wait_s": null, "sync_interval_ms": 500}),
     );
-    let k = stack.create_key(json!({"name": "caller"}));
-    let doomed = stack.create_key(json!({"name": "doomed"}));
+    let k = stack.api.create_key(json!({"name": "caller"}));
+    let doomed = stack.api.create_key(json!({"name": "doomed"}));
     stack.wait_status(
         "first sync",
         Duration::from_secs(10),
@@ -109,7 +109,7 @@ fn through_an_outage_the_set_serves_then_turns_stale_then_is_fresh_again_within_
     stack.control_plane.restart();
     let back = Instant::now();
     // A key revoked right after the restart is refused, and the set is fresh, within seconds.
-    stack.key_action(&doomed.id, "revoke");
+    stack.api.key_action(&doomed.id, "revoke");
     stack.wait_status(
         "fresh again",
         Duration::from_secs(6),
@@ -144,7 +144,7 @@ fn four_workers_make_one_call_at_a_time_and_a_revocation_reaches_every_worker() 
         stack.stat("cluster.keygate_control_plane.upstream_rq_active"),
         1
     );
-    stack.key_action(&k.id, "revoke");
+    stack.api.key_action(&k.id, "revoke");
     // Every worker: 24 requests on fresh connections, all refused.
     stack.wait_status(
         "revoked everywhere",
@@ -164,7 +164,7 @@ fn the_leader_wakes_every_other_worker_through_its_shared_queue_on_each_change()
     let woken = || stack.stat("wasmcustom.keygate.sync.woken");
     let before = woken();
     for k in &keys {
-        stack.key_action(&k.id, "revoke");
+        stack.api.key_action(&k.id, "revoke");
         stack.wait_status(
             "revoked everywhere",
             Duration::from_secs(3),
@@ -210,7 +210,7 @@ fn under_churn_the_key_set_call_rate_per_proxy_is_bounded() {
     stack.synced_key(json!({"name": "caller"}), "/hello");
     let before = stack.stat(CP_CLUSTER_CALLS);
     let started = Instant::now();
-    let issued = stack.create_keys(600, json!({"name": "churn"}));
+    let issued = stack.api.create_keys(600, json!({"name": "churn"}));
     let secs = started.elapsed().as_secs_f64();
     let calls = stack.stat(CP_CLUSTER_CALLS) - before;
     let per_sec = calls as f64 / secs;
@@ -222,7 +222,7 @@ fn under_churn_the_key_set_call_rate_per_proxy_is_bounded() {
     // An isolated change after the churn still arrives in milliseconds.
     std::thread::sleep(Duration::from_millis(500));
     let revoked = Instant::now();
-    stack.key_action(&issued[0].id, "revoke");
+    stack.api.key_action(&issued[0].id, "revoke");
     stack.wait_status(
         "revoked",
         Duration::from_secs(2),

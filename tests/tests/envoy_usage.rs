@@ -20,7 +20,7 @@ fn usage(stack: &EnvoyStack) -> BTreeMap<String, (i64, Option<i64>)> {
             Some(c) => format!("/v1/keys?limit=1000&cursor={c}"),
             None => "/v1/keys?limit=1000".to_owned(),
         };
-        let (st, page) = stack.admin(Method::GET, &path, None);
+        let (st, page) = stack.api.admin(Method::GET, &path, None);
         assert_eq!(st, 200, "{page}");
         for k in page["items"].as_array().into_iter().flatten() {
             if k["kind"] == "edge" {
@@ -65,7 +65,7 @@ fn every_allowed_request_is_counted_once_across_thousands_of_distinct_keys() {
     // keys are issued one by one through the API).
     let keys_n = keygate_testkit::bench::env_usize("KEYGATE_E2E_USAGE_KEYS", 5_000);
     let stack = EnvoyStack::start(1, json!({"usage_report_interval_ms": 1000}));
-    let keys = stack.create_keys(keys_n, json!({"name": "user"}));
+    let keys = stack.api.create_keys(keys_n, json!({"name": "user"}));
     stack.wait_status(
         "the last key synced",
         Duration::from_secs(15),

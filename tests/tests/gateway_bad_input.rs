@@ -84,6 +84,7 @@ impl Stack {
 
     fn key(&self, owner: &str) -> IssuedKey {
         self.cp
+            .api
             .create_key(json!({"name": owner, "owner_id": owner, "scopes": ["repo:read"]}))
     }
 
@@ -261,9 +262,9 @@ impl Fixture {
         let stack = Stack::start();
         let alice = stack.key("alice");
         let revoked = stack.key("revoked");
-        stack.cp.key_action(&revoked.id, "revoke");
+        stack.cp.api.key_action(&revoked.id, "revoke");
         let suspended = stack.key("suspended");
-        stack.cp.key_action(&suspended.id, "suspend");
+        stack.cp.api.key_action(&suspended.id, "suspend");
         // Issued last: once bob passes on every worker, every change above has reached them.
         let bob = stack.key("bob");
         stack.wait_passes(&bob.secret);
@@ -481,7 +482,7 @@ fn spoofed_identity_headers_are_replaced_and_other_bytes_pass_untouched() {
 #[test]
 fn dot_segments_and_encoded_slashes_in_a_path_are_refused_before_any_route() {
     let f = Fixture::start();
-    let carol = f.stack.cp.create_key(
+    let carol = f.stack.cp.api.create_key(
         json!({"name": "carol", "owner_id": "carol", "scopes": ["repo:read"], "resources": ["acme"]}),
     );
     f.stack.wait_passes(&carol.secret);

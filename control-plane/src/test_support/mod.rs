@@ -11,10 +11,12 @@
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
+mod api_client;
 mod in_process;
 mod serve_process;
 
-pub use in_process::{InProcessServer, json_call};
+pub use api_client::{ApiClient, json_call};
+pub use in_process::InProcessServer;
 pub use serve_process::ServeProcess;
 
 /// The bootstrap admin credential of every test control plane.
