@@ -227,7 +227,7 @@ fn revoke_wait_covers_every_proxy_and_names_the_cut_off_one_and_stopped_ones_go(
     });
     assert!(lagging["lag_revisions"].as_i64().unwrap() >= 1, "{lagging}");
     assert!(lagging["lag_seconds"].as_i64().unwrap() >= 1, "{lagging}");
-    let (_, metrics) = envoy_a.admin(Method::GET, "/metrics", None);
+    let (_, metrics) = envoy_a.api.admin(Method::GET, "/metrics", None);
     let metrics = metrics.as_str().unwrap_or_default();
     assert!(
         metrics.contains("keygate_edges{state=\"lagging\"} 1"),
