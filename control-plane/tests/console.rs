@@ -1,6 +1,7 @@
 //! The operator console in a real browser: Debian's headless chromium (WebDriver, through
 //! `browser/`) against the real `keygate serve` binary. Each scenario starts its own control
-//! plane and browser and stops them; the pages' screenshots land in `docs/screenshots/`.
+//! plane and browser and stops them; the pages' screenshots land in `target/console-screenshots/`
+//! (`KEYGATE_UPDATE_SCREENSHOTS=1` refreshes the committed ones in `docs/screenshots/`).
 
 mod browser;
 

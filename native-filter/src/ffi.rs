@@ -156,8 +156,18 @@ unsafe extern "C" {
         label_names_length: usize,
         gauge_id_ptr: *mut usize,
     ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_set_gauge(
-        filter_envoy_ptr: *mut c_void,
+    /// As `…_http_filter_increment_counter`, on the configuration (no stream; Envoy's counters
+    /// are atomic, so any thread).
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        filter_config_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    /// As `…_http_filter_set_gauge`, on the configuration.
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        filter_config_envoy_ptr: *mut c_void,
         id: usize,
         label_values: *const Buffer,
         label_values_length: usize,
@@ -180,15 +190,72 @@ fn log(level: LogLevel, message: &str) {
     unsafe { envoy_dynamic_module_callback_log(level, Buffer::of(message.as_bytes())) }
 }
 
-/// What Envoy holds for a filter configuration: the shell's configuration and the ids of its
-/// stats: the decision counters (`keygate.decision.<outcome>.<code>`, as the proxy-wasm
-/// filter's) and, for a synced configuration, the sync's counters and gauges
-/// ([`crate::metrics`]).
+/// What Envoy holds for a filter configuration: the shell's configuration, the ids of its
+/// decision counters (`keygate.decision.<outcome>.<code>`, as the proxy-wasm filter's) and, for
+/// a synced configuration, the token of the [`ConfigSink`] through which its sync's thread
+/// sets the sync's counters and gauges ([`crate::metrics`]).
 struct Module {
     filter: FilterConfig,
     counters: [Option<usize>; Reason::ALL.len()],
-    sync_counters: Vec<Option<usize>>,
+    /// The token of this configuration's [`ConfigSink`] in its sync's sinks.
+    sink: Option<u64>,
+}
+
+impl Drop for Module {
+    /// Takes this configuration's sink back from the sync before Envoy frees the configuration:
+    /// the sync thread never flushes through a pointer Envoy has destroyed.
+    fn drop(&mut self) {
+        if let (Some(token), Some(Keys::Synced(sync))) =
+            (self.sink, self.filter.keygate().map(|k| k.keys()))
+        {
+            sync.shared_state().sinks.unregister(token);
+        }
+    }
+}
+
+/// The sync's counters and gauges on one filter configuration: Envoy's configuration-level
+/// stat callbacks, called by the sync thread.
+struct ConfigSink {
+    config: *mut c_void,
+    counters: Vec<Option<usize>>,
     gauges: [Option<usize>; GAUGE_NAMES.len()],
+}
+
+// SAFETY: the pointer is Envoy's filter configuration, alive until `config_destroy`, which
+// unregisters the sink (waiting out a flush in progress) before it returns; Envoy's
+// configuration-level stat callbacks may be called from any thread (atomic stats, no labels).
+unsafe impl Send for ConfigSink {}
+
+impl MetricSink for ConfigSink {
+    fn counter_add(&mut self, index: usize, delta: u64) {
+        if let Some(Some(id)) = self.counters.get(index) {
+            // SAFETY: see `Send` above; `id` was defined on this configuration; no labels.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                    self.config,
+                    *id,
+                    std::ptr::null(),
+                    0,
+                    delta,
+                );
+            }
+        }
+    }
+
+    fn gauge_set(&mut self, index: usize, value: u64) {
+        if let Some(Some(id)) = self.gauges.get(index) {
+            // SAFETY: as above.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                    self.config,
+                    *id,
+                    std::ptr::null(),
+                    0,
+                    value,
+                );
+            }
+        }
+    }
 }
 
 /// Every worker thread reads the one `Module` of a configuration at once.
@@ -201,39 +268,6 @@ const _: () = {
 struct EnvoyStream<'a> {
     filter: *mut c_void,
     module: &'a Module,
-}
-
-impl MetricSink for EnvoyStream<'_> {
-    fn counter_add(&mut self, index: usize, delta: u64) {
-        if let Some(Some(id)) = self.module.sync_counters.get(index) {
-            // SAFETY: `id` was defined on the configuration this filter was created from; no
-            // labels.
-            unsafe {
-                envoy_dynamic_module_callback_http_filter_increment_counter(
-                    self.filter,
-                    *id,
-                    std::ptr::null(),
-                    0,
-                    delta,
-                );
-            }
-        }
-    }
-
-    fn gauge_set(&mut self, index: usize, value: u64) {
-        if let Some(Some(id)) = self.module.gauges.get(index) {
-            // SAFETY: as above.
-            unsafe {
-                envoy_dynamic_module_callback_http_filter_set_gauge(
-                    self.filter,
-                    *id,
-                    std::ptr::null(),
-                    0,
-                    value,
-                );
-            }
-        }
-    }
 }
 
 impl Stream for EnvoyStream<'_> {
@@ -391,23 +425,27 @@ fn new_module(filter_config_envoy_ptr: *mut c_void, name: &[u8], config: &[u8]) 
             *slot = define(filter_config_envoy_ptr, &reason.metric_name(), counter);
         }
     }
-    let mut sync_counters = Vec::new();
-    let mut gauges = [None; GAUGE_NAMES.len()];
-    if let Some(Keys::Synced(_)) = filter.keygate().map(|k| k.keys()) {
-        sync_counters = counter_names()
+    let mut sink = None;
+    if let Some(Keys::Synced(sync)) = filter.keygate().map(|k| k.keys()) {
+        let counters = counter_names()
             .iter()
             .map(|n| define(filter_config_envoy_ptr, n, counter))
             .collect();
         let gauge = envoy_dynamic_module_callback_http_filter_config_define_gauge;
+        let mut gauges = [None; GAUGE_NAMES.len()];
         for (name, slot) in GAUGE_NAMES.iter().zip(gauges.iter_mut()) {
             *slot = define(filter_config_envoy_ptr, name, gauge);
         }
+        sink = Some(sync.shared_state().sinks.register(Box::new(ConfigSink {
+            config: filter_config_envoy_ptr,
+            counters,
+            gauges,
+        })));
     }
     Some(Module {
         filter,
         counters,
-        sync_counters,
-        gauges,
+        sink,
     })
 }
 

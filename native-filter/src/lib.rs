@@ -20,7 +20,7 @@
 //! does ([`shell`]); an allowed request is counted in a per-thread shard ([`usage`]) that the
 //! sync thread hands to the core's usage batching. The sync's counters and gauges
 //! (`keygate.sync.*`, `keygate.usage.*`, `keygate.keyset.*`, and `keygate.native.syncs`, the
-//! syncs running in the process) reach Envoy's stats through the next request ([`metrics`]).
+//! syncs running in the process) are set in Envoy's stats by the sync thread ([`metrics`]).
 //!
 //! A `snapshot_file` instead of a `control_plane_url` gives a fixed set read once, always
 //! fresh (benchmarks).

@@ -1,16 +1,19 @@
 //! The sync thread's counters and gauges, on their way to Envoy's stats.
 //!
-//! Envoy 1.40's dynamic-module ABI changes a counter or gauge only through a stream's filter
-//! (`…_http_filter_increment_counter`, `…_http_filter_set_gauge`), never from a thread of the
-//! module's own. So the sync thread's [`Host`](keygate_filter_core::host::Host) adds to atomics
-//! here and marks them dirty, and the next request on any worker thread [`flush`es](SyncMetrics::flush)
-//! them to Envoy (one relaxed load per request while nothing changed). A gauge therefore shows
-//! its new value at the first request after the change.
+//! The sync thread's [`Host`](keygate_filter_core::host::Host) adds to atomics here and marks
+//! them dirty; after each step of its loop the thread [`flush`es](ConfigSinks::flush) what
+//! changed to Envoy itself, through a filter configuration still alive ([`ConfigSinks`]: each
+//! configuration that shares the sync registers one when Envoy creates it and takes it back
+//! before Envoy destroys it). Envoy 1.40 exports configuration-level stat callbacks
+//! (`…_http_filter_config_increment_counter`, `…_http_filter_config_set_gauge`: no stream
+//! needed; Envoy's counters and gauges are atomic), so the gauges are current whether or not
+//! requests flow, and the request path does no stat work for the sync.
 //!
 //! The names are those of the proxy-wasm filter (`keygate.sync.*`, `keygate.usage.*`,
 //! `keygate.keyset.*`), plus [`SYNCS`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use keygate_filter_core::sync::{SyncFailure, metrics as sync_metrics};
 use keygate_filter_core::worker::metrics as usage_metrics;
@@ -117,9 +120,8 @@ impl SyncMetrics {
         self.dirty.store(true, Ordering::Release);
     }
 
-    /// Sends what changed since the last flush to `sink` (the request path: one load when
-    /// nothing did).
-    pub fn flush(&self, sink: &mut impl MetricSink) {
+    /// Sends what changed since the last flush to `sink` (one load when nothing did).
+    pub fn flush(&self, sink: &mut (impl MetricSink + ?Sized)) {
         if !self.dirty.load(Ordering::Acquire) || !self.dirty.swap(false, Ordering::AcqRel) {
             return;
         }
@@ -138,6 +140,52 @@ impl SyncMetrics {
             if s.load(Ordering::Relaxed) {
                 sink.gauge_set(i, g.load(Ordering::Relaxed));
             }
+        }
+    }
+}
+
+/// Where the sync thread flushes: one sink per live filter configuration sharing the sync. The
+/// stats of every configuration are the same stats (same names, one scope), so a flush goes to
+/// one of them, the oldest.
+#[derive(Default)]
+pub struct ConfigSinks {
+    sinks: Mutex<Vec<(u64, Box<dyn MetricSink + Send>)>>,
+    next: AtomicU64,
+}
+
+impl std::fmt::Debug for ConfigSinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.sinks.lock().map_or(0, |s| s.len());
+        f.debug_struct("ConfigSinks").field("sinks", &n).finish()
+    }
+}
+
+impl ConfigSinks {
+    /// Adds a configuration's sink; the token takes it back.
+    pub fn register(&self, sink: Box<dyn MetricSink + Send>) -> u64 {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        self.sinks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((token, sink));
+        token
+    }
+
+    /// Takes a sink back; once this returns, no flush uses it (a flush in progress holds the
+    /// lock this waits for).
+    pub fn unregister(&self, token: u64) {
+        self.sinks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(t, _)| *t != token);
+    }
+
+    /// Flushes `metrics` to the oldest live configuration; with none, what changed waits for
+    /// the next one.
+    pub fn flush(&self, metrics: &SyncMetrics) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, sink)) = sinks.first_mut() {
+            metrics.flush(sink.as_mut());
         }
     }
 }
@@ -180,5 +228,35 @@ mod tests {
         m.flush(&mut s);
         let i = counter_names().iter().position(|n| *n == failure).unwrap();
         assert!(s.0.contains(&('c', i, 1)));
+    }
+
+    /// A sink that records into a shared log (the registry takes ownership of its sinks).
+    struct Shared(std::sync::Arc<Mutex<Vec<(char, usize, u64)>>>, char);
+    impl MetricSink for Shared {
+        fn counter_add(&mut self, index: usize, delta: u64) {
+            self.0.lock().unwrap().push((self.1, index, delta));
+        }
+        fn gauge_set(&mut self, _: usize, _: u64) {}
+    }
+
+    #[test]
+    fn a_flush_goes_to_the_oldest_live_configuration_and_waits_for_one() {
+        let m = SyncMetrics::default();
+        let sinks = ConfigSinks::default();
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        m.counter_add(sync_metrics::CALLS, 2);
+        sinks.flush(&m);
+        let a = sinks.register(Box::new(Shared(log.clone(), 'a')));
+        let _b = sinks.register(Box::new(Shared(log.clone(), 'b')));
+        sinks.flush(&m);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![('a', 0, 2)],
+            "kept until a sink came, then once"
+        );
+        sinks.unregister(a);
+        m.counter_add(sync_metrics::CALLS, 5);
+        sinks.flush(&m);
+        assert_eq!(log.lock().unwrap().last(), Some(&('b', 0, 5)), "a is gone");
     }
 }

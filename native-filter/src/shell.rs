@@ -5,8 +5,8 @@
 //! headers (a byte that is not UTF-8 reads as [`decision::SUBSTITUTE`]), the same decision on
 //! the set's state (Fresh, Stale or Unavailable: [`crate::published`]), the same header edits in
 //! the same order, the same local reply; an allowed request is counted for usage
-//! ([`crate::usage`]), and the sync's counters and gauges are flushed to Envoy when they changed
-//! ([`crate::metrics`]).
+//! ([`crate::usage`]). The sync's own counters and gauges are not the request path's: its
+//! thread flushes them ([`crate::metrics`]).
 
 use std::cell::RefCell;
 
@@ -16,11 +16,10 @@ use keygate_filter_core::decision::{
 use smallvec::SmallVec;
 
 use crate::config::{Keygate, Keys};
-use crate::metrics::MetricSink;
 
-/// What the request path asks of its host: Envoy's request header map and local reply, the
-/// decision counters, and (through [`MetricSink`]) the sync's counters and gauges.
-pub trait Stream: MetricSink {
+/// What the request path asks of its host: Envoy's request header map and local reply, and the
+/// decision counters.
+pub trait Stream {
     /// Removes every request header named `name`.
     fn remove_header(&mut self, name: &[u8]);
     /// Replaces the request header `name` by `value`.
@@ -127,9 +126,6 @@ impl Keygate {
             }
         };
         stream.count(reason);
-        if let Keys::Synced(sync) = &self.keys {
-            sync.shared_state().metrics.flush(stream);
-        }
         verdict
     }
 }
@@ -296,11 +292,6 @@ mod tests {
         fn count(&mut self, reason: Reason) {
             self.counted.push(reason);
         }
-    }
-
-    impl MetricSink for Recorded {
-        fn counter_add(&mut self, _: usize, _: u64) {}
-        fn gauge_set(&mut self, _: usize, _: u64) {}
     }
 
     fn no_log(_: keygate_filter_core::host::LogLevel, _: &str) {}

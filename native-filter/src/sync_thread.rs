@@ -17,7 +17,8 @@
 //! since the last tick to the worker first. A call the core dispatches runs on a thread of its
 //! own (a long poll parks there while reports still go out); its answer comes back to the loop
 //! through a channel and goes to the core's `on_response`. After each event, the worker's set
-//! is published if it changed.
+//! is published if it changed, and the sync's counters and gauges go to Envoy
+//! ([`crate::metrics::ConfigSinks`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -33,7 +34,7 @@ use keygate_filter_core::worker::Worker;
 
 use crate::host::{LogFn, NativeHost};
 use crate::http::{Client, Trust};
-use crate::metrics::{LIVE_SYNCS, SyncMetrics};
+use crate::metrics::{ConfigSinks, LIVE_SYNCS, SyncMetrics};
 use crate::published::PublishedSet;
 use crate::usage::UsageShards;
 
@@ -54,6 +55,8 @@ pub struct Shared {
     pub usage: UsageShards,
     /// Counters and gauges not yet flushed to Envoy.
     pub metrics: Arc<SyncMetrics>,
+    /// Where they are flushed: the live configurations sharing this sync.
+    pub sinks: ConfigSinks,
 }
 
 /// A running sync; stopped when dropped.
@@ -225,6 +228,7 @@ fn run(
         shared
             .published
             .publish(syncer.shared_key_set(), syncer.fresh_at_ms());
+        shared.sinks.flush(&shared.metrics);
         for (token, call) in host.take_calls() {
             let client = client.clone();
             let answer = tx.clone();

@@ -21,19 +21,16 @@
 //! `control_plane_url` pointed at the same fake feed, which its sync thread (one per process)
 //! long-polls with the edge key as the wasm leader does, fresh and after the same deltas. It
 //! keeps one set per process. Its gauges (`keygate.keyset.keys`, `keygate.keyset.revision`,
-//! `keygate.keyset.heap_bytes`) reach Envoy's stats only through a request (the ABI lets only a
-//! stream change stats), so each poll of the stats follows a request through the filter (denied:
-//! it carries no key). Instead of the VMs' columns, it gives the set's own heap.
+//! `keygate.keyset.heap_bytes`) are set by its sync thread. Instead of the VMs' columns, it gives
+//! the set's own heap.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use keygate_e2e::bench_envoy::{rss_bytes, start_pinned};
-use keygate_e2e::envoy::{EDGE_KEY_ENV, LISTENER, bootstrap_with_module, plugin_configuration};
+use keygate_e2e::envoy::{EDGE_KEY_ENV, bootstrap_with_module, plugin_configuration};
 use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::native;
 use keygate_filter_core::sync::metrics::{HEAP_BYTES, KEYS, REVISION};
@@ -234,28 +231,11 @@ fn native_stat(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
         .unwrap_or(0))
 }
 
-/// A request through Envoy's listener (no key: the filter denies it), for the module to flush
-/// its gauges to Envoy's stats. The answer is not looked at.
-fn poke(envoy: &Envoy) -> anyhow::Result<()> {
-    let addr = envoy.listener_addr(LISTENER)?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET /keygate-bench HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    ensure!(
-        !answer.is_empty(),
-        "Envoy closed the connection without an answer"
-    );
-    Ok(())
-}
-
-/// Waits until the module's one set holds `keys` keys at `revision` (a request, then the
-/// stats, until they match), then half a second more (for the allocator to settle).
+/// Waits until the module's one set holds `keys` keys at `revision` (its gauges in Envoy's
+/// stats, which its sync thread sets), then half a second more (for the allocator to settle).
 fn wait_for_native(envoy: &Envoy, keys: usize, revision: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        poke(envoy)?;
         let r = native_stat(envoy, REVISION)?;
         let k = native_stat(envoy, KEYS)?;
         if r == revision && k == keys as u64 {

@@ -13,6 +13,7 @@ pub mod ext_authz;
 pub mod fake_feed;
 pub mod lds;
 pub mod native;
+pub mod proxies;
 pub mod stack;
 pub mod tls_front;
 

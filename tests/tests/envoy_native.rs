@@ -9,7 +9,8 @@
 //!   with long-poll; before the first sync keyed requests fail closed; with the control plane
 //!   gone the set turns stale after `max_staleness_s` and each listener's `failure_mode`
 //!   applies, then it recovers; usage counts reach the control plane; two listeners with the
-//!   same source share one sync (one set); over `https://` the sync trusts the certificate
+//!   same source share one sync (one set); the sync sets its gauges and counters in Envoy's stats
+//!   with no request flowing; over `https://` the sync trusts the certificate
 //!   authority of its `ca_file` and no other (a TLS-terminating Envoy in front of the control
 //!   plane, with a test CA).
 
@@ -487,6 +488,42 @@ fn synced_over_https_from_a_control_plane_its_ca_file_trusts_and_never_from_one_
 }
 
 #[test]
+fn synced_the_sync_sets_its_gauges_in_envoys_stats_without_any_request() {
+    let (cp, api, edge_key) = control_plane();
+    for i in 0..3 {
+        api.create_key(json!({"name": format!("k{i}"), "scopes": ["repo:read"]}));
+    }
+    let envoy = synced_envoy(&cp, &edge_key, 2, &json!({"long_poll_wait_s": 5}), &[]);
+    // Not one request: the sync thread flushes through the configuration.
+    wait_for("the key-set gauges", Duration::from_secs(5), || match envoy
+        .stat("dynamicmodulescustom.keygate.keyset.keys")
+    {
+        3 => Ok(()),
+        n => Err(format!("{n} keys: {:?}", envoy.envoy.stats())),
+    });
+    let revision = envoy.stat("dynamicmodulescustom.keygate.keyset.revision");
+    assert!(revision >= 4, "revision {revision}");
+    assert_eq!(envoy.stat("dynamicmodulescustom.keygate.native.syncs"), 1);
+    // A revocation moves them, still without a request.
+    let doomed = api.create_key(json!({"name": "doomed", "scopes": ["repo:read"]}));
+    api.key_action(&doomed.id, "revoke");
+    wait_for("the gauges follow the feed", Duration::from_secs(5), || {
+        let now = envoy.stat("dynamicmodulescustom.keygate.keyset.revision");
+        let keys = envoy.stat("dynamicmodulescustom.keygate.keyset.keys");
+        if now >= revision + 2 && keys == 3 {
+            Ok(())
+        } else {
+            Err(format!("revision {now}, {keys} keys"))
+        }
+    });
+    assert_eq!(
+        envoy.stat("http.ingress_http.downstream_rq_total"),
+        0,
+        "no request reached Envoy"
+    );
+}
+
+#[test]
 fn synced_usage_counts_reach_the_control_plane() {
     let (cp, api, edge_key) = control_plane();
     let a = api.create_key(json!({"name": "a", "scopes": ["repo:read"]}));
@@ -517,11 +554,13 @@ fn synced_usage_counts_reach_the_control_plane() {
     // Counted once: a while later, still the same.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(api.key(&a.id).usage_count, 7);
-    // The sync's stats reach Envoy with the next request.
-    all(&envoy, 1, unknown.expose_secret(), 401).unwrap();
-    assert!(
-        envoy.stat("dynamicmodulescustom.keygate.usage.batches_sent") >= 1,
-        "{:?}",
-        envoy.envoy.stats()
+    // The sync thread counts its reports in Envoy's stats itself (no request needed).
+    wait_for(
+        "the reports counted",
+        Duration::from_secs(5),
+        || match envoy.stat("dynamicmodulescustom.keygate.usage.batches_sent") {
+            0 => Err(format!("{:?}", envoy.envoy.stats())),
+            n => Ok(n),
+        },
     );
 }

@@ -496,16 +496,31 @@ async fn list_repositories(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
+    let (items, next) = repository_page(&state, &caller, q.after, q.limit).await?;
+    Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
+}
+
+/// A page of registered repositories after the id `after`, and the next page's cursor (the
+/// rules of `GET /v1/repositories`, shared with the console's GitHub page).
+pub async fn repository_page(
+    state: &AppState,
+    caller: &Caller,
+    after: Option<i64>,
+    limit: Option<i64>,
+) -> Result<(Vec<store::Repository>, Option<i64>), ApiError> {
     caller.require_scope(SCOPE_GITHUB_REPOSITORIES)?;
-    let limit = q.limit.unwrap_or(100);
+    let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be 1-1000"));
     }
-    let items = store::list(&state.db, q.after.unwrap_or(0), limit).await?;
+    if after.is_some_and(|a| a < 0) {
+        return Err(ApiError::invalid("malformed cursor"));
+    }
+    let items = store::list(&state.db, after.unwrap_or(0), limit).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|r| r.id))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
+    Ok((items, next))
 }
 
 /// `DELETE /v1/repositories/{id}`.

@@ -50,6 +50,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{id}/rotate", post(keys::change::rotate_key))
         .route("/v1/keys/{id}/propagation", get(edges::key_propagation))
         .route("/v1/edges", get(edges::list_edges))
+        .route("/v1/keys/{id}/usage", get(keys::usage::key_usage))
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/keyset", get(keyset::get_keyset))
         // A full usage batch (keygate_protocol::usage) is larger than the general body limit.

@@ -98,6 +98,7 @@ impl Modify for BearerAuth {
         crate::http::keys::change::revoke_key,
         crate::http::keys::change::delete_key,
         crate::http::keys::change::rotate_key,
+        crate::http::keys::usage::key_usage,
         crate::http::keys::issue::exchange_key,
         crate::http::keys::verify::verify_key,
         crate::http::audit::list_audit,

@@ -47,6 +47,10 @@ pub struct Config {
     /// long-poll wait plus the heartbeat.
     #[arg(long, env = "KEYGATE_EDGE_GONE_AFTER_S", default_value_t = 90)]
     pub edge_gone_after_s: i64,
+    /// Days of hourly usage counts kept (`GET /v1/keys/{id}/usage`, the console's charts);
+    /// older hours are pruned by a background task.
+    #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=3660))]
+    pub usage_retention_days: i64,
     /// GitHub App token broker settings.
     #[command(flatten)]
     pub github: crate::github::GithubArgs,
@@ -79,6 +83,7 @@ impl Config {
             edge_heartbeat_s: 15,
             edge_lagging_after_s: 5,
             edge_gone_after_s: 90,
+            usage_retention_days: 90,
             github: crate::github::GithubArgs::default(),
             forward_auth: crate::forward_auth::ForwardAuthArgs::default(),
         }

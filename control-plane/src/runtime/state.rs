@@ -157,7 +157,8 @@ impl AppState {
         self.forward_auth.as_deref()
     }
 
-    /// Starts the background tasks: usage flushing, change-log pruning, the forward-auth key
+    /// Starts the background tasks: usage flushing, change-log pruning, usage-history pruning
+    /// (hours older than `usage_retention_days`), the forward-auth key
     /// set's follower (when configured), and on PostgreSQL the `LISTEN keygate_keyset` loop that
     /// learns of other replicas' writes.
     pub(crate) fn spawn_background(&self) -> Vec<JoinHandle<()>> {
@@ -178,6 +179,17 @@ impl AppState {
                 tick.tick().await;
                 if let Err(e) = s.db.prune_changes(s.config.changes_retained).await {
                     tracing::warn!(error = %e, "change-log pruning failed");
+                }
+            }
+        }));
+        let s = self.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let before = unix_now() - s.config.usage_retention_days * 24 * 3600;
+                if let Err(e) = s.db.prune_usage_hours(before).await {
+                    tracing::warn!(error = %e, "usage-history pruning failed");
                 }
             }
         }));

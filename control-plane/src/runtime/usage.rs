@@ -38,7 +38,10 @@ impl UsageBuffer {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = db.add_usage(&batch).await {
+        if let Err(e) = db
+            .add_usage(&batch, crate::runtime::clock::unix_now())
+            .await
+        {
             tracing::warn!(error = %e, "usage flush failed; will retry");
             if let Ok(mut p) = self.pending.lock() {
                 for (k, c, t) in batch {

@@ -16,13 +16,13 @@ use crate::domain::lifecycle::Plan;
 /// PostgreSQL's announcement of a new revision (SQLite has none: one process).
 pub(crate) const NOTIFY: &str = "SELECT pg_notify('keygate_keyset', $1)";
 
-/// Inserts `k` with its audit row and change-log row; returns the new revision. For an
+/// Inserts each key with its audit row, and one change-log row for them all, in one
+/// transaction; returns the new revision (one key: an issuance; many: a bulk load). For an
 /// exchanged child (`parent_id` set) the parent is re-checked inside the transaction: still
 /// active, and under the child limit.
 pub(crate) async fn insert_in_transaction<P>(
     pool: &P,
-    k: &KeyRecord,
-    audit: &AuditEntry<'_>,
+    keys: &[(&KeyRecord, &AuditEntry<'_>)],
 ) -> Result<i64, StoreError>
 where
     P: Engine,
@@ -40,13 +40,49 @@ where
     for<'q> Option<Vec<u8>>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
 {
     let mut tx = pool.begin_write().await?;
+    for (k, audit) in keys {
+        insert_rows(pool, &mut tx, k, audit).await?;
+    }
+    let digests: Vec<[u8; 32]> = keys.iter().map(|(k, _)| k.digest).collect();
+    let at = keys
+        .iter()
+        .map(|(k, _)| k.created_at)
+        .max()
+        .unwrap_or_default();
+    let revision = log_changes(&mut tx, &digests, at, pool.pick("", NOTIFY)).await?;
+    tx.commit().await?;
+    Ok(revision)
+}
+
+/// One key's rows (the parent check, its workspace, the key, its audit row) in `tx`.
+async fn insert_rows<P>(
+    pool: &P,
+    tx: &mut sqlx::Transaction<'static, P::Database>,
+    k: &KeyRecord,
+    audit: &AuditEntry<'_>,
+) -> Result<(), StoreError>
+where
+    P: Engine,
+    for<'r> (Option<String>,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'c> &'c mut <P::Database as Database>::Connection: Executor<'c, Database = P::Database>,
+    <P::Database as Database>::Arguments: IntoArguments<P::Database>,
+    for<'a> &'a str: ColumnIndex<<P::Database as Database>::Row>,
+    for<'r> (i64,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'r> (Vec<u8>,): FromRow<'r, <P::Database as Database>::Row>,
+    for<'q> i64: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<i64>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> String: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<String>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Vec<u8>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+    for<'q> Option<Vec<u8>>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
+{
     if let Some(parent) = k.parent_id {
         let status: Option<String> = sqlx::query_scalar::<P::Database, Option<String>>(pool.pick(
             "SELECT status FROM keys WHERE id = $1",
             "SELECT status FROM keys WHERE id = $1 FOR UPDATE",
         ))
         .bind(parent.as_bytes().to_vec())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .flatten();
         if status.as_deref() != Some("active") {
@@ -58,7 +94,7 @@ where
         )
         .bind(parent.as_bytes().to_vec())
         .bind(k.created_at)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
         domain::check_child_count(children)?;
     }
@@ -67,7 +103,7 @@ where
     )
     .bind(k.workspace_id.clone())
     .bind(k.created_at)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     sqlx::query::<P::Database>(concat!(
         "INSERT INTO keys (",
@@ -100,12 +136,10 @@ where
     .bind(k.metadata.to_string())
     .bind(k.parent_id.map(|u| u.as_bytes().to_vec()))
     .bind(k.subject.clone())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
-    insert_audit(&mut tx, audit).await?;
-    let revision = log_changes(&mut tx, [&k.digest], k.created_at, pool.pick("", NOTIFY)).await?;
-    tx.commit().await?;
-    Ok(revision)
+    insert_audit(tx, audit).await?;
+    Ok(())
 }
 
 /// Who changes which key, how, and when.

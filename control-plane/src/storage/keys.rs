@@ -6,10 +6,13 @@
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
+use super::conditions::{Bound, Conditions, bind_all};
 use super::key_writes::{Change, change_in_transaction, insert_in_transaction};
 use super::rows::key_from_row;
 use super::write::insert_audit;
-use super::{AuditEntry, AuditRecord, Db, Engine, KeyFilter, StoreError, key_cols, on_db};
+use super::{
+    AuditEntry, AuditFilter, AuditRecord, Db, Engine, KeyFilter, StoreError, key_cols, on_db,
+};
 use crate::domain::key::{Actor, KeyRecord, format_key_id};
 use crate::domain::lifecycle::Plan;
 
@@ -91,37 +94,58 @@ impl Db {
 
     /// A page of keys in creation order.
     pub async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<KeyRecord>, sqlx::Error> {
-        enum B {
-            T(String),
-            Bytes(Vec<u8>),
-        }
-        let mut sql = String::from(concat!("SELECT ", key_cols!(), " FROM keys WHERE 1 = 1"));
-        let mut binds = Vec::new();
-        let mut push = |cond: &str, b: B| {
-            binds.push(b);
-            sql.push_str(&format!(" AND {cond} ${}", binds.len()));
-        };
+        let mut c = Conditions::default();
         if let Some(w) = &f.workspace_id {
-            push("workspace_id =", B::T(w.clone()));
+            let v = c.bind(Bound::Text(w.clone()));
+            c.push(format!("workspace_id = {v}"));
         }
         if let Some(s) = f.status {
-            push("status =", B::T(s.as_str().into()));
+            let v = c.bind(Bound::Text(s.as_str().into()));
+            c.push(format!("status = {v}"));
         }
         if let Some(k) = f.kind {
-            push("kind =", B::T(k.as_str().into()));
+            let v = c.bind(Bound::Text(k.as_str().into()));
+            c.push(format!("kind = {v}"));
         }
         if let Some(o) = &f.owner_id {
-            push("owner_id =", B::T(o.clone()));
+            let v = c.bind(Bound::Text(o.clone()));
+            c.push(format!("owner_id = {v}"));
+        }
+        if let Some(n) = &f.name_contains {
+            let needle = format!("%{}%", like_escape(&n.to_lowercase()));
+            let v = c.bind(Bound::Text(needle));
+            c.push(format!("lower(name) LIKE {v} ESCAPE '\\'"));
+        }
+        if let Some(sc) = &f.scope {
+            let needle = format!("%\"{}\"%", like_escape(sc));
+            let v = c.bind(Bound::Text(needle));
+            c.push(format!("scopes LIKE {v} ESCAPE '\\'"));
+        }
+        if let Some((from, to)) = f.expiring {
+            let (from, to) = (c.bind(Bound::Int(from)), c.bind(Bound::Int(to)));
+            c.push(format!(
+                "status = 'active' AND expires_at > {from} AND expires_at <= {to}"
+            ));
+        }
+        if f.never_used {
+            c.push("last_used_at IS NULL".to_owned());
+        }
+        if let Some(parent) = f.parent {
+            let v = c.bind(Bound::Bytes(parent.as_bytes().to_vec()));
+            c.push(format!("parent_id = {v}"));
         }
         if let Some(a) = f.after {
-            push("id >", B::Bytes(a.as_bytes().to_vec()));
+            let v = c.bind(Bound::Bytes(a.as_bytes().to_vec()));
+            c.push(format!("id > {v}"));
         }
+        let mut sql = format!(
+            concat!("SELECT ", key_cols!(), " FROM keys WHERE {}"),
+            c.clause()
+        );
         sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit.clamp(1, 1000)));
+        let values = c.into_values();
         on_db!(self, p => {
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for b in binds {
-                q = match b { B::T(t) => q.bind(t), B::Bytes(v) => q.bind(v) };
-            }
+            let q = bind_all!(sqlx::query(AssertSqlSafe(sql)), values);
             q.fetch_all(p).await?.iter().map(key_from_row).collect()
         })
     }
@@ -134,7 +158,20 @@ impl Db {
         k: &KeyRecord,
         audit: &AuditEntry<'_>,
     ) -> Result<i64, StoreError> {
-        let rev = on_db!(self, p => insert_in_transaction(p, k, audit).await?);
+        let rev = on_db!(self, p => insert_in_transaction(p, &[(k, audit)]).await?);
+        self.observe_revision(rev);
+        Ok(rev)
+    }
+
+    /// Inserts many keys, each with its audit row, in one transaction with one revision for
+    /// them all (bulk loads, such as a benchmark's 100,000 keys), and advances the revision
+    /// watch. The same statements and parent checks as [`Db::insert_key`].
+    pub async fn insert_keys(
+        &self,
+        keys: &[(KeyRecord, AuditEntry<'_>)],
+    ) -> Result<i64, StoreError> {
+        let keys: Vec<(&KeyRecord, &AuditEntry<'_>)> = keys.iter().map(|(k, a)| (k, a)).collect();
+        let rev = on_db!(self, p => insert_in_transaction(p, &keys).await?);
         self.observe_revision(rev);
         Ok(rev)
     }
@@ -173,26 +210,54 @@ impl Db {
         Ok((new, rev))
     }
 
-    /// A page of audit rows, oldest first, after the cursor `after`.
-    pub async fn list_audit(
-        &self,
-        workspace: Option<&str>,
-        key: Option<Uuid>,
-        after: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<AuditRecord>, sqlx::Error> {
-        let sql = "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, key_id, before, after, reason \
-                   FROM audit_log WHERE ($1 IS NULL OR workspace_id = $1) AND ($2 IS NULL OR key_id = $2) \
-                   AND id > $3 ORDER BY id LIMIT $4";
+    /// A page of audit rows matching `f`: oldest first after the cursor, or newest first
+    /// before it.
+    pub async fn list_audit(&self, f: &AuditFilter<'_>) -> Result<Vec<AuditRecord>, sqlx::Error> {
+        let mut c = Conditions::default();
+        if let Some(w) = f.workspace {
+            let v = c.bind(Bound::Text(w.to_owned()));
+            c.push(format!("workspace_id = {v}"));
+        }
+        if let Some(k) = f.key {
+            let v = c.bind(Bound::Bytes(k.as_bytes().to_vec()));
+            c.push(format!("key_id = {v}"));
+        }
+        if let Some(a) = f.actor {
+            let v = c.bind(Bound::Text(a.to_owned()));
+            c.push(format!("actor_id = {v}"));
+        }
+        if let Some(a) = f.action {
+            let v = c.bind(Bound::Text(a.to_owned()));
+            c.push(format!("action = {v}"));
+        }
+        if let Some(t) = f.from {
+            let v = c.bind(Bound::Int(t));
+            c.push(format!("at >= {v}"));
+        }
+        if let Some(t) = f.to {
+            let v = c.bind(Bound::Int(t));
+            c.push(format!("at < {v}"));
+        }
+        let order = if f.newest_first {
+            if let Some(cursor) = f.cursor {
+                let v = c.bind(Bound::Int(cursor));
+                c.push(format!("id < {v}"));
+            }
+            "DESC"
+        } else {
+            let v = c.bind(Bound::Int(f.cursor.unwrap_or(0)));
+            c.push(format!("id > {v}"));
+            "ASC"
+        };
+        let sql = format!(
+            "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, key_id, before, after, reason \
+             FROM audit_log WHERE {} ORDER BY id {order} LIMIT {}",
+            c.clause(),
+            f.limit.clamp(1, 1000)
+        );
+        let values = c.into_values();
         on_db!(self, p => {
-            let rows = sqlx::query(p.pick(sql, "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, \
-                   key_id, before, after, reason FROM audit_log WHERE ($1::text IS NULL OR workspace_id = $1) \
-                   AND ($2::bytea IS NULL OR key_id = $2) AND id > $3 ORDER BY id LIMIT $4"))
-                .bind(workspace.map(str::to_owned))
-                .bind(key.map(|k| k.as_bytes().to_vec()))
-                .bind(after.unwrap_or(0))
-                .bind(limit.clamp(1, 1000))
-                .fetch_all(p).await?;
+            let rows = bind_all!(sqlx::query(AssertSqlSafe(sql)), values).fetch_all(p).await?;
             rows.iter().map(|r| {
                 let key_id: Option<Vec<u8>> = r.try_get("key_id")?;
                 let before: Option<String> = r.try_get("before")?;
@@ -220,6 +285,18 @@ impl Db {
     pub async fn count_keys(&self) -> Result<i64, sqlx::Error> {
         on_db!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM keys").fetch_one(p).await)
     }
+}
+
+/// Escapes `LIKE`'s wildcards (`%`, `_`) and its escape character `\\` in a literal.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Db {

@@ -10,6 +10,7 @@
 //! which wakes long-polls and retires cached verifications. Errors are the store's own
 //! ([`StoreError`]); the HTTP layer maps them to answers.
 
+mod conditions;
 pub mod console_sessions;
 pub mod edges;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod keys;
 pub mod keyset;
 mod rows;
 pub mod usage;
+pub mod usage_history;
 mod write;
 
 use std::str::FromStr;
@@ -244,8 +246,41 @@ pub struct KeyFilter {
     pub kind: Option<crate::domain::KeyKind>,
     /// Only this owner.
     pub owner_id: Option<String>,
+    /// Only names containing this (case-insensitive for ASCII).
+    pub name_contains: Option<String>,
+    /// Only keys holding this scope.
+    pub scope: Option<String>,
+    /// Only active keys expiring in `(from, to]` (unix seconds).
+    pub expiring: Option<(i64, i64)>,
+    /// Only keys never used.
+    pub never_used: bool,
+    /// Only children of this key (exchanged `repo` keys).
+    pub parent: Option<Uuid>,
     /// Keys created after this id (cursor).
     pub after: Option<Uuid>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Filters, order and cursor for reading the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter<'a> {
+    /// Only this workspace (none = all, for the admin).
+    pub workspace: Option<&'a str>,
+    /// Only rows about this key.
+    pub key: Option<Uuid>,
+    /// Only rows by this actor id (`admin`, `key_…`).
+    pub actor: Option<&'a str>,
+    /// Only this action (`key.create`, …).
+    pub action: Option<&'a str>,
+    /// Only rows at or after this time (unix seconds).
+    pub from: Option<i64>,
+    /// Only rows before this time (unix seconds).
+    pub to: Option<i64>,
+    /// Newest first (rows before the cursor) instead of oldest first (rows after it).
+    pub newest_first: bool,
+    /// The last row id of the previous page.
+    pub cursor: Option<i64>,
     /// Page size.
     pub limit: i64,
 }

@@ -1,7 +1,8 @@
 //! Browser-driving helpers for the console's tests (`tests/console.rs`), in one place: the real
 //! `keygate serve` binary on a free port ([`Console`], through `test_support::ServeProcess`),
 //! Debian's headless `chromium` driven over WebDriver by `chromedriver` and fantoccini
-//! ([`Browser`]), screenshots into `docs/screenshots/`, and the API calls the scenarios set up
+//! ([`Browser`]), screenshots ([`screenshots_dir`]: `target/`, or `docs/screenshots/` with
+//! `KEYGATE_UPDATE_SCREENSHOTS=1`), and the API calls the scenarios set up
 //! with. Every process is killed on drop (chromedriver with every process that inherited its
 //! tag, [`Group`]), so a failing test leaves no chromium, chromedriver or control plane running.
 //! A missing browser fails with the command that installs it.
@@ -160,6 +161,25 @@ impl Console {
         v["status"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Reports usage as an edge's filter does: `POST /v1/usage` with the `edge` key `edge`,
+    /// `(key id, count, last used at)` per entry; asserts the batch was applied.
+    pub async fn report_usage(&self, edge: &str, batch_id: &str, entries: &[(&str, u64, i64)]) {
+        let entries: Vec<Value> = entries
+            .iter()
+            .map(|(id, count, at)| json!({"key_id": id, "count": count, "last_used_at": at}))
+            .collect();
+        let resp = reqwest::Client::new()
+            .post(self.url("/v1/usage"))
+            .bearer_auth(edge)
+            .json(&json!({"batch_id": batch_id, "entries": entries}))
+            .send()
+            .await
+            .expect("POST /v1/usage");
+        assert_eq!(resp.status(), 200, "usage report");
+        let v: Value = resp.json().await.expect("JSON");
+        assert_eq!(v["applied"], true, "{v}");
+    }
+
     /// A workspace key of `workspace` with the key-management scopes; returns its secret.
     pub async fn workspace_key(&self, workspace: &str) -> String {
         let v = self
@@ -293,6 +313,30 @@ impl Browser {
         self.find(css).await.click().await.expect("click");
     }
 
+    /// Clicks the element matching `css` (a submit button or a link) and waits up to 10 s for
+    /// the next page to have loaded, so that later lookups never see the old one.
+    pub async fn click_and_wait(&self, css: &str) {
+        self.script("window.__keygateOldPage = true;").await;
+        self.click(css).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self
+                .script(
+                    "return window.__keygateOldPage === undefined && \
+                     document.readyState === 'complete';",
+                )
+                .await;
+            if v == Value::Bool(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new page after clicking `{css}`"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The current URL's path.
     pub async fn path(&self) -> String {
         self.client
@@ -321,12 +365,39 @@ impl Browser {
         assert_eq!(self.path().await, "/keys");
     }
 
-    /// Saves a screenshot of the page as `docs/screenshots/<name>.png`.
+    /// Saves a screenshot of the page as `<name>.png` in [`screenshots_dir`].
     pub async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.expect("screenshot");
         let dir = screenshots_dir();
-        std::fs::create_dir_all(&dir).expect("docs/screenshots");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+    }
+
+    /// Sets the window's size (CSS pixels of the viewport are a little less).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.client
+            .set_window_size(width, height)
+            .await
+            .expect("set_window_size");
+    }
+
+    /// Whether the page is wider than the window (a horizontal scrollbar): the document's
+    /// scroll width against the viewport's width, and the widest element, for the message.
+    pub async fn overflow(&self) -> Option<String> {
+        let v = self
+            .script(
+                "const d = document.documentElement; \
+                 let w = null; \
+                 for (const e of document.querySelectorAll('body *')) { \
+                   const r = e.getBoundingClientRect(); \
+                   if (r.right > window.innerWidth + 0.5 && (!w || r.right > w.r)) \
+                     w = {r: r.right, t: e.tagName + (e.id ? '#' + e.id : '') + '.' + e.className}; } \
+                 return [d.scrollWidth, window.innerWidth, w ? w.t + ' ends at ' + w.r : ''];",
+            )
+            .await;
+        let scroll = v[0].as_i64().expect("scrollWidth");
+        let inner = v[1].as_i64().expect("innerWidth");
+        (scroll > inner).then(|| format!("scrollWidth {scroll} > innerWidth {inner}: {}", v[2]))
     }
 
     /// Ends the WebDriver session (chromium quits); the drop kills whatever is left.
@@ -340,10 +411,22 @@ impl Browser {
     }
 }
 
-/// `docs/screenshots/` at the repository's root.
+/// Where screenshots go: `docs/screenshots/` at the repository's root when
+/// `KEYGATE_UPDATE_SCREENSHOTS=1` (refreshing the committed ones, deliberately), else
+/// `KEYGATE_SCREENSHOTS_DIR`, else `console-screenshots/` in the build's target directory, so
+/// an ordinary run never rewrites the committed images.
 pub fn screenshots_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("docs")
-        .join("screenshots")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if std::env::var("KEYGATE_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        return root.join("docs").join("screenshots");
+    }
+    if let Some(dir) = std::env::var_os("KEYGATE_SCREENSHOTS_DIR") {
+        return PathBuf::from(dir);
+    }
+    // Tests run from target/<profile>/deps/: the target directory is two levels up.
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| root.join("target"))
+        .join("console-screenshots")
 }

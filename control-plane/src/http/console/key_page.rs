@@ -1,5 +1,5 @@
-//! A key's page (details, its history from the audit log; the secret once, right after
-//! creation or rotation) and its actions: suspend, reactivate, rotate with a grace period, and
+//! A key's page (details, its usage over time as a chart drawn on the server, its children,
+//! its history from the audit log; the secret once, right after creation or rotation) and its actions: suspend, reactivate, rotate with a grace period, and
 //! revoke behind a confirmation page with a reason. Reads and changes go through the API's own
 //! functions (`keys::read::find_key`, `audit::audit_page`, `keys::change::{status_change,
 //! rotate}`), so a key of another workspace is "not found" here exactly as in the API, for pages
@@ -7,20 +7,25 @@
 
 use askama::Template;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Form, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
+use super::chart::{bar_chart, count, range_links, range_query};
+use super::keys_list::Row;
 use super::page::{Nav, PageError, render, when};
 use super::session::Session;
 use super::sign_in::CsrfForm;
 use crate::domain::Action;
 use crate::domain::key::KeyView;
 use crate::http::audit::{AuditQuery, audit_page};
+use crate::http::error::ApiError;
 use crate::http::keys::change::{rotate as rotate_key, status_change};
 use crate::http::keys::parse_id;
-use crate::http::keys::read::find_key;
+use crate::http::keys::read::{ListQuery, find_key, list_page};
+use crate::http::keys::usage::key_usage_series;
 use crate::runtime::state::AppState;
 
 /// A key as its page shows it.
@@ -90,6 +95,22 @@ struct KeyPage<'a> {
     secret: Option<String>,
     history: Vec<Event>,
     more_history: bool,
+    chart: String,
+    total: String,
+    ranges: Vec<(&'static str, &'static str, bool)>,
+    children: Vec<Row>,
+    more_children: bool,
+}
+
+/// Children shown on a key's page.
+const CHILD_ROWS: i64 = 50;
+
+/// The key page's query: which period its chart shows.
+#[derive(Debug, Default, Deserialize)]
+pub struct KeyParams {
+    /// `24h` (default), `7d` or `30d`.
+    #[serde(default)]
+    pub range: String,
 }
 
 /// `GET /keys/{id}`: the key, and its secret if this session just created it (taken once).
@@ -97,15 +118,39 @@ pub async fn show(
     State(state): State<AppState>,
     session: Session,
     Path(id): Path<String>,
+    query: Result<Query<KeyParams>, QueryRejection>,
 ) -> Result<Response, PageError> {
+    let Query(params) = query.map_err(|r| ApiError::invalid(r.body_text()))?;
     let key = find_key(&state, &session.caller, &id).await?;
+    let usage = key_usage_series(
+        &state,
+        &session.caller,
+        &key.id,
+        &range_query(&params.range)?,
+    )
+    .await?;
+    let title = if usage.bucket == crate::http::keys::usage::Bucket::Day {
+        "Requests per day (UTC)"
+    } else {
+        "Requests per hour (UTC)"
+    };
+    let children = list_page(
+        &state,
+        &session.caller,
+        ListQuery {
+            parent_id: Some(key.id.clone()),
+            limit: Some(CHILD_ROWS),
+            ..ListQuery::default()
+        },
+    )
+    .await?;
     let audit = audit_page(
         &state,
         &session.caller,
         AuditQuery {
             key_id: Some(key.id.clone()),
-            cursor: None,
             limit: Some(HISTORY_ROWS),
+            ..AuditQuery::default()
         },
     )
     .await?;
@@ -121,6 +166,11 @@ pub async fn show(
         .collect();
     let secret = session.take_flash(&state, parse_id(&id)?).await?;
     Ok(render(&KeyPage {
+        chart: bar_chart("usage-chart", title, &usage),
+        total: count(usage.total),
+        ranges: range_links(&params.range),
+        children: children.items.iter().map(Row::from).collect(),
+        more_children: children.next_cursor.is_some(),
         history,
         more_history: audit.next_cursor.is_some(),
         nav: Some(session.nav()),

@@ -1,5 +1,6 @@
-//! The keys list: a page of the keys the session may read, filtered by status, kind and owner
-//! (the API's `GET /v1/keys` rules, through `keys::read::list_page`), cursor-paginated.
+//! The keys list: a page of the keys the session may read, searched by name and filtered by
+//! status, kind, owner, scope, "expiring soon" and "never used" (the API's `GET /v1/keys`
+//! rules, through `keys::read::list_page`), cursor-paginated.
 
 use askama::Template;
 use axum::extract::rejection::QueryRejection;
@@ -30,6 +31,18 @@ pub struct ListParams {
     /// An owner id.
     #[serde(default)]
     pub owner: String,
+    /// Text the name contains.
+    #[serde(default)]
+    pub q: String,
+    /// A scope the key holds.
+    #[serde(default)]
+    pub scope: String,
+    /// `7` or `30`: active keys expiring within that many days.
+    #[serde(default)]
+    pub expiring: String,
+    /// `never`: keys never used.
+    #[serde(default)]
+    pub used: String,
     /// The last key id of the previous page.
     #[serde(default)]
     pub cursor: String,
@@ -79,6 +92,10 @@ struct KeysPage {
     status: String,
     kind: String,
     owner: String,
+    q: String,
+    scope: String,
+    expiring: String,
+    used: String,
     filtered: bool,
     first_page: bool,
     next: Option<String>,
@@ -100,6 +117,19 @@ pub async fn list(
         k => Some(KeyKind::parse(k).ok_or_else(|| ApiError::invalid("unknown kind"))?),
     };
     let owner = p.owner.trim().to_owned();
+    let q = p.q.trim().to_owned();
+    let scope = p.scope.trim().to_owned();
+    let expiring_within = match p.expiring.as_str() {
+        "" => None,
+        "7" => Some(7 * 86_400),
+        "30" => Some(30 * 86_400),
+        _ => return Err(ApiError::invalid("expiring: 7 or 30 (days)").into()),
+    };
+    let never_used = match p.used.as_str() {
+        "" => false,
+        "never" => true,
+        _ => return Err(ApiError::invalid("used: never").into()),
+    };
     let page = list_page(
         &state,
         &session.caller,
@@ -107,6 +137,10 @@ pub async fn list(
             status,
             kind,
             owner_id: (!owner.is_empty()).then(|| owner.clone()),
+            name: (!q.is_empty()).then(|| q.clone()),
+            scope: (!scope.is_empty()).then(|| scope.clone()),
+            expiring_within,
+            never_used: never_used.then_some(true),
             cursor: (!p.cursor.is_empty()).then(|| p.cursor.clone()),
             limit: Some(PAGE_SIZE),
             ..ListQuery::default()
@@ -115,20 +149,34 @@ pub async fn list(
     .await?;
     let next = page.next_cursor.map(|c| {
         format!(
-            "/keys?status={}&kind={}&owner={}&cursor={}",
+            "/keys?status={}&kind={}&owner={}&q={}&scope={}&expiring={}&used={}&cursor={}",
             encode(&p.status),
             encode(&p.kind),
             encode(&owner),
+            encode(&q),
+            encode(&scope),
+            encode(&p.expiring),
+            encode(&p.used),
             encode(&c)
         )
     });
     Ok(render(&KeysPage {
         nav: Some(session.nav()),
         rows: page.items.iter().map(Row::from).collect(),
-        filtered: status.is_some() || kind.is_some() || !owner.is_empty(),
+        filtered: status.is_some()
+            || kind.is_some()
+            || !owner.is_empty()
+            || !q.is_empty()
+            || !scope.is_empty()
+            || expiring_within.is_some()
+            || never_used,
         status: p.status,
         kind: p.kind,
         owner,
+        q,
+        scope,
+        expiring: p.expiring,
+        used: p.used,
         first_page: p.cursor.is_empty(),
         next,
     }))

@@ -6,6 +6,7 @@
 pub mod change;
 pub mod issue;
 pub mod read;
+pub mod usage;
 pub mod verify;
 
 use axum::body::Bytes;

@@ -10,6 +10,7 @@ use crate::domain::key::{format_key_id, parse_key_id};
 use crate::domain::{KeyKind, KeyStatus};
 use crate::http::auth::{Caller, SCOPE_KEYS_READ, SCOPE_KEYS_WRITE};
 use crate::http::error::{ApiError, ApiQuery};
+use crate::runtime::clock::unix_now;
 use crate::runtime::state::AppState;
 use crate::storage::KeyFilter;
 
@@ -27,6 +28,16 @@ pub struct ListQuery {
     pub owner_id: Option<String>,
     /// Only this workspace (admin).
     pub workspace_id: Option<String>,
+    /// Only names containing this text (case-insensitive for ASCII; at most 128 bytes).
+    pub name: Option<String>,
+    /// Only keys holding this scope.
+    pub scope: Option<String>,
+    /// Only active keys expiring within this many seconds from now (1 to 366 days).
+    pub expiring_within: Option<i64>,
+    /// Only keys never used (`true`).
+    pub never_used: Option<bool>,
+    /// Only children of this key (`key_…`: the keys exchanged from it).
+    pub parent_id: Option<String>,
     /// Cursor: the `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
@@ -68,6 +79,26 @@ pub async fn list_page(
         Some(c) => Some(parse_key_id(c).ok_or_else(|| ApiError::invalid("malformed cursor"))?),
         None => None,
     };
+    let name_contains = q.name.filter(|n| !n.is_empty());
+    if name_contains.as_ref().is_some_and(|n| n.len() > 128) {
+        return Err(ApiError::invalid("name: at most 128 bytes"));
+    }
+    let scope = q.scope.filter(|n| !n.is_empty());
+    if scope.as_ref().is_some_and(|n| n.len() > 128) {
+        return Err(ApiError::invalid("scope: at most 128 bytes"));
+    }
+    let expiring = match q.expiring_within {
+        None => None,
+        Some(s) if (1..=366 * 86_400).contains(&s) => {
+            let now = unix_now();
+            Some((now, now + s))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "expiring_within: seconds, 1 to 31622400 (366 days)",
+            ));
+        }
+    };
     let workspace_id = match caller.workspace_filter() {
         Some(w) => Some(w.to_owned()),
         None => q.workspace_id,
@@ -79,6 +110,11 @@ pub async fn list_page(
             status: q.status,
             kind: q.kind,
             owner_id: q.owner_id,
+            name_contains,
+            scope,
+            expiring,
+            never_used: q.never_used.unwrap_or(false),
+            parent: q.parent_id.as_deref().map(parse_id).transpose()?,
             after,
             limit,
         })
