@@ -44,7 +44,12 @@ where
         insert_rows(pool, &mut tx, k, audit).await?;
     }
     let digests: Vec<[u8; 32]> = keys.iter().map(|(k, _)| k.digest).collect();
-    let revision = log_changes(&mut tx, &digests, pool.pick("", NOTIFY)).await?;
+    let at = keys
+        .iter()
+        .map(|(k, _)| k.created_at)
+        .max()
+        .unwrap_or_default();
+    let revision = log_changes(&mut tx, &digests, at, pool.pick("", NOTIFY)).await?;
     tx.commit().await?;
     Ok(revision)
 }
@@ -285,7 +290,7 @@ where
             insert_audit(&mut tx, &audit).await?;
         }
     }
-    let revision = log_changes(&mut tx, touched.iter(), pool.pick("", NOTIFY)).await?;
+    let revision = log_changes(&mut tx, touched.iter(), change.now, pool.pick("", NOTIFY)).await?;
     tx.commit().await?;
     Ok((new, revision))
 }

@@ -12,6 +12,7 @@
 
 mod conditions;
 pub mod console_sessions;
+pub mod edges;
 pub mod error;
 pub mod github_repos;
 mod key_writes;
@@ -43,6 +44,9 @@ use crate::domain::key::Actor;
 pub struct Db {
     pub(crate) pool: Pool,
     revision: Arc<watch::Sender<i64>>,
+    /// Bumped by every edge-registry write, this process's or (PostgreSQL `NOTIFY`) another
+    /// replica's: what propagation waits wake up on.
+    edge_reports: Arc<watch::Sender<u64>>,
 }
 
 /// One pool per engine.
@@ -118,6 +122,7 @@ impl Db {
         let mut db = Self {
             pool,
             revision: Arc::new(watch::Sender::new(0)),
+            edge_reports: Arc::new(watch::Sender::new(0)),
         };
         let revision = db.revision().await?;
         db.revision = Arc::new(watch::Sender::new(revision));
@@ -160,6 +165,16 @@ impl Db {
     /// A receiver that sees the known revision move forward.
     pub fn subscribe_revisions(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()
+    }
+
+    /// Records that the edge registry changed (a write here, or another replica's NOTIFY).
+    pub fn observe_edge_report(&self) {
+        self.edge_reports.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every edge-registry change [`Db::observe_edge_report`] records.
+    pub fn subscribe_edge_reports(&self) -> watch::Receiver<u64> {
+        self.edge_reports.subscribe()
     }
 
     /// Checks that the database answers.
