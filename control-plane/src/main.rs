@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
         },
         Command::Keys { client, command } => print(cli::run_keys(&client, command).await),
         Command::Audit { client, key, limit } => print(cli::run_audit(&client, key, limit).await),
+        Command::Edges { client, command } => print(cli::edges::run_edges(&client, command).await),
         Command::Repos { client, command } => {
             print(keygate_control_plane::cli::github::run_repos(&client, command).await)
         }
@@ -34,9 +35,15 @@ fn print(r: Result<String, cli::CliError>) -> ExitCode {
             println!("{s}");
             ExitCode::SUCCESS
         }
+        Err(cli::CliError::Behind { output }) => {
+            // The write was made: its output goes where a success's does, then the warning.
+            println!("{output}");
+            eprintln!("keygate: some edges had not applied the change when the wait ended");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("keygate: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

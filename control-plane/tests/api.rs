@@ -49,7 +49,9 @@ async fn create_show_list_never_return_the_secret(e: Engine) {
         .await;
     assert_eq!(st, StatusCode::CREATED, "{raw}");
     assert!(raw["key"].get("secret").is_none() && raw["key"].get("digest").is_none());
-    let IssuedKey { secret, key: rec } = serde_json::from_value(raw).expect("an issued key");
+    let IssuedKey {
+        secret, key: rec, ..
+    } = serde_json::from_value(raw).expect("an issued key");
     let parsed = key::parse(&secret).expect("issued key parses");
     assert_eq!(parsed.prefix(), "kg_live");
     assert_eq!(rec.display_prefix, parsed.display_prefix());
@@ -137,7 +139,9 @@ async fn list_paginates_and_filters(e: Engine) {
 
 async fn lifecycle_transitions(e: Engine) {
     let s = InProcessServer::start(e).await;
-    let IssuedKey { secret, key: rec } = s.create(json!({"name": "life"})).await;
+    let IssuedKey {
+        secret, key: rec, ..
+    } = s.create(json!({"name": "life"})).await;
     let id = rec.id.as_str();
     let p = |a: &str| format!("/v1/keys/{id}/{a}");
     assert_eq!(s.verify(&secret, &[], None).await.code, "VALID");
@@ -194,6 +198,7 @@ async fn lifecycle_transitions(e: Engine) {
     let IssuedKey {
         secret: secret2,
         key: rec2,
+        ..
     } = s.create(json!({"name": "del"})).await;
     let id2 = rec2.id.as_str();
     let (st, v) = s
@@ -217,7 +222,9 @@ async fn lifecycle_transitions(e: Engine) {
 
 async fn update_changes_fields_and_respects_rules(e: Engine) {
     let s = InProcessServer::start(e).await;
-    let IssuedKey { secret, key: rec } = s
+    let IssuedKey {
+        secret, key: rec, ..
+    } = s
         .create(json!({"name": "u", "scopes": ["keys:read"]}))
         .await;
     let id = rec.id.as_str();
@@ -283,6 +290,7 @@ async fn rotate_keeps_old_secret_during_grace(e: Engine) {
     let IssuedKey {
         secret: old,
         key: rec,
+        ..
     } = s.create(json!({"name": "rot", "scopes": ["a:b"]})).await;
     let id = rec.id.as_str();
     let (st, v) = s
@@ -340,7 +348,7 @@ async fn rotate_keeps_old_secret_during_grace(e: Engine) {
 
 async fn verify_reports_every_code(e: Engine) {
     let s = InProcessServer::start(e).await;
-    let IssuedKey { secret, key: rec } = s.create(json!({"name": "v", "scopes": ["graphs:execute"], "resources": ["acme/api"], "owner_id": "svc-7"})).await;
+    let IssuedKey { secret, key: rec, .. } = s.create(json!({"name": "v", "scopes": ["graphs:execute"], "resources": ["acme/api"], "owner_id": "svc-7"})).await;
     let v = s
         .verify(&secret, &["graphs:execute"], Some("acme/api"))
         .await;
@@ -474,6 +482,7 @@ async fn authentication_and_permissions(e: Engine) {
     let IssuedKey {
         secret: w,
         key: wrec,
+        ..
     } = s
         .create(json!({"name": "w2", "scopes": ["keys:read"]}))
         .await;
@@ -490,13 +499,14 @@ async fn authentication_and_permissions(e: Engine) {
 
 async fn workspace_keys_cannot_escalate(e: Engine) {
     let s = InProcessServer::start(e).await;
-    let IssuedKey { secret: ws, key: wsrec } = s
+    let IssuedKey { secret: ws, key: wsrec, .. } = s
         .create(json!({"name": "acme-ci", "workspace_id": "acme", "scopes": ["keys:read", "keys:write", "graphs:execute"],
                        "resources": ["acme/*"], "expires_in": 7200}))
         .await;
     let IssuedKey {
         secret: other,
         key: other_rec,
+        ..
     } = s
         .create(json!({"name": "globex", "workspace_id": "globex"}))
         .await;
@@ -743,7 +753,7 @@ async fn bad_input_is_rejected_and_changes_nothing(e: Engine) {
 
 async fn exchange_makes_bounded_children_that_follow_their_parent(e: Engine) {
     let s = InProcessServer::start(e).await;
-    let IssuedKey { secret: parent, key: prec } = s
+    let IssuedKey { secret: parent, key: prec, .. } = s
         .create(json!({"name": "ws", "workspace_id": "acme", "scopes": ["repo:read", "repo:write"], "resources": ["acme/*"]}))
         .await;
     let pid = prec.id.clone();
@@ -857,7 +867,9 @@ async fn exchange_makes_bounded_children_that_follow_their_parent(e: Engine) {
 
 async fn audit_log_records_every_change(e: Engine) {
     let s = InProcessServer::start(e).await;
-    let IssuedKey { secret, key: rec } = s.create(json!({"name": "a"})).await;
+    let IssuedKey {
+        secret, key: rec, ..
+    } = s.create(json!({"name": "a"})).await;
     let id = rec.id.as_str();
     s.admin(
         Method::PATCH,

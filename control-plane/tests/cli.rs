@@ -49,7 +49,7 @@ fn cli_drives_the_api_and_no_secret_is_logged() {
         ],
     );
     assert!(ok, "{err}");
-    let IssuedKey { secret, key } = serde_json::from_str(&out).unwrap();
+    let IssuedKey { secret, key, .. } = serde_json::from_str(&out).unwrap();
     let id = key.id;
     let (ok, out, _) = keygate(&url, &["keys", "list"]);
     assert!(ok);
@@ -170,4 +170,74 @@ async fn cli_manages_webhooks() {
     assert!(ok && out.contains(id), "{out}");
     let (ok, out, _) = run(&["webhooks", "list"]);
     assert!(ok && !out.contains(id), "{out}");
+}
+
+/// `keygate edges list` (table and `--json`) and `--wait` on a write: an edge (a plain HTTP
+/// client sending the filter's report headers) that never applies the revocation is named
+/// `behind`, and the command exits 2 after making the write.
+#[test]
+fn edges_list_and_a_wait_that_an_edge_misses_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::serve(dir.path(), "server", |c| {
+        c.env(
+            "KEYGATE_DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("kg.db").display()),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN);
+    });
+    let url = server.base();
+    let issue = |args: &[&str]| -> IssuedKey {
+        let mut all = vec!["keys", "create", "--json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = keygate(&url, &all);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let edge = issue(&["--name", "edge", "--kind", "edge"]);
+    let victim = issue(&["--name", "victim"]);
+    assert!(
+        victim.revision > edge.revision,
+        "writes answer their revision"
+    );
+    let edge_id = "0123456789abcdef0123456789abcdef";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{url}/v1/keyset?since={}", victim.revision))
+            .bearer_auth(&edge.secret)
+            .header("keygate-edge-id", edge_id)
+            .header("keygate-edge-node", "edge-1")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status.as_u16(), 304);
+
+    let (ok, table, err) = keygate(&url, &["edges", "list"]);
+    assert!(ok, "{err}");
+    assert!(table.starts_with("EDGE"), "{table}");
+    let row = table.lines().find(|l| l.starts_with(edge_id)).unwrap();
+    assert!(row.contains("edge-1") && row.contains("live"), "{row}");
+    let (ok, json, _) = keygate(&url, &["edges", "list", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["items"][0]["applied_revision"], victim.revision);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["keys", "revoke", &victim.key.id, "--wait", "1"])
+        .env("KEYGATE_URL", &url)
+        .env("KEYGATE_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("1 of 1 edges behind"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("behind: {edge_id} (edge-1)")),
+        "{stdout}"
+    );
+    let (_, shown, _) = keygate(&url, &["keys", "show", &victim.key.id, "--json"]);
+    let shown: KeyView = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown.status.as_str(), "revoked", "the write was made");
 }

@@ -126,6 +126,32 @@ async fn usage_reported_by_an_edge_appears_on_the_key_page_chart() {
 }
 
 #[tokio::test]
+async fn the_overview_lists_the_ten_keys_expiring_soonest_whatever_their_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Console::start();
+    // Each key issued later expires sooner: issue order is not expiry order.
+    for i in 0..12 {
+        key(
+            &c,
+            json!({"name": format!("expiring {i:02}"), "expires_in": 6 * 86_400 - i * 3600}),
+        )
+        .await;
+    }
+    let b = Browser::start().await;
+    b.sign_in(&c, ADMIN_TOKEN).await;
+    b.goto(&c.url("/overview")).await;
+    let shown: Vec<String> = texts(&b, "#expiring-keys li")
+        .await
+        .iter()
+        .map(|t| t.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    let soonest: Vec<String> = (2..12).rev().map(|i| format!("expiring {i:02}")).collect();
+    assert_eq!(shown, soonest, "the ten soonest, soonest first");
+    b.find("a[href='/keys?expiring=7']").await;
+    b.close().await;
+}
+
+#[tokio::test]
 async fn the_overview_shows_usage_top_keys_never_used_and_expiring_keys() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = Console::start();

@@ -82,7 +82,7 @@ async fn keys_are_searched_by_name_and_filtered_by_scope_expiry_use_and_parent(e
     assert_eq!(never, ["100%_done", "Orders API", "orders batch"]);
 
     // Children: the keys exchanged from a parent.
-    let IssuedKey { secret: parent, key: p } = s
+    let IssuedKey { secret: parent, key: p, .. } = s
         .create(json!({"name": "ws", "workspace_id": "acme", "scopes": ["repo:read"], "resources": ["acme/*"]}))
         .await;
     for subject in ["run-1", "run-2"] {
@@ -121,6 +121,7 @@ async fn the_audit_log_is_filtered_by_actor_action_and_time(e: Engine) {
     let IssuedKey {
         secret: ops,
         key: opsk,
+        ..
     } = s
         .create(
             json!({"name": "ops", "workspace_id": "acme", "scopes": ["keys:read", "keys:write"]}),

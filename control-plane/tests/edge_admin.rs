@@ -43,6 +43,7 @@ async fn workspace_keys_cannot_issue_or_change_edge_keys(e: Engine) {
     let IssuedKey {
         secret: edge,
         key: edge_rec,
+        ..
     } = s.create(json!({"name": "edge", "kind": "edge"})).await;
     let edge_id = edge_rec.id.clone();
     assert_eq!(

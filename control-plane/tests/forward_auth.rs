@@ -229,7 +229,7 @@ fn same_as_filter(
 async fn every_row_of_the_decision_table_is_the_filters() {
     let (s, _dirs, edge) = start(Engine::Sqlite, &format!("{{{MEMBERS}}}"), false).await;
     let config = filter_config();
-    let IssuedKey { secret: reader, key: rec } = s
+    let IssuedKey { secret: reader, key: rec, .. } = s
         .create(json!({"name": "reader", "scopes": ["repo:read"], "resources": ["acme"], "owner_id": "alice"}))
         .await;
     let reader_id = rec.id.clone();
@@ -239,10 +239,12 @@ async fn every_row_of_the_decision_table_is_the_filters() {
     let IssuedKey {
         secret: revoked,
         key: rrec,
+        ..
     } = s.create(json!({"name": "revoked"})).await;
     let IssuedKey {
         secret: suspended,
         key: srec,
+        ..
     } = s.create(json!({"name": "suspended"})).await;
     let IssuedKey { secret: short, .. } = s
         .create(json!({"name": "short", "scopes": ["repo:read"], "expires_in": 2}))
@@ -751,6 +753,7 @@ async fn the_proxy_presents_an_edge_key_never_confused_with_the_requests() {
     let IssuedKey {
         secret: second,
         key: rec,
+        ..
     } = s.create(json!({"name": "proxy 2", "kind": "edge"})).await;
     call(&s, "GET", "/health", &[(PROXY_KEY, second.as_str())])
         .await
@@ -801,6 +804,7 @@ async fn a_revocation_is_followed_promptly(e: Engine) {
         let IssuedKey {
             secret: key,
             key: rec,
+            ..
         } = s
             .create(json!({"name": format!("k{round}"), "scopes": ["repo:read"]}))
             .await;
@@ -838,6 +842,7 @@ async fn two_replicas_on_one_postgres_follow_each_others_writes() {
     let IssuedKey {
         secret: key,
         key: rec,
+        ..
     } = writer
         .create(json!({"name": "k", "scopes": ["repo:read"]}))
         .await;

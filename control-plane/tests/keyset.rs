@@ -69,6 +69,7 @@ async fn snapshot_delta_longpoll_and_timeout(e: Engine) {
     let IssuedKey {
         secret: a,
         key: arec,
+        ..
     } = s
         .create(json!({"name": "a", "scopes": ["x:y"], "owner_id": "o-a"}))
         .await;
@@ -76,6 +77,7 @@ async fn snapshot_delta_longpoll_and_timeout(e: Engine) {
     let IssuedKey {
         secret: susp,
         key: srec,
+        ..
     } = s.create(json!({"name": "s"})).await;
     s.admin(
         Method::POST,
@@ -232,7 +234,9 @@ async fn two_replicas_share_one_postgres_and_a_since_reader_misses_nothing() {
     let r1 = InProcessServer::start_on(&url, |_| {}).await;
     let r2 = InProcessServer::start_on(&url, |_| {}).await;
     // Created on one, listed, verified and revoked on the other.
-    let IssuedKey { secret, key: rec } = r1.create(json!({"name": "shared"})).await;
+    let IssuedKey {
+        secret, key: rec, ..
+    } = r1.create(json!({"name": "shared"})).await;
     let id = rec.id.as_str();
     let (_, list) = r2.admin(Method::GET, "/v1/keys", None).await;
     assert!(

@@ -59,7 +59,7 @@ async fn report(s: &InProcessServer, edge: &str, batch: &str, entries: Value) ->
 async fn reports_and_verifications_become_hourly_and_daily_counts(e: Engine) {
     let s = InProcessServer::start(e).await;
     let IssuedKey { secret: edge, .. } = s.create(json!({"name": "edge", "kind": "edge"})).await;
-    let IssuedKey { secret, key } = s.create(json!({"name": "orders"})).await;
+    let IssuedKey { secret, key, .. } = s.create(json!({"name": "orders"})).await;
     let IssuedKey { key: other, .. } = s.create(json!({"name": "other"})).await;
     let t = now();
     let earlier = t - 2 * HOUR;

@@ -206,6 +206,12 @@ impl Host for NativeHost {
             .find(|(t, _)| *t == token)
             .map_or(0, |(_, waiting)| std::mem::take(waiting))
     }
+
+    /// The dynamic-module ABI this shell uses reads no node properties from a background
+    /// thread: its edge reports carry no `node.id`/`node.cluster`.
+    fn property(&mut self, _path: &[&str]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 #[cfg(test)]

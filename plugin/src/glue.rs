@@ -148,6 +148,10 @@ impl Host for ProxyHost<'_> {
         }
     }
 
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
     fn queue_drain(&mut self, token: u32) -> usize {
         let mut n = 0;
         while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(token) {

@@ -10,9 +10,11 @@
 //! - [`scope`]: scope names and resource allow-lists.
 //! - [`wire`]: the versioned binary key-set format (snapshots and deltas); see `FORMAT.md`.
 //! - [`keyset`]: the compact in-memory key set the filter looks keys up in.
+//! - [`edge`]: the headers an edge sends with each key-set call (who it is, what it holds).
 //! - [`usage`]: the size bounds of a usage report, shared by the filter and the control plane.
 
 mod digest;
+pub mod edge;
 mod hex;
 mod id;
 pub mod key;

@@ -79,10 +79,21 @@ pub struct EnvoyStack {
     overrides: Value,
     /// The filter module Envoy loads: this build's, unless [`EnvoyStack::use_module`] chose another.
     module: String,
+    node: NodeOptions,
     /// The control plane's API.
     pub api: Api,
     /// The client of the proxy's listener.
     http: reqwest::Client,
+}
+
+/// Where an Envoy of a fleet reaches its control plane, and what it calls itself.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// `host:port` Envoy's control-plane cluster points at instead of the control plane's own
+    /// address (a [`crate::cut_proxy::CutProxy`] in front of it).
+    pub via: Option<String>,
+    /// The bootstrap's `node.id` (the filter reports it; `node.cluster` is `keygate-e2e`).
+    pub node_id: Option<String>,
 }
 
 impl std::fmt::Debug for EnvoyStack {
@@ -104,6 +115,21 @@ impl EnvoyStack {
 
     /// As [`EnvoyStack::start`], with a control plane already running.
     pub fn start_with(control_plane: ServeProcess, concurrency: usize, overrides: Value) -> Self {
+        Self::start_node(
+            control_plane,
+            NodeOptions::default(),
+            concurrency,
+            overrides,
+        )
+    }
+
+    /// As [`EnvoyStack::start_with`], reaching the control plane as `node` says.
+    pub fn start_node(
+        control_plane: ServeProcess,
+        node: NodeOptions,
+        concurrency: usize,
+        overrides: Value,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -134,6 +160,7 @@ impl EnvoyStack {
             },
             overrides,
             module: KEYGATE_PLUGIN_WASM.to_owned(),
+            node,
             api,
             http,
         };
@@ -148,12 +175,20 @@ impl EnvoyStack {
 
     /// Starts (or starts again, after [`EnvoyStack::stop_envoy`]) Envoy on a fresh bootstrap.
     pub fn start_envoy(&mut self) {
-        let bootstrap = bootstrap_with_module(
-            &self.control_plane.addr().to_string(),
+        let control_plane = self
+            .node
+            .via
+            .clone()
+            .unwrap_or_else(|| self.control_plane.addr().to_string());
+        let mut bootstrap = bootstrap_with_module(
+            &control_plane,
             &self.upstream,
             &self.overrides,
             &self.module,
         );
+        if let Some(id) = &self.node.node_id {
+            bootstrap["node"] = json!({"id": id, "cluster": "keygate-e2e"});
+        }
         self.configuration = plugin_configuration(&bootstrap);
         let mut options = self.options.clone();
         options

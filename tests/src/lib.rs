@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod bench_envoy;
+pub mod cut_proxy;
 pub mod echo;
 pub mod envoy;
 pub mod ext_authz;

@@ -143,6 +143,8 @@ impl std::ops::DerefMut for ServeProcess {
 pub struct CliOutput {
     /// Exit status 0.
     pub ok: bool,
+    /// The exit code (none when killed by a signal).
+    pub code: Option<i32>,
     /// Standard output.
     pub stdout: String,
     /// Standard error.
@@ -181,6 +183,7 @@ impl Cli {
             .unwrap_or_else(|e| panic!("running keygate {args:?}: {e}"));
         CliOutput {
             ok: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }

@@ -117,7 +117,7 @@ fn the_native_module_decides_as_the_wasm_filter_in_envoy() {
         }
         assert!(
             std::time::Instant::now() < deadline && !logs.contains("Dynamic module ABI version"),
-            "Envoy reports another dynamic-module ABI version than native-filter/src/ffi.rs declares: {logs}"
+            "Envoy reports another dynamic-module ABI version than native-filter/src/ffi/abi.rs declares: {logs}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::runtime::config::Config;
 
 mod client;
+pub mod edges;
 pub mod github;
 pub mod webhooks;
 
@@ -46,6 +47,15 @@ pub enum Command {
         /// Rows to show.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+    },
+    /// See the edges (proxies) that sync the key set, through the HTTP API.
+    Edges {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The edges command.
+        #[command(subcommand)]
+        command: edges::EdgesCommand,
     },
     /// Manage the GitHub broker's repository registry through the HTTP API.
     Repos {
@@ -115,6 +125,10 @@ pub enum KeysCommand {
         /// Workspace (admin only).
         #[arg(long)]
         workspace: Option<String>,
+        /// Wait up to this many seconds until every edge (not `gone`) enforces the change;
+        /// prints each edge's status and exits 2 if one is still behind.
+        #[arg(long)]
+        wait: Option<u64>,
     },
     /// List keys.
     List {
@@ -166,11 +180,19 @@ pub enum KeysCommand {
         /// Reason.
         #[arg(long)]
         reason: Option<String>,
+        /// Wait up to this many seconds until every edge (not `gone`) enforces the change;
+        /// prints each edge's status and exits 2 if one is still behind.
+        #[arg(long)]
+        wait: Option<u64>,
     },
     /// Reactivate a suspended key.
     Reactivate {
         /// Key id.
         id: String,
+        /// Wait up to this many seconds until every edge (not `gone`) enforces the change;
+        /// prints each edge's status and exits 2 if one is still behind.
+        #[arg(long)]
+        wait: Option<u64>,
     },
     /// Give a key a new secret.
     Rotate {
@@ -179,6 +201,10 @@ pub enum KeysCommand {
         /// Seconds the old secret keeps working.
         #[arg(long)]
         grace_period: Option<i64>,
+        /// Wait up to this many seconds until every edge (not `gone`) enforces the change;
+        /// prints each edge's status and exits 2 if one is still behind.
+        #[arg(long)]
+        wait: Option<u64>,
     },
     /// Revoke a key for good.
     Revoke {
@@ -187,6 +213,10 @@ pub enum KeysCommand {
         /// Reason (audit log).
         #[arg(long)]
         reason: Option<String>,
+        /// Wait up to this many seconds until every edge (not `gone`) enforces the change;
+        /// prints each edge's status and exits 2 if one is still behind.
+        #[arg(long)]
+        wait: Option<u64>,
     },
 }
 
@@ -209,6 +239,24 @@ pub enum CliError {
     /// No credential given.
     #[error("no credential: set KEYGATE_TOKEN or pass --token")]
     NoToken,
+    /// The write was made, but some edge had not applied it when `--wait` ran out; `output`
+    /// is what to print (the key and each edge's status).
+    #[error("some edges had not applied the change when the wait ended")]
+    Behind {
+        /// The command's output.
+        output: String,
+    },
+}
+
+impl CliError {
+    /// The process exit code for this error: 2 when the write was made but some edge is
+    /// behind, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Behind { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {
@@ -234,13 +282,13 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-fn fmt_time(v: &Value) -> String {
+pub(crate) fn fmt_time(v: &Value) -> String {
     v.as_i64()
         .map(|t| t.to_string())
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -303,6 +351,7 @@ const KEY_HEADERS: [&str; 8] = [
 pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, CliError> {
     use reqwest::Method;
     let c = Client::new(client)?;
+    let waited = |wait: Option<u64>| query(&[("wait", wait.map(|w| w.to_string()))]);
     let (v, issued) = match cmd {
         KeysCommand::Create {
             name,
@@ -313,6 +362,7 @@ pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, C
             owner,
             description,
             workspace,
+            wait,
         } => {
             let mut body =
                 json!({"name": name, "kind": kind, "scopes": scopes, "resources": resources});
@@ -328,7 +378,8 @@ pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, C
             if let Some(w) = workspace {
                 body["workspace_id"] = json!(w);
             }
-            (c.call(Method::POST, "/v1/keys", Some(body)).await?, true)
+            let path = format!("/v1/keys{}", waited(wait));
+            (c.call(Method::POST, &path, Some(body)).await?, true)
         }
         KeysCommand::List {
             status,
@@ -397,54 +448,70 @@ pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, C
                 false,
             )
         }
-        KeysCommand::Suspend { id, reason } => (
+        KeysCommand::Suspend { id, reason, wait } => (
             c.call(
                 Method::POST,
-                &format!("/v1/keys/{}/suspend", urlencode(&id)),
+                &format!("/v1/keys/{}/suspend{}", urlencode(&id), waited(wait)),
                 Some(json!({"reason": reason})),
             )
             .await?,
             false,
         ),
-        KeysCommand::Reactivate { id } => (
+        KeysCommand::Reactivate { id, wait } => (
             c.call(
                 Method::POST,
-                &format!("/v1/keys/{}/reactivate", urlencode(&id)),
+                &format!("/v1/keys/{}/reactivate{}", urlencode(&id), waited(wait)),
                 None,
             )
             .await?,
             false,
         ),
-        KeysCommand::Rotate { id, grace_period } => (
+        KeysCommand::Rotate {
+            id,
+            grace_period,
+            wait,
+        } => (
             c.call(
                 Method::POST,
-                &format!("/v1/keys/{}/rotate", urlencode(&id)),
+                &format!("/v1/keys/{}/rotate{}", urlencode(&id), waited(wait)),
                 Some(json!({"grace_period": grace_period})),
             )
             .await?,
             true,
         ),
-        KeysCommand::Revoke { id, reason } => (
+        KeysCommand::Revoke { id, reason, wait } => (
             c.call(
                 Method::POST,
-                &format!("/v1/keys/{}/revoke", urlencode(&id)),
+                &format!("/v1/keys/{}/revoke{}", urlencode(&id), waited(wait)),
                 Some(json!({"reason": reason})),
             )
             .await?,
             false,
         ),
     };
-    if client.json {
-        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    let report = edges::propagation_report(&v);
+    let out = if client.json {
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    } else {
+        let mut out = if issued {
+            let table = print_table(&KEY_HEADERS, &[key_row(&v["key"])]);
+            format!(
+                "{table}\n\nsecret (shown once, store it now): {}",
+                v["secret"].as_str().unwrap_or("")
+            )
+        } else {
+            print_table(&KEY_HEADERS, &[key_row(&v)])
+        };
+        if let Some((text, _)) = &report {
+            out.push_str("\n\n");
+            out.push_str(text);
+        }
+        out
+    };
+    match report {
+        Some((_, false)) => Err(CliError::Behind { output: out }),
+        _ => Ok(out),
     }
-    if issued {
-        let table = print_table(&KEY_HEADERS, &[key_row(&v["key"])]);
-        return Ok(format!(
-            "{table}\n\nsecret (shown once, store it now): {}",
-            v["secret"].as_str().unwrap_or("")
-        ));
-    }
-    Ok(print_table(&KEY_HEADERS, &[key_row(&v)]))
 }
 
 /// Runs `keygate audit` and returns what to print.

@@ -2,6 +2,7 @@
 //! non-escalation rules, exchange limits and the verification decision. No I/O here; the HTTP
 //! and SQL layers only call these functions.
 
+pub mod edges;
 pub mod key;
 pub mod leaks;
 pub mod lifecycle;

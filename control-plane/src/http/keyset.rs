@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keygate_protocol::Digest;
 use keygate_protocol::wire::{self, Delta, Snapshot};
@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use crate::domain::key::parse_key_id;
 use crate::http::auth::Caller;
+use crate::http::edges::{Peer, parse_report, record};
 use crate::http::error::{ApiError, ApiJson, ApiQuery};
 use crate::runtime::clock::unix_now;
 use crate::runtime::metrics::KeysetAnswer;
@@ -48,10 +49,13 @@ fn revision_header(resp: &mut Response, revision: u64) {
     security(("bearer" = [])))]
 /// The key-set feed: a delta from `since` (collapsed per digest), or a snapshot when `since`
 /// is absent, older than the retained change log, or the delta would be bigger. With `wait`
-/// it answers as soon as the revision moves past `since`, or 304 at the timeout.
+/// it answers as soon as the revision moves past `since`, or 304 at the timeout. The
+/// filter's `keygate-edge-*` headers (its id, node, applied revision…) go to the edge registry.
 pub async fn get_keyset(
     State(state): State<AppState>,
     caller: Caller,
+    peer: Peer,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<KeysetQuery>,
 ) -> Result<Response, ApiError> {
     caller.require_edge()?;
@@ -65,6 +69,12 @@ pub async fn get_keyset(
         .since
         .map(|s| i64::try_from(s).map_err(|_| ApiError::invalid("since is too large")))
         .transpose()?;
+    // The edge's report (who it is, what it holds): recorded as the call arrives, and again
+    // when a long-poll ends (its last-seen time), within the registry's write bound.
+    let report = parse_report(&headers, since, &caller, peer)?;
+    if let Some(r) = &report {
+        record(&state, r).await;
+    }
     if let (Some(since), true) = (since, wait > 0) {
         let mut rx = state.db.subscribe_revisions();
         let mut draining = state.drain.subscribe();
@@ -83,6 +93,9 @@ pub async fn get_keyset(
                     _ = draining.wait_for(|d| *d) => break false,
                 }
             };
+            if let Some(r) = &report {
+                record(&state, r).await;
+            }
             if !moved {
                 // Re-check the database once: another replica's write may not have been
                 // announced yet.

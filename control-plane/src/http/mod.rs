@@ -1,4 +1,4 @@
-//! HTTP: a router per resource, the operator console's pages ([`console`]), the
+//! HTTP: a router per resource (`edges`: the fleet and key writes' propagation), the operator console's pages ([`console`]), the
 //! [`auth::Caller`] extractor, the one [`error::ApiError`], and the middleware (body limits, the
 //! oversize drain, response counting). Handlers parse, call the domain rules and the store, and
 //! answer; nothing below this layer knows HTTP.
@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod console;
+pub mod edges;
 pub mod error;
 pub mod forward_auth;
 pub mod github;
@@ -49,6 +50,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/keys/{id}/revoke", post(keys::change::revoke_key))
         .route("/v1/keys/{id}/rotate", post(keys::change::rotate_key))
+        .route("/v1/keys/{id}/propagation", get(edges::key_propagation))
+        .route("/v1/edges", get(edges::list_edges))
         .route("/v1/keys/{id}/usage", get(keys::usage::key_usage))
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/keyset", get(keyset::get_keyset))

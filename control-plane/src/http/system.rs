@@ -8,6 +8,8 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::runtime::clock::unix_now;
+use crate::runtime::edges::render_metrics as render_edge_metrics;
 use crate::runtime::state::AppState;
 
 /// Health answer.
@@ -53,6 +55,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             state.github.metrics().render(&mut body);
             if let Some(fa) = state.forward_auth() {
                 fa.render_metrics(&mut body);
+            }
+            match state.edges.fleet(&state.db, unix_now()).await {
+                Ok(fleet) => render_edge_metrics(&fleet, &mut body),
+                Err(e) => tracing::warn!(error = %e, "edge registry read for metrics failed"),
             }
             body
         },
@@ -101,6 +107,8 @@ impl Modify for BearerAuth {
         crate::http::webhooks::list_webhooks,
         crate::http::webhooks::delete_webhook,
         crate::http::webhooks::list_deliveries,
+        crate::http::edges::list_edges,
+        crate::http::edges::key_propagation,
         crate::http::keyset::get_keyset,
         crate::http::keyset::post_usage,
         crate::http::forward_auth::forward_auth,

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use crate::domain::edges::EdgeRules;
+
 /// Everything `keygate serve` needs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -34,6 +36,17 @@ pub struct Config {
     /// Key-set change-log revisions kept for deltas; older readers get a snapshot.
     #[arg(long, env = "KEYGATE_CHANGES_RETAINED", default_value_t = 100_000)]
     pub changes_retained: i64,
+    /// Edge registry: each edge's row is rewritten at least this often (seconds) while it
+    /// polls, and no more often when nothing but the time changed.
+    #[arg(long, env = "KEYGATE_EDGE_HEARTBEAT_S", default_value_t = 15)]
+    pub edge_heartbeat_s: i64,
+    /// An edge behind the current revision for longer than this (seconds) is `lagging`.
+    #[arg(long, env = "KEYGATE_EDGE_LAGGING_AFTER_S", default_value_t = 5)]
+    pub edge_lagging_after_s: i64,
+    /// An edge silent for longer than this (seconds) is `gone`; keep it above the filter's
+    /// long-poll wait plus the heartbeat.
+    #[arg(long, env = "KEYGATE_EDGE_GONE_AFTER_S", default_value_t = 90)]
+    pub edge_gone_after_s: i64,
     /// Days of hourly usage counts kept (`GET /v1/keys/{id}/usage`, the console's charts);
     /// older hours are pruned by a background task.
     #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=3660))]
@@ -53,6 +66,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The edge registry's timing rules.
+    pub fn edge_rules(&self) -> EdgeRules {
+        EdgeRules {
+            heartbeat_s: self.edge_heartbeat_s.max(1),
+            lagging_after_s: self.edge_lagging_after_s.max(0),
+            gone_after_s: self.edge_gone_after_s.max(1),
+        }
+    }
+
     /// A configuration for tests and embedding: defaults with the given database and admin token.
     pub fn new(database_url: impl Into<String>, admin_token: Option<String>) -> Self {
         Self {
@@ -64,6 +86,9 @@ impl Config {
             body_limit: 64 * 1024,
             usage_flush_ms: 1000,
             changes_retained: 100_000,
+            edge_heartbeat_s: 15,
+            edge_lagging_after_s: 5,
+            edge_gone_after_s: 90,
             usage_retention_days: 90,
             github: crate::github::GithubArgs::default(),
             forward_auth: crate::forward_auth::ForwardAuthArgs::default(),

@@ -22,6 +22,7 @@ pub struct Metrics {
     usage_batches_applied: AtomicU64,
     usage_batches_duplicate: AtomicU64,
     forward_auth: [AtomicU64; Reason::ALL.len()],
+    edge_writes: AtomicU64,
 }
 
 const CODES: [(VerifyCode, &str); 8] = [
@@ -87,6 +88,11 @@ impl Metrics {
             &self.usage_batches_duplicate
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// Counts an edge-registry write.
+    pub fn edge_write(&self) {
+        self.edge_writes.fetch_add(1, Relaxed);
     }
 
     /// Counts a forward-auth decision.
@@ -202,6 +208,16 @@ impl Metrics {
                 self.forward_auth[r.index()].load(Relaxed)
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP keygate_edge_registry_writes_total Edge-registry rows written by this process."
+        );
+        let _ = writeln!(o, "# TYPE keygate_edge_registry_writes_total counter");
+        let _ = writeln!(
+            o,
+            "keygate_edge_registry_writes_total {}",
+            self.edge_writes.load(Relaxed)
+        );
         let _ = writeln!(
             o,
             "# HELP keygate_keyset_revision Current key-set revision known to this process."

@@ -1,10 +1,11 @@
 //! Runtime: the process's shared state and what runs beside the handlers: configuration,
-//! the verification cache, the usage buffer, the failed-authentication limiter, metrics, the
+//! the edge registry, the verification cache, the usage buffer, the failed-authentication limiter, metrics, the
 //! drain signal and the background tasks. Below HTTP; above storage and domain.
 
 pub mod clock;
 pub mod config;
 pub mod drain;
+pub mod edges;
 pub mod limiter;
 pub mod metrics;
 pub mod secret_scanning;

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use super::clock::unix_now;
 use super::config::Config;
 use super::drain::Drain;
+use super::edges::Edges;
 use super::limiter::AuthLimiter;
 use super::metrics::Metrics;
 use super::usage::UsageBuffer;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub(crate) forward_auth: Option<Arc<ForwardAuth>>,
     /// GitHub's secret scanning keys, cached.
     pub(crate) alerts: Arc<super::secret_scanning::AlertVerifier>,
+    /// The edge registry's writer and reader.
+    pub(crate) edges: Arc<Edges>,
 }
 
 /// A bootstrap admin key generated on first start; its secret must be shown exactly once.
@@ -124,6 +127,7 @@ impl AppState {
                 "forward-auth enabled"
             );
         }
+        let config_rules = config.edge_rules();
         let state = Self {
             admin_token: config.admin_token.as_deref().map(Digest::of),
             alerts: Arc::new(super::secret_scanning::AlertVerifier::new(
@@ -137,6 +141,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             github: Arc::new(github),
             forward_auth: forward_auth.map(Arc::new),
+            edges: Arc::new(Edges::new(config_rules)),
             db,
         };
         Ok((state, generated))
@@ -212,7 +217,8 @@ impl AppState {
 }
 
 /// Follows other replicas' writes: `LISTEN keygate_keyset` (each write's transaction sends
-/// its revision with `pg_notify`), plus a slow poll of the counter row so that a notification
+/// its revision with `pg_notify`) and `keygate_edges` (each edge-registry write, which wakes
+/// propagation waits), plus a slow poll of the counter row so that a notification
 /// lost during a reconnect only delays, never loses, a wake-up.
 async fn listen_for_changes(pool: sqlx::PgPool, db: Db) {
     let mut poll = tokio::time::interval(Duration::from_secs(1));
@@ -225,7 +231,10 @@ async fn listen_for_changes(pool: sqlx::PgPool, db: Db) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen("keygate_keyset").await {
+        if let Err(e) = listener
+            .listen_all(["keygate_keyset", "keygate_edges"])
+            .await
+        {
             tracing::warn!(error = %e, "LISTEN failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -233,6 +242,7 @@ async fn listen_for_changes(pool: sqlx::PgPool, db: Db) {
         loop {
             tokio::select! {
                 n = listener.recv() => match n {
+                    Ok(n) if n.channel() == "keygate_edges" => db.observe_edge_report(),
                     Ok(n) => {
                         if let Ok(rev) = n.payload().parse::<i64>() {
                             db.observe_revision(rev);

@@ -16,41 +16,13 @@ use crate::domain::lifecycle::Plan;
 /// PostgreSQL's announcement of a new revision (SQLite has none: one process).
 pub(crate) const NOTIFY: &str = "SELECT pg_notify('keygate_keyset', $1)";
 
-/// Inserts `k` with its audit row and change-log row; returns the new revision. For an
+/// Inserts each key with its audit row, and one change-log row for them all, in one
+/// transaction; returns the new revision (one key: an issuance; many: a bulk load). For an
 /// exchanged child (`parent_id` set) the parent is re-checked inside the transaction: still
 /// active, and under the child limit.
 pub(crate) async fn insert_in_transaction<P>(
     pool: &P,
-    k: &KeyRecord,
-    audit: &AuditEntry<'_>,
-) -> Result<i64, StoreError>
-where
-    P: Engine,
-    for<'r> (Option<String>,): FromRow<'r, <P::Database as Database>::Row>,
-    for<'c> &'c mut <P::Database as Database>::Connection: Executor<'c, Database = P::Database>,
-    <P::Database as Database>::Arguments: IntoArguments<P::Database>,
-    for<'a> &'a str: ColumnIndex<<P::Database as Database>::Row>,
-    for<'r> (i64,): FromRow<'r, <P::Database as Database>::Row>,
-    for<'r> (Vec<u8>,): FromRow<'r, <P::Database as Database>::Row>,
-    for<'q> i64: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
-    for<'q> Option<i64>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
-    for<'q> String: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
-    for<'q> Option<String>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
-    for<'q> Vec<u8>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
-    for<'q> Option<Vec<u8>>: Encode<'q, P::Database> + Decode<'q, P::Database> + Type<P::Database>,
-{
-    let mut tx = pool.begin_write().await?;
-    insert_rows(pool, &mut tx, k, audit).await?;
-    let revision = log_changes(&mut tx, [&k.digest], pool.pick("", NOTIFY)).await?;
-    tx.commit().await?;
-    Ok(revision)
-}
-
-/// Inserts every key with its audit row in one transaction, with one revision for them all
-/// (bulk loads: a benchmark's 100,000 keys); each as [`insert_in_transaction`] would.
-pub(crate) async fn insert_many_in_transaction<P>(
-    pool: &P,
-    keys: &[(KeyRecord, AuditEntry<'_>)],
+    keys: &[(&KeyRecord, &AuditEntry<'_>)],
 ) -> Result<i64, StoreError>
 where
     P: Engine,
@@ -72,7 +44,12 @@ where
         insert_rows(pool, &mut tx, k, audit).await?;
     }
     let digests: Vec<[u8; 32]> = keys.iter().map(|(k, _)| k.digest).collect();
-    let revision = log_changes(&mut tx, &digests, pool.pick("", NOTIFY)).await?;
+    let at = keys
+        .iter()
+        .map(|(k, _)| k.created_at)
+        .max()
+        .unwrap_or_default();
+    let revision = log_changes(&mut tx, &digests, at, pool.pick("", NOTIFY)).await?;
     tx.commit().await?;
     Ok(revision)
 }
@@ -313,7 +290,7 @@ where
             insert_audit(&mut tx, &audit).await?;
         }
     }
-    let revision = log_changes(&mut tx, touched.iter(), pool.pick("", NOTIFY)).await?;
+    let revision = log_changes(&mut tx, touched.iter(), change.now, pool.pick("", NOTIFY)).await?;
     tx.commit().await?;
     Ok((new, revision))
 }

@@ -6,9 +6,8 @@
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
-use super::key_writes::{
-    Change, change_in_transaction, insert_in_transaction, insert_many_in_transaction,
-};
+use super::conditions::{Bound, Conditions, bind_all};
+use super::key_writes::{Change, change_in_transaction, insert_in_transaction};
 use super::rows::key_from_row;
 use super::write::insert_audit;
 use super::{
@@ -95,70 +94,58 @@ impl Db {
 
     /// A page of keys in creation order.
     pub async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<KeyRecord>, sqlx::Error> {
-        enum B {
-            T(String),
-            I(i64),
-            Bytes(Vec<u8>),
-        }
-        let mut binds = Vec::new();
-        // Each filter's value is bound as the next placeholder.
-        let mut bind = |b: B| {
-            binds.push(b);
-            format!("${}", binds.len())
-        };
-        let mut conds = vec!["1 = 1".to_owned()];
+        let mut c = Conditions::default();
         if let Some(w) = &f.workspace_id {
-            conds.push(format!("workspace_id = {}", bind(B::T(w.clone()))));
+            let v = c.bind(Bound::Text(w.clone()));
+            c.push(format!("workspace_id = {v}"));
         }
         if let Some(s) = f.status {
-            conds.push(format!("status = {}", bind(B::T(s.as_str().into()))));
+            let v = c.bind(Bound::Text(s.as_str().into()));
+            c.push(format!("status = {v}"));
         }
         if let Some(k) = f.kind {
-            conds.push(format!("kind = {}", bind(B::T(k.as_str().into()))));
+            let v = c.bind(Bound::Text(k.as_str().into()));
+            c.push(format!("kind = {v}"));
         }
         if let Some(o) = &f.owner_id {
-            conds.push(format!("owner_id = {}", bind(B::T(o.clone()))));
+            let v = c.bind(Bound::Text(o.clone()));
+            c.push(format!("owner_id = {v}"));
         }
         if let Some(n) = &f.name_contains {
             let needle = format!("%{}%", like_escape(&n.to_lowercase()));
-            conds.push(format!(
-                "lower(name) LIKE {} ESCAPE '\\'",
-                bind(B::T(needle))
-            ));
+            let v = c.bind(Bound::Text(needle));
+            c.push(format!("lower(name) LIKE {v} ESCAPE '\\'"));
         }
         if let Some(sc) = &f.scope {
             let needle = format!("%\"{}\"%", like_escape(sc));
-            conds.push(format!("scopes LIKE {} ESCAPE '\\'", bind(B::T(needle))));
+            let v = c.bind(Bound::Text(needle));
+            c.push(format!("scopes LIKE {v} ESCAPE '\\'"));
         }
         if let Some((from, to)) = f.expiring {
-            conds.push(format!(
-                "status = 'active' AND expires_at > {} AND expires_at <= {}",
-                bind(B::I(from)),
-                bind(B::I(to))
+            let (from, to) = (c.bind(Bound::Int(from)), c.bind(Bound::Int(to)));
+            c.push(format!(
+                "status = 'active' AND expires_at > {from} AND expires_at <= {to}"
             ));
         }
         if f.never_used {
-            conds.push("last_used_at IS NULL".to_owned());
+            c.push("last_used_at IS NULL".to_owned());
         }
         if let Some(parent) = f.parent {
-            conds.push(format!(
-                "parent_id = {}",
-                bind(B::Bytes(parent.as_bytes().to_vec()))
-            ));
+            let v = c.bind(Bound::Bytes(parent.as_bytes().to_vec()));
+            c.push(format!("parent_id = {v}"));
         }
         if let Some(a) = f.after {
-            conds.push(format!("id > {}", bind(B::Bytes(a.as_bytes().to_vec()))));
+            let v = c.bind(Bound::Bytes(a.as_bytes().to_vec()));
+            c.push(format!("id > {v}"));
         }
         let mut sql = format!(
             concat!("SELECT ", key_cols!(), " FROM keys WHERE {}"),
-            conds.join(" AND ")
+            c.clause()
         );
         sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit.clamp(1, 1000)));
+        let values = c.into_values();
         on_db!(self, p => {
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for b in binds {
-                q = match b { B::T(t) => q.bind(t), B::I(i) => q.bind(i), B::Bytes(v) => q.bind(v) };
-            }
+            let q = bind_all!(sqlx::query(AssertSqlSafe(sql)), values);
             q.fetch_all(p).await?.iter().map(key_from_row).collect()
         })
     }
@@ -171,7 +158,7 @@ impl Db {
         k: &KeyRecord,
         audit: &AuditEntry<'_>,
     ) -> Result<i64, StoreError> {
-        let rev = on_db!(self, p => insert_in_transaction(p, k, audit).await?);
+        let rev = on_db!(self, p => insert_in_transaction(p, &[(k, audit)]).await?);
         self.observe_revision(rev);
         Ok(rev)
     }
@@ -183,7 +170,8 @@ impl Db {
         &self,
         keys: &[(KeyRecord, AuditEntry<'_>)],
     ) -> Result<i64, StoreError> {
-        let rev = on_db!(self, p => insert_many_in_transaction(p, keys).await?);
+        let keys: Vec<(&KeyRecord, &AuditEntry<'_>)> = keys.iter().map(|(k, a)| (k, a)).collect();
+        let rev = on_db!(self, p => insert_in_transaction(p, &keys).await?);
         self.observe_revision(rev);
         Ok(rev)
     }
@@ -225,60 +213,51 @@ impl Db {
     /// A page of audit rows matching `f`: oldest first after the cursor, or newest first
     /// before it.
     pub async fn list_audit(&self, f: &AuditFilter<'_>) -> Result<Vec<AuditRecord>, sqlx::Error> {
-        enum B {
-            T(String),
-            I(i64),
-            Bytes(Vec<u8>),
-        }
-        let mut binds = Vec::new();
-        // Each filter's value is bound as the next placeholder.
-        let mut bind = |b: B| {
-            binds.push(b);
-            format!("${}", binds.len())
-        };
-        let mut conds = vec!["1 = 1".to_owned()];
+        let mut c = Conditions::default();
         if let Some(w) = f.workspace {
-            conds.push(format!("workspace_id = {}", bind(B::T(w.to_owned()))));
+            let v = c.bind(Bound::Text(w.to_owned()));
+            c.push(format!("workspace_id = {v}"));
         }
         if let Some(k) = f.key {
-            conds.push(format!(
-                "key_id = {}",
-                bind(B::Bytes(k.as_bytes().to_vec()))
-            ));
+            let v = c.bind(Bound::Bytes(k.as_bytes().to_vec()));
+            c.push(format!("key_id = {v}"));
         }
         if let Some(a) = f.actor {
-            conds.push(format!("actor_id = {}", bind(B::T(a.to_owned()))));
+            let v = c.bind(Bound::Text(a.to_owned()));
+            c.push(format!("actor_id = {v}"));
         }
         if let Some(a) = f.action {
-            conds.push(format!("action = {}", bind(B::T(a.to_owned()))));
+            let v = c.bind(Bound::Text(a.to_owned()));
+            c.push(format!("action = {v}"));
         }
         if let Some(t) = f.from {
-            conds.push(format!("at >= {}", bind(B::I(t))));
+            let v = c.bind(Bound::Int(t));
+            c.push(format!("at >= {v}"));
         }
         if let Some(t) = f.to {
-            conds.push(format!("at < {}", bind(B::I(t))));
+            let v = c.bind(Bound::Int(t));
+            c.push(format!("at < {v}"));
         }
         let order = if f.newest_first {
-            if let Some(c) = f.cursor {
-                conds.push(format!("id < {}", bind(B::I(c))));
+            if let Some(cursor) = f.cursor {
+                let v = c.bind(Bound::Int(cursor));
+                c.push(format!("id < {v}"));
             }
             "DESC"
         } else {
-            conds.push(format!("id > {}", bind(B::I(f.cursor.unwrap_or(0)))));
+            let v = c.bind(Bound::Int(f.cursor.unwrap_or(0)));
+            c.push(format!("id > {v}"));
             "ASC"
         };
         let sql = format!(
             "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, key_id, before, after, reason \
              FROM audit_log WHERE {} ORDER BY id {order} LIMIT {}",
-            conds.join(" AND "),
+            c.clause(),
             f.limit.clamp(1, 1000)
         );
+        let values = c.into_values();
         on_db!(self, p => {
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for b in binds {
-                q = match b { B::T(t) => q.bind(t), B::I(i) => q.bind(i), B::Bytes(v) => q.bind(v) };
-            }
-            let rows = q.fetch_all(p).await?;
+            let rows = bind_all!(sqlx::query(AssertSqlSafe(sql)), values).fetch_all(p).await?;
             rows.iter().map(|r| {
                 let key_id: Option<Vec<u8>> = r.try_get("key_id")?;
                 let before: Option<String> = r.try_get("before")?;

@@ -10,7 +10,9 @@
 //! which wakes long-polls and retires cached verifications. Errors are the store's own
 //! ([`StoreError`]); the HTTP layer maps them to answers.
 
+mod conditions;
 pub mod console_sessions;
+pub mod edges;
 pub mod error;
 pub mod github_repos;
 mod key_writes;
@@ -45,6 +47,9 @@ use crate::domain::key::Actor;
 pub struct Db {
     pub(crate) pool: Pool,
     revision: Arc<watch::Sender<i64>>,
+    /// Bumped by every edge-registry write, this process's or (PostgreSQL `NOTIFY`) another
+    /// replica's: what propagation waits wake up on.
+    edge_reports: Arc<watch::Sender<u64>>,
 }
 
 /// One pool per engine.
@@ -120,6 +125,7 @@ impl Db {
         let mut db = Self {
             pool,
             revision: Arc::new(watch::Sender::new(0)),
+            edge_reports: Arc::new(watch::Sender::new(0)),
         };
         let revision = db.revision().await?;
         db.revision = Arc::new(watch::Sender::new(revision));
@@ -162,6 +168,16 @@ impl Db {
     /// A receiver that sees the known revision move forward.
     pub fn subscribe_revisions(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()
+    }
+
+    /// Records that the edge registry changed (a write here, or another replica's NOTIFY).
+    pub fn observe_edge_report(&self) {
+        self.edge_reports.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every edge-registry change [`Db::observe_edge_report`] records.
+    pub fn subscribe_edge_reports(&self) -> watch::Receiver<u64> {
+        self.edge_reports.subscribe()
     }
 
     /// Checks that the database answers.

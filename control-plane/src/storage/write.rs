@@ -79,11 +79,12 @@ where
 }
 
 /// Bumps the revision counter (row-locked until commit, so revisions commit in order) and
-/// logs the touched digests; `notify` (PostgreSQL's `pg_notify` statement, empty on SQLite)
+/// logs the touched digests at `now`; `notify` (PostgreSQL's `pg_notify` statement, empty on SQLite)
 /// queues the revision's announcement, delivered at commit. Returns the new revision.
 pub(crate) async fn log_changes<'d, DB>(
     tx: &mut Transaction<'_, DB>,
     digests: impl IntoIterator<Item = &'d [u8; 32]>,
+    now: i64,
     notify: &'static str,
 ) -> Result<i64, sqlx::Error>
 where
@@ -101,11 +102,14 @@ where
     .fetch_one(&mut **tx)
     .await?;
     for d in digests {
-        sqlx::query::<DB>("INSERT INTO keyset_changes (revision, digest) VALUES ($1, $2)")
-            .bind(revision)
-            .bind(d.to_vec())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query::<DB>(
+            "INSERT INTO keyset_changes (revision, digest, changed_at) VALUES ($1, $2, $3)",
+        )
+        .bind(revision)
+        .bind(d.to_vec())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     }
     if !notify.is_empty() {
         sqlx::query::<DB>(notify)

@@ -63,7 +63,12 @@ pub struct World {
     pub refuse_queues: bool,
     /// When set, the host says it runs one VM for the process (`Host::has_other_vms` false).
     pub single_vm: bool,
-    rng: u64,
+    /// Host properties by path (segments joined with `.`), e.g. `node.id`.
+    pub properties: HashMap<String, Vec<u8>>,
+    /// Property reads, by path.
+    pub property_reads: HashMap<String, u64>,
+    /// The random generator's state (a test may reseed it).
+    pub rng: u64,
 }
 
 impl World {
@@ -232,5 +237,12 @@ impl Host for FakeHost {
             .values_mut()
             .find(|(_, t, _)| *t == token)
             .map_or(0, |(_, _, items)| items.drain(..).count())
+    }
+
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        let key = path.join(".");
+        let mut w = self.world.borrow_mut();
+        *w.property_reads.entry(key.clone()).or_default() += 1;
+        w.properties.get(&key).cloned()
     }
 }

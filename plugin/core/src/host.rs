@@ -95,6 +95,9 @@ pub trait Host {
     fn queue_enqueue(&mut self, name: &str, value: &[u8]) -> bool;
     /// Takes every item waiting in the queue `token`; how many there were.
     fn queue_drain(&mut self, token: u32) -> usize;
+    /// Reads the host property at `path` (proxy-wasm's `proxy_get_property`, e.g.
+    /// `["node", "id"]`); `None` when the host has none or refuses.
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
     /// Whether other VMs read what this one publishes in shared data (proxy-wasm: one VM per
     /// worker, so yes). A shell that runs one VM for its whole process says no: the syncer
     /// then publishes nothing (no delta chain, no snapshot encoded every `MAX_CHAIN` changes).

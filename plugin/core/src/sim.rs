@@ -765,3 +765,84 @@ fn usage_is_batched_retried_with_the_same_id_and_counted_once() {
         2
     );
 }
+
+#[test]
+fn every_key_set_call_reports_one_edge_id_for_the_process_and_what_it_holds() {
+    use keygate_protocol::edge;
+    let c = config(r#""long_poll_wait_s":0"#);
+    let mut sim = Sim::new(3, &c);
+    {
+        let mut w = sim.world.borrow_mut();
+        w.properties
+            .insert("xds.node.id".into(), b"edge-eu-1".to_vec());
+        w.properties
+            .insert("node.cluster".into(), b"front\r\nproxy".to_vec());
+    }
+    let (a, b) = keys();
+    let snap = snapshot(5, &[&a, &b]);
+    let mut first = true;
+    sim.run(2_000, &mut |_| {
+        Some(if std::mem::take(&mut first) {
+            ok(snap.clone())
+        } else {
+            status(304)
+        })
+    });
+    let calls = sim.keyset_calls();
+    assert!(calls.len() >= 2, "{calls:?}");
+    let id = calls[0].header(edge::ID_HEADER).unwrap().to_owned();
+    assert!(edge::is_edge_id(&id), "{id}");
+    for call in &calls {
+        assert_eq!(call.header(edge::ID_HEADER), Some(id.as_str()));
+        assert_eq!(call.header(edge::NODE_HEADER), Some("edge-eu-1"));
+        assert_eq!(call.header(edge::CLUSTER_HEADER), Some("front??proxy"));
+        assert_eq!(
+            call.header(edge::VERSION_HEADER),
+            Some(crate::sync::VERSION)
+        );
+        assert!(
+            call.headers
+                .iter()
+                .all(|(k, v)| k == "authorization" || !v.contains("kg_edge_secret"))
+        );
+        assert!(!call.header(":path").unwrap().contains("edge"));
+    }
+    // The first call leaves on the first tick, before the other workers counted themselves.
+    assert_eq!(calls[0].header(edge::WORKERS_HEADER), Some("1"));
+    assert_eq!(calls[1].header(edge::WORKERS_HEADER), Some("3"));
+    assert_eq!(calls[0].header(edge::REVISION_HEADER), None, "no set yet");
+    let last = calls.last().unwrap();
+    assert_eq!(last.header(edge::REVISION_HEADER), Some("5"));
+    assert_eq!(last.header(edge::KEYS_HEADER), Some("2"));
+    let staleness: u64 = last
+        .header(edge::STALENESS_HEADER)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(staleness <= c.sync_interval_ms, "{staleness}");
+    // Properties are read once per VM, not per call.
+    assert_eq!(
+        sim.world.borrow().property_reads.get("xds.node.id"),
+        Some(&1)
+    );
+
+    // The leader dies: another worker takes the lease and reports the same id.
+    let leader = last.worker;
+    sim.alive[leader] = false;
+    sim.run(10_000, &mut |_| Some(status(304)));
+    let after = sim.keyset_calls();
+    let later = after.last().unwrap();
+    assert_ne!(later.worker, leader);
+    assert_eq!(later.header(edge::ID_HEADER), Some(id.as_str()));
+
+    // Another process (a fresh world) draws another id.
+    let mut other = Sim::new(1, &c);
+    other.world.borrow_mut().rng = 12345;
+    other.run(0, &mut |_| None);
+    let other_id = other.keyset_calls()[0]
+        .header(edge::ID_HEADER)
+        .unwrap()
+        .to_owned();
+    assert!(edge::is_edge_id(&other_id));
+    assert_ne!(other_id, id);
+}

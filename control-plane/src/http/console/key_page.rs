@@ -222,7 +222,7 @@ async fn change(
     action: Action,
     reason: Option<String>,
 ) -> Result<Response, PageError> {
-    let key = status_change(state, &session.caller, id, action, reason).await?;
+    let (key, _revision) = status_change(state, &session.caller, id, action, reason).await?;
     Ok(Redirect::to(&format!("/keys/{}", key.id)).into_response())
 }
 

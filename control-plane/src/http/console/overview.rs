@@ -24,6 +24,10 @@ use crate::runtime::state::AppState;
 /// Rows in each of the overview's lists.
 const LIST_ROWS: i64 = 10;
 
+/// Keys read to find the soonest to expire (the API's largest page): exact up to that many
+/// expiring keys; beyond, the list links to the full one.
+const EXPIRING_READ: i64 = 1000;
+
 /// Seconds in the "expiring soon" window.
 const EXPIRING_WITHIN: i64 = 7 * 86_400;
 
@@ -86,17 +90,20 @@ pub async fn show(
         },
     )
     .await?;
+    // The list is in id order: read a full page (the API's largest), then show the soonest.
     let mut expiring = list_page(
         &state,
         &session.caller,
         ListQuery {
             expiring_within: Some(EXPIRING_WITHIN),
-            limit: Some(LIST_ROWS),
+            limit: Some(EXPIRING_READ),
             ..ListQuery::default()
         },
     )
     .await?;
     expiring.items.sort_by_key(|k| k.expires_at);
+    let more_expiring = expiring.next_cursor.is_some() || expiring.items.len() > LIST_ROWS as usize;
+    expiring.items.truncate(LIST_ROWS as usize);
     let current = if p.range.is_empty() { "24h" } else { &p.range };
     Ok(render(&OverviewPage {
         nav: Some(session.nav()),
@@ -121,7 +128,7 @@ pub async fn show(
             .collect(),
         more_never_used: never_used.next_cursor.is_some(),
         never_used: never_used.items.iter().map(Row::from).collect(),
-        more_expiring: expiring.next_cursor.is_some(),
+        more_expiring,
         expiring: expiring
             .items
             .iter()

@@ -14,6 +14,7 @@ use crate::domain::lifecycle::{Plan, status_plan};
 use crate::domain::names::KeyName;
 use crate::domain::{self, Action, Grant};
 use crate::http::auth::{Caller, SCOPE_KEYS_WRITE};
+use crate::http::edges::{KeyWrite, WaitQuery, check_wait, propagation};
 use crate::http::error::{ApiError, ApiJson, ApiQuery};
 use crate::runtime::clock::unix_now;
 use crate::runtime::state::AppState;
@@ -41,17 +42,19 @@ pub struct UpdateKey {
     pub metadata: Option<serde_json::Value>,
 }
 
-#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), request_body = UpdateKey,
-    responses((status = 200, body = KeyView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)),
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path), WaitQuery), request_body = UpdateKey,
+    responses((status = 200, body = KeyWrite), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)),
     security(("bearer" = [])))]
 /// Changes name, description, scopes, allow-list, expiry or metadata.
 pub async fn update_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(w): ApiQuery<WaitQuery>,
     body: Result<ApiJson<UpdateKey>, ApiError>,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Json<KeyWrite>, ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let wait = check_wait(&w)?;
     let ApiJson(req) = body?;
     let id = parse_id(&id)?;
     let now = unix_now();
@@ -74,7 +77,7 @@ pub async fn update_key(
         domain::check_metadata(m)?;
     }
     let grant = caller.grant();
-    let (k, _revision) = state
+    let (k, revision) = state
         .db
         .change_key(
             id,
@@ -122,7 +125,11 @@ pub async fn update_key(
             },
         )
         .await?;
-    Ok(Json(KeyView::from(&k)))
+    Ok(Json(KeyWrite {
+        key: KeyView::from(&k),
+        revision,
+        propagation: propagation(&state, revision, wait).await?,
+    }))
 }
 
 /// Optional body of suspend, reactivate and revoke.
@@ -136,20 +143,21 @@ pub struct ReasonBody {
 /// Suspends, reactivates or revokes a key for `caller` (the rules of the status endpoints,
 /// shared with the console's buttons): scope, reason, edge-admin and transition checks, the
 /// cascade to children, in one `change_key`. A key outside the caller's workspace is not found.
+/// Returns the key and the key-set revision the change produced.
 pub async fn status_change(
     state: &AppState,
     caller: &Caller,
     id: &str,
     action: Action,
     reason: Option<String>,
-) -> Result<KeyView, ApiError> {
+) -> Result<(KeyView, i64), ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
     let id = parse_id(id)?;
     if let Some(r) = &reason {
         domain::check_text("reason", r, domain::MAX_REASON_LEN)?;
     }
     let now = unix_now();
-    let (k, _revision) = state
+    let (k, revision) = state
         .db
         .change_key(
             id,
@@ -164,55 +172,73 @@ pub async fn status_change(
             },
         )
         .await?;
-    Ok(KeyView::from(&k))
+    Ok((KeyView::from(&k), revision))
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/suspend", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
-    responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/keys/{id}/suspend", tag = "keys", params(("id" = String, Path), WaitQuery), request_body(content = ReasonBody, description = "optional"),
+    responses((status = 200, body = KeyWrite), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
 /// Suspends an active key (and its exchanged children).
 pub async fn suspend_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(w): ApiQuery<WaitQuery>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Json<KeyWrite>, ApiError> {
+    let wait = check_wait(&w)?;
     let b: ReasonBody = optional_json(&headers, &body)?;
-    status_change(&state, &caller, &id, Action::Suspend, b.reason)
-        .await
-        .map(Json)
+    let (key, revision) = status_change(&state, &caller, &id, Action::Suspend, b.reason).await?;
+    let propagation = propagation(&state, revision, wait).await?;
+    Ok(Json(KeyWrite {
+        key,
+        revision,
+        propagation,
+    }))
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
-    responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys", params(("id" = String, Path), WaitQuery), request_body(content = ReasonBody, description = "optional"),
+    responses((status = 200, body = KeyWrite), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
 /// Reactivates a suspended key (and the children its suspension suspended).
 pub async fn reactivate_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(w): ApiQuery<WaitQuery>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Json<KeyWrite>, ApiError> {
+    let wait = check_wait(&w)?;
     let b: ReasonBody = optional_json(&headers, &body)?;
-    status_change(&state, &caller, &id, Action::Reactivate, b.reason)
-        .await
-        .map(Json)
+    let (key, revision) = status_change(&state, &caller, &id, Action::Reactivate, b.reason).await?;
+    let propagation = propagation(&state, revision, wait).await?;
+    Ok(Json(KeyWrite {
+        key,
+        revision,
+        propagation,
+    }))
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path)), request_body(content = ReasonBody, description = "optional"),
-    responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), WaitQuery), request_body(content = ReasonBody, description = "optional"),
+    responses((status = 200, body = KeyWrite), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
 /// Revokes a key for good (and its children); the reason goes to the audit log.
 pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(w): ApiQuery<WaitQuery>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Json<KeyWrite>, ApiError> {
+    let wait = check_wait(&w)?;
     let b: ReasonBody = optional_json(&headers, &body)?;
-    status_change(&state, &caller, &id, Action::Revoke, b.reason)
-        .await
-        .map(Json)
+    let (key, revision) = status_change(&state, &caller, &id, Action::Revoke, b.reason).await?;
+    let propagation = propagation(&state, revision, wait).await?;
+    Ok(Json(KeyWrite {
+        key,
+        revision,
+        propagation,
+    }))
 }
 
 /// `DELETE /v1/keys/{id}` query.
@@ -221,20 +247,27 @@ pub async fn revoke_key(
 pub struct DeleteQuery {
     /// Why (kept in the audit log).
     pub reason: Option<String>,
+    /// As the other writes' `?wait=`.
+    pub wait: Option<u64>,
 }
 
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path), DeleteQuery),
-    responses((status = 200, body = KeyView), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = KeyWrite), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
 /// Same as revoke.
 pub async fn delete_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
-) -> Result<Json<KeyView>, ApiError> {
-    status_change(&state, &caller, &id, Action::Revoke, q.reason)
-        .await
-        .map(Json)
+) -> Result<Json<KeyWrite>, ApiError> {
+    let wait = check_wait(&WaitQuery { wait: q.wait })?;
+    let (key, revision) = status_change(&state, &caller, &id, Action::Revoke, q.reason).await?;
+    let propagation = propagation(&state, revision, wait).await?;
+    Ok(Json(KeyWrite {
+        key,
+        revision,
+        propagation,
+    }))
 }
 
 /// `POST /v1/keys/{id}/rotate` body.
@@ -245,21 +278,23 @@ pub struct RotateBody {
     pub grace_period: Option<i64>,
 }
 
-#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)), request_body(content = RotateBody, description = "optional"),
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path), WaitQuery), request_body(content = RotateBody, description = "optional"),
     responses((status = 200, body = IssuedKey), (status = 409, body = crate::http::error::ErrorBody)), security(("bearer" = [])))]
 /// Gives an active key a new secret; the old one works until the grace period ends.
 pub async fn rotate_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(w): ApiQuery<WaitQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<IssuedKey>, ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let wait = check_wait(&w)?;
     let b: RotateBody = optional_json(&headers, &body)?;
-    rotate(&state, &caller, &id, b.grace_period.unwrap_or(0))
-        .await
-        .map(Json)
+    let mut issued = rotate(&state, &caller, &id, b.grace_period.unwrap_or(0)).await?;
+    issued.propagation = propagation(&state, issued.revision, wait).await?;
+    Ok(Json(issued))
 }
 
 /// Gives a key a new secret for `caller` (the rules of the rotate endpoint, shared with the
@@ -276,7 +311,7 @@ pub async fn rotate(
     domain::check_grace(grace)?;
     let now = unix_now();
     let mut secret_out = None;
-    let (k, _revision) = state
+    let (k, revision) = state
         .db
         .change_key(
             id,
@@ -312,5 +347,7 @@ pub async fn rotate(
     Ok(IssuedKey {
         secret: secret.expose_secret().to_owned(),
         key: KeyView::from(&k),
+        revision,
+        propagation: None,
     })
 }

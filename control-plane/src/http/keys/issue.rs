@@ -12,7 +12,8 @@ use crate::domain::key::KeyRecord;
 use crate::domain::names::{KeyName, OwnerId, WorkspaceId};
 use crate::domain::{self, Grant, KeyKind, KeyStatus};
 use crate::http::auth::{Caller, SCOPE_KEYS_WRITE};
-use crate::http::error::{ApiError, ApiJson};
+use crate::http::edges::{WaitQuery, check_wait, propagation};
+use crate::http::error::{ApiError, ApiJson, ApiQuery};
 use crate::runtime::clock::unix_now;
 use crate::runtime::state::AppState;
 
@@ -53,7 +54,7 @@ pub struct CreateKey {
     pub prefix: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/keys", request_body = CreateKey, tag = "keys",
+#[utoipa::path(post, path = "/v1/keys", request_body = CreateKey, tag = "keys", params(WaitQuery),
     responses((status = 201, body = IssuedKey), (status = 400, body = crate::http::error::ErrorBody),
               (status = 401, body = crate::http::error::ErrorBody), (status = 403, body = crate::http::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -61,11 +62,14 @@ pub struct CreateKey {
 pub async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
+    ApiQuery(w): ApiQuery<WaitQuery>,
     body: Result<ApiJson<CreateKey>, ApiError>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
+    let wait = check_wait(&w)?;
     let ApiJson(req) = body?;
-    let issued = issue_key(&state, &caller, req).await?;
+    let mut issued = issue_key(&state, &caller, req).await?;
+    issued.propagation = propagation(&state, issued.revision, wait).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 

@@ -37,6 +37,12 @@ pub struct IssuedKey {
     pub secret: String,
     /// The record.
     pub key: KeyView,
+    /// The key-set revision this write produced.
+    #[serde(default)]
+    pub revision: i64,
+    /// With `?wait=`: which edges have applied `revision`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub propagation: Option<crate::runtime::edges::Propagation>,
 }
 
 fn new_key_id() -> Uuid {
@@ -79,11 +85,13 @@ async fn insert(
         after: Some(audit_view(&record)),
         reason,
     };
-    state.db.insert_key(&record, &audit).await?;
+    let revision = state.db.insert_key(&record, &audit).await?;
     state.metrics.key_created();
     Ok(IssuedKey {
         secret: secret.expose_secret().to_owned(),
         key: KeyView::from(&record),
+        revision,
+        propagation: None,
     })
 }
 

@@ -28,12 +28,13 @@
 //! (the leader's calls to the control plane and their answers), `failure` (why a call failed,
 //! backoff), `publish` (the head record, snapshot and deltas in shared data), `follow` (catching
 //! up with them), `wake` (the wake-up queues), `vm` (a VM's index, the idle main-thread VM),
-//! `gauges` (per-VM gauges) and `metrics` (every metric name). Their public items are
+//! `gauges` (per-VM gauges), `identity` (the edge id and report each call carries) and `metrics` (every metric name). Their public items are
 //! re-exported: every path is `sync::…`.
 
 mod failure;
 mod follow;
 mod gauges;
+mod identity;
 mod lease;
 pub mod metrics;
 mod poll;
@@ -46,6 +47,7 @@ use std::sync::Arc;
 use keygate_protocol::keyset::KeySet;
 
 pub use failure::{MAX_BACKOFF_MS, SyncFailure};
+pub use identity::VERSION;
 pub use lease::lease_ttl_ms;
 pub use poll::MIN_POLL_GAP_MS;
 pub use publish::{Head, MAX_CHAIN};
@@ -81,6 +83,12 @@ pub struct Syncer {
     idle: bool,
     /// The token of this VM's wake-up queue (`<ns>/wake/<vm index>`), once registered.
     wake_queue: Option<u32>,
+    /// The process's edge id once read or drawn (`identity`).
+    edge_id: Option<String>,
+    /// Envoy's node id and cluster, read once by the first call that reports them.
+    node: Option<identity::Node>,
+    /// Whether this VM counted itself in `<ns>/workers`.
+    counted_worker: bool,
 }
 
 impl Syncer {
@@ -100,6 +108,9 @@ impl Syncer {
             vm_index: None,
             idle: false,
             wake_queue: None,
+            edge_id: None,
+            node: None,
+            counted_worker: false,
         }
     }
 
@@ -152,6 +163,7 @@ impl Syncer {
             return;
         }
         self.register_wake_queue(host);
+        self.count_worker(host);
         self.follow(host);
         if let Some(why) = config.missing_edge_key() {
             if now >= self.next_poll_ms {

@@ -37,7 +37,8 @@ impl Syncer {
         if config.long_poll_wait_s > 0 && self.set.is_some() && !self.force_snapshot {
             path.push_str(&format!("{sep}wait={}", config.long_poll_wait_s));
         }
-        let call = HttpCall {
+        let report = self.edge_headers(host, now);
+        let mut call = HttpCall {
             cluster: &config.cluster,
             headers: vec![
                 (":method", "GET".to_owned()),
@@ -52,6 +53,7 @@ impl Syncer {
             body: None,
             timeout_ms: config.sync_timeout_ms(),
         };
+        call.headers.extend(report);
         host.counter_add(metrics::CALLS, 1);
         match host.dispatch(call) {
             Ok(token) => {

@@ -13,6 +13,7 @@ impl Syncer {
     /// key set (a whole copy of it, otherwise, for nothing). Should that presumption be wrong
     /// (another host, another order), its first request wakes it ([`Syncer::wake`]).
     pub fn on_configure(&mut self, host: &mut impl Host) {
+        self.read_node(host);
         if self.claim_counter(host, "configured") == Some(1) {
             self.idle = true;
             host.log(
@@ -49,7 +50,7 @@ impl Syncer {
 
     /// Takes the current value of the shared counter `name` and increments it
     /// (compare-and-swap); `None` if shared data keeps refusing.
-    fn claim_counter(&mut self, host: &mut impl Host, name: &str) -> Option<u32> {
+    pub(super) fn claim_counter(&mut self, host: &mut impl Host, name: &str) -> Option<u32> {
         let key = self.key(name);
         for _ in 0..8 {
             let (value, cas) = host.shared_get(&key);

@@ -1,8 +1,6 @@
-//! Envoy's dynamic-module ABI, the subset this module uses, declared here from the ABI's
-//! specification (`source/extensions/dynamic_modules/abi/abi.h` in Envoy's repository; Envoy
-//! 1.40.0 reports ABI version `v0.2.0`): the event hooks Envoy calls (exported, `no_mangle`)
-//! and the callbacks into Envoy (resolved against the `envoy` executable when it `dlopen`s
-//! this library).
+//! Envoy's dynamic-module ABI, the subset this module uses (Envoy 1.40.0 reports ABI version
+//! `v0.2.0`): the event hooks Envoy calls (exported, `no_mangle`), here, and the callbacks into
+//! Envoy, declared in [`abi`] from the ABI's specification.
 //!
 //! Envoy resolves every HTTP filter hook when it creates a filter configuration and refuses the
 //! configuration if one is missing, so the hooks this module has no use for (bodies, trailers,
@@ -18,7 +16,7 @@
 //! keyset_unavailable`), a configuration that panicked is refused.
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, c_char, c_void};
+use std::ffi::{c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use keygate_filter_core::decision::Reason;
@@ -30,150 +28,9 @@ use crate::host::now_ms;
 use crate::metrics::{GAUGE_NAMES, MetricSink, counter_names};
 use crate::shell::{Stream, Verdict, fail_closed};
 
-/// The ABI version this module was written against (Envoy 1.40.0). A mismatch is only a
-/// warning in Envoy's log.
-const ABI_VERSION: &CStr = c"v0.2.0";
+mod abi;
 
-/// `envoy_dynamic_module_type_envoy_buffer` / `…_module_buffer`: bytes owned by Envoy or by the
-/// module, by context.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct Buffer {
-    ptr: *const c_char,
-    length: usize,
-}
-
-impl Buffer {
-    const NULL: Buffer = Buffer {
-        ptr: std::ptr::null(),
-        length: 0,
-    };
-
-    fn of(bytes: &[u8]) -> Self {
-        Self {
-            ptr: bytes.as_ptr().cast(),
-            length: bytes.len(),
-        }
-    }
-
-    /// The bytes, or none for a null buffer.
-    ///
-    /// # Safety
-    /// `ptr` must point to `length` readable bytes that outlive `'a`.
-    unsafe fn bytes<'a>(self) -> &'a [u8] {
-        if self.ptr.is_null() || self.length == 0 {
-            return &[];
-        }
-        // SAFETY: by this function's contract.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.length) }
-    }
-}
-
-/// `envoy_dynamic_module_type_envoy_http_header` / `…_module_http_header`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct HttpHeader {
-    key_ptr: *const c_char,
-    key_length: usize,
-    value_ptr: *const c_char,
-    value_length: usize,
-}
-
-impl HttpHeader {
-    const EMPTY: HttpHeader = HttpHeader {
-        key_ptr: std::ptr::null(),
-        key_length: 0,
-        value_ptr: std::ptr::null(),
-        value_length: 0,
-    };
-}
-
-/// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
-const REQUEST_HEADER: u32 = 0;
-/// `…_status_Continue` (every hook's status enum starts with it).
-const CONTINUE: u32 = 0;
-/// `envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration`.
-const STOP_ITERATION: u32 = 1;
-/// `envoy_dynamic_module_type_log_level_Info`.
-const LOG_INFO: u32 = 2;
-/// `envoy_dynamic_module_type_log_level_Warn`.
-const LOG_WARN: u32 = 3;
-/// `envoy_dynamic_module_type_log_level_Error`.
-const LOG_ERROR: u32 = 4;
-/// `envoy_dynamic_module_type_metrics_result_Success`.
-const METRICS_SUCCESS: u32 = 0;
-
-unsafe extern "C" {
-    fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
-    fn envoy_dynamic_module_callback_http_get_headers_size(
-        filter_envoy_ptr: *mut c_void,
-        header_type: u32,
-    ) -> usize;
-    fn envoy_dynamic_module_callback_http_get_headers(
-        filter_envoy_ptr: *mut c_void,
-        header_type: u32,
-        result_headers: *mut HttpHeader,
-    ) -> bool;
-    /// A null `value` removes the header.
-    fn envoy_dynamic_module_callback_http_set_header(
-        filter_envoy_ptr: *mut c_void,
-        header_type: u32,
-        key: Buffer,
-        value: Buffer,
-    ) -> bool;
-    fn envoy_dynamic_module_callback_http_add_header(
-        filter_envoy_ptr: *mut c_void,
-        header_type: u32,
-        key: Buffer,
-        value: Buffer,
-    ) -> bool;
-    fn envoy_dynamic_module_callback_http_send_response(
-        filter_envoy_ptr: *mut c_void,
-        status_code: u32,
-        headers_vector: *const HttpHeader,
-        headers_vector_size: usize,
-        body: Buffer,
-        details: Buffer,
-    );
-    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
-        filter_config_envoy_ptr: *mut c_void,
-        name: Buffer,
-        label_names: *const Buffer,
-        label_names_length: usize,
-        counter_id_ptr: *mut usize,
-    ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_increment_counter(
-        filter_envoy_ptr: *mut c_void,
-        id: usize,
-        label_values: *const Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
-        filter_config_envoy_ptr: *mut c_void,
-        name: Buffer,
-        label_names: *const Buffer,
-        label_names_length: usize,
-        gauge_id_ptr: *mut usize,
-    ) -> u32;
-    /// As `…_http_filter_increment_counter`, on the configuration (no stream; Envoy's counters
-    /// are atomic, so any thread).
-    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
-        filter_config_envoy_ptr: *mut c_void,
-        id: usize,
-        label_values: *const Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-    /// As `…_http_filter_set_gauge`, on the configuration.
-    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
-        filter_config_envoy_ptr: *mut c_void,
-        id: usize,
-        label_values: *const Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-}
+use abi::*;
 
 fn log_error(message: &str) {
     log(LogLevel::Error, message);
