@@ -23,6 +23,9 @@ async fn main() -> ExitCode {
         Command::Repos { client, command } => {
             print(keygate_control_plane::cli::github::run_repos(&client, command).await)
         }
+        Command::RevokeFound { client, file } => {
+            print(keygate_control_plane::cli::possession::run_revoke_found(&client, &file).await)
+        }
         Command::Webhooks { client, command } => {
             print(keygate_control_plane::cli::webhooks::run_webhooks(&client, command).await)
         }

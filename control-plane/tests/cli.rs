@@ -241,3 +241,52 @@ fn edges_list_and_a_wait_that_an_edge_misses_exits_2() {
     let shown: KeyView = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown.status.as_str(), "revoked", "the write was made");
 }
+
+/// `keygate revoke-found <file>` without any credential: the live key in the file is revoked.
+#[test]
+fn revoke_found_hands_in_keys_from_a_file_without_a_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::serve(dir.path(), "found", |c| {
+        c.env(
+            "KEYGATE_DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("kg.db").display()),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN);
+    });
+    let url = server.base();
+    let (ok, out, err) = keygate(&url, &["keys", "create", "--name", "found", "--json"]);
+    assert!(ok, "{err}");
+    let issued: IssuedKey = serde_json::from_str(&out).unwrap();
+    let file = dir.path().join("found.txt");
+    std::fs::write(&file, format!("{}\n\nnot-a-key\n", issued.secret)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["revoke-found", file.to_str().unwrap()])
+        .env("KEYGATE_URL", &url)
+        .env_remove("KEYGATE_TOKEN")
+        .output()
+        .expect("run keygate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("handed in 2 key(s)"), "{stdout}");
+    assert!(!stdout.contains(&issued.secret));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, shown, _) = keygate(&url, &["keys", "show", &issued.key.id, "--json"]);
+        let shown: KeyView = serde_json::from_str(&shown).unwrap();
+        if shown.status.as_str() == "revoked" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?}",
+            shown.status
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (ok, _, err) = keygate(&url, &["revoke-found", "/nonexistent/file"]);
+    assert!(!ok && err.contains("reading /nonexistent/file"), "{err}");
+}

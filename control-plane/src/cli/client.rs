@@ -9,7 +9,7 @@ use super::{CliError, ClientArgs};
 pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
-    token: String,
+    token: Option<String>,
 }
 
 impl Client {
@@ -22,8 +22,17 @@ impl Client {
         Ok(Self {
             http: reqwest::Client::new(),
             base: args.url.trim_end_matches('/').to_owned(),
-            token,
+            token: Some(token),
         })
+    }
+
+    /// A client that presents no credential (the unauthenticated routes).
+    pub(crate) fn anonymous(args: &ClientArgs) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: args.url.trim_end_matches('/').to_owned(),
+            token: None,
+        }
     }
 
     pub(crate) async fn call(
@@ -32,10 +41,10 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, CliError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

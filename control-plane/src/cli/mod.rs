@@ -9,6 +9,7 @@ use crate::runtime::config::Config;
 mod client;
 pub mod edges;
 pub mod github;
+pub mod possession;
 pub mod webhooks;
 
 use client::Client;
@@ -65,6 +66,15 @@ pub enum Command {
         /// The registry command.
         #[command(subcommand)]
         command: github::ReposCommand,
+    },
+    /// Hand in keys someone found (one per line in FILE, `-` for stdin) to be revoked where live;
+    /// no credential needed.
+    RevokeFound {
+        /// Connection settings (no token needed).
+        #[command(flatten)]
+        client: ClientArgs,
+        /// File with one key per line, or `-` for stdin.
+        file: String,
     },
     /// Manage webhook endpoints and read their delivery log through the HTTP API.
     Webhooks {
@@ -239,6 +249,9 @@ pub enum CliError {
     /// No credential given.
     #[error("no credential: set KEYGATE_TOKEN or pass --token")]
     NoToken,
+    /// The command's own input is unusable.
+    #[error("{0}")]
+    Input(String),
     /// The write was made, but some edge had not applied it when `--wait` ran out; `output`
     /// is what to print (the key and each edge's status).
     #[error("some edges had not applied the change when the wait ended")]

@@ -36,6 +36,12 @@ pub fn app(state: AppState) -> Router {
             post(keys::issue::create_key).get(keys::read::list_keys),
         )
         .route("/v1/keys/exchange", post(keys::issue::exchange_key))
+        .route(
+            "/v1/keys/revoke-by-possession",
+            post(keys::possession::revoke_by_possession).layer(DefaultBodyLimit::max(
+                body_limit.max(keys::possession::BODY_LIMIT),
+            )),
+        )
         .route("/v1/keys/verify", post(keys::verify::verify_key))
         .route(
             "/v1/keys/{id}",

@@ -100,6 +100,7 @@ impl Modify for BearerAuth {
         crate::http::keys::change::rotate_key,
         crate::http::keys::usage::key_usage,
         crate::http::keys::issue::exchange_key,
+        crate::http::keys::possession::revoke_by_possession,
         crate::http::keys::verify::verify_key,
         crate::http::audit::list_audit,
         crate::http::secret_scanning::secret_scanning_alert,

@@ -27,6 +27,13 @@ pub struct Config {
     /// Failed authentications allowed per client address per minute before 429.
     #[arg(long, env = "KEYGATE_AUTH_FAILURES_PER_MINUTE", default_value_t = 30)]
     pub auth_failures_per_minute: u32,
+    /// `POST /v1/keys/revoke-by-possession` requests allowed per client address per minute.
+    #[arg(
+        long,
+        env = "KEYGATE_POSSESSION_REVOCATIONS_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub possession_revocations_per_minute: u32,
     /// Largest accepted request body, bytes.
     #[arg(long, env = "KEYGATE_BODY_LIMIT", default_value_t = 64 * 1024)]
     pub body_limit: usize,
@@ -83,6 +90,7 @@ impl Config {
             admin_token,
             key_prefix: "kg_live".into(),
             auth_failures_per_minute: 30,
+            possession_revocations_per_minute: 10,
             body_limit: 64 * 1024,
             usage_flush_ms: 1000,
             changes_retained: 100_000,

@@ -43,6 +43,8 @@ pub struct AppState {
     pub(crate) github: Arc<crate::github::Broker>,
     /// The forward-auth endpoint, when configured.
     pub(crate) forward_auth: Option<Arc<ForwardAuth>>,
+    /// `POST /v1/keys/revoke-by-possession` requests per client address.
+    pub(crate) possession_limiter: Arc<AuthLimiter>,
     /// GitHub's secret scanning keys, cached.
     pub(crate) alerts: Arc<super::secret_scanning::AlertVerifier>,
     /// The edge registry's writer and reader.
@@ -134,6 +136,9 @@ impl AppState {
                 &config.secret_scanning.secret_scanning_keys_url,
             )),
             limiter: Arc::new(AuthLimiter::new(config.auth_failures_per_minute)),
+            possession_limiter: Arc::new(AuthLimiter::new(
+                config.possession_revocations_per_minute,
+            )),
             config: Arc::new(config),
             verify_cache: Arc::new(VerifyCache::default()),
             drain: Arc::new(Drain::default()),

@@ -5,6 +5,7 @@
 
 pub mod change;
 pub mod issue;
+pub mod possession;
 pub mod read;
 pub mod usage;
 pub mod verify;
