@@ -365,3 +365,80 @@ async fn a_kill_mid_delivery_delivers_after_restart() {
     );
     kg.stop();
 }
+
+/// PostgreSQL goes away while events wait in the outbox (the receiver is down too): a key
+/// write during the outage fails and raises nothing; once both are back, every committed event
+/// is delivered, verified, and the failed write's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_database_outage() {
+    let cluster = std::sync::Arc::new(keygate_testkit::PgCluster::start().unwrap());
+    let port = keygate_testkit::free_port().unwrap();
+    let s = InProcessServer::start_on(&cluster.url(), |c| {
+        c.webhooks.webhook_poll_ms = 50;
+        c.webhooks.webhook_retry_base_ms = 200;
+    })
+    .await;
+    let api = &s.api;
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let (_, secret) = add_endpoint(api, ADMIN, &url, &ALL).await;
+    let before = api.create(json!({"name": "before-outage"})).await;
+    api.key_action(&before.key.id, "revoke").await;
+
+    let c = std::sync::Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || c.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    let (st, v) = api
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"name": "during-outage"})),
+        )
+        .await;
+    assert_error(
+        st,
+        &v,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = std::sync::Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || c.restart())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let rx = WebhookReceiver::start_on(port).await;
+    rx.set_secret(&secret);
+    let got = rx
+        .wait_for(
+            Duration::from_secs(30),
+            "the events committed before the outage",
+            |r| r.iter().filter(|x| x.answered == Some(204)).count() >= 2,
+        )
+        .await;
+    assert!(got.iter().all(|r| r.verified));
+    let mut types = types_of(&got);
+    types.sort();
+    types.dedup();
+    assert_eq!(types, ["key.created", "key.revoked"]);
+    assert!(
+        got.iter()
+            .all(|r| r.body["data"]["key"]["name"] == "before-outage"),
+        "{got:?}"
+    );
+    // A write after the outage is delivered as usual.
+    let after = api.create(json!({"name": "after-outage"})).await;
+    rx.wait_for(Duration::from_secs(20), "the event after the outage", |r| {
+        r.iter().any(|x| {
+            x.body["data"]["key"]["id"] == after.key.id.as_str() && x.answered == Some(204)
+        })
+    })
+    .await;
+    assert!(
+        !rx.received()
+            .iter()
+            .any(|x| x.body["data"]["key"]["name"] == "during-outage")
+    );
+}
