@@ -467,6 +467,55 @@ async fn the_github_page_lists_the_broker_registry() {
 }
 
 #[tokio::test]
+async fn the_edges_page_shows_each_proxy_its_revision_and_whether_it_lags() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // An edge behind the current revision counts as lagging at once.
+    let c = Console::start_with(&["--edge-lagging-after-s", "0"]);
+    let b = Browser::start().await;
+    b.sign_in(&c, ADMIN_TOKEN).await;
+    b.click("#nav-edges").await;
+    assert!(b.text("#empty").await.contains("kind edge"));
+
+    let edge = edge(&c).await;
+    let held = c.revision(&edge).await;
+    key(&c, json!({"name": "newer"})).await;
+    let current = c.revision(&edge).await;
+    let (fresh, behind) = ("a".repeat(32), "b".repeat(32));
+    c.report_edge(&edge, &fresh, "envoy-eu-1", current).await;
+    c.report_edge(&edge, &behind, "envoy-us-1", held).await;
+    // Lagging is behind for longer than `--edge-lagging-after-s` (0): a whole second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    b.goto(&c.url("/edges")).await;
+    assert_eq!(b.text("#current-revision").await, current.to_string());
+    let fresh_row = b.text(&format!("#edge-{fresh}")).await;
+    assert!(
+        fresh_row.contains("envoy-eu-1 (ingress)") && fresh_row.contains("live"),
+        "{fresh_row}"
+    );
+    assert!(fresh_row.contains("up to date"), "{fresh_row}");
+    let behind_row = b.text(&format!("#edge-{behind}")).await;
+    assert!(
+        behind_row.contains("lagging") && behind_row.contains(" behind, for "),
+        "{behind_row}"
+    );
+    let counts = b.text("#edge-counts").await;
+    assert!(
+        counts.contains("1 live") && counts.contains("1 lagging"),
+        "{counts}"
+    );
+    b.screenshot("edges").await;
+
+    // The fleet is the admin's, as in the API.
+    let ops = c.workspace_key("acme").await;
+    b.click("#sign-out").await;
+    b.sign_in(&c, &ops).await;
+    b.goto(&c.url("/edges")).await;
+    assert!(!b.has("#edges").await);
+    assert!(b.source().await.contains("403"));
+    b.close().await;
+}
+
+#[tokio::test]
 async fn at_a_phone_width_no_page_scrolls_sideways() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = Console::start();
@@ -494,6 +543,7 @@ async fn at_a_phone_width_no_page_scrolls_sideways() {
         (format!("/keys/{id}"), "phone-key"),
         ("/overview".to_owned(), "phone-overview"),
         ("/audit".to_owned(), "phone-audit"),
+        ("/edges".to_owned(), "phone-edges"),
         ("/keys/new".to_owned(), "phone-key-new"),
     ] {
         b.goto(&c.url(&path)).await;

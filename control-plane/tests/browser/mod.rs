@@ -180,6 +180,49 @@ impl Console {
         assert_eq!(v["applied"], true, "{v}");
     }
 
+    /// The key set's current revision, as an edge reads it (`x-keygate-revision`).
+    pub async fn revision(&self, edge: &str) -> i64 {
+        let resp = reqwest::Client::new()
+            .get(self.url("/v1/keyset"))
+            .bearer_auth(edge)
+            .send()
+            .await
+            .expect("GET /v1/keyset");
+        assert_eq!(resp.status(), 200, "key-set snapshot");
+        resp.headers()["x-keygate-revision"]
+            .to_str()
+            .expect("text")
+            .parse()
+            .expect("a revision")
+    }
+
+    /// One key-set call as a proxy's filter makes it, with the report headers of an edge
+    /// (`keygate_protocol::edge`) holding `revision`.
+    pub async fn report_edge(&self, edge: &str, edge_id: &str, node: &str, revision: i64) {
+        use keygate_protocol::edge::{
+            CLUSTER_HEADER, ID_HEADER, KEYS_HEADER, NODE_HEADER, REVISION_HEADER, VERSION_HEADER,
+            WORKERS_HEADER,
+        };
+        let resp = reqwest::Client::new()
+            .get(self.url(&format!("/v1/keyset?since={revision}")))
+            .bearer_auth(edge)
+            .header(ID_HEADER, edge_id)
+            .header(NODE_HEADER, node)
+            .header(CLUSTER_HEADER, "ingress")
+            .header(REVISION_HEADER, revision.to_string())
+            .header(KEYS_HEADER, "2")
+            .header(WORKERS_HEADER, "4")
+            .header(VERSION_HEADER, "0.1.0")
+            .send()
+            .await
+            .expect("GET /v1/keyset");
+        assert!(
+            [200, 304].contains(&resp.status().as_u16()),
+            "key-set call: {}",
+            resp.status()
+        );
+    }
+
     /// A workspace key of `workspace` with the key-management scopes; returns its secret.
     pub async fn workspace_key(&self, workspace: &str) -> String {
         let v = self
