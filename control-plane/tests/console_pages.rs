@@ -7,7 +7,7 @@
 
 mod browser;
 
-use browser::{ADMIN_TOKEN, Browser, Console, ONE_AT_A_TIME};
+use browser::{ADMIN_TOKEN, Browser, Console, ONE_AT_A_TIME, SignIn};
 use fantoccini::Locator;
 use serde_json::json;
 
