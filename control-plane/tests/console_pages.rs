@@ -516,6 +516,49 @@ async fn the_edges_page_shows_each_proxy_its_revision_and_whether_it_lags() {
 }
 
 #[tokio::test]
+async fn every_input_has_a_label_and_a_key_is_created_from_the_keyboard() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Console::start();
+    let id = key(&c, json!({"name": "labelled"})).await;
+    let b = Browser::start().await;
+    b.goto(&c.url("/sign-in")).await;
+    let unlabelled = "return [...document.querySelectorAll('input, select, textarea')]\
+        .filter(e => e.type !== 'hidden')\
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))\
+        .map(e => e.outerHTML);";
+    assert_eq!(b.script(unlabelled).await, json!([]), "sign-in");
+    b.sign_in(&c, ADMIN_TOKEN).await;
+    for path in [
+        "/keys".to_owned(),
+        "/keys/new".to_owned(),
+        format!("/keys/{id}"),
+        format!("/keys/{id}/revoke"),
+        "/overview".to_owned(),
+        "/audit".to_owned(),
+        "/edges".to_owned(),
+        "/github".to_owned(),
+    ] {
+        b.goto(&c.url(&path)).await;
+        b.find("main").await;
+        assert_eq!(b.script(unlabelled).await, json!([]), "{path}");
+    }
+
+    // The create form from the keyboard alone: type, Tab between fields, Enter submits.
+    b.goto(&c.url("/keys/new")).await;
+    let name = b.find("#name").await;
+    name.click().await.expect("focus");
+    name.send_keys("typed service").await.expect("type");
+    let focused = "return document.activeElement.id;";
+    assert_eq!(b.script(focused).await, json!("name"));
+    name.send_keys("\u{E004}").await.expect("tab");
+    assert_ne!(b.script(focused).await, json!("name"), "Tab moves on");
+    name.send_keys("\u{E007}").await.expect("enter");
+    b.find("#key-id").await;
+    assert!(b.text("#secret").await.starts_with("kg_demo_"));
+    b.close().await;
+}
+
+#[tokio::test]
 async fn at_a_phone_width_no_page_scrolls_sideways() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = Console::start();
