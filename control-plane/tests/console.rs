@@ -5,7 +5,7 @@
 
 mod browser;
 
-use browser::{ADMIN_TOKEN, Browser, Console, KEY_PREFIX, ONE_AT_A_TIME};
+use browser::{ADMIN_TOKEN, Browser, Console, KEY_PREFIX, ONE_AT_A_TIME, SignIn};
 use serde_json::json;
 
 /// Creates a key through the form and returns its id (the key page is then open, secret shown).

@@ -7,7 +7,7 @@
 
 mod browser;
 
-use browser::{ADMIN_TOKEN, Browser, Console, ONE_AT_A_TIME};
+use browser::{ADMIN_TOKEN, Browser, Console, ONE_AT_A_TIME, SignIn};
 use fantoccini::Locator;
 use serde_json::json;
 
@@ -467,6 +467,98 @@ async fn the_github_page_lists_the_broker_registry() {
 }
 
 #[tokio::test]
+async fn the_edges_page_shows_each_proxy_its_revision_and_whether_it_lags() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // An edge behind the current revision counts as lagging at once.
+    let c = Console::start_with(&["--edge-lagging-after-s", "0"]);
+    let b = Browser::start().await;
+    b.sign_in(&c, ADMIN_TOKEN).await;
+    b.click("#nav-edges").await;
+    assert!(b.text("#empty").await.contains("kind edge"));
+
+    let edge = edge(&c).await;
+    let held = c.revision(&edge).await;
+    key(&c, json!({"name": "newer"})).await;
+    let current = c.revision(&edge).await;
+    let (fresh, behind) = ("a".repeat(32), "b".repeat(32));
+    c.report_edge(&edge, &fresh, "envoy-eu-1", current).await;
+    c.report_edge(&edge, &behind, "envoy-us-1", held).await;
+    // Lagging is behind for longer than `--edge-lagging-after-s` (0): a whole second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    b.goto(&c.url("/edges")).await;
+    assert_eq!(b.text("#current-revision").await, current.to_string());
+    let fresh_row = b.text(&format!("#edge-{fresh}")).await;
+    assert!(
+        fresh_row.contains("envoy-eu-1 (ingress)") && fresh_row.contains("live"),
+        "{fresh_row}"
+    );
+    assert!(fresh_row.contains("up to date"), "{fresh_row}");
+    let behind_row = b.text(&format!("#edge-{behind}")).await;
+    assert!(
+        behind_row.contains("lagging") && behind_row.contains(" behind, for "),
+        "{behind_row}"
+    );
+    let counts = b.text("#edge-counts").await;
+    assert!(
+        counts.contains("1 live") && counts.contains("1 lagging"),
+        "{counts}"
+    );
+    b.screenshot("edges").await;
+
+    // The fleet is the admin's, as in the API.
+    let ops = c.workspace_key("acme").await;
+    b.click("#sign-out").await;
+    b.sign_in(&c, &ops).await;
+    b.goto(&c.url("/edges")).await;
+    assert!(!b.has("#edges").await);
+    assert!(b.source().await.contains("403"));
+    b.close().await;
+}
+
+#[tokio::test]
+async fn every_input_has_a_label_and_a_key_is_created_from_the_keyboard() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Console::start();
+    let id = key(&c, json!({"name": "labelled"})).await;
+    let b = Browser::start().await;
+    b.goto(&c.url("/sign-in")).await;
+    let unlabelled = "return [...document.querySelectorAll('input, select, textarea')]\
+        .filter(e => e.type !== 'hidden')\
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))\
+        .map(e => e.outerHTML);";
+    assert_eq!(b.script(unlabelled).await, json!([]), "sign-in");
+    b.sign_in(&c, ADMIN_TOKEN).await;
+    for path in [
+        "/keys".to_owned(),
+        "/keys/new".to_owned(),
+        format!("/keys/{id}"),
+        format!("/keys/{id}/revoke"),
+        "/overview".to_owned(),
+        "/audit".to_owned(),
+        "/edges".to_owned(),
+        "/github".to_owned(),
+    ] {
+        b.goto(&c.url(&path)).await;
+        b.find("main").await;
+        assert_eq!(b.script(unlabelled).await, json!([]), "{path}");
+    }
+
+    // The create form from the keyboard alone: type, Tab between fields, Enter submits.
+    b.goto(&c.url("/keys/new")).await;
+    let name = b.find("#name").await;
+    name.click().await.expect("focus");
+    name.send_keys("typed service").await.expect("type");
+    let focused = "return document.activeElement.id;";
+    assert_eq!(b.script(focused).await, json!("name"));
+    name.send_keys("\u{E004}").await.expect("tab");
+    assert_ne!(b.script(focused).await, json!("name"), "Tab moves on");
+    name.send_keys("\u{E007}").await.expect("enter");
+    b.find("#key-id").await;
+    assert!(b.text("#secret").await.starts_with("kg_demo_"));
+    b.close().await;
+}
+
+#[tokio::test]
 async fn at_a_phone_width_no_page_scrolls_sideways() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = Console::start();
@@ -494,6 +586,7 @@ async fn at_a_phone_width_no_page_scrolls_sideways() {
         (format!("/keys/{id}"), "phone-key"),
         ("/overview".to_owned(), "phone-overview"),
         ("/audit".to_owned(), "phone-audit"),
+        ("/edges".to_owned(), "phone-edges"),
         ("/keys/new".to_owned(), "phone-key-new"),
     ] {
         b.goto(&c.url(&path)).await;

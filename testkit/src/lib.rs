@@ -5,6 +5,8 @@
 //! scaffolding ([`bench`]).
 
 pub mod bench;
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod envoy;
 pub mod poll;
 pub mod process;

@@ -85,10 +85,16 @@ pub async fn list_edges(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Fleet>, ApiError> {
+    Ok(Json(fleet(&state, &caller).await?))
+}
+
+/// The fleet as `caller` may see it (the admin only): `GET /v1/edges`' rules, for the API and
+/// the console's edges page.
+pub async fn fleet(state: &AppState, caller: &Caller) -> Result<Fleet, ApiError> {
     if !caller.is_admin() {
         return Err(ApiError::forbidden("only the admin can list edges"));
     }
-    Ok(Json(state.edges.fleet(&state.db, unix_now()).await?))
+    Ok(state.edges.fleet(&state.db, unix_now()).await?)
 }
 
 /// `GET /v1/keys/{id}/propagation` answer.

@@ -4,18 +4,20 @@
 //! form POST, so the console works without JavaScript; the script only adds a copy button.
 //! Pages: [`overview`] (usage of every key, most used, never used, expiring soon),
 //! [`keys_list`], [`key_create`], [`key_page`] (details, usage chart, children, history,
-//! actions), [`audit_log`], [`github_repos`]; usage charts are SVG drawn by [`chart`].
+//! actions), [`audit_log`], [`edges`], [`github_repos`]; usage charts are SVG drawn by [`chart`].
 //!
 //! The pages call the same functions as the API's handlers (`keys::issue::issue_key`,
 //! `keys::read::{list_page, find_key}`, `keys::change::{status_change, rotate}`,
 //! `keys::usage::{key_usage_series, total_usage_series, top_keys}`, `audit::audit_page`,
-//! `github::repository_page`, `auth::authenticate`): the console has no rules of its own.
+//! `edges::fleet`, `github::repository_page`, `auth::authenticate`): the console has no rules of
+//! its own.
 //! Sign-in, sessions and CSRF are [`session`]'s; every answer here carries the headers of
 //! [`security_headers`].
 
 pub mod assets;
 pub mod audit_log;
 pub mod chart;
+pub mod edges;
 pub mod github_repos;
 pub mod key_create;
 pub mod key_page;
@@ -46,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/sign-out", post(sign_in::sign_out))
         .route("/overview", get(overview::show))
         .route("/audit", get(audit_log::list))
+        .route("/edges", get(edges::list))
         .route("/github", get(github_repos::list))
         .route("/keys", get(keys_list::list).post(key_create::create))
         .route("/keys/new", get(key_create::form))
