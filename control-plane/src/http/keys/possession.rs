@@ -2,9 +2,11 @@
 //! repository) may hand in up to 1,000 of them, unauthenticated, like GitHub's credential
 //! revocation API. Every well-formed key that is live here (active or suspended) is revoked
 //! with its exchanged children, audited (actor `revoke-by-possession`, the reporter's address in
-//! the reason). The answer is the same whatever existed: `202 {"received": n}`, sent before the
-//! revocations run, so neither its body nor its timing says which keys were real. Rate limited
-//! per client address (`--possession-revocations-per-minute`).
+//! the reason). The answer is the same whatever existed: `202 {"received": n}`, sent once the
+//! revocations are committed, so an accepted batch survives a crash (with the database down the
+//! answer is a 503, and the finder hands the keys in again). Its timing can tell a live key from another only to
+//! whoever holds that key, who learns as much by using it. Rate limited per client address
+//! (`--possession-revocations-per-minute`).
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
@@ -67,13 +69,12 @@ pub async fn revoke_by_possession(
     state.possession_limiter.fail(ip);
     let received = body.keys.len();
     let reporter = ip.to_string();
-    tokio::spawn(async move {
-        for k in &body.keys {
-            if let Err(e) = revoke_one(&state, k, &reporter).await {
-                tracing::warn!(error = %e, "revoke by possession: a revocation failed");
-            }
-        }
-    });
+    // Before the answer: an accepted batch is never lost to a crash. A failure is the store's
+    // answer (503 when the database is unreachable); handing the same keys in again is harmless,
+    // as a revoked key is no longer live.
+    for k in &body.keys {
+        revoke_one(&state, k, &reporter).await?;
+    }
     Ok((StatusCode::ACCEPTED, Json(PossessionReceipt { received })))
 }
 
