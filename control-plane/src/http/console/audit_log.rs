@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::page::{Nav, PageError, encode, render, when};
+use super::page::{Nav, PageError, day_start, encode, render, when};
 use super::session::Session;
 use crate::http::audit::{ACTIONS, AuditQuery, Order, audit_page};
 use crate::http::error::ApiError;
@@ -67,26 +67,6 @@ struct AuditPage {
     filtered: bool,
     first_page: bool,
     next: Option<String>,
-}
-
-/// `YYYY-MM-DD` as the unix time of that day's start (UTC).
-pub fn day_start(s: &str) -> Result<i64, ApiError> {
-    let bad = || ApiError::invalid(format!("not a date (YYYY-MM-DD): {s}"));
-    let mut parts = s.splitn(3, '-');
-    let mut next = || {
-        parts
-            .next()
-            .and_then(|p| p.parse::<i32>().ok())
-            .ok_or_else(bad)
-    };
-    let (y, m, d) = (next()?, next()?, next()?);
-    let month = u8::try_from(m)
-        .ok()
-        .and_then(|m| time::Month::try_from(m).ok())
-        .ok_or_else(bad)?;
-    let day = u8::try_from(d).map_err(|_| bad())?;
-    let date = time::Date::from_calendar_date(y, month, day).map_err(|_| bad())?;
-    Ok(date.midnight().assume_utc().unix_timestamp())
 }
 
 /// `GET /audit`.

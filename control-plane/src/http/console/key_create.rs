@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use super::page::{Nav, PageError, render, render_with};
+use super::page::{Nav, PageError, day_start, render, render_with};
 use super::session::Session;
 use crate::domain::KeyKind;
 use crate::domain::key::parse_key_id;
@@ -91,22 +91,9 @@ fn expiry(form: &CreateForm) -> Result<(Option<i64>, Option<i64>), ApiError> {
         "30" => Ok((Some(30 * DAY), None)),
         "90" => Ok((Some(90 * DAY), None)),
         "custom" => {
-            let bad = || ApiError::invalid("pick an expiry date (YYYY-MM-DD)");
-            let mut parts = form.expiry_date.trim().splitn(3, '-');
-            let mut next = || {
-                parts
-                    .next()
-                    .and_then(|p| p.parse::<i32>().ok())
-                    .ok_or_else(bad)
-            };
-            let (y, m, d) = (next()?, next()?, next()?);
-            let month = u8::try_from(m)
-                .ok()
-                .and_then(|m| time::Month::try_from(m).ok())
-                .ok_or_else(bad)?;
-            let day = u8::try_from(d).map_err(|_| bad())?;
-            let date = time::Date::from_calendar_date(y, month, day).map_err(|_| bad())?;
-            Ok((None, Some(date.midnight().assume_utc().unix_timestamp())))
+            let at = day_start(form.expiry_date.trim())
+                .map_err(|_| ApiError::invalid("pick an expiry date (YYYY-MM-DD)"))?;
+            Ok((None, Some(at)))
         }
         _ => Err(ApiError::invalid("unknown expiry choice")),
     }

@@ -249,9 +249,7 @@ pub async fn suspend(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Result<Response, PageError> {
-    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
-    session.check_post(&headers, &csrf)?;
-    change(&state, &session, &id, Action::Suspend, None).await
+    csrf_change(&state, &session, &id, &headers, form, Action::Suspend).await
 }
 
 /// `POST /keys/{id}/reactivate`.
@@ -262,9 +260,21 @@ pub async fn reactivate(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Result<Response, PageError> {
+    csrf_change(&state, &session, &id, &headers, form, Action::Reactivate).await
+}
+
+/// A change whose form carries only the CSRF token: checked, then made.
+async fn csrf_change(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+    headers: &HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+    action: Action,
+) -> Result<Response, PageError> {
     let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
-    session.check_post(&headers, &csrf)?;
-    change(&state, &session, &id, Action::Reactivate, None).await
+    session.check_post(headers, &csrf)?;
+    change(state, session, id, action, None).await
 }
 
 /// The rotate form.
