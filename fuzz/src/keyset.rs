@@ -118,6 +118,7 @@ fn pool_digest(i: u16) -> Digest {
 
 fn entry(a: &ArbEntry) -> KeyEntry {
     KeyEntry {
+        policy: Default::default(),
         digest: pool_digest(a.digest),
         key_id: KeyId::from_bytes([a.key_id; 16]),
         owner: OWNERS[usize::from(a.owner) % OWNERS.len()].to_owned(),
@@ -332,6 +333,7 @@ pub fn check(program: &Program) {
                 let cur = model.revision.unwrap_or(0);
                 let upserts: Vec<KeyEntry> = (0..u32::from(*count % 6000))
                     .map(|i| KeyEntry {
+                        policy: Default::default(),
                         digest: bulk_digest(*seed, i),
                         key_id: KeyId::from_bytes([(i % 251) as u8; 16]),
                         owner: OWNERS[(i % 4) as usize].to_owned(),

@@ -181,6 +181,7 @@ pub fn fixture() -> &'static Fixture {
             .map(|(i, (prefix, owner, scopes, resources, expires_at))| {
                 let secret = make_key(prefix, i as u8 + 1);
                 let entry = KeyEntry {
+                    policy: Default::default(),
                     digest: keygate_protocol::Digest::of(&secret),
                     key_id: KeyId::from_bytes([i as u8 + 1; 16]),
                     owner: (*owner).to_owned(),

@@ -303,6 +303,7 @@ mod tests {
         let snapshot = Snapshot {
             revision: 1,
             entries: vec![KeyEntry {
+                policy: Default::default(),
                 digest: k.digest(),
                 key_id,
                 owner: "acme".into(),

@@ -339,6 +339,7 @@ mod tests {
         let snapshot = Snapshot {
             revision: 4,
             entries: vec![KeyEntry {
+                policy: Default::default(),
                 digest: k.digest(),
                 key_id,
                 owner: "acme".into(),

@@ -68,6 +68,7 @@ fn entry(
     id[6] |= 0x70;
     let (scopes, resources) = &grants[i % GRANTS];
     KeyEntry {
+        policy: Default::default(),
         digest,
         key_id: KeyId::from_bytes(id),
         owner: format!("org_{:05}", (i * 7919) % OWNERS),

@@ -114,6 +114,7 @@ pub fn vectors() -> Value {
 
     let d = |i: usize| Digest::of(&keys[i]);
     let e = |i: usize, owner: &str, exp: Option<u64>, scopes: &[&str], res: &[&str]| KeyEntry {
+        policy: Default::default(),
         digest: d(i),
         key_id: key_id(u8::try_from(i).expect("small")),
         owner: owner.to_owned(),
@@ -167,7 +168,7 @@ pub fn vectors() -> Value {
     b[0] = b'X';
     broken.push((b, "bad_magic"));
     let mut b = snapshot_bytes.clone();
-    b[4] = 2;
+    b[4] = 3;
     broken.push((b, "unsupported_version"));
     let mut b = snapshot_bytes.clone();
     let n = b.len();

@@ -10,6 +10,7 @@
 //! - [`scope`]: scope names and resource allow-lists.
 //! - [`wire`]: the versioned binary key-set format (snapshots and deltas); see `FORMAT.md`.
 //! - [`keyset`]: the compact in-memory key set the filter looks keys up in.
+//! - [`policy`]: a key's state (active, canary, out of credits) and rate limits, carried in the set.
 //! - [`edge`]: the headers an edge sends with each key-set call (who it is, what it holds).
 //! - [`usage`]: the size bounds of a usage report, shared by the filter and the control plane.
 
@@ -19,6 +20,7 @@ mod hex;
 mod id;
 pub mod key;
 pub mod keyset;
+pub mod policy;
 pub mod scope;
 pub mod usage;
 pub mod wire;

@@ -32,6 +32,7 @@ fn arb_entry() -> impl Strategy<Value = KeyEntry> {
         prop::collection::vec(arb_resource(), 0..4),
     )
         .prop_map(|(d, id, owner, expires_at, scopes, resources)| KeyEntry {
+            policy: Default::default(),
             digest: Digest::from_bytes(d),
             key_id: KeyId::from_bytes(id),
             owner,

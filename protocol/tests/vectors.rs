@@ -34,6 +34,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 fn entry(v: &Value) -> KeyEntry {
     KeyEntry {
+        policy: Default::default(),
         digest: Digest::from_hex(v["digest"].as_str().unwrap()).unwrap(),
         key_id: KeyId::parse(v["key_id"].as_str().unwrap()).unwrap(),
         owner: v["owner"].as_str().unwrap().to_owned(),

@@ -61,6 +61,7 @@ pub fn key_set(
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&(i as u64).to_be_bytes());
         let mut entry = KeyEntry {
+            policy: Default::default(),
             digest: k.digest(),
             key_id: KeyId::from_bytes(id),
             owner: format!("owner-{}", i % 1000),

@@ -251,6 +251,7 @@ fn under_churn_the_key_set_call_rate_per_proxy_is_bounded() {
 fn large_feed(filler: u64) -> (String, String, tokio::runtime::Runtime) {
     let real = key::generate("kg_live").unwrap_or_else(|e| panic!("generate: {e}"));
     let entry = |digest: [u8; 32], i: u64| KeyEntry {
+        policy: Default::default(),
         digest: Digest::from_bytes(digest),
         key_id: KeyId::from_bytes(u128::from(i).to_be_bytes()),
         owner: "bulk".to_owned(),

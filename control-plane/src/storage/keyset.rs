@@ -28,6 +28,7 @@ impl SetEntry {
     /// The entry in the wire format's terms (the sync feed's, and the forward-auth mirror's).
     pub fn into_wire(self) -> keygate_protocol::wire::KeyEntry {
         keygate_protocol::wire::KeyEntry {
+            policy: Default::default(),
             digest: keygate_protocol::Digest::from_bytes(self.digest),
             key_id: keygate_protocol::KeyId::from_bytes(*self.key_id.as_bytes()),
             owner: self.owner_id,

@@ -133,6 +133,7 @@ fn make_key(
     TestKey {
         secret: k.expose_secret().to_owned(),
         entry: KeyEntry {
+            policy: Default::default(),
             digest: k.digest(),
             key_id: KeyId::from_bytes([n; 16]),
             owner: owner.into(),

@@ -27,6 +27,7 @@ pub fn test_key(
     let secret = key::generate("kg_live").unwrap();
     let id = KeyId::from_bytes([n; 16]);
     let entry = KeyEntry {
+        policy: Default::default(),
         digest: secret.digest(),
         key_id: id,
         owner: owner.into(),

@@ -123,6 +123,7 @@ impl KeySet {
             scope_list: scopes.join(" ").into(),
             scopes,
             resources: v.grant_resources(g).map(Box::from).collect(),
+            policy: v.grant_policy(g),
         };
         if let Some(&id) = self.grant_ids.get(&grant) {
             return id;

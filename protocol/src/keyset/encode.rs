@@ -28,6 +28,7 @@ impl KeySet {
                     .grant(
                         g.scopes.iter().map(|s| &**s),
                         g.resources.iter().map(|s| &**s),
+                        &g.policy,
                     )
                     .expect("grants in the set were validated");
             }

@@ -1,7 +1,9 @@
-//! A key found in the set: `KeyRef`, and what it tells (id, owner, expiry, scopes, resources).
+//! A key found in the set: `KeyRef`, and what it tells (id, owner, expiry, scopes, resources,
+//! state and rate limits).
 
 use super::KeySet;
 use super::record::{Grant, Meta};
+use crate::policy::{KeyState, Policy, RateLimit};
 use crate::scope;
 use crate::{Digest, KeyId};
 
@@ -75,6 +77,24 @@ impl<'a> KeyRef<'a> {
     pub fn allows_resource(&self, resource: &str) -> bool {
         scope::resource_allowed(&self.grant().resources, resource)
     }
+
+    /// The key's state and rate limits.
+    #[must_use]
+    pub fn policy(&self) -> &'a Policy {
+        &self.grant().policy
+    }
+
+    /// The key's state (active, canary, out of credits).
+    #[must_use]
+    pub fn state(&self) -> KeyState {
+        self.grant().policy.state
+    }
+
+    /// The key's rate limits (empty for most keys).
+    #[must_use]
+    pub fn rate_limits(&self) -> &'a [RateLimit] {
+        &self.grant().policy.limits
+    }
 }
 
 impl std::fmt::Debug for KeyRef<'_> {
@@ -85,6 +105,7 @@ impl std::fmt::Debug for KeyRef<'_> {
             .field("expires_at", &self.expires_at())
             .field("scopes", &self.grant().scopes)
             .field("resources", &self.grant().resources)
+            .field("policy", &self.grant().policy)
             .finish()
     }
 }

@@ -257,6 +257,7 @@ mod tests {
 
     fn entry(i: u32, owner: &str) -> KeyEntry {
         KeyEntry {
+            policy: Default::default(),
             digest: Digest::of(&format!("key-{i}")),
             key_id: KeyId::from_bytes([7; 16]),
             owner: owner.into(),

@@ -1,5 +1,7 @@
 //! What the set stores: each key's 60-byte `Record`, the tombstones, and the interned `Grant`s.
 
+use crate::policy::Policy;
+
 /// What the set knows about a key besides its digest (28 bytes).
 #[derive(Clone, Copy)]
 pub(super) struct Meta {
@@ -30,7 +32,7 @@ pub(super) const EMPTY_RECORD: Record = Record {
     meta: TOMBSTONE_META,
 };
 
-/// What a key may do: its scopes and its resource allow-list (shared by many keys).
+/// What a key may do: its scopes, its resource allow-list and its policy (shared by many keys).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(super) struct Grant {
     pub(super) scopes: Box<[Box<str>]>,
@@ -38,4 +40,6 @@ pub(super) struct Grant {
     /// The scopes joined by single spaces, once per grant (the filter sends it upstream on every
     /// allowed request).
     pub(super) scope_list: Box<str>,
+    /// State and rate limits.
+    pub(super) policy: Policy,
 }

@@ -4,6 +4,7 @@ use super::{
     DecodeError, Delta, ENTRY_LEN, HEADER_LEN, Header, KeyEntry, MAX_STRING_LEN, Message,
     REMOVAL_LEN, Snapshot, TRAILER_LEN, peek_header,
 };
+use crate::policy::{KeyState, LimitPool, MAX_LIMITS_PER_KEY, Policy, RateLimit, validate_limits};
 use crate::scope::{
     MAX_RESOURCES_PER_KEY, MAX_SCOPES_PER_KEY, ScopeError, validate_owner, validate_resource,
     validate_scope,
@@ -29,13 +30,19 @@ fn usize_of(n: u32) -> usize {
     n as usize
 }
 
-/// One grant of a validated message: where its items start and how many of each kind.
+/// One grant of a validated message: where its items start, how many of each kind, its state.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawGrant {
     start: usize,
     scopes: usize,
     resources: usize,
+    /// Rate limits: four items each (name, limit, window, pool).
+    limits: usize,
+    state: KeyState,
 }
+
+/// The items one rate limit takes in the grant item list.
+pub(super) const LIMIT_ITEMS: usize = 4;
 
 /// One entry of a validated message, with indices into its tables.
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +82,7 @@ impl<'a> Validated<'a> {
         let string_count = usize_of(header.string_count);
         let ends = take(4 * string_count);
         let data = take(usize_of(header.string_bytes));
-        let grant_counts = take(4 * usize_of(header.grant_count));
+        let grant_counts = take(header.grant_len() * usize_of(header.grant_count));
         let items = take(4 * usize_of(header.grant_item_count));
         let entries = take(ENTRY_LEN * usize_of(header.entry_count));
         let removals = take(REMOVAL_LEN * usize_of(header.removal_count));
@@ -96,14 +103,26 @@ impl<'a> Validated<'a> {
         }
 
         let item_count = usize_of(header.grant_item_count);
+        let grant_len = header.grant_len();
         let mut grants = Vec::with_capacity(usize_of(header.grant_count));
         let mut next = 0usize;
-        for g in grant_counts.chunks_exact(4) {
+        for g in grant_counts.chunks_exact(grant_len) {
             let scopes = usize::from(u16_at(g, 0));
             let resources = usize::from(u16_at(g, 2));
+            let (state, limits) = if grant_len == 4 {
+                (KeyState::Active, 0)
+            } else {
+                let state = KeyState::from_byte(g[4]).ok_or(DecodeError::BadPolicy)?;
+                let limits = usize::from(g[5]);
+                if limits > MAX_LIMITS_PER_KEY || u16_at(g, 6) != 0 {
+                    return Err(DecodeError::BadPolicy);
+                }
+                (state, limits)
+            };
+            let strings_end = next + scopes + resources;
             if scopes > MAX_SCOPES_PER_KEY
                 || resources > MAX_RESOURCES_PER_KEY
-                || next + scopes + resources > item_count
+                || strings_end + LIMIT_ITEMS * limits > item_count
             {
                 return Err(DecodeError::BadGrantTable);
             }
@@ -117,12 +136,33 @@ impl<'a> Validated<'a> {
                 };
                 check.map_err(DecodeError::InvalidValue)?;
             }
-            grants.push(RawGrant {
+            let grant = RawGrant {
                 start: next,
                 scopes,
                 resources,
-            });
-            next += scopes + resources;
+                limits,
+                state,
+            };
+            let mut pools_ok = true;
+            let mut names_ok = true;
+            let raw: Vec<(&str, u32, u32)> = (0..limits)
+                .map(|l| {
+                    let at = strings_end + LIMIT_ITEMS * l;
+                    let item = |k: usize| u32_at(items, 4 * (at + k));
+                    pools_ok &= LimitPool::from_wire(item(3)).is_some();
+                    let name = strings.get(usize_of(item(0))).copied();
+                    names_ok &= name.is_some();
+                    (name.unwrap_or(""), item(1), item(2))
+                })
+                .collect();
+            if !names_ok {
+                return Err(DecodeError::IndexOutOfRange);
+            }
+            if !pools_ok || validate_limits(raw.into_iter()).is_err() {
+                return Err(DecodeError::BadPolicy);
+            }
+            grants.push(grant);
+            next = strings_end + LIMIT_ITEMS * limits;
         }
         if next != item_count {
             return Err(DecodeError::BadGrantTable);
@@ -225,6 +265,28 @@ impl<'a> Validated<'a> {
         (from..from + grant.resources).map(move |k| self.item(k))
     }
 
+    /// The policy of grant `g` (state and rate limits).
+    pub(crate) fn grant_policy(&self, g: usize) -> Policy {
+        let grant = self.grants[g];
+        let from = grant.start + grant.scopes + grant.resources;
+        Policy {
+            state: grant.state,
+            limits: (0..grant.limits)
+                .map(|l| {
+                    let at = from + LIMIT_ITEMS * l;
+                    let word = |k: usize| u32_at(self.items, 4 * (at + k));
+                    RateLimit {
+                        name: self.item(at).to_owned(),
+                        limit: word(1),
+                        window_s: word(2),
+                        // Checked when the message was validated.
+                        pool: LimitPool::from_wire(word(3)).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
     fn item(&self, k: usize) -> &'a str {
         self.strings[usize_of(u32_at(self.items, 4 * k))]
     }
@@ -244,18 +306,19 @@ impl<'a> Validated<'a> {
 /// A [`DecodeError`] for anything but a well-formed message of a known version.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     let v = Validated::new(bytes)?;
-    let grants: Vec<(Vec<String>, Vec<String>)> = (0..v.grant_count())
+    let grants: Vec<(Vec<String>, Vec<String>, Policy)> = (0..v.grant_count())
         .map(|g| {
             (
                 v.grant_scopes(g).map(str::to_owned).collect(),
                 v.grant_resources(g).map(str::to_owned).collect(),
+                v.grant_policy(g),
             )
         })
         .collect();
     let entries: Vec<KeyEntry> = (0..v.entry_count())
         .map(|i| {
             let e = v.entry(i);
-            let (scopes, resources) = &grants[usize_of(e.grant)];
+            let (scopes, resources, policy) = &grants[usize_of(e.grant)];
             KeyEntry {
                 digest: Digest::from_bytes(e.digest),
                 key_id: KeyId::from_bytes(e.key_id),
@@ -263,6 +326,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
                 expires_at: (e.expiry != 0).then_some(u64::from(e.expiry)),
                 scopes: scopes.clone(),
                 resources: resources.clone(),
+                policy: policy.clone(),
             }
         })
         .collect();

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use super::{
     Delta, EncodeError, Header, KeyEntry, MAGIC, MessageKind, RawEntry, Snapshot, VERSION,
+    VERSION_1,
 };
+use crate::policy::Policy;
 use crate::scope::{
     MAX_RESOURCES_PER_KEY, MAX_SCOPES_PER_KEY, validate_owner, validate_resource, validate_scope,
 };
@@ -24,9 +26,12 @@ pub(crate) struct Tables<'s> {
     string_ends: Vec<u32>,
     string_data: Vec<u8>,
     string_ids: HashMap<&'s str, u32>,
-    grant_counts: Vec<(u16, u16)>,
+    /// Per grant: scope count, resource count, state byte, limit count.
+    grant_counts: Vec<(u16, u16, u8, u8)>,
     grant_items: Vec<u32>,
     grant_ids: HashMap<Vec<u32>, u32>,
+    /// Whether a grant has a policy other than the default: the message needs version 2.
+    any_policy: bool,
 }
 
 impl<'s> Tables<'s> {
@@ -38,6 +43,7 @@ impl<'s> Tables<'s> {
             grant_counts: Vec::new(),
             grant_items: Vec::new(),
             grant_ids: HashMap::new(),
+            any_policy: false,
         }
     }
 
@@ -59,8 +65,14 @@ impl<'s> Tables<'s> {
         self.string(owner)
     }
 
-    /// Interns a grant: its scope strings, then its resource strings, then the grant itself.
-    pub(crate) fn grant<S, R>(&mut self, scopes: S, resources: R) -> Result<u32, EncodeError>
+    /// Interns a grant: its scope strings, then its resource strings and limit names, then the
+    /// grant itself.
+    pub(crate) fn grant<S, R>(
+        &mut self,
+        scopes: S,
+        resources: R,
+        policy: &'s Policy,
+    ) -> Result<u32, EncodeError>
     where
         S: ExactSizeIterator<Item = &'s str>,
         R: ExactSizeIterator<Item = &'s str>,
@@ -72,9 +84,13 @@ impl<'s> Tables<'s> {
         if n_resources > MAX_RESOURCES_PER_KEY {
             return Err(EncodeError::TooManyResources);
         }
-        let mut key = Vec::with_capacity(1 + n_scopes + n_resources);
-        // The scope count first, so that ([a], [b]) and ([a, b], []) differ.
+        policy.validate().map_err(EncodeError::InvalidPolicy)?;
+        let n_limits = policy.limits.len();
+        let mut key = Vec::with_capacity(3 + n_scopes + n_resources + 4 * n_limits);
+        // The counts and state first, so that ([a], [b]) and ([a, b], []) differ.
         key.push(n_scopes as u32);
+        key.push(n_resources as u32);
+        key.push(u32::from(policy.state.to_byte()));
         for s in scopes {
             validate_scope(s).map_err(EncodeError::InvalidValue)?;
             key.push(self.string(s)?);
@@ -83,17 +99,25 @@ impl<'s> Tables<'s> {
             validate_resource(r).map_err(EncodeError::InvalidValue)?;
             key.push(self.string(r)?);
         }
+        for l in &policy.limits {
+            key.extend([self.string(&l.name)?, l.limit, l.window_s, l.pool.to_wire()]);
+        }
         if let Some(&id) = self.grant_ids.get(&key) {
             return Ok(id);
         }
         let id = u32::try_from(self.grant_counts.len()).map_err(|_| EncodeError::TooLarge)?;
-        self.grant_items.extend_from_slice(&key[1..]);
+        self.grant_items.extend_from_slice(&key[3..]);
         if u32::try_from(self.grant_items.len()).is_err() {
             return Err(EncodeError::TooLarge);
         }
-        // Both counts were checked against limits that fit in u16.
-        self.grant_counts
-            .push((n_scopes as u16, n_resources as u16));
+        // The counts were checked against limits that fit in u16 (scopes, resources) and u8.
+        self.grant_counts.push((
+            n_scopes as u16,
+            n_resources as u16,
+            policy.state.to_byte(),
+            n_limits as u8,
+        ));
+        self.any_policy |= !policy.is_default();
         self.grant_ids.insert(key, id);
         Ok(id)
     }
@@ -113,9 +137,14 @@ where
     I: ExactSizeIterator<Item = RawEntry>,
 {
     let too_large = |_| EncodeError::TooLarge;
+    let version = if tables.any_policy {
+        VERSION
+    } else {
+        VERSION_1
+    };
     let header = Header {
         kind,
-        version: VERSION,
+        version,
         revision,
         base_revision: Some(base_revision),
         string_count: u32::try_from(tables.string_ends.len()).map_err(too_large)?,
@@ -128,7 +157,7 @@ where
     let len = usize::try_from(header.message_len()).map_err(|_| EncodeError::TooLarge)?;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.push(kind.to_byte());
     out.push(0);
     out.extend_from_slice(&revision.to_le_bytes());
@@ -147,9 +176,12 @@ where
         out.extend_from_slice(&end.to_le_bytes());
     }
     out.extend_from_slice(&tables.string_data);
-    for (s, r) in &tables.grant_counts {
+    for &(s, r, state, limits) in &tables.grant_counts {
         out.extend_from_slice(&s.to_le_bytes());
         out.extend_from_slice(&r.to_le_bytes());
+        if version != VERSION_1 {
+            out.extend_from_slice(&[state, limits, 0, 0]);
+        }
     }
     for item in &tables.grant_items {
         out.extend_from_slice(&item.to_le_bytes());
@@ -187,8 +219,9 @@ fn encode_entries<'e>(
     let too_large = |_| EncodeError::TooLarge;
     let mut owner_ids: HashMap<&'e str, u32> = HashMap::new();
     let mut owners: Vec<&'e str> = Vec::new();
-    let mut grant_ids: HashMap<(&'e [String], &'e [String]), u32> = HashMap::new();
-    let mut grants: Vec<(&'e [String], &'e [String])> = Vec::new();
+    type GrantKey<'e> = (&'e [String], &'e [String], &'e Policy);
+    let mut grant_ids: HashMap<GrantKey<'e>, u32> = HashMap::new();
+    let mut grants: Vec<GrantKey<'e>> = Vec::new();
     let mut records = Vec::with_capacity(entries.len());
     for e in entries {
         let owner = match owner_ids.get(e.owner.as_str()) {
@@ -201,7 +234,7 @@ fn encode_entries<'e>(
                 o
             }
         };
-        let key = (&e.scopes[..], &e.resources[..]);
+        let key = (&e.scopes[..], &e.resources[..], &e.policy);
         let grant = match grant_ids.get(&key) {
             Some(&g) => g,
             None => {
@@ -232,10 +265,11 @@ fn encode_entries<'e>(
         }
         let g = &mut grant_wire[r.grant as usize];
         if *g == u32::MAX {
-            let (scopes, resources) = grants[r.grant as usize];
+            let (scopes, resources, policy) = grants[r.grant as usize];
             *g = tables.grant(
                 scopes.iter().map(String::as_str),
                 resources.iter().map(String::as_str),
+                policy,
             )?;
         }
         r.owner = *o;

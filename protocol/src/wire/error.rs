@@ -1,5 +1,6 @@
 //! Why bytes are not a message (`DecodeError`) or a message cannot be written (`EncodeError`).
 
+use crate::policy::PolicyError;
 use crate::scope::ScopeError;
 
 /// Why bytes are not a valid message. Nothing is applied when decoding fails.
@@ -53,6 +54,9 @@ pub enum DecodeError {
     /// An owner, scope or resource that is not valid.
     #[error("invalid value: {0}")]
     InvalidValue(ScopeError),
+    /// A grant's state, rate limits or reserved bytes that are not valid (version 2).
+    #[error("a grant's policy is not valid")]
+    BadPolicy,
 }
 
 impl DecodeError {
@@ -78,6 +82,7 @@ impl DecodeError {
             Self::InvalidValue(ScopeError::BadOwner) => "invalid_owner",
             Self::InvalidValue(ScopeError::BadScope) => "invalid_scope",
             Self::InvalidValue(ScopeError::BadResource) => "invalid_resource",
+            Self::BadPolicy => "bad_policy",
         }
     }
 }
@@ -106,6 +111,9 @@ pub enum EncodeError {
     /// A table would exceed `u32::MAX` items or bytes.
     #[error("the message is too large for the format")]
     TooLarge,
+    /// A key's policy that is not valid.
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(PolicyError),
 }
 
 impl EncodeError {
@@ -122,6 +130,7 @@ impl EncodeError {
             Self::ExpiryOutOfRange => "expiry_out_of_range",
             Self::BadRevision => "bad_revision",
             Self::TooLarge => "too_large",
+            Self::InvalidPolicy(e) => e.code(),
         }
     }
 }

@@ -3,6 +3,7 @@
 use super::decode::{u16_at, u32_at, u64_at};
 use super::{
     DecodeError, ENTRY_LEN, HEADER_LEN, MAGIC, MessageKind, REMOVAL_LEN, TRAILER_LEN, VERSION,
+    VERSION_1,
 };
 
 /// The fixed header of a message, as read by [`peek_header`].
@@ -10,7 +11,7 @@ use super::{
 pub struct Header {
     /// Snapshot or delta.
     pub kind: MessageKind,
-    /// The format version (always [`VERSION`] once read).
+    /// The format version ([`VERSION_1`] or [`VERSION`]).
     pub version: u16,
     /// The revision the message brings a reader to.
     pub revision: u64,
@@ -31,13 +32,19 @@ pub struct Header {
 }
 
 impl Header {
+    /// The size of one grant in the grant table: 4 bytes in version 1, 8 in version 2.
+    #[must_use]
+    pub const fn grant_len(&self) -> usize {
+        if self.version == VERSION_1 { 4 } else { 8 }
+    }
+
     /// The total message length these counts imply, in bytes.
     #[must_use]
     pub fn message_len(&self) -> u64 {
         HEADER_LEN as u64
             + 4 * u64::from(self.string_count)
             + u64::from(self.string_bytes)
-            + 4 * u64::from(self.grant_count)
+            + self.grant_len() as u64 * u64::from(self.grant_count)
             + 4 * u64::from(self.grant_item_count)
             + ENTRY_LEN as u64 * u64::from(self.entry_count)
             + REMOVAL_LEN as u64 * u64::from(self.removal_count)
@@ -63,7 +70,7 @@ pub fn peek_header(bytes: &[u8]) -> Result<Header, DecodeError> {
         return Err(DecodeError::Truncated);
     }
     let version = u16_at(bytes, 4);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     let kind = match bytes[6] {

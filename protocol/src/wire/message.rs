@@ -1,6 +1,7 @@
 //! The values a message carries: `KeyEntry`, `Snapshot`, `Delta`, `Message` and `MessageKind`.
 
 use super::EncodeError;
+use crate::policy::Policy;
 use crate::{Digest, KeyId};
 
 /// One key in a snapshot or delta.
@@ -18,6 +19,8 @@ pub struct KeyEntry {
     pub scopes: Vec<String>,
     /// Resource allow-list, in order (at most 256; empty allows every resource).
     pub resources: Vec<String>,
+    /// State and rate limits ([`Policy::default`] for an active key without limits).
+    pub policy: Policy,
 }
 
 /// The whole key set at `revision`.

@@ -15,6 +15,7 @@ pub fn entry(d: Digest, owner: &str, scopes: &[&str], resources: &[&str]) -> Key
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&d.as_bytes()[..8]);
     KeyEntry {
+        policy: Default::default(),
         digest: d,
         key_id: KeyId::from_bytes(id),
         owner: owner.to_owned(),
