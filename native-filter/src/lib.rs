@@ -41,6 +41,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod canary;
 pub mod config;
 #[cfg(not(test))]
 mod ffi;

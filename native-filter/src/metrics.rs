@@ -15,6 +15,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use keygate_filter_core::canary::metrics as canary_metrics;
 use keygate_filter_core::sync::{SyncFailure, metrics as sync_metrics};
 use keygate_filter_core::worker::metrics as usage_metrics;
 
@@ -40,6 +41,16 @@ pub fn counter_names() -> Vec<String> {
     .map(str::to_owned)
     .to_vec();
     names.extend(SyncFailure::ALL.iter().map(|f| f.metric_name()));
+    names.extend(
+        [
+            canary_metrics::HITS,
+            canary_metrics::HITS_REPORTED,
+            canary_metrics::REPORTS_SENT,
+            canary_metrics::REPORTS_FAILED,
+            canary_metrics::HITS_DROPPED,
+        ]
+        .map(str::to_owned),
+    );
     names
 }
 

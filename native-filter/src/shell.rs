@@ -30,6 +30,10 @@ pub trait Stream {
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// Counts one decision with `reason`.
     fn count(&mut self, reason: Reason);
+    /// The client's address, Envoy's `source.address` (for a canary hit); `None` if unknown.
+    fn client_address(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// What the filter tells Envoy after the request headers.
@@ -121,6 +125,14 @@ impl Keygate {
                 Verdict::Continue
             }
             Decision::Deny(d) => {
+                // Before the reply: the request's view may borrow Envoy's header map.
+                if let (Some(key), Keys::Synced(sync)) = (d.canary, &self.keys) {
+                    let client = stream.client_address().unwrap_or_default();
+                    let user_agent = req.header("user-agent").unwrap_or("");
+                    sync.shared_state()
+                        .canary
+                        .push(key, now_ms, req.path, &client, user_agent);
+                }
                 send_deny(&d, stream);
                 Verdict::Stop
             }

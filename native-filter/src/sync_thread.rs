@@ -32,6 +32,7 @@ use keygate_filter_core::decision::Reason;
 use keygate_filter_core::host::{Host, HttpResponse, LogLevel};
 use keygate_filter_core::worker::Worker;
 
+use crate::canary::CanaryInbox;
 use crate::host::{LogFn, NativeHost};
 use crate::http::{Client, Trust};
 use crate::metrics::{ConfigSinks, LIVE_SYNCS, SyncMetrics};
@@ -42,6 +43,8 @@ use crate::usage::UsageShards;
 enum Event {
     /// The answer to the call with this token.
     Response(u32, HttpResponse),
+    /// A request left a canary hit in [`Shared::canary`]: report it now.
+    Canary,
     /// Stop.
     Stop,
 }
@@ -57,6 +60,8 @@ pub struct Shared {
     pub metrics: Arc<SyncMetrics>,
     /// Where they are flushed: the live configurations sharing this sync.
     pub sinks: ConfigSinks,
+    /// Canary hits left by the request path.
+    pub canary: CanaryInbox,
 }
 
 /// A running sync; stopped when dropped.
@@ -73,6 +78,7 @@ impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Event::Response(t, r) => write!(f, "Response({t}, {:?})", r.status),
+            Event::Canary => f.write_str("Canary"),
             Event::Stop => f.write_str("Stop"),
         }
     }
@@ -138,6 +144,13 @@ impl KeySync {
         let shared = Arc::new(Shared::default());
         let client = Client::new(url, trust);
         let (tx, rx) = mpsc::channel();
+        let wake = Mutex::new(tx.clone());
+        shared.canary.set_wake(Box::new(move || {
+            let _ = wake
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(Event::Canary);
+        }));
         let thread = {
             let shared = Arc::clone(&shared);
             let client = client.clone();
@@ -194,6 +207,18 @@ impl Drop for KeySync {
     }
 }
 
+/// Hands the hits the request path left to the core's reporter (which bounds and counts them).
+fn take_canary_hits(shared: &Shared, worker: &mut Worker, host: &mut NativeHost) {
+    let (hits, dropped) = shared.canary.take();
+    if dropped > 0 {
+        host.counter_add(keygate_filter_core::canary::metrics::HITS, dropped);
+        host.counter_add(keygate_filter_core::canary::metrics::HITS_DROPPED, dropped);
+    }
+    for h in hits {
+        worker.record_canary_hit(host, h.key, h.now_ms, &h.path, &h.client, &h.user_agent);
+    }
+}
+
 /// The sync thread.
 fn run(
     shared: &Shared,
@@ -216,7 +241,12 @@ fn run(
             Ok(Event::Response(token, response)) => {
                 worker.on_response(&mut host, token, &response);
             }
+            Ok(Event::Canary) => {
+                take_canary_hits(shared, &mut worker, &mut host);
+                worker.send_canary_hits(&mut host);
+            }
             Err(RecvTimeoutError::Timeout) => {
+                take_canary_hits(shared, &mut worker, &mut host);
                 shared.usage.drain(|key, secs| {
                     worker.record_use(Reason::Allowed, Some(key), secs.saturating_mul(1000));
                 });

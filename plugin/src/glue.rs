@@ -404,6 +404,27 @@ impl Replies {
     }
 }
 
+impl KeygateHttp {
+    /// Queues a canary hit (its client: Envoy's `source.address`, the downstream address after
+    /// the connection manager's `X-Forwarded-For` handling, never a header the client sets); the
+    /// worker wakes its root context through its own queue to send the report at once.
+    fn report_canary(&self, key: keygate_protocol::KeyId, req: &Request<'_>, now: u64) {
+        let client = hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let user_agent = req.header("user-agent").unwrap_or("");
+        let mut metrics = self.state.metrics.borrow_mut();
+        let mut host = ProxyHost {
+            metrics: &mut metrics,
+        };
+        if let Some(w) = self.state.worker.borrow_mut().as_mut() {
+            w.record_canary_hit(&mut host, key, now, req.path, &client, user_agent);
+        }
+    }
+}
+
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // The host's buffer is read in place; a malformed one reads as no headers (a 401).
@@ -411,7 +432,7 @@ impl HttpContext for KeygateHttp {
         let (view, as_sent) = pairs::parse_str(&mut raw).unwrap_or_default();
         let req = Request::from_pairs(view);
         let now = self.state.clock_ms.get();
-        let (reason, key_id) = {
+        let (reason, key_id, canary) = {
             let guard = self.state.worker.borrow();
             let Some(worker) = guard.as_ref() else {
                 let deny = Deny::new(Reason::KeysetUnavailable, "the filter is not configured");
@@ -450,16 +471,19 @@ impl HttpContext for KeygateHttp {
                             value,
                         );
                     }
-                    (reason, a.key_id())
+                    (reason, a.key_id(), None)
                 }
                 Decision::Deny(d) => {
                     self.state.replies.borrow_mut().send(&d);
-                    (reason, None)
+                    (reason, None, d.canary)
                 }
             }
         };
         if let Some(count) = self.state.decisions.borrow_mut().get_mut(reason.index()) {
             *count += 1;
+        }
+        if let Some(key) = canary {
+            self.report_canary(key, &req, now);
         }
         if reason.is_allow() {
             if let Some(w) = self.state.worker.borrow_mut().as_mut() {

@@ -12,8 +12,10 @@
 //! - [`keyset`]: the compact in-memory key set the filter looks keys up in.
 //! - [`policy`]: a key's state (active, canary, out of credits) and rate limits, carried in the set.
 //! - [`edge`]: the headers an edge sends with each key-set call (who it is, what it holds).
+//! - [`canary`]: the canary hit report: what a hit carries, its size bounds.
 //! - [`usage`]: the size bounds of a usage report, shared by the filter and the control plane.
 
+pub mod canary;
 mod digest;
 pub mod edge;
 mod hex;

@@ -114,9 +114,12 @@ pub enum KeysCommand {
         /// Name.
         #[arg(long)]
         name: String,
-        /// `workspace`, `repo` or `edge`.
+        /// `workspace`, `repo`, `edge` or `canary`.
         #[arg(long, default_value = "workspace")]
         kind: String,
+        /// A canary key (`--kind canary`): never valid; presenting it raises `key.canary_used`.
+        #[arg(long, conflicts_with = "kind")]
+        canary: bool,
         /// Scope (repeatable).
         #[arg(long = "scope")]
         scopes: Vec<String>,
@@ -369,6 +372,7 @@ pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, C
         KeysCommand::Create {
             name,
             kind,
+            canary,
             scopes,
             resources,
             expires_in,
@@ -377,6 +381,7 @@ pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, C
             workspace,
             wait,
         } => {
+            let kind = if canary { "canary".to_owned() } else { kind };
             let mut body =
                 json!({"name": name, "kind": kind, "scopes": scopes, "resources": resources});
             if let Some(e) = expires_in {

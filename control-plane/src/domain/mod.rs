@@ -2,6 +2,7 @@
 //! non-escalation rules, exchange limits and the verification decision. No I/O here; the HTTP
 //! and SQL layers only call these functions.
 
+pub mod canary;
 pub mod edges;
 pub mod key;
 pub mod leaks;
@@ -41,6 +42,9 @@ pub enum KeyKind {
     Repo,
     /// The credential a filter uses to sync the key set and report usage.
     Edge,
+    /// A canary: looks like any key, is never valid; presenting it raises `key.canary_used`
+    /// (`domain::canary`).
+    Canary,
 }
 
 impl KeyKind {
@@ -50,6 +54,7 @@ impl KeyKind {
             Self::Workspace => "workspace",
             Self::Repo => "repo",
             Self::Edge => "edge",
+            Self::Canary => "canary",
         }
     }
     /// Parses a stored name.
@@ -58,6 +63,7 @@ impl KeyKind {
             "workspace" => Some(Self::Workspace),
             "repo" => Some(Self::Repo),
             "edge" => Some(Self::Edge),
+            "canary" => Some(Self::Canary),
             _ => None,
         }
     }

@@ -22,8 +22,12 @@ pub const KEY_ROTATED: &str = "key.rotated";
 /// A key was reported leaked (GitHub secret scanning), with the public URL and source.
 pub const KEY_LEAKED: &str = "key.leaked";
 
+/// A canary key was presented (at an edge or to the control plane), with path, client and
+/// user agent (`domain::canary`).
+pub const KEY_CANARY_USED: &str = super::canary::CANARY_ACTION;
+
 /// Every event type an endpoint may subscribe to.
-pub const EVENT_TYPES: [&str; 7] = [
+pub const EVENT_TYPES: [&str; 8] = [
     KEY_CREATED,
     KEY_UPDATED,
     KEY_SUSPENDED,
@@ -31,6 +35,7 @@ pub const EVENT_TYPES: [&str; 7] = [
     KEY_REVOKED,
     KEY_ROTATED,
     KEY_LEAKED,
+    KEY_CANARY_USED,
 ];
 
 /// The event an audited action raises, if any (the GitHub broker's actions raise none).
@@ -43,6 +48,7 @@ pub fn event_for_action(action: &str) -> Option<&'static str> {
         "key.revoke" => KEY_REVOKED,
         "key.rotate" => KEY_ROTATED,
         super::leaks::LEAK_ACTION => KEY_LEAKED,
+        super::canary::CANARY_ACTION => KEY_CANARY_USED,
         _ => return None,
     })
 }
@@ -72,7 +78,7 @@ pub struct EventFacts<'a> {
 /// audit log's view of the key: id, name, display prefix, scopes, status… never the secret or
 /// its digest.
 pub fn event_payload(f: &EventFacts<'_>) -> Value {
-    json!({
+    let mut payload = json!({
         "id": f.id,
         "type": f.event_type,
         "timestamp": f.timestamp,
@@ -83,7 +89,14 @@ pub fn event_payload(f: &EventFacts<'_>) -> Value {
             "key": f.key,
             "reason": f.reason,
         },
-    })
+    });
+    // A canary hit's facts (path, client, user agent, who saw it) are its audit reason's JSON.
+    if f.action == super::canary::CANARY_ACTION
+        && let Some(hit) = super::canary::details(f.reason)
+    {
+        payload["data"]["hit"] = hit;
+    }
+    payload
 }
 
 /// A webhook endpoint's input, parsed.

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::domain::key::{Actor, format_key_id};
 use crate::domain::{Grant, KeyKind, KeyStatus};
 use crate::http::error::ApiError;
+use crate::runtime::canary::Seen;
 use crate::runtime::clock::unix_now;
 use crate::runtime::state::AppState;
 use crate::storage::AuditEntry;
@@ -183,7 +184,8 @@ impl FromRequestParts<AppState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let ip = client_ip(parts);
         check_limit(state, ip)?;
-        let r = authenticate(state, presented_token(&parts.headers)).await;
+        let seen = seen_in(parts);
+        let r = authenticate(state, presented_token(&parts.headers), Some(&seen)).await;
         note_failure(state, ip, r)
     }
 }
@@ -218,7 +220,7 @@ pub async fn authenticate_proxy(state: &AppState, parts: &Parts) -> Result<(), A
     };
     let r = match token {
         None => Err(unauthenticated("no proxy credential")),
-        Some(token) => match authenticate(state, Some(token)).await {
+        Some(token) => match authenticate(state, Some(token), Some(&seen_in(parts))).await {
             Ok(c) if c.kind == CallerKind::Key(KeyKind::Edge) => Ok(()),
             Ok(_) => Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
@@ -239,6 +241,7 @@ pub async fn authenticate_proxy(state: &AppState, parts: &Parts) -> Result<(), A
 pub(crate) async fn authenticate(
     state: &AppState,
     token: Option<&str>,
+    seen: Option<&Seen>,
 ) -> Result<Caller, ApiError> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(ApiError::unauthenticated(
@@ -254,16 +257,30 @@ pub(crate) async fn authenticate(
     }
     let parsed = key::parse(token).map_err(|_| ApiError::unauthenticated("invalid credential"))?;
     let admin_key = parsed.prefix() == crate::runtime::state::ADMIN_KEY_PREFIX;
-    authenticate_digest(state, &digest, admin_key).await
+    authenticate_digest(state, &digest, admin_key, seen).await
+}
+
+/// Where a request presented its credential (path, client, user agent), for a canary hit.
+pub(crate) fn seen_in(parts: &Parts) -> Seen {
+    Seen::new(
+        parts.uri.path(),
+        &client_ip(parts).to_string(),
+        parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 /// Authenticates by the digest of a credential presented earlier (a console session keeps only
 /// that): the admin token, a generated admin key (looked up when `admin_key`), else a stored key,
-/// which must still be active and unexpired.
+/// which must still be active and unexpired. A canary is refused exactly as an unknown key, and
+/// raises its hit (with `seen`, where it was presented) in the background.
 pub(crate) async fn authenticate_digest(
     state: &AppState,
     digest: &Digest,
     admin_key: bool,
+    seen: Option<&Seen>,
 ) -> Result<Caller, ApiError> {
     if state.admin_token.as_ref().is_some_and(|d| d == digest) {
         return Ok(admin_caller("admin".into()));
@@ -279,6 +296,12 @@ pub(crate) async fn authenticate_digest(
         return Err(ApiError::unauthenticated("invalid credential"));
     };
     let (k, grace_until) = &*found;
+    if !crate::domain::canary::can_pass(k.kind) {
+        if let Some(seen) = seen {
+            state.canaries.raise(&state.db, k.id, seen.clone());
+        }
+        return Err(ApiError::unauthenticated("invalid credential"));
+    }
     let now = unix_now();
     let expires_at = match (k.expires_at, grace_until) {
         (Some(a), Some(b)) => Some(a.min(*b)),

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod canary;
 pub mod console;
 pub mod edges;
 pub mod error;
@@ -66,6 +67,13 @@ pub fn app(state: AppState) -> Router {
             "/v1/usage",
             post(keyset::post_usage).layer(DefaultBodyLimit::max(
                 body_limit.max(keygate_protocol::usage::MAX_BODY_BYTES),
+            )),
+        )
+        // A full canary report (keygate_protocol::canary) may exceed the general body limit.
+        .route(
+            canary::PATH,
+            post(canary::post_canary_hits).layer(DefaultBodyLimit::max(
+                body_limit.max(keygate_protocol::canary::MAX_BODY_BYTES),
             )),
         )
         // GitHub batches matches: a larger body than the general limit.

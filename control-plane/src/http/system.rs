@@ -53,6 +53,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         {
             let mut body = state.metrics.render(state.db.known_revision());
             state.github.metrics().render(&mut body);
+            state.canaries.render(&mut body);
             if let Some(fa) = state.forward_auth() {
                 fa.render_metrics(&mut body);
             }
@@ -112,6 +113,7 @@ impl Modify for BearerAuth {
         crate::http::edges::key_propagation,
         crate::http::keyset::get_keyset,
         crate::http::keyset::post_usage,
+        crate::http::canary::post_canary_hits,
         crate::http::forward_auth::forward_auth,
         crate::http::forward_auth::forward_auth_ext_authz,
         healthz,

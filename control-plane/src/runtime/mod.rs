@@ -2,6 +2,7 @@
 //! the edge registry, the verification cache, the usage buffer, the failed-authentication limiter, metrics, the
 //! drain signal and the background tasks. Below HTTP; above storage and domain.
 
+pub mod canary;
 pub mod clock;
 pub mod config;
 pub mod drain;

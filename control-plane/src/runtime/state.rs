@@ -49,6 +49,8 @@ pub struct AppState {
     pub(crate) alerts: Arc<super::secret_scanning::AlertVerifier>,
     /// The edge registry's writer and reader.
     pub(crate) edges: Arc<Edges>,
+    /// Canary hits: counters, and the writer of the hits this process sees itself.
+    pub(crate) canaries: Arc<super::canary::Canaries>,
 }
 
 /// A bootstrap admin key generated on first start; its secret must be shown exactly once.
@@ -147,6 +149,7 @@ impl AppState {
             github: Arc::new(github),
             forward_auth: forward_auth.map(Arc::new),
             edges: Arc::new(Edges::new(config_rules)),
+            canaries: Arc::default(),
             db,
         };
         Ok((state, generated))

@@ -22,13 +22,15 @@ pub struct SetEntry {
     pub scopes: Vec<String>,
     /// Allow-list.
     pub resources: Vec<String>,
+    /// A canary key (`domain::canary`): in the set so edges recognize it, never valid.
+    pub canary: bool,
 }
 
 impl SetEntry {
     /// The entry in the wire format's terms (the sync feed's, and the forward-auth mirror's).
     pub fn into_wire(self) -> keygate_protocol::wire::KeyEntry {
         keygate_protocol::wire::KeyEntry {
-            policy: Default::default(),
+            policy: crate::storage::canary::policy_of(self.canary),
             digest: keygate_protocol::Digest::from_bytes(self.digest),
             key_id: keygate_protocol::KeyId::from_bytes(*self.key_id.as_bytes()),
             owner: self.owner_id,
@@ -63,12 +65,12 @@ pub enum SetRead {
 }
 
 const SET_SELECT: &str = "SELECT k.digest AS digest, k.id AS id, k.owner_id AS owner_id, k.expires_at AS expires_at, \
-     k.scopes AS scopes, k.resources AS resources FROM keys k \
+     k.scopes AS scopes, k.resources AS resources, k.kind AS kind FROM keys k \
      WHERE k.status = 'active' AND k.kind <> 'edge' AND (k.expires_at IS NULL OR k.expires_at > $1) \
      UNION ALL \
      SELECT r.digest AS digest, k.id AS id, k.owner_id AS owner_id, \
      CASE WHEN k.expires_at IS NULL OR k.expires_at > r.grace_until THEN r.grace_until ELSE k.expires_at END AS expires_at, \
-     k.scopes AS scopes, k.resources AS resources FROM retired_secrets r JOIN keys k ON k.id = r.key_id \
+     k.scopes AS scopes, k.resources AS resources, k.kind AS kind FROM retired_secrets r JOIN keys k ON k.id = r.key_id \
      WHERE k.status = 'active' AND k.kind <> 'edge' AND r.grace_until > $1 \
      AND (k.expires_at IS NULL OR k.expires_at > $1)";
 
@@ -80,6 +82,7 @@ macro_rules! set_entry_from_row {
         let id: Vec<u8> = row.try_get("id")?;
         let scopes: String = row.try_get("scopes")?;
         let resources: String = row.try_get("resources")?;
+        let kind: String = row.try_get("kind")?;
         SetEntry {
             digest: digest.try_into().map_err(|_| bad("digest"))?,
             key_id: Uuid::from_slice(&id).map_err(|_| bad("id"))?,
@@ -87,6 +90,7 @@ macro_rules! set_entry_from_row {
             expires_at: row.try_get("expires_at")?,
             scopes: serde_json::from_str(&scopes).map_err(|_| bad("scopes"))?,
             resources: serde_json::from_str(&resources).map_err(|_| bad("resources"))?,
+            canary: kind == crate::domain::KeyKind::Canary.as_str(),
         }
     }};
 }

@@ -10,6 +10,7 @@
 //! which wakes long-polls and retires cached verifications. Errors are the store's own
 //! ([`StoreError`]); the HTTP layer maps them to answers.
 
+pub mod canary;
 mod conditions;
 pub mod console_sessions;
 pub mod edges;

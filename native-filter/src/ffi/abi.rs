@@ -80,7 +80,16 @@ pub(super) const LOG_ERROR: u32 = 4;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 pub(super) const METRICS_SUCCESS: u32 = 0;
 
+/// `envoy_dynamic_module_type_attribute_id_SourceAddress` (`source.address`).
+pub(super) const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
+
 unsafe extern "C" {
+    /// An attribute's string value; `false` when it has none or is not a string.
+    pub(super) fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter_envoy_ptr: *mut c_void,
+        attribute_id: u32,
+        result: *mut Buffer,
+    ) -> bool;
     pub(super) fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
     pub(super) fn envoy_dynamic_module_callback_http_get_headers_size(
         filter_envoy_ptr: *mut c_void,

@@ -128,6 +128,23 @@ struct EnvoyStream<'a> {
 }
 
 impl Stream for EnvoyStream<'_> {
+    fn client_address(&mut self) -> Option<String> {
+        let mut value = Buffer::NULL;
+        // SAFETY: `filter` is the live filter of the current hook; Envoy writes a buffer it
+        // owns, valid during the hook, copied here before returning.
+        unsafe {
+            if !envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.filter,
+                ATTRIBUTE_SOURCE_ADDRESS,
+                &raw mut value,
+            ) || value.ptr.is_null()
+            {
+                return None;
+            }
+            Some(String::from_utf8_lossy(value.bytes()).into_owned())
+        }
+    }
+
     fn remove_header(&mut self, name: &[u8]) {
         // SAFETY: `filter` is the live filter of the current hook; the key buffer is alive for
         // the call (Envoy copies it); a null value asks for a removal.

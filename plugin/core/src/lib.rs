@@ -11,6 +11,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod canary;
 pub mod config;
 pub mod decision;
 pub mod host;

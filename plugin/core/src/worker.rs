@@ -5,6 +5,7 @@
 
 use keygate_protocol::KeyId;
 
+use crate::canary::CanaryReporter;
 use crate::config::Config;
 use crate::decision::{Decision, Reason, Request, decide};
 use crate::host::{Host, HttpCall, HttpResponse, LogLevel};
@@ -32,6 +33,7 @@ pub struct Worker {
     usage: UsageTracker<KeyId>,
     usage_token: Option<u32>,
     next_usage_ms: u64,
+    canary: CanaryReporter,
 }
 
 impl Worker {
@@ -45,6 +47,7 @@ impl Worker {
             usage: UsageTracker::new(worker_id),
             usage_token: None,
             next_usage_ms,
+            canary: CanaryReporter::new(worker_id),
         }
     }
 
@@ -73,9 +76,47 @@ impl Worker {
         self.syncer.wake(host);
     }
 
-    /// The leader woke this VM through its queue (see [`Syncer::on_queue_ready`]).
+    /// The leader woke this VM through its queue (see [`Syncer::on_queue_ready`]), or a
+    /// request of this VM did, to report a canary hit at once.
     pub fn on_queue_ready(&mut self, host: &mut impl Host) {
         self.syncer.on_queue_ready(host, &self.config);
+        self.send_canary_hits(host);
+    }
+
+    /// The canary reporter (for inspection).
+    pub fn canary(&self) -> &CanaryReporter {
+        &self.canary
+    }
+
+    /// A canary `key` was presented (the decision denied it as [`Reason::CanaryKey`]): the hit
+    /// is queued, and this VM is woken through its own queue so the report goes out from its
+    /// root context at once (a call made from a request's context would die with the request);
+    /// without a queue it goes at the next tick (every 20-100 ms). `path` is `:path` (the query
+    /// is cut off), `client` the client's address as the shell read it.
+    pub fn record_canary_hit(
+        &mut self,
+        host: &mut impl Host,
+        key: KeyId,
+        now_ms: u64,
+        path: &str,
+        client: &str,
+        user_agent: &str,
+    ) {
+        if self
+            .canary
+            .record(host, key, now_ms, path, client, user_agent)
+        {
+            self.syncer.wake_self(host);
+        }
+    }
+
+    /// Sends the waiting canary hits now, unless a report is in flight or a retry is not due.
+    pub fn send_canary_hits(&mut self, host: &mut impl Host) {
+        if self.canary.waiting() == 0 {
+            return;
+        }
+        let edge_id = self.syncer.edge_id(host);
+        self.canary.send(host, &self.config, edge_id.as_deref());
     }
 
     /// Decides one request at `now_ms`.
@@ -104,6 +145,7 @@ impl Worker {
             self.next_usage_ms = now + self.config.usage_report_interval_ms;
             self.send_usage(host);
         }
+        self.send_canary_hits(host);
     }
 
     fn send_usage(&mut self, host: &mut impl Host) {
@@ -187,8 +229,14 @@ impl Worker {
         }
     }
 
-    /// The answer to a call this worker made (key-set or usage).
+    /// The answer to a call this worker made (key-set, usage or canary hits).
     pub fn on_response(&mut self, host: &mut impl Host, token: u32, resp: &HttpResponse) {
+        if self.canary.owns(token) {
+            let edge_id = self.syncer.edge_id(host);
+            self.canary
+                .on_response(host, &self.config, resp.status, edge_id.as_deref());
+            return;
+        }
         if self.usage_token == Some(token) {
             self.usage_token = None;
             self.on_usage_response(host, resp.status);

@@ -180,7 +180,7 @@ impl FromRequestParts<AppState> for Session {
             .await?
             .ok_or_else(signed_out)?;
         let digest = Digest::from_bytes(session.credential_digest);
-        let caller = authenticate_digest(state, &digest, true)
+        let caller = authenticate_digest(state, &digest, true, None)
             .await
             .map_err(PageError)?;
         Ok(Self {

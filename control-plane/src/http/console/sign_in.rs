@@ -49,7 +49,14 @@ pub async fn submit(
     check_limit(&state, peer.ip)?;
     let credential = form.map(|Form(f)| f.credential).unwrap_or_default();
     let credential = credential.trim();
-    let r = match authenticate(&state, Some(credential)).await {
+    let seen = crate::runtime::canary::Seen::new(
+        "/sign-in",
+        &peer.ip.to_string(),
+        headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let r = match authenticate(&state, Some(credential), Some(&seen)).await {
         Ok(c) => c.require_management().map(|()| c),
         Err(e) => Err(e),
     };

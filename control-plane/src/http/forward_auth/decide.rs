@@ -25,6 +25,8 @@ pub struct Decided {
     pub reason: Reason,
     /// The key that was allowed (for usage), as the filter counts it.
     pub key_id: Option<KeyId>,
+    /// The canary presented, on a canary's deny (for its hit), with the original path.
+    pub canary: Option<(KeyId, String)>,
 }
 
 /// Decides the call `parts` at `now_secs` (Unix seconds): the original request is read
@@ -65,11 +67,16 @@ pub fn decide(fa: &ForwardAuth, parts: &Parts, now_secs: u64) -> Result<Decided,
             Decision::Allow(a) if a.reason == Reason::Allowed => a.key_id(),
             _ => None,
         };
+        let canary = match &decision {
+            Decision::Deny(d) => d.canary.map(|k| (k, req.path_only().to_owned())),
+            Decision::Allow(_) => None,
+        };
         super::answer::answer(&decision, &config.identity_headers, cookies).map(|response| {
             Decided {
                 response,
                 reason: decision.reason(),
                 key_id,
+                canary,
             }
         })
     })

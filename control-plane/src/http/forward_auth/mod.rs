@@ -97,6 +97,25 @@ async fn authorize(state: &AppState, req: Request) -> Result<Response, Response>
     let now = unix_now().max(0) as u64;
     let decided = decide::decide(fa, &parts, now).map_err(IntoResponse::into_response)?;
     state.metrics.forward_auth(decided.reason);
+    if let Some((key, path)) = decided.canary {
+        // The client as the proxy saw it: the first `X-Forwarded-For` hop, else the proxy.
+        let here = crate::http::auth::seen_in(&parts);
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        let seen = crate::runtime::canary::Seen::new(
+            &path,
+            forwarded.unwrap_or(&here.client),
+            Some(&here.user_agent),
+        );
+        state
+            .canaries
+            .raise(&state.db, Uuid::from_bytes(*key.as_bytes()), seen);
+    }
     if let Some(key) = decided.key_id {
         state
             .usage

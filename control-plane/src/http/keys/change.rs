@@ -322,6 +322,7 @@ pub async fn rotate(
             now,
             |old| {
                 check_edge_admin(caller, old.kind)?;
+                domain::canary::check_action(old.kind, Action::Rotate)?;
                 domain::transition(old.status, Action::Rotate)?;
                 let prefix = old
                     .display_prefix

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::key::format_key_id;
-use crate::domain::{self, Candidate, VerifyCode};
+use crate::domain::{self, Candidate, VerifyCode, canary};
 use crate::http::auth::Caller;
+use crate::http::canary::SeenHere;
 use crate::http::error::{ApiError, ApiJson};
 use crate::runtime::clock::unix_now;
 use crate::runtime::state::AppState;
@@ -52,6 +53,7 @@ pub struct VerifyResult {
 pub async fn verify_key(
     State(state): State<AppState>,
     caller: Caller,
+    seen: SeenHere,
     body: Result<ApiJson<VerifyBody>, ApiError>,
 ) -> Result<Json<VerifyResult>, ApiError> {
     caller.require_management()?;
@@ -68,7 +70,11 @@ pub async fn verify_key(
                 .verify_cache
                 .lookup(&state.db, digest.as_bytes())
                 .await?;
-            let found = found.filter(|f| {
+            // A canary is not found, as an unknown key; its hit is raised in the background.
+            if let Some(f) = found.as_ref().filter(|f| !canary::can_pass(f.0.kind)) {
+                state.canaries.raise(&state.db, f.0.id, seen.0);
+            }
+            let found = found.filter(|f| canary::can_pass(f.0.kind)).filter(|f| {
                 caller
                     .workspace_filter()
                     .is_none_or(|w| w == f.0.workspace_id)

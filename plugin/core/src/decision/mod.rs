@@ -16,10 +16,13 @@ mod request;
 
 use keygate_protocol::key;
 use keygate_protocol::keyset::KeySet;
+use keygate_protocol::policy::KeyState;
 
 pub use credential::cookies_without;
 use credential::{find_key, hide};
-pub use outcome::{Allow, CookieNames, Decision, Deny, DenyBodies, Identity, Removals};
+pub use outcome::{
+    Allow, CookieNames, Decision, Deny, DenyBodies, Identity, Removals, UNKNOWN_KEY_MESSAGE,
+};
 pub use path::is_normal_path;
 use path::{path_segment, route_for};
 pub use reason::Reason;
@@ -132,11 +135,11 @@ pub fn decide<'a>(
 
     let digest = parsed.digest();
     let Some(entry) = set.lookup(&digest) else {
-        return Decision::Deny(Deny::new(
-            Reason::UnknownKey,
-            "the API key is not valid (unknown, revoked or suspended)",
-        ));
+        return Decision::Deny(Deny::new(Reason::UnknownKey, UNKNOWN_KEY_MESSAGE));
     };
+    if entry.state() == KeyState::Canary {
+        return Decision::Deny(Deny::canary(entry.key_id()));
+    }
     if entry.is_expired(now_secs) {
         return Decision::Deny(Deny::new(Reason::ExpiredKey, "the API key has expired"));
     }

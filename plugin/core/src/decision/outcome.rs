@@ -86,6 +86,9 @@ impl Identity<'_> {
     }
 }
 
+/// The message of an unknown key's deny (and of a canary's).
+pub const UNKNOWN_KEY_MESSAGE: &str = "the API key is not valid (unknown, revoked or suspended)";
+
 /// Answer locally with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deny {
@@ -95,6 +98,9 @@ pub struct Deny {
     pub message: Cow<'static, str>,
     /// `WWW-Authenticate` value for 401/403.
     pub www_authenticate: Option<&'static str>,
+    /// The canary presented, for a [`Reason::CanaryKey`] deny (its hit report); never in the
+    /// answer.
+    pub canary: Option<KeyId>,
 }
 
 impl Deny {
@@ -104,6 +110,16 @@ impl Deny {
             reason,
             message: message.into(),
             www_authenticate: reason.www_authenticate(),
+            canary: None,
+        }
+    }
+
+    /// The deny of the canary `key`: [`Reason::CanaryKey`] with an unknown key's message, so its
+    /// answer is an unknown key's, byte for byte.
+    pub fn canary(key: KeyId) -> Self {
+        Self {
+            canary: Some(key),
+            ..Self::new(Reason::CanaryKey, UNKNOWN_KEY_MESSAGE)
         }
     }
 
@@ -112,7 +128,8 @@ impl Deny {
         self.reason.status()
     }
 
-    /// The JSON body: `{"error":{"code":"…","message":"…"}}`.
+    /// The JSON body: `{"error":{"code":"…","message":"…"}}`, with the code of
+    /// [`Reason::answered_as`].
     pub fn body(&self) -> String {
         #[derive(serde::Serialize)]
         struct Body<'a> {
@@ -125,13 +142,17 @@ impl Deny {
         }
         let body = Body {
             error: Error {
-                code: self.reason.code(),
+                code: self.reason.answered_as().code(),
                 message: &self.message,
             },
         };
         // Serializing two string fields cannot fail; the fallback keeps the code readable.
-        serde_json::to_string(&body)
-            .unwrap_or_else(|_| format!(r#"{{"error":{{"code":"{}"}}}}"#, self.reason.code()))
+        serde_json::to_string(&body).unwrap_or_else(|_| {
+            format!(
+                r#"{{"error":{{"code":"{}"}}}}"#,
+                self.reason.answered_as().code()
+            )
+        })
     }
 }
 
@@ -180,6 +201,19 @@ mod tests {
                 assert_eq!(bodies.body(d), d.body(), "{d:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_canary_deny_is_an_unknown_key_deny_byte_for_byte() {
+        let canary = Deny::canary(KeyId::from_bytes([7; 16]));
+        let unknown = Deny::new(Reason::UnknownKey, UNKNOWN_KEY_MESSAGE);
+        assert_eq!(canary.status(), unknown.status());
+        assert_eq!(canary.www_authenticate, unknown.www_authenticate);
+        assert_eq!(canary.body(), unknown.body());
+        let mut bodies = DenyBodies::default();
+        let cached = bodies.body(&canary).into_owned();
+        assert_eq!(cached, bodies.body(&unknown));
+        assert!(!canary.body().contains("canary"));
     }
 
     #[test]

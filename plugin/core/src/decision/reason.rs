@@ -31,11 +31,14 @@ pub enum Reason {
     /// The path is not in normal form (dot segments, encoded separators or dot segments,
     /// backslashes, empty segments): an upstream could resolve it to another route.
     InvalidPath,
+    /// A canary key (in the set with state `Canary`): answered exactly as [`Reason::UnknownKey`]
+    /// (same status, challenge and body), counted apart, and reported at once.
+    CanaryKey,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Allowed,
         Reason::Anonymous,
         Reason::FailOpen,
@@ -49,6 +52,7 @@ impl Reason {
         Reason::KeysetUnavailable,
         Reason::KeysetStale,
         Reason::InvalidPath,
+        Reason::CanaryKey,
     ];
 
     /// This reason's position in [`Reason::ALL`], for per-reason tables.
@@ -56,7 +60,17 @@ impl Reason {
         self as usize
     }
 
-    /// The machine-readable code (`unknown_key`).
+    /// The reason a client is told: a canary's answer is an unknown key's, byte for byte; every
+    /// other reason is its own.
+    pub fn answered_as(self) -> Reason {
+        match self {
+            Reason::CanaryKey => Reason::UnknownKey,
+            r => r,
+        }
+    }
+
+    /// The machine-readable code (`unknown_key`), for metrics and logs; the answer carries
+    /// [`Reason::answered_as`]'s.
     pub fn code(self) -> &'static str {
         match self {
             Reason::Allowed => "allowed",
@@ -72,6 +86,7 @@ impl Reason {
             Reason::KeysetUnavailable => "keyset_unavailable",
             Reason::KeysetStale => "keyset_stale",
             Reason::InvalidPath => "invalid_path",
+            Reason::CanaryKey => "canary_key",
         }
     }
 
@@ -85,7 +100,7 @@ impl Reason {
             Reason::PrefixNotAccepted => {
                 r#"Bearer realm="keygate", error="invalid_token", error_description="prefix_not_accepted""#
             }
-            Reason::UnknownKey => {
+            Reason::UnknownKey | Reason::CanaryKey => {
                 r#"Bearer realm="keygate", error="invalid_token", error_description="unknown_key""#
             }
             Reason::ExpiredKey => {
@@ -119,7 +134,8 @@ impl Reason {
             | Reason::MalformedKey
             | Reason::PrefixNotAccepted
             | Reason::UnknownKey
-            | Reason::ExpiredKey => 401,
+            | Reason::ExpiredKey
+            | Reason::CanaryKey => 401,
             Reason::InsufficientScope | Reason::ResourceNotAllowed => 403,
             Reason::KeysetUnavailable | Reason::KeysetStale => 503,
             Reason::InvalidPath => 400,
@@ -144,7 +160,7 @@ mod tests {
                 401 if r == Reason::MissingKey => Some(r#"Bearer realm="keygate""#.to_owned()),
                 401 => Some(format!(
                     r#"Bearer realm="keygate", error="invalid_token", error_description="{}""#,
-                    r.code()
+                    r.answered_as().code()
                 )),
                 403 => Some(format!(
                     r#"Bearer realm="keygate", error="insufficient_scope", error_description="{}""#,
@@ -153,6 +169,19 @@ mod tests {
                 _ => None,
             };
             assert_eq!(r.www_authenticate().map(str::to_owned), expected, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_canary_is_answered_as_an_unknown_key_and_counted_apart() {
+        let (c, u) = (Reason::CanaryKey, Reason::UnknownKey);
+        assert_eq!(c.answered_as(), u);
+        assert_eq!(c.status(), u.status());
+        assert_eq!(c.www_authenticate(), u.www_authenticate());
+        assert_eq!(c.is_allow(), u.is_allow());
+        assert_eq!(c.metric_name(), "keygate.decision.deny.canary_key");
+        for r in Reason::ALL.iter().filter(|r| **r != c) {
+            assert_eq!(r.answered_as(), *r, "{r:?}");
         }
     }
 

@@ -58,6 +58,24 @@ impl SyncFailure {
     }
 }
 
+/// The wait after `failures` failures in a row: the sync interval doubled per failure, capped
+/// at [`MAX_BACKOFF_MS`], with ±20 % jitter so that several proxies do not retry in step. The
+/// key-set sync and the canary hit reports both back off this way.
+pub fn backoff_ms(host: &mut impl Host, config: &Config, failures: u32) -> u64 {
+    let exp = config
+        .sync_interval_ms
+        .saturating_mul(1u64 << failures.min(16))
+        .min(MAX_BACKOFF_MS)
+        .max(config.sync_interval_ms);
+    let span = exp / 5;
+    let jitter = if span == 0 {
+        0
+    } else {
+        host.random_u64() % (2 * span + 1)
+    };
+    exp - span + jitter
+}
+
 impl Syncer {
     pub(super) fn fail(
         &mut self,
@@ -68,19 +86,7 @@ impl Syncer {
         detail: &str,
     ) {
         self.failures = self.failures.saturating_add(1);
-        let exp = config
-            .sync_interval_ms
-            .saturating_mul(1u64 << self.failures.min(16))
-            .min(MAX_BACKOFF_MS)
-            .max(config.sync_interval_ms);
-        // ±20 % jitter so that several proxies do not retry in step.
-        let span = exp / 5;
-        let jitter = if span == 0 {
-            0
-        } else {
-            host.random_u64() % (2 * span + 1)
-        };
-        self.next_poll_ms = now + exp - span + jitter;
+        self.next_poll_ms = now + backoff_ms(host, config, self.failures);
         host.counter_add(&why.metric_name(), 1);
         host.log(
             LogLevel::Warn,

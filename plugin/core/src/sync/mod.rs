@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use keygate_protocol::keyset::KeySet;
 
-pub use failure::{MAX_BACKOFF_MS, SyncFailure};
+pub use failure::{MAX_BACKOFF_MS, SyncFailure, backoff_ms};
 pub use identity::VERSION;
 pub use lease::lease_ttl_ms;
 pub use poll::MIN_POLL_GAP_MS;

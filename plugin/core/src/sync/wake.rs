@@ -37,6 +37,15 @@ impl Syncer {
         }
     }
 
+    /// Wakes this VM through its own queue (its root context then runs
+    /// [`Syncer::on_queue_ready`]); `false` when it has no queue.
+    pub fn wake_self(&self, host: &mut impl Host) -> bool {
+        match (self.wake_queue, self.vm_index) {
+            (Some(_), Some(index)) => host.queue_enqueue(&self.wake_queue_name(index), b"self"),
+            _ => false,
+        }
+    }
+
     /// Wakes every other VM of the process that registered a wake-up queue, with `revision`.
     pub(super) fn wake_followers(&self, host: &mut impl Host, revision: u64) {
         let (count, _) = host.shared_get(&self.key("vms"));
