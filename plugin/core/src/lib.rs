@@ -24,4 +24,6 @@ mod fake;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
+mod sim_canary;
+#[cfg(test)]
 mod testutil;

@@ -15,16 +15,16 @@ use crate::sync::{MAX_CHAIN, metrics};
 use crate::testutil::{TestKey, delta, headers, snapshot, test_key};
 use crate::worker::Worker;
 
-const T0: u64 = 1_763_900_000_000;
+pub(crate) const T0: u64 = 1_763_900_000_000;
 
-struct Sim {
-    world: Rc<RefCell<World>>,
-    workers: Vec<(Worker, FakeHost)>,
+pub(crate) struct Sim {
+    pub(crate) world: Rc<RefCell<World>>,
+    pub(crate) workers: Vec<(Worker, FakeHost)>,
     answered: HashSet<u32>,
     alive: Vec<bool>,
 }
 
-fn config(extra: &str) -> Config {
+pub(crate) fn config(extra: &str) -> Config {
     let json = format!(
         r#"{{"cluster":"cp","authority":"cp.local","edge_key":"kg_edge_secret"{}{extra}}}"#,
         if extra.is_empty() { "" } else { "," }
@@ -32,7 +32,7 @@ fn config(extra: &str) -> Config {
     Config::from_json(json.as_bytes()).unwrap()
 }
 
-fn ok(body: Vec<u8>) -> HttpResponse {
+pub(crate) fn ok(body: Vec<u8>) -> HttpResponse {
     HttpResponse {
         status: Some(200),
         headers: vec![("content-type".into(), CONTENT_TYPE.into())],
@@ -40,14 +40,14 @@ fn ok(body: Vec<u8>) -> HttpResponse {
     }
 }
 
-fn status(s: u16) -> HttpResponse {
+pub(crate) fn status(s: u16) -> HttpResponse {
     HttpResponse {
         status: Some(s),
         ..HttpResponse::default()
     }
 }
 
-fn no_answer() -> HttpResponse {
+pub(crate) fn no_answer() -> HttpResponse {
     HttpResponse::default()
 }
 
@@ -60,7 +60,7 @@ fn since(call: &RecordedCall) -> Option<u64> {
 }
 
 impl Sim {
-    fn new(n: usize, config: &Config) -> Self {
+    pub(crate) fn new(n: usize, config: &Config) -> Self {
         let world = World::new(T0);
         let workers = (0..n)
             .map(|i| {
@@ -78,7 +78,7 @@ impl Sim {
         }
     }
 
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.world.borrow().now_ms
     }
 
@@ -93,7 +93,7 @@ impl Sim {
 
     /// Runs `on_queue_ready` on every live worker whose queue got an item, as the host does
     /// after the callback that enqueued it.
-    fn deliver_queue_ready(&mut self) {
+    pub(crate) fn deliver_queue_ready(&mut self) {
         loop {
             let ready = std::mem::take(&mut self.world.borrow_mut().queue_ready);
             if ready.is_empty() {
@@ -109,7 +109,7 @@ impl Sim {
     }
 
     /// Unanswered calls.
-    fn pending(&self) -> Vec<RecordedCall> {
+    pub(crate) fn pending(&self) -> Vec<RecordedCall> {
         self.world
             .borrow()
             .calls
@@ -119,7 +119,7 @@ impl Sim {
             .collect()
     }
 
-    fn answer(&mut self, call: &RecordedCall, resp: &HttpResponse) {
+    pub(crate) fn answer(&mut self, call: &RecordedCall, resp: &HttpResponse) {
         self.answered.insert(call.token);
         let (w, h) = &mut self.workers[call.worker];
         w.on_response(h, call.token, resp);
@@ -128,7 +128,11 @@ impl Sim {
 
     /// Advances the clock in tick steps, ticking every live worker and answering every new call
     /// with `feed` (a `None` leaves the call pending).
-    fn run(&mut self, ms: u64, feed: &mut dyn FnMut(&RecordedCall) -> Option<HttpResponse>) {
+    pub(crate) fn run(
+        &mut self,
+        ms: u64,
+        feed: &mut dyn FnMut(&RecordedCall) -> Option<HttpResponse>,
+    ) {
         let step = self.workers[0].0.config().tick_period_ms();
         let end = self.now() + ms;
         loop {
