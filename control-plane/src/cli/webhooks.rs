@@ -15,7 +15,7 @@ pub enum WebhooksCommand {
         #[arg(value_name = "URL")]
         endpoint: String,
         /// Event types (repeat or comma-separate): key.created, key.updated, key.suspended,
-        /// key.reactivated, key.revoked, key.rotated.
+        /// key.reactivated, key.revoked, key.rotated, key.leaked, key.canary_used.
         #[arg(long = "event", value_delimiter = ',', required = true)]
         events: Vec<String>,
         /// Free text.
