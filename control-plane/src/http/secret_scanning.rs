@@ -120,42 +120,46 @@ pub async fn secret_scanning_alert(
         }
         let reason = leak_reason(m);
         let now = unix_now();
-        let mut after = k.clone();
+        let mut audited = false;
         if let Some(action) = policy.action()
             && k.status != KeyStatus::Revoked
         {
+            // The leak's audit row and event are written in the change's own transaction.
             match state
                 .db
-                .change_key(
+                .change_key_noting(
                     k.id,
-                    None,
                     &actor(),
                     action.as_str(),
+                    LEAK_ACTION,
                     Some(&reason),
                     now,
                     |old| status_plan(old, action, now).map_err(StoreError::Rule),
                 )
                 .await
             {
-                Ok((new, _)) => after = new,
+                Ok(_) => audited = true,
                 // Already suspended (policy suspend), or revoked meanwhile: still audited.
                 Err(StoreError::Rule(RuleError::InvalidTransition { .. })) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        state
-            .db
-            .insert_audit(&AuditEntry {
-                at: now,
-                workspace_id: Some(&k.workspace_id),
-                actor: &actor(),
-                action: LEAK_ACTION,
-                key_id: Some(k.id),
-                before: Some(audit_view(&k)),
-                after: Some(audit_view(&after)),
-                reason: Some(&reason),
-            })
-            .await?;
+        // Nothing changed (policy notify, or no transition): the leak's row on its own.
+        if !audited {
+            state
+                .db
+                .insert_audit(&AuditEntry {
+                    at: now,
+                    workspace_id: Some(&k.workspace_id),
+                    actor: &actor(),
+                    action: LEAK_ACTION,
+                    key_id: Some(k.id),
+                    before: Some(audit_view(&k)),
+                    after: Some(audit_view(&k)),
+                    reason: Some(&reason),
+                })
+                .await?;
+        }
         tracing::warn!(key = %crate::domain::key::format_key_id(k.id), source = %m.source, "GitHub secret scanning reported a leaked key");
     }
     if !replay {

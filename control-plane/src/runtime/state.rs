@@ -171,7 +171,7 @@ impl AppState {
     }
 
     /// Starts the background tasks: usage flushing, change-log pruning, usage-history pruning
-    /// (hours older than `usage_retention_days`), webhook delivery, the forward-auth key
+    /// (hours older than `usage_retention_days`), webhook delivery and its pruning, the forward-auth key
     /// set's follower (when configured), and on PostgreSQL the `LISTEN keygate_keyset` loop that
     /// learns of other replicas' writes.
     pub(crate) fn spawn_background(&self) -> Vec<JoinHandle<()>> {
@@ -209,6 +209,10 @@ impl AppState {
         tasks.push(tokio::spawn(super::webhooks::deliver_forever(
             self.db.clone(),
             self.config.webhooks.clone(),
+        )));
+        tasks.push(tokio::spawn(super::webhooks::prune_forever(
+            self.db.clone(),
+            self.config.webhooks.webhook_retention_days,
         )));
         if let Some(fa) = &self.forward_auth {
             tasks.push(tokio::spawn(Arc::clone(&fa.mirror).follow(self.db.clone())));

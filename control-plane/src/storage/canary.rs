@@ -80,13 +80,6 @@ impl Db {
         })
     }
 
-    /// Drops the hit ids received before `before` (a report retried after that long raises its
-    /// hits again).
-    pub async fn prune_canary_hits(&self, before: i64) -> Result<u64, sqlx::Error> {
-        on_db!(self, p => sqlx::query("DELETE FROM canary_hits WHERE received_at < $1")
-            .bind(before).execute(p).await.map(|r| r.rows_affected()))
-    }
-
     /// Whether a canary hit with this id was recorded (tests, and the console).
     pub async fn canary_hit_seen(&self, id: &str) -> Result<bool, sqlx::Error> {
         on_db!(self, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM canary_hits WHERE id = $1")

@@ -156,6 +156,9 @@ pub(crate) struct Change<'a> {
     pub reason: Option<&'a str>,
     /// Unix seconds.
     pub now: i64,
+    /// A second audit action on the key, written with the change's own row (same before, after
+    /// and reason) in the same transaction: a reported leak's `key.leak` beside its revoke.
+    pub noted: Option<&'a str>,
 }
 
 /// Runs one lifecycle change on `pool`; returns the key after it and the new revision.
@@ -188,6 +191,7 @@ where
         action,
         reason,
         now,
+        noted,
     } = *change;
     let mut tx = pool.begin_write().await?;
     let select = pool.pick(
@@ -252,6 +256,16 @@ where
         reason,
     };
     insert_audit(&mut tx, &audit).await?;
+    if let Some(noted) = noted {
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                action: noted,
+                ..audit
+            },
+        )
+        .await?;
+    }
     if let Some(c) = cascade {
         let select = pool.pick(
             concat!(

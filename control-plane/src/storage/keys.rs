@@ -204,6 +204,39 @@ impl Db {
             action,
             reason,
             now,
+            noted: None,
+        };
+        let (new, rev) = on_db!(self, p => change_in_transaction(p, &change, plan).await?);
+        self.observe_revision(rev);
+        Ok((new, rev))
+    }
+
+    /// [`Db::change_key`] by the admin's authority, with a second audit action `noted` on the
+    /// key (its own event: a reported leak's `key.leak` beside the revoke it causes), written
+    /// in the change's transaction: both rows and both events commit together or not at all.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn change_key_noting<F, E>(
+        &self,
+        id: Uuid,
+        actor: &Actor,
+        action: &str,
+        noted: &str,
+        reason: Option<&str>,
+        now: i64,
+        plan: F,
+    ) -> Result<(KeyRecord, i64), E>
+    where
+        F: FnOnce(&KeyRecord) -> Result<Plan, E>,
+        E: From<StoreError> + From<sqlx::Error>,
+    {
+        let change = Change {
+            id,
+            workspace: None,
+            actor,
+            action,
+            reason,
+            now,
+            noted: Some(noted),
         };
         let (new, rev) = on_db!(self, p => change_in_transaction(p, &change, plan).await?);
         self.observe_revision(rev);

@@ -24,6 +24,7 @@ pub mod secret_scanning;
 pub mod usage;
 pub mod usage_history;
 pub mod webhook_outbox;
+pub mod webhook_retention;
 pub mod webhooks;
 mod write;
 

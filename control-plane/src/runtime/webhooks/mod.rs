@@ -33,6 +33,10 @@ pub struct WebhookArgs {
     /// milliseconds (other replicas' events, retries coming due).
     #[arg(long, env = "KEYGATE_WEBHOOK_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub webhook_poll_ms: u64,
+    /// Days finished deliveries are kept (events, messages delivered or failed, the delivery
+    /// log, canary hit ids); older ones are pruned hourly. Pending messages are never pruned.
+    #[arg(long, env = "KEYGATE_WEBHOOK_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=3660))]
+    pub webhook_retention_days: i64,
 }
 
 impl Default for WebhookArgs {
@@ -42,6 +46,7 @@ impl Default for WebhookArgs {
             webhook_retry_base_ms: 5_000,
             webhook_max_attempts: 15,
             webhook_poll_ms: 500,
+            webhook_retention_days: 30,
         }
     }
 }
@@ -88,6 +93,19 @@ pub async fn deliver_forever(db: Db, args: WebhookArgs) {
         tokio::select! {
             _ = writes.changed() => {}
             () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// Prunes finished deliveries older than `--webhook-retention-days`, hourly; runs until aborted.
+pub async fn prune_forever(db: Db, retention_days: i64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let before = now_ms() / 1000 - retention_days.saturating_mul(24 * 3600);
+        match db.prune_webhooks(before).await {
+            Ok(p) => tracing::debug!(?p, "webhook rows pruned"),
+            Err(e) => tracing::warn!(error = %e, "webhook pruning failed"),
         }
     }
 }
