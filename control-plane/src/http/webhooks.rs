@@ -131,12 +131,38 @@ pub async fn list_webhooks(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<WebhookList>, ApiError> {
-    read_scope(&caller)?;
-    let items = state
+    let items = endpoints(&state, &caller).await?;
+    Ok(Json(WebhookList { items }))
+}
+
+/// The endpoints `caller` sees (the rules of `GET /v1/webhooks`, shared with the console).
+pub async fn endpoints(state: &AppState, caller: &Caller) -> Result<Vec<Endpoint>, ApiError> {
+    read_scope(caller)?;
+    Ok(state
         .db
         .webhook_endpoints(caller.workspace_filter())
-        .await?;
-    Ok(Json(WebhookList { items }))
+        .await?)
+}
+
+/// The newest `limit` attempts of endpoint `id`, one `caller` sees (the rules of
+/// `GET /v1/webhooks/{id}/deliveries`' first page, shared with the console).
+pub async fn recent_attempts(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    limit: i64,
+) -> Result<Vec<Attempt>, ApiError> {
+    read_scope(caller)?;
+    check_id(id)?;
+    if state
+        .db
+        .webhook_endpoint(id, caller.workspace_filter())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("no such webhook endpoint"));
+    }
+    Ok(state.db.webhook_attempts(id, None, limit).await?)
 }
 
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",

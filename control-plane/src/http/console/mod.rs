@@ -4,12 +4,15 @@
 //! form POST, so the console works without JavaScript; the script only adds a copy button.
 //! Pages: [`overview`] (usage of every key, most used, never used, expiring soon),
 //! [`keys_list`], [`key_create`], [`key_page`] (details, usage chart, children, history,
-//! actions), [`audit_log`], [`edges`], [`github_repos`]; usage charts are SVG drawn by [`chart`].
+//! actions), [`audit_log`], [`edges`], [`github_repos`], [`webhooks`] (endpoints and their recent
+//! deliveries, read-only), [`leaks`] (leaked-key reports and canary hits); usage charts are SVG
+//! drawn by [`chart`].
 //!
 //! The pages call the same functions as the API's handlers (`keys::issue::issue_key`,
 //! `keys::read::{list_page, find_key}`, `keys::change::{status_change, rotate}`,
 //! `keys::usage::{key_usage_series, total_usage_series, top_keys}`, `audit::audit_page`,
-//! `edges::fleet`, `github::repository_page`, `auth::authenticate`): the console has no rules of
+//! `edges::fleet`, `github::repository_page`, `webhooks::{endpoints, recent_attempts}`,
+//! `auth::authenticate`): the console has no rules of
 //! its own.
 //! Sign-in, sessions and CSRF are [`session`]'s; every answer here carries the headers of
 //! [`security_headers`].
@@ -22,10 +25,12 @@ pub mod github_repos;
 pub mod key_create;
 pub mod key_page;
 pub mod keys_list;
+pub mod leaks;
 pub mod overview;
 pub mod page;
 pub mod session;
 pub mod sign_in;
+pub mod webhooks;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
@@ -50,6 +55,8 @@ pub fn router() -> Router<AppState> {
         .route("/audit", get(audit_log::list))
         .route("/edges", get(edges::list))
         .route("/github", get(github_repos::list))
+        .route("/webhooks", get(webhooks::list))
+        .route("/leaks", get(leaks::list))
         .route("/keys", get(keys_list::list).post(key_create::create))
         .route("/keys/new", get(key_create::form))
         .route("/keys/{id}", get(key_page::show))
