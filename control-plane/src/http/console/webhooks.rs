@@ -88,7 +88,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Result<Res
             description: e.description,
             scope: e
                 .workspace_id
-                .map_or_else(|| "admin (every workspace)".to_owned(), |w| w),
+                .unwrap_or_else(|| "admin (every workspace)".to_owned()),
             attempts,
         });
     }
