@@ -290,3 +290,53 @@ fn revoke_found_hands_in_keys_from_a_file_without_a_credential() {
     let (ok, _, err) = keygate(&url, &["revoke-found", "/nonexistent/file"]);
     assert!(!ok && err.contains("reading /nonexistent/file"), "{err}");
 }
+
+#[test]
+fn keys_create_canary_plants_a_key_that_verify_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::serve(dir.path(), "canary", |c| {
+        c.env(
+            "KEYGATE_DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("kg.db").display()),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN);
+    });
+    let url = server.base();
+    let (ok, out, err) = keygate(
+        &url,
+        &["keys", "create", "--name", "bait", "--canary", "--json"],
+    );
+    assert!(ok, "{err}");
+    let issued: IssuedKey = serde_json::from_str(&out).unwrap();
+    assert_eq!(issued.key.kind.as_str(), "canary");
+    let (ok, out, err) = keygate(
+        &url,
+        &[
+            "keys", "create", "--name", "bait2", "--kind", "canary", "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let second: IssuedKey = serde_json::from_str(&out).unwrap();
+    assert_eq!(second.key.kind.as_str(), "canary");
+    // `--canary` and an explicit other kind contradict each other.
+    let (ok, _, err) = keygate(
+        &url,
+        &[
+            "keys", "create", "--name", "x", "--canary", "--kind", "repo",
+        ],
+    );
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let verified: serde_json::Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/keys/verify"))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"key": issued.secret}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(verified["code"], "NOT_FOUND", "{verified}");
+}
