@@ -172,6 +172,7 @@ async fn a_canary_is_answered_as_an_unknown_key_everywhere(engine: Engine) {
         .http
         .get(s.url("/v1/keyset"))
         .bearer_auth(&edge.secret)
+        .header("accept", wire::ACCEPT_V2)
         .send()
         .await
         .unwrap();
@@ -188,6 +189,25 @@ async fn a_canary_is_answered_as_an_unknown_key_everywhere(engine: Engine) {
         .find(|e| e.digest == Digest::of(&live.secret))
         .unwrap();
     assert_eq!(live_entry.policy.state, KeyState::Active);
+    // A filter built before policies (no `version=2` in its Accept) never gets the canary, which
+    // it would let pass: for it the canary is an unknown key.
+    let resp = s
+        .http
+        .get(s.url("/v1/keyset"))
+        .bearer_auth(&edge.secret)
+        .send()
+        .await
+        .unwrap();
+    let Message::Snapshot(old_reader) = wire::decode(&resp.bytes().await.unwrap()).unwrap() else {
+        panic!("a snapshot")
+    };
+    assert!(old_reader.entries.iter().all(|e| e.digest != digest));
+    assert!(
+        old_reader
+            .entries
+            .iter()
+            .any(|e| e.digest == Digest::of(&live.secret))
+    );
 
     // Not rotatable; revocable (then it leaves the set).
     let (st, v) = s
@@ -204,6 +224,7 @@ async fn a_canary_is_answered_as_an_unknown_key_everywhere(engine: Engine) {
         .http
         .get(s.url("/v1/keyset"))
         .bearer_auth(&edge.secret)
+        .header("accept", wire::ACCEPT_V2)
         .send()
         .await
         .unwrap();
