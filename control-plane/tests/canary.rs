@@ -351,6 +351,24 @@ async fn bad_reports_change_nothing(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Over the route's size bound: the JSON 413, nothing read.
+    let big = format!(
+        "{{\"hits\":[{{\"key_id\":\"{}\",\"path\":\"/{}\"}}]}}",
+        canary.key.id,
+        "a".repeat(keygate_protocol::canary::MAX_BODY_BYTES)
+    );
+    let resp = s
+        .http
+        .post(s.url("/v1/canary-hits"))
+        .bearer_auth(&edge.secret)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let st = resp.status();
+    let v: Value = resp.json().await.unwrap();
+    assert_error(st, &v, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
     // Only an edge key reports.
     let (st, v) = report(&s, &workspace.secret, good("/a")).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
