@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 on_both_engines!(
     a_canary_is_answered_as_an_unknown_key_everywhere,
     edge_reports_raise_one_signed_event_per_hit,
-    bad_reports_change_nothing
+    bad_reports_change_nothing,
+    forward_auth_answers_a_canary_as_an_unknown_key_and_raises_it
 );
 
 async fn start(engine: Engine) -> (InProcessServer, Option<tempfile::TempDir>) {
@@ -381,4 +382,69 @@ async fn bad_reports_change_nothing(engine: Engine) {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     // Nothing but the admin's one hit was written.
     assert_eq!(canary_audit(&s, &canary.key.id).await.len(), 1);
+}
+
+async fn forward_auth_answers_a_canary_as_an_unknown_key_and_raises_it(engine: Engine) {
+    let (url, _db) = fresh_database(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("forward-auth.json");
+    std::fs::write(
+        &config,
+        r#"{"routes":[{"path_prefix":"/","required_scopes":[]}],"key_sources":[{"header":"x-api-key"}]}"#,
+    )
+    .unwrap();
+    let s = InProcessServer::start_on(&url, |c| {
+        c.forward_auth.config = Some(config);
+        c.forward_auth.open = true;
+        c.webhooks.webhook_poll_ms = 50;
+    })
+    .await;
+    let rx = WebhookReceiver::start().await;
+    subscribe(&s, &rx).await;
+    let canary = s
+        .api
+        .create(json!({"name": "bait", "kind": "canary"}))
+        .await;
+    let unknown = key::generate(key::parse(&canary.secret).unwrap().prefix()).unwrap();
+    let ask = |k: String| {
+        let http = s.http.clone();
+        let url = s.url("/v1/forward-auth/v1/orders?token=x");
+        async move {
+            let r = http
+                .get(url)
+                .header("x-api-key", k)
+                .header("user-agent", "fa-test/2")
+                .header("x-forwarded-for", "192.0.2.55, 10.0.0.1")
+                .send()
+                .await
+                .unwrap();
+            let headers: Vec<(String, String)> = r
+                .headers()
+                .iter()
+                .filter(|(n, _)| *n != "date")
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+                .collect();
+            (r.status(), headers, r.bytes().await.unwrap())
+        }
+    };
+    let c = ask(canary.secret.clone()).await;
+    let u = ask(unknown.expose_secret().to_owned()).await;
+    assert_eq!(c, u, "the filter's unknown-key reply, byte for byte");
+    assert_eq!(c.0, StatusCode::UNAUTHORIZED);
+    let got = rx
+        .wait_for(Duration::from_secs(10), "the canary event", |r| {
+            r.iter().any(|x| x.answered == Some(204))
+        })
+        .await;
+    let hit = &got[0].body["data"]["hit"];
+    assert_eq!(hit["source"], "control_plane", "{hit}");
+    assert_eq!(
+        hit["path"], "/v1/orders",
+        "the original path, no query: {hit}"
+    );
+    assert_eq!(hit["client"], "192.0.2.55", "{hit}");
+    assert_eq!(hit["user_agent"], "fa-test/2", "{hit}");
+    assert!(got[0].verified);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), 1, "the unknown key raised nothing");
 }

@@ -76,6 +76,7 @@ impl Db {
             }
             insert_audit(&mut tx, &entry).await?;
             tx.commit().await?;
+            self.outbox_written();
             Ok(true)
         })
     }

@@ -341,6 +341,8 @@ impl Db {
             let mut tx = p.begin_write().await?;
             insert_audit(&mut tx, entry).await?;
             tx.commit().await
-        })
+        })?;
+        self.outbox_written();
+        Ok(())
     }
 }

@@ -52,6 +52,9 @@ pub struct Db {
     /// Bumped by every edge-registry write, this process's or (PostgreSQL `NOTIFY`) another
     /// replica's: what propagation waits wake up on.
     edge_reports: Arc<watch::Sender<u64>>,
+    /// Bumped when this process writes an event outside a key write (a canary hit, an audit row
+    /// of its own): what wakes the webhook sender besides the revision watch and its poll.
+    outbox: Arc<watch::Sender<u64>>,
 }
 
 /// One pool per engine.
@@ -128,6 +131,7 @@ impl Db {
             pool,
             revision: Arc::new(watch::Sender::new(0)),
             edge_reports: Arc::new(watch::Sender::new(0)),
+            outbox: Arc::new(watch::Sender::new(0)),
         };
         let revision = db.revision().await?;
         db.revision = Arc::new(watch::Sender::new(revision));
@@ -175,6 +179,16 @@ impl Db {
     /// Records that the edge registry changed (a write here, or another replica's NOTIFY).
     pub fn observe_edge_report(&self) {
         self.edge_reports.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver woken by [`Db::outbox_written`] (the webhook sender's).
+    pub fn subscribe_outbox(&self) -> watch::Receiver<u64> {
+        self.outbox.subscribe()
+    }
+
+    /// Wakes the webhook sender: an event was committed outside a key write.
+    pub fn outbox_written(&self) {
+        self.outbox.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A receiver that sees every edge-registry change [`Db::observe_edge_report`] records.

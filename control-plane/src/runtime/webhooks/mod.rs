@@ -59,7 +59,7 @@ fn now_ms() -> i64 {
 }
 
 /// The delivery task: runs until aborted. Wakes on this process's key writes (the revision
-/// watch) and every `webhook_poll_ms`.
+/// watch), its other events (a canary hit: [`Db::outbox_written`]) and every `webhook_poll_ms`.
 pub async fn deliver_forever(db: Db, args: WebhookArgs) {
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_millis(args.webhook_timeout_ms))
@@ -74,6 +74,7 @@ pub async fn deliver_forever(db: Db, args: WebhookArgs) {
     };
     let args = Arc::new(args);
     let mut writes = db.subscribe_revisions();
+    let mut events = db.subscribe_outbox();
     let poll = Duration::from_millis(args.webhook_poll_ms);
     loop {
         let now = now_ms();
@@ -92,6 +93,7 @@ pub async fn deliver_forever(db: Db, args: WebhookArgs) {
         }
         tokio::select! {
             _ = writes.changed() => {}
+            _ = events.changed() => {}
             () = tokio::time::sleep(poll) => {}
         }
     }
