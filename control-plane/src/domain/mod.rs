@@ -2,9 +2,11 @@
 //! non-escalation rules, exchange limits and the verification decision. No I/O here; the HTTP
 //! and SQL layers only call these functions.
 
+pub mod credits;
 pub mod edges;
 pub mod key;
 pub mod leaks;
+pub mod limits;
 pub mod lifecycle;
 pub mod names;
 pub mod webhooks;
@@ -143,6 +145,9 @@ pub enum RuleError {
     /// A field is too long, too many entries, or badly formed.
     #[error("{0}")]
     Invalid(String),
+    /// Rate limits or credits refused (`limits::LimitsError::code` is the API's code).
+    #[error(transparent)]
+    Limits(#[from] limits::LimitsError),
     /// The parent already has the maximum number of active children.
     #[error("the parent key already has {MAX_ACTIVE_CHILDREN} active children")]
     TooManyChildren,

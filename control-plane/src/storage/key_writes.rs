@@ -12,6 +12,7 @@ use super::{AuditEntry, Engine, StoreError, key_cols};
 use crate::domain;
 use crate::domain::key::{Actor, KeyRecord, audit_view};
 use crate::domain::lifecycle::Plan;
+use crate::domain::limits::Limits;
 
 /// PostgreSQL's announcement of a new revision (SQLite has none: one process).
 pub(crate) const NOTIFY: &str = "SELECT pg_notify('keygate_keyset', $1)";
@@ -109,7 +110,7 @@ where
         "INSERT INTO keys (",
         key_cols!(),
         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, $24, $25)"
+         $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)"
     ))
     .bind(k.id.as_bytes().to_vec())
     .bind(k.workspace_id.clone())
@@ -136,6 +137,11 @@ where
     .bind(k.metadata.to_string())
     .bind(k.parent_id.map(|u| u.as_bytes().to_vec()))
     .bind(k.subject.clone())
+    .bind(k.limits.as_ref().map(Limits::to_stored))
+    .bind(k.credits.map(|c| c.remaining))
+    .bind(k.credits.and_then(|c| c.refill).map(|r| r.amount))
+    .bind(k.credits.and_then(|c| c.refill).map(|r| r.interval.as_text()))
+    .bind(k.credits.and_then(|c| c.next_refill_at))
     .execute(&mut **tx)
     .await?;
     insert_audit(tx, audit).await?;

@@ -142,6 +142,8 @@ pub async fn issue_key(
         metadata,
         parent_id: None,
         subject: None,
+        limits: None,
+        credits: None,
     };
     insert(state, &caller.actor, record, "key.create", None, secret).await
 }
@@ -226,6 +228,8 @@ pub async fn exchange_key(
         metadata: serde_json::json!({}),
         parent_id: Some(parent_id),
         subject: Some(req.subject.clone()),
+        limits: None,
+        credits: None,
     };
     let issued = insert(
         &state,
