@@ -7,7 +7,66 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::key::{Actor, KeyRecord};
 use super::limits::{LimitsError, MAX_CREDITS};
+use super::lifecycle::Plan;
+
+/// The audit action of a change of a key's limits or credits (API, CLI, console).
+pub const LIMITS_ACTION: &str = "key.limits";
+/// The audit action recorded when usage takes a key's balance to 0.
+pub const EXHAUSTED_ACTION: &str = "key.credits_exhausted";
+/// The audit action of a refill.
+pub const REFILL_ACTION: &str = "key.credits_refill";
+/// The audit action of a change of a workspace's default limits.
+pub const WORKSPACE_LIMITS_ACTION: &str = "workspace.limits";
+
+/// Who the control plane's own credit changes (exhaustion, refill) are recorded as.
+pub fn credits_actor() -> Actor {
+    Actor {
+        id: "keygate".into(),
+        name: "credits".into(),
+        display_prefix: "keygate".into(),
+    }
+}
+
+/// Why a refill plan did not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefillSkip {
+    /// Another replica (or an earlier run) already made this refill, or the key's refill
+    /// changed since it was found due.
+    #[error("refill no longer due")]
+    NotDue,
+}
+
+/// The plan of the refill that was due at `due`, seen at `now`: the balance back to the
+/// refill's amount and the next refill on the schedule. Refused unless the key still has that
+/// refill due at `due` (read under the row lock: so two replicas never both refill).
+///
+/// # Errors
+/// [`RefillSkip::NotDue`].
+pub fn refill_plan(old: &KeyRecord, due: i64, now: i64) -> Result<Plan, RefillSkip> {
+    let Some(c) = old.credits else {
+        return Err(RefillSkip::NotDue);
+    };
+    let (Some(refill), Some(next)) = (c.refill, c.next_refill_at) else {
+        return Err(RefillSkip::NotDue);
+    };
+    if next != due || due > now {
+        return Err(RefillSkip::NotDue);
+    }
+    let mut new = old.clone();
+    new.credits = Some(Credits {
+        remaining: refill.amount,
+        refill: Some(refill),
+        next_refill_at: Some(refill.interval.following(due, now)),
+    });
+    new.updated_at = now;
+    Ok(Plan {
+        new,
+        retire: None,
+        cascade: None,
+    })
+}
 
 /// How often a balance is refilled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

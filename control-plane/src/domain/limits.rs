@@ -247,6 +247,11 @@ pub fn own_or_default<'a>(own: Option<&'a Limits>, workspace: Option<&'a Limits>
     own.or(workspace).map(Limits::as_slice).unwrap_or(&[])
 }
 
+/// A key's own limits if it has them, else its workspace's defaults, as a list of its own.
+pub fn effective_limits(own: Option<&Limits>, workspace: Option<&Limits>) -> Limits {
+    own.or(workspace).cloned().unwrap_or_default()
+}
+
 /// What a key's parent contributes to its policy.
 #[derive(Debug, Clone, Copy)]
 pub struct ParentPolicy<'a> {

@@ -399,6 +399,8 @@ pub enum VerifyCode {
     InsufficientScope,
     /// The resource is not in the key's allow-list.
     ResourceNotAllowed,
+    /// The key's credits are used up (until a refill).
+    CreditsExhausted,
 }
 
 /// What verification needs to know about a stored key found by digest.

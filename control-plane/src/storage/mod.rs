@@ -12,6 +12,7 @@
 
 mod conditions;
 pub mod console_sessions;
+pub mod credits;
 pub mod edges;
 pub mod error;
 pub mod github_repos;

@@ -125,6 +125,8 @@ async fn issue(
             metadata: None,
             workspace_id: None,
             prefix: None,
+            limits: None,
+            credits: None,
         },
     )
     .await?;
