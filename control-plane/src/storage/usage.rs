@@ -61,12 +61,14 @@ pub struct UsageApplied {
 }
 
 /// Adds each entry to its key's counters (`usage_count`, `last_used_at`: `update` is the
-/// engine's statement) and to its hourly counts, and takes its charge off the key's balance;
+/// engine's statement) and to its hourly counts, and takes its charge off the key's balance
+/// (`balance`: the engine's locking read of it);
 /// ids of unknown keys change nothing. A balance taken to 0 writes its exhaustion, and then one
 /// change-log row set for all of them (`notify`: the engine's announcement).
 async fn apply<DB>(
     tx: &mut Transaction<'static, DB>,
     update: &'static str,
+    balance: &'static str,
     notify: &'static str,
     entries: &[UsageRow],
     now: i64,
@@ -117,19 +119,23 @@ where
             .await?;
         }
         if e.charge > 0 {
-            // The balance before, read in the transaction that holds the write lock (SQLite's
-            // BEGIN IMMEDIATE) or the row lock (PostgreSQL: the UPDATE below waits for it).
-            let left: Option<(Option<i64>,)> = sqlx::query_as::<DB, (Option<i64>,)>(
-                "UPDATE keys SET credits_remaining = CASE WHEN credits_remaining > $1 \
-                 THEN credits_remaining - $1 ELSE 0 END \
-                 WHERE id = $2 AND credits_remaining > 0 RETURNING credits_remaining",
-            )
-            .bind(e.charge)
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if let Some((Some(0),)) = left {
-                touched.extend(exhaustion_rows(tx, e.key_id, e.charge, now).await?);
+            // The balance before, under the write lock (SQLite's BEGIN IMMEDIATE) or the row
+            // lock (`balance` is PostgreSQL's `FOR UPDATE` read); then the charge, never below 0.
+            let before: Option<Option<i64>> = sqlx::query_scalar::<DB, Option<i64>>(balance)
+                .bind(id.clone())
+                .fetch_optional(&mut **tx)
+                .await?;
+            let Some(before) = before.flatten().filter(|b| *b > 0) else {
+                continue;
+            };
+            let after = (before - e.charge).max(0);
+            sqlx::query::<DB>("UPDATE keys SET credits_remaining = $1 WHERE id = $2")
+                .bind(after)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            if after == 0 {
+                touched.extend(exhaustion_rows(tx, e.key_id, before, now).await?);
                 out.exhausted.push(e.key_id);
             }
         }
@@ -140,6 +146,8 @@ where
     Ok(out)
 }
 
+const BALANCE: &str = "SELECT credits_remaining FROM keys WHERE id = $1";
+const BALANCE_FOR_UPDATE: &str = "SELECT credits_remaining FROM keys WHERE id = $1 FOR UPDATE";
 const UPDATE_SQLITE: &str = "UPDATE keys SET usage_count = usage_count + $1, last_used_at = max(COALESCE(last_used_at, 0), $2) WHERE id = $3";
 const UPDATE_POSTGRES: &str = "UPDATE keys SET usage_count = usage_count + $1, last_used_at = GREATEST(COALESCE(last_used_at, 0), $2) WHERE id = $3";
 
@@ -160,7 +168,7 @@ impl Db {
             if inserted == 0 {
                 return Ok(UsageApplied::default());
             }
-            let out = apply(&mut tx, p.pick(UPDATE_SQLITE, UPDATE_POSTGRES), p.pick("", NOTIFY), entries, now).await?;
+            let out = apply(&mut tx, p.pick(UPDATE_SQLITE, UPDATE_POSTGRES), p.pick(BALANCE, BALANCE_FOR_UPDATE), p.pick("", NOTIFY), entries, now).await?;
             tx.commit().await?;
             out
         });
@@ -182,7 +190,7 @@ impl Db {
         }
         let out = on_db!(self, p => {
             let mut tx = p.begin_write().await?;
-            let out = apply(&mut tx, p.pick(UPDATE_SQLITE, UPDATE_POSTGRES), p.pick("", NOTIFY), entries, now).await?;
+            let out = apply(&mut tx, p.pick(UPDATE_SQLITE, UPDATE_POSTGRES), p.pick(BALANCE, BALANCE_FOR_UPDATE), p.pick("", NOTIFY), entries, now).await?;
             tx.commit().await?;
             out
         });
