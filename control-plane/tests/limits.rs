@@ -55,7 +55,9 @@ fn limit(name: &str, limit: u32, window_s: u32, pool: LimitPool) -> RateLimit {
 }
 
 async fn edge_key(s: &InProcessServer) -> String {
-    s.create(json!({"name": "edge", "kind": "edge"})).await.secret
+    s.create(json!({"name": "edge", "kind": "edge"}))
+        .await
+        .secret
 }
 
 async fn key_count(s: &InProcessServer) -> usize {
@@ -127,14 +129,38 @@ async fn issuance_with_limits_and_credits_is_shown_and_carried_in_the_set(e: Eng
     // Bad input: the structured error, and no key.
     let before = key_count(&s).await;
     for (body, code) in [
-        (json!({"name": "x", "limits": [{"name": "Burst", "limit": 1, "window": "1s"}]}), "INVALID_LIMITS"),
-        (json!({"name": "x", "limits": [{"name": "b", "limit": 0, "window": "1s"}]}), "INVALID_LIMITS"),
-        (json!({"name": "x", "limits": [{"name": "b", "limit": 1, "window": "1w"}]}), "INVALID_LIMITS"),
-        (json!({"name": "x", "limits": [{"name": "b", "limit": 1, "window": "32d"}]}), "INVALID_LIMITS"),
-        (json!({"name": "x", "limits": [{"name": "b", "limit": 1, "window": "1s", "pool": "team"}]}), "INVALID_LIMITS"),
-        (json!({"name": "x", "limits": [{"name": "b", "limit": 1, "window": "1s"}, {"name": "b", "limit": 2, "window": "1s"}]}), "INVALID_LIMITS"),
-        (json!({"name": "x", "credits": {"remaining": -1}}), "INVALID_CREDITS"),
-        (json!({"name": "x", "credits": {"remaining": 1, "refill": {"amount": 1, "interval": "weekly"}}}), "INVALID_CREDITS"),
+        (
+            json!({"name": "x", "limits": [{"name": "Burst", "limit": 1, "window": "1s"}]}),
+            "INVALID_LIMITS",
+        ),
+        (
+            json!({"name": "x", "limits": [{"name": "b", "limit": 0, "window": "1s"}]}),
+            "INVALID_LIMITS",
+        ),
+        (
+            json!({"name": "x", "limits": [{"name": "b", "limit": 1, "window": "1w"}]}),
+            "INVALID_LIMITS",
+        ),
+        (
+            json!({"name": "x", "limits": [{"name": "b", "limit": 1, "window": "32d"}]}),
+            "INVALID_LIMITS",
+        ),
+        (
+            json!({"name": "x", "limits": [{"name": "b", "limit": 1, "window": "1s", "pool": "team"}]}),
+            "INVALID_LIMITS",
+        ),
+        (
+            json!({"name": "x", "limits": [{"name": "b", "limit": 1, "window": "1s"}, {"name": "b", "limit": 2, "window": "1s"}]}),
+            "INVALID_LIMITS",
+        ),
+        (
+            json!({"name": "x", "credits": {"remaining": -1}}),
+            "INVALID_CREDITS",
+        ),
+        (
+            json!({"name": "x", "credits": {"remaining": 1, "refill": {"amount": 1, "interval": "weekly"}}}),
+            "INVALID_CREDITS",
+        ),
     ] {
         let (st, v) = s.admin(Method::POST, "/v1/keys", Some(body)).await;
         assert_error(st, &v, StatusCode::BAD_REQUEST, code);
@@ -199,7 +225,13 @@ async fn workspace_defaults_are_inherited_unless_a_key_says_otherwise(e: Engine)
         [limit("burst", 5, 1, LimitPool::Key)],
         "its own list replaces the defaults"
     );
-    assert!(policy_in_set(&s, &edge, &none.id).await.unwrap().limits.is_empty());
+    assert!(
+        policy_in_set(&s, &edge, &none.id)
+            .await
+            .unwrap()
+            .limits
+            .is_empty()
+    );
     // A key issued later inherits them too; another workspace does not.
     let later = s.create(json!({"name": "later"})).await.key;
     assert_eq!(
@@ -210,8 +242,16 @@ async fn workspace_defaults_are_inherited_unless_a_key_says_otherwise(e: Engine)
         .create(json!({"name": "elsewhere", "workspace_id": "other"}))
         .await
         .key;
-    assert!(policy_in_set(&s, &edge, &elsewhere.id).await.unwrap().limits.is_empty());
-    let (st, v) = s.admin(Method::GET, "/v1/workspaces/default/limits", None).await;
+    assert!(
+        policy_in_set(&s, &edge, &elsewhere.id)
+            .await
+            .unwrap()
+            .limits
+            .is_empty()
+    );
+    let (st, v) = s
+        .admin(Method::GET, "/v1/workspaces/default/limits", None)
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["default_limits"][0]["name"], "day");
     let (st, v) = s
@@ -240,7 +280,9 @@ async fn workspace_defaults_are_inherited_unless_a_key_says_otherwise(e: Engine)
         )
         .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST, "INVALID_LIMITS");
-    let (_, v) = s.admin(Method::GET, "/v1/workspaces/default/limits", None).await;
+    let (_, v) = s
+        .admin(Method::GET, "/v1/workspaces/default/limits", None)
+        .await;
     assert_eq!(v["default_limits"][0]["limit"], 1000, "unchanged");
     // Cleared: the inheriting key has no limits again.
     let (st, _) = s
@@ -301,7 +343,10 @@ async fn a_childs_limits_and_credits_never_exceed_its_parents(e: Engine) {
     let child: IssuedKey = serde_json::from_value(v).unwrap();
     assert_eq!(child.key.credits.as_ref().unwrap().remaining, 100);
     assert_eq!(
-        policy_in_set(&s, &edge, &child.key.id).await.unwrap().limits,
+        policy_in_set(&s, &edge, &child.key.id)
+            .await
+            .unwrap()
+            .limits,
         [limit("burst", 10, 1, LimitPool::Key)]
     );
     // Tighter is fine (600/min is 10/s).
@@ -327,7 +372,10 @@ async fn a_childs_limits_and_credits_never_exceed_its_parents(e: Engine) {
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(
-        policy_in_set(&s, &edge, &child.key.id).await.unwrap().limits,
+        policy_in_set(&s, &edge, &child.key.id)
+            .await
+            .unwrap()
+            .limits,
         [limit("burst", 2, 1, LimitPool::Key)]
     );
     assert_eq!(children(&s, &parent.key.id).await, 2);
@@ -367,9 +415,21 @@ async fn usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed(e
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    report(&s, &edge, "b1", json!([{"key_id": id, "count": 4, "last_used_at": now, "limited": 2}])).await;
+    report(
+        &s,
+        &edge,
+        "b1",
+        json!([{"key_id": id, "count": 4, "last_used_at": now, "limited": 2}]),
+    )
+    .await;
     // The same batch again takes nothing.
-    report(&s, &edge, "b1", json!([{"key_id": id, "count": 4, "last_used_at": now}])).await;
+    report(
+        &s,
+        &edge,
+        "b1",
+        json!([{"key_id": id, "count": 4, "last_used_at": now}]),
+    )
+    .await;
     assert_eq!(s.key(&id).await.credits.unwrap().remaining, 6);
     // Verify takes one credit each, exactly.
     for left in [5, 4] {
@@ -383,7 +443,13 @@ async fn usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed(e
         KeyState::Active
     );
     // More than is left: the balance stops at 0 and the key is exhausted in the feed.
-    report(&s, &edge, "b2", json!([{"key_id": id, "count": 9, "last_used_at": now}])).await;
+    report(
+        &s,
+        &edge,
+        "b2",
+        json!([{"key_id": id, "count": 9, "last_used_at": now}]),
+    )
+    .await;
     assert_eq!(s.key(&id).await.credits.unwrap().remaining, 0);
     assert_eq!(
         policy_in_set(&s, &edge, &id).await.unwrap().state,
@@ -409,7 +475,13 @@ async fn usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed(e
     assert!(ev.verified, "signed");
     assert_eq!(ev.body["type"], "key.credits_exhausted");
     // Usage keeps counting after exhaustion, the balance stays at 0, no second exhaustion.
-    report(&s, &edge, "b3", json!([{"key_id": id, "count": 3, "last_used_at": now, "limited": 5}])).await;
+    report(
+        &s,
+        &edge,
+        "b3",
+        json!([{"key_id": id, "count": 3, "last_used_at": now, "limited": 5}]),
+    )
+    .await;
     assert_eq!(s.key(&id).await.credits.unwrap().remaining, 0);
     assert_eq!(audit_rows(&s, &id, "key.credits_exhausted").await.len(), 1);
     // Verify's own exhaustion: a key with one credit.
@@ -421,7 +493,10 @@ async fn usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed(e
         policy_in_set(&s, &edge, &one.key.id).await.unwrap().state,
         KeyState::CreditsExhausted
     );
-    assert_eq!(s.verify(&one.secret, &[], None).await.code, "CREDITS_EXHAUSTED");
+    assert_eq!(
+        s.verify(&one.secret, &[], None).await.code,
+        "CREDITS_EXHAUSTED"
+    );
     let metrics = s
         .http
         .get(s.url("/metrics"))
@@ -435,10 +510,17 @@ async fn usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed(e
         metrics.contains("keygate_credits_exhaustions_total 2"),
         "{metrics}"
     );
-    assert!(metrics.contains("keygate_usage_limited_total 7"), "{metrics}");
+    assert!(
+        metrics.contains("keygate_usage_limited_total 7"),
+        "{metrics}"
+    );
     // The limited counts are kept per hour.
     let (st, v) = s
-        .admin(Method::GET, &format!("/v1/keys/{id}/usage?bucket=hour"), None)
+        .admin(
+            Method::GET,
+            &format!("/v1/keys/{id}/usage?bucket=hour"),
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let limited: i64 = v["points"]
@@ -470,7 +552,10 @@ async fn a_refill_puts_the_key_back_once_per_due_time_across_two_replicas(e: Eng
     // Back to active with the refill's amount, through the feed.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while policy_in_set(&a, &edge, &id).await.map(|p| p.state) != Some(KeyState::Active) {
-        assert!(std::time::Instant::now() < deadline, "not refilled within 10 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not refilled within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(a.key(&id).await.credits.unwrap().remaining, 3);

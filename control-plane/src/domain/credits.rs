@@ -7,9 +7,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::key::{Actor, KeyRecord};
 use super::limits::{LimitsError, MAX_CREDITS};
-use super::lifecycle::Plan;
 
 /// The audit action of a change of a key's limits or credits (API, CLI, console).
 pub const LIMITS_ACTION: &str = "key.limits";
@@ -19,54 +17,6 @@ pub const EXHAUSTED_ACTION: &str = "key.credits_exhausted";
 pub const REFILL_ACTION: &str = "key.credits_refill";
 /// The audit action of a change of a workspace's default limits.
 pub const WORKSPACE_LIMITS_ACTION: &str = "workspace.limits";
-
-/// Who the control plane's own credit changes (exhaustion, refill) are recorded as.
-pub fn credits_actor() -> Actor {
-    Actor {
-        id: "keygate".into(),
-        name: "credits".into(),
-        display_prefix: "keygate".into(),
-    }
-}
-
-/// Why a refill plan did not apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RefillSkip {
-    /// Another replica (or an earlier run) already made this refill, or the key's refill
-    /// changed since it was found due.
-    #[error("refill no longer due")]
-    NotDue,
-}
-
-/// The plan of the refill that was due at `due`, seen at `now`: the balance back to the
-/// refill's amount and the next refill on the schedule. Refused unless the key still has that
-/// refill due at `due` (read under the row lock: so two replicas never both refill).
-///
-/// # Errors
-/// [`RefillSkip::NotDue`].
-pub fn refill_plan(old: &KeyRecord, due: i64, now: i64) -> Result<Plan, RefillSkip> {
-    let Some(c) = old.credits else {
-        return Err(RefillSkip::NotDue);
-    };
-    let (Some(refill), Some(next)) = (c.refill, c.next_refill_at) else {
-        return Err(RefillSkip::NotDue);
-    };
-    if next != due || due > now {
-        return Err(RefillSkip::NotDue);
-    }
-    let mut new = old.clone();
-    new.credits = Some(Credits {
-        remaining: refill.amount,
-        refill: Some(refill),
-        next_refill_at: Some(refill.interval.following(due, now)),
-    });
-    new.updated_at = now;
-    Ok(Plan {
-        new,
-        retire: None,
-        cascade: None,
-    })
-}
 
 /// How often a balance is refilled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +324,10 @@ mod tests {
             Err(LimitsError::BadInterval(_))
         ));
         let stored = Credits::from_columns(Some(3), Some(500), Some("60"), Some(70)).unwrap();
-        assert_eq!(stored, Credits::parse(&spec(3, Some((500, "60"))), 10).unwrap());
+        assert_eq!(
+            stored,
+            Credits::parse(&spec(3, Some((500, "60"))), 10).unwrap()
+        );
         assert_eq!(Credits::from_columns(None, None, None, None), None);
     }
 
@@ -385,11 +338,17 @@ mod tests {
         assert_eq!(child_credits(None, None), Ok(None));
         assert_eq!(child_credits(c(5, None), None), Ok(c(5, None)));
         assert_eq!(
-            child_credits(None, Some(&parent)).unwrap().unwrap().remaining,
+            child_credits(None, Some(&parent))
+                .unwrap()
+                .unwrap()
+                .remaining,
             100,
             "by default the parent's remaining balance"
         );
-        assert_eq!(child_credits(c(50, Some((10, "daily"))), Some(&parent)), Ok(c(50, Some((10, "daily")))));
+        assert_eq!(
+            child_credits(c(50, Some((10, "daily"))), Some(&parent)),
+            Ok(c(50, Some((10, "daily"))))
+        );
         assert!(child_credits(c(101, None), Some(&parent)).is_err());
         assert!(child_credits(c(1, Some((101, "daily"))), Some(&parent)).is_err());
         assert!(child_credits(c(1, Some((1, "60"))), Some(&parent)).is_err());

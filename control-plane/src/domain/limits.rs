@@ -18,10 +18,14 @@ pub enum LimitsError {
     #[error("{0}")]
     Policy(#[from] PolicyError),
     /// A window that is not seconds or `<n>s|m|h|d`.
-    #[error("invalid window `{0}`: seconds, or a number followed by s, m, h or d (10s, 1m, 1h, 1d)")]
+    #[error(
+        "invalid window `{0}`: seconds, or a number followed by s, m, h or d (10s, 1m, 1h, 1d)"
+    )]
     BadWindowSyntax(String),
     /// A limit written for the CLI that is not `name=limit/window[@owner]`.
-    #[error("invalid limit `{0}`: expected name=limit/window, e.g. burst=100/10s or day=5000/1d@owner")]
+    #[error(
+        "invalid limit `{0}`: expected name=limit/window, e.g. burst=100/10s or day=5000/1d@owner"
+    )]
     BadLimitSyntax(String),
     /// A pool other than `key` or `owner`.
     #[error("invalid pool `{0}`: `key` or `owner`")]
@@ -243,7 +247,10 @@ fn at_most(a: &RateLimit, b: &RateLimit) -> bool {
 }
 
 /// A key's own limits if it has them, else its workspace's defaults.
-pub fn own_or_default<'a>(own: Option<&'a Limits>, workspace: Option<&'a Limits>) -> &'a [RateLimit] {
+pub fn own_or_default<'a>(
+    own: Option<&'a Limits>,
+    workspace: Option<&'a Limits>,
+) -> &'a [RateLimit] {
     own.or(workspace).map(Limits::as_slice).unwrap_or(&[])
 }
 
@@ -284,8 +291,8 @@ pub fn resolve_policy(
             out.push(l.clone());
         }
     }
-    let exhausted = credits_remaining == Some(0)
-        || parent.is_some_and(|p| p.credits_remaining == Some(0));
+    let exhausted =
+        credits_remaining == Some(0) || parent.is_some_and(|p| p.credits_remaining == Some(0));
     Policy {
         state: if exhausted {
             KeyState::CreditsExhausted
@@ -342,7 +349,13 @@ mod tests {
 
     #[test]
     fn windows_are_seconds_or_a_number_with_a_unit() {
-        for (w, s) in [("10s", 10), ("1m", 60), ("1h", 3600), ("1d", 86_400), ("7", 7)] {
+        for (w, s) in [
+            ("10s", 10),
+            ("1m", 60),
+            ("1h", 3600),
+            ("1d", 86_400),
+            ("7", 7),
+        ] {
             assert_eq!(parse_window(&Window::Text(w.into())), Ok(s), "{w}");
         }
         assert_eq!(parse_window(&Window::Seconds(30)), Ok(30));
@@ -480,7 +493,11 @@ mod tests {
                 credits_remaining: None,
             }),
         );
-        let names: Vec<(&str, u32)> = p.limits.iter().map(|l| (l.name.as_str(), l.limit)).collect();
+        let names: Vec<(&str, u32)> = p
+            .limits
+            .iter()
+            .map(|l| (l.name.as_str(), l.limit))
+            .collect();
         assert_eq!(names, [("burst", 1), ("day", 100), ("extra", 3)]);
         assert_eq!(p.state, KeyState::Active);
     }

@@ -6,9 +6,10 @@ pub mod credits;
 pub mod edges;
 pub mod key;
 pub mod leaks;
-pub mod limits;
 pub mod lifecycle;
+pub mod limits;
 pub mod names;
+pub mod refill;
 pub mod webhooks;
 
 use keygate_protocol::scope;

@@ -232,7 +232,10 @@ mod tests {
             event_for_action("key.credits_exhausted"),
             Some(KEY_CREDITS_EXHAUSTED)
         );
-        assert_eq!(event_for_action("key.credits_refill"), Some(KEY_CREDITS_REFILLED));
+        assert_eq!(
+            event_for_action("key.credits_refill"),
+            Some(KEY_CREDITS_REFILLED)
+        );
         assert_eq!(event_for_action("key.limits"), Some(KEY_UPDATED));
         assert_eq!(retry_delay_ms(1000, 1), 1000);
         assert_eq!(retry_delay_ms(1000, 4), 8000);

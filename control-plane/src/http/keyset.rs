@@ -16,11 +16,11 @@ use crate::domain::key::parse_key_id;
 use crate::http::auth::Caller;
 use crate::http::edges::{Peer, parse_report, record};
 use crate::http::error::{ApiError, ApiJson, ApiQuery};
-use crate::storage::usage::UsageRow;
 use crate::runtime::clock::unix_now;
 use crate::runtime::metrics::KeysetAnswer;
 use crate::runtime::state::AppState;
 use crate::storage::keyset::{SetEntry, SetRead};
+use crate::storage::usage::UsageRow;
 
 /// Longest long-poll wait, seconds.
 pub const MAX_WAIT_SECS: u64 = 30;

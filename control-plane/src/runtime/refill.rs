@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use crate::domain::credits::{REFILL_ACTION, RefillSkip, credits_actor, refill_plan};
+use crate::domain::credits::REFILL_ACTION;
+use crate::domain::refill::{RefillSkip, credits_actor, refill_plan};
 use crate::runtime::clock::unix_now;
 use crate::runtime::metrics::Metrics;
 use crate::storage::{Db, StoreError};

@@ -69,7 +69,10 @@ impl UsageBuffer {
         if batch.is_empty() {
             return;
         }
-        match db.add_usage(&batch, crate::runtime::clock::unix_now()).await {
+        match db
+            .add_usage(&batch, crate::runtime::clock::unix_now())
+            .await
+        {
             Ok(done) => metrics.credits_exhausted(done.exhausted.len()),
             Err(e) => {
                 tracing::warn!(error = %e, "usage flush failed; will retry");

@@ -10,9 +10,10 @@ use super::key_writes::{NOTIFY, family_digests};
 use super::rows::key_from_row;
 use super::write::{insert_audit, log_changes};
 use super::{AuditEntry, Db, Engine, StoreError, key_cols, on_db};
-use crate::domain::credits::{EXHAUSTED_ACTION, WORKSPACE_LIMITS_ACTION, credits_actor};
+use crate::domain::credits::{EXHAUSTED_ACTION, WORKSPACE_LIMITS_ACTION};
 use crate::domain::key::{Actor, audit_view};
 use crate::domain::limits::Limits;
+use crate::domain::refill::credits_actor;
 
 /// The rows of key `id`'s exhaustion, in `tx` (its balance was `before` and is now 0): the
 /// audit row `key.credits_exhausted` (with its webhook event); returns the digests whose

@@ -140,7 +140,11 @@ where
     .bind(k.limits.as_ref().map(Limits::to_stored))
     .bind(k.credits.map(|c| c.remaining))
     .bind(k.credits.and_then(|c| c.refill).map(|r| r.amount))
-    .bind(k.credits.and_then(|c| c.refill).map(|r| r.interval.as_text()))
+    .bind(
+        k.credits
+            .and_then(|c| c.refill)
+            .map(|r| r.interval.as_text()),
+    )
     .bind(k.credits.and_then(|c| c.next_refill_at))
     .execute(&mut **tx)
     .await?;

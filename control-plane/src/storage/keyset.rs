@@ -118,15 +118,24 @@ macro_rules! set_entry_from_row {
             policy: {
                 let limits = |col: &str| -> Result<Option<Limits>, sqlx::Error> {
                     let text: Option<String> = row.try_get(col)?;
-                    text.map(|t| Limits::from_stored(&t).ok_or_else(|| bad(col))).transpose()
+                    text.map(|t| Limits::from_stored(&t).ok_or_else(|| bad(col)))
+                        .transpose()
                 };
-                let (own, ws, parent_own) = (limits("limits")?, limits("ws_limits")?, limits("parent_limits")?);
+                let (own, ws, parent_own) = (
+                    limits("limits")?,
+                    limits("ws_limits")?,
+                    limits("parent_limits")?,
+                );
                 let has_parent = row.try_get::<Option<Vec<u8>>, _>("parent")?.is_some();
                 let parent = has_parent.then(|| ParentPolicy {
                     limits: own_or_default(parent_own.as_ref(), ws.as_ref()),
                     credits_remaining: row.try_get("parent_credits").ok().flatten(),
                 });
-                resolve_policy(own_or_default(own.as_ref(), ws.as_ref()), row.try_get("credits_remaining")?, parent)
+                resolve_policy(
+                    own_or_default(own.as_ref(), ws.as_ref()),
+                    row.try_get("credits_remaining")?,
+                    parent,
+                )
             },
         }
     }};

@@ -12,7 +12,9 @@
 //! below 0); the entry that takes it to 0 writes the key's exhaustion (`credits::exhaustion_rows`)
 //! and the change-log rows that make every edge see it `credits_exhausted`.
 
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Transaction, Type};
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Transaction, Type,
+};
 use uuid::Uuid;
 
 use super::credits::exhaustion_rows;

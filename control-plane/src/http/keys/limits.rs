@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 
 use crate::domain::credits::{Credits, CreditsSpec, LIMITS_ACTION, child_credits};
 use crate::domain::key::{KeyRecord, KeyView};
-use crate::domain::limits::{LimitSpec, LimitView, Limits, effective_limits};
 use crate::domain::lifecycle::Plan;
+use crate::domain::limits::{LimitSpec, LimitView, Limits, effective_limits};
 use crate::domain::names::WorkspaceId;
 use crate::domain::{self, Action, RuleError};
 use crate::http::auth::{Caller, SCOPE_KEYS_WRITE};
@@ -45,7 +45,10 @@ pub struct LimitsChange {
 
 /// Parses optional limits input.
 pub fn parse_limits(specs: Option<&[LimitSpec]>) -> Result<Option<Limits>, ApiError> {
-    Ok(specs.map(Limits::parse).transpose().map_err(RuleError::from)?)
+    Ok(specs
+        .map(Limits::parse)
+        .transpose()
+        .map_err(RuleError::from)?)
 }
 
 /// Parses optional credits input at `now`.
@@ -129,10 +132,7 @@ pub async fn limits_change(
     caller.require_scope(SCOPE_KEYS_WRITE)?;
     let id = parse_id(id)?;
     let now = unix_now();
-    let limits = req
-        .limits
-        .map(|l| parse_limits(l.as_deref()))
-        .transpose()?;
+    let limits = req.limits.map(|l| parse_limits(l.as_deref())).transpose()?;
     let credits = req
         .credits
         .map(|c| parse_credits(c.as_ref(), now))
@@ -141,7 +141,11 @@ pub async fn limits_change(
         .db
         .get_key(id)
         .await?
-        .filter(|k| caller.workspace_filter().is_none_or(|w| w == k.workspace_id))
+        .filter(|k| {
+            caller
+                .workspace_filter()
+                .is_none_or(|w| w == k.workspace_id)
+        })
         .ok_or_else(|| ApiError::not_found("no such key"))?;
     let bound = match current.parent_id {
         Some(p) => match state.db.get_key(p).await? {
