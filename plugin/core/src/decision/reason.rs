@@ -31,11 +31,15 @@ pub enum Reason {
     /// The path is not in normal form (dot segments, encoded separators or dot segments,
     /// backslashes, empty segments): an upstream could resolve it to another route.
     InvalidPath,
+    /// The key's credits are used up (`KeyState::CreditsExhausted`): 429 until a refill.
+    CreditsExhausted,
+    /// The key (or its owner's pool) is over one of its rate limits: 429 until the window ends.
+    RateLimited,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Allowed,
         Reason::Anonymous,
         Reason::FailOpen,
@@ -49,6 +53,8 @@ impl Reason {
         Reason::KeysetUnavailable,
         Reason::KeysetStale,
         Reason::InvalidPath,
+        Reason::CreditsExhausted,
+        Reason::RateLimited,
     ];
 
     /// This reason's position in [`Reason::ALL`], for per-reason tables.
@@ -72,6 +78,8 @@ impl Reason {
             Reason::KeysetUnavailable => "keyset_unavailable",
             Reason::KeysetStale => "keyset_stale",
             Reason::InvalidPath => "invalid_path",
+            Reason::CreditsExhausted => "credits_exhausted",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -102,7 +110,9 @@ impl Reason {
             | Reason::FailOpen
             | Reason::KeysetUnavailable
             | Reason::KeysetStale
-            | Reason::InvalidPath => return None,
+            | Reason::InvalidPath
+            | Reason::CreditsExhausted
+            | Reason::RateLimited => return None,
         })
     }
 
@@ -123,6 +133,7 @@ impl Reason {
             Reason::InsufficientScope | Reason::ResourceNotAllowed => 403,
             Reason::KeysetUnavailable | Reason::KeysetStale => 503,
             Reason::InvalidPath => 400,
+            Reason::CreditsExhausted | Reason::RateLimited => 429,
         }
     }
 
