@@ -305,8 +305,19 @@ fn cli_sets_limits_and_credits_on_keys_and_workspace_defaults() {
     let (ok, out, err) = keygate(
         &url,
         &[
-            "keys", "create", "--name", "metered", "--limit", "burst=100/10s", "--limit",
-            "day=5000/1d@owner", "--credits", "500", "--refill", "500/daily", "--json",
+            "keys",
+            "create",
+            "--name",
+            "metered",
+            "--limit",
+            "burst=100/10s",
+            "--limit",
+            "day=5000/1d@owner",
+            "--credits",
+            "500",
+            "--refill",
+            "500/daily",
+            "--json",
         ],
     );
     assert!(ok, "{err}");
@@ -321,7 +332,11 @@ fn cli_sets_limits_and_credits_on_keys_and_workspace_defaults() {
     );
     let credits = key.credits.clone().expect("credits");
     assert_eq!(
-        (credits.remaining, credits.refill_amount, credits.refill_interval.as_deref()),
+        (
+            credits.remaining,
+            credits.refill_amount,
+            credits.refill_interval.as_deref()
+        ),
         (500, Some(500), Some("daily"))
     );
     let (ok, out, _) = keygate(&url, &["keys", "limits", &key.id]);
@@ -332,7 +347,14 @@ fn cli_sets_limits_and_credits_on_keys_and_workspace_defaults() {
     );
     let (ok, out, err) = keygate(
         &url,
-        &["keys", "limits", &key.id, "--limit", "burst=5/1s", "--no-credits"],
+        &[
+            "keys",
+            "limits",
+            &key.id,
+            "--limit",
+            "burst=5/1s",
+            "--no-credits",
+        ],
     );
     assert!(ok, "{err}");
     assert!(

@@ -24,6 +24,7 @@ on_both_engines!(
     a_childs_limits_and_credits_never_exceed_its_parents,
     usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed,
     a_refill_puts_the_key_back_once_per_due_time_across_two_replicas,
+    the_console_key_page_shows_limits_credits_and_limited_requests,
 );
 
 /// The key set's snapshot, as an edge reads it: the policy of key `id` (`None`: not in it).
@@ -379,6 +380,23 @@ async fn a_childs_limits_and_credits_never_exceed_its_parents(e: Engine) {
         [limit("burst", 2, 1, LimitPool::Key)]
     );
     assert_eq!(children(&s, &parent.key.id).await, 2);
+    // The parent runs out: its child is out too, in the set and at verify.
+    assert!(s.verify(&child.secret, &[], None).await.valid);
+    report(
+        &s,
+        &edge,
+        "parent-out",
+        json!([{"key_id": parent.key.id, "count": 100, "last_used_at": 0}]),
+    )
+    .await;
+    assert_eq!(
+        policy_in_set(&s, &edge, &child.key.id).await.unwrap().state,
+        KeyState::CreditsExhausted
+    );
+    assert_eq!(
+        s.verify(&child.secret, &[], None).await.code,
+        "CREDITS_EXHAUSTED"
+    );
     s.stop().await;
 }
 
@@ -578,4 +596,67 @@ async fn a_refill_puts_the_key_back_once_per_due_time_across_two_replicas(e: Eng
     assert_eq!(seen.len() as i64, due_times, "each due time refilled once");
     a.stop().await;
     b.stop().await;
+}
+
+async fn the_console_key_page_shows_limits_credits_and_limited_requests(e: Engine) {
+    let s = InProcessServer::start(e).await;
+    let edge = edge_key(&s).await;
+    let k = s
+        .create(json!({
+            "name": "metered",
+            "limits": [{"name": "burst", "limit": 100, "window": "10s", "pool": "owner"}],
+            "credits": {"remaining": 50, "refill": {"amount": 50, "interval": "monthly"}}
+        }))
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    report(
+        &s,
+        &edge,
+        "c1",
+        json!([{"key_id": k.key.id, "count": 6, "last_used_at": now, "limited": 4}]),
+    )
+    .await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = browser
+        .post(s.url("/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("credential={}", common::ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = browser
+        .get(s.url(&format!("/keys/{}", k.key.id)))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<dd id="key-limits">burst: 100 per 10 s, owner&#39;s pool</dd>"#)
+            || html.contains("burst: 100 per 10 s, owner"),
+        "{html}"
+    );
+    assert!(
+        html.contains("44 remaining (refill to 50, monthly)"),
+        "{html}"
+    );
+    assert!(html.contains(r#"id="key-next-refill""#), "{html}");
+    assert!(html.contains(r#"class="bar limited""#), "{html}");
+    assert!(html.contains(r#"data-limited="4""#), "{html}");
+    s.stop().await;
 }

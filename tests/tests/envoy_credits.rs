@@ -117,10 +117,7 @@ fn a_key_with_500_credits_stops_on_two_envoys_within_the_overshoot_and_a_refill_
     );
     let (st, audit) = a.api.admin(
         Method::GET,
-        &format!(
-            "/v1/audit?key_id={}&action=key.credits_exhausted",
-            key.id
-        ),
+        &format!("/v1/audit?key_id={}&action=key.credits_exhausted", key.id),
         None,
     );
     assert_eq!(st, 200, "{audit}");

@@ -98,6 +98,19 @@ pub async fn verify_key(
             )
         }
     };
+    // A child is out of credits whenever its parent is (as in the key set).
+    if code == VerifyCode::Valid
+        && let Some(f) = &found
+        && let Some(parent) = f.0.parent_id
+        && state
+            .db
+            .get_key(parent)
+            .await?
+            .and_then(|p| p.credits)
+            .is_some_and(|c| c.exhausted())
+    {
+        code = VerifyCode::CreditsExhausted;
+    }
     // Credits are spent exactly: one per valid verification, in the database.
     let mut credits_remaining = None;
     if code == VerifyCode::Valid
