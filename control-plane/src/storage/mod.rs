@@ -305,6 +305,8 @@ pub struct AuditRecord {
     pub action: String,
     /// Key concerned (`key_…`).
     pub key_id: Option<String>,
+    /// That key's name now (its current name, not the one it had then).
+    pub key_name: Option<String>,
     /// State before (no secret).
     #[schema(value_type = Object)]
     pub before: Option<serde_json::Value>,

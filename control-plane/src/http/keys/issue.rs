@@ -79,7 +79,7 @@ pub async fn create_key(
     let wait = check_wait(&w)?;
     let ApiJson(req) = body?;
     let mut issued = issue_key(&state, &caller, req).await?;
-    issued.propagation = propagation(&state, issued.revision, wait).await?;
+    issued.propagation = propagation(&state, &caller, issued.revision, wait).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
