@@ -219,7 +219,7 @@ async fn workspace_defaults_are_inherited_unless_a_key_says_otherwise(e: Engine)
     let day = limit("day", 1000, 86_400, LimitPool::Owner);
     assert_eq!(
         policy_in_set(&s, &edge, &inherits.id).await.unwrap().limits,
-        [day.clone()]
+        std::slice::from_ref(&day)
     );
     assert_eq!(
         policy_in_set(&s, &edge, &own.id).await.unwrap().limits,
@@ -260,10 +260,21 @@ async fn workspace_defaults_are_inherited_unless_a_key_says_otherwise(e: Engine)
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
-    // A workspace key cannot set another workspace's defaults; bad defaults change nothing.
+    // A workspace key cannot set another workspace's defaults, nor lift its own limits or
+    // credits; bad defaults change nothing.
     let ws = s
-        .create(json!({"name": "ws", "scopes": ["keys:read", "keys:write"]}))
+        .create(json!({"name": "ws", "scopes": ["keys:read", "keys:write"], "credits": {"remaining": 3}}))
         .await;
+    let (st, v) = s
+        .call(
+            Some(&ws.secret),
+            Method::PATCH,
+            &format!("/v1/keys/{}/limits", ws.key.id),
+            Some(json!({"credits": null})),
+        )
+        .await;
+    assert_error(st, &v, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert_eq!(s.key(&ws.key.id).await.credits.unwrap().remaining, 3);
     let (st, v) = s
         .call(
             Some(&ws.secret),

@@ -120,7 +120,7 @@ pub fn parse_window(w: &Window) -> Result<u32, LimitsError> {
         }
     };
     match u32::try_from(secs) {
-        Ok(s) if s >= 1 && s <= policy::MAX_WINDOW_S => Ok(s),
+        Ok(s) if (1..=policy::MAX_WINDOW_S).contains(&s) => Ok(s),
         _ => Err(PolicyError::BadWindow.into()),
     }
 }

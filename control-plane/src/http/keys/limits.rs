@@ -117,7 +117,7 @@ pub async fn change_limits(
     Ok(Json(KeyWrite {
         key: KeyView::from(&k),
         revision,
-        propagation: propagation(&state, revision, wait).await?,
+        propagation: propagation(&state, &caller, revision, wait).await?,
     }))
 }
 
@@ -131,6 +131,11 @@ pub async fn limits_change(
 ) -> Result<(KeyRecord, i64), ApiError> {
     caller.require_scope(SCOPE_KEYS_WRITE)?;
     let id = parse_id(id)?;
+    if caller.key_id == Some(id) {
+        return Err(ApiError::forbidden(
+            "a key cannot change its own limits or credits",
+        ));
+    }
     let now = unix_now();
     let limits = req.limits.map(|l| parse_limits(l.as_deref())).transpose()?;
     let credits = req
@@ -154,7 +159,7 @@ pub async fn limits_change(
         },
         None => None,
     };
-    Ok(state
+    state
         .db
         .change_key(
             id,
@@ -186,7 +191,7 @@ pub async fn limits_change(
                 })
             },
         )
-        .await?)
+        .await
 }
 
 /// A workspace's default rate limits.
