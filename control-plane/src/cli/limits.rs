@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::{CliError, Client, ClientArgs, query, urlencode};
+use crate::domain::credits::parse_refill_arg;
 use crate::domain::limits::parse_limit_arg;
 
 /// Limits and credits given at issuance or in a change.
@@ -47,15 +48,8 @@ impl LimitArgs {
         if let Some(c) = self.credits {
             let mut credits = json!({"remaining": c});
             if let Some(r) = &self.refill {
-                let (amount, interval) = r.split_once('/').ok_or_else(|| {
-                    CliError::Input(format!(
-                        "--refill `{r}`: expected AMOUNT/INTERVAL, e.g. 500/daily"
-                    ))
-                })?;
-                let amount: i64 = amount.parse().map_err(|_| {
-                    CliError::Input(format!("--refill `{r}`: the amount is not a number"))
-                })?;
-                credits["refill"] = json!({"amount": amount, "interval": interval});
+                let spec = parse_refill_arg(r).map_err(|e| CliError::Input(e.to_string()))?;
+                credits["refill"] = serde_json::to_value(spec).unwrap_or_default();
             }
             body["credits"] = credits;
         }

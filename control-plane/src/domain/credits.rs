@@ -123,6 +123,24 @@ pub struct RefillSpec {
     pub interval: IntervalInput,
 }
 
+/// Parses the CLI's and the console's `AMOUNT/INTERVAL` (`500/daily`, `100/3600`).
+///
+/// # Errors
+/// [`LimitsError::BadCredits`] when it is not that shape.
+pub fn parse_refill_arg(arg: &str) -> Result<RefillSpec, LimitsError> {
+    let bad = || {
+        LimitsError::BadCredits(format!(
+            "refill `{}`: expected AMOUNT/INTERVAL, e.g. 500/daily",
+            arg.chars().take(40).collect::<String>()
+        ))
+    };
+    let (amount, interval) = arg.split_once('/').ok_or_else(bad)?;
+    Ok(RefillSpec {
+        amount: amount.trim().parse().map_err(|_| bad())?,
+        interval: IntervalInput::Text(interval.trim().to_owned()),
+    })
+}
+
 /// A refill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refill {
@@ -329,6 +347,20 @@ mod tests {
             Credits::parse(&spec(3, Some((500, "60"))), 10).unwrap()
         );
         assert_eq!(Credits::from_columns(None, None, None, None), None);
+    }
+
+    #[test]
+    fn the_refill_argument_is_amount_slash_interval() {
+        assert_eq!(
+            parse_refill_arg("500/daily"),
+            Ok(RefillSpec {
+                amount: 500,
+                interval: IntervalInput::Text("daily".into())
+            })
+        );
+        for bad in ["500", "x/daily", "/daily"] {
+            assert!(parse_refill_arg(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
