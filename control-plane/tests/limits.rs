@@ -3,8 +3,9 @@
 //! key set as each key's policy), bad input refused with nothing changed, workspace defaults
 //! inherited unless a key says otherwise, a child never above its parent, credits spent by the
 //! edges' usage reports and exactly by verify until the key is `credits_exhausted` in the feed
-//! (audited, with its webhook event), and refills that put it back, once per due time even with
-//! two replicas refilling.
+//! (audited, with its webhook event), forward-auth's uses taken at its flush until it refuses
+//! the key `429 credits_exhausted`, refills that put it back, once per due time even with two
+//! replicas refilling, and the console's key page showing it all.
 
 mod common;
 
@@ -25,6 +26,7 @@ on_both_engines!(
     usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed,
     a_refill_puts_the_key_back_once_per_due_time_across_two_replicas,
     the_console_key_page_shows_limits_credits_and_limited_requests,
+    forward_auth_spends_credits_at_its_flush_and_then_refuses_the_key,
 );
 
 /// The key set's snapshot, as an edge reads it: the policy of key `id` (`None`: not in it).
@@ -669,5 +671,70 @@ async fn the_console_key_page_shows_limits_credits_and_limited_requests(e: Engin
     assert!(html.contains(r#"id="key-next-refill""#), "{html}");
     assert!(html.contains(r#"class="bar limited""#), "{html}");
     assert!(html.contains(r#"data-limited="4""#), "{html}");
+    s.stop().await;
+}
+
+async fn forward_auth_spends_credits_at_its_flush_and_then_refuses_the_key(e: Engine) {
+    let (url, _db_dir) = fresh_database(e);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("forward-auth.json");
+    std::fs::write(
+        &config,
+        r#"{"routes":[{"path_prefix":"/"}],"key_sources":[{"header":"x-api-key"}]}"#,
+    )
+    .unwrap();
+    let s = InProcessServer::start_on(&url, |c| {
+        c.forward_auth.config = Some(config);
+        c.forward_auth.open = true;
+    })
+    .await;
+    let k = s
+        .create(json!({"name": "metered", "credits": {"remaining": 3}}))
+        .await;
+    let call = || async {
+        let r = s
+            .http
+            .get(s.url("/v1/forward-auth/orders"))
+            .header("x-api-key", &k.secret)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    // The mirror has the key once the first call passes; three passes in all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call().await.0 != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "never allowed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..2 {
+        assert_eq!(call().await.0, StatusCode::OK);
+    }
+    // The flush takes the three credits; at 0 the key is refused as the filter refuses it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = s.key(&k.key.id).await.credits.unwrap().remaining;
+        if left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left} credits left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (st, body) = call().await;
+        if st == StatusCode::TOO_MANY_REQUESTS {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {st}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(body.contains("credits_exhausted"), "{body}");
+    assert_eq!(
+        audit_rows(&s, &k.key.id, "key.credits_exhausted")
+            .await
+            .len(),
+        1
+    );
     s.stop().await;
 }
