@@ -34,6 +34,7 @@ async fn policy_in_set(s: &InProcessServer, edge: &str, id: &str) -> Option<Poli
     let resp = s
         .http
         .get(s.url("/v1/keyset"))
+        .header("accept", wire::ACCEPT_V2)
         .bearer_auth(edge)
         .send()
         .await

@@ -52,6 +52,8 @@ fn revision_header(resp: &mut Response, revision: u64) {
 /// is absent, older than the retained change log, or the delta would be bigger. With `wait`
 /// it answers as soon as the revision moves past `since`, or 304 at the timeout. The
 /// filter's `keygate-edge-*` headers (its id, node, applied revision…) go to the edge registry.
+/// A reader whose `Accept` does not name `version=2` gets format version 1: no canaries, no
+/// keys out of credits, no rate limits.
 pub async fn get_keyset(
     State(state): State<AppState>,
     caller: Caller,
@@ -109,6 +111,12 @@ pub async fn get_keyset(
             }
         }
     }
+    // A filter that does not say it reads version 2 (policies) gets what version 1 can hold
+    // (`keygate_protocol::wire::compat`): one limited key must not make old edges' sets unreadable.
+    let reads_v2 = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(wire::accepts_v2);
     let read = state.db.read_set(since, unix_now()).await?;
     // Nothing changed since the reader's revision: an empty delta (base == revision) cannot be
     // encoded, so answer as a long poll's timeout does.
@@ -122,10 +130,13 @@ pub async fn get_keyset(
     }
     let (revision, body, kind) = match read {
         SetRead::Snapshot { revision, entries } => {
-            let snap = Snapshot {
+            let mut snap = Snapshot {
                 revision: revision as u64,
                 entries: entries.into_iter().map(SetEntry::into_wire).collect(),
             };
+            if !reads_v2 {
+                snap = snap.for_v1_reader();
+            }
             (revision, snap.encode(), KeysetAnswer::Snapshot)
         }
         SetRead::Delta {
@@ -134,12 +145,15 @@ pub async fn get_keyset(
             upserts,
             removals,
         } => {
-            let delta = Delta {
+            let mut delta = Delta {
                 base_revision: base as u64,
                 revision: revision as u64,
                 upserts: upserts.into_iter().map(SetEntry::into_wire).collect(),
                 removals: removals.into_iter().map(Digest::from_bytes).collect(),
             };
+            if !reads_v2 {
+                delta = delta.for_v1_reader();
+            }
             (revision, delta.encode(), KeysetAnswer::Delta)
         }
     };

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::KeySet;
+use crate::policy::RateLimit;
 use super::record::{Grant, Record};
 
 impl KeySet {
@@ -38,6 +39,8 @@ impl KeySet {
                         + g.scopes.iter().map(|s| s.len()).sum::<usize>()
                         + g.resources.iter().map(|s| s.len()).sum::<usize>()
                         + g.scope_list.len()
+                        + g.policy.limits.capacity() * size_of::<RateLimit>()
+                        + g.policy.limits.iter().map(|l| l.name.capacity()).sum::<usize>()
                 })
                 .sum::<usize>()
             + map_bytes(&self.grant_ids);
