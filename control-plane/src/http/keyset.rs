@@ -163,6 +163,10 @@ pub struct UsageEntry {
     pub count: u64,
     /// Last use, unix seconds.
     pub last_used_at: u64,
+    /// Requests the edge refused by a rate limit (`429 rate_limited`) since the last report;
+    /// absent means 0 (issue 27: the data side stores it).
+    #[serde(default)]
+    pub limited: u64,
 }
 
 /// `POST /v1/usage` body.
@@ -213,6 +217,9 @@ pub async fn post_usage(
             .ok()
             .filter(|c| *c <= 1_000_000_000)
             .ok_or_else(|| ApiError::invalid("count is too large"))?;
+        if e.limited > 1_000_000_000 {
+            return Err(ApiError::invalid("limited is too large"));
+        }
         let last = i64::try_from(e.last_used_at)
             .ok()
             .filter(|t| *t <= now + 300)
