@@ -178,7 +178,8 @@ pub struct UsageEntry {
     pub count: u64,
     /// Last use, unix seconds.
     pub last_used_at: u64,
-    /// Requests refused for a rate limit or exhausted credits since the last report.
+    /// Requests the edge refused by a rate limit (`429 rate_limited`) since the last report;
+    /// absent means 0. Kept per hour (`usage_hourly.limited`).
     #[serde(default)]
     pub limited: u64,
 }

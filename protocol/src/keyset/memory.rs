@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::KeySet;
-use crate::policy::RateLimit;
 use super::record::{Grant, Record};
+use crate::policy::RateLimit;
 
 impl KeySet {
     /// Heap memory held by the set, in bytes: the capacity of every array, the interned
@@ -40,7 +40,11 @@ impl KeySet {
                         + g.resources.iter().map(|s| s.len()).sum::<usize>()
                         + g.scope_list.len()
                         + g.policy.limits.capacity() * size_of::<RateLimit>()
-                        + g.policy.limits.iter().map(|l| l.name.capacity()).sum::<usize>()
+                        + g.policy
+                            .limits
+                            .iter()
+                            .map(|l| l.name.capacity())
+                            .sum::<usize>()
                 })
                 .sum::<usize>()
             + map_bytes(&self.grant_ids);
