@@ -12,5 +12,5 @@ ALTER TABLE keys ADD COLUMN refill_interval TEXT;
 ALTER TABLE keys ADD COLUMN next_refill_at INTEGER;
 CREATE INDEX keys_next_refill ON keys(next_refill_at) WHERE next_refill_at IS NOT NULL;
 ALTER TABLE workspaces ADD COLUMN default_limits TEXT;
--- Requests the edges refused for a rate limit or exhausted credits, per key and hour.
+-- Requests the edges refused by a rate limit (429 rate_limited), per key and hour.
 ALTER TABLE usage_hourly ADD COLUMN limited INTEGER NOT NULL DEFAULT 0;

@@ -104,7 +104,7 @@ impl Metrics {
         self.credit_refills.fetch_add(1, Relaxed);
     }
 
-    /// Counts requests the edges reported refused for a limit (rate or credits).
+    /// Counts requests the edges reported refused by a rate limit.
     pub fn limited_reported(&self, n: u64) {
         self.limited_reported.fetch_add(n, Relaxed);
     }
@@ -250,7 +250,7 @@ impl Metrics {
             ),
             (
                 "keygate_usage_limited_total",
-                "Requests the edges reported refused for a rate limit or exhausted credits.",
+                "Requests the edges reported refused by a rate limit (429 rate_limited).",
                 &self.limited_reported,
             ),
         ] {

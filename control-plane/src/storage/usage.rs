@@ -44,7 +44,7 @@ pub struct UsageRow {
     pub count: i64,
     /// The newest use, unix seconds (0: unknown).
     pub last_used_at: i64,
-    /// Requests refused for a rate limit or exhausted credits.
+    /// Requests refused by a rate limit (the edge's report).
     pub limited: i64,
     /// Credits to take off the key's balance (the allowed requests, except those a
     /// verification already took exactly).

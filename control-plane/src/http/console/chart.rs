@@ -159,11 +159,11 @@ pub fn bar_chart(id: &str, title: &str, s: &UsageSeries) -> String {
             count(p.count)
         );
         if p.limited > 0 {
-            // Requests refused for a rate limit or exhausted credits, stacked on the bar.
+            // Requests the edges refused by a rate limit, stacked on the bar.
             let hl = scale(p.limited);
             let _ = write!(
                 o,
-                r#"<rect class="bar limited" x="{x:.2}" y="{:.2}" width="{width:.2}" height="{hl:.2}" data-at="{}" data-limited="{}"><title>{} UTC: {} limited (refused for a rate limit or credits)</title></rect>"#,
+                r#"<rect class="bar limited" x="{x:.2}" y="{:.2}" width="{width:.2}" height="{hl:.2}" data-at="{}" data-limited="{}"><title>{} UTC: {} limited (refused by a rate limit)</title></rect>"#,
                 base - h - hl,
                 p.at,
                 p.limited,

@@ -66,7 +66,7 @@ pub struct UsagePoint {
     pub at: i64,
     /// Requests counted in it.
     pub count: i64,
-    /// Requests the edges refused in it for a rate limit or exhausted credits.
+    /// Requests the edges refused in it by a rate limit (`429 rate_limited`).
     #[serde(default)]
     pub limited: i64,
 }
