@@ -9,13 +9,19 @@
 //! thread flushes them ([`crate::metrics`]).
 
 use std::cell::RefCell;
+use std::sync::LazyLock;
 
 use keygate_filter_core::decision::{
     self, Decision, Deny, DenyBodies, KeySetState, Reason, Request, decide,
 };
+use keygate_filter_core::limits::{self, AtomicCounters, Outcome};
 use smallvec::SmallVec;
 
 use crate::config::{Keygate, Keys};
+
+/// The process's rate-limit counters: one proxy, one count (exact), whatever the thread or the
+/// filter configuration that sees the key.
+static COUNTERS: LazyLock<AtomicCounters> = LazyLock::new(AtomicCounters::default);
 
 /// What the request path asks of its host: Envoy's request header map and local reply, and the
 /// decision counters.
@@ -84,6 +90,7 @@ impl Keygate {
         let decision = decide(&req, state, now_ms / 1000, &self.config);
         let reason = decision.reason();
         let verdict = match decision {
+            Decision::Allow(a) if self.over_limit(&a, now_ms, stream) => Verdict::Stop,
             Decision::Allow(a) => {
                 if let (Reason::Allowed, Some(key), Keys::Synced(sync)) =
                     (reason, a.key_id(), &self.keys)
@@ -137,19 +144,59 @@ impl Keygate {
                 Verdict::Stop
             }
         };
-        stream.count(reason);
+        stream.count(if verdict == Verdict::Stop && reason.is_allow() {
+            Reason::RateLimited
+        } else {
+            reason
+        });
         verdict
+    }
+
+    /// Counts an allowed request against its key's rate limits (nothing for a key without
+    /// any); over one, answers the 429 with its fields and counts it for usage.
+    fn over_limit(&self, a: &decision::Allow<'_>, now_ms: u64, stream: &mut impl Stream) -> bool {
+        let Some(id) = a.identity.as_ref().filter(|i| !i.limits().is_empty()) else {
+            return false;
+        };
+        let fleet = self.config.rate_limit_fleet_size;
+        let outcome = limits::check(
+            id.limits(),
+            id.key_id(),
+            id.owner(),
+            now_ms,
+            fleet,
+            &mut &*COUNTERS,
+        );
+        let Outcome::Limited(status) = outcome else {
+            return false;
+        };
+        if let Keys::Synced(sync) = &self.keys {
+            sync.shared_state()
+                .usage
+                .record_limited(id.key_id(), now_ms / 1000);
+        }
+        let fields = status.limited_fields();
+        let extra: SmallVec<[(&str, &str); 3]> =
+            fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send_deny_with(&limits::deny(), &extra, stream);
+        true
     }
 }
 
 /// Answers with the filter's local reply for `deny`.
 pub fn send_deny(deny: &Deny, stream: &mut impl Stream) {
-    let mut reply: SmallVec<[(&str, &str); 3]> = SmallVec::new();
+    send_deny_with(deny, &[], stream);
+}
+
+/// Answers with the filter's local reply for `deny`, with `extra` headers (a 429's fields).
+fn send_deny_with(deny: &Deny, extra: &[(&str, &str)], stream: &mut impl Stream) {
+    let mut reply: SmallVec<[(&str, &str); 6]> = SmallVec::new();
     reply.push(("content-type", "application/json"));
     reply.push(("cache-control", "no-store"));
     if let Some(w) = deny.www_authenticate {
         reply.push(("www-authenticate", w));
     }
+    reply.extend_from_slice(extra);
     // A panic inside a borrow (caught at the hook) leaves the cell borrowed for good: then a
     // body of its own.
     let sent = BODIES.with(|cell| {

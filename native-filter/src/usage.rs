@@ -42,12 +42,15 @@ impl Shard {
 #[derive(Debug)]
 pub struct UsageShards {
     shards: Box<[Shard]>,
+    /// Requests refused by a rate limit (`429 rate_limited`): rare, one lock for all threads.
+    limited: Mutex<Vec<(KeyId, u64)>>,
 }
 
 impl Default for UsageShards {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            limited: Mutex::default(),
         }
     }
 }
@@ -76,6 +79,23 @@ impl UsageShards {
             }
         }
         log.uses.push((key, now_secs));
+    }
+
+    /// Counts one request by `key` refused by a rate limit at `now_secs`.
+    pub fn record_limited(&self, key: KeyId, now_secs: u64) {
+        self.limited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((key, now_secs));
+    }
+
+    /// Takes every refused request counted so far, calling `f(key, second)` once each.
+    pub fn drain_limited(&self, mut f: impl FnMut(KeyId, u64)) {
+        let taken =
+            std::mem::take(&mut *self.limited.lock().unwrap_or_else(PoisonError::into_inner));
+        for (key, at) in taken {
+            f(key, at);
+        }
     }
 
     /// Takes every use counted so far, calling `f(key, second)` once per request (the sync

@@ -19,6 +19,7 @@ use keygate_filter_core::decision::{self, Decision, Deny, DenyBodies, Reason, Re
 use keygate_filter_core::host::{
     DispatchError, Host, HttpCall, HttpResponse, LogLevel, SharedDataError,
 };
+use keygate_filter_core::limits::{self, Leased, Leases, Outcome};
 use keygate_filter_core::worker::Worker;
 
 fn now_ms() -> u64 {
@@ -184,6 +185,8 @@ struct State {
     /// Decisions since the last tick, per reason: added to Envoy's counters on the tick, one
     /// host call per reason that occurred instead of one per request.
     decisions: RefCell<[u64; Reason::ALL.len()]>,
+    /// This worker's leases of rate-limit quota (`keygate_filter_core::limits`).
+    leases: RefCell<Leases>,
 }
 
 /// The per-worker root context.
@@ -202,6 +205,7 @@ impl KeygateRoot {
                 replies: RefCell::new(Replies::new()),
                 clock_ms: Cell::new(now_ms()),
                 decisions: RefCell::new([0; Reason::ALL.len()]),
+                leases: RefCell::new(Leases::default()),
             }),
             id: random_u64(),
         }
@@ -316,6 +320,10 @@ impl RootContext for KeygateRoot {
     fn on_tick(&mut self) {
         self.state.clock_ms.set(now_ms());
         self.flush_decisions();
+        self.state
+            .leases
+            .borrow_mut()
+            .prune(self.state.clock_ms.get());
         self.with_worker(|w, host| {
             w.tick(host);
             // The VM's linear memory: its high-water mark (wasm memory never shrinks).
@@ -390,11 +398,24 @@ impl Replies {
     }
 
     fn send(&mut self, deny: &Deny) {
-        let body = self.bodies.body(deny);
         let headers = self
             .headers
             .get(deny.reason.index())
             .map_or(&[][..], Vec::as_slice);
+        Self::reply(deny, headers, &self.bodies.body(deny));
+    }
+
+    /// A 429 `rate_limited` with its fields (`Retry-After`, `RateLimit-Policy`, `RateLimit`).
+    fn send_limited(&mut self, deny: &Deny, fields: &[(&'static str, String)]) {
+        let mut h: Vec<(&str, &str)> = vec![
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ];
+        h.extend(fields.iter().map(|(k, v)| (*k, v.as_str())));
+        Self::reply(deny, &pairs::serialize(&h), &self.bodies.body(deny));
+    }
+
+    fn reply(deny: &Deny, headers: &[u8], body: &str) {
         if let Err(status) = raw::send_local_response(deny.status(), headers, body.as_bytes()) {
             log(
                 LogLevel::Error,
@@ -423,6 +444,40 @@ impl KeygateHttp {
             w.record_canary_hit(&mut host, key, now, req.path, &client, user_agent);
         }
     }
+
+    /// Counts an allowed request against its key's rate limits (nothing for a key without
+    /// any: no host call); over one, answers the 429 and says so.
+    fn over_limit(&self, a: &decision::Allow<'_>, worker: &Worker, now_ms: u64) -> bool {
+        let Some(id) = a.identity.as_ref().filter(|i| !i.limits().is_empty()) else {
+            return false;
+        };
+        let mut metrics = self.state.metrics.borrow_mut();
+        let mut leases = self.state.leases.borrow_mut();
+        let mut counters = Leased {
+            leases: &mut leases,
+            host: &mut ProxyHost {
+                metrics: &mut metrics,
+            },
+        };
+        let fleet = worker.config().rate_limit_fleet_size;
+        match limits::check(
+            id.limits(),
+            id.key_id(),
+            id.owner(),
+            now_ms,
+            fleet,
+            &mut counters,
+        ) {
+            Outcome::Limited(status) => {
+                self.state
+                    .replies
+                    .borrow_mut()
+                    .send_limited(&limits::deny(), &status.limited_fields());
+                true
+            }
+            Outcome::Within(_) | Outcome::Unlimited => false,
+        }
+    }
 }
 
 impl HttpContext for KeygateHttp {
@@ -442,6 +497,9 @@ impl HttpContext for KeygateHttp {
             let decision = worker.decide(&req, now);
             let reason = decision.reason();
             match decision {
+                Decision::Allow(a) if self.over_limit(&a, worker, now) => {
+                    (Reason::RateLimited, a.key_id(), None)
+                }
                 Decision::Allow(a) => {
                     for name in &a.remove {
                         let _ = hostcalls::remove_map_value(
@@ -490,6 +548,11 @@ impl HttpContext for KeygateHttp {
                 w.record_use(reason, key_id, now);
             }
             Action::Continue
+        } else if reason == Reason::RateLimited {
+            if let Some(w) = self.state.worker.borrow_mut().as_mut() {
+                w.record_limited(key_id, now);
+            }
+            Action::Pause
         } else {
             Action::Pause
         }

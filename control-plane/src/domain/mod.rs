@@ -3,11 +3,14 @@
 //! and SQL layers only call these functions.
 
 pub mod canary;
+pub mod credits;
 pub mod edges;
 pub mod key;
 pub mod leaks;
 pub mod lifecycle;
+pub mod limits;
 pub mod names;
+pub mod refill;
 pub mod webhooks;
 
 use keygate_protocol::scope;
@@ -149,6 +152,9 @@ pub enum RuleError {
     /// A field is too long, too many entries, or badly formed.
     #[error("{0}")]
     Invalid(String),
+    /// Rate limits or credits refused (`limits::LimitsError::code` is the API's code).
+    #[error(transparent)]
+    Limits(#[from] limits::LimitsError),
     /// The parent already has the maximum number of active children.
     #[error("the parent key already has {MAX_ACTIVE_CHILDREN} active children")]
     TooManyChildren,
@@ -400,6 +406,8 @@ pub enum VerifyCode {
     InsufficientScope,
     /// The resource is not in the key's allow-list.
     ResourceNotAllowed,
+    /// The key's credits are used up (until a refill).
+    CreditsExhausted,
 }
 
 /// What verification needs to know about a stored key found by digest.

@@ -125,6 +125,13 @@ impl KeyMirror {
         f(&set, freshness)
     }
 
+    /// Holds `set`, confirmed now (unit tests: a set with policies the store cannot write yet).
+    #[cfg(test)]
+    pub(crate) fn hold(&self, set: KeySet) {
+        *self.set.write().unwrap_or_else(PoisonError::into_inner) = set;
+        self.confirm();
+    }
+
     fn confirm(&self) {
         self.confirmed_ms.store(now_ms().max(1), Ordering::Release);
     }

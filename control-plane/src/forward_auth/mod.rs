@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 pub use settings::{ForwardAuthArgs, Settings, SettingsError};
 
+use keygate_filter_core::limits::AtomicCounters;
 use mirror::{KeyMirror, MirrorError};
 
 /// The header in which the proxy presents its `edge` key. It is the proxy's, set on the
@@ -43,6 +44,8 @@ pub struct ForwardAuth {
     pub settings: Settings,
     /// The key set in memory.
     pub mirror: Arc<KeyMirror>,
+    /// This process's rate-limit counters (exact; the filter's own `limits::check`).
+    pub limits: AtomicCounters,
 }
 
 impl ForwardAuth {
@@ -51,6 +54,7 @@ impl ForwardAuth {
         Self {
             settings,
             mirror: Arc::new(KeyMirror::new()),
+            limits: AtomicCounters::default(),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::storage::{AuditFilter, AuditRecord};
 use super::keys::{page_limit, parse_id};
 
 /// The actions the audit log records.
-pub const ACTIONS: [&str; 13] = [
+pub const ACTIONS: [&str; 17] = [
     "key.create",
     "key.exchange",
     "key.update",
@@ -24,6 +24,10 @@ pub const ACTIONS: [&str; 13] = [
     "key.rotate",
     crate::domain::leaks::LEAK_ACTION,
     crate::domain::canary::CANARY_ACTION,
+    crate::domain::credits::LIMITS_ACTION,
+    crate::domain::credits::EXHAUSTED_ACTION,
+    crate::domain::credits::REFILL_ACTION,
+    crate::domain::credits::WORKSPACE_LIMITS_ACTION,
     "github.token.issue",
     "github.token.revoke",
     "github.repository.create",

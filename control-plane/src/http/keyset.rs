@@ -20,6 +20,7 @@ use crate::runtime::clock::unix_now;
 use crate::runtime::metrics::KeysetAnswer;
 use crate::runtime::state::AppState;
 use crate::storage::keyset::{SetEntry, SetRead};
+use crate::storage::usage::UsageRow;
 
 /// Longest long-poll wait, seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -177,6 +178,10 @@ pub struct UsageEntry {
     pub count: u64,
     /// Last use, unix seconds.
     pub last_used_at: u64,
+    /// Requests the edge refused by a rate limit (`429 rate_limited`) since the last report;
+    /// absent means 0. Kept per hour (`usage_hourly.limited`).
+    #[serde(default)]
+    pub limited: u64,
 }
 
 /// `POST /v1/usage` body.
@@ -231,9 +236,27 @@ pub async fn post_usage(
             .ok()
             .filter(|t| *t <= now + 300)
             .ok_or_else(|| ApiError::invalid("last_used_at is in the future"))?;
-        rows.push((id, count, last));
+        let limited = i64::try_from(e.limited)
+            .ok()
+            .filter(|c| *c <= 1_000_000_000)
+            .ok_or_else(|| ApiError::invalid("limited is too large"))?;
+        rows.push(UsageRow {
+            key_id: id,
+            count,
+            last_used_at: last,
+            limited,
+            charge: count,
+        });
     }
-    let applied = state.db.record_usage_batch(&b.batch_id, &rows, now).await?;
-    state.metrics.usage_batch(applied);
-    Ok(Json(UsageAck { applied }))
+    let done = state.db.record_usage_batch(&b.batch_id, &rows, now).await?;
+    state.metrics.usage_batch(done.applied);
+    if done.applied {
+        state.metrics.credits_exhausted(done.exhausted.len());
+        state
+            .metrics
+            .limited_reported(rows.iter().map(|r| r.limited.unsigned_abs()).sum());
+    }
+    Ok(Json(UsageAck {
+        applied: done.applied,
+    }))
 }

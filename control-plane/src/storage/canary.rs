@@ -9,16 +9,13 @@ use super::{AuditEntry, Db, Engine, on_db};
 use crate::domain::canary::{CANARY_ACTION, Hit, HitSource};
 use crate::domain::key::{Actor, KeyRecord, audit_view};
 
-/// The key-set policy of an entry: `Canary` for a canary key, the default otherwise.
-pub(crate) fn policy_of(canary: bool) -> Policy {
-    Policy {
-        state: if canary {
-            KeyState::Canary
-        } else {
-            KeyState::Active
-        },
-        ..Policy::default()
+/// The key-set policy of an entry: a canary's state is `Canary`, whatever its limits or
+/// credits would make it; any other key's policy is unchanged.
+pub(crate) fn marked(canary: bool, mut policy: Policy) -> Policy {
+    if canary {
+        policy.state = KeyState::Canary;
     }
+    policy
 }
 
 /// Who saw a hit, for its audit row.

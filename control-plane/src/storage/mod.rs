@@ -13,6 +13,7 @@
 pub mod canary;
 mod conditions;
 pub mod console_sessions;
+pub mod credits;
 pub mod edges;
 pub mod error;
 pub mod github_repos;
@@ -213,7 +214,8 @@ macro_rules! key_cols {
         "id, workspace_id, name, description, kind, display_prefix, digest, hash_version, scopes, \
          resources, status, suspended_by_parent, expires_at, created_at, updated_at, last_used_at, \
          usage_count, revoked_at, created_by_id, created_by_name, created_by_prefix, owner_id, \
-         metadata, parent_id, subject"
+         metadata, parent_id, subject, limits, credits_remaining, refill_amount, refill_interval, \
+         next_refill_at"
     };
 }
 pub(crate) use key_cols;

@@ -1,4 +1,5 @@
-//! Keygate filter's pure core: [`config`], [`decision`], [`sync`], [`usage`], tied together by
+//! Keygate filter's pure core: [`config`], [`decision`], [`limits`] (rate limits counted per
+//! process), [`sync`], [`usage`], tied together by
 //! [`worker`] behind the [`host::Host`] seam.
 //!
 //! No proxy-wasm and no `unsafe`: it compiles and is tested natively (and builds for
@@ -15,6 +16,7 @@ pub mod canary;
 pub mod config;
 pub mod decision;
 pub mod host;
+pub mod limits;
 pub mod sync;
 pub mod usage;
 pub mod worker;

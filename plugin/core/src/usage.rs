@@ -21,6 +21,17 @@ pub const LOG_CAPACITY: usize = 4096;
 struct Tally {
     count: u64,
     last_used_at: u64,
+    limited: u64,
+}
+
+const NO_TALLY: Tally = Tally {
+    count: 0,
+    last_used_at: 0,
+    limited: 0,
+};
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One entry of a usage report.
@@ -30,8 +41,12 @@ pub struct UsageEntry {
     pub key_id: String,
     /// Requests since the previous batch.
     pub count: u64,
-    /// Unix seconds of the latest one.
+    /// Unix seconds of the latest one (or of the latest refused by a rate limit).
     pub last_used_at: u64,
+    /// Requests refused by a rate limit (`429 rate_limited`) since the previous batch; not
+    /// written when 0, so a report without any is byte for byte what it was.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub limited: u64,
 }
 
 /// A usage report, the JSON body of `POST /v1/usage`.
@@ -87,14 +102,19 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
         self.log.push((key, now_secs));
     }
 
+    /// Counts one request of `key` refused by a rate limit (straight into the counts: the
+    /// refused path is not the one kept fast).
+    pub fn record_limited(&mut self, key: K, now_secs: u64) {
+        let t = self.counts.entry(key).or_insert(NO_TALLY);
+        t.limited += 1;
+        t.last_used_at = t.last_used_at.max(now_secs);
+    }
+
     /// Moves the logged uses into the per-key counts (the timer calls this, off the request
     /// path; a batch is always taken after it).
     pub fn fold(&mut self) {
         for (key, at) in self.log.drain(..) {
-            let t = self.counts.entry(key).or_insert(Tally {
-                count: 0,
-                last_used_at: 0,
-            });
+            let t = self.counts.entry(key).or_insert(NO_TALLY);
             t.count += 1;
             t.last_used_at = t.last_used_at.max(at);
         }
@@ -127,6 +147,7 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
                         key_id: k.to_string(),
                         count: t.count,
                         last_used_at: t.last_used_at,
+                        limited: t.limited,
                     });
                 }
             }
@@ -154,11 +175,9 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
         };
         self.batch_limit = (batch.entries.len() / 2).max(1);
         for (key, e) in keys.into_iter().zip(batch.entries) {
-            let t = self.counts.entry(key).or_insert(Tally {
-                count: 0,
-                last_used_at: 0,
-            });
+            let t = self.counts.entry(key).or_insert(NO_TALLY);
             t.count += e.count;
+            t.limited += e.limited;
             t.last_used_at = t.last_used_at.max(e.last_used_at);
         }
     }
@@ -213,18 +232,52 @@ mod tests {
                 UsageEntry {
                     key_id: "1".into(),
                     count: 2,
-                    last_used_at: 105
+                    last_used_at: 105,
+                    limited: 0,
                 },
                 UsageEntry {
                     key_id: "2".into(),
                     count: 1,
-                    last_used_at: 101
+                    last_used_at: 101,
+                    limited: 0,
                 },
             ]
         );
         let json = serde_json::to_value(&b).unwrap();
         assert_eq!(json["batch_id"], "0000000000000007-1");
         assert!(json["entries"][0]["count"].is_u64());
+        // no `limited` member when nothing was refused: the report is what it was
+        assert!(!serde_json::to_string(&b).unwrap().contains("limited"));
+    }
+
+    #[test]
+    fn requests_refused_by_a_rate_limit_are_reported_as_limited() {
+        let mut t = UsageTracker::<u32>::new(7);
+        t.record(1, 100);
+        t.record_limited(1, 103);
+        t.record_limited(2, 104);
+        t.record_limited(2, 102);
+        let b = t.next_batch().unwrap().clone();
+        let mut e = b.entries.clone();
+        e.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        assert_eq!((e[0].count, e[0].limited, e[0].last_used_at), (1, 1, 103));
+        assert_eq!((e[1].count, e[1].limited, e[1].last_used_at), (0, 2, 104));
+        let json = serde_json::to_value(&b).unwrap();
+        assert!(
+            json["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["limited"].is_u64())
+        );
+        // a 413 puts them back and they are sent again (in halves)
+        t.split_pending();
+        let mut limited = 0;
+        while let Some(again) = t.next_batch() {
+            limited += again.entries.iter().map(|e| e.limited).sum::<u64>();
+            t.finish(true);
+        }
+        assert_eq!(limited, 3);
     }
 
     #[test]

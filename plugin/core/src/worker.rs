@@ -136,6 +136,13 @@ impl Worker {
         }
     }
 
+    /// Counts a request of `key` refused by a rate limit, for the usage report's `limited`.
+    pub fn record_limited(&mut self, key: Option<KeyId>, now_ms: u64) {
+        if let Some(k) = key {
+            self.usage.record_limited(k, now_ms / 1000);
+        }
+    }
+
     /// Timer tick: sync, then usage reporting when due.
     pub fn tick(&mut self, host: &mut impl Host) {
         self.usage.fold();

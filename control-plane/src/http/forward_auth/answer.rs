@@ -102,6 +102,23 @@ fn push_name<'r>(remove: &mut Vec<&'r str>, set: &[&str], name: &'r str) {
     }
 }
 
+/// The filter's local reply for `d` with `fields` added (a 429's `Retry-After`,
+/// `RateLimit-Policy` and `RateLimit`).
+pub fn deny_with(d: &Deny, fields: &[(&'static str, String)]) -> Response {
+    let mut resp = deny(d);
+    add_fields(&mut resp, fields);
+    resp
+}
+
+/// Adds rate-limit fields to an answer (values the filter made: ASCII, never a secret).
+pub fn add_fields(resp: &mut Response, fields: &[(&'static str, String)]) {
+    for (name, value) in fields {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            resp.headers_mut().append(HeaderName::from_static(name), v);
+        }
+    }
+}
+
 /// The filter's local reply for `d`.
 pub fn deny(d: &Deny) -> Response {
     let mut resp = Response::new(Body::from(d.body()));

@@ -37,6 +37,7 @@ pub const CATCH_UP: Duration = Duration::from_millis(100);
         (status = 403, description = "The filter's 403 (`insufficient_scope`, `resource_not_allowed`), or `PROXY_FORBIDDEN`", body = crate::http::error::ErrorBody),
         (status = 404, description = "`FORWARD_AUTH_DISABLED`: keygate serve runs without --forward-auth-config", body = crate::http::error::ErrorBody),
         (status = 503, description = "The filter's 503 (`keyset_unavailable`, `keyset_stale`)", body = crate::http::error::ErrorBody),
+        (status = 429, description = "The filter's 429 (`credits_exhausted`, `rate_limited`)", body = crate::http::error::ErrorBody),
     ))]
 /// Forward-auth for nginx `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth`: the
 /// original request is named by `X-Forwarded-Uri`/`X-Forwarded-Method` or

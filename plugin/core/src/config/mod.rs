@@ -24,7 +24,7 @@ pub use identity::IdentityHeaders;
 pub use key_source::KeySource;
 use raw::RawConfig;
 pub use route::Route;
-pub use validate::MAX_LONG_POLL_WAIT_S;
+pub use validate::{MAX_FLEET_SIZE, MAX_LONG_POLL_WAIT_S};
 
 /// A configuration error; `field` is the JSON path of the value at fault (`routes[1].path_prefix`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +95,12 @@ pub struct Config {
     pub usage_cluster: String,
     /// Timeout of one control-plane call, in milliseconds (a long poll adds its wait).
     pub request_timeout_ms: u64,
+    /// Allowed requests of a key with rate limits carry `RateLimit` and `RateLimit-Policy` too
+    /// (429s always do), where the shell can set response headers (`docs/rate-limits.md`).
+    pub rate_limit_headers: bool,
+    /// How many proxies share each rate limit: 1 (the default) enforces every limit per proxy;
+    /// N enforces `ceil(limit / N)` on each, a fleet-wide limit for an evenly spread load.
+    pub rate_limit_fleet_size: u32,
 }
 
 impl Config {
@@ -156,6 +162,8 @@ mod tests {
         assert_eq!(c.max_staleness_s, 300);
         assert_eq!(c.usage_report_interval_ms, 10_000);
         assert_eq!(c.usage_cluster, "keygate");
+        assert!(!c.rate_limit_headers);
+        assert_eq!(c.rate_limit_fleet_size, 1);
     }
 
     #[test]
@@ -204,6 +212,10 @@ mod tests {
             (
                 r#"{"cluster":"c","authority":"a","edge_key":"k","sync_interval_ms":"fast"}"#,
                 "sync_interval_ms",
+            ),
+            (
+                r#"{"cluster":"c","authority":"a","edge_key":"k","rate_limit_fleet_size":0}"#,
+                "rate_limit_fleet_size",
             ),
             (
                 r#"{"cluster":"c","authority":"a","edge_key":"k","long_poll_wait_s":31}"#,

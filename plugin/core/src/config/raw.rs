@@ -37,6 +37,10 @@ pub(super) struct RawConfig {
     pub(super) usage_cluster: Option<String>,
     #[serde(default = "default_request_timeout_ms")]
     pub(super) request_timeout_ms: u64,
+    #[serde(default)]
+    pub(super) rate_limit_headers: bool,
+    #[serde(default = "default_fleet_size")]
+    pub(super) rate_limit_fleet_size: u32,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +77,9 @@ pub(super) struct RawIdentityHeaders {
     pub(super) scopes: Option<String>,
 }
 
+fn default_fleet_size() -> u32 {
+    1
+}
 fn default_sync_interval_ms() -> u64 {
     500
 }

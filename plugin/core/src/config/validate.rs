@@ -8,6 +8,9 @@ use super::{Config, ConfigError, KeySource, identity, key_source, route};
 /// Longest long-poll wait the control plane honours.
 pub const MAX_LONG_POLL_WAIT_S: u32 = 30;
 
+/// The largest `rate_limit_fleet_size`.
+pub const MAX_FLEET_SIZE: u32 = 10_000;
+
 impl RawConfig {
     pub(super) fn validate(
         self,
@@ -77,6 +80,12 @@ impl RawConfig {
             return Err(ConfigError::new(
                 "usage_report_interval_ms",
                 "must be at least 100",
+            ));
+        }
+        if !(1..=MAX_FLEET_SIZE).contains(&self.rate_limit_fleet_size) {
+            return Err(ConfigError::new(
+                "rate_limit_fleet_size",
+                format!("must be 1 to {MAX_FLEET_SIZE}"),
             ));
         }
         if self.request_timeout_ms < 100 {
@@ -152,6 +161,8 @@ impl RawConfig {
             usage_report_interval_ms: self.usage_report_interval_ms,
             usage_cluster,
             request_timeout_ms: self.request_timeout_ms,
+            rate_limit_headers: self.rate_limit_headers,
+            rate_limit_fleet_size: self.rate_limit_fleet_size,
         })
     }
 }

@@ -5,12 +5,13 @@
 //! deny's message) are allocated.
 //!
 //! [`decide`] is here; its parts are in `request` (the request view), `reason` (why),
-//! `outcome` (the verdict), `credential` (finding and hiding the key) and `path` (normal form,
+//! `outcome` (the verdict), `policy` (the key's state: out of credits), `credential` (finding and hiding the key) and `path` (normal form,
 //! route, resource segment). Their public items are re-exported: every path is `decision::…`.
 
 mod credential;
 mod outcome;
 mod path;
+mod policy;
 mod reason;
 mod request;
 
@@ -162,6 +163,10 @@ pub fn decide<'a>(
         }
     }
 
+    if let Some(deny) = policy::state_deny(&entry) {
+        return Decision::Deny(deny);
+    }
+
     let mut set_headers = Vec::new();
     let strip_cookies = hide(config, req, &mut remove, &mut set_headers);
     let key_id = entry.key_id();
@@ -171,6 +176,7 @@ pub fn decide<'a>(
         key_id_text: key_id.text(),
         owner: entry.owner(),
         scopes: entry.scope_list(),
+        limits: entry.rate_limits(),
     };
     Decision::Allow(Allow {
         reason: Reason::Allowed,

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use keygate_protocol::policy::RateLimit;
 use keygate_protocol::{KeyId, KeyIdText};
 use smallvec::SmallVec;
 
@@ -73,9 +74,25 @@ pub struct Identity<'a> {
     pub(super) key_id_text: KeyIdText,
     pub(super) owner: &'a str,
     pub(super) scopes: &'a str,
+    pub(super) limits: &'a [RateLimit],
 }
 
-impl Identity<'_> {
+impl<'a> Identity<'a> {
+    /// The key's id.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The key's owner.
+    pub fn owner(&self) -> &'a str {
+        self.owner
+    }
+
+    /// The key's rate limits (empty for most keys), counted by the shell once allowed.
+    pub fn limits(&self) -> &'a [RateLimit] {
+        self.limits
+    }
+
     /// The headers, name and value: key id, owner, scopes.
     pub fn headers(&self) -> [(&str, &str); 3] {
         [

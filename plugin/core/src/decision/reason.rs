@@ -31,6 +31,10 @@ pub enum Reason {
     /// The path is not in normal form (dot segments, encoded separators or dot segments,
     /// backslashes, empty segments): an upstream could resolve it to another route.
     InvalidPath,
+    /// The key's credits are used up (`KeyState::CreditsExhausted`): 429 until a refill.
+    CreditsExhausted,
+    /// The key (or its owner's pool) is over one of its rate limits: 429 until the window ends.
+    RateLimited,
     /// A canary key (in the set with state `Canary`): answered exactly as [`Reason::UnknownKey`]
     /// (same status, challenge and body), counted apart, and reported at once.
     CanaryKey,
@@ -38,7 +42,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Allowed,
         Reason::Anonymous,
         Reason::FailOpen,
@@ -52,6 +56,8 @@ impl Reason {
         Reason::KeysetUnavailable,
         Reason::KeysetStale,
         Reason::InvalidPath,
+        Reason::CreditsExhausted,
+        Reason::RateLimited,
         Reason::CanaryKey,
     ];
 
@@ -86,6 +92,8 @@ impl Reason {
             Reason::KeysetUnavailable => "keyset_unavailable",
             Reason::KeysetStale => "keyset_stale",
             Reason::InvalidPath => "invalid_path",
+            Reason::CreditsExhausted => "credits_exhausted",
+            Reason::RateLimited => "rate_limited",
             Reason::CanaryKey => "canary_key",
         }
     }
@@ -117,7 +125,9 @@ impl Reason {
             | Reason::FailOpen
             | Reason::KeysetUnavailable
             | Reason::KeysetStale
-            | Reason::InvalidPath => return None,
+            | Reason::InvalidPath
+            | Reason::CreditsExhausted
+            | Reason::RateLimited => return None,
         })
     }
 
@@ -139,6 +149,7 @@ impl Reason {
             Reason::InsufficientScope | Reason::ResourceNotAllowed => 403,
             Reason::KeysetUnavailable | Reason::KeysetStale => 503,
             Reason::InvalidPath => 400,
+            Reason::CreditsExhausted | Reason::RateLimited => 429,
         }
     }
 

@@ -1,0 +1,282 @@
+//! Rate limits in real Envoy 1.40 (`--concurrency 4`), for both shells, keys given their
+//! policies by a fake key-set feed: a key limited to 100 per 10 s passes within the stated
+//! bound in a window from many connections and the rest get `429 rate_limited` with
+//! `Retry-After`, `RateLimit` and `RateLimit-Policy`; an owner-pooled limit is shared by the
+//! owner's keys; a key without limits behaves as before (every request passes, no new field).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keygate_e2e::Reply;
+use keygate_e2e::echo::send;
+use keygate_e2e::envoy::{EDGE_KEY_ENV, LISTENER, bootstrap};
+use keygate_e2e::fake_feed::FakeFeed;
+use keygate_e2e::native::{NativeEnvoy, module_bootstrap};
+use keygate_e2e::stack::wait_for;
+use keygate_filter_core::limits::chunk;
+use keygate_protocol::policy::{LimitPool, Policy, RateLimit};
+use keygate_protocol::wire::{KeyEntry, Snapshot};
+use keygate_protocol::{KeyId, key};
+use serde_json::json;
+
+const WORKERS: usize = 4;
+/// The limited key's limit: 100 per 10 s.
+const LIMIT: u32 = 100;
+const WINDOW_S: u64 = 10;
+/// The owner pool's limit, shared by two keys.
+const POOL: u32 = 30;
+
+struct Keys {
+    limited: String,
+    plain: String,
+    pooled: [String; 2],
+}
+
+fn entry(n: u8, owner: &str, limits: Vec<RateLimit>) -> (KeyEntry, String) {
+    let secret = key::generate("kg_live").unwrap_or_else(|e| panic!("generate: {e}"));
+    let entry = KeyEntry {
+        digest: secret.digest(),
+        key_id: KeyId::from_bytes([n; 16]),
+        owner: owner.into(),
+        expires_at: None,
+        scopes: Vec::new(),
+        resources: Vec::new(),
+        policy: Policy {
+            limits,
+            ..Policy::default()
+        },
+    };
+    (entry, secret.expose_secret().to_owned())
+}
+
+/// The fake feed serving four keys, on a runtime of its own; its `host:port` and the keys.
+fn feed() -> (String, Keys, tokio::runtime::Runtime) {
+    let limit = |name: &str, limit: u32, pool| RateLimit {
+        name: name.into(),
+        limit,
+        window_s: WINDOW_S as u32,
+        pool,
+    };
+    let (l, limited) = entry(1, "solo", vec![limit("burst", LIMIT, LimitPool::Key)]);
+    let (p, plain) = entry(2, "solo", Vec::new());
+    let (a, pooled_a) = entry(3, "team", vec![limit("team", POOL, LimitPool::Owner)]);
+    let (b, pooled_b) = entry(4, "team", vec![limit("team", POOL, LimitPool::Owner)]);
+    let mut entries = vec![l, p, a, b];
+    entries.sort_by(|x, y| x.digest.as_bytes().cmp(y.digest.as_bytes()));
+    let snapshot = Snapshot {
+        revision: 1,
+        entries,
+    }
+    .encode()
+    .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let addr = rt
+        .block_on(FakeFeed::new(snapshot, Vec::new()).serve())
+        .unwrap_or_else(|e| panic!("feed: {e}"));
+    let keys = Keys {
+        limited,
+        plain,
+        pooled: [pooled_a, pooled_b],
+    };
+    (addr, keys, rt)
+}
+
+/// Sleeps until 300 ms into the next 10 s window (windows are aligned to the epoch), so that a
+/// burst sent now falls in one window.
+fn at_the_start_of_a_window() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let into = Duration::from_millis((now.as_millis() % (u128::from(WINDOW_S) * 1000)) as u64);
+    std::thread::sleep(Duration::from_secs(WINDOW_S) - into + Duration::from_millis(300));
+}
+
+/// `n` requests with `keys[i % keys.len()]`, 16 at a time, each on a new connection.
+fn burst(envoy: &NativeEnvoy, rt: &tokio::runtime::Runtime, keys: &[&str], n: usize) -> Vec<Reply> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+    let url = format!("{}/hello", envoy.url);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (http, url, gate) = (http.clone(), url.clone(), gate.clone());
+                let key = keys[i % keys.len()].to_owned();
+                tokio::spawn(async move {
+                    let _permit = gate.acquire().await;
+                    send(&http, "GET", &url, &[("x-api-key", &key)]).await
+                })
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(n);
+        for t in tasks {
+            replies.push(t.await.unwrap_or_else(|e| panic!("a request task: {e}")));
+        }
+        replies
+    })
+}
+
+fn passes(replies: &[Reply]) -> usize {
+    replies.iter().filter(|r| r.status == 200).count()
+}
+
+/// Every refused reply is the filter's 429 with the draft's fields, consistent with each other.
+fn check_refusals(replies: &[Reply], policy: &str, name: &str) {
+    for r in replies.iter().filter(|r| r.status != 200) {
+        assert_eq!((r.status, r.code()), (429, "rate_limited"), "{}", r.text);
+        let retry: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Retry-After: {:?}", r.headers));
+        assert!((1..=WINDOW_S).contains(&retry), "Retry-After {retry}");
+        assert_eq!(r.header("ratelimit-policy"), Some(policy));
+        assert_eq!(
+            r.header("ratelimit"),
+            Some(format!("\"{name}\";r=0;t={retry}").as_str())
+        );
+    }
+}
+
+/// The bound's slack for a limit of `limit`: `(N-1)·C` for the wasm filter's leases, 0 for
+/// the module's exact counters.
+fn slack(leased: bool, limit: u32) -> usize {
+    if leased {
+        (WORKERS - 1) * chunk(limit) as usize
+    } else {
+        0
+    }
+}
+
+/// Runs the scenario on one Envoy; `shell` names it in messages, `stat` is its counter prefix.
+fn scenario(
+    envoy: &NativeEnvoy,
+    rt: &tokio::runtime::Runtime,
+    keys: &Keys,
+    shell: &str,
+    stat: &str,
+    leased: bool,
+) {
+    wait_for("the key set loaded", Duration::from_secs(20), || {
+        let r = envoy.request("GET", "/hello", &[("x-api-key", &keys.plain)]);
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text))
+        }
+    });
+    let c = slack(leased, LIMIT);
+    let lower = LIMIT as usize - c;
+    // The first window this key's counter is used in: workers may race to create it.
+    at_the_start_of_a_window();
+    let first = burst(envoy, rt, &[&keys.limited], 150);
+    let p = passes(&first);
+    assert!(
+        (lower..=LIMIT as usize + c).contains(&p),
+        "{shell}: {p} passes in the counter's first window"
+    );
+    eprintln!("{shell}: {p} passes of 150 in the counter's first window");
+    check_refusals(&first, "\"burst\";q=100;w=10", "burst");
+    // The next window: within [L - (N-1)·C, L].
+    at_the_start_of_a_window();
+    let second = burst(envoy, rt, &[&keys.limited], 150);
+    let p = passes(&second);
+    assert!(
+        (lower..=LIMIT as usize).contains(&p),
+        "{shell}: {p} passes, bound [{lower}, {LIMIT}]"
+    );
+    eprintln!("{shell}: {p} passes of 150 in the next window, bound [{lower}, {LIMIT}]");
+    assert_eq!(
+        second.len() - p,
+        second.iter().filter(|r| r.status == 429).count()
+    );
+    check_refusals(&second, "\"burst\";q=100;w=10", "burst");
+    // An allowed request of a limited key carries no field when the configuration does not ask.
+    assert!(
+        second
+            .iter()
+            .filter(|r| r.status == 200)
+            .all(|r| r.header("ratelimit").is_none())
+    );
+
+    // The key without limits: every request passes, and no answer carries a new field.
+    let plain = burst(envoy, rt, &[&keys.plain], 150);
+    assert_eq!(
+        passes(&plain),
+        150,
+        "{shell}: the key without limits was refused"
+    );
+    for r in &plain {
+        for name in ["ratelimit", "ratelimit-policy", "retry-after"] {
+            assert_eq!(r.header(name), None, "{shell}: {name} on an unlimited key");
+        }
+    }
+
+    // Two keys of one owner share its pool.
+    at_the_start_of_a_window();
+    let pooled = burst(envoy, rt, &[&keys.pooled[0], &keys.pooled[1]], 80);
+    let p = passes(&pooled);
+    let c = slack(leased, POOL);
+    assert!(
+        (POOL as usize - c..=POOL as usize + c).contains(&p),
+        "{shell}: {p} passes of the pool of {POOL}"
+    );
+    eprintln!("{shell}: {p} passes of 80 from two keys sharing a pool of {POOL}");
+    for (i, k) in keys.pooled.iter().enumerate() {
+        let mine = pooled
+            .iter()
+            .enumerate()
+            .filter(|(j, r)| j % 2 == i && r.status == 200)
+            .count();
+        assert!(
+            mine > 0 && mine < p,
+            "{shell}: key {i} passed {mine} of {p} ({k:.12})"
+        );
+    }
+    check_refusals(&pooled, "\"team\";q=30;w=10", "team");
+
+    // Refusals are counted by reason in the filter's stats.
+    let refused = (first.len() + second.len() + pooled.len())
+        - passes(&first)
+        - passes(&second)
+        - passes(&pooled);
+    wait_for("the rate_limited counter", Duration::from_secs(5), || {
+        let n = envoy.stat(&format!("{stat}.keygate.decision.deny.rate_limited"));
+        if n == refused as u64 {
+            Ok(())
+        } else {
+            Err(format!("{n} of {refused}"))
+        }
+    });
+}
+
+#[test]
+fn the_wasm_filter_counts_each_limit_across_its_four_workers() {
+    let (feed, keys, rt) = feed();
+    let envoy = NativeEnvoy::start_with_env(
+        WORKERS,
+        LISTENER,
+        &[(EDGE_KEY_ENV, "kg_edge_unchecked")],
+        |upstream| bootstrap(&feed, upstream, &json!({"sync_interval_ms": 200})),
+    );
+    scenario(&envoy, &rt, &keys, "wasm", "wasmcustom", true);
+}
+
+#[test]
+fn the_dynamic_module_counts_each_limit_exactly_in_its_process() {
+    let (feed, keys, rt) = feed();
+    let envoy = NativeEnvoy::start_with_env(
+        WORKERS,
+        LISTENER,
+        &[(EDGE_KEY_ENV, "kg_edge_unchecked")],
+        |upstream| {
+            module_bootstrap(
+                &format!("http://{feed}"),
+                upstream,
+                &json!({"sync_interval_ms": 200}),
+            )
+        },
+    );
+    scenario(&envoy, &rt, &keys, "module", "dynamicmodulescustom", false);
+}
