@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Keys { client, command } => print(cli::run_keys(&client, command).await),
+        Command::Keys { client, command } => print(cli::run_keys(&client, *command).await),
         Command::Workspace { client, command } => {
             print(cli::limits::run_workspace(&client, command).await)
         }

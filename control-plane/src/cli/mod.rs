@@ -34,9 +34,9 @@ pub enum Command {
         /// Connection settings.
         #[command(flatten)]
         client: ClientArgs,
-        /// The key command.
+        /// The key command (boxed: `keys create` has many options).
         #[command(subcommand)]
-        command: KeysCommand,
+        command: Box<KeysCommand>,
     },
     /// A workspace's settings (its default rate limits) through the HTTP API.
     Workspace {
