@@ -357,12 +357,20 @@ async fn a_kill_mid_delivery_delivers_after_restart() {
         keys.contains(&a.key.id.as_str()) && keys.contains(&b.key.id.as_str()),
         "{keys:?}"
     );
-    let log = deliveries(&api, &endpoint).await;
-    assert!(
-        log.iter()
-            .any(|x| x["event_id"] == held_id.as_str() && x["delivered"] == true),
-        "{log:?}"
-    );
+    // The receiver sees the 204 before the sender has logged it: read the log until the
+    // attempt is there (the bound only limits the wait).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = deliveries(&api, &endpoint).await;
+        if log
+            .iter()
+            .any(|x| x["event_id"] == held_id.as_str() && x["delivered"] == true)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     kg.stop();
 }
 
