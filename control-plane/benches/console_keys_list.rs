@@ -61,6 +61,8 @@ fn record(i: usize, now: i64, admin: &Actor) -> anyhow::Result<(KeyRecord, key::
             metadata: serde_json::json!({}),
             parent_id: None,
             subject: None,
+            limits: None,
+            credits: None,
         },
         secret,
     ))

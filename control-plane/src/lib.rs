@@ -49,6 +49,6 @@ pub async fn serve(
     for t in tasks {
         t.abort();
     }
-    state.usage.flush(&state.db).await;
+    state.usage.flush(&state.db, &state.metrics).await;
     result
 }

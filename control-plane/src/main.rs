@@ -18,6 +18,9 @@ async fn main() -> ExitCode {
             }
         },
         Command::Keys { client, command } => print(cli::run_keys(&client, command).await),
+        Command::Workspace { client, command } => {
+            print(cli::limits::run_workspace(&client, command).await)
+        }
         Command::Audit { client, key, limit } => print(cli::run_audit(&client, key, limit).await),
         Command::Edges { client, command } => print(cli::edges::run_edges(&client, command).await),
         Command::Repos { client, command } => {

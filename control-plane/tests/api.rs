@@ -217,6 +217,10 @@ async fn lifecycle_transitions(e: Engine) {
     let last = audit["items"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["action"], "key.revoke");
     assert_eq!(last["reason"], "offboarding");
+    assert_eq!(
+        last["key_name"], "del",
+        "rows name their key as it is called now"
+    );
     s.stop().await;
 }
 

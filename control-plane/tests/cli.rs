@@ -290,3 +290,97 @@ fn revoke_found_hands_in_keys_from_a_file_without_a_credential() {
     let (ok, _, err) = keygate(&url, &["revoke-found", "/nonexistent/file"]);
     assert!(!ok && err.contains("reading /nonexistent/file"), "{err}");
 }
+
+#[test]
+fn cli_sets_limits_and_credits_on_keys_and_workspace_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::serve(dir.path(), "limits", |c| {
+        c.env(
+            "KEYGATE_DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("kg.db").display()),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN);
+    });
+    let url = server.base();
+    let (ok, out, err) = keygate(
+        &url,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "metered",
+            "--limit",
+            "burst=100/10s",
+            "--limit",
+            "day=5000/1d@owner",
+            "--credits",
+            "500",
+            "--refill",
+            "500/daily",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let IssuedKey { key, .. } = serde_json::from_str(&out).unwrap();
+    let limits = key.limits.clone().expect("limits");
+    assert_eq!(
+        limits
+            .iter()
+            .map(|l| (l.name.as_str(), l.limit, l.window_s, l.pool.as_str()))
+            .collect::<Vec<_>>(),
+        [("burst", 100, 10, "key"), ("day", 5000, 86_400, "owner")]
+    );
+    let credits = key.credits.clone().expect("credits");
+    assert_eq!(
+        (
+            credits.remaining,
+            credits.refill_amount,
+            credits.refill_interval.as_deref()
+        ),
+        (500, Some(500), Some("daily"))
+    );
+    let (ok, out, _) = keygate(&url, &["keys", "limits", &key.id]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("limit burst: 100 per 10 s (key)") && out.contains("credits: 500 remaining"),
+        "{out}"
+    );
+    let (ok, out, err) = keygate(
+        &url,
+        &[
+            "keys",
+            "limits",
+            &key.id,
+            "--limit",
+            "burst=5/1s",
+            "--no-credits",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("limit burst: 5 per 1 s") && out.contains("credits: unlimited"),
+        "{out}"
+    );
+    // A malformed limit is refused before any call; a bad one by the server.
+    let (ok, _, err) = keygate(&url, &["keys", "limits", &key.id, "--limit", "burst"]);
+    assert!(!ok && err.contains("expected name=limit/window"), "{err}");
+    let (ok, _, err) = keygate(&url, &["keys", "limits", &key.id, "--limit", "b=1/0s"]);
+    assert!(!ok && err.contains("INVALID_LIMITS"), "{err}");
+    let (ok, out, err) = keygate(
+        &url,
+        &["workspace", "limits", "default", "--limit", "day=1000/1d"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("limit day: 1000 per 86400 s"), "{out}");
+    let (ok, out, _) = keygate(&url, &["keys", "limits", &key.id, "--inherit"]);
+    assert!(ok && out.contains("the workspace's defaults"), "{out}");
+    let (ok, out, _) = keygate(&url, &["workspace", "limits", "default", "--clear"]);
+    assert!(ok && out.contains("limits: none"), "{out}");
+    let view: KeyView = {
+        let (ok, out, err) = keygate(&url, &["keys", "show", &key.id, "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    assert_eq!(view.limits, None);
+    assert_eq!(view.credits, None);
+}

@@ -249,6 +249,14 @@ async fn the_audit_page_filters_by_key_actor_action_and_time() {
         ],
         "newest first"
     );
+    // Keys by their names, each a link to its page.
+    let names = texts(&b, "#audit a.key").await;
+    assert_eq!(
+        names[..6],
+        ["made by ops", "zulu", "alpha", "alpha", "zulu", "alpha"],
+        "{names:?}"
+    );
+    b.find(&format!("#audit a.key[href='/keys/{z}']")).await;
     b.screenshot("audit").await;
 
     // Action.

@@ -17,7 +17,8 @@ on_both_engines!(
     edges_report_and_are_listed_with_their_lag,
     a_write_waits_until_every_edge_applied_it,
     silent_edges_go_gone_and_are_not_waited_for,
-    bad_edge_reports_are_refused_and_change_nothing
+    bad_edge_reports_are_refused_and_change_nothing,
+    only_the_admin_sees_which_edges_enforce_a_write
 );
 
 const EDGE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -276,6 +277,84 @@ async fn a_write_waits_until_every_edge_applied_it(engine: Engine) {
         )
         .await;
     assert_eq!(v["propagation"]["complete"], true, "{v}");
+    s.stop().await;
+}
+
+/// A workspace key learns how many edges enforce its write, and how many are behind, but not
+/// their ids or Envoy node ids: the fleet is the operator's (`GET /v1/edges` is admin-only).
+async fn only_the_admin_sees_which_edges_enforce_a_write(engine: Engine) {
+    let (s, _dir) = server(engine, 60).await;
+    let key = edge_key(&s).await;
+    let ws = s
+        .create(json!({"name": "acme-ops", "workspace_id": "acme", "scopes": ["keys:read", "keys:write"]}))
+        .await
+        .secret;
+    let (st, v) = s
+        .call(
+            Some(&ws),
+            Method::POST,
+            "/v1/keys?wait=0",
+            Some(json!({"name": "svc"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let id = v["key"]["id"].as_str().unwrap().to_owned();
+    let rev = v["revision"].as_i64().unwrap();
+    poll(&s, &key, EDGE_A, rev, None).await;
+    poll(&s, &key, EDGE_B, rev - 1, None).await;
+
+    let path = format!("/v1/keys/{id}/propagation");
+    let (st, admin) = s.admin(Method::GET, &path, None).await;
+    assert_eq!(st, StatusCode::OK, "{admin}");
+    let (st, tenant) = s.call(Some(&ws), Method::GET, &path, None).await;
+    assert_eq!(st, StatusCode::OK, "{tenant}");
+    let seen = |v: &Value| -> Vec<(Value, Value, Value)> {
+        v["propagation"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["edge_id"].clone(),
+                    e["node_id"].clone(),
+                    e["status"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        seen(&admin),
+        [
+            (json!(EDGE_A), json!("node-a"), json!("applied")),
+            (json!(EDGE_B), json!("node-b"), json!("behind")),
+        ]
+    );
+    assert_eq!(
+        seen(&tenant),
+        [
+            (json!("edge-1"), Value::Null, json!("applied")),
+            (json!("edge-2"), Value::Null, json!("behind")),
+        ]
+    );
+    assert_eq!(tenant["propagation"]["complete"], false);
+
+    // The same on a write's `?wait=`.
+    let (st, v) = s
+        .call(
+            Some(&ws),
+            Method::POST,
+            &format!("/v1/keys/{id}/suspend?wait=0"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let text = v["propagation"].to_string();
+    assert!(!text.contains(EDGE_A) && !text.contains("node-"), "{text}");
+    assert_eq!(
+        v["propagation"]["edges"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
     s.stop().await;
 }
 

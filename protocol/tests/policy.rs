@@ -251,3 +251,65 @@ fn every_broken_policy_byte_is_refused() {
         DecodeError::UnsupportedVersion(3),
     );
 }
+
+#[test]
+fn a_reader_says_it_reads_version_2_in_its_accept_header() {
+    use keygate_protocol::wire::{ACCEPT_V2, CONTENT_TYPE, accepts_v2};
+    for yes in [
+        ACCEPT_V2,
+        "application/vnd.keygate.keyset;version=2",
+        "Application/Vnd.Keygate.Keyset; VERSION=\"2\"",
+        "text/plain, application/vnd.keygate.keyset; q=0.9; version=3",
+    ] {
+        assert!(accepts_v2(yes), "{yes}");
+    }
+    for no in [
+        CONTENT_TYPE,
+        "application/vnd.keygate.keyset; version=1",
+        "application/vnd.keygate.keyset; version=two",
+        "*/*",
+        "application/json; version=2",
+        "",
+    ] {
+        assert!(!accepts_v2(no), "{no}");
+    }
+}
+
+#[test]
+fn a_version_1_reader_gets_the_active_keys_without_limits_and_nothing_it_cannot_read() {
+    let old = policy_snapshot().for_v1_reader();
+    let bytes = old.encode().unwrap();
+    assert_eq!(peek_header(&bytes).unwrap().version, VERSION_1);
+    let mut digests: Vec<_> = old.entries.iter().map(|e| e.digest).collect();
+    digests.sort();
+    // The limited key (without its limits) and the plain one; not the canary, not the spent key.
+    assert_eq!(digests, [digest(1, 1), digest(4, 4)]);
+    assert!(old.entries.iter().all(|e| e.policy.is_default()));
+
+    // A delta: the plain key runs out of credits and a new canary is planted; for a version-1
+    // reader the first leaves its set and the second never enters it.
+    let mut spent = entry(digest(4, 4), "org_a", &["keys:read"], &[]);
+    spent.policy.state = KeyState::CreditsExhausted;
+    let mut canary = entry(digest(5, 5), "org_a", &[], &[]);
+    canary.policy.state = KeyState::Canary;
+    let mut limited = entry(digest(6, 6), "org_b", &[], &[]);
+    limited.policy = burst();
+    let delta = Delta {
+        base_revision: 3,
+        revision: 4,
+        upserts: vec![spent, canary, limited],
+        removals: vec![digest(1, 1)],
+    }
+    .for_v1_reader();
+    let mut set = KeySet::new();
+    set.apply(&bytes).unwrap();
+    let delta_bytes = delta.encode().unwrap();
+    assert_eq!(peek_header(&delta_bytes).unwrap().version, VERSION_1);
+    set.apply(&delta_bytes).unwrap();
+    assert!(set.lookup(&digest(1, 1)).is_none(), "removed");
+    assert!(set.lookup(&digest(4, 4)).is_none(), "out of credits: gone");
+    assert!(set.lookup(&digest(5, 5)).is_none(), "a canary never enters");
+    let l = set.lookup(&digest(6, 6)).unwrap();
+    assert!(l.policy().is_default(), "limits dropped");
+    assert_eq!(set.len(), 1);
+}

@@ -18,12 +18,20 @@
 //!
 //! An A/B: `KEYGATE_BENCH_WASM_B=<other.wasm>` measures a second build in the same run (and
 //! `KEYGATE_BENCH_WASM` replaces this build's module), alternated per configuration.
+//!
+//! The dynamic module (`envoy/envoy-module.yaml`, the same two configurations) keeps one set per
+//! process, published to every worker at once, so its clock stops at the first request with the
+//! revoked key (a new connection every millisecond) that is refused; eight more on new
+//! connections must be refused too. `KEYGATE_BENCH_SHELLS=wasm` or `=module` measures one shell.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use keygate_e2e::envoy::EnvoyStack;
+use keygate_e2e::Api;
+use keygate_e2e::envoy::{EDGE_KEY_ENV, EnvoyStack, LISTENER};
+use keygate_e2e::native::{self, NativeEnvoy};
+use keygate_e2e::stack::ServeProcess;
 use keygate_e2e::unix_nanos;
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_testkit::bench::{env_usize, load_average, percentile};
@@ -55,9 +63,31 @@ fn main() -> anyhow::Result<()> {
             json!({"long_poll_wait_s": null, "sync_interval_ms": null}),
         ),
     ];
+    let shells = std::env::var("KEYGATE_BENCH_SHELLS").unwrap_or_else(|_| "wasm,module".into());
+    let (wasm, native) = (shells.contains("wasm"), shells.contains("module"));
+    ensure!(wasm || native, "KEYGATE_BENCH_SHELLS: wasm, module or both");
     let mut rows = Vec::new();
     for (config_name, overrides) in configurations {
-        for (module_name, module) in &modules {
+        if native {
+            let latencies = measure_module(overrides.clone(), samples)
+                .with_context(|| format!("dynamic module, {config_name}"))?;
+            let ms = |p: f64| percentile(&latencies, p / 100.0) as f64 / 1e3;
+            let name = "module";
+            println!(
+                "{name:<10} {config_name:<30} p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
+                ms(50.0),
+                ms(99.0),
+                ms(100.0)
+            );
+            rows.push((
+                &"dynamic module",
+                config_name,
+                ms(50.0),
+                ms(99.0),
+                ms(100.0),
+            ));
+        }
+        for (module_name, module) in modules.iter().filter(|_| wasm) {
             let latencies = measure(overrides.clone(), module, samples)
                 .with_context(|| format!("{module_name}, {config_name}"))?;
             let ms = |p: f64| percentile(&latencies, p / 100.0) as f64 / 1e3;
@@ -147,6 +177,68 @@ fn measure(overrides: Value, module: &str, samples: usize) -> anyhow::Result<Vec
         );
     }
     stack.shutdown();
+    latencies.sort_unstable();
+    Ok(latencies)
+}
+
+/// As [`measure`], for the dynamic module: the microseconds from each revoke call to the first
+/// refused request with that key (one set per process: every worker refuses it from then on).
+fn measure_module(overrides: Value, samples: usize) -> anyhow::Result<Vec<u64>> {
+    // Started after this process was pinned to CPU 1: it inherits the pinning.
+    let cp = ServeProcess::start_sqlite(&[]);
+    let api = Api::new(&cp.url());
+    let edge_key = api
+        .create_key(json!({"name": "bench edge", "kind": "edge"}))
+        .secret;
+    let keys = api.create_keys(samples, json!({"name": "revoked"}));
+    let url = cp.url();
+    let envoy = NativeEnvoy::start_with_env(
+        WORKERS,
+        LISTENER,
+        &[(EDGE_KEY_ENV, &edge_key)],
+        |upstream| native::module_bootstrap(&url, upstream, &overrides),
+    );
+    pin(envoy.envoy.pid().context("no Envoy pid")?, "0", true)?;
+    let last = keys.last().context("no key")?;
+    let status = |secret: &str| {
+        envoy
+            .request("GET", "/hello", &[("x-api-key", secret)])
+            .status
+    };
+    let t = Instant::now();
+    while status(&last.secret) != 200 {
+        ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "the keys did not sync"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut latencies = Vec::with_capacity(samples);
+    for k in &keys {
+        std::thread::sleep(Duration::from_millis(unix_nanos() % 1000));
+        ensure!(
+            status(&k.secret) == 200,
+            "{} refused before its revocation",
+            k.id
+        );
+        let t = Instant::now();
+        api.key_action(&k.id, "revoke");
+        loop {
+            let st = status(&k.secret);
+            if st == 401 {
+                break;
+            }
+            ensure!(st == 200, "unexpected status {st}");
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("{} still allowed 10 s after its revocation", k.id);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        latencies.push(u64::try_from(t.elapsed().as_micros())?);
+        for _ in 0..8 {
+            ensure!(status(&k.secret) == 401, "a worker still allows {}", k.id);
+        }
+    }
     latencies.sort_unstable();
     Ok(latencies)
 }

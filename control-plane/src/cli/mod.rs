@@ -9,6 +9,7 @@ use crate::runtime::config::Config;
 mod client;
 pub mod edges;
 pub mod github;
+pub mod limits;
 pub mod possession;
 pub mod webhooks;
 
@@ -36,6 +37,15 @@ pub enum Command {
         /// The key command.
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// A workspace's settings (its default rate limits) through the HTTP API.
+    Workspace {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The workspace command.
+        #[command(subcommand)]
+        command: limits::WorkspaceCommand,
     },
     /// Read the audit log through the HTTP API.
     Audit {
@@ -135,11 +145,16 @@ pub enum KeysCommand {
         /// Workspace (admin only).
         #[arg(long)]
         workspace: Option<String>,
+        /// Rate limits and credits.
+        #[command(flatten)]
+        limit_args: limits::LimitArgs,
         /// Wait up to this many seconds until every edge (not `gone`) enforces the change;
         /// prints each edge's status and exits 2 if one is still behind.
         #[arg(long)]
         wait: Option<u64>,
     },
+    /// Show or change a key's rate limits and credits.
+    Limits(limits::KeyLimitsArgs),
     /// List keys.
     List {
         /// Filter by status.
@@ -375,10 +390,12 @@ pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, C
             owner,
             description,
             workspace,
+            limit_args,
             wait,
         } => {
             let mut body =
                 json!({"name": name, "kind": kind, "scopes": scopes, "resources": resources});
+            limit_args.apply(&mut body)?;
             if let Some(e) = expires_in {
                 body["expires_in"] = json!(e);
             }
@@ -422,6 +439,7 @@ pub async fn run_keys(client: &ClientArgs, cmd: KeysCommand) -> Result<String, C
             }
             return Ok(out);
         }
+        KeysCommand::Limits(a) => return limits::run_key_limits(client, a).await,
         KeysCommand::Show { id } => (
             c.call(Method::GET, &format!("/v1/keys/{}", urlencode(&id)), None)
                 .await?,

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::credits::{Credits, CreditsView};
+use super::limits::{LimitView, Limits};
 use super::{KeyKind, KeyStatus};
 
 /// Who made a change: recorded on keys (`created_by`) and in the audit log.
@@ -67,6 +69,10 @@ pub struct KeyRecord {
     pub parent_id: Option<Uuid>,
     /// Subject recorded at exchange.
     pub subject: Option<String>,
+    /// Its own rate limits; `None`: its workspace's defaults.
+    pub limits: Option<Limits>,
+    /// Its credit balance and refill; `None`: no credits (unlimited).
+    pub credits: Option<Credits>,
 }
 
 /// A key as the API shows it: never the secret, never the digest.
@@ -115,6 +121,12 @@ pub struct KeyView {
     pub parent_id: Option<String>,
     /// Subject recorded at exchange.
     pub subject: Option<String>,
+    /// Its own rate limits; `null`: it inherits its workspace's defaults.
+    #[serde(default)]
+    pub limits: Option<Vec<LimitView>>,
+    /// Its credits (balance, refill, next refill); `null`: unlimited.
+    #[serde(default)]
+    pub credits: Option<CreditsView>,
 }
 
 /// Who did something.
@@ -156,6 +168,8 @@ impl From<&KeyRecord> for KeyView {
             metadata: k.metadata.clone(),
             parent_id: k.parent_id.map(format_key_id),
             subject: k.subject.clone(),
+            limits: k.limits.as_ref().map(Limits::views),
+            credits: k.credits.as_ref().map(Credits::view),
         }
     }
 }

@@ -128,6 +128,8 @@ mod tests {
             metadata: serde_json::json!({}),
             parent_id: Some(uuid::Uuid::nil()),
             subject: None,
+            limits: None,
+            credits: None,
         }
     }
 

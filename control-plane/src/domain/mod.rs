@@ -2,11 +2,14 @@
 //! non-escalation rules, exchange limits and the verification decision. No I/O here; the HTTP
 //! and SQL layers only call these functions.
 
+pub mod credits;
 pub mod edges;
 pub mod key;
 pub mod leaks;
 pub mod lifecycle;
+pub mod limits;
 pub mod names;
+pub mod refill;
 pub mod webhooks;
 
 use keygate_protocol::scope;
@@ -143,6 +146,9 @@ pub enum RuleError {
     /// A field is too long, too many entries, or badly formed.
     #[error("{0}")]
     Invalid(String),
+    /// Rate limits or credits refused (`limits::LimitsError::code` is the API's code).
+    #[error(transparent)]
+    Limits(#[from] limits::LimitsError),
     /// The parent already has the maximum number of active children.
     #[error("the parent key already has {MAX_ACTIVE_CHILDREN} active children")]
     TooManyChildren,
@@ -394,6 +400,8 @@ pub enum VerifyCode {
     InsufficientScope,
     /// The resource is not in the key's allow-list.
     ResourceNotAllowed,
+    /// The key's credits are used up (until a refill).
+    CreditsExhausted,
 }
 
 /// What verification needs to know about a stored key found by digest.

@@ -22,8 +22,15 @@ pub const KEY_ROTATED: &str = "key.rotated";
 /// A key was reported leaked (GitHub secret scanning), with the public URL and source.
 pub const KEY_LEAKED: &str = "key.leaked";
 
+/// A key's credits reached 0: every edge now answers `429 credits_exhausted` for it.
+pub const KEY_CREDITS_EXHAUSTED: &str = "key.credits_exhausted";
+/// A key's credits were refilled (back to `active` in the key set if it was exhausted).
+pub const KEY_CREDITS_REFILLED: &str = "key.credits_refilled";
+/// A workspace's default rate limits changed (every key inheriting them changes with them).
+pub const WORKSPACE_LIMITS_UPDATED: &str = "workspace.limits_updated";
+
 /// Every event type an endpoint may subscribe to.
-pub const EVENT_TYPES: [&str; 7] = [
+pub const EVENT_TYPES: [&str; 10] = [
     KEY_CREATED,
     KEY_UPDATED,
     KEY_SUSPENDED,
@@ -31,13 +38,19 @@ pub const EVENT_TYPES: [&str; 7] = [
     KEY_REVOKED,
     KEY_ROTATED,
     KEY_LEAKED,
+    KEY_CREDITS_EXHAUSTED,
+    KEY_CREDITS_REFILLED,
+    WORKSPACE_LIMITS_UPDATED,
 ];
 
 /// The event an audited action raises, if any (the GitHub broker's actions raise none).
 pub fn event_for_action(action: &str) -> Option<&'static str> {
     Some(match action {
         "key.create" | "key.exchange" => KEY_CREATED,
-        "key.update" => KEY_UPDATED,
+        "key.update" | super::credits::LIMITS_ACTION => KEY_UPDATED,
+        super::credits::EXHAUSTED_ACTION => KEY_CREDITS_EXHAUSTED,
+        super::credits::REFILL_ACTION => KEY_CREDITS_REFILLED,
+        super::credits::WORKSPACE_LIMITS_ACTION => WORKSPACE_LIMITS_UPDATED,
         "key.suspend" => KEY_SUSPENDED,
         "key.reactivate" => KEY_REACTIVATED,
         "key.revoke" => KEY_REVOKED,
@@ -215,6 +228,15 @@ mod tests {
         assert_eq!(event_for_action("key.exchange"), Some(KEY_CREATED));
         assert_eq!(event_for_action("key.revoke"), Some(KEY_REVOKED));
         assert_eq!(event_for_action("github.token.issue"), None);
+        assert_eq!(
+            event_for_action("key.credits_exhausted"),
+            Some(KEY_CREDITS_EXHAUSTED)
+        );
+        assert_eq!(
+            event_for_action("key.credits_refill"),
+            Some(KEY_CREDITS_REFILLED)
+        );
+        assert_eq!(event_for_action("key.limits"), Some(KEY_UPDATED));
         assert_eq!(retry_delay_ms(1000, 1), 1000);
         assert_eq!(retry_delay_ms(1000, 4), 8000);
         assert_eq!(retry_delay_ms(1000, 40), 3_600_000);

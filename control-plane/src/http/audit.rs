@@ -14,7 +14,7 @@ use crate::storage::{AuditFilter, AuditRecord};
 use super::keys::{page_limit, parse_id};
 
 /// The actions the audit log records.
-pub const ACTIONS: [&str; 12] = [
+pub const ACTIONS: [&str; 16] = [
     "key.create",
     "key.exchange",
     "key.update",
@@ -23,6 +23,10 @@ pub const ACTIONS: [&str; 12] = [
     "key.revoke",
     "key.rotate",
     crate::domain::leaks::LEAK_ACTION,
+    crate::domain::credits::LIMITS_ACTION,
+    crate::domain::credits::EXHAUSTED_ACTION,
+    crate::domain::credits::REFILL_ACTION,
+    crate::domain::credits::WORKSPACE_LIMITS_ACTION,
     "github.token.issue",
     "github.token.revoke",
     "github.repository.create",

@@ -51,8 +51,10 @@ pub struct KeyWrite {
 }
 
 /// With `wait` (seconds), waits for every edge not `gone` to apply `revision`; `None` without.
+/// The answer names the edges only to the admin ([`as_seen_by`]).
 pub async fn propagation(
     state: &AppState,
+    caller: &Caller,
     revision: i64,
     wait: Option<u64>,
 ) -> Result<Option<Propagation>, ApiError> {
@@ -63,7 +65,22 @@ pub async fn propagation(
         .edges
         .wait_applied(&state.db, revision, Duration::from_secs(wait))
         .await?;
-    Ok(Some(p))
+    Ok(Some(as_seen_by(p, caller)))
+}
+
+/// A propagation report as `caller` may see it. The fleet is the operator's: its edge ids and
+/// Envoy node ids name the deployment, so only the admin sees them (as `GET /v1/edges` is
+/// admin-only). Anyone else gets the same report with each edge called `edge-1`, `edge-2`, …
+/// in this answer's order and no node id: how many edges enforce the change, and how many are
+/// behind, but not which.
+pub fn as_seen_by(mut p: Propagation, caller: &Caller) -> Propagation {
+    if !caller.is_admin() {
+        for (n, e) in p.edges.iter_mut().enumerate() {
+            e.edge_id = format!("edge-{}", n + 1);
+            e.node_id = None;
+        }
+    }
+    p
 }
 
 /// Checks a `?wait=` before the write it belongs to, so a bad one changes nothing.
@@ -110,7 +127,7 @@ pub struct KeyPropagation {
     responses((status = 200, body = KeyPropagation), (status = 404, body = crate::http::error::ErrorBody)),
     security(("bearer" = [])))]
 /// Which edges (not `gone`) enforce the key's current state: those that applied the revision
-/// of the key's last change.
+/// of the key's last change. Edge and node ids are the admin's to see; others get `edge-N`.
 pub async fn key_propagation(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,7 +141,10 @@ pub async fn key_propagation(
         .edges
         .propagation(&state.db, revision, unix_now())
         .await?;
-    Ok(Json(KeyPropagation { key, propagation }))
+    Ok(Json(KeyPropagation {
+        key,
+        propagation: as_seen_by(propagation, &caller),
+    }))
 }
 
 /// The peer address of the connection, when the server knows it.

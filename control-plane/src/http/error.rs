@@ -122,6 +122,14 @@ impl From<crate::domain::RuleError> for ApiError {
         use crate::domain::RuleError as R;
         match e {
             R::Escalation(_) => Self::forbidden(e.to_string()),
+            R::Limits(ref l) => Self::new(
+                match l {
+                    crate::domain::limits::LimitsError::ExceedsParent(_) => StatusCode::FORBIDDEN,
+                    _ => StatusCode::BAD_REQUEST,
+                },
+                l.code(),
+                e.to_string(),
+            ),
             R::InvalidTransition { .. } | R::TooManyChildren => Self::conflict(e.to_string()),
             _ => Self::invalid(e.to_string()),
         }

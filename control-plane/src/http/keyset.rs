@@ -20,6 +20,7 @@ use crate::runtime::clock::unix_now;
 use crate::runtime::metrics::KeysetAnswer;
 use crate::runtime::state::AppState;
 use crate::storage::keyset::{SetEntry, SetRead};
+use crate::storage::usage::UsageRow;
 
 /// Longest long-poll wait, seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -51,6 +52,8 @@ fn revision_header(resp: &mut Response, revision: u64) {
 /// is absent, older than the retained change log, or the delta would be bigger. With `wait`
 /// it answers as soon as the revision moves past `since`, or 304 at the timeout. The
 /// filter's `keygate-edge-*` headers (its id, node, applied revision…) go to the edge registry.
+/// A reader whose `Accept` does not name `version=2` gets format version 1: no canaries, no
+/// keys out of credits, no rate limits.
 pub async fn get_keyset(
     State(state): State<AppState>,
     caller: Caller,
@@ -108,6 +111,12 @@ pub async fn get_keyset(
             }
         }
     }
+    // A filter that does not say it reads version 2 (policies) gets what version 1 can hold
+    // (`keygate_protocol::wire::compat`): one limited key must not make old edges' sets unreadable.
+    let reads_v2 = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(wire::accepts_v2);
     let read = state.db.read_set(since, unix_now()).await?;
     // Nothing changed since the reader's revision: an empty delta (base == revision) cannot be
     // encoded, so answer as a long poll's timeout does.
@@ -121,10 +130,13 @@ pub async fn get_keyset(
     }
     let (revision, body, kind) = match read {
         SetRead::Snapshot { revision, entries } => {
-            let snap = Snapshot {
+            let mut snap = Snapshot {
                 revision: revision as u64,
                 entries: entries.into_iter().map(SetEntry::into_wire).collect(),
             };
+            if !reads_v2 {
+                snap = snap.for_v1_reader();
+            }
             (revision, snap.encode(), KeysetAnswer::Snapshot)
         }
         SetRead::Delta {
@@ -133,12 +145,15 @@ pub async fn get_keyset(
             upserts,
             removals,
         } => {
-            let delta = Delta {
+            let mut delta = Delta {
                 base_revision: base as u64,
                 revision: revision as u64,
                 upserts: upserts.into_iter().map(SetEntry::into_wire).collect(),
                 removals: removals.into_iter().map(Digest::from_bytes).collect(),
             };
+            if !reads_v2 {
+                delta = delta.for_v1_reader();
+            }
             (revision, delta.encode(), KeysetAnswer::Delta)
         }
     };
@@ -164,7 +179,7 @@ pub struct UsageEntry {
     /// Last use, unix seconds.
     pub last_used_at: u64,
     /// Requests the edge refused by a rate limit (`429 rate_limited`) since the last report;
-    /// absent means 0 (issue 27: the data side stores it).
+    /// absent means 0. Kept per hour (`usage_hourly.limited`).
     #[serde(default)]
     pub limited: u64,
 }
@@ -217,16 +232,31 @@ pub async fn post_usage(
             .ok()
             .filter(|c| *c <= 1_000_000_000)
             .ok_or_else(|| ApiError::invalid("count is too large"))?;
-        if e.limited > 1_000_000_000 {
-            return Err(ApiError::invalid("limited is too large"));
-        }
         let last = i64::try_from(e.last_used_at)
             .ok()
             .filter(|t| *t <= now + 300)
             .ok_or_else(|| ApiError::invalid("last_used_at is in the future"))?;
-        rows.push((id, count, last));
+        let limited = i64::try_from(e.limited)
+            .ok()
+            .filter(|c| *c <= 1_000_000_000)
+            .ok_or_else(|| ApiError::invalid("limited is too large"))?;
+        rows.push(UsageRow {
+            key_id: id,
+            count,
+            last_used_at: last,
+            limited,
+            charge: count,
+        });
     }
-    let applied = state.db.record_usage_batch(&b.batch_id, &rows, now).await?;
-    state.metrics.usage_batch(applied);
-    Ok(Json(UsageAck { applied }))
+    let done = state.db.record_usage_batch(&b.batch_id, &rows, now).await?;
+    state.metrics.usage_batch(done.applied);
+    if done.applied {
+        state.metrics.credits_exhausted(done.exhausted.len());
+        state
+            .metrics
+            .limited_reported(rows.iter().map(|r| r.limited.unsigned_abs()).sum());
+    }
+    Ok(Json(UsageAck {
+        applied: done.applied,
+    }))
 }

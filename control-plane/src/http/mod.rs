@@ -21,7 +21,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, patch, post};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -56,6 +56,11 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/keys/{id}/revoke", post(keys::change::revoke_key))
         .route("/v1/keys/{id}/rotate", post(keys::change::rotate_key))
+        .route("/v1/keys/{id}/limits", patch(keys::limits::change_limits))
+        .route(
+            "/v1/workspaces/{id}/limits",
+            get(keys::limits::get_workspace_limits).put(keys::limits::put_workspace_limits),
+        )
         .route("/v1/keys/{id}/propagation", get(edges::key_propagation))
         .route("/v1/edges", get(edges::list_edges))
         .route("/v1/keys/{id}/usage", get(keys::usage::key_usage))

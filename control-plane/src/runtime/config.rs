@@ -58,6 +58,10 @@ pub struct Config {
     /// older hours are pruned by a background task.
     #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=3660))]
     pub usage_retention_days: i64,
+    /// How often due credit refills are looked for and made, milliseconds (a refill lands at
+    /// most this late).
+    #[arg(long, env = "KEYGATE_REFILL_CHECK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub refill_check_ms: u64,
     /// GitHub App token broker settings.
     #[command(flatten)]
     pub github: crate::github::GithubArgs,
@@ -98,6 +102,7 @@ impl Config {
             edge_lagging_after_s: 5,
             edge_gone_after_s: 90,
             usage_retention_days: 90,
+            refill_check_ms: 1000,
             github: crate::github::GithubArgs::default(),
             forward_auth: crate::forward_auth::ForwardAuthArgs::default(),
             webhooks: super::webhooks::WebhookArgs::default(),

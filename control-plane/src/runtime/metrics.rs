@@ -13,7 +13,7 @@ use crate::domain::VerifyCode;
 pub struct Metrics {
     http_by_class: [AtomicU64; 5],
     keys_created: AtomicU64,
-    verifications: [AtomicU64; 8],
+    verifications: [AtomicU64; 9],
     auth_failures: AtomicU64,
     rate_limited: AtomicU64,
     keyset_snapshots: AtomicU64,
@@ -23,9 +23,12 @@ pub struct Metrics {
     usage_batches_duplicate: AtomicU64,
     forward_auth: [AtomicU64; Reason::ALL.len()],
     edge_writes: AtomicU64,
+    credits_exhausted: AtomicU64,
+    credit_refills: AtomicU64,
+    limited_reported: AtomicU64,
 }
 
-const CODES: [(VerifyCode, &str); 8] = [
+const CODES: [(VerifyCode, &str); 9] = [
     (VerifyCode::Valid, "VALID"),
     (VerifyCode::Malformed, "MALFORMED"),
     (VerifyCode::NotFound, "NOT_FOUND"),
@@ -34,6 +37,7 @@ const CODES: [(VerifyCode, &str); 8] = [
     (VerifyCode::Revoked, "REVOKED"),
     (VerifyCode::InsufficientScope, "INSUFFICIENT_SCOPE"),
     (VerifyCode::ResourceNotAllowed, "RESOURCE_NOT_ALLOWED"),
+    (VerifyCode::CreditsExhausted, "CREDITS_EXHAUSTED"),
 ];
 
 /// Which key-set answer was sent.
@@ -88,6 +92,21 @@ impl Metrics {
             &self.usage_batches_duplicate
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// Counts keys whose credits this process's writes took to 0.
+    pub fn credits_exhausted(&self, n: usize) {
+        self.credits_exhausted.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Counts a refill made by this process.
+    pub fn credit_refill(&self) {
+        self.credit_refills.fetch_add(1, Relaxed);
+    }
+
+    /// Counts requests the edges reported refused by a rate limit.
+    pub fn limited_reported(&self, n: u64) {
+        self.limited_reported.fetch_add(n, Relaxed);
     }
 
     /// Counts an edge-registry write.
@@ -218,6 +237,27 @@ impl Metrics {
             "keygate_edge_registry_writes_total {}",
             self.edge_writes.load(Relaxed)
         );
+        for (name, help, v) in [
+            (
+                "keygate_credits_exhaustions_total",
+                "Keys whose credits this process's usage intake or verification took to 0.",
+                &self.credits_exhausted,
+            ),
+            (
+                "keygate_credit_refills_total",
+                "Credit refills made by this process.",
+                &self.credit_refills,
+            ),
+            (
+                "keygate_usage_limited_total",
+                "Requests the edges reported refused by a rate limit (429 rate_limited).",
+                &self.limited_reported,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} counter");
+            let _ = writeln!(o, "{name} {}", v.load(Relaxed));
+        }
         let _ = writeln!(
             o,
             "# HELP keygate_keyset_revision Current key-set revision known to this process."

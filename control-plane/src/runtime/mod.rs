@@ -8,6 +8,7 @@ pub mod drain;
 pub mod edges;
 pub mod limiter;
 pub mod metrics;
+pub mod refill;
 pub mod secret_scanning;
 pub mod state;
 pub mod usage;

@@ -167,7 +167,7 @@ impl AppState {
         self.forward_auth.as_deref()
     }
 
-    /// Starts the background tasks: usage flushing, change-log pruning, usage-history pruning
+    /// Starts the background tasks: usage flushing, credit refills, change-log pruning, usage-history pruning
     /// (hours older than `usage_retention_days`), webhook delivery, the forward-auth key
     /// set's follower (when configured), and on PostgreSQL the `LISTEN keygate_keyset` loop that
     /// learns of other replicas' writes.
@@ -179,7 +179,7 @@ impl AppState {
                 tokio::time::interval(Duration::from_millis(s.config.usage_flush_ms.max(10)));
             loop {
                 tick.tick().await;
-                s.usage.flush(&s.db).await;
+                s.usage.flush(&s.db, &s.metrics).await;
             }
         }));
         let s = self.clone();
@@ -203,6 +203,11 @@ impl AppState {
                 }
             }
         }));
+        tasks.push(tokio::spawn(super::refill::refill_forever(
+            self.db.clone(),
+            Arc::clone(&self.metrics),
+            Duration::from_millis(self.config.refill_check_ms),
+        )));
         tasks.push(tokio::spawn(super::webhooks::deliver_forever(
             self.db.clone(),
             self.config.webhooks.clone(),

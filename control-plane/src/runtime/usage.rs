@@ -1,53 +1,88 @@
 //! Usage counted in this process (verification, forward-auth), written to the database in
-//! periodic batches instead of one write per request.
+//! periodic batches instead of one write per request. Forward-auth's uses take their credits
+//! at the flush (as the edges' reports do); verification took its credit exactly already
+//! (`Db::spend_credit`), so its uses are written without a charge.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use uuid::Uuid;
 
+use crate::runtime::metrics::Metrics;
 use crate::storage::Db;
+use crate::storage::usage::UsageRow;
 
 /// Usage counted in this process, written in batches.
 #[derive(Debug, Default)]
 pub struct UsageBuffer {
-    pending: Mutex<HashMap<Uuid, (i64, i64)>>,
+    pending: Mutex<HashMap<Uuid, Pending>>,
+}
+
+/// One key's pending counts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    count: i64,
+    last: i64,
+    charge: i64,
 }
 
 impl UsageBuffer {
-    /// Counts one use of `key` at `now`.
+    /// Counts one use of `key` at `now` whose credit is taken at the flush (forward-auth).
     pub fn record(&self, key: Uuid, now: i64) {
+        self.add(key, now, 1);
+    }
+
+    /// Counts one use of `key` at `now` whose credit was already taken (verification).
+    pub fn record_charged(&self, key: Uuid, now: i64) {
+        self.add(key, now, 0);
+    }
+
+    fn add(&self, key: Uuid, now: i64, charge: i64) {
         if let Ok(mut p) = self.pending.lock() {
-            let e = p.entry(key).or_insert((0, now));
-            e.0 += 1;
-            e.1 = e.1.max(now);
+            let e = p.entry(key).or_default();
+            e.count += 1;
+            e.last = e.last.max(now);
+            e.charge += charge;
         }
     }
 
     /// Takes everything pending.
-    pub fn drain(&self) -> Vec<(Uuid, i64, i64)> {
+    pub fn drain(&self) -> Vec<UsageRow> {
         match self.pending.lock() {
-            Ok(mut p) => p.drain().map(|(k, (c, t))| (k, c, t)).collect(),
+            Ok(mut p) => p
+                .drain()
+                .map(|(key_id, e)| UsageRow {
+                    key_id,
+                    count: e.count,
+                    last_used_at: e.last,
+                    limited: 0,
+                    charge: e.charge,
+                })
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
 
     /// Writes pending usage; on failure the counts are put back for the next flush.
-    pub async fn flush(&self, db: &Db) {
+    pub async fn flush(&self, db: &Db, metrics: &Metrics) {
         let batch = self.drain();
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = db
+        match db
             .add_usage(&batch, crate::runtime::clock::unix_now())
             .await
         {
-            tracing::warn!(error = %e, "usage flush failed; will retry");
-            if let Ok(mut p) = self.pending.lock() {
-                for (k, c, t) in batch {
-                    let e = p.entry(k).or_insert((0, t));
-                    e.0 += c;
-                    e.1 = e.1.max(t);
+            Ok(done) => metrics.credits_exhausted(done.exhausted.len()),
+            Err(e) => {
+                tracing::warn!(error = %e, "usage flush failed; will retry");
+                if let Ok(mut p) = self.pending.lock() {
+                    for r in batch {
+                        let e = p.entry(r.key_id).or_default();
+                        e.count += r.count;
+                        e.last = e.last.max(r.last_used_at);
+                        e.charge += r.charge;
+                    }
                 }
             }
         }

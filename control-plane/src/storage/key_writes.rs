@@ -12,6 +12,7 @@ use super::{AuditEntry, Engine, StoreError, key_cols};
 use crate::domain;
 use crate::domain::key::{Actor, KeyRecord, audit_view};
 use crate::domain::lifecycle::Plan;
+use crate::domain::limits::Limits;
 
 /// PostgreSQL's announcement of a new revision (SQLite has none: one process).
 pub(crate) const NOTIFY: &str = "SELECT pg_notify('keygate_keyset', $1)";
@@ -109,7 +110,7 @@ where
         "INSERT INTO keys (",
         key_cols!(),
         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, $24, $25)"
+         $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)"
     ))
     .bind(k.id.as_bytes().to_vec())
     .bind(k.workspace_id.clone())
@@ -136,6 +137,15 @@ where
     .bind(k.metadata.to_string())
     .bind(k.parent_id.map(|u| u.as_bytes().to_vec()))
     .bind(k.subject.clone())
+    .bind(k.limits.as_ref().map(Limits::to_stored))
+    .bind(k.credits.map(|c| c.remaining))
+    .bind(k.credits.and_then(|c| c.refill).map(|r| r.amount))
+    .bind(
+        k.credits
+            .and_then(|c| c.refill)
+            .map(|r| r.interval.as_text()),
+    )
+    .bind(k.credits.and_then(|c| c.next_refill_at))
     .execute(&mut **tx)
     .await?;
     insert_audit(tx, audit).await?;
@@ -241,6 +251,12 @@ where
             .into_iter()
             .filter_map(|d| <[u8; 32]>::try_from(d).ok()),
     );
+    if old.limits != new.limits
+        || old.credits.map(|c| c.exhausted()) != new.credits.map(|c| c.exhausted())
+    {
+        // Its children's policies follow it (`domain::limits::resolve_policy`).
+        touched.extend(family_digests(&mut tx, id, false).await?);
+    }
     let audit = AuditEntry {
         at: now,
         workspace_id: Some(&old.workspace_id),
@@ -293,4 +309,38 @@ where
     let revision = log_changes(&mut tx, touched.iter(), change.now, pool.pick("", NOTIFY)).await?;
     tx.commit().await?;
     Ok((new, revision))
+}
+
+/// The digests in the key set that a change of key `id`'s policy touches: its children's
+/// current and rotated-out secrets, and with `itself` its own too.
+pub(crate) async fn family_digests<DB>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    id: Uuid,
+    itself: bool,
+) -> Result<Vec<[u8; 32]>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (Vec<u8>,): FromRow<'r, DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+{
+    let sql = if itself {
+        "SELECT digest FROM keys WHERE id = $1 OR parent_id = $1 UNION ALL \
+         SELECT r.digest FROM retired_secrets r JOIN keys c ON c.id = r.key_id \
+         WHERE c.id = $1 OR c.parent_id = $1"
+    } else {
+        "SELECT digest FROM keys WHERE parent_id = $1 UNION ALL \
+         SELECT r.digest FROM retired_secrets r JOIN keys c ON c.id = r.key_id \
+         WHERE c.parent_id = $1"
+    };
+    let rows: Vec<Vec<u8>> = sqlx::query_scalar::<DB, Vec<u8>>(sql)
+        .bind(id.as_bytes().to_vec())
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|d| <[u8; 32]>::try_from(d).ok())
+        .collect())
 }

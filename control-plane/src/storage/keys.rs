@@ -250,7 +250,8 @@ impl Db {
             "ASC"
         };
         let sql = format!(
-            "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, key_id, before, after, reason \
+            "SELECT id, at, workspace_id, actor_id, actor_name, actor_prefix, action, key_id, \
+             (SELECT k.name FROM keys k WHERE k.id = audit_log.key_id) AS key_name, before, after, reason \
              FROM audit_log WHERE {} ORDER BY id {order} LIMIT {}",
             c.clause(),
             f.limit.clamp(1, 1000)
@@ -273,6 +274,7 @@ impl Db {
                     },
                     action: r.try_get("action")?,
                     key_id: key_id.and_then(|b| Uuid::from_slice(&b).ok()).map(format_key_id),
+                    key_name: r.try_get("key_name")?,
                     before: before.and_then(|s| serde_json::from_str(&s).ok()),
                     after: after.and_then(|s| serde_json::from_str(&s).ok()),
                     reason: r.try_get("reason")?,

@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::{Db, Engine, on_db};
+use crate::domain::limits::{Limits, ParentPolicy, own_or_default, resolve_policy};
 
 /// One entry of the key set as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,13 +23,15 @@ pub struct SetEntry {
     pub scopes: Vec<String>,
     /// Allow-list.
     pub resources: Vec<String>,
+    /// Its policy: state and rate limits, resolved (`domain::limits::resolve_policy`).
+    pub policy: keygate_protocol::policy::Policy,
 }
 
 impl SetEntry {
     /// The entry in the wire format's terms (the sync feed's, and the forward-auth mirror's).
     pub fn into_wire(self) -> keygate_protocol::wire::KeyEntry {
         keygate_protocol::wire::KeyEntry {
-            policy: Default::default(),
+            policy: self.policy,
             digest: keygate_protocol::Digest::from_bytes(self.digest),
             key_id: keygate_protocol::KeyId::from_bytes(*self.key_id.as_bytes()),
             owner: self.owner_id,
@@ -62,15 +65,40 @@ pub enum SetRead {
     },
 }
 
-const SET_SELECT: &str = "SELECT k.digest AS digest, k.id AS id, k.owner_id AS owner_id, k.expires_at AS expires_at, \
-     k.scopes AS scopes, k.resources AS resources FROM keys k \
-     WHERE k.status = 'active' AND k.kind <> 'edge' AND (k.expires_at IS NULL OR k.expires_at > $1) \
+/// What a key's policy is made of: its own limits and balance, its workspace's default
+/// limits, its parent's limits and balance (`domain::limits::resolve_policy` decides).
+macro_rules! policy_cols {
+    () => {
+        "k.limits AS limits, k.credits_remaining AS credits_remaining, \
+     w.default_limits AS ws_limits, pk.id AS parent, pk.limits AS parent_limits, \
+     pk.credits_remaining AS parent_credits"
+    };
+}
+
+/// Joins of `policy_cols!`.
+macro_rules! policy_joins {
+    () => {
+        "LEFT JOIN workspaces w ON w.id = k.workspace_id LEFT JOIN keys pk ON pk.id = k.parent_id"
+    };
+}
+
+const SET_SELECT: &str = concat!(
+    "SELECT k.digest AS digest, k.id AS id, k.owner_id AS owner_id, k.expires_at AS expires_at, \
+     k.scopes AS scopes, k.resources AS resources, ",
+    policy_cols!(),
+    " FROM keys k ",
+    policy_joins!(),
+    " WHERE k.status = 'active' AND k.kind <> 'edge' AND (k.expires_at IS NULL OR k.expires_at > $1) \
      UNION ALL \
      SELECT r.digest AS digest, k.id AS id, k.owner_id AS owner_id, \
      CASE WHEN k.expires_at IS NULL OR k.expires_at > r.grace_until THEN r.grace_until ELSE k.expires_at END AS expires_at, \
-     k.scopes AS scopes, k.resources AS resources FROM retired_secrets r JOIN keys k ON k.id = r.key_id \
-     WHERE k.status = 'active' AND k.kind <> 'edge' AND r.grace_until > $1 \
-     AND (k.expires_at IS NULL OR k.expires_at > $1)";
+     k.scopes AS scopes, k.resources AS resources, ",
+    policy_cols!(),
+    " FROM retired_secrets r JOIN keys k ON k.id = r.key_id ",
+    policy_joins!(),
+    " WHERE k.status = 'active' AND k.kind <> 'edge' AND r.grace_until > $1 \
+     AND (k.expires_at IS NULL OR k.expires_at > $1)"
+);
 
 macro_rules! set_entry_from_row {
     ($row:expr) => {{
@@ -87,6 +115,28 @@ macro_rules! set_entry_from_row {
             expires_at: row.try_get("expires_at")?,
             scopes: serde_json::from_str(&scopes).map_err(|_| bad("scopes"))?,
             resources: serde_json::from_str(&resources).map_err(|_| bad("resources"))?,
+            policy: {
+                let limits = |col: &str| -> Result<Option<Limits>, sqlx::Error> {
+                    let text: Option<String> = row.try_get(col)?;
+                    text.map(|t| Limits::from_stored(&t).ok_or_else(|| bad(col)))
+                        .transpose()
+                };
+                let (own, ws, parent_own) = (
+                    limits("limits")?,
+                    limits("ws_limits")?,
+                    limits("parent_limits")?,
+                );
+                let has_parent = row.try_get::<Option<Vec<u8>>, _>("parent")?.is_some();
+                let parent = has_parent.then(|| ParentPolicy {
+                    limits: own_or_default(parent_own.as_ref(), ws.as_ref()),
+                    credits_remaining: row.try_get("parent_credits").ok().flatten(),
+                });
+                resolve_policy(
+                    own_or_default(own.as_ref(), ws.as_ref()),
+                    row.try_get("credits_remaining")?,
+                    parent,
+                )
+            },
         }
     }};
 }

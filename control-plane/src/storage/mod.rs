@@ -12,6 +12,7 @@
 
 mod conditions;
 pub mod console_sessions;
+pub mod credits;
 pub mod edges;
 pub mod error;
 pub mod github_repos;
@@ -197,7 +198,8 @@ macro_rules! key_cols {
         "id, workspace_id, name, description, kind, display_prefix, digest, hash_version, scopes, \
          resources, status, suspended_by_parent, expires_at, created_at, updated_at, last_used_at, \
          usage_count, revoked_at, created_by_id, created_by_name, created_by_prefix, owner_id, \
-         metadata, parent_id, subject"
+         metadata, parent_id, subject, limits, credits_remaining, refill_amount, refill_interval, \
+         next_refill_at"
     };
 }
 pub(crate) use key_cols;
@@ -303,6 +305,8 @@ pub struct AuditRecord {
     pub action: String,
     /// Key concerned (`key_…`).
     pub key_id: Option<String>,
+    /// That key's name now (its current name, not the one it had then).
+    pub key_name: Option<String>,
     /// State before (no secret).
     #[schema(value_type = Object)]
     pub before: Option<serde_json::Value>,

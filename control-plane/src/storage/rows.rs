@@ -3,7 +3,9 @@
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 use uuid::Uuid;
 
+use crate::domain::credits::Credits;
 use crate::domain::key::{Actor, KeyRecord};
+use crate::domain::limits::Limits;
 use crate::domain::{KeyKind, KeyStatus};
 
 /// A `keys` row (the columns of `key_cols!`) as a [`KeyRecord`].
@@ -28,6 +30,18 @@ where
     let scopes: String = row.try_get("scopes")?;
     let resources: String = row.try_get("resources")?;
     let metadata: String = row.try_get("metadata")?;
+    let limits: Option<String> = row.try_get("limits")?;
+    let limits = match limits {
+        Some(t) => Some(Limits::from_stored(&t).ok_or_else(|| bad("limits"))?),
+        None => None,
+    };
+    let interval: Option<String> = row.try_get("refill_interval")?;
+    let credits = Credits::from_columns(
+        row.try_get("credits_remaining")?,
+        row.try_get("refill_amount")?,
+        interval.as_deref(),
+        row.try_get("next_refill_at")?,
+    );
     Ok(KeyRecord {
         id: Uuid::from_slice(&id).map_err(|_| bad("id"))?,
         workspace_id: row.try_get("workspace_id")?,
@@ -59,5 +73,7 @@ where
             None => None,
         },
         subject: row.try_get("subject")?,
+        limits,
+        credits,
     })
 }

@@ -6,6 +6,7 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Transaction, Type
 
 use super::AuditEntry;
 use crate::domain::key::KeyRecord;
+use crate::domain::limits::Limits;
 
 /// Appends an audit row.
 pub(crate) async fn insert_audit<DB>(
@@ -54,11 +55,13 @@ where
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query::<DB>(
         "UPDATE keys SET name = $1, description = $2, scopes = $3, resources = $4, status = $5, \
          suspended_by_parent = $6, expires_at = $7, updated_at = $8, revoked_at = $9, \
-         digest = $10, display_prefix = $11, metadata = $12 WHERE id = $13",
+         digest = $10, display_prefix = $11, metadata = $12, limits = $13, credits_remaining = $14, \
+         refill_amount = $15, refill_interval = $16, next_refill_at = $17 WHERE id = $18",
     )
     .bind(k.name.clone())
     .bind(k.description.clone())
@@ -72,6 +75,11 @@ where
     .bind(k.digest.to_vec())
     .bind(k.display_prefix.clone())
     .bind(k.metadata.to_string())
+    .bind(k.limits.as_ref().map(Limits::to_stored))
+    .bind(k.credits.map(|c| c.remaining))
+    .bind(k.credits.and_then(|c| c.refill).map(|r| r.amount))
+    .bind(k.credits.and_then(|c| c.refill).map(|r| r.interval.as_text()))
+    .bind(k.credits.and_then(|c| c.next_refill_at))
     .bind(k.id.as_bytes().to_vec())
     .execute(&mut **tx)
     .await?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::KeySet;
 use super::record::{Grant, Record};
+use crate::policy::RateLimit;
 
 impl KeySet {
     /// Heap memory held by the set, in bytes: the capacity of every array, the interned
@@ -38,6 +39,12 @@ impl KeySet {
                         + g.scopes.iter().map(|s| s.len()).sum::<usize>()
                         + g.resources.iter().map(|s| s.len()).sum::<usize>()
                         + g.scope_list.len()
+                        + g.policy.limits.capacity() * size_of::<RateLimit>()
+                        + g.policy
+                            .limits
+                            .iter()
+                            .map(|l| l.name.capacity())
+                            .sum::<usize>()
                 })
                 .sum::<usize>()
             + map_bytes(&self.grant_ids);

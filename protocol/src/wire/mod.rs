@@ -27,17 +27,20 @@
 //! [`Delta::encode`] sort their entries, so any list of distinct digests encodes, and the same
 //! content always encodes to the same bytes.
 //!
-//! The parts: `message.rs` (the values a message holds), `error.rs` (why bytes do not decode or
+//! The parts: `compat.rs` (what a reader of version 1 gets, and how a reader says it reads
+//! version 2: [`ACCEPT_V2`]), `message.rs` (the values a message holds), `error.rs` (why bytes do not decode or
 //! a message does not encode), `header.rs` (the fixed header and [`peek_header`]), `decode.rs`
 //! (checking every byte, and [`decode`](fn@decode)), `encode.rs` (the string and grant tables,
 //! writing a message, [`Snapshot::encode`] and [`Delta::encode`]).
 
+mod compat;
 mod decode;
 mod encode;
 mod error;
 mod header;
 mod message;
 
+pub use compat::{ACCEPT_V2, accepts_v2};
 pub use decode::decode;
 pub use error::{DecodeError, EncodeError};
 pub use header::{Header, peek_header};

@@ -49,6 +49,8 @@ pub struct AuditRow {
     pub action: String,
     /// The key concerned, if any.
     pub key_id: Option<String>,
+    /// Its name now (the id when the key is gone).
+    pub key_name: String,
     /// The actor's id (a filter link).
     pub actor_id: String,
     /// The actor's name and display prefix.
@@ -132,6 +134,7 @@ pub async fn list(
         .map(|a| AuditRow {
             at: when(Some(a.at), "-"),
             action: a.action,
+            key_name: a.key_name.or_else(|| a.key_id.clone()).unwrap_or_default(),
             key_id: a.key_id,
             actor: format!("{} ({})", a.actor.name, a.actor.display_prefix),
             actor_id: a.actor.id,

@@ -99,7 +99,12 @@ pub fn count(n: i64) -> String {
 /// The series as an `<svg>` element; `id` names it and `title` is its accessible name.
 pub fn bar_chart(id: &str, title: &str, s: &UsageSeries) -> String {
     let n = s.points.len().max(1);
-    let peak = s.points.iter().map(|p| p.count).max().unwrap_or(0);
+    let peak = s
+        .points
+        .iter()
+        .map(|p| p.count + p.limited)
+        .max()
+        .unwrap_or(0);
     let top = nice_max(peak);
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
@@ -133,23 +138,39 @@ pub fn bar_chart(id: &str, title: &str, s: &UsageSeries) -> String {
         LEFT - 6.0,
         base + 4.0
     );
-    for (i, p) in s.points.iter().enumerate() {
-        let h = if top > 0 {
-            plot_h * p.count as f64 / top as f64
+    let scale = |v: i64| {
+        if top > 0 {
+            plot_h * v as f64 / top as f64
         } else {
             0.0
-        };
+        }
+    };
+    for (i, p) in s.points.iter().enumerate() {
+        let h = scale(p.count);
         let x = LEFT + i as f64 * slot + gap / 2.0;
+        let width = (slot - gap).max(0.5);
         let _ = write!(
             o,
-            r#"<rect class="bar" x="{x:.2}" y="{:.2}" width="{:.2}" height="{h:.2}" data-at="{}" data-count="{}"><title>{} UTC: {} requests</title></rect>"#,
+            r#"<rect class="bar" x="{x:.2}" y="{:.2}" width="{width:.2}" height="{h:.2}" data-at="{}" data-count="{}"><title>{} UTC: {} requests</title></rect>"#,
             base - h,
-            (slot - gap).max(0.5),
             p.at,
             p.count,
             esc(&label(p.at, s.bucket)),
             count(p.count)
         );
+        if p.limited > 0 {
+            // Requests the edges refused by a rate limit, stacked on the bar.
+            let hl = scale(p.limited);
+            let _ = write!(
+                o,
+                r#"<rect class="bar limited" x="{x:.2}" y="{:.2}" width="{width:.2}" height="{hl:.2}" data-at="{}" data-limited="{}"><title>{} UTC: {} limited (refused by a rate limit)</title></rect>"#,
+                base - h - hl,
+                p.at,
+                p.limited,
+                esc(&label(p.at, s.bucket)),
+                count(p.limited)
+            );
+        }
     }
     let marks = [0, s.points.len() / 2, s.points.len().saturating_sub(1)];
     let mut last = None;
@@ -200,9 +221,21 @@ mod tests {
             to: 3 * 3600,
             total: 7,
             points: vec![
-                UsagePoint { at: 0, count: 2 },
-                UsagePoint { at: 3600, count: 0 },
-                UsagePoint { at: 7200, count: 5 },
+                UsagePoint {
+                    at: 0,
+                    count: 2,
+                    limited: 0,
+                },
+                UsagePoint {
+                    at: 3600,
+                    count: 0,
+                    limited: 0,
+                },
+                UsagePoint {
+                    at: 7200,
+                    count: 5,
+                    limited: 0,
+                },
             ],
         };
         let svg = bar_chart("usage", "Requests <per hour>", &s);
@@ -214,5 +247,29 @@ mod tests {
         assert!(svg.contains(r#"data-total="7""#));
         // The tallest bar reaches the scale's top (5 of 5).
         assert!(svg.contains(&format!(r#"height="{:.2}""#, H - TOP - BOTTOM)));
+        assert!(!svg.contains("limited"));
+    }
+
+    #[test]
+    fn limited_requests_are_marked_on_their_bar() {
+        let s = UsageSeries {
+            key_id: None,
+            bucket: Bucket::Hour,
+            from: 0,
+            to: 3600,
+            total: 6,
+            points: vec![UsagePoint {
+                at: 0,
+                count: 6,
+                limited: 4,
+            }],
+        };
+        let svg = bar_chart("usage", "Requests", &s);
+        assert_eq!(svg.matches("<rect class=\"bar limited\"").count(), 1);
+        assert!(svg.contains(r#"data-limited="4""#));
+        assert!(svg.contains("4 limited"));
+        // The scale holds both: 6 allowed and 4 limited reach the top (10).
+        let plot_h = H - TOP - BOTTOM;
+        assert!(svg.contains(&format!(r#"height="{:.2}""#, plot_h * 0.4)));
     }
 }

@@ -12,8 +12,10 @@ use serde::Deserialize;
 
 use super::page::{Nav, PageError, day_start, render, render_with};
 use super::session::Session;
-use crate::domain::KeyKind;
+use crate::domain::credits::{CreditsSpec, parse_refill_arg};
 use crate::domain::key::parse_key_id;
+use crate::domain::limits::{LimitSpec, parse_limit_arg};
+use crate::domain::{KeyKind, RuleError};
 use crate::http::error::ApiError;
 use crate::http::keys::issue::{CreateKey, issue_key};
 use crate::runtime::state::AppState;
@@ -48,6 +50,16 @@ pub struct CreateForm {
     /// `workspace` (default), `repo` or `edge`.
     #[serde(default)]
     pub kind: String,
+    /// Rate limits `name=limit/window[@owner]`, separated by commas or spaces (empty: the
+    /// workspace's defaults).
+    #[serde(default)]
+    pub limits: String,
+    /// Credits (empty: unlimited).
+    #[serde(default)]
+    pub credits: String,
+    /// Refill `AMOUNT/INTERVAL` (with credits).
+    #[serde(default)]
+    pub refill: String,
 }
 
 #[derive(Template)]
@@ -82,6 +94,30 @@ fn list(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The form's limits and credits as the API's input (the API checks them).
+fn limits_and_credits(
+    form: &CreateForm,
+) -> Result<(Option<Vec<LimitSpec>>, Option<CreditsSpec>), ApiError> {
+    let rule = |e| ApiError::from(RuleError::from(e));
+    let limits = list(&form.limits)
+        .iter()
+        .map(|l| parse_limit_arg(l).map_err(rule))
+        .collect::<Result<Vec<_>, _>>()?;
+    let credits = match form.credits.trim() {
+        "" => None,
+        c => Some(CreditsSpec {
+            remaining: c
+                .parse()
+                .map_err(|_| ApiError::invalid("credits: a whole number"))?,
+            refill: match form.refill.trim() {
+                "" => None,
+                r => Some(parse_refill_arg(r).map_err(rule)?),
+            },
+        }),
+    };
+    Ok(((!limits.is_empty()).then_some(limits), credits))
+}
+
 /// The form's expiry as the API's `expires_in` / `expires_at`.
 fn expiry(form: &CreateForm) -> Result<(Option<i64>, Option<i64>), ApiError> {
     const DAY: i64 = 86_400;
@@ -110,6 +146,7 @@ async fn issue(
         k => Some(KeyKind::parse(k).ok_or_else(|| ApiError::invalid("unknown kind"))?),
     };
     let owner = f.owner.trim();
+    let (limits, credits) = limits_and_credits(f)?;
     let issued = issue_key(
         state,
         &session.caller,
@@ -125,6 +162,8 @@ async fn issue(
             metadata: None,
             workspace_id: None,
             prefix: None,
+            limits,
+            credits,
         },
     )
     .await?;
@@ -172,6 +211,41 @@ pub async fn create(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_and_credits_come_from_their_fields() {
+        let f = CreateForm {
+            limits: "burst=100/10s, day=5000/1d@owner".into(),
+            credits: " 500 ".into(),
+            refill: "500/daily".into(),
+            ..CreateForm::default()
+        };
+        let (limits, credits) = limits_and_credits(&f).unwrap();
+        assert_eq!(limits.unwrap().len(), 2);
+        let c = credits.unwrap();
+        assert_eq!((c.remaining, c.refill.map(|r| r.amount)), (500, Some(500)));
+        assert_eq!(
+            limits_and_credits(&CreateForm::default()).unwrap(),
+            (None, None)
+        );
+        for bad in [
+            CreateForm {
+                limits: "burst".into(),
+                ..CreateForm::default()
+            },
+            CreateForm {
+                credits: "many".into(),
+                ..CreateForm::default()
+            },
+            CreateForm {
+                credits: "5".into(),
+                refill: "daily".into(),
+                ..CreateForm::default()
+            },
+        ] {
+            assert!(limits_and_credits(&bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn lists_and_expiry_presets() {

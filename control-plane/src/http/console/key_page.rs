@@ -45,6 +45,12 @@ pub struct Details {
     pub scopes: String,
     /// Resources, comma-separated (`any`).
     pub resources: String,
+    /// Rate limits (`burst: 100 per 10 s`, …; the workspace's defaults when it has none).
+    pub limits: String,
+    /// Credits remaining (`unlimited`).
+    pub credits: String,
+    /// The next refill (`-` without one).
+    pub next_refill: String,
 }
 
 impl From<KeyView> for Details {
@@ -63,6 +69,30 @@ impl From<KeyView> for Details {
             revoked: when(key.revoked_at, "-"),
             scopes: join(&key.scopes, "none"),
             resources: join(&key.resources, "any"),
+            limits: match &key.limits {
+                None => "the workspace's defaults".to_owned(),
+                Some(l) if l.is_empty() => "none".to_owned(),
+                Some(l) => l
+                    .iter()
+                    .map(|x| {
+                        let pool = if x.pool == "owner" {
+                            ", owner's pool"
+                        } else {
+                            ""
+                        };
+                        format!("{}: {} per {} s{pool}", x.name, x.limit, x.window_s)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            credits: match &key.credits {
+                None => "unlimited".to_owned(),
+                Some(c) => match (c.refill_amount, &c.refill_interval) {
+                    (Some(a), Some(i)) => format!("{} remaining (refill to {a}, {i})", c.remaining),
+                    _ => format!("{} remaining", c.remaining),
+                },
+            },
+            next_refill: when(key.credits.as_ref().and_then(|c| c.next_refill_at), "-"),
             key,
         }
     }

@@ -128,7 +128,7 @@ pub async fn update_key(
     Ok(Json(KeyWrite {
         key: KeyView::from(&k),
         revision,
-        propagation: propagation(&state, revision, wait).await?,
+        propagation: propagation(&state, &caller, revision, wait).await?,
     }))
 }
 
@@ -189,7 +189,7 @@ pub async fn suspend_key(
     let wait = check_wait(&w)?;
     let b: ReasonBody = optional_json(&headers, &body)?;
     let (key, revision) = status_change(&state, &caller, &id, Action::Suspend, b.reason).await?;
-    let propagation = propagation(&state, revision, wait).await?;
+    let propagation = propagation(&state, &caller, revision, wait).await?;
     Ok(Json(KeyWrite {
         key,
         revision,
@@ -211,7 +211,7 @@ pub async fn reactivate_key(
     let wait = check_wait(&w)?;
     let b: ReasonBody = optional_json(&headers, &body)?;
     let (key, revision) = status_change(&state, &caller, &id, Action::Reactivate, b.reason).await?;
-    let propagation = propagation(&state, revision, wait).await?;
+    let propagation = propagation(&state, &caller, revision, wait).await?;
     Ok(Json(KeyWrite {
         key,
         revision,
@@ -233,7 +233,7 @@ pub async fn revoke_key(
     let wait = check_wait(&w)?;
     let b: ReasonBody = optional_json(&headers, &body)?;
     let (key, revision) = status_change(&state, &caller, &id, Action::Revoke, b.reason).await?;
-    let propagation = propagation(&state, revision, wait).await?;
+    let propagation = propagation(&state, &caller, revision, wait).await?;
     Ok(Json(KeyWrite {
         key,
         revision,
@@ -262,7 +262,7 @@ pub async fn delete_key(
 ) -> Result<Json<KeyWrite>, ApiError> {
     let wait = check_wait(&WaitQuery { wait: q.wait })?;
     let (key, revision) = status_change(&state, &caller, &id, Action::Revoke, q.reason).await?;
-    let propagation = propagation(&state, revision, wait).await?;
+    let propagation = propagation(&state, &caller, revision, wait).await?;
     Ok(Json(KeyWrite {
         key,
         revision,
@@ -293,7 +293,7 @@ pub async fn rotate_key(
     let wait = check_wait(&w)?;
     let b: RotateBody = optional_json(&headers, &body)?;
     let mut issued = rotate(&state, &caller, &id, b.grace_period.unwrap_or(0)).await?;
-    issued.propagation = propagation(&state, issued.revision, wait).await?;
+    issued.propagation = propagation(&state, &caller, issued.revision, wait).await?;
     Ok(Json(issued))
 }
 

@@ -8,7 +8,9 @@ use keygate_protocol::key;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use crate::domain::credits::CreditsSpec;
 use crate::domain::key::KeyRecord;
+use crate::domain::limits::LimitSpec;
 use crate::domain::names::{KeyName, OwnerId, WorkspaceId};
 use crate::domain::{self, Grant, KeyKind, KeyStatus};
 use crate::http::auth::{Caller, SCOPE_KEYS_WRITE};
@@ -17,6 +19,7 @@ use crate::http::error::{ApiError, ApiJson, ApiQuery};
 use crate::runtime::clock::unix_now;
 use crate::runtime::state::AppState;
 
+use super::limits::{bound_child, parent_bound, parse_credits, parse_limits};
 use super::{
     DEFAULT_WORKSPACE, HASH_VERSION, IssuedKey, check_edge_admin, generate, insert, new_key_id,
 };
@@ -52,6 +55,13 @@ pub struct CreateKey {
     pub workspace_id: Option<String>,
     /// Key prefix; default the server's.
     pub prefix: Option<String>,
+    /// Its own rate limits (replacing its workspace's defaults; `[]`: none); default: the
+    /// workspace's defaults.
+    #[serde(default)]
+    pub limits: Option<Vec<LimitSpec>>,
+    /// Its credits; default: unlimited.
+    #[serde(default)]
+    pub credits: Option<CreditsSpec>,
 }
 
 #[utoipa::path(post, path = "/v1/keys", request_body = CreateKey, tag = "keys", params(WaitQuery),
@@ -69,7 +79,7 @@ pub async fn create_key(
     let wait = check_wait(&w)?;
     let ApiJson(req) = body?;
     let mut issued = issue_key(&state, &caller, req).await?;
-    issued.propagation = propagation(&state, issued.revision, wait).await?;
+    issued.propagation = propagation(&state, &caller, issued.revision, wait).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -91,6 +101,8 @@ pub async fn issue_key(
     let owner_id = OwnerId::parse(req.owner_id.unwrap_or_else(|| caller.owner_id.clone()))?;
     let metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
     domain::check_metadata(&metadata)?;
+    let limits = parse_limits(req.limits.as_deref())?;
+    let credits = parse_credits(req.credits.as_ref(), now)?;
     let workspace_id = match (&caller.workspace_id, req.workspace_id) {
         (Some(own), Some(w)) if *own != w => {
             return Err(ApiError::forbidden(
@@ -142,6 +154,8 @@ pub async fn issue_key(
         metadata,
         parent_id: None,
         subject: None,
+        limits,
+        credits,
     };
     insert(state, &caller.actor, record, "key.create", None, secret).await
 }
@@ -160,6 +174,13 @@ pub struct ExchangeBody {
     pub resources: Option<Vec<String>>,
     /// Lifetime in seconds (default 3600, at most 86400, never beyond the parent).
     pub expires_in: Option<i64>,
+    /// Rate limits: each of the parent's, at no higher rate (default: the parent's).
+    #[serde(default)]
+    pub limits: Option<Vec<LimitSpec>>,
+    /// Credits: at most the parent's remaining balance (default: that balance, when the
+    /// parent has one).
+    #[serde(default)]
+    pub credits: Option<CreditsSpec>,
 }
 
 #[utoipa::path(post, path = "/v1/keys/exchange", tag = "keys", request_body = ExchangeBody,
@@ -187,6 +208,16 @@ pub async fn exchange_key(
     let resources =
         domain::normalize_resources(req.resources.as_deref().unwrap_or(&caller.resources))?;
     let expires_at = domain::child_expiry(now, req.expires_in, caller.expires_at)?;
+    let parent = state
+        .db
+        .get_key(parent_id)
+        .await?
+        .ok_or_else(|| ApiError::forbidden("only a workspace key can be exchanged"))?;
+    let (limits, credits) = bound_child(
+        parse_limits(req.limits.as_deref())?,
+        parse_credits(req.credits.as_ref(), now)?,
+        &parent_bound(&state, &parent).await?,
+    )?;
     domain::check_within(
         caller.grant().as_ref(),
         &Grant {
@@ -226,6 +257,8 @@ pub async fn exchange_key(
         metadata: serde_json::json!({}),
         parent_id: Some(parent_id),
         subject: Some(req.subject.clone()),
+        limits,
+        credits,
     };
     let issued = insert(
         &state,

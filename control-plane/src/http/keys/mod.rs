@@ -5,6 +5,7 @@
 
 pub mod change;
 pub mod issue;
+pub mod limits;
 pub mod possession;
 pub mod read;
 pub mod usage;

@@ -66,6 +66,9 @@ pub struct UsagePoint {
     pub at: i64,
     /// Requests counted in it.
     pub count: i64,
+    /// Requests the edges refused in it by a rate limit (`429 rate_limited`).
+    #[serde(default)]
+    pub limited: i64,
 }
 
 /// A usage series.
@@ -117,20 +120,22 @@ pub fn period(q: &UsageQuery, now: i64) -> Result<(i64, i64, Bucket), ApiError> 
 }
 
 /// Folds hourly rows into zero-filled buckets of `bucket` from `from` to `to`.
-pub fn fill(hours: &[(i64, i64)], from: i64, to: i64, bucket: Bucket) -> Vec<UsagePoint> {
+pub fn fill(hours: &[(i64, i64, i64)], from: i64, to: i64, bucket: Bucket) -> Vec<UsagePoint> {
     let step = bucket.seconds();
     let mut points: Vec<UsagePoint> = (0..(to - from) / step)
         .map(|i| UsagePoint {
             at: from + i * step,
             count: 0,
+            limited: 0,
         })
         .collect();
-    for &(hour, count) in hours {
+    for &(hour, count, limited) in hours {
         if hour >= from
             && hour < to
             && let Some(p) = points.get_mut(((hour - from) / step) as usize)
         {
             p.count += count;
+            p.limited += limited;
         }
     }
     points
@@ -138,7 +143,7 @@ pub fn fill(hours: &[(i64, i64)], from: i64, to: i64, bucket: Bucket) -> Vec<Usa
 
 fn series(
     key_id: Option<String>,
-    hours: &[(i64, i64)],
+    hours: &[(i64, i64, i64)],
     (from, to, bucket): (i64, i64, Bucket),
 ) -> UsageSeries {
     let points = fill(hours, from, to, bucket);
@@ -252,7 +257,7 @@ mod tests {
 
     #[test]
     fn fill_sums_hours_into_zero_filled_buckets() {
-        let hours = [(0, 2), (HOUR, 3), (DAY + HOUR, 4), (3 * DAY, 9)];
+        let hours = [(0, 2, 1), (HOUR, 3, 0), (DAY + HOUR, 4, 2), (3 * DAY, 9, 0)];
         let by_hour = fill(&hours, 0, 3 * HOUR, Bucket::Hour);
         assert_eq!(
             by_hour.iter().map(|p| p.count).collect::<Vec<_>>(),
@@ -262,8 +267,16 @@ mod tests {
         assert_eq!(
             by_day,
             [
-                UsagePoint { at: 0, count: 5 },
-                UsagePoint { at: DAY, count: 4 }
+                UsagePoint {
+                    at: 0,
+                    count: 5,
+                    limited: 1
+                },
+                UsagePoint {
+                    at: DAY,
+                    count: 4,
+                    limited: 2
+                }
             ]
         );
     }

@@ -13,6 +13,7 @@ use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiJson};
 use crate::runtime::clock::unix_now;
 use crate::runtime::state::AppState;
+use crate::storage::credits::Spend;
 
 /// `POST /v1/keys/verify` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -43,6 +44,10 @@ pub struct VerifyResult {
     pub scopes: Option<Vec<String>>,
     /// Expiry (when valid).
     pub expires_at: Option<i64>,
+    /// Credits left after this verification (a key with credits; each valid verification
+    /// takes one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_remaining: Option<i64>,
 }
 
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyBody,
@@ -60,7 +65,7 @@ pub async fn verify_key(
         return Err(ApiError::invalid("too many scopes"));
     }
     let now = unix_now();
-    let (code, found) = match key::parse(&req.key) {
+    let (mut code, found) = match key::parse(&req.key) {
         Err(_) => (VerifyCode::Malformed, None),
         Ok(parsed) => {
             let digest: Digest = parsed.digest();
@@ -93,6 +98,39 @@ pub async fn verify_key(
             )
         }
     };
+    // A child is out of credits whenever its parent is (as in the key set).
+    if code == VerifyCode::Valid
+        && let Some(f) = &found
+        && let Some(parent) = f.0.parent_id
+        && state
+            .db
+            .get_key(parent)
+            .await?
+            .and_then(|p| p.credits)
+            .is_some_and(|c| c.exhausted())
+    {
+        code = VerifyCode::CreditsExhausted;
+    }
+    // Credits are spent exactly: one per valid verification, in the database.
+    let mut credits_remaining = None;
+    if code == VerifyCode::Valid
+        && let Some(f) = &found
+        && f.0.credits.is_some()
+    {
+        match state.db.spend_credit(f.0.id, now).await? {
+            Spend::Exhausted => code = VerifyCode::CreditsExhausted,
+            Spend::Spent {
+                remaining,
+                revision,
+            } => {
+                credits_remaining = Some(remaining);
+                if revision.is_some() {
+                    state.metrics.credits_exhausted(1);
+                }
+            }
+            Spend::Unlimited => {}
+        }
+    }
     state.metrics.verification(code);
     let code_str = serde_json::to_value(code)
         .ok()
@@ -101,7 +139,11 @@ pub async fn verify_key(
     if code == VerifyCode::Valid
         && let Some(f) = found
     {
-        state.usage.record(f.0.id, now);
+        if f.0.credits.is_some() {
+            state.usage.record_charged(f.0.id, now);
+        } else {
+            state.usage.record(f.0.id, now);
+        }
         return Ok(Json(VerifyResult {
             valid: true,
             code: code_str,
@@ -109,6 +151,7 @@ pub async fn verify_key(
             owner_id: Some(f.0.owner_id.clone()),
             scopes: Some(f.0.scopes.clone()),
             expires_at: f.0.expires_at,
+            credits_remaining,
         }));
     }
     Ok(Json(VerifyResult {
@@ -118,5 +161,6 @@ pub async fn verify_key(
         owner_id: None,
         scopes: None,
         expires_at: None,
+        credits_remaining: None,
     }))
 }
