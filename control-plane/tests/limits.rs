@@ -27,6 +27,7 @@ on_both_engines!(
     a_refill_puts_the_key_back_once_per_due_time_across_two_replicas,
     the_console_key_page_shows_limits_credits_and_limited_requests,
     forward_auth_spends_credits_at_its_flush_and_then_refuses_the_key,
+    a_filter_that_reads_only_version_1_gets_what_it_can_hold,
 );
 
 /// The key set's snapshot, as an edge reads it: the policy of key `id` (`None`: not in it).
@@ -737,5 +738,98 @@ async fn forward_auth_spends_credits_at_its_flush_and_then_refuses_the_key(e: En
             .len(),
         1
     );
+    s.stop().await;
+}
+
+/// A filter built before policies does not name `version=2` in its `Accept`: it gets the set as
+/// format version 1 can hold it (the limited key without its limits, not the key out of
+/// credits), snapshot and delta alike, while a current filter gets every policy.
+async fn a_filter_that_reads_only_version_1_gets_what_it_can_hold(e: Engine) {
+    let s = InProcessServer::start(e).await;
+    let edge = edge_key(&s).await;
+    let IssuedKey { key: limited, .. } = s
+        .create(json!({"name": "metered", "limits": [{"name": "burst", "limit": 100, "window": "10s"}]}))
+        .await;
+    let spent = s
+        .create(json!({"name": "spent", "credits": {"remaining": 1}}))
+        .await;
+    let before = spent.revision;
+    assert!(
+        s.verify(&spent.secret, &[], None).await.valid,
+        "its one credit"
+    );
+    let read = |accept: Option<&'static str>, since: Option<i64>| {
+        let s = &s;
+        let edge = edge.clone();
+        async move {
+            let path = since.map_or("/v1/keyset".to_owned(), |r| format!("/v1/keyset?since={r}"));
+            let mut req = s.http.get(s.url(&path)).bearer_auth(&edge);
+            if let Some(a) = accept {
+                req = req.header("accept", a);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let bytes = resp.bytes().await.unwrap();
+            (
+                wire::peek_header(&bytes).unwrap().version,
+                wire::decode(&bytes).unwrap(),
+            )
+        }
+    };
+    let ids = |m: &Message| -> Vec<(String, Policy)> {
+        let entries = match m {
+            Message::Snapshot(s) => &s.entries,
+            Message::Delta(d) => &d.upserts,
+        };
+        let mut v: Vec<_> = entries
+            .iter()
+            .map(|e| (e.key_id.to_string(), e.policy.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let burst = Policy {
+        state: KeyState::Active,
+        limits: vec![limit("burst", 100, 10, LimitPool::Key)],
+    };
+    let spent_policy = Policy {
+        state: KeyState::CreditsExhausted,
+        limits: Vec::new(),
+    };
+    for accept in [
+        None,
+        Some(wire::CONTENT_TYPE),
+        Some("application/vnd.keygate.keyset; version=1"),
+    ] {
+        let (version, m) = read(accept, None).await;
+        assert_eq!(version, wire::VERSION_1, "{accept:?}");
+        assert_eq!(
+            ids(&m),
+            [(limited.id.clone(), Policy::default())],
+            "{accept:?}"
+        );
+    }
+    let (version, m) = read(Some(wire::ACCEPT_V2), None).await;
+    assert_eq!(version, wire::VERSION);
+    let mut want = vec![
+        (limited.id.clone(), burst),
+        (spent.key.id.clone(), spent_policy),
+    ];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(ids(&m), want);
+    // The delta that took the spent key out of credits: a removal for the old reader.
+    let (version, m) = read(None, Some(before)).await;
+    assert_eq!(version, wire::VERSION_1);
+    let Message::Delta(d) = m else {
+        panic!("a delta from {before}")
+    };
+    assert!(d.upserts.is_empty(), "{d:?}");
+    assert_eq!(d.removals.len(), 1);
+    let (_, m) = read(Some(wire::ACCEPT_V2), Some(before)).await;
+    let Message::Delta(d) = m else {
+        panic!("a delta from {before}")
+    };
+    assert_eq!(d.upserts.len(), 1);
+    assert_eq!(d.upserts[0].policy.state, KeyState::CreditsExhausted);
     s.stop().await;
 }
