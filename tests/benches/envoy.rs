@@ -28,7 +28,9 @@
 //!   them, not the whole set: its lookup is a hash probe whose cost does not depend on the size.
 //! - `KEYGATE_BENCH_SETUPS` (comma-separated: `none`, `noop-wasm`, `host-calls-wasm`,
 //!   `noop-native`, `host-calls-native`, `decide-native`, `api-key-auth`, `ext-authz`, `keygate-wasm`,
-//!   `keygate-wasm-b`, `keygate-native`) runs only those.
+//!   `keygate-wasm-b`, `keygate-native`, `keygate-wasm-limited`, `keygate-native-limited`) runs
+//!   only those. The `-limited` ones serve the same keys, each with one rate limit of
+//!   1,000,000,000 per hour (never trips): the cost of counting one limit.
 //! - An A/B of two builds of the wasm filter in the same run: `KEYGATE_BENCH_WASM_B=<other.wasm>`
 //!   adds "Keygate B", and `KEYGATE_BENCH_WASM` replaces this build's module as "Keygate"
 //!   (`keygate-plugin-wasm <path>` writes the module of the checked-out source).
@@ -52,6 +54,7 @@ use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::stack::ServeProcess;
 use keygate_e2e::{ADMIN_TOKEN, ext_authz, native};
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
+use keygate_protocol::policy::{LimitPool, RateLimit};
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{env_usize, key_set, load_average};
 use keygate_testkit::envoy::Envoy;
@@ -70,10 +73,12 @@ enum Setup {
     KeygateWasm,
     KeygateWasmB,
     KeygateNative,
+    KeygateWasmLimited,
+    KeygateNativeLimited,
 }
 
 impl Setup {
-    const ALL: [Setup; 11] = [
+    const ALL: [Setup; 13] = [
         Setup::NoFilter,
         Setup::NoopWasm,
         Setup::HostCallsWasm,
@@ -85,6 +90,8 @@ impl Setup {
         Setup::KeygateWasm,
         Setup::KeygateWasmB,
         Setup::KeygateNative,
+        Setup::KeygateWasmLimited,
+        Setup::KeygateNativeLimited,
     ];
 
     fn name(self) -> &'static str {
@@ -100,6 +107,8 @@ impl Setup {
             Setup::KeygateWasm => "Keygate, wasm (V8)",
             Setup::KeygateWasmB => "Keygate B, wasm (V8)",
             Setup::KeygateNative => "Keygate, dynamic module",
+            Setup::KeygateWasmLimited => "Keygate, wasm, 1 rate limit",
+            Setup::KeygateNativeLimited => "Keygate, module, 1 rate limit",
         }
     }
 
@@ -116,6 +125,8 @@ impl Setup {
             Setup::KeygateWasm => "keygate-wasm",
             Setup::KeygateWasmB => "keygate-wasm-b",
             Setup::KeygateNative => "keygate-native",
+            Setup::KeygateWasmLimited => "keygate-wasm-limited",
+            Setup::KeygateNativeLimited => "keygate-native-limited",
         }
     }
 
@@ -128,6 +139,16 @@ impl Setup {
                 | Setup::KeygateWasm
                 | Setup::KeygateWasmB
                 | Setup::KeygateNative
+                | Setup::KeygateWasmLimited
+                | Setup::KeygateNativeLimited
+        )
+    }
+
+    /// Whether its keys each carry one rate limit (high enough never to trip).
+    fn limited(self) -> bool {
+        matches!(
+            self,
+            Setup::KeygateWasmLimited | Setup::KeygateNativeLimited
         )
     }
 }
@@ -142,11 +163,14 @@ struct Run {
 /// The files and addresses every configuration is built from.
 struct Fixture {
     feed: String,
+    /// The feed of the same keys, each with one rate limit (1,000,000,000 per hour).
+    feed_limited: String,
     noop_wasm: PathBuf,
     host_calls_wasm: PathBuf,
     keygate_wasm: PathBuf,
     keygate_wasm_b: Option<PathBuf>,
     snapshot_file: PathBuf,
+    snapshot_file_limited: PathBuf,
     api_keys: Vec<Value>,
     /// The forward-auth control plane's address and the edge key Envoy presents to it.
     forward_auth: Option<(String, String)>,
@@ -201,7 +225,27 @@ fn main() -> anyhow::Result<()> {
         }
         .encode()?,
     );
+    // The same keys, each with one rate limit that never trips: what one limit costs.
+    let snapshot_limited = Snapshot {
+        revision: 1,
+        entries: {
+            let mut e = keys.entries.clone();
+            for entry in &mut e {
+                entry.policy.limits = vec![RateLimit {
+                    name: "hourly".into(),
+                    limit: 1_000_000_000,
+                    window_s: 3600,
+                    pool: LimitPool::Key,
+                }];
+            }
+            e.sort_by(|a, b| a.digest.as_bytes().cmp(b.digest.as_bytes()));
+            e
+        },
+    }
+    .encode()?;
     let dir = tempfile::tempdir()?;
+    let snapshot_file_limited = dir.path().join("keyset-limited.bin");
+    std::fs::write(&snapshot_file_limited, &snapshot_limited)?;
     let keys_file = dir.path().join("keys.txt");
     let mut f = std::fs::File::create(&keys_file)?;
     for (secret, _) in keys.secrets.iter().step_by(step) {
@@ -229,6 +273,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let feed = rt.block_on(FakeFeed::new(snapshot.to_vec(), Vec::new()).serve())?;
+    let feed_limited = rt.block_on(FakeFeed::new(snapshot_limited, Vec::new()).serve())?;
     // ---- forward-auth: a real control plane, its keys issued through the API
     let forward_auth = if setups.contains(&Setup::ExtAuthz) {
         let count = env_usize("KEYGATE_BENCH_EXT_AUTHZ_KEYS", 2_000);
@@ -249,11 +294,13 @@ fn main() -> anyhow::Result<()> {
     let ext_authz_keys = dir.path().join("ext_authz_keys.txt");
     let fixture = Fixture {
         feed,
+        feed_limited,
         noop_wasm,
         host_calls_wasm,
         keygate_wasm,
         keygate_wasm_b,
         snapshot_file: snapshot_file.clone(),
+        snapshot_file_limited,
         forward_auth: forward_auth
             .as_ref()
             .map(|fa| (fa.process.addr().to_string(), fa.edge_key.clone())),
@@ -280,7 +327,10 @@ fn main() -> anyhow::Result<()> {
                     .push((ext_authz::EDGE_KEY_ENV.to_owned(), edge_key.clone()));
             }
             let envoy = start_pinned(&bootstrap(setup, &fixture), &options)?;
-            if matches!(setup, Setup::KeygateWasm | Setup::KeygateWasmB) {
+            if matches!(
+                setup,
+                Setup::KeygateWasm | Setup::KeygateWasmB | Setup::KeygateWasmLimited
+            ) {
                 wait_for_wasm_keys(&envoy, n)?;
             }
             let request_keys = if setup == Setup::ExtAuthz {
@@ -385,6 +435,16 @@ fn main() -> anyhow::Result<()> {
         Setup::NoopWasm,
     );
     over(
+        "one rate limit per key, wasm (Keygate with a limit over Keygate; target ≤ 1 µs)",
+        Setup::KeygateWasmLimited,
+        Setup::KeygateWasm,
+    );
+    over(
+        "one rate limit per key, dynamic module (with a limit over without; target ≤ 1 µs)",
+        Setup::KeygateNativeLimited,
+        Setup::KeygateNative,
+    );
+    over(
         "Keygate B − Keygate (wasm)",
         Setup::KeygateWasmB,
         Setup::KeygateWasm,
@@ -437,9 +497,19 @@ fn main() -> anyhow::Result<()> {
 fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
     // envoy/envoy.yaml's plugin configuration, with its own control plane: the wasm filter and
     // the dynamic module get the same.
+    let feed = if setup.limited() {
+        &fixture.feed_limited
+    } else {
+        &fixture.feed
+    };
+    let snapshot_file = if setup.limited() {
+        &fixture.snapshot_file_limited
+    } else {
+        &fixture.snapshot_file
+    };
     let configuration = || {
         let mut configuration = plugin_configuration(&envoy_yaml());
-        configuration["authority"] = json!(fixture.feed);
+        configuration["authority"] = json!(feed);
         configuration["edge_key"] = json!("kg_edge_bench");
         if let Some(c) = configuration.as_object_mut() {
             c.remove("edge_key_env");
@@ -494,14 +564,14 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
                 .expect("envoy/ext-authz.yaml has its ext_authz filter");
             filters.push(filter);
         }
-        Setup::KeygateWasm | Setup::KeygateWasmB => filters.push(json!({
+        Setup::KeygateWasm | Setup::KeygateWasmB | Setup::KeygateWasmLimited => filters.push(json!({
             "name": "keygate",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
                     "name": "keygate", "root_id": "keygate", "failure_policy": "FAIL_RELOAD",
                     "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": if setup == Setup::KeygateWasm {
+                        "code": {"local": {"filename": if setup != Setup::KeygateWasmB {
                             &fixture.keygate_wasm
                         } else {
                             fixture.keygate_wasm_b.as_ref().expect("B runs only when given")
@@ -513,19 +583,15 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
                 }
             }
         })),
-        Setup::KeygateNative => filters.push(native::keygate_filter(
-            &configuration(),
-            &fixture.snapshot_file,
-        )),
+        Setup::KeygateNative | Setup::KeygateNativeLimited => filters.push(
+            native::keygate_filter(&configuration(), snapshot_file),
+        ),
     }
     filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
-    let (host, port) = fixture
-        .feed
-        .rsplit_once(':')
-        .unwrap_or((&fixture.feed, "0"));
+    let (host, port) = feed.rsplit_once(':').unwrap_or((feed, "0"));
     let mut cluster = json!({
         "name": "keygate_control_plane",
         "type": "STATIC",

@@ -24,6 +24,8 @@ struct Pending {
     count: i64,
     last: i64,
     charge: i64,
+    /// Requests forward-auth refused by a rate limit (`429 rate_limited`).
+    limited: i64,
 }
 
 impl UsageBuffer {
@@ -35,6 +37,16 @@ impl UsageBuffer {
     /// Counts one use of `key` at `now` whose credit was already taken (verification).
     pub fn record_charged(&self, key: Uuid, now: i64) {
         self.add(key, now, 0);
+    }
+
+    /// Counts one request of `key` at `now` that forward-auth refused by a rate limit: no use,
+    /// no charge, reported as `limited` as the edges report theirs.
+    pub fn record_limited(&self, key: Uuid, now: i64) {
+        if let Ok(mut p) = self.pending.lock() {
+            let e = p.entry(key).or_default();
+            e.limited += 1;
+            e.last = e.last.max(now);
+        }
     }
 
     fn add(&self, key: Uuid, now: i64, charge: i64) {
@@ -55,7 +67,7 @@ impl UsageBuffer {
                     key_id,
                     count: e.count,
                     last_used_at: e.last,
-                    limited: 0,
+                    limited: e.limited,
                     charge: e.charge,
                 })
                 .collect(),
@@ -82,9 +94,33 @@ impl UsageBuffer {
                         e.count += r.count;
                         e.last = e.last.max(r.last_used_at);
                         e.charge += r.charge;
+                        e.limited += r.limited;
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_by_a_rate_limit_are_drained_as_limited_without_a_use_or_a_charge() {
+        let buffer = UsageBuffer::default();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        buffer.record(a, 100);
+        buffer.record_limited(a, 105);
+        buffer.record_limited(b, 103);
+        buffer.record_limited(b, 101);
+        let mut rows = buffer.drain();
+        rows.sort_by_key(|r| r.key_id);
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.count, r.limited, r.charge, r.last_used_at))
+            .collect();
+        assert_eq!(got, vec![(1, 1, 1, 105), (0, 2, 0, 103)]);
+        assert!(buffer.drain().is_empty());
     }
 }

@@ -122,5 +122,10 @@ async fn authorize(state: &AppState, req: Request) -> Result<Response, Response>
             .usage
             .record(Uuid::from_bytes(*key.as_bytes()), now as i64);
     }
+    if let Some(key) = decided.limited {
+        state
+            .usage
+            .record_limited(Uuid::from_bytes(*key.as_bytes()), now as i64);
+    }
     Ok(decided.response)
 }
