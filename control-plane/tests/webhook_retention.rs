@@ -79,8 +79,19 @@ async fn finished_deliveries_are_pruned_by_age_and_pending_ones_kept(engine: Eng
     .await;
     down.wait_for(Duration::from_secs(10), "four refused", |r| r.len() >= 4)
         .await;
-    assert_eq!(deliveries(&s, &delivered_to).await.len(), 4);
-    assert_eq!(deliveries(&s, &pending_at).await.len(), 4);
+    // A receiver sees each attempt before the sender logs it: read the logs until all are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (a, b) = (
+            deliveries(&s, &delivered_to).await.len(),
+            deliveries(&s, &pending_at).await.len(),
+        );
+        if (a, b) == (4, 4) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "logged: {a}, {b}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let db = s.state.db();
     let now = keygate_control_plane::runtime::clock::unix_now();
 
