@@ -5,6 +5,7 @@
 pub mod canary;
 pub mod credits;
 pub mod edges;
+pub mod expiry;
 pub mod key;
 pub mod leaks;
 pub mod lifecycle;

@@ -32,8 +32,11 @@ pub const KEY_CREDITS_REFILLED: &str = "key.credits_refilled";
 /// A workspace's default rate limits changed (every key inheriting them changes with them).
 pub const WORKSPACE_LIMITS_UPDATED: &str = "workspace.limits_updated";
 
+/// A live key comes within `--expiring-within-days` of its expiry (once per key and expiry).
+pub const KEY_EXPIRING: &str = super::expiry::EXPIRING_ACTION;
+
 /// Every event type an endpoint may subscribe to.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 12] = [
     KEY_CREATED,
     KEY_UPDATED,
     KEY_SUSPENDED,
@@ -45,6 +48,7 @@ pub const EVENT_TYPES: [&str; 11] = [
     KEY_CREDITS_EXHAUSTED,
     KEY_CREDITS_REFILLED,
     WORKSPACE_LIMITS_UPDATED,
+    KEY_EXPIRING,
 ];
 
 /// The event an audited action raises, if any (the GitHub broker's actions raise none).
@@ -61,6 +65,7 @@ pub fn event_for_action(action: &str) -> Option<&'static str> {
         "key.rotate" => KEY_ROTATED,
         super::leaks::LEAK_ACTION => KEY_LEAKED,
         super::canary::CANARY_ACTION => KEY_CANARY_USED,
+        super::expiry::EXPIRING_ACTION => KEY_EXPIRING,
         _ => return None,
     })
 }
@@ -107,6 +112,10 @@ pub fn event_payload(f: &EventFacts<'_>) -> Value {
         && let Some(hit) = super::canary::details(f.reason)
     {
         payload["data"]["hit"] = hit;
+    }
+    // An expiry notice names the expiry it is about (unix seconds).
+    if f.action == super::expiry::EXPIRING_ACTION {
+        payload["data"]["expires_at"] = f.key.map(|k| k["expires_at"].clone()).unwrap_or_default();
     }
     payload
 }
@@ -249,6 +258,7 @@ mod tests {
             Some(KEY_CREDITS_REFILLED)
         );
         assert_eq!(event_for_action("key.limits"), Some(KEY_UPDATED));
+        assert_eq!(event_for_action("key.expiring"), Some(KEY_EXPIRING));
         assert_eq!(retry_delay_ms(1000, 1), 1000);
         assert_eq!(retry_delay_ms(1000, 4), 8000);
         assert_eq!(retry_delay_ms(1000, 40), 3_600_000);

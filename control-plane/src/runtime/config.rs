@@ -62,6 +62,14 @@ pub struct Config {
     /// most this late).
     #[arg(long, env = "KEYGATE_REFILL_CHECK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub refill_check_ms: u64,
+    /// A live key that expires within this many days raises `key.expiring` (once per key and
+    /// expiry).
+    #[arg(long, env = "KEYGATE_EXPIRING_WITHIN_DAYS", default_value_t = 7, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub expiring_within_days: i64,
+    /// How often keys coming within `--expiring-within-days` of their expiry are looked for,
+    /// milliseconds (a notice is raised at most this late).
+    #[arg(long, env = "KEYGATE_EXPIRING_CHECK_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub expiring_check_ms: u64,
     /// GitHub App token broker settings.
     #[command(flatten)]
     pub github: crate::github::GithubArgs,
@@ -103,6 +111,8 @@ impl Config {
             edge_gone_after_s: 90,
             usage_retention_days: 90,
             refill_check_ms: 1000,
+            expiring_within_days: 7,
+            expiring_check_ms: 60_000,
             github: crate::github::GithubArgs::default(),
             forward_auth: crate::forward_auth::ForwardAuthArgs::default(),
             webhooks: super::webhooks::WebhookArgs::default(),

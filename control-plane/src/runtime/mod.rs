@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod drain;
 pub mod edges;
+pub mod expiry;
 pub mod limiter;
 pub mod metrics;
 pub mod refill;

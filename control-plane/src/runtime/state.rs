@@ -170,7 +170,7 @@ impl AppState {
         self.forward_auth.as_deref()
     }
 
-    /// Starts the background tasks: usage flushing, credit refills, change-log pruning, usage-history pruning
+    /// Starts the background tasks: usage flushing, credit refills, expiry notices, change-log pruning, usage-history pruning
     /// (hours older than `usage_retention_days`), webhook delivery and its pruning, the forward-auth key
     /// set's follower (when configured), and on PostgreSQL the `LISTEN keygate_keyset` loop that
     /// learns of other replicas' writes.
@@ -210,6 +210,11 @@ impl AppState {
             self.db.clone(),
             Arc::clone(&self.metrics),
             Duration::from_millis(self.config.refill_check_ms),
+        )));
+        tasks.push(tokio::spawn(super::expiry::notify_expiring_forever(
+            self.db.clone(),
+            self.config.expiring_within_days,
+            Duration::from_millis(self.config.expiring_check_ms),
         )));
         tasks.push(tokio::spawn(super::webhooks::deliver_forever(
             self.db.clone(),

@@ -16,6 +16,7 @@ pub mod console_sessions;
 pub mod credits;
 pub mod edges;
 pub mod error;
+pub mod expiry;
 pub mod github_repos;
 mod key_writes;
 pub mod keys;

@@ -1,0 +1,11 @@
+-- Events raised by the control plane itself (issue 28.4): a record per notice already raised,
+-- so that a restart or a second replica never raises one twice. The insert of the record and
+-- the audit row (with its webhook event) share one transaction.
+
+-- `key.expiring`: one per key and expiry (a changed expiry can be noticed again).
+CREATE TABLE key_expiry_notices (
+    key_id BYTEA NOT NULL,
+    expires_at BIGINT NOT NULL,
+    noticed_at BIGINT NOT NULL,
+    PRIMARY KEY (key_id, expires_at)
+);

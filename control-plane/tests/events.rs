@@ -1,0 +1,154 @@
+//! Events the control plane raises by itself (issue 28.4): `key.expiring` once per key and
+//! expiry, delivered signed to a real receiver, not raised again by later ticks, a restart or a
+//! second replica, raised again when the expiry changes, and never for keys that do not qualify.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{ADMIN, Engine, InProcessServer, fresh_database};
+use keygate_control_plane::test_support::{Received, WebhookReceiver};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Starts a control plane on `url` whose expiry task ticks every `check_ms` (a window of one
+/// day) and whose webhook sender polls every 50 ms.
+async fn start(url: &str, check_ms: u64) -> InProcessServer {
+    InProcessServer::start_on(url, |c| {
+        c.webhooks.webhook_poll_ms = 50;
+        c.webhooks.webhook_retry_base_ms = 200;
+        c.expiring_within_days = 1;
+        c.expiring_check_ms = check_ms;
+    })
+    .await
+}
+
+/// Registers an endpoint for `types` at the receiver and gives it the secret.
+async fn subscribe(s: &InProcessServer, rx: &WebhookReceiver, types: &[&str]) {
+    let (st, v) = s
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": rx.url(), "event_types": types})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    rx.set_secret(v["secret"].as_str().unwrap());
+}
+
+/// The distinct event ids of type `ty` about key `key` that arrived.
+fn events(r: &[Received], ty: &str, key: &str) -> BTreeSet<String> {
+    r.iter()
+        .filter(|x| x.body["type"] == ty && x.body["data"]["key"]["id"] == key)
+        .map(|x| x.id.clone())
+        .collect()
+}
+
+/// Audit rows with `action`.
+async fn audit_rows(s: &InProcessServer, action: &str) -> Vec<Value> {
+    let (st, v) = s.admin(Method::GET, "/v1/audit?limit=1000", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == action)
+        .cloned()
+        .collect()
+}
+
+async fn create(s: &InProcessServer, body: Value) -> String {
+    s.create(body).await.key.id
+}
+
+async fn expiring_keys_raise_one_signed_event(engine: Engine) {
+    let (url, _dir) = fresh_database(engine);
+    let rx = WebhookReceiver::start().await;
+    // Set-up on a replica whose expiry task ticks once at start (empty) and then hourly.
+    let setup = start(&url, 3_600_000).await;
+    subscribe(&setup, &rx, &["key.expiring"]).await;
+    let soon = create(&setup, json!({"name": "soon", "expires_in": 3600})).await;
+    // Comes within the one-day window about 3 s from now.
+    let later = create(&setup, json!({"name": "later", "expires_in": 86_400 + 3})).await;
+    let far = create(&setup, json!({"name": "far", "expires_in": 5 * 86_400})).await;
+    let never = create(&setup, json!({"name": "never"})).await;
+    let suspended = create(&setup, json!({"name": "suspended", "expires_in": 3600})).await;
+    setup.key_action(&suspended, "suspend").await;
+    let revoked = create(&setup, json!({"name": "revoked", "expires_in": 3600})).await;
+    setup.key_action(&revoked, "revoke").await;
+    let edge = create(
+        &setup,
+        json!({"name": "edge", "kind": "edge", "expires_in": 3600}),
+    )
+    .await;
+    setup.stop().await;
+
+    // Two replicas on the same database (a restart, and a second one), ticking every 100 ms.
+    let a = start(&url, 100).await;
+    let b = start(&url, 100).await;
+    let got = rx
+        .wait_for(Duration::from_secs(20), "soon's and later's events", |r| {
+            !events(r, "key.expiring", &soon).is_empty()
+                && !events(r, "key.expiring", &later).is_empty()
+        })
+        .await;
+    let ev = got
+        .iter()
+        .find(|x| x.body["data"]["key"]["id"] == soon.as_str())
+        .unwrap();
+    assert!(ev.verified, "signature checked: {:?}", ev.body);
+    assert_eq!(ev.body["data"]["action"], "key.expiring");
+    assert_eq!(ev.body["data"]["actor"]["name"], "expiry");
+    let expiry = ev.body["data"]["key"]["expires_at"].clone();
+    assert!(expiry.is_i64(), "{}", ev.body);
+    assert_eq!(ev.body["data"]["expires_at"], expiry);
+    assert_eq!(
+        ev.body["data"]["reason"],
+        format!("expires_at={}", expiry.as_i64().unwrap())
+    );
+    assert!(!ev.raw.contains("secret"), "{}", ev.raw);
+
+    // Many more ticks on both replicas raise nothing more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = rx.received();
+    assert!(got.iter().all(|x| x.verified));
+    assert_eq!(events(&got, "key.expiring", &soon).len(), 1);
+    assert_eq!(events(&got, "key.expiring", &later).len(), 1);
+    for k in [&far, &never, &suspended, &revoked, &edge] {
+        assert!(events(&got, "key.expiring", k).is_empty(), "{k}");
+    }
+    assert_eq!(audit_rows(&a, "key.expiring").await.len(), 2);
+
+    // A changed expiry within the window raises it again, once.
+    let (st, v) = a
+        .admin(
+            Method::PATCH,
+            &format!("/v1/keys/{soon}"),
+            Some(json!({"expires_in": 7200})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let got = rx
+        .wait_for(Duration::from_secs(20), "soon's second event", |r| {
+            events(r, "key.expiring", &soon).len() >= 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got2 = rx.received();
+    assert_eq!(events(&got2, "key.expiring", &soon).len(), 2);
+    let expiries: BTreeSet<i64> = got
+        .iter()
+        .filter(|x| x.body["data"]["key"]["id"] == soon.as_str())
+        .filter_map(|x| x.body["data"]["expires_at"].as_i64())
+        .collect();
+    assert_eq!(expiries.len(), 2, "two expiries: {expiries:?}");
+    let rows = audit_rows(&b, "key.expiring").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r["key_id"].is_string()));
+    a.stop().await;
+    b.stop().await;
+}
+
+on_both_engines!(expiring_keys_raise_one_signed_event);
