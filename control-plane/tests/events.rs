@@ -1,6 +1,7 @@
 //! Events the control plane raises by itself (issue 28.4): `key.expiring` once per key and
 //! expiry, delivered signed to a real receiver, not raised again by later ticks, a restart or a
-//! second replica, raised again when the expiry changes, and never for keys that do not qualify.
+//! second replica, raised again when the expiry changes, and never for keys that do not qualify;
+//! `edge.gone` once per edge and silence, with the edge's facts, never for an edge that reports.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use common::{ADMIN, Engine, InProcessServer, fresh_database};
 use keygate_control_plane::test_support::{Received, WebhookReceiver};
+use keygate_protocol::edge;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -151,4 +153,115 @@ async fn expiring_keys_raise_one_signed_event(engine: Engine) {
     b.stop().await;
 }
 
-on_both_engines!(expiring_keys_raise_one_signed_event);
+on_both_engines!(
+    expiring_keys_raise_one_signed_event,
+    a_silent_edge_raises_one_signed_gone_event
+);
+
+const EDGE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const EDGE_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// A control plane on `url` whose edges are gone after 2 s of silence, checked every 100 ms.
+async fn start_edges(url: &str) -> InProcessServer {
+    InProcessServer::start_on(url, |c| {
+        c.webhooks.webhook_poll_ms = 50;
+        c.webhooks.webhook_retry_base_ms = 200;
+        c.edge_heartbeat_s = 1;
+        c.edge_gone_after_s = 2;
+        c.edge_gone_check_ms = 100;
+    })
+    .await
+}
+
+/// One key-set call as edge `id` (node `node-<first letter>`) holding `revision`.
+async fn poll(s: &InProcessServer, key: &str, id: &str, revision: i64) {
+    poll_at(&s.http, &s.url(""), key, id, revision).await;
+}
+
+/// [`poll`] against the control plane at `base`.
+async fn poll_at(http: &reqwest::Client, base: &str, key: &str, id: &str, revision: i64) {
+    let st = http
+        .get(format!("{base}/v1/keyset?since={revision}"))
+        .bearer_auth(key)
+        .header(edge::ID_HEADER, id)
+        .header(edge::NODE_HEADER, format!("node-{}", &id[..1]))
+        .header(edge::REVISION_HEADER, revision.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(
+        st == StatusCode::OK || st == StatusCode::NOT_MODIFIED,
+        "{st}"
+    );
+}
+
+/// The distinct `edge.gone` event ids about edge `id`.
+fn gone(r: &[Received], id: &str) -> BTreeSet<String> {
+    r.iter()
+        .filter(|x| x.body["type"] == "edge.gone" && x.body["data"]["edge"]["edge_id"] == id)
+        .map(|x| x.id.clone())
+        .collect()
+}
+
+async fn a_silent_edge_raises_one_signed_gone_event(engine: Engine) {
+    let (url, _dir) = fresh_database(engine);
+    let rx = WebhookReceiver::start().await;
+    let a = start_edges(&url).await;
+    let b = start_edges(&url).await;
+    subscribe(&a, &rx, &["edge.gone"]).await;
+    let key = a
+        .create(json!({"name": "edge", "kind": "edge"}))
+        .await
+        .secret;
+    let rev = a.state.db().revision().await.unwrap();
+    poll(&a, &key, EDGE_A, rev).await;
+    // Edge B keeps polling (through both replicas, every 200 ms) while A falls silent.
+    let (http, bases, k) = (a.http.clone(), [a.url(""), b.url("")], key.clone());
+    let keep_b = tokio::spawn(async move {
+        loop {
+            for base in &bases {
+                poll_at(&http, base, &k, EDGE_B, rev).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let got = rx
+        .wait_for(Duration::from_secs(20), "edge A's gone event", |r| {
+            !gone(r, EDGE_A).is_empty()
+        })
+        .await;
+    let ev = got
+        .iter()
+        .find(|x| x.body["data"]["edge"]["edge_id"] == EDGE_A)
+        .unwrap();
+    assert!(ev.verified, "{}", ev.raw);
+    assert_eq!(ev.body["data"]["action"], "edge.gone");
+    assert_eq!(ev.body["data"]["edge"]["node_id"], "node-a");
+    assert_eq!(ev.body["data"]["edge"]["applied_revision"], rev);
+    assert!(ev.body["data"]["edge"]["last_seen"].is_i64(), "{}", ev.raw);
+    assert!(ev.body["data"]["key"].is_null(), "{}", ev.raw);
+    assert!(!ev.raw.contains(&key), "no secret");
+    // More ticks on both replicas: still one event; none for B, which kept reporting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = rx.received();
+    assert_eq!(gone(&got, EDGE_A).len(), 1);
+    assert!(gone(&got, EDGE_B).is_empty());
+    let rows = audit_rows(&b, "edge.gone").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0]["key_id"].is_null(), "{rows:?}");
+    // A comes back and goes silent again: a second event (a new silence).
+    poll(&b, &key, EDGE_A, rev).await;
+    rx.wait_for(Duration::from_secs(20), "edge A's second gone event", |r| {
+        gone(r, EDGE_A).len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = rx.received();
+    assert_eq!(gone(&got, EDGE_A).len(), 2);
+    assert!(gone(&got, EDGE_B).is_empty(), "B kept reporting");
+    assert!(got.iter().all(|x| x.verified));
+    keep_b.abort();
+    a.stop().await;
+    b.stop().await;
+}

@@ -9,3 +9,12 @@ CREATE TABLE key_expiry_notices (
     noticed_at BIGINT NOT NULL,
     PRIMARY KEY (key_id, expires_at)
 );
+
+-- `edge.gone`: one per edge and silence (keyed by the last report before it, so an edge that
+-- comes back and falls silent again is noticed again).
+CREATE TABLE edge_gone_notices (
+    edge_id TEXT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    noticed_at BIGINT NOT NULL,
+    PRIMARY KEY (edge_id, last_seen)
+);

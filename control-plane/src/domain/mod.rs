@@ -4,6 +4,7 @@
 
 pub mod canary;
 pub mod credits;
+pub mod edge_gone;
 pub mod edges;
 pub mod expiry;
 pub mod key;

@@ -35,8 +35,11 @@ pub const WORKSPACE_LIMITS_UPDATED: &str = "workspace.limits_updated";
 /// A live key comes within `--expiring-within-days` of its expiry (once per key and expiry).
 pub const KEY_EXPIRING: &str = super::expiry::EXPIRING_ACTION;
 
+/// An edge of the registry fell silent for longer than `--edge-gone-after-s` (once per silence).
+pub const EDGE_GONE: &str = super::edge_gone::EDGE_GONE_ACTION;
+
 /// Every event type an endpoint may subscribe to.
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 13] = [
     KEY_CREATED,
     KEY_UPDATED,
     KEY_SUSPENDED,
@@ -49,6 +52,7 @@ pub const EVENT_TYPES: [&str; 12] = [
     KEY_CREDITS_REFILLED,
     WORKSPACE_LIMITS_UPDATED,
     KEY_EXPIRING,
+    EDGE_GONE,
 ];
 
 /// The event an audited action raises, if any (the GitHub broker's actions raise none).
@@ -66,6 +70,7 @@ pub fn event_for_action(action: &str) -> Option<&'static str> {
         super::leaks::LEAK_ACTION => KEY_LEAKED,
         super::canary::CANARY_ACTION => KEY_CANARY_USED,
         super::expiry::EXPIRING_ACTION => KEY_EXPIRING,
+        super::edge_gone::EDGE_GONE_ACTION => EDGE_GONE,
         _ => return None,
     })
 }
@@ -112,6 +117,11 @@ pub fn event_payload(f: &EventFacts<'_>) -> Value {
         && let Some(hit) = super::canary::details(f.reason)
     {
         payload["data"]["hit"] = hit;
+    }
+    // An edge-gone notice's facts (edge id, node id, last seen, applied revision) are its
+    // audit reason's JSON.
+    if f.action == super::edge_gone::EDGE_GONE_ACTION {
+        payload["data"]["edge"] = super::edge_gone::details(f.reason).unwrap_or_default();
     }
     // An expiry notice names the expiry it is about (unix seconds).
     if f.action == super::expiry::EXPIRING_ACTION {
@@ -259,6 +269,7 @@ mod tests {
         );
         assert_eq!(event_for_action("key.limits"), Some(KEY_UPDATED));
         assert_eq!(event_for_action("key.expiring"), Some(KEY_EXPIRING));
+        assert_eq!(event_for_action("edge.gone"), Some(EDGE_GONE));
         assert_eq!(retry_delay_ms(1000, 1), 1000);
         assert_eq!(retry_delay_ms(1000, 4), 8000);
         assert_eq!(retry_delay_ms(1000, 40), 3_600_000);

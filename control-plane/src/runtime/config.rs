@@ -54,6 +54,9 @@ pub struct Config {
     /// long-poll wait plus the heartbeat.
     #[arg(long, env = "KEYGATE_EDGE_GONE_AFTER_S", default_value_t = 90)]
     pub edge_gone_after_s: i64,
+    /// How often edges gone silent are looked for to raise `edge.gone`, milliseconds.
+    #[arg(long, env = "KEYGATE_EDGE_GONE_CHECK_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub edge_gone_check_ms: u64,
     /// Days of hourly usage counts kept (`GET /v1/keys/{id}/usage`, the console's charts);
     /// older hours are pruned by a background task.
     #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(i64).range(1..=3660))]
@@ -109,6 +112,7 @@ impl Config {
             edge_heartbeat_s: 15,
             edge_lagging_after_s: 5,
             edge_gone_after_s: 90,
+            edge_gone_check_ms: 5000,
             usage_retention_days: 90,
             refill_check_ms: 1000,
             expiring_within_days: 7,

@@ -6,6 +6,7 @@ pub mod canary;
 pub mod clock;
 pub mod config;
 pub mod drain;
+pub mod edge_gone;
 pub mod edges;
 pub mod expiry;
 pub mod limiter;

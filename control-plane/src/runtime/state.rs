@@ -170,7 +170,7 @@ impl AppState {
         self.forward_auth.as_deref()
     }
 
-    /// Starts the background tasks: usage flushing, credit refills, expiry notices, change-log pruning, usage-history pruning
+    /// Starts the background tasks: usage flushing, credit refills, expiry and edge-gone notices, change-log pruning, usage-history pruning
     /// (hours older than `usage_retention_days`), webhook delivery and its pruning, the forward-auth key
     /// set's follower (when configured), and on PostgreSQL the `LISTEN keygate_keyset` loop that
     /// learns of other replicas' writes.
@@ -215,6 +215,11 @@ impl AppState {
             self.db.clone(),
             self.config.expiring_within_days,
             Duration::from_millis(self.config.expiring_check_ms),
+        )));
+        tasks.push(tokio::spawn(super::edge_gone::notify_gone_forever(
+            self.db.clone(),
+            self.config.edge_rules().gone_after_s,
+            Duration::from_millis(self.config.edge_gone_check_ms),
         )));
         tasks.push(tokio::spawn(super::webhooks::deliver_forever(
             self.db.clone(),

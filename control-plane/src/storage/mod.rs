@@ -14,6 +14,7 @@ pub mod canary;
 mod conditions;
 pub mod console_sessions;
 pub mod credits;
+pub mod edge_gone;
 pub mod edges;
 pub mod error;
 pub mod expiry;
