@@ -1,7 +1,8 @@
 //! Events the control plane raises by itself (issue 28.4): `key.expiring` once per key and
 //! expiry, delivered signed to a real receiver, not raised again by later ticks, a restart or a
 //! second replica, raised again when the expiry changes, and never for keys that do not qualify;
-//! `edge.gone` once per edge and silence, with the edge's facts, never for an edge that reports.
+//! `edge.gone` once per edge and silence, with the edge's facts, never for an edge that reports;
+//! `key.rate_limited` from edges' usage reports, at most once per key per period, with the count.
 
 mod common;
 
@@ -155,7 +156,8 @@ async fn expiring_keys_raise_one_signed_event(engine: Engine) {
 
 on_both_engines!(
     expiring_keys_raise_one_signed_event,
-    a_silent_edge_raises_one_signed_gone_event
+    a_silent_edge_raises_one_signed_gone_event,
+    refusals_raise_one_signed_rate_limited_event_per_period
 );
 
 const EDGE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -262,6 +264,104 @@ async fn a_silent_edge_raises_one_signed_gone_event(engine: Engine) {
     assert!(gone(&got, EDGE_B).is_empty(), "B kept reporting");
     assert!(got.iter().all(|x| x.verified));
     keep_b.abort();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `POST /v1/usage` as edge key `edge` through `s`: (key id, count, limited) per entry.
+async fn report(s: &InProcessServer, edge: &str, batch: &str, entries: &[(&str, u64, u64)]) {
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|(k, count, limited)| {
+            json!({"key_id": k, "count": count, "last_used_at": 0, "limited": limited})
+        })
+        .collect();
+    let (st, v) = s
+        .call(
+            Some(edge),
+            Method::POST,
+            "/v1/usage",
+            Some(json!({"batch_id": batch, "entries": entries})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+/// A control plane on `url` raising `key.rate_limited` at most once per key per 3 s.
+async fn start_limits(url: &str) -> InProcessServer {
+    InProcessServer::start_on(url, |c| {
+        c.webhooks.webhook_poll_ms = 50;
+        c.webhooks.webhook_retry_base_ms = 200;
+        c.rate_limited_event_every_s = 3;
+    })
+    .await
+}
+
+async fn refusals_raise_one_signed_rate_limited_event_per_period(engine: Engine) {
+    let (url, _dir) = fresh_database(engine);
+    let rx = WebhookReceiver::start().await;
+    let a = start_limits(&url).await;
+    let b = start_limits(&url).await;
+    subscribe(&a, &rx, &["key.rate_limited"]).await;
+    let edge = a
+        .create(json!({"name": "edge", "kind": "edge"}))
+        .await
+        .secret;
+    let k = create(&a, json!({"name": "busy"})).await;
+    let calm = create(&a, json!({"name": "calm"})).await;
+    let unknown = "key_0123456789abcdef0123456789abcdef";
+    report(
+        &a,
+        &edge,
+        "b1",
+        &[(&k, 10, 5), (&calm, 3, 0), (unknown, 1, 9)],
+    )
+    .await;
+    // Within the period: a retried batch, another batch, another replica's batch raise none.
+    report(&a, &edge, "b1", &[(&k, 10, 5)]).await;
+    report(&a, &edge, "b2", &[(&k, 1, 3)]).await;
+    report(&b, &edge, "b3", &[(&k, 1, 4)]).await;
+    let got = rx
+        .wait_for(Duration::from_secs(20), "busy's event", |r| {
+            !events(r, "key.rate_limited", &k).is_empty()
+        })
+        .await;
+    let ev = got
+        .iter()
+        .find(|x| x.body["data"]["key"]["id"] == k.as_str())
+        .unwrap();
+    assert!(ev.verified, "{}", ev.raw);
+    assert_eq!(ev.body["data"]["action"], "key.rate_limited");
+    assert_eq!(ev.body["data"]["rate_limited"]["limited"], 5, "{}", ev.raw);
+    assert_eq!(ev.body["data"]["rate_limited"]["period_s"], 3, "{}", ev.raw);
+    assert!(!ev.raw.contains(&edge), "no secret");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = rx.received();
+    assert_eq!(events(&got, "key.rate_limited", &k).len(), 1);
+    assert!(events(&got, "key.rate_limited", &calm).is_empty());
+    assert_eq!(
+        got.iter()
+            .filter(|x| x.body["type"] == "key.rate_limited")
+            .count(),
+        1,
+        "nothing for the unknown key"
+    );
+    // After the period, refusals raise it again, with that report's count.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    report(&b, &edge, "b4", &[(&k, 1, 2)]).await;
+    let got = rx
+        .wait_for(Duration::from_secs(20), "busy's second event", |r| {
+            events(r, "key.rate_limited", &k).len() >= 2
+        })
+        .await;
+    let counts: BTreeSet<i64> = got
+        .iter()
+        .filter(|x| x.body["data"]["key"]["id"] == k.as_str())
+        .filter_map(|x| x.body["data"]["rate_limited"]["limited"].as_i64())
+        .collect();
+    assert_eq!(counts, BTreeSet::from([5, 2]));
+    assert!(got.iter().all(|x| x.verified));
+    assert_eq!(audit_rows(&a, "key.rate_limited").await.len(), 2);
     a.stop().await;
     b.stop().await;
 }

@@ -18,3 +18,10 @@ CREATE TABLE edge_gone_notices (
     noticed_at INTEGER NOT NULL,
     PRIMARY KEY (edge_id, last_seen)
 );
+
+-- `key.rate_limited`: each key's last notice, so that refusals raise at most one per key per
+-- period (`--rate-limited-event-every-s`).
+CREATE TABLE rate_limited_notices (
+    key_id BLOB PRIMARY KEY NOT NULL,
+    noticed_at INTEGER NOT NULL
+);

@@ -12,6 +12,7 @@ pub mod leaks;
 pub mod lifecycle;
 pub mod limits;
 pub mod names;
+pub mod rate_limited;
 pub mod refill;
 pub mod webhooks;
 

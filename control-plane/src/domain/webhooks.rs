@@ -38,8 +38,12 @@ pub const KEY_EXPIRING: &str = super::expiry::EXPIRING_ACTION;
 /// An edge of the registry fell silent for longer than `--edge-gone-after-s` (once per silence).
 pub const EDGE_GONE: &str = super::edge_gone::EDGE_GONE_ACTION;
 
+/// An edge's usage report counted refusals by a rate limit for a key (at most once per key
+/// per `--rate-limited-event-every-s`, an hour by default).
+pub const KEY_RATE_LIMITED: &str = super::rate_limited::RATE_LIMITED_ACTION;
+
 /// Every event type an endpoint may subscribe to.
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 14] = [
     KEY_CREATED,
     KEY_UPDATED,
     KEY_SUSPENDED,
@@ -53,6 +57,7 @@ pub const EVENT_TYPES: [&str; 13] = [
     WORKSPACE_LIMITS_UPDATED,
     KEY_EXPIRING,
     EDGE_GONE,
+    KEY_RATE_LIMITED,
 ];
 
 /// The event an audited action raises, if any (the GitHub broker's actions raise none).
@@ -71,6 +76,7 @@ pub fn event_for_action(action: &str) -> Option<&'static str> {
         super::canary::CANARY_ACTION => KEY_CANARY_USED,
         super::expiry::EXPIRING_ACTION => KEY_EXPIRING,
         super::edge_gone::EDGE_GONE_ACTION => EDGE_GONE,
+        super::rate_limited::RATE_LIMITED_ACTION => KEY_RATE_LIMITED,
         _ => return None,
     })
 }
@@ -122,6 +128,12 @@ pub fn event_payload(f: &EventFacts<'_>) -> Value {
     // audit reason's JSON.
     if f.action == super::edge_gone::EDGE_GONE_ACTION {
         payload["data"]["edge"] = super::edge_gone::details(f.reason).unwrap_or_default();
+    }
+    // A rate-limited notice's facts (the refusals counted, the period) are its audit reason's
+    // JSON.
+    if f.action == super::rate_limited::RATE_LIMITED_ACTION {
+        payload["data"]["rate_limited"] =
+            super::rate_limited::details(f.reason).unwrap_or_default();
     }
     // An expiry notice names the expiry it is about (unix seconds).
     if f.action == super::expiry::EXPIRING_ACTION {
@@ -270,6 +282,7 @@ mod tests {
         assert_eq!(event_for_action("key.limits"), Some(KEY_UPDATED));
         assert_eq!(event_for_action("key.expiring"), Some(KEY_EXPIRING));
         assert_eq!(event_for_action("edge.gone"), Some(EDGE_GONE));
+        assert_eq!(event_for_action("key.rate_limited"), Some(KEY_RATE_LIMITED));
         assert_eq!(retry_delay_ms(1000, 1), 1000);
         assert_eq!(retry_delay_ms(1000, 4), 8000);
         assert_eq!(retry_delay_ms(1000, 40), 3_600_000);

@@ -248,7 +248,11 @@ pub async fn post_usage(
             charge: count,
         });
     }
-    let done = state.db.record_usage_batch(&b.batch_id, &rows, now).await?;
+    let every = state.config.rate_limited_event_every_s;
+    let done = state
+        .db
+        .record_usage_batch(&b.batch_id, &rows, every, now)
+        .await?;
     state.metrics.usage_batch(done.applied);
     if done.applied {
         state.metrics.credits_exhausted(done.exhausted.len());

@@ -73,6 +73,10 @@ pub struct Config {
     /// milliseconds (a notice is raised at most this late).
     #[arg(long, env = "KEYGATE_EXPIRING_CHECK_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
     pub expiring_check_ms: u64,
+    /// An edge's usage report counting refusals (`429 rate_limited`) for a key raises
+    /// `key.rate_limited` at most once per key per this many seconds.
+    #[arg(long, env = "KEYGATE_RATE_LIMITED_EVENT_EVERY_S", default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..=86_400))]
+    pub rate_limited_event_every_s: i64,
     /// GitHub App token broker settings.
     #[command(flatten)]
     pub github: crate::github::GithubArgs,
@@ -117,6 +121,7 @@ impl Config {
             refill_check_ms: 1000,
             expiring_within_days: 7,
             expiring_check_ms: 60_000,
+            rate_limited_event_every_s: 3600,
             github: crate::github::GithubArgs::default(),
             forward_auth: crate::forward_auth::ForwardAuthArgs::default(),
             webhooks: super::webhooks::WebhookArgs::default(),

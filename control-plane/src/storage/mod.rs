@@ -22,6 +22,7 @@ pub mod github_repos;
 mod key_writes;
 pub mod keys;
 pub mod keyset;
+mod rate_limited;
 mod rows;
 pub mod secret_scanning;
 pub mod usage;

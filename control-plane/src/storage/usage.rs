@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::credits::exhaustion_rows;
 use super::key_writes::NOTIFY;
+use super::rate_limited::notice;
 use super::write::log_changes;
 use super::{Db, Engine, on_db};
 
@@ -60,19 +61,24 @@ pub struct UsageApplied {
     pub exhausted: Vec<Uuid>,
     /// The revision of their exhaustion, when there was one.
     pub revision: Option<i64>,
+    /// Keys whose refusals raised `key.rate_limited` in this write.
+    pub rate_limited: Vec<Uuid>,
 }
 
 /// Adds each entry to its key's counters (`usage_count`, `last_used_at`: `update` is the
 /// engine's statement) and to its hourly counts, and takes its charge off the key's balance
 /// (`balance`: the engine's locking read of it);
 /// ids of unknown keys change nothing. A balance taken to 0 writes its exhaustion, and then one
-/// change-log row set for all of them (`notify`: the engine's announcement).
+/// change-log row set for all of them (`notify`: the engine's announcement). With
+/// `notice_every_s` (an edge's report), an entry's refusals raise `key.rate_limited` at most
+/// once per key per that many seconds (`rate_limited::notice`).
 async fn apply<DB>(
     tx: &mut Transaction<'static, DB>,
     update: &'static str,
     balance: &'static str,
     notify: &'static str,
     entries: &[UsageRow],
+    notice_every_s: Option<i64>,
     now: i64,
 ) -> Result<UsageApplied, sqlx::Error>
 where
@@ -120,6 +126,12 @@ where
             .execute(&mut **tx)
             .await?;
         }
+        if let Some(every) = notice_every_s
+            && e.limited > 0
+            && notice(tx, e.key_id, e.limited, every, now).await?
+        {
+            out.rate_limited.push(e.key_id);
+        }
         if e.charge > 0 {
             // The balance before, under the write lock (SQLite's BEGIN IMMEDIATE) or the row
             // lock (`balance` is PostgreSQL's `FOR UPDATE` read); then the charge, never below 0.
@@ -154,13 +166,16 @@ const UPDATE_SQLITE: &str = "UPDATE keys SET usage_count = usage_count + $1, las
 const UPDATE_POSTGRES: &str = "UPDATE keys SET usage_count = usage_count + $1, last_used_at = GREATEST(COALESCE(last_used_at, 0), $2) WHERE id = $3";
 
 impl Db {
-    /// Applies one usage batch unless its id was seen before (then `applied` is false and
-    /// nothing is written); takes each entry's charge off its key's balance in the same
-    /// transaction, and advances the revision watch when a balance reached 0.
+    /// Applies one usage batch (an edge's report) unless its id was seen before (then
+    /// `applied` is false and nothing is written); takes each entry's charge off its key's
+    /// balance in the same transaction, and advances the revision watch when a balance reached
+    /// 0; an entry's refusals raise `key.rate_limited` at most once per key per
+    /// `rate_limited_every_s`, and wake the webhook sender.
     pub async fn record_usage_batch(
         &self,
         batch_id: &str,
         entries: &[UsageRow],
+        rate_limited_every_s: i64,
         now: i64,
     ) -> Result<UsageApplied, sqlx::Error> {
         let out = on_db!(self, p => {
@@ -170,12 +185,15 @@ impl Db {
             if inserted == 0 {
                 return Ok(UsageApplied::default());
             }
-            let out = apply(&mut tx, p.pick(UPDATE_SQLITE, UPDATE_POSTGRES), p.pick(BALANCE, BALANCE_FOR_UPDATE), p.pick("", NOTIFY), entries, now).await?;
+            let out = apply(&mut tx, p.pick(UPDATE_SQLITE, UPDATE_POSTGRES), p.pick(BALANCE, BALANCE_FOR_UPDATE), p.pick("", NOTIFY), entries, Some(rate_limited_every_s), now).await?;
             tx.commit().await?;
             out
         });
         if let Some(r) = out.revision {
             self.observe_revision(r);
+        }
+        if !out.rate_limited.is_empty() {
+            self.outbox_written();
         }
         Ok(out)
     }
@@ -192,7 +210,7 @@ impl Db {
         }
         let out = on_db!(self, p => {
             let mut tx = p.begin_write().await?;
-            let out = apply(&mut tx, p.pick(UPDATE_SQLITE, UPDATE_POSTGRES), p.pick(BALANCE, BALANCE_FOR_UPDATE), p.pick("", NOTIFY), entries, now).await?;
+            let out = apply(&mut tx, p.pick(UPDATE_SQLITE, UPDATE_POSTGRES), p.pick(BALANCE, BALANCE_FOR_UPDATE), p.pick("", NOTIFY), entries, None, now).await?;
             tx.commit().await?;
             out
         });
