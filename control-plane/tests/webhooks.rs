@@ -47,6 +47,19 @@ async fn deliveries(api: &ApiClient, id: &str) -> Vec<Value> {
     v["items"].as_array().unwrap().clone()
 }
 
+/// The delivery log of an endpoint once `done` holds of it (the receiver sees a 204 before the
+/// sender logs the attempt), read every 50 ms for at most 20 s.
+async fn deliveries_once(api: &ApiClient, id: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = deliveries(api, id).await;
+        if done(&log) || std::time::Instant::now() >= deadline {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn delivered(r: &[Received], id: &str) -> bool {
     r.iter()
         .any(|x| x.id == id && x.answered.is_some_and(|s| (200..300).contains(&s)))
@@ -157,7 +170,10 @@ async fn events_are_signed_and_delivered(engine: Engine) {
     assert_eq!(revoked.body["data"]["key"]["status"], "revoked");
 
     // The delivery log: one delivered attempt per event.
-    let log = deliveries(api, &endpoint).await;
+    let log = deliveries_once(api, &endpoint, |l| {
+        l.iter().filter(|a| a["delivered"] == true).count() >= 5
+    })
+    .await;
     assert_eq!(log.len(), 5, "{log:?}");
     for a in &log {
         assert_eq!(
@@ -274,7 +290,10 @@ async fn a_receiver_down_for_a_while_gets_the_events(engine: Engine) {
     types.sort();
     types.dedup();
     assert_eq!(types, ["key.created", "key.revoked"]);
-    let log = deliveries(api, &endpoint).await;
+    let log = deliveries_once(api, &endpoint, |l| {
+        l.iter().filter(|a| a["delivered"] == true).count() >= 2
+    })
+    .await;
     assert!(
         log.iter().filter(|a| a["delivered"] == true).count() >= 2,
         "{log:?}"
