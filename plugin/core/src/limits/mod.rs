@@ -16,6 +16,7 @@ use std::hash::{Hash, Hasher};
 use keygate_protocol::KeyId;
 use keygate_protocol::policy::{LimitPool, RateLimit};
 use rustc_hash::FxHasher;
+use smallvec::SmallVec;
 
 pub use atomic::AtomicCounters;
 pub use lease::{Leased, Leases, MAX_CHUNK, chunk};
@@ -132,7 +133,13 @@ pub struct Status<'a> {
     fleet: u32,
     /// The limit closest to exhaustion (the one refused, for a 429).
     pub closest: LimitState<'a>,
+    /// Each limit counted, in the key's order: every one when within (inline up to two).
+    each: SmallVec<[LimitState<'a>; 2]>,
 }
+
+/// The response fields of an allowed request of a limited key, when `rate_limit_headers` asks
+/// for them ([`Status::allowed_fields`]): `RateLimit-Policy`, then `RateLimit`.
+pub type AllowedFields = [(&'static str, String); 2];
 
 impl Status<'_> {
     /// `RateLimit-Policy`: every limit of the key as `"name";q=<quota>;w=<window>`.
@@ -169,6 +176,20 @@ impl Status<'_> {
         ]
     }
 
+    /// The fields of an allowed request: `RateLimit-Policy` as in [`Status::fields`], and
+    /// `RateLimit` with one item per limit of the key, in its order, each
+    /// `"name";r=<remaining after this request>;t=<seconds to its window's reset>`.
+    pub fn allowed_fields(&self) -> AllowedFields {
+        let mut items = String::with_capacity(24 * self.each.len());
+        for (i, s) in self.each.iter().enumerate() {
+            if i > 0 {
+                items.push_str(", ");
+            }
+            let _ = write!(items, "\"{}\";r={};t={}", s.name, s.remaining, s.reset_s);
+        }
+        [("ratelimit-policy", self.policy_field()), ("ratelimit", items)]
+    }
+
     /// The fields of a 429: `Retry-After` (the refused window's end), then [`Status::fields`].
     pub fn limited_fields(&self) -> [(&'static str, String); 3] {
         let [p, r] = self.fields();
@@ -196,6 +217,7 @@ pub fn check<'a>(
     counters: &mut impl Counters,
 ) -> Outcome<'a> {
     let mut closest: Option<LimitState<'a>> = None;
+    let mut each = SmallVec::new();
     for limit in limits {
         let bucket = Bucket {
             key_id,
@@ -217,8 +239,10 @@ pub fn check<'a>(
                     remaining: 0,
                     ..state
                 },
+                each,
             });
         }
+        each.push(state);
         if closest.is_none_or(|c| state.remaining < c.remaining) {
             closest = Some(state);
         }
@@ -229,6 +253,7 @@ pub fn check<'a>(
             limits,
             fleet,
             closest,
+            each,
         }),
     }
 }

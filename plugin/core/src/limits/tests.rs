@@ -54,6 +54,24 @@ fn fields_follow_the_drafts_structured_syntax() {
         r#""burst";q=100;w=10, "daily";q=5000;w=86400"#
     );
     assert_eq!(s.limit_field(), r#""burst";r=36;t=4"#);
+    // an allowed request's fields: the same policy, and one item per limit
+    let [policy, rl] = s.allowed_fields();
+    assert_eq!(policy, ("ratelimit-policy", s.policy_field()));
+    assert_eq!(
+        rl,
+        (
+            "ratelimit",
+            r#""burst";r=36;t=4, "daily";r=4936;t=42394"#.to_owned()
+        )
+    );
+    // the next request counts each item down by one
+    let Outcome::Within(s) = check(&limits, key, "acme", T0 + 6_000, 1, &mut &counters) else {
+        panic!("within")
+    };
+    assert_eq!(
+        s.allowed_fields()[1].1,
+        r#""burst";r=35;t=4, "daily";r=4935;t=42394"#
+    );
     // in a fleet of 3, each proxy enforces and advertises a third (rounded up)
     let other = KeyId::from_bytes([9; 16]);
     let Outcome::Within(s) = check(&limits, other, "initech", T0 + 6_000, 3, &mut &counters) else {
