@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 use keygate_filter_core::decision::{
     self, Decision, Deny, DenyBodies, KeySetState, Reason, Request, decide,
 };
-use keygate_filter_core::limits::{self, AtomicCounters, Outcome};
+use keygate_filter_core::limits::{self, AllowedFields, AtomicCounters, Outcome};
 use smallvec::SmallVec;
 
 use crate::config::{Keygate, Keys};
@@ -40,6 +40,10 @@ pub trait Stream {
     fn client_address(&mut self) -> Option<String> {
         None
     }
+    /// Keeps an allowed request's `RateLimit-Policy` and `RateLimit` for its response
+    /// (`rate_limit_headers`; the stream's own filter object holds them until its response
+    /// headers).
+    fn keep_fields(&mut self, fields: AllowedFields);
 }
 
 /// What the filter tells Envoy after the request headers.
@@ -153,7 +157,8 @@ impl Keygate {
     }
 
     /// Counts an allowed request against its key's rate limits (nothing for a key without
-    /// any); over one, answers the 429 with its fields and counts it for usage.
+    /// any); over one, answers the 429 with its fields and counts it for usage; within them and
+    /// with `rate_limit_headers`, keeps the fields for the response.
     fn over_limit(&self, a: &decision::Allow<'_>, now_ms: u64, stream: &mut impl Stream) -> bool {
         let Some(id) = a.identity.as_ref().filter(|i| !i.limits().is_empty()) else {
             return false;
@@ -167,8 +172,15 @@ impl Keygate {
             fleet,
             &mut &*COUNTERS,
         );
-        let Outcome::Limited(status) = outcome else {
-            return false;
+        let status = match outcome {
+            Outcome::Limited(status) => status,
+            Outcome::Within(status) => {
+                if self.config.rate_limit_headers {
+                    stream.keep_fields(status.allowed_fields());
+                }
+                return false;
+            }
+            Outcome::Unlimited => return false,
         };
         if let Keys::Synced(sync) = &self.keys {
             sync.shared_state()
@@ -227,6 +239,12 @@ pub fn fail_closed(stream: &mut impl Stream) -> Verdict {
 }
 
 impl Keygate {
+    /// Whether allowed requests of limited keys carry the rate-limit fields: then each stream
+    /// needs a filter object of its own to keep them until its response.
+    pub fn fields_on_allowed(&self) -> bool {
+        self.config.rate_limit_headers
+    }
+
     /// [`DECIDE_ONLY`]: decides as [`Keygate::on_request_headers`] does, then makes
     /// [`host_calls_only`]'s callbacks whatever the decision.
     pub fn decide_then_host_calls(
@@ -314,6 +332,7 @@ mod tests {
         edits: Vec<(&'static str, String, String)>,
         reply: Option<Reply>,
         counted: Vec<Reason>,
+        kept: Option<AllowedFields>,
     }
 
     impl Stream for Recorded {
@@ -351,18 +370,30 @@ mod tests {
         fn count(&mut self, reason: Reason) {
             self.counted.push(reason);
         }
+        fn keep_fields(&mut self, fields: AllowedFields) {
+            self.kept = Some(fields);
+        }
     }
 
     fn no_log(_: keygate_filter_core::host::LogLevel, _: &str) {}
 
     /// A configuration holding one key (returned), with its snapshot in `dir`.
     fn keygate(dir: &std::path::Path) -> (Keygate, String, KeyId) {
+        keygate_with(dir, Default::default(), false)
+    }
+
+    /// [`keygate`] with the key's `policy` and the configuration's `rate_limit_headers`.
+    fn keygate_with(
+        dir: &std::path::Path,
+        policy: keygate_protocol::policy::Policy,
+        rate_limit_headers: bool,
+    ) -> (Keygate, String, KeyId) {
         let k = key::generate("kg_live").unwrap();
         let key_id = KeyId::from_bytes([7; 16]);
         let snapshot = Snapshot {
             revision: 1,
             entries: vec![KeyEntry {
-                policy: Default::default(),
+                policy,
                 digest: k.digest(),
                 key_id,
                 owner: "acme".into(),
@@ -381,7 +412,8 @@ mod tests {
                 "authority": "cp",
                 "edge_key": "kg_edge_x",
                 "key_sources": [{"header": "x-api-key"}],
-                "routes": [{"path_prefix": "/", "required_scopes": []}]
+                "routes": [{"path_prefix": "/", "required_scopes": []}],
+                "rate_limit_headers": rate_limit_headers
             },
             "snapshot_file": path.to_str().unwrap(),
         });
@@ -444,6 +476,43 @@ mod tests {
         );
         assert!(s.reply.is_none());
         assert_eq!(s.counted, vec![Reason::Allowed]);
+    }
+
+    #[test]
+    fn an_allowed_request_of_a_limited_key_keeps_its_fields_only_when_asked() {
+        use keygate_protocol::policy::{LimitPool, Policy, RateLimit};
+        let policy = Policy {
+            limits: vec![RateLimit {
+                name: "burst".into(),
+                limit: 2,
+                window_s: 10,
+                pool: LimitPool::Key,
+            }],
+            ..Policy::default()
+        };
+        let now = 1_763_900_004_000; // 6 s before a 10 s window ends
+        for asked in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (config, secret, _) = keygate_with(dir.path(), policy.clone(), asked);
+            assert_eq!(config.fields_on_allowed(), asked);
+            let h = request(&[(b"x-api-key", secret.as_bytes())]);
+            let mut s = Recorded::default();
+            assert_eq!(config.on_request_headers(&h, now, &mut s), Verdict::Continue);
+            let expected = asked.then(|| {
+                [
+                    ("ratelimit-policy", r#""burst";q=2;w=10"#.to_owned()),
+                    ("ratelimit", r#""burst";r=1;t=6"#.to_owned()),
+                ]
+            });
+            assert_eq!(s.kept, expected, "rate_limit_headers {asked}");
+        }
+        // A key without limits keeps nothing, the option on or not.
+        let dir = tempfile::tempdir().unwrap();
+        let (config, secret, _) = keygate_with(dir.path(), Policy::default(), true);
+        let mut s = Recorded::default();
+        let h = request(&[(b"x-api-key", secret.as_bytes())]);
+        assert_eq!(config.on_request_headers(&h, now, &mut s), Verdict::Continue);
+        assert_eq!(s.kept, None);
     }
 
     #[test]

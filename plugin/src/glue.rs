@@ -367,6 +367,10 @@ struct KeygateHttp {
     state: Rc<State>,
 }
 
+/// The properties an allowed request's `RateLimit-Policy` and `RateLimit` are set in (with
+/// `rate_limit_headers`): Envoy keeps each as the filter-state object `wasm.<name>`.
+const FIELD_PROPERTIES: [&str; 2] = ["keygate_ratelimit_policy", "keygate_ratelimit"];
+
 impl Context for KeygateHttp {}
 
 /// Local replies ready to send: per reason the serialized response headers, and the bodies.
@@ -446,7 +450,10 @@ impl KeygateHttp {
     }
 
     /// Counts an allowed request against its key's rate limits (nothing for a key without
-    /// any: no host call); over one, answers the 429 and says so.
+    /// any: no host call); over one, answers the 429 and says so. Within them and with
+    /// `rate_limit_headers`, sets the two fields' [`FIELD_PROPERTIES`] (two host calls): a
+    /// request-phase callback cannot add response headers, and the module exports no
+    /// `proxy_on_response_headers` (a VM entry on every request, keys without limits included).
     fn over_limit(&self, a: &decision::Allow<'_>, worker: &Worker, now_ms: u64) -> bool {
         let Some(id) = a.identity.as_ref().filter(|i| !i.limits().is_empty()) else {
             return false;
@@ -474,6 +481,14 @@ impl KeygateHttp {
                     .borrow_mut()
                     .send_limited(&limits::deny(), &status.limited_fields());
                 true
+            }
+            Outcome::Within(status) if worker.config().rate_limit_headers => {
+                // One filter-state object per field, which Envoy writes into the response
+                // (`envoy/envoy.yaml`: `%FILTER_STATE(wasm.keygate_ratelimit...:PLAIN)%`).
+                for ((_, value), name) in status.allowed_fields().iter().zip(FIELD_PROPERTIES) {
+                    let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
+                }
+                false
             }
             Outcome::Within(_) | Outcome::Unlimited => false,
         }

@@ -67,6 +67,8 @@ impl HttpHeader {
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 pub(super) const REQUEST_HEADER: u32 = 0;
+/// `envoy_dynamic_module_type_http_header_type_ResponseHeader`.
+pub(super) const RESPONSE_HEADER: u32 = 2;
 /// `…_status_Continue` (every hook's status enum starts with it).
 pub(super) const CONTINUE: u32 = 0;
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration`.

@@ -21,6 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use keygate_filter_core::decision::Reason;
 use keygate_filter_core::host::LogLevel;
+use keygate_filter_core::limits::AllowedFields;
 use smallvec::SmallVec;
 
 use crate::config::{FilterConfig, Keys};
@@ -121,10 +122,50 @@ const _: () = {
     shared::<Module>();
 };
 
+/// A stream's own filter object, made only for a configuration with `rate_limit_headers`: the
+/// fields an allowed request of a limited key answers with, kept from its request headers to
+/// its response headers. Without the option a stream's filter is the configuration itself.
+struct PerStream {
+    module: *const Module,
+    fields: Option<AllowedFields>,
+}
+
+/// The low bit that marks a filter pointer as a [`PerStream`] (both it and [`Module`] are
+/// aligned to 8, so neither pointer has it).
+const PER_STREAM: usize = 1;
+
+const _: () = assert!(align_of::<Module>() > PER_STREAM && align_of::<PerStream>() > PER_STREAM);
+
+/// The configuration and, with `rate_limit_headers`, the stream's own object, from what
+/// `envoy_dynamic_module_on_http_filter_new` returned.
+///
+/// # Safety
+/// `filter_module_ptr` came from `envoy_dynamic_module_on_http_filter_new`, its stream is live,
+/// and no other borrow of its [`PerStream`] exists (Envoy calls a stream's hooks one at a time,
+/// on its worker thread).
+unsafe fn resolve<'a>(filter_module_ptr: *const c_void) -> (&'a Module, Option<&'a mut PerStream>) {
+    if filter_module_ptr.addr() & PER_STREAM == 0 {
+        // SAFETY: an untagged pointer is the configuration, alive while its filters are.
+        return (unsafe { &*filter_module_ptr.cast::<Module>() }, None);
+    }
+    let stream = filter_module_ptr
+        .map_addr(|a| a & !PER_STREAM)
+        .cast::<PerStream>()
+        .cast_mut();
+    // SAFETY: made by `Box::into_raw` in `filter_new`, freed only in `filter_destroy`; its
+    // configuration outlives it.
+    unsafe {
+        let stream = &mut *stream;
+        (&*stream.module, Some(stream))
+    }
+}
+
 /// The [`Stream`] of one request: Envoy's callbacks on its filter.
 struct EnvoyStream<'a> {
     filter: *mut c_void,
     module: &'a Module,
+    /// Where an allowed request's fields are kept (`rate_limit_headers`).
+    kept: Option<&'a mut Option<AllowedFields>>,
 }
 
 impl Stream for EnvoyStream<'_> {
@@ -203,6 +244,12 @@ impl Stream for EnvoyStream<'_> {
                 Buffer::of(body),
                 Buffer::NULL,
             );
+        }
+    }
+
+    fn keep_fields(&mut self, fields: AllowedFields) {
+        if let Some(slot) = self.kept.as_deref_mut() {
+            *slot = Some(fields);
         }
     }
 
@@ -339,13 +386,80 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
     }
 }
 
-/// A stream's filter: no state of its own, so the configuration itself (no allocation).
+/// A stream's filter: the configuration itself (no allocation), or with `rate_limit_headers` a
+/// [`PerStream`] of its own, marked by [`PER_STREAM`].
+///
+/// # Safety
+/// Envoy's contract: `config` came from `envoy_dynamic_module_on_http_filter_config_new`.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *const c_void,
     _filter_envoy_ptr: *mut c_void,
 ) -> *const c_void {
-    config
+    // SAFETY: the configuration outlives its filters; only shared borrows of it exist.
+    let module = unsafe { &*config.cast::<Module>() };
+    if !module
+        .filter
+        .keygate()
+        .is_some_and(|k| k.fields_on_allowed())
+    {
+        return config;
+    }
+    let stream = Box::into_raw(Box::new(PerStream {
+        module: config.cast(),
+        fields: None,
+    }));
+    stream.map_addr(|a| a | PER_STREAM).cast_const().cast()
+}
+
+/// A stream's filter goes: its [`PerStream`], if it has one, is freed.
+///
+/// # Safety
+/// `filter_module_ptr` came from `envoy_dynamic_module_on_http_filter_new` and is not used again.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
+    filter_module_ptr: *const c_void,
+) {
+    if filter_module_ptr.addr() & PER_STREAM != 0 {
+        let stream = filter_module_ptr
+            .map_addr(|a| a & !PER_STREAM)
+            .cast::<PerStream>()
+            .cast_mut();
+        // SAFETY: made by `Box::into_raw` in `filter_new`; Envoy destroys a filter once.
+        drop(unsafe { Box::from_raw(stream) });
+    }
+}
+
+/// The response's headers: an allowed request's kept fields, added (a stream without a
+/// [`PerStream`], or whose request kept none, is only a bit or an `Option` checked).
+///
+/// # Safety
+/// Envoy's contract: `filter_envoy_ptr` is the live filter, `filter_module_ptr` what
+/// `envoy_dynamic_module_on_http_filter_new` returned.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    // SAFETY: by this function's contract.
+    if let (_, Some(stream)) = unsafe { resolve(filter_module_ptr) }
+        && let Some(fields) = stream.fields.take()
+    {
+        for (name, value) in &fields {
+            // SAFETY: the filter is live for this hook; both buffers are alive for the call
+            // and copied by Envoy.
+            unsafe {
+                envoy_dynamic_module_callback_http_add_header(
+                    filter_envoy_ptr,
+                    RESPONSE_HEADER,
+                    Buffer::of(name.as_bytes()),
+                    Buffer::of(value.as_bytes()),
+                );
+            }
+        }
+    }
+    CONTINUE
 }
 
 /// The request's headers: the whole of Keygate's work.
@@ -360,17 +474,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _end_of_stream: bool,
 ) -> u32 {
     // SAFETY: the configuration outlives its filters (Envoy destroys it after them); only
-    // shared borrows exist between `config_new` and `config_destroy`.
-    let module = unsafe { &*filter_module_ptr.cast::<Module>() };
+    // shared borrows exist between `config_new` and `config_destroy`; the stream's own object
+    // is borrowed by this hook only.
+    let (module, mut per_stream) = unsafe { resolve(filter_module_ptr) };
     let run = catch_unwind(AssertUnwindSafe(|| {
+        let kept = per_stream.as_deref_mut().map(|s| &mut s.fields);
         // SAFETY: the filter is live for this hook.
-        unsafe { request_headers(filter_envoy_ptr, module) }
+        unsafe { request_headers(filter_envoy_ptr, module, kept) }
     }));
     let verdict = run.unwrap_or_else(|_| {
         log_error("keygate-native-filter: a request failed (a panic); answered 503");
         let mut stream = EnvoyStream {
             filter: filter_envoy_ptr,
             module,
+            kept: None,
         };
         catch_unwind(AssertUnwindSafe(|| fail_closed(&mut stream))).unwrap_or(Verdict::Stop)
     });
@@ -384,7 +501,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 ///
 /// # Safety
 /// `filter_envoy_ptr` is the live filter of the current hook.
-unsafe fn request_headers(filter_envoy_ptr: *mut c_void, module: &Module) -> Verdict {
+unsafe fn request_headers(
+    filter_envoy_ptr: *mut c_void,
+    module: &Module,
+    kept: Option<&mut Option<AllowedFields>>,
+) -> Verdict {
     let (keygate, decide_only) = match &module.filter {
         FilterConfig::Noop => return Verdict::Continue,
         FilterConfig::HostCalls => (None, false),
@@ -433,6 +554,7 @@ unsafe fn request_headers(filter_envoy_ptr: *mut c_void, module: &Module) -> Ver
     let mut stream = EnvoyStream {
         filter: filter_envoy_ptr,
         module,
+        kept,
     };
     match keygate {
         Some(k) if decide_only => k.decide_then_host_calls(&headers, now, &mut stream),
@@ -464,14 +586,12 @@ type Ptr = *const c_void;
 continue_hooks! {
     envoy_dynamic_module_on_http_filter_request_body(e: Ptr, m: Ptr, eos: bool);
     envoy_dynamic_module_on_http_filter_request_trailers(e: Ptr, m: Ptr);
-    envoy_dynamic_module_on_http_filter_response_headers(e: Ptr, m: Ptr, eos: bool);
     envoy_dynamic_module_on_http_filter_response_body(e: Ptr, m: Ptr, eos: bool);
     envoy_dynamic_module_on_http_filter_response_trailers(e: Ptr, m: Ptr);
 }
 
 no_op_hooks! {
     envoy_dynamic_module_on_http_filter_stream_complete(e: Ptr, m: Ptr);
-    envoy_dynamic_module_on_http_filter_destroy(m: Ptr);
     envoy_dynamic_module_on_http_filter_http_callout_done(
         e: Ptr, m: Ptr, id: u64, result: u32, headers: Ptr, n: usize, body: Ptr, chunks: usize);
     envoy_dynamic_module_on_http_filter_http_stream_headers(

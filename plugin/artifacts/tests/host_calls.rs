@@ -4,12 +4,16 @@
 //! request path must say so.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use keygate_host_harness::Plugin;
+use keygate_host_harness::{
+    CallCounts, CalloutReply, Cluster, Disposition, Harness, Plugin, Request,
+};
 use keygate_plugin_artifacts::calls::{
     ALLOWED, KindCounts, MALFORMED_KEY, NO_KEY, UNKNOWN_KEY, markdown_table, per_kind_call_counts,
 };
-use keygate_plugin_artifacts::{BenchKinds, KEYGATE_PLUGIN_WASM};
+use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, BenchKinds, KEYGATE_PLUGIN_WASM, keyset_reply};
+use keygate_protocol::policy::{LimitPool, RateLimit};
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::repo_key_set;
 
@@ -61,5 +65,97 @@ fn each_kind_of_request_makes_the_host_calls_and_vm_entries_of_record() {
             got.1,
             markdown_table(&rows)
         );
+    }
+}
+
+/// One request's host calls and VM entries after a first, uncounted one with the same key (the
+/// first of a limited key leases its chunk of quota: two shared-data calls, then none for the
+/// next 63 requests with a limit of 1,000,000,000 per hour).
+fn per_request(h: &mut Harness, secret: &str, index: usize) -> CallCounts {
+    let request = || {
+        Request::get(&format!("/repos/org{}/widgets", index % 100))
+            .header("user-agent", "bench")
+            .header("x-api-key", secret)
+    };
+    let out = h.run_request_taken_on(0, request()).unwrap();
+    assert_eq!(out.disposition, Disposition::Completed, "{out:?}");
+    let mut seen: Option<CallCounts> = None;
+    for _ in 0..10 {
+        h.reset_call_counts();
+        let out = h.run_request_taken_on(0, request()).unwrap();
+        assert_eq!(out.disposition, Disposition::Completed, "{out:?}");
+        let counts = h.call_counts();
+        if let Some(first) = &seen {
+            assert_eq!(
+                (first.host_calls.clone(), first.vm_entries.clone()),
+                (counts.host_calls.clone(), counts.vm_entries.clone())
+            );
+        }
+        seen = Some(counts);
+    }
+    seen.unwrap()
+}
+
+#[test]
+fn rate_limit_headers_add_two_host_calls_for_a_limited_key_and_none_otherwise() {
+    let mut keys = repo_key_set(4).unwrap();
+    // Key 0 has one rate limit (never tripped here), key 1 none.
+    keys.entries[0].policy.limits = vec![RateLimit {
+        name: "hourly".into(),
+        limit: 1_000_000_000,
+        window_s: 3600,
+        pool: LimitPool::Key,
+    }];
+    let snapshot = Arc::new(
+        Snapshot {
+            revision: 1,
+            entries: keys.entries,
+        }
+        .encode()
+        .unwrap(),
+    );
+    let secret = |i: usize| {
+        keys.secrets
+            .iter()
+            .find(|(_, index)| *index == i)
+            .map(|(s, _)| s.clone())
+            .unwrap()
+    };
+    let (limited, plain) = (secret(0), secret(1));
+    for headers in [false, true] {
+        let config = BENCH_FILTER_CONFIG.replacen(
+            '{',
+            &format!(r#"{{"rate_limit_headers":{headers},"#),
+            1,
+        );
+        let snapshot = Arc::clone(&snapshot);
+        let mut h = Harness::builder(Plugin::load_file(KEYGATE_PLUGIN_WASM).unwrap())
+            .workers(1)
+            .plugin_configuration(config.into_bytes())
+            .cluster(
+                "keygate",
+                Cluster::handler(move |req| match req.header(":path") {
+                    Some("/v1/keyset") => keyset_reply(snapshot.to_vec()),
+                    _ => CalloutReply::status(304),
+                }),
+            )
+            .count_calls(true)
+            .build()
+            .unwrap();
+        h.advance(Duration::from_secs(1));
+        // A key without limits: the allowed request of record (5 host calls, 4 VM entries).
+        let c = per_request(&mut h, &plain, 1);
+        assert_eq!((c.host_call_total(), c.vm_entry_total()), (5, 4), "{c:?}");
+        assert_eq!(c.host_call("proxy_set_property"), 0);
+        // A limited key: the same, plus with the option the two fields' properties
+        // (`proxy_set_property` twice); never a VM entry more.
+        let c = per_request(&mut h, &limited, 0);
+        let extra = if headers { 2 } else { 0 };
+        assert_eq!(
+            (c.host_call_total(), c.vm_entry_total()),
+            (5 + extra, 4),
+            "rate_limit_headers {headers}: {c:?}"
+        );
+        assert_eq!(c.host_call("proxy_set_property"), extra);
     }
 }

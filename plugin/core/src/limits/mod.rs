@@ -187,7 +187,10 @@ impl Status<'_> {
             }
             let _ = write!(items, "\"{}\";r={};t={}", s.name, s.remaining, s.reset_s);
         }
-        [("ratelimit-policy", self.policy_field()), ("ratelimit", items)]
+        [
+            ("ratelimit-policy", self.policy_field()),
+            ("ratelimit", items),
+        ]
     }
 
     /// The fields of a 429: `Retry-After` (the refused window's end), then [`Status::fields`].
