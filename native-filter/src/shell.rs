@@ -497,7 +497,10 @@ mod tests {
             assert_eq!(config.fields_on_allowed(), asked);
             let h = request(&[(b"x-api-key", secret.as_bytes())]);
             let mut s = Recorded::default();
-            assert_eq!(config.on_request_headers(&h, now, &mut s), Verdict::Continue);
+            assert_eq!(
+                config.on_request_headers(&h, now, &mut s),
+                Verdict::Continue
+            );
             let expected = asked.then(|| {
                 [
                     ("ratelimit-policy", r#""burst";q=2;w=10"#.to_owned()),
@@ -511,7 +514,10 @@ mod tests {
         let (config, secret, _) = keygate_with(dir.path(), Policy::default(), true);
         let mut s = Recorded::default();
         let h = request(&[(b"x-api-key", secret.as_bytes())]);
-        assert_eq!(config.on_request_headers(&h, now, &mut s), Verdict::Continue);
+        assert_eq!(
+            config.on_request_headers(&h, now, &mut s),
+            Verdict::Continue
+        );
         assert_eq!(s.kept, None);
     }
 

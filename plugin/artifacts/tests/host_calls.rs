@@ -12,7 +12,9 @@ use keygate_host_harness::{
 use keygate_plugin_artifacts::calls::{
     ALLOWED, KindCounts, MALFORMED_KEY, NO_KEY, UNKNOWN_KEY, markdown_table, per_kind_call_counts,
 };
-use keygate_plugin_artifacts::{BENCH_FILTER_CONFIG, BenchKinds, KEYGATE_PLUGIN_WASM, keyset_reply};
+use keygate_plugin_artifacts::{
+    BENCH_FILTER_CONFIG, BenchKinds, KEYGATE_PLUGIN_WASM, keyset_reply,
+};
 use keygate_protocol::policy::{LimitPool, RateLimit};
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::repo_key_set;
@@ -123,11 +125,8 @@ fn rate_limit_headers_add_two_host_calls_for_a_limited_key_and_none_otherwise() 
     };
     let (limited, plain) = (secret(0), secret(1));
     for headers in [false, true] {
-        let config = BENCH_FILTER_CONFIG.replacen(
-            '{',
-            &format!(r#"{{"rate_limit_headers":{headers},"#),
-            1,
-        );
+        let config =
+            BENCH_FILTER_CONFIG.replacen('{', &format!(r#"{{"rate_limit_headers":{headers},"#), 1);
         let snapshot = Arc::clone(&snapshot);
         let mut h = Harness::builder(Plugin::load_file(KEYGATE_PLUGIN_WASM).unwrap())
             .workers(1)
