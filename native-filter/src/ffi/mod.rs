@@ -9,7 +9,10 @@
 //! The crate's only `unsafe`: the FFI calls, the slices over Envoy's buffers (valid for the
 //! duration of the hook that reads them), and the configuration pointer handed to Envoy
 //! (`Box::into_raw` in `config_new`, `Box::from_raw` in `config_destroy`; in between only shared
-//! borrows, from every worker thread: the configuration is immutable and `Sync`).
+//! borrows, from every worker thread: the configuration is immutable and `Sync`), and, only for
+//! a configuration with `rate_limit_headers`, each stream's own filter object (`Box::into_raw`
+//! in `filter_new`, marked by the pointer's low bit; `Box::from_raw` in `filter_destroy`; in
+//! between borrowed by one hook at a time, on the stream's worker thread).
 //!
 //! No panic crosses into Envoy: each hook that runs the module's code runs it under
 //! `catch_unwind`; a request whose handling panicked gets the core's fail-closed reply (`503
@@ -30,8 +33,10 @@ use crate::metrics::{GAUGE_NAMES, MetricSink, counter_names};
 use crate::shell::{Stream, Verdict, fail_closed};
 
 mod abi;
+mod stream;
 
 use abi::*;
+use stream::resolve;
 
 fn log_error(message: &str) {
     log(LogLevel::Error, message);
@@ -121,44 +126,6 @@ const _: () = {
     const fn shared<T: Send + Sync>() {}
     shared::<Module>();
 };
-
-/// A stream's own filter object, made only for a configuration with `rate_limit_headers`: the
-/// fields an allowed request of a limited key answers with, kept from its request headers to
-/// its response headers. Without the option a stream's filter is the configuration itself.
-struct PerStream {
-    module: *const Module,
-    fields: Option<AllowedFields>,
-}
-
-/// The low bit that marks a filter pointer as a [`PerStream`] (both it and [`Module`] are
-/// aligned to 8, so neither pointer has it).
-const PER_STREAM: usize = 1;
-
-const _: () = assert!(align_of::<Module>() > PER_STREAM && align_of::<PerStream>() > PER_STREAM);
-
-/// The configuration and, with `rate_limit_headers`, the stream's own object, from what
-/// `envoy_dynamic_module_on_http_filter_new` returned.
-///
-/// # Safety
-/// `filter_module_ptr` came from `envoy_dynamic_module_on_http_filter_new`, its stream is live,
-/// and no other borrow of its [`PerStream`] exists (Envoy calls a stream's hooks one at a time,
-/// on its worker thread).
-unsafe fn resolve<'a>(filter_module_ptr: *const c_void) -> (&'a Module, Option<&'a mut PerStream>) {
-    if filter_module_ptr.addr() & PER_STREAM == 0 {
-        // SAFETY: an untagged pointer is the configuration, alive while its filters are.
-        return (unsafe { &*filter_module_ptr.cast::<Module>() }, None);
-    }
-    let stream = filter_module_ptr
-        .map_addr(|a| a & !PER_STREAM)
-        .cast::<PerStream>()
-        .cast_mut();
-    // SAFETY: made by `Box::into_raw` in `filter_new`, freed only in `filter_destroy`; its
-    // configuration outlives it.
-    unsafe {
-        let stream = &mut *stream;
-        (&*stream.module, Some(stream))
-    }
-}
 
 /// The [`Stream`] of one request: Envoy's callbacks on its filter.
 struct EnvoyStream<'a> {
@@ -384,82 +351,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
             log_error("keygate-native-filter: destroying a configuration failed (a panic)");
         }
     }
-}
-
-/// A stream's filter: the configuration itself (no allocation), or with `rate_limit_headers` a
-/// [`PerStream`] of its own, marked by [`PER_STREAM`].
-///
-/// # Safety
-/// Envoy's contract: `config` came from `envoy_dynamic_module_on_http_filter_config_new`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
-    config: *const c_void,
-    _filter_envoy_ptr: *mut c_void,
-) -> *const c_void {
-    // SAFETY: the configuration outlives its filters; only shared borrows of it exist.
-    let module = unsafe { &*config.cast::<Module>() };
-    if !module
-        .filter
-        .keygate()
-        .is_some_and(|k| k.fields_on_allowed())
-    {
-        return config;
-    }
-    let stream = Box::into_raw(Box::new(PerStream {
-        module: config.cast(),
-        fields: None,
-    }));
-    stream.map_addr(|a| a | PER_STREAM).cast_const().cast()
-}
-
-/// A stream's filter goes: its [`PerStream`], if it has one, is freed.
-///
-/// # Safety
-/// `filter_module_ptr` came from `envoy_dynamic_module_on_http_filter_new` and is not used again.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
-    filter_module_ptr: *const c_void,
-) {
-    if filter_module_ptr.addr() & PER_STREAM != 0 {
-        let stream = filter_module_ptr
-            .map_addr(|a| a & !PER_STREAM)
-            .cast::<PerStream>()
-            .cast_mut();
-        // SAFETY: made by `Box::into_raw` in `filter_new`; Envoy destroys a filter once.
-        drop(unsafe { Box::from_raw(stream) });
-    }
-}
-
-/// The response's headers: an allowed request's kept fields, added (a stream without a
-/// [`PerStream`], or whose request kept none, is only a bit or an `Option` checked).
-///
-/// # Safety
-/// Envoy's contract: `filter_envoy_ptr` is the live filter, `filter_module_ptr` what
-/// `envoy_dynamic_module_on_http_filter_new` returned.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    filter_envoy_ptr: *mut c_void,
-    filter_module_ptr: *const c_void,
-    _end_of_stream: bool,
-) -> u32 {
-    // SAFETY: by this function's contract.
-    if let (_, Some(stream)) = unsafe { resolve(filter_module_ptr) }
-        && let Some(fields) = stream.fields.take()
-    {
-        for (name, value) in &fields {
-            // SAFETY: the filter is live for this hook; both buffers are alive for the call
-            // and copied by Envoy.
-            unsafe {
-                envoy_dynamic_module_callback_http_add_header(
-                    filter_envoy_ptr,
-                    RESPONSE_HEADER,
-                    Buffer::of(name.as_bytes()),
-                    Buffer::of(value.as_bytes()),
-                );
-            }
-        }
-    }
-    CONTINUE
 }
 
 /// The request's headers: the whole of Keygate's work.
