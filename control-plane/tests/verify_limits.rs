@@ -1,7 +1,7 @@
 //! `POST /v1/keys/verify` holds a key to its rate limits as the filter does (issue 27), through
 //! real HTTP on SQLite and on PostgreSQL: the filter's fixed windows and pools counted in the
-//! shared database (a refused call spends no credit), exactly the limit across two replicas
-//! on one PostgreSQL, keys without limits answered as before, a parent's change seen by the
+//! shared database (a refused call spends no credit and counts in no window), exactly the
+//! limit across two replicas on one PostgreSQL, keys without limits answered as before, a parent's change seen by the
 //! next verify of its child, forward-auth and verify holding a key to the same resolved policy
 //! (a workspace default), and refusals kept by reason (`limited`, `credits_exhausted`) in the
 //! usage an edge reports, the usage read back and the metrics.
@@ -22,6 +22,7 @@ on_both_engines!(
     a_parents_change_takes_effect_on_the_next_verify_of_its_child,
     forward_auth_and_verify_hold_a_key_to_the_same_workspace_default,
     usage_keeps_refusals_by_reason_and_old_reports_still_count,
+    a_call_refused_by_one_limit_counts_in_none_of_the_others,
 );
 
 mod postgres_only {
@@ -194,6 +195,46 @@ async fn verify_counts_a_rate_limit_and_refuses_the_sixth_call_without_spending_
     let reset = r.ratelimits.unwrap()[0].reset_s;
     tokio::time::sleep(Duration::from_millis(reset as u64 * 1000 + 50)).await;
     assert!(s.verify(&short.secret, &[], None).await.valid);
+    s.stop().await;
+}
+
+async fn a_call_refused_by_one_limit_counts_in_none_of_the_others(e: Engine) {
+    let s = InProcessServer::start(e).await;
+    let k = s
+        .create(json!({"name": "two", "limits": [
+            {"name": "wide", "limit": 10, "window": "60s"},
+            {"name": "narrow", "limit": 1, "window": "60s"}
+        ]}))
+        .await;
+    window_with_room(60, 10).await;
+    let r = s.verify(&k.secret, &[], None).await;
+    let got: Vec<_> = r
+        .ratelimits
+        .unwrap()
+        .iter()
+        .map(|l| (l.name.clone(), l.remaining))
+        .collect();
+    assert_eq!(
+        got,
+        [("wide".into(), 9), ("narrow".into(), 0)],
+        "the key's order"
+    );
+    for _ in 0..3 {
+        let r = s.verify(&k.secret, &[], None).await;
+        assert_eq!(r.code, "RATE_LIMITED");
+        assert_eq!(r.ratelimits.unwrap()[0].name, "narrow");
+    }
+    // Without the narrow limit, the wide one shows the three refusals were not counted.
+    let (st, v) = s
+        .admin(
+            Method::PATCH,
+            &format!("/v1/keys/{}/limits", k.key.id),
+            Some(json!({"limits": [{"name": "wide", "limit": 10, "window": "60s"}]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let r = s.verify(&k.secret, &[], None).await;
+    assert_eq!(r.ratelimits.unwrap()[0].remaining, 8);
     s.stop().await;
 }
 
