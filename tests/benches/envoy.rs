@@ -34,6 +34,9 @@
 //! - An A/B of two builds of the wasm filter in the same run: `KEYGATE_BENCH_WASM_B=<other.wasm>`
 //!   adds "Keygate B", and `KEYGATE_BENCH_WASM` replaces this build's module as "Keygate"
 //!   (`keygate-plugin-wasm <path>` writes the module of the checked-out source).
+//! - The same for two builds of the dynamic module: `KEYGATE_BENCH_NATIVE_B=<directory>` (holding
+//!   another build's `libkeygate_native_filter.so`) adds "Keygate B, dynamic module"
+//!   (`keygate-native-b`), the same configuration with Envoy's module search path set to it.
 //!
 //! Memory is `benches/envoy_memory.rs`'s; revocation latency `benches/envoy_revocation.rs`'s. The
 //! dynamic module comes from `keygate-native-filter-artifacts`, whose build script builds it with
@@ -53,6 +56,7 @@ use keygate_e2e::envoy::{envoy_yaml, plugin_configuration};
 use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::stack::ServeProcess;
 use keygate_e2e::{ADMIN_TOKEN, ext_authz, native};
+use keygate_native_filter_artifacts::SEARCH_PATH_ENV;
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_protocol::policy::{LimitPool, RateLimit};
 use keygate_protocol::wire::Snapshot;
@@ -73,12 +77,13 @@ enum Setup {
     KeygateWasm,
     KeygateWasmB,
     KeygateNative,
+    KeygateNativeB,
     KeygateWasmLimited,
     KeygateNativeLimited,
 }
 
 impl Setup {
-    const ALL: [Setup; 13] = [
+    const ALL: [Setup; 14] = [
         Setup::NoFilter,
         Setup::NoopWasm,
         Setup::HostCallsWasm,
@@ -90,6 +95,7 @@ impl Setup {
         Setup::KeygateWasm,
         Setup::KeygateWasmB,
         Setup::KeygateNative,
+        Setup::KeygateNativeB,
         Setup::KeygateWasmLimited,
         Setup::KeygateNativeLimited,
     ];
@@ -107,6 +113,7 @@ impl Setup {
             Setup::KeygateWasm => "Keygate, wasm (V8)",
             Setup::KeygateWasmB => "Keygate B, wasm (V8)",
             Setup::KeygateNative => "Keygate, dynamic module",
+            Setup::KeygateNativeB => "Keygate B, dynamic module",
             Setup::KeygateWasmLimited => "Keygate, wasm, 1 rate limit",
             Setup::KeygateNativeLimited => "Keygate, module, 1 rate limit",
         }
@@ -125,6 +132,7 @@ impl Setup {
             Setup::KeygateWasm => "keygate-wasm",
             Setup::KeygateWasmB => "keygate-wasm-b",
             Setup::KeygateNative => "keygate-native",
+            Setup::KeygateNativeB => "keygate-native-b",
             Setup::KeygateWasmLimited => "keygate-wasm-limited",
             Setup::KeygateNativeLimited => "keygate-native-limited",
         }
@@ -139,6 +147,7 @@ impl Setup {
                 | Setup::KeygateWasm
                 | Setup::KeygateWasmB
                 | Setup::KeygateNative
+                | Setup::KeygateNativeB
                 | Setup::KeygateWasmLimited
                 | Setup::KeygateNativeLimited
         )
@@ -169,6 +178,8 @@ struct Fixture {
     host_calls_wasm: PathBuf,
     keygate_wasm: PathBuf,
     keygate_wasm_b: Option<PathBuf>,
+    /// Another build of the dynamic module: the directory holding its library.
+    keygate_native_b: Option<PathBuf>,
     snapshot_file: PathBuf,
     snapshot_file_limited: PathBuf,
     api_keys: Vec<Value>,
@@ -196,9 +207,11 @@ fn main() -> anyhow::Result<()> {
     let keygate_wasm = std::env::var_os("KEYGATE_BENCH_WASM")
         .map_or_else(|| PathBuf::from(KEYGATE_PLUGIN_WASM), PathBuf::from);
     let keygate_wasm_b = std::env::var_os("KEYGATE_BENCH_WASM_B").map(PathBuf::from);
+    let keygate_native_b = std::env::var_os("KEYGATE_BENCH_NATIVE_B").map(PathBuf::from);
     let setups: Vec<Setup> = setups
         .into_iter()
         .filter(|&s| s != Setup::KeygateWasmB || keygate_wasm_b.is_some())
+        .filter(|&s| s != Setup::KeygateNativeB || keygate_native_b.is_some())
         .collect();
     ensure!(n >= 1, "KEYGATE_BENCH_KEYS must be at least 1");
     ensure!(
@@ -299,6 +312,7 @@ fn main() -> anyhow::Result<()> {
         host_calls_wasm,
         keygate_wasm,
         keygate_wasm_b,
+        keygate_native_b,
         snapshot_file: snapshot_file.clone(),
         snapshot_file_limited,
         forward_auth: forward_auth
@@ -321,6 +335,12 @@ fn main() -> anyhow::Result<()> {
         for &setup in &setups {
             let t = Instant::now();
             let mut options = native::options(1);
+            if let (Setup::KeygateNativeB, Some(dir)) = (setup, &fixture.keygate_native_b) {
+                options.env.retain(|(name, _)| name != SEARCH_PATH_ENV);
+                options
+                    .env
+                    .push((SEARCH_PATH_ENV.to_owned(), dir.display().to_string()));
+            }
             if let Some((_, edge_key)) = &fixture.forward_auth {
                 options
                     .env
@@ -370,6 +390,7 @@ fn main() -> anyhow::Result<()> {
     println!("| --- | --- | --- | --- | --- | --- |");
     let mut median = BTreeMap::new();
     let mut cpu = BTreeMap::new();
+    let paired = paired_ratios(&loads);
     for (setup, mut runs) in loads {
         // Each column's median round, independently.
         let mut cpus: Vec<f64> = runs.iter().map(|r| r.cpu_us).collect();
@@ -450,6 +471,11 @@ fn main() -> anyhow::Result<()> {
         Setup::KeygateWasm,
     );
     over(
+        "Keygate B − Keygate (dynamic module)",
+        Setup::KeygateNativeB,
+        Setup::KeygateNative,
+    );
+    over(
         "ext_authz asking forward-auth over no filter",
         Setup::ExtAuthz,
         Setup::NoFilter,
@@ -488,8 +514,49 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    for (what, ratios) in paired {
+        println!("{what}");
+        println!("  per round: {ratios:.3?}");
+    }
 
     Ok(())
+}
+
+/// Throughput ratios paired within each round (the two configurations ran back to back, so a
+/// drift of the machine between rounds cancels): Keygate's shells ÷ `api_key_auth`, and each B
+/// build ÷ its A; the median of the rounds first.
+fn paired_ratios(loads: &BTreeMap<Setup, Vec<Run>>) -> Vec<(String, Vec<f64>)> {
+    let pairs = [
+        (Setup::KeygateNative, Setup::ApiKeyAuth),
+        (Setup::KeygateNativeB, Setup::ApiKeyAuth),
+        (Setup::KeygateWasm, Setup::ApiKeyAuth),
+        (Setup::KeygateNativeB, Setup::KeygateNative),
+        (Setup::KeygateWasmB, Setup::KeygateWasm),
+    ];
+    let mut out = Vec::new();
+    for (a, b) in pairs {
+        let (Some(ra), Some(rb)) = (loads.get(&a), loads.get(&b)) else {
+            continue;
+        };
+        let mut ratios: Vec<f64> = ra
+            .iter()
+            .zip(rb)
+            .map(|(x, y)| x.load.rps / y.load.rps)
+            .collect();
+        let per_round = ratios.clone();
+        ratios.sort_by(f64::total_cmp);
+        out.push((
+            format!(
+                "{} ÷ {}, throughput paired per round: median {:.3}× over {} rounds",
+                a.name(),
+                b.name(),
+                ratios[ratios.len() / 2],
+                ratios.len()
+            ),
+            per_round,
+        ));
+    }
+    out
 }
 
 /// A bootstrap: listener `bench` on a free loopback port, a `direct_response` route, the filter
@@ -583,7 +650,7 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
                 }
             }
         })),
-        Setup::KeygateNative | Setup::KeygateNativeLimited => filters.push(
+        Setup::KeygateNative | Setup::KeygateNativeB | Setup::KeygateNativeLimited => filters.push(
             native::keygate_filter(&configuration(), snapshot_file),
         ),
     }

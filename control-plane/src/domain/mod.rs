@@ -14,6 +14,7 @@ pub mod limits;
 pub mod names;
 pub mod rate_limited;
 pub mod refill;
+pub mod verify_limits;
 pub mod webhooks;
 
 use keygate_protocol::scope;
@@ -411,6 +412,8 @@ pub enum VerifyCode {
     ResourceNotAllowed,
     /// The key's credits are used up (until a refill).
     CreditsExhausted,
+    /// The key, or its owner's pool, is over one of its rate limits (until the window ends).
+    RateLimited,
 }
 
 /// What verification needs to know about a stored key found by digest.

@@ -295,7 +295,7 @@ pub(crate) async fn authenticate_digest(
     let Some(found) = found else {
         return Err(ApiError::unauthenticated("invalid credential"));
     };
-    let (k, grace_until) = &*found;
+    let (k, grace_until) = (&found.key, &found.grace_until);
     if !crate::domain::canary::can_pass(k.kind) {
         if let Some(seen) = seen {
             state.canaries.raise(&state.db, k.id, seen.clone());

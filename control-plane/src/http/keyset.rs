@@ -17,7 +17,7 @@ use crate::http::auth::Caller;
 use crate::http::edges::{Peer, parse_report, record};
 use crate::http::error::{ApiError, ApiJson, ApiQuery};
 use crate::runtime::clock::unix_now;
-use crate::runtime::metrics::KeysetAnswer;
+use crate::runtime::metrics::{KeysetAnswer, Limited, LimitedBy};
 use crate::runtime::state::AppState;
 use crate::storage::keyset::{SetEntry, SetRead};
 use crate::storage::usage::UsageRow;
@@ -182,6 +182,12 @@ pub struct UsageEntry {
     /// absent means 0. Kept per hour (`usage_hourly.limited`).
     #[serde(default)]
     pub limited: u64,
+    /// Requests the edge refused because the key's credits were used up
+    /// (`429 credits_exhausted`) since the last report; absent means 0 (edges built before it
+    /// leave it out). Kept per hour (`usage_hourly.credits_exhausted`); `limited` keeps its
+    /// meaning and never includes these.
+    #[serde(default)]
+    pub credits_exhausted: u64,
 }
 
 /// `POST /v1/usage` body.
@@ -240,11 +246,16 @@ pub async fn post_usage(
             .ok()
             .filter(|c| *c <= 1_000_000_000)
             .ok_or_else(|| ApiError::invalid("limited is too large"))?;
+        let credits_exhausted = i64::try_from(e.credits_exhausted)
+            .ok()
+            .filter(|c| *c <= 1_000_000_000)
+            .ok_or_else(|| ApiError::invalid("credits_exhausted is too large"))?;
         rows.push(UsageRow {
             key_id: id,
             count,
             last_used_at: last,
             limited,
+            credits_exhausted,
             charge: count,
         });
     }
@@ -256,9 +267,18 @@ pub async fn post_usage(
     state.metrics.usage_batch(done.applied);
     if done.applied {
         state.metrics.credits_exhausted(done.exhausted.len());
+        let limited: u64 = rows.iter().map(|r| r.limited.unsigned_abs()).sum();
+        let exhausted: u64 = rows
+            .iter()
+            .map(|r| r.credits_exhausted.unsigned_abs())
+            .sum();
+        state.metrics.limited_reported(limited);
         state
             .metrics
-            .limited_reported(rows.iter().map(|r| r.limited.unsigned_abs()).sum());
+            .limited(Limited::Edge, LimitedBy::RateLimit, limited);
+        state
+            .metrics
+            .limited(Limited::Edge, LimitedBy::Credits, exhausted);
     }
     Ok(Json(UsageAck {
         applied: done.applied,

@@ -13,7 +13,7 @@ use crate::domain::VerifyCode;
 pub struct Metrics {
     http_by_class: [AtomicU64; 5],
     keys_created: AtomicU64,
-    verifications: [AtomicU64; 9],
+    verifications: [AtomicU64; 10],
     auth_failures: AtomicU64,
     rate_limited: AtomicU64,
     keyset_snapshots: AtomicU64,
@@ -26,9 +26,33 @@ pub struct Metrics {
     credits_exhausted: AtomicU64,
     credit_refills: AtomicU64,
     limited_reported: AtomicU64,
+    limited_by: [[AtomicU64; 2]; 3],
 }
 
-const CODES: [(VerifyCode, &str); 9] = [
+/// Where a refused request was refused (the `source` label of `keygate_limited_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// Reported by an edge (`POST /v1/usage`).
+    Edge,
+    /// `POST /v1/keys/verify`.
+    Verify,
+    /// `/v1/forward-auth`.
+    ForwardAuth,
+}
+
+/// Why a request was refused (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitedBy {
+    /// Over a rate limit (`rate_limited`).
+    RateLimit,
+    /// Out of credits (`credits_exhausted`).
+    Credits,
+}
+
+const SOURCES: [&str; 3] = ["edge", "verify", "forward_auth"];
+const REASONS: [&str; 2] = ["rate_limited", "credits_exhausted"];
+
+const CODES: [(VerifyCode, &str); 10] = [
     (VerifyCode::Valid, "VALID"),
     (VerifyCode::Malformed, "MALFORMED"),
     (VerifyCode::NotFound, "NOT_FOUND"),
@@ -38,6 +62,7 @@ const CODES: [(VerifyCode, &str); 9] = [
     (VerifyCode::InsufficientScope, "INSUFFICIENT_SCOPE"),
     (VerifyCode::ResourceNotAllowed, "RESOURCE_NOT_ALLOWED"),
     (VerifyCode::CreditsExhausted, "CREDITS_EXHAUSTED"),
+    (VerifyCode::RateLimited, "RATE_LIMITED"),
 ];
 
 /// Which key-set answer was sent.
@@ -107,6 +132,11 @@ impl Metrics {
     /// Counts requests the edges reported refused by a rate limit.
     pub fn limited_reported(&self, n: u64) {
         self.limited_reported.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` requests refused by `reason` at `source`.
+    pub fn limited(&self, source: Limited, reason: LimitedBy, n: u64) {
+        self.limited_by[source as usize][reason as usize].fetch_add(n, Relaxed);
     }
 
     /// Counts an edge-registry write.
@@ -257,6 +287,20 @@ impl Metrics {
             let _ = writeln!(o, "# HELP {name} {help}");
             let _ = writeln!(o, "# TYPE {name} counter");
             let _ = writeln!(o, "{name} {}", v.load(Relaxed));
+        }
+        let _ = writeln!(
+            o,
+            "# HELP keygate_limited_requests_total Requests refused by a rate limit or for credits, by where (edge reports, verify, forward-auth) and reason."
+        );
+        let _ = writeln!(o, "# TYPE keygate_limited_requests_total counter");
+        for (si, source) in SOURCES.iter().enumerate() {
+            for (ri, reason) in REASONS.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "keygate_limited_requests_total{{source=\"{source}\",reason=\"{reason}\"}} {}",
+                    self.limited_by[si][ri].load(Relaxed)
+                );
+            }
         }
         let _ = writeln!(
             o,

@@ -204,6 +204,10 @@ impl AppState {
                 if let Err(e) = s.db.prune_usage_hours(before).await {
                     tracing::warn!(error = %e, "usage-history pruning failed");
                 }
+                // Verify's rate-limit counters of windows that have ended.
+                if let Err(e) = s.db.prune_rate_windows(unix_now()).await {
+                    tracing::warn!(error = %e, "rate-limit window pruning failed");
+                }
             }
         }));
         tasks.push(tokio::spawn(super::refill::refill_forever(

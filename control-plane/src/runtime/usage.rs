@@ -1,14 +1,14 @@
 //! Usage counted in this process (verification, forward-auth), written to the database in
 //! periodic batches instead of one write per request. Forward-auth's uses take their credits
 //! at the flush (as the edges' reports do); verification took its credit exactly already
-//! (`Db::spend_credit`), so its uses are written without a charge.
+//! (`Db::verify_use`), so its uses are written without a charge.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use uuid::Uuid;
 
-use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics::{LimitedBy, Metrics};
 use crate::storage::Db;
 use crate::storage::usage::UsageRow;
 
@@ -24,8 +24,10 @@ struct Pending {
     count: i64,
     last: i64,
     charge: i64,
-    /// Requests forward-auth refused by a rate limit (`429 rate_limited`).
+    /// Requests refused by a rate limit (`429 rate_limited`).
     limited: i64,
+    /// Requests refused because the key's credits were used up.
+    credits_exhausted: i64,
 }
 
 impl UsageBuffer {
@@ -39,12 +41,21 @@ impl UsageBuffer {
         self.add(key, now, 0);
     }
 
-    /// Counts one request of `key` at `now` that forward-auth refused by a rate limit: no use,
-    /// no charge, reported as `limited` as the edges report theirs.
+    /// Counts one request of `key` at `now` refused by a rate limit (forward-auth, verify):
+    /// no use, no charge, reported as `limited` as the edges report theirs.
     pub fn record_limited(&self, key: Uuid, now: i64) {
+        self.record_refused(key, LimitedBy::RateLimit, now);
+    }
+
+    /// Counts one request of `key` at `now` refused by `reason`: no use, no charge; kept per
+    /// hour as `limited` (a rate limit) or `credits_exhausted`.
+    pub fn record_refused(&self, key: Uuid, reason: LimitedBy, now: i64) {
         if let Ok(mut p) = self.pending.lock() {
             let e = p.entry(key).or_default();
-            e.limited += 1;
+            match reason {
+                LimitedBy::RateLimit => e.limited += 1,
+                LimitedBy::Credits => e.credits_exhausted += 1,
+            }
             e.last = e.last.max(now);
         }
     }
@@ -68,6 +79,7 @@ impl UsageBuffer {
                     count: e.count,
                     last_used_at: e.last,
                     limited: e.limited,
+                    credits_exhausted: e.credits_exhausted,
                     charge: e.charge,
                 })
                 .collect(),
@@ -95,6 +107,7 @@ impl UsageBuffer {
                         e.last = e.last.max(r.last_used_at);
                         e.charge += r.charge;
                         e.limited += r.limited;
+                        e.credits_exhausted += r.credits_exhausted;
                     }
                 }
             }
@@ -114,13 +127,22 @@ mod tests {
         buffer.record_limited(a, 105);
         buffer.record_limited(b, 103);
         buffer.record_limited(b, 101);
+        buffer.record_refused(b, LimitedBy::Credits, 104);
         let mut rows = buffer.drain();
         rows.sort_by_key(|r| r.key_id);
         let got: Vec<_> = rows
             .iter()
-            .map(|r| (r.count, r.limited, r.charge, r.last_used_at))
+            .map(|r| {
+                (
+                    r.count,
+                    r.limited,
+                    r.credits_exhausted,
+                    r.charge,
+                    r.last_used_at,
+                )
+            })
             .collect();
-        assert_eq!(got, vec![(1, 1, 1, 105), (0, 2, 0, 103)]);
+        assert_eq!(got, vec![(1, 1, 0, 1, 105), (0, 2, 1, 0, 104)]);
         assert!(buffer.drain().is_empty());
     }
 }

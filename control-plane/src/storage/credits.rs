@@ -1,6 +1,6 @@
 //! Credits and default limits in the store: a key's balance taken to 0 (its audit row, event
 //! and change-log rows in the spending transaction, so every edge sees it `credits_exhausted`),
-//! exact spending for verification, the refills that are due, and a workspace's default
+//! exact spending for verification (`spend_one`, in verify's transaction: `rate_windows`), the refills that are due, and a workspace's default
 //! limits (written with its audit row and the change-log rows of every key that inherits them).
 
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
@@ -78,48 +78,67 @@ pub enum Spend {
     Exhausted,
 }
 
-impl Db {
-    /// Takes one credit from key `id` for a verification, exactly (a conditional decrement in
-    /// one transaction); the use that takes it to 0 also writes the exhaustion (audit row,
-    /// event, change-log rows) and advances the revision watch.
-    pub async fn spend_credit(&self, id: Uuid, now: i64) -> Result<Spend, StoreError> {
-        let spend = on_db!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let left: Option<Option<i64>> = sqlx::query_scalar(
-                "UPDATE keys SET credits_remaining = credits_remaining - 1 \
-                 WHERE id = $1 AND credits_remaining > 0 RETURNING credits_remaining",
+/// Takes one credit from key `id` in `tx` (a conditional decrement); the use that takes the
+/// balance to 0 also writes the exhaustion (audit row, event, change-log rows with `notify`,
+/// the engine's announcement).
+pub(crate) async fn spend_one<DB>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    id: Uuid,
+    now: i64,
+    notify: &'static str,
+) -> Result<Spend, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (Vec<u8>,): FromRow<'r, DB::Row>,
+    for<'r> (Option<i64>,): FromRow<'r, DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+{
+    let left: Option<Option<i64>> = sqlx::query_scalar::<DB, Option<i64>>(
+        "UPDATE keys SET credits_remaining = credits_remaining - 1 \
+         WHERE id = $1 AND credits_remaining > 0 RETURNING credits_remaining",
+    )
+    .bind(id.as_bytes().to_vec())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match left.flatten() {
+        Some(0) => {
+            let digests = exhaustion_rows(tx, id, 1, now).await?;
+            let rev = log_changes(tx, digests.iter(), now, notify).await?;
+            Spend::Spent {
+                remaining: 0,
+                revision: Some(rev),
+            }
+        }
+        Some(n) => Spend::Spent {
+            remaining: n,
+            revision: None,
+        },
+        None => {
+            let balance: Option<Option<i64>> = sqlx::query_scalar::<DB, Option<i64>>(
+                "SELECT credits_remaining FROM keys WHERE id = $1",
             )
             .bind(id.as_bytes().to_vec())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
-            let spend = match left.flatten() {
-                Some(0) => {
-                    let digests = exhaustion_rows(&mut tx, id, 1, now).await?;
-                    let rev = log_changes(&mut tx, digests.iter(), now, p.pick("", NOTIFY)).await?;
-                    Spend::Spent { remaining: 0, revision: Some(rev) }
-                }
-                Some(n) => Spend::Spent { remaining: n, revision: None },
-                None => {
-                    let balance: Option<Option<i64>> =
-                        sqlx::query_scalar("SELECT credits_remaining FROM keys WHERE id = $1")
-                            .bind(id.as_bytes().to_vec())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    if balance.flatten().is_some() { Spend::Exhausted } else { Spend::Unlimited }
-                }
-            };
-            tx.commit().await?;
-            spend
-        });
-        if let Spend::Spent {
-            revision: Some(r), ..
-        } = spend
-        {
-            self.observe_revision(r);
+            if balance.flatten().is_some() {
+                Spend::Exhausted
+            } else {
+                Spend::Unlimited
+            }
         }
-        Ok(spend)
-    }
+    })
+}
 
+impl Db {
     /// Keys whose refill is due at `now` (at most `limit`), with the time it was due.
     pub async fn due_refills(&self, now: i64, limit: i64) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
         on_db!(self, p => {

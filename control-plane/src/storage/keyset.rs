@@ -100,6 +100,34 @@ const SET_SELECT: &str = concat!(
      AND (k.expires_at IS NULL OR k.expires_at > $1)"
 );
 
+/// A key's resolved policy from a row of `policy_cols!` (`domain::limits::resolve_policy`).
+macro_rules! policy_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let bad = |w: &str| sqlx::Error::Decode(format!("bad stored {w}").into());
+        let limits = |col: &str| -> Result<Option<Limits>, sqlx::Error> {
+            let text: Option<String> = row.try_get(col)?;
+            text.map(|t| Limits::from_stored(&t).ok_or_else(|| bad(col)))
+                .transpose()
+        };
+        let (own, ws, parent_own) = (
+            limits("limits")?,
+            limits("ws_limits")?,
+            limits("parent_limits")?,
+        );
+        let has_parent = row.try_get::<Option<Vec<u8>>, _>("parent")?.is_some();
+        let parent = has_parent.then(|| ParentPolicy {
+            limits: own_or_default(parent_own.as_ref(), ws.as_ref()),
+            credits_remaining: row.try_get("parent_credits").ok().flatten(),
+        });
+        resolve_policy(
+            own_or_default(own.as_ref(), ws.as_ref()),
+            row.try_get("credits_remaining")?,
+            parent,
+        )
+    }};
+}
+
 macro_rules! set_entry_from_row {
     ($row:expr) => {{
         let row = $row;
@@ -119,28 +147,7 @@ macro_rules! set_entry_from_row {
             // A canary's state is `Canary` whatever else its policy says (`domain::canary`).
             policy: crate::storage::canary::marked(
                 kind == crate::domain::KeyKind::Canary.as_str(),
-                {
-                    let limits = |col: &str| -> Result<Option<Limits>, sqlx::Error> {
-                        let text: Option<String> = row.try_get(col)?;
-                        text.map(|t| Limits::from_stored(&t).ok_or_else(|| bad(col)))
-                            .transpose()
-                    };
-                    let (own, ws, parent_own) = (
-                        limits("limits")?,
-                        limits("ws_limits")?,
-                        limits("parent_limits")?,
-                    );
-                    let has_parent = row.try_get::<Option<Vec<u8>>, _>("parent")?.is_some();
-                    let parent = has_parent.then(|| ParentPolicy {
-                        limits: own_or_default(parent_own.as_ref(), ws.as_ref()),
-                        credits_remaining: row.try_get("parent_credits").ok().flatten(),
-                    });
-                    resolve_policy(
-                        own_or_default(own.as_ref(), ws.as_ref()),
-                        row.try_get("credits_remaining")?,
-                        parent,
-                    )
-                },
+                policy_from_row!(row),
             ),
         }
     }};
@@ -195,6 +202,31 @@ impl Db {
             }
             tx.commit().await?;
             Ok(SetRead::Snapshot { revision, entries })
+        })
+    }
+
+    /// Key `id`'s policy resolved as the key set carries it (its own limits or its workspace's
+    /// defaults, bounded by its parent's; `credits_exhausted` when its balance or its parent's
+    /// is 0), without the canary mark: what `POST /v1/keys/verify` enforces. `None`: no such key.
+    pub async fn key_policy(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<keygate_protocol::policy::Policy>, sqlx::Error> {
+        on_db!(self, p => {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                policy_cols!(),
+                " FROM keys k ",
+                policy_joins!(),
+                " WHERE k.id = $1"
+            ))
+            .bind(id.as_bytes().to_vec())
+            .fetch_optional(p)
+            .await?;
+            match row {
+                Some(r) => Ok(Some(policy_from_row!(&r))),
+                None => Ok(None),
+            }
         })
     }
 

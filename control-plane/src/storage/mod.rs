@@ -23,6 +23,7 @@ mod key_writes;
 pub mod keys;
 pub mod keyset;
 mod rate_limited;
+pub mod rate_windows;
 mod rows;
 pub mod secret_scanning;
 pub mod usage;

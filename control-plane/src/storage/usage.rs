@@ -47,6 +47,8 @@ pub struct UsageRow {
     pub last_used_at: i64,
     /// Requests refused by a rate limit (the edge's report).
     pub limited: i64,
+    /// Requests refused because the key's credits were used up.
+    pub credits_exhausted: i64,
     /// Credits to take off the key's balance (the allowed requests, except those a
     /// verification already took exactly).
     pub charge: i64,
@@ -111,18 +113,20 @@ where
                 .execute(&mut **tx)
                 .await?;
         }
-        if e.count > 0 || e.limited > 0 {
+        if e.count > 0 || e.limited > 0 || e.credits_exhausted > 0 {
             // `WHERE EXISTS`: a report naming a key this database does not hold adds no row.
             sqlx::query::<DB>(
-                "INSERT INTO usage_hourly (key_id, hour, count, limited) SELECT $1, $2, $3, $4 \
-                 WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1) \
+                "INSERT INTO usage_hourly (key_id, hour, count, limited, credits_exhausted) \
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1) \
                  ON CONFLICT (key_id, hour) DO UPDATE SET count = usage_hourly.count + excluded.count, \
-                 limited = usage_hourly.limited + excluded.limited",
+                 limited = usage_hourly.limited + excluded.limited, \
+                 credits_exhausted = usage_hourly.credits_exhausted + excluded.credits_exhausted",
             )
             .bind(id.clone())
             .bind(usage_hour(e.last_used_at, now))
             .bind(e.count)
             .bind(e.limited)
+            .bind(e.credits_exhausted)
             .execute(&mut **tx)
             .await?;
         }

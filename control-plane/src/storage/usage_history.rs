@@ -21,16 +21,16 @@ pub struct KeyTotal {
 }
 
 impl Db {
-    /// One key's hourly counts `(hour, allowed, limited)` with `from <= hour < to`, oldest
-    /// first (hours without use are absent).
+    /// One key's hourly counts `(hour, allowed, limited, credits_exhausted)` with
+    /// `from <= hour < to`, oldest first (hours without use are absent).
     pub async fn usage_hours(
         &self,
         key: Uuid,
         from: i64,
         to: i64,
-    ) -> Result<Vec<(i64, i64, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(i64, i64, i64, i64)>, sqlx::Error> {
         on_db!(self, p => sqlx::query_as(
-            "SELECT hour, count, limited FROM usage_hourly WHERE key_id = $1 AND hour >= $2 AND hour < $3 ORDER BY hour",
+            "SELECT hour, count, limited, credits_exhausted FROM usage_hourly WHERE key_id = $1 AND hour >= $2 AND hour < $3 ORDER BY hour",
         )
         .bind(key.as_bytes().to_vec()).bind(from).bind(to).fetch_all(p).await)
     }
@@ -42,11 +42,11 @@ impl Db {
         workspace: Option<&str>,
         from: i64,
         to: i64,
-    ) -> Result<Vec<(i64, i64, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(i64, i64, i64, i64)>, sqlx::Error> {
         on_db!(self, p => sqlx::query_as(p.pick(
-            "SELECT u.hour, CAST(SUM(u.count) AS BIGINT), CAST(SUM(u.limited) AS BIGINT) FROM usage_hourly u JOIN keys k ON k.id = u.key_id \
+            "SELECT u.hour, CAST(SUM(u.count) AS BIGINT), CAST(SUM(u.limited) AS BIGINT), CAST(SUM(u.credits_exhausted) AS BIGINT) FROM usage_hourly u JOIN keys k ON k.id = u.key_id \
              WHERE u.hour >= $1 AND u.hour < $2 AND ($3 IS NULL OR k.workspace_id = $3) GROUP BY u.hour ORDER BY u.hour",
-            "SELECT u.hour, CAST(SUM(u.count) AS BIGINT), CAST(SUM(u.limited) AS BIGINT) FROM usage_hourly u JOIN keys k ON k.id = u.key_id \
+            "SELECT u.hour, CAST(SUM(u.count) AS BIGINT), CAST(SUM(u.limited) AS BIGINT), CAST(SUM(u.credits_exhausted) AS BIGINT) FROM usage_hourly u JOIN keys k ON k.id = u.key_id \
              WHERE u.hour >= $1 AND u.hour < $2 AND ($3::text IS NULL OR k.workspace_id = $3) GROUP BY u.hour ORDER BY u.hour",
         ))
         .bind(from).bind(to).bind(workspace.map(str::to_owned)).fetch_all(p).await)

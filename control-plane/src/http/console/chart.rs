@@ -102,7 +102,7 @@ pub fn bar_chart(id: &str, title: &str, s: &UsageSeries) -> String {
     let peak = s
         .points
         .iter()
-        .map(|p| p.count + p.limited)
+        .map(|p| p.count + p.limited + p.credits_exhausted)
         .max()
         .unwrap_or(0);
     let top = nice_max(peak);
@@ -171,6 +171,20 @@ pub fn bar_chart(id: &str, title: &str, s: &UsageSeries) -> String {
                 count(p.limited)
             );
         }
+        if p.credits_exhausted > 0 {
+            // Requests refused because the key's credits were used up, stacked above those.
+            let hl = scale(p.limited);
+            let he = scale(p.credits_exhausted);
+            let _ = write!(
+                o,
+                r#"<rect class="bar exhausted" x="{x:.2}" y="{:.2}" width="{width:.2}" height="{he:.2}" data-at="{}" data-credits-exhausted="{}"><title>{} UTC: {} refused (credits used up)</title></rect>"#,
+                base - h - hl - he,
+                p.at,
+                p.credits_exhausted,
+                esc(&label(p.at, s.bucket)),
+                count(p.credits_exhausted)
+            );
+        }
     }
     let marks = [0, s.points.len() / 2, s.points.len().saturating_sub(1)];
     let mut last = None;
@@ -225,16 +239,19 @@ mod tests {
                     at: 0,
                     count: 2,
                     limited: 0,
+                    credits_exhausted: 0,
                 },
                 UsagePoint {
                     at: 3600,
                     count: 0,
                     limited: 0,
+                    credits_exhausted: 0,
                 },
                 UsagePoint {
                     at: 7200,
                     count: 5,
                     limited: 0,
+                    credits_exhausted: 0,
                 },
             ],
         };
@@ -262,6 +279,7 @@ mod tests {
                 at: 0,
                 count: 6,
                 limited: 4,
+                credits_exhausted: 0,
             }],
         };
         let svg = bar_chart("usage", "Requests", &s);
@@ -271,5 +289,31 @@ mod tests {
         // The scale holds both: 6 allowed and 4 limited reach the top (10).
         let plot_h = H - TOP - BOTTOM;
         assert!(svg.contains(&format!(r#"height="{:.2}""#, plot_h * 0.4)));
+        assert!(!svg.contains("bar exhausted"));
+    }
+
+    #[test]
+    fn refusals_for_credits_are_marked_apart_from_rate_limits() {
+        let s = UsageSeries {
+            key_id: None,
+            bucket: Bucket::Hour,
+            from: 0,
+            to: 3600,
+            total: 5,
+            points: vec![UsagePoint {
+                at: 0,
+                count: 5,
+                limited: 2,
+                credits_exhausted: 3,
+            }],
+        };
+        let svg = bar_chart("usage", "Requests", &s);
+        assert_eq!(svg.matches("<rect class=\"bar limited\"").count(), 1);
+        assert_eq!(svg.matches("<rect class=\"bar exhausted\"").count(), 1);
+        assert!(svg.contains(r#"data-credits-exhausted="3""#));
+        assert!(svg.contains("3 refused (credits used up)"));
+        // The scale holds all three: 5 + 2 + 3 reach the top (10).
+        let plot_h = H - TOP - BOTTOM;
+        assert!(svg.contains(&format!(r#"height="{:.2}""#, plot_h * 0.3)));
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use keygate_filter_core::decision::Reason;
 use uuid::Uuid;
 
 use crate::http::auth::authenticate_proxy;
@@ -18,6 +19,7 @@ pub mod decide;
 pub mod original;
 
 use crate::runtime::clock::unix_now;
+use crate::runtime::metrics::{Limited, LimitedBy};
 use crate::runtime::state::AppState;
 pub use original::BASE_PATH;
 
@@ -126,6 +128,19 @@ async fn authorize(state: &AppState, req: Request) -> Result<Response, Response>
         state
             .usage
             .record_limited(Uuid::from_bytes(*key.as_bytes()), now as i64);
+    }
+    // Refusals by reason. A `credits_exhausted` deny does not name its key (the filter's
+    // decision carries none), so it is counted here but not in the key's usage.
+    match decided.reason {
+        Reason::RateLimited => state
+            .metrics
+            .limited(Limited::ForwardAuth, LimitedBy::RateLimit, 1),
+        Reason::CreditsExhausted => {
+            state
+                .metrics
+                .limited(Limited::ForwardAuth, LimitedBy::Credits, 1)
+        }
+        _ => {}
     }
     Ok(decided.response)
 }

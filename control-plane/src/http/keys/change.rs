@@ -186,15 +186,7 @@ pub async fn suspend_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<KeyWrite>, ApiError> {
-    let wait = check_wait(&w)?;
-    let b: ReasonBody = optional_json(&headers, &body)?;
-    let (key, revision) = status_change(&state, &caller, &id, Action::Suspend, b.reason).await?;
-    let propagation = propagation(&state, &caller, revision, wait).await?;
-    Ok(Json(KeyWrite {
-        key,
-        revision,
-        propagation,
-    }))
+    status_write(&state, &caller, &id, &w, &headers, &body, Action::Suspend).await
 }
 
 #[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys", params(("id" = String, Path), WaitQuery), request_body(content = ReasonBody, description = "optional"),
@@ -208,15 +200,16 @@ pub async fn reactivate_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<KeyWrite>, ApiError> {
-    let wait = check_wait(&w)?;
-    let b: ReasonBody = optional_json(&headers, &body)?;
-    let (key, revision) = status_change(&state, &caller, &id, Action::Reactivate, b.reason).await?;
-    let propagation = propagation(&state, &caller, revision, wait).await?;
-    Ok(Json(KeyWrite {
-        key,
-        revision,
-        propagation,
-    }))
+    status_write(
+        &state,
+        &caller,
+        &id,
+        &w,
+        &headers,
+        &body,
+        Action::Reactivate,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "keys", params(("id" = String, Path), WaitQuery), request_body(content = ReasonBody, description = "optional"),
@@ -230,10 +223,24 @@ pub async fn revoke_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<KeyWrite>, ApiError> {
-    let wait = check_wait(&w)?;
-    let b: ReasonBody = optional_json(&headers, &body)?;
-    let (key, revision) = status_change(&state, &caller, &id, Action::Revoke, b.reason).await?;
-    let propagation = propagation(&state, &caller, revision, wait).await?;
+    status_write(&state, &caller, &id, &w, &headers, &body, Action::Revoke).await
+}
+
+/// A status change with an optional JSON reason body, answered with the key, the revision and
+/// (with `?wait=`) its propagation: the suspend, reactivate and revoke routes.
+async fn status_write(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    w: &WaitQuery,
+    headers: &HeaderMap,
+    body: &Bytes,
+    action: Action,
+) -> Result<Json<KeyWrite>, ApiError> {
+    let wait = check_wait(w)?;
+    let b: ReasonBody = optional_json(headers, body)?;
+    let (key, revision) = status_change(state, caller, id, action, b.reason).await?;
+    let propagation = propagation(state, caller, revision, wait).await?;
     Ok(Json(KeyWrite {
         key,
         revision,

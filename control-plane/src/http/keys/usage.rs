@@ -66,9 +66,14 @@ pub struct UsagePoint {
     pub at: i64,
     /// Requests counted in it.
     pub count: i64,
-    /// Requests the edges refused in it by a rate limit (`429 rate_limited`).
+    /// Requests refused in it by a rate limit (`429 rate_limited`): the edges', verify's and
+    /// forward-auth's.
     #[serde(default)]
     pub limited: i64,
+    /// Requests refused in it because the key's credits were used up (`credits_exhausted`);
+    /// never counted in `limited`.
+    #[serde(default)]
+    pub credits_exhausted: i64,
 }
 
 /// A usage series.
@@ -120,22 +125,24 @@ pub fn period(q: &UsageQuery, now: i64) -> Result<(i64, i64, Bucket), ApiError> 
 }
 
 /// Folds hourly rows into zero-filled buckets of `bucket` from `from` to `to`.
-pub fn fill(hours: &[(i64, i64, i64)], from: i64, to: i64, bucket: Bucket) -> Vec<UsagePoint> {
+pub fn fill(hours: &[(i64, i64, i64, i64)], from: i64, to: i64, bucket: Bucket) -> Vec<UsagePoint> {
     let step = bucket.seconds();
     let mut points: Vec<UsagePoint> = (0..(to - from) / step)
         .map(|i| UsagePoint {
             at: from + i * step,
             count: 0,
             limited: 0,
+            credits_exhausted: 0,
         })
         .collect();
-    for &(hour, count, limited) in hours {
+    for &(hour, count, limited, credits_exhausted) in hours {
         if hour >= from
             && hour < to
             && let Some(p) = points.get_mut(((hour - from) / step) as usize)
         {
             p.count += count;
             p.limited += limited;
+            p.credits_exhausted += credits_exhausted;
         }
     }
     points
@@ -143,7 +150,7 @@ pub fn fill(hours: &[(i64, i64, i64)], from: i64, to: i64, bucket: Bucket) -> Ve
 
 fn series(
     key_id: Option<String>,
-    hours: &[(i64, i64, i64)],
+    hours: &[(i64, i64, i64, i64)],
     (from, to, bucket): (i64, i64, Bucket),
 ) -> UsageSeries {
     let points = fill(hours, from, to, bucket);
@@ -257,7 +264,12 @@ mod tests {
 
     #[test]
     fn fill_sums_hours_into_zero_filled_buckets() {
-        let hours = [(0, 2, 1), (HOUR, 3, 0), (DAY + HOUR, 4, 2), (3 * DAY, 9, 0)];
+        let hours = [
+            (0, 2, 1, 0),
+            (HOUR, 3, 0, 5),
+            (DAY + HOUR, 4, 2, 1),
+            (3 * DAY, 9, 0, 0),
+        ];
         let by_hour = fill(&hours, 0, 3 * HOUR, Bucket::Hour);
         assert_eq!(
             by_hour.iter().map(|p| p.count).collect::<Vec<_>>(),
@@ -270,12 +282,14 @@ mod tests {
                 UsagePoint {
                     at: 0,
                     count: 5,
-                    limited: 1
+                    limited: 1,
+                    credits_exhausted: 5
                 },
                 UsagePoint {
                     at: DAY,
                     count: 4,
-                    limited: 2
+                    limited: 2,
+                    credits_exhausted: 1
                 }
             ]
         );
