@@ -31,6 +31,9 @@
 //!   `keygate-wasm-b`, `keygate-native`, `keygate-wasm-limited`, `keygate-native-limited`) runs
 //!   only those. The `-limited` ones serve the same keys, each with one rate limit of
 //!   1,000,000,000 per hour (never trips): the cost of counting one limit.
+//! - `KEYGATE_BENCH_RATE_LIMIT_HEADERS=1` turns the filters' `rate_limit_headers` on and gives
+//!   the route `envoy/envoy.yaml`'s `response_headers_to_add` (how the wasm filter's fields
+//!   reach the response): with the `-limited` setups, the cost of sending the two fields.
 //! - An A/B of two builds of the wasm filter in the same run: `KEYGATE_BENCH_WASM_B=<other.wasm>`
 //!   adds "Keygate B", and `KEYGATE_BENCH_WASM` replaces this build's module as "Keygate"
 //!   (`keygate-plugin-wasm <path>` writes the module of the checked-out source).
@@ -559,6 +562,11 @@ fn paired_ratios(loads: &BTreeMap<Setup, Vec<Run>>) -> Vec<(String, Vec<f64>)> {
     out
 }
 
+/// `KEYGATE_BENCH_RATE_LIMIT_HEADERS=1` (see the module's docs).
+fn rate_limit_headers() -> bool {
+    std::env::var("KEYGATE_BENCH_RATE_LIMIT_HEADERS").is_ok_and(|v| v == "1")
+}
+
 /// A bootstrap: listener `bench` on a free loopback port, a `direct_response` route, the filter
 /// of `setup` in front, and the `keygate_control_plane` cluster at the fake feed.
 fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
@@ -580,6 +588,9 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
         configuration["edge_key"] = json!("kg_edge_bench");
         if let Some(c) = configuration.as_object_mut() {
             c.remove("edge_key_env");
+        }
+        if rate_limit_headers() {
+            configuration["rate_limit_headers"] = json!(true);
         }
         configuration
     };
@@ -686,6 +697,17 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
             cluster = c.clone();
         }
     }
+    let mut virtual_host = json!({
+        "name": "all", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+    });
+    if rate_limit_headers() {
+        virtual_host["response_headers_to_add"] = envoy_yaml()["static_resources"]["listeners"][0]
+            ["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+            ["response_headers_to_add"]
+            .clone();
+    }
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         // As envoy/envoy.yaml: a snapshot of a million keys (60 MB) exceeds Envoy's default
@@ -702,11 +724,7 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "bench",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"},
-                                "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
-                        }]},
+                        "route_config": {"virtual_hosts": [virtual_host]},
                         "http_filters": filters
                     }
                 }]}]
