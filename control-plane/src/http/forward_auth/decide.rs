@@ -100,7 +100,7 @@ pub fn decide(fa: &ForwardAuth, parts: &Parts, now_secs: u64) -> Result<Decided,
                 super::answer::answer(&decision, &config.identity_headers, cookies).map(
                     |mut response| {
                         if config.rate_limit_headers {
-                            super::answer::add_fields(&mut response, &status.fields());
+                            super::answer::add_fields(&mut response, &status.allowed_fields());
                         }
                         Decided {
                             response,
