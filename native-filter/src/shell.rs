@@ -144,6 +144,13 @@ impl Keygate {
                         .canary
                         .push(key, now_ms, req.path, &client, user_agent);
                 }
+                if let (Some(key), Keys::Synced(sync)) = (d.exhausted, &self.keys) {
+                    sync.shared_state().usage.record_refused(
+                        key,
+                        now_ms / 1000,
+                        Reason::CreditsExhausted,
+                    );
+                }
                 send_deny(&d, stream);
                 Verdict::Stop
             }
@@ -185,7 +192,7 @@ impl Keygate {
         if let Keys::Synced(sync) = &self.keys {
             sync.shared_state()
                 .usage
-                .record_limited(id.key_id(), now_ms / 1000);
+                .record_refused(id.key_id(), now_ms / 1000, Reason::RateLimited);
         }
         let fields = status.limited_fields();
         let extra: SmallVec<[(&str, &str); 3]> =

@@ -250,8 +250,8 @@ fn run(
                 shared.usage.drain(|key, secs| {
                     worker.record_use(Reason::Allowed, Some(key), secs.saturating_mul(1000));
                 });
-                shared.usage.drain_limited(|key, secs| {
-                    worker.record_limited(Some(key), secs.saturating_mul(1000));
+                shared.usage.drain_refused(|key, secs, reason| {
+                    worker.record_refused(reason, Some(key), secs.saturating_mul(1000));
                 });
                 worker.tick(&mut host);
                 next_tick = Instant::now() + tick;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use keygate_filter_core::decision::Reason;
 use keygate_protocol::KeyId;
 
 /// Shards: more than Envoy's usual worker count, so that workers rarely share one.
@@ -42,15 +43,16 @@ impl Shard {
 #[derive(Debug)]
 pub struct UsageShards {
     shards: Box<[Shard]>,
-    /// Requests refused by a rate limit (`429 rate_limited`): rare, one lock for all threads.
-    limited: Mutex<Vec<(KeyId, u64)>>,
+    /// Requests of a key refused by a rate limit (`429 rate_limited`) or for its credits
+    /// (`429 credits_exhausted`), with the reason: rare, one lock for all threads.
+    refused: Mutex<Vec<(KeyId, u64, Reason)>>,
 }
 
 impl Default for UsageShards {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
-            limited: Mutex::default(),
+            refused: Mutex::default(),
         }
     }
 }
@@ -81,20 +83,21 @@ impl UsageShards {
         log.uses.push((key, now_secs));
     }
 
-    /// Counts one request by `key` refused by a rate limit at `now_secs`.
-    pub fn record_limited(&self, key: KeyId, now_secs: u64) {
-        self.limited
+    /// Counts one request by `key` refused at `now_secs` for `reason` (a rate limit or its
+    /// credits; the sync thread's core keeps only those two).
+    pub fn record_refused(&self, key: KeyId, now_secs: u64, reason: Reason) {
+        self.refused
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((key, now_secs));
+            .push((key, now_secs, reason));
     }
 
-    /// Takes every refused request counted so far, calling `f(key, second)` once each.
-    pub fn drain_limited(&self, mut f: impl FnMut(KeyId, u64)) {
+    /// Takes every refused request counted so far, calling `f(key, second, reason)` once each.
+    pub fn drain_refused(&self, mut f: impl FnMut(KeyId, u64, Reason)) {
         let taken =
-            std::mem::take(&mut *self.limited.lock().unwrap_or_else(PoisonError::into_inner));
-        for (key, at) in taken {
-            f(key, at);
+            std::mem::take(&mut *self.refused.lock().unwrap_or_else(PoisonError::into_inner));
+        for (key, at, reason) in taken {
+            f(key, at, reason);
         }
     }
 
@@ -149,5 +152,23 @@ mod tests {
         let mut again = 0;
         u.drain(|_, _| again += 1);
         assert_eq!(again, 0);
+    }
+
+    #[test]
+    fn refusals_are_drained_once_with_their_reason() {
+        let u = UsageShards::default();
+        let key = KeyId::from_bytes([4; 16]);
+        u.record_refused(key, 10, Reason::RateLimited);
+        u.record_refused(key, 11, Reason::CreditsExhausted);
+        let mut seen = Vec::new();
+        u.drain_refused(|k, at, reason| seen.push((k, at, reason)));
+        assert_eq!(
+            seen,
+            vec![
+                (key, 10, Reason::RateLimited),
+                (key, 11, Reason::CreditsExhausted)
+            ]
+        );
+        u.drain_refused(|_, _, _| panic!("drained twice"));
     }
 }

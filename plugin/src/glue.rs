@@ -548,7 +548,7 @@ impl HttpContext for KeygateHttp {
                 }
                 Decision::Deny(d) => {
                     self.state.replies.borrow_mut().send(&d);
-                    (reason, None, d.canary)
+                    (reason, d.exhausted, d.canary)
                 }
             }
         };
@@ -563,12 +563,10 @@ impl HttpContext for KeygateHttp {
                 w.record_use(reason, key_id, now);
             }
             Action::Continue
-        } else if reason == Reason::RateLimited {
-            if let Some(w) = self.state.worker.borrow_mut().as_mut() {
-                w.record_limited(key_id, now);
-            }
-            Action::Pause
         } else {
+            if let (Some(key), Some(w)) = (key_id, self.state.worker.borrow_mut().as_mut()) {
+                w.record_refused(reason, Some(key), now);
+            }
             Action::Pause
         }
     }

@@ -22,12 +22,14 @@ struct Tally {
     count: u64,
     last_used_at: u64,
     limited: u64,
+    credits_exhausted: u64,
 }
 
 const NO_TALLY: Tally = Tally {
     count: 0,
     last_used_at: 0,
     limited: 0,
+    credits_exhausted: 0,
 };
 
 fn is_zero(n: &u64) -> bool {
@@ -47,6 +49,10 @@ pub struct UsageEntry {
     /// written when 0, so a report without any is byte for byte what it was.
     #[serde(skip_serializing_if = "is_zero")]
     pub limited: u64,
+    /// Requests refused because the key is out of credits (`429 credits_exhausted`) since the
+    /// previous batch; not written when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub credits_exhausted: u64,
 }
 
 /// A usage report, the JSON body of `POST /v1/usage`.
@@ -105,9 +111,20 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
     /// Counts one request of `key` refused by a rate limit (straight into the counts: the
     /// refused path is not the one kept fast).
     pub fn record_limited(&mut self, key: K, now_secs: u64) {
+        self.refused(key, now_secs).limited += 1;
+    }
+
+    /// Counts one request of `key` refused because it is out of credits (as
+    /// [`record_limited`](Self::record_limited)).
+    pub fn record_credits_exhausted(&mut self, key: K, now_secs: u64) {
+        self.refused(key, now_secs).credits_exhausted += 1;
+    }
+
+    /// The tally of `key`, refused at `now_secs`.
+    fn refused(&mut self, key: K, now_secs: u64) -> &mut Tally {
         let t = self.counts.entry(key).or_insert(NO_TALLY);
-        t.limited += 1;
         t.last_used_at = t.last_used_at.max(now_secs);
+        t
     }
 
     /// Moves the logged uses into the per-key counts (the timer calls this, off the request
@@ -148,6 +165,7 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
                         count: t.count,
                         last_used_at: t.last_used_at,
                         limited: t.limited,
+                        credits_exhausted: t.credits_exhausted,
                     });
                 }
             }
@@ -178,6 +196,7 @@ impl<K: std::hash::Hash + Eq + Copy + std::fmt::Display> UsageTracker<K> {
             let t = self.counts.entry(key).or_insert(NO_TALLY);
             t.count += e.count;
             t.limited += e.limited;
+            t.credits_exhausted += e.credits_exhausted;
             t.last_used_at = t.last_used_at.max(e.last_used_at);
         }
     }
@@ -234,20 +253,24 @@ mod tests {
                     count: 2,
                     last_used_at: 105,
                     limited: 0,
+                    credits_exhausted: 0,
                 },
                 UsageEntry {
                     key_id: "2".into(),
                     count: 1,
                     last_used_at: 101,
                     limited: 0,
+                    credits_exhausted: 0,
                 },
             ]
         );
         let json = serde_json::to_value(&b).unwrap();
         assert_eq!(json["batch_id"], "0000000000000007-1");
         assert!(json["entries"][0]["count"].is_u64());
-        // no `limited` member when nothing was refused: the report is what it was
-        assert!(!serde_json::to_string(&b).unwrap().contains("limited"));
+        // no `limited` or `credits_exhausted` member when nothing was refused: the report is
+        // what it was
+        let text = serde_json::to_string(&b).unwrap();
+        assert!(!text.contains("limited") && !text.contains("credits_exhausted"));
     }
 
     #[test]
@@ -278,6 +301,42 @@ mod tests {
             t.finish(true);
         }
         assert_eq!(limited, 3);
+    }
+
+    #[test]
+    fn requests_refused_for_credits_are_reported_apart_from_rate_limits() {
+        let mut t = UsageTracker::<u32>::new(7);
+        t.record(1, 100);
+        t.record_credits_exhausted(1, 106);
+        t.record_credits_exhausted(1, 105);
+        t.record_limited(2, 104);
+        let b = t.next_batch().unwrap().clone();
+        let mut e = b.entries.clone();
+        e.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        let counts = |e: &UsageEntry| (e.count, e.limited, e.credits_exhausted, e.last_used_at);
+        assert_eq!(counts(&e[0]), (1, 0, 2, 106));
+        assert_eq!(counts(&e[1]), (0, 1, 0, 104));
+        let json = serde_json::to_value(&b).unwrap();
+        let by_key = |id: &str| {
+            json["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["key_id"] == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_key("1")["credits_exhausted"], 2);
+        assert!(by_key("1").get("limited").is_none());
+        assert!(by_key("2").get("credits_exhausted").is_none());
+        // a 413 puts them back and they are sent again, under new ids
+        t.split_pending();
+        let mut spent = 0;
+        while let Some(again) = t.next_batch() {
+            spent += again.entries.iter().map(|e| e.credits_exhausted).sum::<u64>();
+            t.finish(true);
+        }
+        assert_eq!(spent, 2);
     }
 
     #[test]

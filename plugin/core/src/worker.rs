@@ -136,10 +136,15 @@ impl Worker {
         }
     }
 
-    /// Counts a request of `key` refused by a rate limit, for the usage report's `limited`.
-    pub fn record_limited(&mut self, key: Option<KeyId>, now_ms: u64) {
-        if let Some(k) = key {
-            self.usage.record_limited(k, now_ms / 1000);
+    /// Counts a request of `key` refused by a rate limit or for its credits, for the usage
+    /// report's `limited` and `credits_exhausted`; other refusals are not a key's usage.
+    pub fn record_refused(&mut self, reason: Reason, key: Option<KeyId>, now_ms: u64) {
+        match (reason, key) {
+            (Reason::RateLimited, Some(k)) => self.usage.record_limited(k, now_ms / 1000),
+            (Reason::CreditsExhausted, Some(k)) => {
+                self.usage.record_credits_exhausted(k, now_ms / 1000);
+            }
+            _ => {}
         }
     }
 

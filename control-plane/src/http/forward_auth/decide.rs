@@ -26,7 +26,8 @@ pub struct Decided {
     pub reason: Reason,
     /// The key that was allowed (for usage), as the filter counts it.
     pub key_id: Option<KeyId>,
-    /// The key refused by a rate limit (`429 rate_limited`), if so.
+    /// The key refused by a rate limit or for its credits (`429 rate_limited`,
+    /// `429 credits_exhausted`; `reason` says which), if so.
     pub limited: Option<KeyId>,
     /// The canary presented, on a canary's deny (for its hit), with the original path.
     pub canary: Option<(KeyId, String)>,
@@ -113,12 +114,16 @@ pub fn decide(fa: &ForwardAuth, parts: &Parts, now_secs: u64) -> Result<Decided,
                 )
             }
             Outcome::Unlimited => {
+                let exhausted = match &decision {
+                    Decision::Deny(d) => d.exhausted,
+                    Decision::Allow(_) => None,
+                };
                 super::answer::answer(&decision, &config.identity_headers, cookies).map(
                     |response| Decided {
                         response,
                         reason: decision.reason(),
                         key_id,
-                        limited: None,
+                        limited: exhausted,
                         canary,
                     },
                 )

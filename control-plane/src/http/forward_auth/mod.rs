@@ -124,23 +124,19 @@ async fn authorize(state: &AppState, req: Request) -> Result<Response, Response>
             .usage
             .record(Uuid::from_bytes(*key.as_bytes()), now as i64);
     }
-    if let Some(key) = decided.limited {
-        state
-            .usage
-            .record_limited(Uuid::from_bytes(*key.as_bytes()), now as i64);
-    }
-    // Refusals by reason. A `credits_exhausted` deny does not name its key (the filter's
-    // decision carries none), so it is counted here but not in the key's usage.
-    match decided.reason {
-        Reason::RateLimited => state
-            .metrics
-            .limited(Limited::ForwardAuth, LimitedBy::RateLimit, 1),
-        Reason::CreditsExhausted => {
+    // Refusals by reason, in the metric and in the key's usage.
+    let refused = match decided.reason {
+        Reason::RateLimited => Some(LimitedBy::RateLimit),
+        Reason::CreditsExhausted => Some(LimitedBy::Credits),
+        _ => None,
+    };
+    if let Some(by) = refused {
+        state.metrics.limited(Limited::ForwardAuth, by, 1);
+        if let Some(key) = decided.limited {
             state
-                .metrics
-                .limited(Limited::ForwardAuth, LimitedBy::Credits, 1)
+                .usage
+                .record_refused(Uuid::from_bytes(*key.as_bytes()), by, now as i64);
         }
-        _ => {}
     }
     Ok(decided.response)
 }

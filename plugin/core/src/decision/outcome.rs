@@ -121,6 +121,9 @@ pub struct Deny {
     /// The canary presented, for a [`Reason::CanaryKey`] deny (its hit report); never in the
     /// answer.
     pub canary: Option<KeyId>,
+    /// The key out of credits, for a [`Reason::CreditsExhausted`] deny (its usage report counts
+    /// the refusal); never in the answer.
+    pub exhausted: Option<KeyId>,
 }
 
 impl Deny {
@@ -131,6 +134,15 @@ impl Deny {
             message: message.into(),
             www_authenticate: reason.www_authenticate(),
             canary: None,
+            exhausted: None,
+        }
+    }
+
+    /// The deny of `key`, out of credits: [`Reason::CreditsExhausted`].
+    pub fn credits_exhausted(key: KeyId) -> Self {
+        Self {
+            exhausted: Some(key),
+            ..Self::new(Reason::CreditsExhausted, "the API key has used up its credits")
         }
     }
 

@@ -13,10 +13,7 @@ use super::{Deny, Reason};
 pub(super) fn state_deny(entry: &KeyRef<'_>) -> Option<Deny> {
     match entry.state() {
         KeyState::Active => None,
-        KeyState::CreditsExhausted => Some(Deny::new(
-            Reason::CreditsExhausted,
-            "the API key has used up its credits",
-        )),
+        KeyState::CreditsExhausted => Some(Deny::credits_exhausted(entry.key_id())),
         KeyState::Canary => Some(Deny::new(
             Reason::UnknownKey,
             "the API key is not valid (unknown, revoked or suspended)",
