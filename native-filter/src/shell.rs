@@ -190,9 +190,11 @@ impl Keygate {
             Outcome::Unlimited => return false,
         };
         if let Keys::Synced(sync) = &self.keys {
-            sync.shared_state()
-                .usage
-                .record_refused(id.key_id(), now_ms / 1000, Reason::RateLimited);
+            sync.shared_state().usage.record_refused(
+                id.key_id(),
+                now_ms / 1000,
+                Reason::RateLimited,
+            );
         }
         let fields = status.limited_fields();
         let extra: SmallVec<[(&str, &str); 3]> =

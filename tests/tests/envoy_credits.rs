@@ -126,22 +126,26 @@ fn a_key_with_500_credits_stops_on_two_envoys_within_the_overshoot_and_a_refill_
     // Every refusal is reported too, apart from the uses: the key's usage counts exactly the
     // 429s the two proxies answered as `credits_exhausted` (and none as `limited`).
     let usage = format!("/v1/keys/{}/usage?bucket=hour", key.id);
-    wait_for("the refusals in the key's usage", Duration::from_secs(20), || {
-        let (st, v) = a.api.admin(Method::GET, &usage, None);
-        let sum = |field: &str| -> i64 {
-            v["points"]
-                .as_array()
-                .map_or(0, |p| p.iter().filter_map(|p| p[field].as_i64()).sum())
-        };
-        let (spent, limited) = (sum("credits_exhausted"), sum("limited"));
-        if st == 200 && spent == refused as i64 && limited == 0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "{st}: credits_exhausted {spent} of {refused}, limited {limited}: {v}"
-            ))
-        }
-    });
+    wait_for(
+        "the refusals in the key's usage",
+        Duration::from_secs(20),
+        || {
+            let (st, v) = a.api.admin(Method::GET, &usage, None);
+            let sum = |field: &str| -> i64 {
+                v["points"]
+                    .as_array()
+                    .map_or(0, |p| p.iter().filter_map(|p| p[field].as_i64()).sum())
+            };
+            let (spent, limited) = (sum("credits_exhausted"), sum("limited"));
+            if st == 200 && spent == refused as i64 && limited == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{st}: credits_exhausted {spent} of {refused}, limited {limited}: {v}"
+                ))
+            }
+        },
+    );
 
     // A refill due in 2 s: the replicas' refill task puts the balance back, the feed puts the
     // key back to active on both proxies.

@@ -333,7 +333,11 @@ mod tests {
         t.split_pending();
         let mut spent = 0;
         while let Some(again) = t.next_batch() {
-            spent += again.entries.iter().map(|e| e.credits_exhausted).sum::<u64>();
+            spent += again
+                .entries
+                .iter()
+                .map(|e| e.credits_exhausted)
+                .sum::<u64>();
             t.finish(true);
         }
         assert_eq!(spent, 2);

@@ -142,7 +142,10 @@ impl Deny {
     pub fn credits_exhausted(key: KeyId) -> Self {
         Self {
             exhausted: Some(key),
-            ..Self::new(Reason::CreditsExhausted, "the API key has used up its credits")
+            ..Self::new(
+                Reason::CreditsExhausted,
+                "the API key has used up its credits",
+            )
         }
     }
 
