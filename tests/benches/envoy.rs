@@ -526,8 +526,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Throughput ratios paired within each round (the two configurations ran back to back, so a
-/// drift of the machine between rounds cancels): Keygate's shells ÷ `api_key_auth`, and each B
-/// build ÷ its A; the median of the rounds first.
+/// drift of the machine between rounds cancels): Keygate's shells ÷ `api_key_auth`, each B
+/// build ÷ its A, and each shell with one rate limit ÷ without; the median of the rounds first.
 fn paired_ratios(loads: &BTreeMap<Setup, Vec<Run>>) -> Vec<(String, Vec<f64>)> {
     let pairs = [
         (Setup::KeygateNative, Setup::ApiKeyAuth),
@@ -535,6 +535,8 @@ fn paired_ratios(loads: &BTreeMap<Setup, Vec<Run>>) -> Vec<(String, Vec<f64>)> {
         (Setup::KeygateWasm, Setup::ApiKeyAuth),
         (Setup::KeygateNativeB, Setup::KeygateNative),
         (Setup::KeygateWasmB, Setup::KeygateWasm),
+        (Setup::KeygateNativeLimited, Setup::KeygateNative),
+        (Setup::KeygateWasmLimited, Setup::KeygateWasm),
     ];
     let mut out = Vec::new();
     for (a, b) in pairs {

@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release -p keygate-plugin-artifacts --example icount [-- filter.wasm]`
 //!
-//! It runs itself under `valgrind --tool=callgrind` once per kind of request (allowed, unknown
-//! key, malformed key), counting only inside the blocks that run the requests, and reads the
+//! It runs itself under `valgrind --tool=callgrind` once per kind of request (allowed, allowed
+//! with one rate limit on every key, unknown key, malformed key), counting only inside the blocks that run the requests, and reads the
 //! counts back with `callgrind_annotate`. For each kind it prints the filter's instructions per
 //! request, the harness alone's (the no-op filters of `keygate_host_harness::baseline`), their
 //! difference (the filter's own part, as the benches time it) and how much of the filter's ran
@@ -24,6 +24,7 @@ use anyhow::{Context as _, bail, ensure};
 use keygate_host_harness::baseline::{NOOP_CONTINUE_WAT, NOOP_DENY_WAT, time_each};
 use keygate_host_harness::{Disposition, Harness, Plugin, Request};
 use keygate_plugin_artifacts::{BenchKinds, KEYGATE_PLUGIN_WASM, synced_bench_harness};
+use keygate_protocol::policy::{LimitPool, RateLimit};
 use keygate_protocol::wire::Snapshot;
 use keygate_testkit::bench::{env_usize, repo_key_set};
 
@@ -32,7 +33,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Set in the child that valgrind runs: the kind it times.
 const CHILD_ENV: &str = "KEYGATE_ICOUNT_KIND";
-const KINDS: [&str; 3] = ["allowed", "unknown", "malformed"];
+const KINDS: [&str; 4] = ["allowed", "limited", "unknown", "malformed"];
 
 /// The requests under the filter: callgrind counts only inside this and [`alone_block`].
 #[inline(never)]
@@ -63,8 +64,21 @@ fn main() -> anyhow::Result<()> {
 
 /// Runs one kind's requests: once to warm up, then `repeat` times in each block.
 fn child(wasm: &str, kind: &str) -> anyhow::Result<()> {
-    let keys = repo_key_set(env_usize("KEYGATE_BENCH_KEYS", 10_000))?;
+    let mut keys = repo_key_set(env_usize("KEYGATE_BENCH_KEYS", 10_000))?;
     let repeat = env_usize("KEYGATE_ICOUNT_REPEAT", 3);
+    if kind == "limited" {
+        // One limit that never trips: the cost of counting it. The warm-up takes each key's
+        // first lease of quota (two shared-data calls per 64 requests), so the blocks count
+        // the steady state.
+        for e in &mut keys.entries {
+            e.policy.limits = vec![RateLimit {
+                name: "hourly".into(),
+                limit: 1_000_000_000,
+                window_s: 3600,
+                pool: LimitPool::Key,
+            }];
+        }
+    }
     let snapshot = Arc::new(
         Snapshot {
             revision: 1,
@@ -74,7 +88,7 @@ fn child(wasm: &str, kind: &str) -> anyhow::Result<()> {
     );
     let [allowed, unknown, malformed] = BenchKinds::new(&keys.secrets)?.requests();
     let (requests, expect, noop) = match kind {
-        "allowed" => (allowed, Disposition::Completed, NOOP_CONTINUE_WAT),
+        "allowed" | "limited" => (allowed, Disposition::Completed, NOOP_CONTINUE_WAT),
         "unknown" => (unknown, Disposition::LocalResponse, NOOP_DENY_WAT),
         "malformed" => (malformed, Disposition::LocalResponse, NOOP_DENY_WAT),
         other => bail!("unknown kind {other:?}"),
