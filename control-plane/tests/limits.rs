@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::{Engine, InProcessServer, assert_error, fresh_database};
 use keygate_control_plane::http::keys::IssuedKey;
 use keygate_control_plane::test_support::WebhookReceiver;
+use keygate_control_plane::test_support::limits::policy_in_set;
 use keygate_protocol::policy::{KeyState, LimitPool, Policy, RateLimit};
 use keygate_protocol::wire::{self, Message};
 use reqwest::{Method, StatusCode};
@@ -29,26 +30,6 @@ on_both_engines!(
     forward_auth_spends_credits_at_its_flush_and_then_refuses_the_key,
     a_filter_that_reads_only_version_1_gets_what_it_can_hold,
 );
-
-/// The key set's snapshot, as an edge reads it: the policy of key `id` (`None`: not in it).
-async fn policy_in_set(s: &InProcessServer, edge: &str, id: &str) -> Option<Policy> {
-    let resp = s
-        .http
-        .get(s.url("/v1/keyset"))
-        .header("accept", wire::ACCEPT_V2)
-        .bearer_auth(edge)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let Message::Snapshot(snap) = wire::decode(&resp.bytes().await.unwrap()).unwrap() else {
-        panic!("a read without since is a snapshot");
-    };
-    snap.entries
-        .into_iter()
-        .find(|e| e.key_id.to_string() == id)
-        .map(|e| e.policy)
-}
 
 fn limit(name: &str, limit: u32, window_s: u32, pool: LimitPool) -> RateLimit {
     RateLimit {
@@ -118,7 +99,8 @@ async fn issuance_with_limits_and_credits_is_shown_and_carried_in_the_set(e: Eng
             state: KeyState::Active,
             limits: vec![
                 limit("burst", 100, 10, LimitPool::Key),
-                limit("day", 5000, 86_400, LimitPool::Owner)
+                // The owner's pool, scoped to the key's workspace.
+                limit("day", 5000, 86_400, LimitPool::OwnerIn("default".into()))
             ],
         })
     );
@@ -220,7 +202,7 @@ async fn workspace_defaults_are_inherited_unless_a_key_says_otherwise(e: Engine)
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let day = limit("day", 1000, 86_400, LimitPool::Owner);
+    let day = limit("day", 1000, 86_400, LimitPool::OwnerIn("default".into()));
     assert_eq!(
         policy_in_set(&s, &edge, &inherits.id).await.unwrap().limits,
         std::slice::from_ref(&day)
@@ -810,7 +792,7 @@ async fn a_filter_that_reads_only_version_1_gets_what_it_can_hold(e: Engine) {
         );
     }
     let (version, m) = read(Some(wire::ACCEPT_V2), None).await;
-    assert_eq!(version, wire::VERSION);
+    assert_eq!(version, wire::VERSION_2);
     let mut want = vec![
         (limited.id.clone(), burst),
         (spent.key.id.clone(), spent_policy),

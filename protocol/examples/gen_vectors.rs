@@ -168,7 +168,7 @@ pub fn vectors() -> Value {
     b[0] = b'X';
     broken.push((b, "bad_magic"));
     let mut b = snapshot_bytes.clone();
-    b[4] = 3;
+    b[4] = 9; // no version this reader knows (1 to 3)
     broken.push((b, "unsupported_version"));
     let mut b = snapshot_bytes.clone();
     let n = b.len();

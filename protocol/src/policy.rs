@@ -49,26 +49,34 @@ impl KeyState {
 }
 
 /// Whose requests a rate limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum LimitPool {
     /// The key's own requests.
     #[default]
     Key,
-    /// The requests of every key of the key's owner (one pool however many keys it holds).
+    /// The requests of every key in the set with the key's owner string, whoever issued it
+    /// (format version 2; a control plane of this build writes [`LimitPool::OwnerIn`] instead,
+    /// since two workspaces may each have an owner of the same name).
     Owner,
+    /// The requests of every key with the key's owner string *and this scope* (the control
+    /// plane: the key's workspace id): one pool per (scope, owner), so two tenants' owners of
+    /// the same name never share one (format version 3; see [`validate_pool_scope`]).
+    OwnerIn(String),
 }
 
 impl LimitPool {
-    /// The pool's wire value.
+    /// The pool's wire value (`2` for [`LimitPool::OwnerIn`], whose scope travels apart).
     #[must_use]
-    pub const fn to_wire(self) -> u32 {
+    pub const fn to_wire(&self) -> u32 {
         match self {
             Self::Key => 0,
             Self::Owner => 1,
+            Self::OwnerIn(_) => 2,
         }
     }
 
-    /// The pool of a wire value, `None` for an unknown one.
+    /// The pool of a wire value without a scope (0, 1), `None` for any other (a scoped pool is
+    /// read with its scope: [`LimitPool::OwnerIn`]).
     #[must_use]
     pub const fn from_wire(v: u32) -> Option<Self> {
         match v {
@@ -77,6 +85,38 @@ impl LimitPool {
             _ => None,
         }
     }
+
+    /// The scope of a [`LimitPool::OwnerIn`] pool.
+    #[must_use]
+    pub fn scope(&self) -> Option<&str> {
+        match self {
+            Self::OwnerIn(scope) => Some(scope),
+            Self::Key | Self::Owner => None,
+        }
+    }
+
+    /// Whether the pool is shared by an owner's keys (scoped or not).
+    #[must_use]
+    pub const fn is_owner(&self) -> bool {
+        matches!(self, Self::Owner | Self::OwnerIn(_))
+    }
+}
+
+/// The wire value of [`LimitPool::OwnerIn`].
+pub const POOL_OWNER_IN: u32 = 2;
+
+/// The longest pool scope, in bytes (the longest owner id).
+pub const MAX_POOL_SCOPE_LEN: usize = crate::scope::MAX_OWNER_LEN;
+
+/// Checks a pool scope: 1 to [`MAX_POOL_SCOPE_LEN`] bytes.
+///
+/// # Errors
+/// [`PolicyError::BadPoolScope`] otherwise.
+pub const fn validate_pool_scope(scope: &str) -> Result<(), PolicyError> {
+    if scope.is_empty() || scope.len() > MAX_POOL_SCOPE_LEN {
+        return Err(PolicyError::BadPoolScope);
+    }
+    Ok(())
 }
 
 /// A named rate limit: at most `limit` requests per `window_s` seconds, counted over `pool`.
@@ -118,7 +158,17 @@ impl Policy {
             self.limits
                 .iter()
                 .map(|l| (l.name.as_str(), l.limit, l.window_s)),
-        )
+        )?;
+        self.limits
+            .iter()
+            .filter_map(|l| l.pool.scope())
+            .try_for_each(validate_pool_scope)
+    }
+
+    /// Whether a limit counts in a scoped owner pool (the message needs format version 3).
+    #[must_use]
+    pub fn has_scoped_pool(&self) -> bool {
+        self.limits.iter().any(|l| l.pool.scope().is_some())
     }
 }
 
@@ -140,6 +190,9 @@ pub enum PolicyError {
     /// Two limits with one name.
     #[error("two rate limits have the same name")]
     DuplicateLimitName,
+    /// A pool scope that is empty or longer than 128 bytes.
+    #[error("a rate limit pool's scope must be 1 to 128 bytes")]
+    BadPoolScope,
 }
 
 impl PolicyError {
@@ -152,6 +205,7 @@ impl PolicyError {
             Self::BadWindow => "bad_window",
             Self::TooManyLimits => "too_many_limits",
             Self::DuplicateLimitName => "duplicate_limit_name",
+            Self::BadPoolScope => "bad_pool_scope",
         }
     }
 }
@@ -248,6 +302,16 @@ mod tests {
         assert_eq!(p.validate(), Err(PolicyError::BadWindow));
         p.limits = (0..9).map(|i| limit(&format!("l{i}"), 1, 1)).collect();
         assert_eq!(p.validate(), Err(PolicyError::TooManyLimits));
+        p.limits = vec![limit("team", 1, 1)];
+        for (scope, want) in [
+            ("ws", Ok(())),
+            ("", Err(PolicyError::BadPoolScope)),
+            (&"w".repeat(129), Err(PolicyError::BadPoolScope)),
+        ] {
+            p.limits[0].pool = LimitPool::OwnerIn(scope.into());
+            assert_eq!(p.validate(), want, "{scope:?}");
+            assert!(p.has_scoped_pool());
+        }
     }
 
     #[test]
@@ -264,6 +328,11 @@ mod tests {
             assert_eq!(LimitPool::from_wire(p.to_wire()), Some(p));
         }
         assert_eq!(LimitPool::from_wire(2), None);
+        let scoped = LimitPool::OwnerIn("ws-a".into());
+        assert_eq!(
+            (scoped.to_wire(), scoped.scope(), scoped.is_owner()),
+            (POOL_OWNER_IN, Some("ws-a"), true)
+        );
         assert!(Policy::default().is_default());
     }
 }

@@ -1,5 +1,6 @@
 //! Policies on the wire and in the set: version 2 round trips, version 1 kept for default
 //! policies, every policy decode error, and what a found key tells of its state and limits.
+//! (Scoped owner pools, version 3: `scoped_pools.rs`.)
 
 mod common;
 
@@ -7,7 +8,7 @@ use common::{digest, entry, fix_crc, small_snapshot};
 use keygate_protocol::keyset::{ApplyError, KeySet};
 use keygate_protocol::policy::{KeyState, LimitPool, Policy, PolicyError, RateLimit};
 use keygate_protocol::wire::{
-    DecodeError, Delta, EncodeError, HEADER_LEN, Message, Snapshot, VERSION, VERSION_1, decode,
+    DecodeError, Delta, EncodeError, HEADER_LEN, Message, Snapshot, VERSION_1, VERSION_2, decode,
     peek_header,
 };
 
@@ -79,7 +80,7 @@ fn policies_round_trip_in_version_2_and_keys_sharing_one_share_a_grant() {
     let s = policy_snapshot();
     let bytes = s.encode().unwrap();
     let h = peek_header(&bytes).unwrap();
-    assert_eq!(h.version, VERSION);
+    assert_eq!(h.version, VERSION_2);
     assert_eq!(h.grant_len(), 8);
     // Four keys, four distinct (scopes, resources, policy): the plain key's grant differs from
     // the limited key's only by its policy.
@@ -156,7 +157,7 @@ fn a_delta_changes_a_keys_policy_and_the_set_re_encodes_it() {
         s.apply(&d.encode().unwrap()).unwrap();
         s.encode_snapshot()
     };
-    assert_eq!(peek_header(&with_policy).unwrap().version, VERSION);
+    assert_eq!(peek_header(&with_policy).unwrap().version, VERSION_2);
     assert_eq!(
         peek_header(&set.encode_snapshot()).unwrap().version,
         VERSION_1
@@ -242,13 +243,13 @@ fn every_broken_policy_byte_is_refused() {
     assert_eq!(DecodeError::BadPolicy.code(), "bad_policy");
     // A version 1 message has 4-byte grants: the same bytes read as version 2 do not add up.
     let mut b = small_snapshot().encode().unwrap();
-    b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    b[4..6].copy_from_slice(&VERSION_2.to_le_bytes());
     fix_crc(&mut b);
     assert!(decode(&b).is_err());
     // And a version this reader does not know.
     expect(
-        &broken(4, &3u16.to_le_bytes()),
-        DecodeError::UnsupportedVersion(3),
+        &broken(4, &4u16.to_le_bytes()),
+        DecodeError::UnsupportedVersion(4),
     );
 }
 

@@ -152,8 +152,8 @@ fn header_errors() {
     b[0] = b'X';
     expect(&b, DecodeError::BadMagic);
     let mut b = good.clone();
-    b[4] = 3;
-    expect(&b, DecodeError::UnsupportedVersion(3));
+    b[4] = 4;
+    expect(&b, DecodeError::UnsupportedVersion(4));
     let mut b = good.clone();
     b[6] = 3;
     expect(&b, DecodeError::BadKind(3));

@@ -2,7 +2,8 @@
 //! policies by a fake key-set feed: a key limited to 100 per 10 s passes within the stated
 //! bound in a window from many connections and the rest get `429 rate_limited` with
 //! `Retry-After`, `RateLimit` and `RateLimit-Policy`; an owner-pooled limit is shared by the
-//! owner's keys; a key without limits behaves as before (every request passes, no new field).
+//! owner's keys in its workspace, and the same-named owner of another workspace has a pool of
+//! its own; a key without limits behaves as before (every request passes, no new field).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,10 @@ const POOL: u32 = 30;
 struct Keys {
     limited: String,
     plain: String,
+    /// Two keys of `team` in workspace `ws-a`.
     pooled: [String; 2],
+    /// A key of `team` in workspace `ws-b`, with the same pooled limit.
+    other_workspace: String,
 }
 
 fn entry(n: u8, owner: &str, limits: Vec<RateLimit>) -> (KeyEntry, String) {
@@ -58,9 +62,11 @@ fn feed() -> (String, Keys, tokio::runtime::Runtime) {
     };
     let (l, limited) = entry(1, "solo", vec![limit("burst", LIMIT, LimitPool::Key)]);
     let (p, plain) = entry(2, "solo", Vec::new());
-    let (a, pooled_a) = entry(3, "team", vec![limit("team", POOL, LimitPool::Owner)]);
-    let (b, pooled_b) = entry(4, "team", vec![limit("team", POOL, LimitPool::Owner)]);
-    let mut entries = vec![l, p, a, b];
+    let in_ws = |ws: &str| vec![limit("team", POOL, LimitPool::OwnerIn(ws.into()))];
+    let (a, pooled_a) = entry(3, "team", in_ws("ws-a"));
+    let (b, pooled_b) = entry(4, "team", in_ws("ws-a"));
+    let (c, other_workspace) = entry(5, "team", in_ws("ws-b"));
+    let mut entries = vec![l, p, a, b, c];
     entries.sort_by(|x, y| x.digest.as_bytes().cmp(y.digest.as_bytes()));
     let snapshot = Snapshot {
         revision: 1,
@@ -76,6 +82,7 @@ fn feed() -> (String, Keys, tokio::runtime::Runtime) {
         limited,
         plain,
         pooled: [pooled_a, pooled_b],
+        other_workspace,
     };
     (addr, keys, rt)
 }
@@ -235,12 +242,22 @@ fn scenario(
         );
     }
     check_refusals(&pooled, "\"team\";q=30;w=10", "team");
+    // In the same window, `team` of another workspace: a pool of its own, whole.
+    let other = burst(envoy, rt, &[&keys.other_workspace], 40);
+    let o = passes(&other);
+    assert!(
+        (POOL as usize - c..=POOL as usize + c).contains(&o),
+        "{shell}: {o} passes of another workspace's pool of {POOL}"
+    );
+    eprintln!("{shell}: {o} passes of 40 from the same-named owner of another workspace");
+    check_refusals(&other, "\"team\";q=30;w=10", "team");
 
     // Refusals are counted by reason in the filter's stats.
-    let refused = (first.len() + second.len() + pooled.len())
+    let refused = (first.len() + second.len() + pooled.len() + other.len())
         - passes(&first)
         - passes(&second)
-        - passes(&pooled);
+        - passes(&pooled)
+        - o;
     wait_for("the rate_limited counter", Duration::from_secs(5), || {
         let n = envoy.stat(&format!("{stat}.keygate.decision.deny.rate_limited"));
         if n == refused as u64 {

@@ -133,10 +133,12 @@ fn parse_pool(p: Option<&str>) -> Result<LimitPool, LimitsError> {
     }
 }
 
-fn pool_name(p: LimitPool) -> &'static str {
+fn pool_name(p: &LimitPool) -> &'static str {
     match p {
         LimitPool::Key => "key",
-        LimitPool::Owner => "owner",
+        // Stored and shown unscoped: the scope is the key's workspace, put in by
+        // `resolve_policy`.
+        LimitPool::Owner | LimitPool::OwnerIn(_) => "owner",
     }
 }
 
@@ -183,7 +185,7 @@ impl Limits {
                 name: l.name.clone(),
                 limit: l.limit,
                 window_s: l.window_s,
-                pool: pool_name(l.pool).to_owned(),
+                pool: pool_name(&l.pool).to_owned(),
             })
             .collect()
     }
@@ -228,10 +230,10 @@ impl Limits {
                         c.name,
                         c.limit,
                         c.window_s,
-                        pool_name(c.pool),
+                        pool_name(&c.pool),
                         p.limit,
                         p.window_s,
-                        pool_name(p.pool)
+                        pool_name(&p.pool)
                     )));
                 }
                 Some(_) => {}
@@ -271,8 +273,11 @@ pub struct ParentPolicy<'a> {
 /// A key's policy in the key set: its limits (own or the workspace's), with each of its
 /// parent's limits that it lacks or holds looser put in at the parent's value (so a child never
 /// exceeds its parent whatever changed since it was issued); `credits_exhausted` when its
-/// balance, or its parent's, is 0.
+/// balance, or its parent's, is 0. Its owner pools are scoped to its `workspace`
+/// ([`LimitPool::OwnerIn`]): two workspaces' owners of one name never share a pool, at the
+/// edge, in forward-auth or in verify.
 pub fn resolve_policy(
+    workspace: &str,
     limits: &[RateLimit],
     credits_remaining: Option<i64>,
     parent: Option<ParentPolicy<'_>>,
@@ -289,6 +294,11 @@ pub fn resolve_policy(
     for l in limits {
         if out.len() < policy::MAX_LIMITS_PER_KEY && !out.iter().any(|o| o.name == l.name) {
             out.push(l.clone());
+        }
+    }
+    for l in &mut out {
+        if l.pool.is_owner() {
+            l.pool = LimitPool::OwnerIn(workspace.to_owned());
         }
     }
     let exhausted =
@@ -464,17 +474,18 @@ mod tests {
         assert_eq!(own_or_default(None, Some(&ws)), ws.as_slice());
         assert!(own_or_default(None, None).is_empty());
 
-        let p = resolve_policy(own.as_slice(), Some(5), None);
+        let p = resolve_policy("ws", own.as_slice(), Some(5), None);
         assert_eq!((p.state, p.limits.len()), (KeyState::Active, 1));
         assert_eq!(
-            resolve_policy(&[], Some(0), None).state,
+            resolve_policy("ws", &[], Some(0), None).state,
             KeyState::CreditsExhausted
         );
-        assert!(resolve_policy(&[], None, None).is_default());
+        assert!(resolve_policy("ws", &[], None, None).is_default());
 
         // The parent tightened since: its limits win where the child's are looser or missing.
         let parent = limits(&[("burst", 5, "1s"), ("day", 100, "1d")]);
         let p = resolve_policy(
+            "ws",
             own.as_slice(),
             None,
             Some(ParentPolicy {
@@ -486,6 +497,7 @@ mod tests {
         assert_eq!(p.state, KeyState::CreditsExhausted, "the parent is out");
         let tight = limits(&[("burst", 1, "1s"), ("extra", 3, "1m")]);
         let p = resolve_policy(
+            "ws",
             tight.as_slice(),
             Some(1),
             Some(ParentPolicy {
@@ -500,5 +512,36 @@ mod tests {
             .collect();
         assert_eq!(names, [("burst", 1), ("day", 100), ("extra", 3)]);
         assert_eq!(p.state, KeyState::Active);
+    }
+
+    #[test]
+    fn owner_pools_are_scoped_to_the_keys_workspace_and_key_pools_are_not() {
+        let mut own = limits(&[("burst", 10, "1s"), ("team", 100, "1m")]);
+        own.0[1].pool = LimitPool::Owner;
+        let mut parent = limits(&[("day", 1000, "1d")]);
+        parent.0[0].pool = LimitPool::Owner;
+        let parent = Some(ParentPolicy {
+            limits: parent.as_slice(),
+            credits_remaining: None,
+        });
+        for ws in ["ws-a", "ws-b"] {
+            let p = resolve_policy(ws, own.as_slice(), None, parent);
+            let pools: Vec<(&str, &LimitPool)> = p
+                .limits
+                .iter()
+                .map(|l| (l.name.as_str(), &l.pool))
+                .collect();
+            let scoped = LimitPool::OwnerIn(ws.into());
+            assert_eq!(
+                pools,
+                [
+                    ("day", &scoped),
+                    ("burst", &LimitPool::Key),
+                    ("team", &scoped)
+                ]
+            );
+        }
+        // The stored form and the API's view stay unscoped.
+        assert_eq!(own.views()[1].pool, "owner");
     }
 }

@@ -1,5 +1,6 @@
 //! Rate limits as `POST /v1/keys/verify` counts them: the filter's buckets (the key's own
-//! counter, or one per owner for `pool: owner`) and its fixed windows aligned to the epoch
+//! counter, or one per workspace and owner for `pool: owner`) and its fixed windows aligned to
+//! the epoch
 //! (`keygate_filter_core::limits::window`), with the whole limit as the quota (verify counts in
 //! the shared database, so there is no fleet to divide it among). The counters are listed in
 //! one stable order, so that concurrent verifications lock shared counters in the same order.
@@ -16,7 +17,9 @@ use super::key::format_key_id;
 pub struct WindowCount {
     /// `key` or `owner`.
     pub pool: &'static str,
-    /// The key id (`key_<hex>`) or the owner id.
+    /// The key id (`key_<hex>`), or for an owner pool `<workspace id>/<owner id>` (a
+    /// workspace id has no `/`, so the first one ends it; an unscoped pool, which this control
+    /// plane never resolves, is the owner id alone).
     pub pool_id: String,
     /// The limit's name.
     pub name: String,
@@ -54,9 +57,10 @@ pub fn window_counts(
         .map(|(position, l)| {
             let (index, reset_s) = window(now_ms, l.window_s);
             let window_s = i64::from(l.window_s.max(1));
-            let (pool, pool_id) = match l.pool {
+            let (pool, pool_id) = match &l.pool {
                 LimitPool::Key => ("key", format_key_id(key_id)),
                 LimitPool::Owner => ("owner", owner.to_owned()),
+                LimitPool::OwnerIn(workspace) => ("owner", format!("{workspace}/{owner}")),
             };
             WindowCount {
                 pool,
@@ -122,5 +126,18 @@ mod tests {
         );
         assert_eq!(c[2].pool_id, "acme");
         assert_eq!(c[2].window_start % 86_400, 0);
+    }
+
+    #[test]
+    fn an_owner_pool_is_counted_per_workspace_and_owner() {
+        let id = Uuid::from_u128(8);
+        let pool_id = |ws: &str| {
+            let l = [limit("team", 3, 60, LimitPool::OwnerIn(ws.into()))];
+            window_counts(&l, id, "acme", 1_763_899_207)[0]
+                .pool_id
+                .clone()
+        };
+        assert_eq!(pool_id("ws-a"), "ws-a/acme");
+        assert_ne!(pool_id("ws-a"), pool_id("ws-b"));
     }
 }

@@ -65,12 +65,13 @@ pub enum SetRead {
     },
 }
 
-/// What a key's policy is made of: its own limits and balance, its workspace's default
-/// limits, its parent's limits and balance (`domain::limits::resolve_policy` decides).
+/// What a key's policy is made of: its workspace (its owner pools' scope), its own limits and
+/// balance, its workspace's default limits, its parent's limits and balance
+/// (`domain::limits::resolve_policy` decides).
 macro_rules! policy_cols {
     () => {
-        "k.kind AS kind, k.limits AS limits, k.credits_remaining AS credits_remaining, \
-     w.default_limits AS ws_limits, pk.id AS parent, pk.limits AS parent_limits, \
+        "k.kind AS kind, k.workspace_id AS workspace_id, k.limits AS limits, \
+     k.credits_remaining AS credits_remaining, w.default_limits AS ws_limits, pk.id AS parent, pk.limits AS parent_limits, \
      pk.credits_remaining AS parent_credits"
     };
 }
@@ -120,7 +121,9 @@ macro_rules! policy_from_row {
             limits: own_or_default(parent_own.as_ref(), ws.as_ref()),
             credits_remaining: row.try_get("parent_credits").ok().flatten(),
         });
+        let workspace: String = row.try_get("workspace_id")?;
         resolve_policy(
+            &workspace,
             own_or_default(own.as_ref(), ws.as_ref()),
             row.try_get("credits_remaining")?,
             parent,

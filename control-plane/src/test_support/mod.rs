@@ -10,11 +10,13 @@
 //!   [`keygate_testkit::process`]); the caller gives the binary's path.
 //!
 //! - [`WebhookReceiver`]: a real HTTP receiver of webhooks that checks every signature.
+//! - [`limits`]: the rate-limit tests' helpers (windows with room, a key's policy in the set).
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
 mod api_client;
 mod in_process;
+pub mod limits;
 mod serve_process;
 mod webhook_receiver;
 

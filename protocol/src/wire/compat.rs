@@ -8,6 +8,11 @@
 //! version 1 can hold it: canaries and keys out of credits are left out (the old filter answers
 //! them as unknown keys, 401, and reports no canary hit), and rate limits are dropped (not
 //! enforced there). Upgrading the filters restores all three.
+//!
+//! A reader of version 2 gets whatever the set needs: a set with a scoped owner pool is version
+//! 3, which a reader built before scoped pools refuses whole (`unsupported_version`). Version 2
+//! cannot say whose owner pool is whose, and dropping those limits or reading them unscoped
+//! would miscount without a word, so there is no version-2 form of such a set.
 
 use super::{Delta, KeyEntry, Snapshot};
 use crate::policy::{KeyState, Policy};

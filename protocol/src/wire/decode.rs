@@ -1,10 +1,13 @@
 //! Reading a message: `Validated`, which checks every byte and borrows the tables, and `decode`.
 
 use super::{
-    DecodeError, Delta, ENTRY_LEN, HEADER_LEN, Header, KeyEntry, MAX_STRING_LEN, Message,
+    DecodeError, Delta, ENTRY_LEN, HEADER_LEN, Header, KeyEntry, MAX_STRING_LEN, Message, NO_SCOPE,
     REMOVAL_LEN, Snapshot, TRAILER_LEN, peek_header,
 };
-use crate::policy::{KeyState, LimitPool, MAX_LIMITS_PER_KEY, Policy, RateLimit, validate_limits};
+use crate::policy::{
+    KeyState, LimitPool, MAX_LIMITS_PER_KEY, POOL_OWNER_IN, Policy, RateLimit, validate_limits,
+    validate_pool_scope,
+};
 use crate::scope::{
     MAX_RESOURCES_PER_KEY, MAX_SCOPES_PER_KEY, ScopeError, validate_owner, validate_resource,
     validate_scope,
@@ -36,13 +39,10 @@ pub(crate) struct RawGrant {
     start: usize,
     scopes: usize,
     resources: usize,
-    /// Rate limits: four items each (name, limit, window, pool).
+    /// Rate limits: [`Header::limit_items`] items each (name, limit, window, pool, v3: scope).
     limits: usize,
     state: KeyState,
 }
-
-/// The items one rate limit takes in the grant item list.
-pub(super) const LIMIT_ITEMS: usize = 4;
 
 /// One entry of a validated message, with indices into its tables.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +59,8 @@ pub(crate) struct Validated<'a> {
     pub(crate) header: Header,
     pub(crate) strings: Vec<&'a str>,
     grants: Vec<RawGrant>,
+    /// Items per rate limit ([`Header::limit_items`]).
+    limit_items: usize,
     items: &'a [u8],
     entries: &'a [u8],
     removals: &'a [u8],
@@ -104,6 +106,7 @@ impl<'a> Validated<'a> {
 
         let item_count = usize_of(header.grant_item_count);
         let grant_len = header.grant_len();
+        let limit_items = header.limit_items();
         let mut grants = Vec::with_capacity(usize_of(header.grant_count));
         let mut next = 0usize;
         for g in grant_counts.chunks_exact(grant_len) {
@@ -122,7 +125,7 @@ impl<'a> Validated<'a> {
             let strings_end = next + scopes + resources;
             if scopes > MAX_SCOPES_PER_KEY
                 || resources > MAX_RESOURCES_PER_KEY
-                || strings_end + LIMIT_ITEMS * limits > item_count
+                || strings_end + limit_items * limits > item_count
             {
                 return Err(DecodeError::BadGrantTable);
             }
@@ -147,9 +150,19 @@ impl<'a> Validated<'a> {
             let mut names_ok = true;
             let raw: Vec<(&str, u32, u32)> = (0..limits)
                 .map(|l| {
-                    let at = strings_end + LIMIT_ITEMS * l;
+                    let at = strings_end + limit_items * l;
                     let item = |k: usize| u32_at(items, 4 * (at + k));
-                    pools_ok &= LimitPool::from_wire(item(3)).is_some();
+                    // Version 3's fifth item: a scope for a scoped pool, `NO_SCOPE` otherwise.
+                    let scope = (limit_items == 5).then(|| item(4));
+                    pools_ok &= match (item(3), scope) {
+                        (POOL_OWNER_IN, Some(s)) => {
+                            let found = strings.get(usize_of(s)).copied();
+                            names_ok &= found.is_some();
+                            found.is_none_or(|s| validate_pool_scope(s).is_ok())
+                        }
+                        (pool, None | Some(NO_SCOPE)) => LimitPool::from_wire(pool).is_some(),
+                        _ => false,
+                    };
                     let name = strings.get(usize_of(item(0))).copied();
                     names_ok &= name.is_some();
                     (name.unwrap_or(""), item(1), item(2))
@@ -162,7 +175,7 @@ impl<'a> Validated<'a> {
                 return Err(DecodeError::BadPolicy);
             }
             grants.push(grant);
-            next = strings_end + LIMIT_ITEMS * limits;
+            next = strings_end + limit_items * limits;
         }
         if next != item_count {
             return Err(DecodeError::BadGrantTable);
@@ -223,6 +236,7 @@ impl<'a> Validated<'a> {
             header,
             strings,
             grants,
+            limit_items,
             items,
             entries,
             removals,
@@ -273,14 +287,18 @@ impl<'a> Validated<'a> {
             state: grant.state,
             limits: (0..grant.limits)
                 .map(|l| {
-                    let at = from + LIMIT_ITEMS * l;
+                    let at = from + self.limit_items * l;
                     let word = |k: usize| u32_at(self.items, 4 * (at + k));
+                    // Checked when the message was validated.
+                    let pool = match word(3) {
+                        POOL_OWNER_IN => LimitPool::OwnerIn(self.item(at + 4).to_owned()),
+                        other => LimitPool::from_wire(other).unwrap_or_default(),
+                    };
                     RateLimit {
                         name: self.item(at).to_owned(),
                         limit: word(1),
                         window_s: word(2),
-                        // Checked when the message was validated.
-                        pool: LimitPool::from_wire(word(3)).unwrap_or_default(),
+                        pool,
                     }
                 })
                 .collect(),

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use super::{
-    Delta, EncodeError, Header, KeyEntry, MAGIC, MessageKind, RawEntry, Snapshot, VERSION,
-    VERSION_1,
+    Delta, EncodeError, Header, KeyEntry, MAGIC, MessageKind, NO_SCOPE, RawEntry, Snapshot,
+    VERSION, VERSION_1, VERSION_2,
 };
 use crate::policy::Policy;
 use crate::scope::{
@@ -28,10 +28,16 @@ pub(crate) struct Tables<'s> {
     string_ids: HashMap<&'s str, u32>,
     /// Per grant: scope count, resource count, state byte, limit count.
     grant_counts: Vec<(u16, u16, u8, u8)>,
+    /// Every grant's items, five per rate limit (version 3's layout; [`write_message`] leaves
+    /// out each limit's scope item when the message is an older version).
     grant_items: Vec<u32>,
     grant_ids: HashMap<Vec<u32>, u32>,
     /// Whether a grant has a policy other than the default: the message needs version 2.
     any_policy: bool,
+    /// Whether a grant has a scoped owner pool: the message needs version 3.
+    any_scoped_pool: bool,
+    /// Rate limits over all grants (the scope items an older version leaves out).
+    limit_count: usize,
 }
 
 impl<'s> Tables<'s> {
@@ -44,6 +50,19 @@ impl<'s> Tables<'s> {
             grant_items: Vec::new(),
             grant_ids: HashMap::new(),
             any_policy: false,
+            any_scoped_pool: false,
+            limit_count: 0,
+        }
+    }
+
+    /// The oldest version that holds every grant: 1 without policies, 2 without scoped pools.
+    fn version(&self) -> u16 {
+        if self.any_scoped_pool {
+            VERSION
+        } else if self.any_policy {
+            VERSION_2
+        } else {
+            VERSION_1
         }
     }
 
@@ -65,8 +84,8 @@ impl<'s> Tables<'s> {
         self.string(owner)
     }
 
-    /// Interns a grant: its scope strings, then its resource strings and limit names, then the
-    /// grant itself.
+    /// Interns a grant: its scope strings, then its resource strings, then each limit's name
+    /// (and its pool's scope), then the grant itself.
     pub(crate) fn grant<S, R>(
         &mut self,
         scopes: S,
@@ -86,7 +105,7 @@ impl<'s> Tables<'s> {
         }
         policy.validate().map_err(EncodeError::InvalidPolicy)?;
         let n_limits = policy.limits.len();
-        let mut key = Vec::with_capacity(3 + n_scopes + n_resources + 4 * n_limits);
+        let mut key = Vec::with_capacity(3 + n_scopes + n_resources + 5 * n_limits);
         // The counts and state first, so that ([a], [b]) and ([a, b], []) differ.
         key.push(n_scopes as u32);
         key.push(n_resources as u32);
@@ -100,7 +119,13 @@ impl<'s> Tables<'s> {
             key.push(self.string(r)?);
         }
         for l in &policy.limits {
-            key.extend([self.string(&l.name)?, l.limit, l.window_s, l.pool.to_wire()]);
+            // The name, then the scope: strings are interned in the order they are met.
+            let name = self.string(&l.name)?;
+            let scope = match l.pool.scope() {
+                Some(scope) => self.string(scope)?,
+                None => NO_SCOPE,
+            };
+            key.extend([name, l.limit, l.window_s, l.pool.to_wire(), scope]);
         }
         if let Some(&id) = self.grant_ids.get(&key) {
             return Ok(id);
@@ -118,6 +143,8 @@ impl<'s> Tables<'s> {
             n_limits as u8,
         ));
         self.any_policy |= !policy.is_default();
+        self.any_scoped_pool |= policy.has_scoped_pool();
+        self.limit_count += n_limits;
         self.grant_ids.insert(key, id);
         Ok(id)
     }
@@ -137,10 +164,12 @@ where
     I: ExactSizeIterator<Item = RawEntry>,
 {
     let too_large = |_| EncodeError::TooLarge;
-    let version = if tables.any_policy {
-        VERSION
+    let version = tables.version();
+    // Before version 3 a limit has no scope item: four items, not five.
+    let item_count = if version == VERSION {
+        tables.grant_items.len()
     } else {
-        VERSION_1
+        tables.grant_items.len() - tables.limit_count
     };
     let header = Header {
         kind,
@@ -150,7 +179,7 @@ where
         string_count: u32::try_from(tables.string_ends.len()).map_err(too_large)?,
         string_bytes: u32::try_from(tables.string_data.len()).map_err(too_large)?,
         grant_count: u32::try_from(tables.grant_counts.len()).map_err(too_large)?,
-        grant_item_count: u32::try_from(tables.grant_items.len()).map_err(too_large)?,
+        grant_item_count: u32::try_from(item_count).map_err(too_large)?,
         entry_count: u32::try_from(entries.len()).map_err(too_large)?,
         removal_count: u32::try_from(removals.len()).map_err(too_large)?,
     };
@@ -183,8 +212,19 @@ where
             out.extend_from_slice(&[state, limits, 0, 0]);
         }
     }
-    for item in &tables.grant_items {
-        out.extend_from_slice(&item.to_le_bytes());
+    let mut items = tables.grant_items.iter();
+    for &(s, r, _, limits) in &tables.grant_counts {
+        for item in items.by_ref().take(usize::from(s) + usize::from(r)) {
+            out.extend_from_slice(&item.to_le_bytes());
+        }
+        for _ in 0..limits {
+            // Name, limit, window, pool, scope: an older version leaves out the scope.
+            for (k, item) in items.by_ref().take(5).enumerate() {
+                if k < 4 || version == VERSION {
+                    out.extend_from_slice(&item.to_le_bytes());
+                }
+            }
+        }
     }
     for e in entries {
         e.write(&mut out);

@@ -3,7 +3,7 @@
 use super::decode::{u16_at, u32_at, u64_at};
 use super::{
     DecodeError, ENTRY_LEN, HEADER_LEN, MAGIC, MessageKind, REMOVAL_LEN, TRAILER_LEN, VERSION,
-    VERSION_1,
+    VERSION_1, VERSION_2,
 };
 
 /// The fixed header of a message, as read by [`peek_header`].
@@ -11,7 +11,7 @@ use super::{
 pub struct Header {
     /// Snapshot or delta.
     pub kind: MessageKind,
-    /// The format version ([`VERSION_1`] or [`VERSION`]).
+    /// The format version ([`VERSION_1`], [`VERSION_2`] or [`VERSION`]).
     pub version: u16,
     /// The revision the message brings a reader to.
     pub revision: u64,
@@ -36,6 +36,13 @@ impl Header {
     #[must_use]
     pub const fn grant_len(&self) -> usize {
         if self.version == VERSION_1 { 4 } else { 8 }
+    }
+
+    /// The grant items one rate limit takes: name, limit, window, pool, and in version 3 the
+    /// pool's scope.
+    #[must_use]
+    pub const fn limit_items(&self) -> usize {
+        if self.version >= VERSION { 5 } else { 4 }
     }
 
     /// The total message length these counts imply, in bytes.
@@ -70,7 +77,7 @@ pub fn peek_header(bytes: &[u8]) -> Result<Header, DecodeError> {
         return Err(DecodeError::Truncated);
     }
     let version = u16_at(bytes, 4);
-    if version != VERSION && version != VERSION_1 {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION) {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     let kind = match bytes[6] {

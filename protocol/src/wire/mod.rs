@@ -6,10 +6,10 @@
 //!
 //! | part | size |
 //! | --- | --- |
-//! | header: magic `KGKS`, version `u16` (1 or 2), kind `u8`, flags `u8` (= 0), revision `u64`, base revision `u64`, then six `u32` counts | 48 |
+//! | header: magic `KGKS`, version `u16` (1, 2 or 3), kind `u8`, flags `u8` (= 0), revision `u64`, base revision `u64`, then six `u32` counts | 48 |
 //! | string table: `string_count` end offsets (`u32`), then `string_bytes` of UTF-8 | 4·S + B |
-//! | grant table: `grant_count` × (`u16` scope count, `u16` resource count; version 2 adds `u8` state, `u8` limit count, `u16` zero) | 4·G (v1), 8·G (v2) |
-//! | grant items (`u32`): each grant's scope string indices, then its resource string indices, then (v2) per rate limit its name's string index, limit, window in seconds and pool | 4·I |
+//! | grant table: `grant_count` × (`u16` scope count, `u16` resource count; versions 2 and 3 add `u8` state, `u8` limit count, `u16` zero) | 4·G (v1), 8·G (v2, v3) |
+//! | grant items (`u32`): each grant's scope string indices, then its resource string indices, then (v2, v3) per rate limit its name's string index, limit, window in seconds and pool, and (v3) its pool's scope string index (`u32::MAX` for a pool without one) | 4·I |
 //! | entries, sorted by digest: digest 32, key id 16, expiry `u32` (0 = none), owner string `u32`, grant `u32` | 60·E |
 //! | removals (deltas only), sorted: 32-byte digests | 32·R |
 //! | CRC32 (IEEE) of every byte before it | 4 |
@@ -17,9 +17,11 @@
 //! Owners, scopes and resources are interned in the string table; each distinct pair of
 //! (scope list, resource list, [`Policy`](crate::policy::Policy)) is stored once as a *grant*. A
 //! million keys take about 60 MB. A message whose every grant has the default policy (active, no
-//! rate limits) is written as version 1, byte for byte what readers before policies read; any
-//! other is version 2, which those readers refuse (`unsupported_version`): upgrade the filters
-//! before giving keys limits or making canaries.
+//! rate limits) is written as version 1, byte for byte what readers before policies read; one
+//! with policies but no scoped owner pool ([`LimitPool::OwnerIn`](crate::policy::LimitPool)) as
+//! version 2, byte for byte what readers before scoped pools read; any other as version 3. A
+//! reader refuses a version newer than its own (`unsupported_version`), loudly and whole, never
+//! reading a scoped pool as an unscoped one: upgrade the filters before the control plane.
 //!
 //! [`decode`](fn@decode) never panics and never allocates more than the input justifies: the
 //! declared counts must add up to exactly the input length before anything is allocated, then
@@ -55,11 +57,15 @@ use crate::scope;
 pub const CONTENT_TYPE: &str = "application/vnd.keygate.keyset";
 /// The first four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"KGKS";
-/// The newest format version: this crate reads it and version 1, and writes version 1 for
-/// messages whose every policy is the default.
-pub const VERSION: u16 = 2;
+/// The newest format version (scoped owner pools): this crate reads it, [`VERSION_2`] and
+/// [`VERSION_1`], and writes the oldest that holds a message.
+pub const VERSION: u16 = 3;
+/// The second format version (policies; owner pools without a scope).
+pub const VERSION_2: u16 = 2;
 /// The first format version (no policies).
 pub const VERSION_1: u16 = 1;
+/// The scope item of a rate limit whose pool has no scope (version 3).
+pub const NO_SCOPE: u32 = u32::MAX;
 /// The size of the fixed header.
 pub const HEADER_LEN: usize = 48;
 /// The size of one entry.

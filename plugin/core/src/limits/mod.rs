@@ -23,23 +23,25 @@ pub use lease::{Leased, Leases, MAX_CHUNK, chunk};
 
 use crate::decision::{Deny, Reason};
 
-/// The counter one limit of one key counts in: the key's own, or its owner's pool.
+/// The counter one limit of one key counts in: the key's own, or its owner's pool (within the
+/// pool's scope, the key's workspace, for [`LimitPool::OwnerIn`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Bucket<'a> {
     /// The key that made the request.
     pub key_id: KeyId,
-    /// Its owner (the pool of owner-pooled limits).
+    /// Its owner (with the limit's scope, the pool of owner-pooled limits).
     pub owner: &'a str,
     /// The limit.
     pub limit: &'a RateLimit,
 }
 
 impl Bucket<'_> {
-    /// A 64-bit name of the counter (pool, key or owner, limit name, window): what the
-    /// in-process maps are keyed by.
+    /// A 64-bit name of the counter (pool, key or scope and owner, limit name, window): what
+    /// the in-process maps are keyed by. (`str`'s hash ends each string with a `0xff`, which
+    /// no UTF-8 byte is, so a scope and an owner never run into each other.)
     pub fn id(&self) -> u64 {
         let mut h = FxHasher::default();
-        match self.limit.pool {
+        match &self.limit.pool {
             LimitPool::Key => {
                 0u8.hash(&mut h);
                 self.key_id.as_bytes().hash(&mut h);
@@ -48,23 +50,35 @@ impl Bucket<'_> {
                 1u8.hash(&mut h);
                 self.owner.hash(&mut h);
             }
+            LimitPool::OwnerIn(scope) => {
+                2u8.hash(&mut h);
+                scope.hash(&mut h);
+                self.owner.hash(&mut h);
+            }
         }
         self.limit.name.hash(&mut h);
         self.limit.window_s.hash(&mut h);
         h.finish()
     }
 
-    /// The counter's name in the host's shared data (the lease's; built only when leasing).
+    /// The counter's name in the host's shared data (the lease's; built only when leasing):
+    /// `keygate.rl.` then `k.<key id>`, `o.<owner>` or `s.<scope length>.<scope><owner>` (the
+    /// length keeps a scope and an owner apart whatever bytes they hold), then
+    /// `/<limit name>/<window>`.
     pub fn shared_key(&self) -> String {
         let mut k = String::with_capacity(64);
         k.push_str("keygate.rl.");
-        match self.limit.pool {
+        match &self.limit.pool {
             LimitPool::Key => {
                 k.push_str("k.");
                 k.push_str(self.key_id.text().as_str());
             }
             LimitPool::Owner => {
                 k.push_str("o.");
+                k.push_str(self.owner);
+            }
+            LimitPool::OwnerIn(scope) => {
+                let _ = write!(k, "s.{}.{scope}", scope.len());
                 k.push_str(self.owner);
             }
         }

@@ -1,5 +1,6 @@
 //! The limits over the fake host: the lease bound with several simulated workers, the exact
-//! process counters across threads, windows, owner pools, the fields.
+//! process counters across threads, windows, owner pools (one per workspace and owner), the
+//! fields.
 
 use std::sync::Arc;
 
@@ -162,6 +163,108 @@ fn an_owner_pool_is_shared_by_the_owners_keys_and_a_key_pool_is_not() {
         })
         .count();
     assert_eq!(own_passes, 20);
+}
+
+fn scoped(name: &str, limit_: u32, scope: &str) -> RateLimit {
+    limit(name, limit_, 60, LimitPool::OwnerIn(scope.into()))
+}
+
+/// Requests of `(limits, key, owner)` in turn, `rounds` times each, against `counters`: the
+/// passes of each.
+fn passes_each(
+    requests: &[(&[RateLimit], KeyId, &str)],
+    rounds: usize,
+    counters: &mut impl Counters,
+) -> Vec<usize> {
+    let mut passes = vec![0; requests.len()];
+    for _ in 0..rounds {
+        for (i, (limits, key, owner)) in requests.iter().enumerate() {
+            if matches!(
+                check(limits, *key, owner, T0, 1, counters),
+                Outcome::Within(_)
+            ) {
+                passes[i] += 1;
+            }
+        }
+    }
+    passes
+}
+
+#[test]
+fn owners_of_one_name_in_two_workspaces_count_in_two_pools() {
+    // `acme` in workspace ws-a and `acme` in ws-b: one key each, pool 10 per 60 s.
+    let (in_a, in_b) = ([scoped("team", 10, "ws-a")], [scoped("team", 10, "ws-b")]);
+    let (a, b) = (KeyId::from_bytes([11; 16]), KeyId::from_bytes([12; 16]));
+    let requests: [(&[RateLimit], KeyId, &str); 2] = [(&in_a, a, "acme"), (&in_b, b, "acme")];
+    // In one process (module, forward-auth) and across leasing workers (wasm filter).
+    let atomic = AtomicCounters::default();
+    assert_eq!(passes_each(&requests, 15, &mut &atomic), [10, 10]);
+    let world = World::new(T0);
+    let mut host = FakeHost::new(&world, 0);
+    let mut leases = Leases::default();
+    let mut leased = Leased {
+        leases: &mut leases,
+        host: &mut host,
+    };
+    assert_eq!(passes_each(&requests, 15, &mut leased), [10, 10]);
+    assert_eq!(world.borrow().shared.len(), 2, "two shared counters");
+    // A pool without a scope (a version-2 set) is still one pool per owner string.
+    let (old_a, old_b) = (
+        [limit("team", 10, 60, LimitPool::Owner)],
+        [limit("team", 10, 60, LimitPool::Owner)],
+    );
+    let old: [(&[RateLimit], KeyId, &str); 2] = [(&old_a, a, "acme"), (&old_b, b, "acme")];
+    let total: usize = passes_each(&old, 15, &mut &AtomicCounters::default())
+        .iter()
+        .sum();
+    assert_eq!(total, 10);
+}
+
+#[test]
+fn keys_of_one_owner_in_one_workspace_still_share_one_pool() {
+    let pooled = [scoped("team", 10, "ws-a")];
+    let (a, b) = (KeyId::from_bytes([13; 16]), KeyId::from_bytes([14; 16]));
+    let requests: [(&[RateLimit], KeyId, &str); 2] = [(&pooled, a, "acme"), (&pooled, b, "acme")];
+    let atomic = AtomicCounters::default();
+    assert_eq!(passes_each(&requests, 15, &mut &atomic), [5, 5]);
+    let world = World::new(T0);
+    let mut host = FakeHost::new(&world, 0);
+    let mut leases = Leases::default();
+    let mut leased = Leased {
+        leases: &mut leases,
+        host: &mut host,
+    };
+    assert_eq!(passes_each(&requests, 15, &mut leased), [5, 5]);
+    // Another owner in the same workspace has its own pool.
+    let other: [(&[RateLimit], KeyId, &str); 1] = [(&pooled, a, "globex")];
+    assert_eq!(passes_each(&other, 15, &mut &atomic), [10]);
+}
+
+#[test]
+fn a_scope_and_an_owner_never_run_into_each_other() {
+    let key = KeyId::from_bytes([15; 16]);
+    let (ab, a) = (scoped("team", 1, "ab"), scoped("team", 1, "a"));
+    let one = Bucket {
+        key_id: key,
+        owner: "c",
+        limit: &ab,
+    };
+    let two = Bucket {
+        key_id: key,
+        owner: "bc",
+        limit: &a,
+    };
+    assert_ne!(one.id(), two.id());
+    assert_eq!(one.shared_key(), "keygate.rl.s.2.abc/team/60");
+    assert_eq!(two.shared_key(), "keygate.rl.s.1.abc/team/60");
+    let unscoped = limit("team", 1, 60, LimitPool::Owner);
+    let old = Bucket {
+        key_id: key,
+        owner: "abc",
+        limit: &unscoped,
+    };
+    assert_eq!(old.shared_key(), "keygate.rl.o.abc/team/60");
+    assert!(old.id() != one.id() && old.id() != two.id());
 }
 
 /// `workers` simulated VMs with their own leases over one fake host's shared data; requests go
