@@ -4,8 +4,8 @@
 
 use keygate_protocol::policy::{KeyState, Policy};
 
-use super::write::insert_audit;
-use super::{AuditEntry, Db, Engine, on_db};
+use super::notice::Bind::{Bytes, Int, Text};
+use super::{AuditEntry, Db, on_db};
 use crate::domain::canary::{CANARY_ACTION, Hit, HitSource};
 use crate::domain::key::{Actor, KeyRecord, audit_view};
 
@@ -51,31 +51,17 @@ impl Db {
             after: None,
             reason: Some(&reason),
         };
-        on_db!(self, p => {
-            let mut tx = p.begin_write().await?;
-            if let Some(id) = &hit.id {
-                let fresh = sqlx::query(
-                    "INSERT INTO canary_hits (id, key_id, at, received_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(id.clone())
-                .bind(key.id.as_bytes().to_vec())
-                .bind(hit.at)
-                .bind(received_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1;
-                if !fresh {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-            }
-            insert_audit(&mut tx, &entry).await?;
-            tx.commit().await?;
-            self.outbox_written();
-            Ok(true)
-        })
+        let sql = "INSERT INTO canary_hits (id, key_id, at, received_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING";
+        // A hit without an id (the control plane's own) has nothing to claim.
+        let claim = hit.id.as_ref().map(|id| {
+            let key_id = Bytes(key.id.as_bytes().to_vec());
+            (
+                sql,
+                vec![Text(id.clone()), key_id, Int(hit.at), Int(received_at)],
+            )
+        });
+        self.write_once(claim, &entry).await
     }
 
     /// Whether a canary hit with this id was recorded (tests, and the console).

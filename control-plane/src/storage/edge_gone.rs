@@ -5,8 +5,8 @@
 //! silence: two replicas, or a restart, never raise one twice.
 
 use super::edges::EdgeRow;
-use super::write::insert_audit;
-use super::{AuditEntry, Db, Engine, on_db};
+use super::notice::Bind::{Int, Text};
+use super::{AuditEntry, Db, on_db};
 use crate::domain::edge_gone::{EDGE_GONE_ACTION, edges_actor, reason};
 
 impl Db {
@@ -52,30 +52,16 @@ impl Db {
             after: None,
             reason: Some(&why),
         };
-        on_db!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let fresh = sqlx::query(
-                "INSERT INTO edge_gone_notices (edge_id, last_seen, noticed_at) \
-                 SELECT edge_id, last_seen, $3 FROM edges \
-                 WHERE edge_id = $1 AND last_seen = $2 AND last_seen < $4 \
-                 ON CONFLICT (edge_id, last_seen) DO NOTHING",
-            )
-            .bind(r.edge_id.clone())
-            .bind(edge.last_seen)
-            .bind(now)
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !fresh {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            insert_audit(&mut tx, &entry).await?;
-            tx.commit().await?;
-            self.outbox_written();
-            Ok(true)
-        })
+        let claim = "INSERT INTO edge_gone_notices (edge_id, last_seen, noticed_at) \
+             SELECT edge_id, last_seen, $3 FROM edges \
+             WHERE edge_id = $1 AND last_seen = $2 AND last_seen < $4 \
+             ON CONFLICT (edge_id, last_seen) DO NOTHING";
+        let binds = vec![
+            Text(r.edge_id.clone()),
+            Int(edge.last_seen),
+            Int(now),
+            Int(before),
+        ];
+        self.write_once(Some((claim, binds)), &entry).await
     }
 }

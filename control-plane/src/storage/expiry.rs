@@ -5,8 +5,8 @@
 
 use uuid::Uuid;
 
-use super::write::insert_audit;
-use super::{AuditEntry, Db, Engine, on_db};
+use super::notice::Bind::{Bytes, Int};
+use super::{AuditEntry, Db, on_db};
 use crate::domain::expiry::{EXPIRING_ACTION, expiry_actor, reason};
 use crate::domain::key::{KeyRecord, audit_view};
 
@@ -60,30 +60,12 @@ impl Db {
             after: Some(audit_view(key)),
             reason: Some(&why),
         };
-        on_db!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let fresh = sqlx::query(
-                "INSERT INTO key_expiry_notices (key_id, expires_at, noticed_at) \
-                 SELECT id, expires_at, $3 FROM keys \
-                 WHERE id = $1 AND expires_at = $2 AND status = 'active' \
-                 ON CONFLICT (key_id, expires_at) DO NOTHING",
-            )
-            .bind(key.id.as_bytes().to_vec())
-            .bind(expires_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !fresh {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            insert_audit(&mut tx, &entry).await?;
-            tx.commit().await?;
-            self.outbox_written();
-            Ok(true)
-        })
+        let claim = "INSERT INTO key_expiry_notices (key_id, expires_at, noticed_at) \
+             SELECT id, expires_at, $3 FROM keys \
+             WHERE id = $1 AND expires_at = $2 AND status = 'active' \
+             ON CONFLICT (key_id, expires_at) DO NOTHING";
+        let binds = vec![Bytes(key.id.as_bytes().to_vec()), Int(expires_at), Int(now)];
+        self.write_once(Some((claim, binds)), &entry).await
     }
 
     /// How many expiry notices were recorded for a key (tests, and the console).

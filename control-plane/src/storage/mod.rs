@@ -22,6 +22,7 @@ pub mod github_repos;
 mod key_writes;
 pub mod keys;
 pub mod keyset;
+mod notice;
 mod rate_limited;
 pub mod rate_windows;
 mod rows;
