@@ -12,6 +12,7 @@ pub mod envoy;
 pub mod ext_authz;
 pub mod fake_feed;
 pub mod lds;
+pub mod limits;
 pub mod native;
 pub mod proxies;
 pub mod stack;

@@ -7,16 +7,12 @@
 //! The wasm filter sets them as filter state that `envoy/envoy.yaml`'s virtual host writes into
 //! the response; the dynamic module adds them in its response-headers hook.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use keygate_e2e::Reply;
-use keygate_e2e::envoy::{EDGE_KEY_ENV, LISTENER, bootstrap};
-use keygate_e2e::fake_feed::FakeFeed;
-use keygate_e2e::native::{NativeEnvoy, module_bootstrap};
-use keygate_e2e::stack::wait_for;
-use keygate_protocol::policy::{LimitPool, Policy, RateLimit};
-use keygate_protocol::wire::{KeyEntry, Snapshot};
-use keygate_protocol::{KeyId, key};
+use keygate_e2e::limits::{
+    limit, limited_key, module_envoy, serve_keys, wait_for_the_set, wasm_envoy,
+};
+use keygate_e2e::native::NativeEnvoy;
+use keygate_protocol::policy::LimitPool;
 use serde_json::{Value, json};
 
 /// The limited key's limits: 100 per 10 s, then 1000 per hour.
@@ -31,53 +27,15 @@ struct Keys {
     plain: String,
 }
 
-fn entry(n: u8, limits: Vec<RateLimit>) -> (KeyEntry, String) {
-    let secret = key::generate("kg_live").unwrap_or_else(|e| panic!("generate: {e}"));
-    let entry = KeyEntry {
-        digest: secret.digest(),
-        key_id: KeyId::from_bytes([n; 16]),
-        owner: "solo".into(),
-        expires_at: None,
-        scopes: Vec::new(),
-        resources: Vec::new(),
-        policy: Policy {
-            limits,
-            ..Policy::default()
-        },
-    };
-    (entry, secret.expose_secret().to_owned())
-}
-
-fn limit(name: &str, limit: u32, window_s: u32) -> RateLimit {
-    RateLimit {
-        name: name.into(),
-        limit,
-        window_s,
-        pool: LimitPool::Key,
-    }
-}
-
 /// The fake feed serving three keys, on a runtime of its own; its `host:port` and the keys.
 fn feed() -> (String, Keys, tokio::runtime::Runtime) {
     let window = WINDOW_S as u32;
-    let (l, limited) = entry(
-        1,
-        vec![limit("burst", 100, window), limit("hourly", 1000, 3600)],
-    );
-    let (t, tiny) = entry(2, vec![limit("tiny", TINY, window)]);
-    let (p, plain) = entry(3, Vec::new());
-    let mut entries = vec![l, t, p];
-    entries.sort_by(|x, y| x.digest.as_bytes().cmp(y.digest.as_bytes()));
-    let snapshot = Snapshot {
-        revision: 1,
-        entries,
-    }
-    .encode()
-    .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
-    let addr = rt
-        .block_on(FakeFeed::new(snapshot, Vec::new()).serve())
-        .unwrap_or_else(|e| panic!("feed: {e}"));
+    let own = |name: &str, n: u32, w: u32| limit(name, n, w, LimitPool::Key);
+    let two = vec![own("burst", 100, window), own("hourly", 1000, 3600)];
+    let (l, limited) = limited_key(1, "solo", two);
+    let (t, tiny) = limited_key(2, "solo", vec![own("tiny", TINY, window)]);
+    let (p, plain) = limited_key(3, "solo", Vec::new());
+    let (addr, rt) = serve_keys(vec![l, t, p]);
     let keys = Keys {
         limited,
         tiny,
@@ -86,13 +44,9 @@ fn feed() -> (String, Keys, tokio::runtime::Runtime) {
     (addr, keys, rt)
 }
 
-/// Sleeps until 300 ms into the next 10 s window (windows are aligned to the epoch).
+/// 300 ms into the next 10 s window.
 fn at_the_start_of_a_window() {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let into = Duration::from_millis((now.as_millis() % (u128::from(WINDOW_S) * 1000)) as u64);
-    std::thread::sleep(Duration::from_secs(WINDOW_S) - into + Duration::from_millis(300));
+    keygate_e2e::limits::at_the_start_of_a_window(WINDOW_S);
 }
 
 /// The values of every response header `name`.
@@ -123,17 +77,6 @@ fn items(value: &str) -> Vec<(String, u32, u32)> {
             (name, r, t)
         })
         .collect()
-}
-
-fn wait_for_the_set(envoy: &NativeEnvoy, keys: &Keys) {
-    wait_for("the key set loaded", Duration::from_secs(20), || {
-        let r = envoy.request("GET", "/hello", &[("x-api-key", &keys.plain)]);
-        if r.status == 200 {
-            Ok(())
-        } else {
-            Err(format!("{} {}", r.status, r.text))
-        }
-    });
 }
 
 /// The tiny key's requests in a fresh window: `TINY` pass, the next is the filter's 429 with
@@ -178,7 +121,7 @@ fn tiny_key(envoy: &NativeEnvoy, keys: &Keys, shell: &str, fields_on_passes: boo
 }
 
 fn with_the_option(envoy: &NativeEnvoy, keys: &Keys, shell: &str) {
-    wait_for_the_set(envoy, keys);
+    wait_for_the_set(envoy, &keys.plain);
     at_the_start_of_a_window();
     let mut last: Option<Vec<(String, u32, u32)>> = None;
     for _ in 0..5 {
@@ -221,7 +164,7 @@ fn with_the_option(envoy: &NativeEnvoy, keys: &Keys, shell: &str) {
 }
 
 fn without_the_option(envoy: &NativeEnvoy, keys: &Keys, shell: &str) {
-    wait_for_the_set(envoy, keys);
+    wait_for_the_set(envoy, &keys.plain);
     at_the_start_of_a_window();
     let r = envoy.request("GET", "/hello", &[("x-api-key", &keys.limited)]);
     assert_eq!(r.status, 200, "{shell}");
@@ -232,21 +175,11 @@ fn without_the_option(envoy: &NativeEnvoy, keys: &Keys, shell: &str) {
 }
 
 fn wasm(feed: &str, overrides: &Value) -> NativeEnvoy {
-    NativeEnvoy::start_with_env(
-        1,
-        LISTENER,
-        &[(EDGE_KEY_ENV, "kg_edge_unchecked")],
-        |upstream| bootstrap(feed, upstream, overrides),
-    )
+    wasm_envoy(1, feed, overrides)
 }
 
 fn module(feed: &str, overrides: &Value) -> NativeEnvoy {
-    NativeEnvoy::start_with_env(
-        1,
-        LISTENER,
-        &[(EDGE_KEY_ENV, "kg_edge_unchecked")],
-        |upstream| module_bootstrap(&format!("http://{feed}"), upstream, overrides),
-    )
+    module_envoy(1, feed, overrides)
 }
 
 #[test]

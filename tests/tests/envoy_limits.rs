@@ -5,18 +5,17 @@
 //! owner's keys in its workspace, and the same-named owner of another workspace has a pool of
 //! its own; a key without limits behaves as before (every request passes, no new field).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keygate_e2e::Reply;
 use keygate_e2e::echo::send;
-use keygate_e2e::envoy::{EDGE_KEY_ENV, LISTENER, bootstrap};
-use keygate_e2e::fake_feed::FakeFeed;
-use keygate_e2e::native::{NativeEnvoy, module_bootstrap};
+use keygate_e2e::limits::{
+    limit, limited_key, module_envoy, serve_keys, wait_for_the_set, wasm_envoy,
+};
+use keygate_e2e::native::NativeEnvoy;
 use keygate_e2e::stack::wait_for;
 use keygate_filter_core::limits::chunk;
-use keygate_protocol::policy::{LimitPool, Policy, RateLimit};
-use keygate_protocol::wire::{KeyEntry, Snapshot};
-use keygate_protocol::{KeyId, key};
+use keygate_protocol::policy::LimitPool;
 use serde_json::json;
 
 const WORKERS: usize = 4;
@@ -35,49 +34,17 @@ struct Keys {
     other_workspace: String,
 }
 
-fn entry(n: u8, owner: &str, limits: Vec<RateLimit>) -> (KeyEntry, String) {
-    let secret = key::generate("kg_live").unwrap_or_else(|e| panic!("generate: {e}"));
-    let entry = KeyEntry {
-        digest: secret.digest(),
-        key_id: KeyId::from_bytes([n; 16]),
-        owner: owner.into(),
-        expires_at: None,
-        scopes: Vec::new(),
-        resources: Vec::new(),
-        policy: Policy {
-            limits,
-            ..Policy::default()
-        },
-    };
-    (entry, secret.expose_secret().to_owned())
-}
-
-/// The fake feed serving four keys, on a runtime of its own; its `host:port` and the keys.
+/// The fake feed serving five keys, on a runtime of its own; its `host:port` and the keys.
 fn feed() -> (String, Keys, tokio::runtime::Runtime) {
-    let limit = |name: &str, limit: u32, pool| RateLimit {
-        name: name.into(),
-        limit,
-        window_s: WINDOW_S as u32,
-        pool,
-    };
-    let (l, limited) = entry(1, "solo", vec![limit("burst", LIMIT, LimitPool::Key)]);
-    let (p, plain) = entry(2, "solo", Vec::new());
-    let in_ws = |ws: &str| vec![limit("team", POOL, LimitPool::OwnerIn(ws.into()))];
-    let (a, pooled_a) = entry(3, "team", in_ws("ws-a"));
-    let (b, pooled_b) = entry(4, "team", in_ws("ws-a"));
-    let (c, other_workspace) = entry(5, "team", in_ws("ws-b"));
-    let mut entries = vec![l, p, a, b, c];
-    entries.sort_by(|x, y| x.digest.as_bytes().cmp(y.digest.as_bytes()));
-    let snapshot = Snapshot {
-        revision: 1,
-        entries,
-    }
-    .encode()
-    .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
-    let addr = rt
-        .block_on(FakeFeed::new(snapshot, Vec::new()).serve())
-        .unwrap_or_else(|e| panic!("feed: {e}"));
+    let window = WINDOW_S as u32;
+    let burst = vec![limit("burst", LIMIT, window, LimitPool::Key)];
+    let (l, limited) = limited_key(1, "solo", burst);
+    let (p, plain) = limited_key(2, "solo", Vec::new());
+    let in_ws = |ws: &str| vec![limit("team", POOL, window, LimitPool::OwnerIn(ws.into()))];
+    let (a, pooled_a) = limited_key(3, "team", in_ws("ws-a"));
+    let (b, pooled_b) = limited_key(4, "team", in_ws("ws-a"));
+    let (c, other_workspace) = limited_key(5, "team", in_ws("ws-b"));
+    let (addr, rt) = serve_keys(vec![l, p, a, b, c]);
     let keys = Keys {
         limited,
         plain,
@@ -87,14 +54,9 @@ fn feed() -> (String, Keys, tokio::runtime::Runtime) {
     (addr, keys, rt)
 }
 
-/// Sleeps until 300 ms into the next 10 s window (windows are aligned to the epoch), so that a
-/// burst sent now falls in one window.
+/// 300 ms into the next 10 s window, so that a burst sent now falls in one window.
 fn at_the_start_of_a_window() {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let into = Duration::from_millis((now.as_millis() % (u128::from(WINDOW_S) * 1000)) as u64);
-    std::thread::sleep(Duration::from_secs(WINDOW_S) - into + Duration::from_millis(300));
+    keygate_e2e::limits::at_the_start_of_a_window(WINDOW_S);
 }
 
 /// `n` requests with `keys[i % keys.len()]`, 16 at a time, each on a new connection.
@@ -165,14 +127,7 @@ fn scenario(
     stat: &str,
     leased: bool,
 ) {
-    wait_for("the key set loaded", Duration::from_secs(20), || {
-        let r = envoy.request("GET", "/hello", &[("x-api-key", &keys.plain)]);
-        if r.status == 200 {
-            Ok(())
-        } else {
-            Err(format!("{} {}", r.status, r.text))
-        }
-    });
+    wait_for_the_set(envoy, &keys.plain);
     let c = slack(leased, LIMIT);
     let lower = LIMIT as usize - c;
     // The first window this key's counter is used in: workers may race to create it.
@@ -271,29 +226,13 @@ fn scenario(
 #[test]
 fn the_wasm_filter_counts_each_limit_across_its_four_workers() {
     let (feed, keys, rt) = feed();
-    let envoy = NativeEnvoy::start_with_env(
-        WORKERS,
-        LISTENER,
-        &[(EDGE_KEY_ENV, "kg_edge_unchecked")],
-        |upstream| bootstrap(&feed, upstream, &json!({"sync_interval_ms": 200})),
-    );
+    let envoy = wasm_envoy(WORKERS, &feed, &json!({"sync_interval_ms": 200}));
     scenario(&envoy, &rt, &keys, "wasm", "wasmcustom", true);
 }
 
 #[test]
 fn the_dynamic_module_counts_each_limit_exactly_in_its_process() {
     let (feed, keys, rt) = feed();
-    let envoy = NativeEnvoy::start_with_env(
-        WORKERS,
-        LISTENER,
-        &[(EDGE_KEY_ENV, "kg_edge_unchecked")],
-        |upstream| {
-            module_bootstrap(
-                &format!("http://{feed}"),
-                upstream,
-                &json!({"sync_interval_ms": 200}),
-            )
-        },
-    );
+    let envoy = module_envoy(WORKERS, &feed, &json!({"sync_interval_ms": 200}));
     scenario(&envoy, &rt, &keys, "module", "dynamicmodulescustom", false);
 }
