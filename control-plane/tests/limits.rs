@@ -14,7 +14,10 @@ use std::time::Duration;
 use common::{Engine, InProcessServer, assert_error, fresh_database};
 use keygate_control_plane::http::keys::IssuedKey;
 use keygate_control_plane::test_support::WebhookReceiver;
-use keygate_control_plane::test_support::limits::policy_in_set;
+use keygate_control_plane::test_support::limits::{
+    edge_key, forward_auth, metrics_text, policy_in_set, report_usage, until_forward_auth_allows,
+    usage_sums, with_forward_auth,
+};
 use keygate_protocol::policy::{KeyState, LimitPool, Policy, RateLimit};
 use keygate_protocol::wire::{self, Message};
 use reqwest::{Method, StatusCode};
@@ -38,12 +41,6 @@ fn limit(name: &str, limit: u32, window_s: u32, pool: LimitPool) -> RateLimit {
         window_s,
         pool,
     }
-}
-
-async fn edge_key(s: &InProcessServer) -> String {
-    s.create(json!({"name": "edge", "kind": "edge"}))
-        .await
-        .secret
 }
 
 async fn key_count(s: &InProcessServer) -> usize {
@@ -398,14 +395,7 @@ async fn a_childs_limits_and_credits_never_exceed_its_parents(e: Engine) {
 }
 
 async fn report(s: &InProcessServer, edge: &str, batch: &str, entries: Value) {
-    let (st, v) = s
-        .call(
-            Some(edge),
-            Method::POST,
-            "/v1/usage",
-            Some(json!({"batch_id": batch, "entries": entries})),
-        )
-        .await;
+    let (st, v) = report_usage(s, edge, batch, entries).await;
     assert_eq!(st, StatusCode::OK, "{v}");
 }
 
@@ -512,15 +502,7 @@ async fn usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed(e
         s.verify(&one.secret, &[], None).await.code,
         "CREDITS_EXHAUSTED"
     );
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&s).await;
     assert!(
         metrics.contains("keygate_credits_exhaustions_total 2"),
         "{metrics}"
@@ -530,21 +512,7 @@ async fn usage_and_verify_spend_credits_until_the_key_is_exhausted_in_the_feed(e
         "{metrics}"
     );
     // The limited counts are kept per hour.
-    let (st, v) = s
-        .admin(
-            Method::GET,
-            &format!("/v1/keys/{id}/usage?bucket=hour"),
-            None,
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    let limited: i64 = v["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["limited"].as_i64().unwrap_or(0))
-        .sum();
-    assert_eq!(limited, 7, "{v}");
+    assert_eq!(usage_sums(&s, &id).await.1, 7);
     s.stop().await;
 }
 
@@ -659,38 +627,20 @@ async fn the_console_key_page_shows_limits_credits_and_limited_requests(e: Engin
 }
 
 async fn forward_auth_spends_credits_at_its_flush_and_then_refuses_the_key(e: Engine) {
-    let (url, _db_dir) = fresh_database(e);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("forward-auth.json");
-    std::fs::write(
-        &config,
+    let (s, _config_dir) = with_forward_auth(
+        e,
         r#"{"routes":[{"path_prefix":"/"}],"key_sources":[{"header":"x-api-key"}]}"#,
     )
-    .unwrap();
-    let s = InProcessServer::start_on(&url, |c| {
-        c.forward_auth.config = Some(config);
-        c.forward_auth.open = true;
-    })
     .await;
     let k = s
         .create(json!({"name": "metered", "credits": {"remaining": 3}}))
         .await;
     let call = || async {
-        let r = s
-            .http
-            .get(s.url("/v1/forward-auth/orders"))
-            .header("x-api-key", &k.secret)
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.text().await.unwrap())
+        let (st, _, body) = forward_auth(&s, &k.secret).await;
+        (st, body)
     };
     // The mirror has the key once the first call passes; three passes in all.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while call().await.0 != StatusCode::OK {
-        assert!(std::time::Instant::now() < deadline, "never allowed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_forward_auth_allows(&s, &k.secret).await;
     for _ in 0..2 {
         assert_eq!(call().await.0, StatusCode::OK);
     }

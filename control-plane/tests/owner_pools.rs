@@ -6,15 +6,17 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Engine, InProcessServer, fresh_database};
+use common::{Engine, InProcessServer};
 use keygate_control_plane::http::keys::IssuedKey;
 use keygate_control_plane::http::keys::verify::VerifyResult;
-use keygate_control_plane::test_support::limits::{policy_in_set, window_with_room};
+use keygate_control_plane::test_support::limits::{
+    edge_key, forward_auth, policy_in_set, until_forward_auth_allows, window_with_room,
+    with_forward_auth,
+};
 use keygate_protocol::policy::LimitPool;
 use keygate_protocol::wire;
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use serde_json::json;
 
 on_both_engines!(
@@ -41,10 +43,7 @@ async fn acme_in_two_workspaces(s: &InProcessServer) -> [IssuedKey; 3] {
 
 async fn the_key_set_scopes_each_owner_pool_to_its_keys_workspace(e: Engine) {
     let s = InProcessServer::start(e).await;
-    let edge = s
-        .create(json!({"name": "edge", "kind": "edge"}))
-        .await
-        .secret;
+    let edge = edge_key(&s).await;
     let [a1, a2, b1] = acme_in_two_workspaces(&s).await;
     for (k, ws) in [(&a1, "ws-a"), (&a2, "ws-a"), (&b1, "ws-b")] {
         let p = policy_in_set(&s, &edge, &k.key.id).await.unwrap();
@@ -97,49 +96,24 @@ async fn verify_counts_two_workspaces_same_named_owners_in_two_pools(e: Engine) 
 }
 
 async fn forward_auth_counts_two_workspaces_same_named_owners_in_two_pools(e: Engine) {
-    let (url, _db_dir) = fresh_database(e);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("forward-auth.json");
-    std::fs::write(
-        &config,
+    let (s, _config_dir) = with_forward_auth(
+        e,
         r#"{"routes":[{"path_prefix":"/"}],"key_sources":[{"header":"x-api-key"}],"rate_limit_headers":true}"#,
     )
-    .unwrap();
-    let s = InProcessServer::start_on(&url, |c| {
-        c.forward_auth.config = Some(config);
-        c.forward_auth.open = true;
-    })
     .await;
     let [a1, a2, b1] = acme_in_two_workspaces(&s).await;
     window_with_room(60, 15).await;
+    let field = |h: &HeaderMap| h.get("ratelimit").map(|v| v.to_str().unwrap().to_owned());
     let call = |secret: &str| {
-        let req = s
-            .http
-            .get(s.url("/v1/forward-auth/orders"))
-            .header("x-api-key", secret);
+        let (s, secret) = (&s, secret.to_owned());
         async move {
-            let r = req.send().await.unwrap();
-            let field = r
-                .headers()
-                .get("ratelimit")
-                .map(|v| v.to_str().unwrap().to_owned());
-            (r.status(), field)
+            let (st, headers, _) = forward_auth(s, &secret).await;
+            (st, field(&headers))
         }
     };
     // The mirror has the keys once b1's first call passes (b1 is the last issued).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = call(&b1.secret).await;
-        if got.0 == StatusCode::OK {
-            assert!(got.1.unwrap().starts_with(r#""team";r=2;"#));
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never allowed: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (headers, _) = until_forward_auth_allows(&s, &b1.secret).await;
+    assert!(field(&headers).unwrap().starts_with(r#""team";r=2;"#));
     // ws-a's acme: its own three, whatever ws-b's acme spent.
     for (k, left) in [(&a1, 2), (&a2, 1), (&a1, 0)] {
         let (st, field) = call(&k.secret).await;

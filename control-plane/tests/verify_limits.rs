@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use common::{ADMIN, Engine, InProcessServer, fresh_database};
 use keygate_control_plane::http::keys::verify::VerifyResult;
+use keygate_control_plane::test_support::limits::{
+    edge_key, forward_auth, metrics_text as metrics, now_s as now, report_usage,
+    until_forward_auth_allows, usage_becomes, usage_sums, window_with_room, with_forward_auth,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -29,21 +33,6 @@ mod postgres_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_replicas_verifying_one_key_pass_exactly_the_limit_in_one_window() {
         super::two_replicas_pass_exactly_the_limit(super::Engine::Postgres).await;
-    }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Waits until at least `room` seconds are left in the current window of `window_s` seconds,
-/// so that a test's calls all land in one window.
-async fn window_with_room(window_s: i64, room: i64) {
-    while window_s - now() % window_s < room {
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -65,54 +54,6 @@ fn members(v: &Value) -> Vec<String> {
     let mut m: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
     m.sort();
     m
-}
-
-async fn metrics(s: &InProcessServer) -> String {
-    s.http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// One key's usage summed over the last day: `(count, limited, credits_exhausted)`.
-async fn usage_sums(s: &InProcessServer, id: &str) -> (i64, i64, i64) {
-    let (st, v) = s
-        .admin(
-            Method::GET,
-            &format!("/v1/keys/{id}/usage?bucket=hour"),
-            None,
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    let sum = |m: &str| -> i64 {
-        v["points"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p[m].as_i64().unwrap())
-            .sum()
-    };
-    (sum("count"), sum("limited"), sum("credits_exhausted"))
-}
-
-/// Polls the key's usage until it reads `want` (the usage buffer is flushed every 50 ms here).
-async fn usage_becomes(s: &InProcessServer, id: &str, want: (i64, i64, i64)) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = usage_sums(s, id).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "usage {got:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn verify_counts_a_rate_limit_and_refuses_the_sixth_call_without_spending_a_credit(
@@ -372,18 +313,10 @@ async fn a_parents_change_takes_effect_on_the_next_verify_of_its_child(e: Engine
 }
 
 async fn forward_auth_and_verify_hold_a_key_to_the_same_workspace_default(e: Engine) {
-    let (url, _db_dir) = fresh_database(e);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("forward-auth.json");
-    std::fs::write(
-        &config,
+    let (s, _config_dir) = with_forward_auth(
+        e,
         r#"{"routes":[{"path_prefix":"/"}],"key_sources":[{"header":"x-api-key"}],"rate_limit_headers":true}"#,
     )
-    .unwrap();
-    let s = InProcessServer::start_on(&url, |c| {
-        c.forward_auth.config = Some(config);
-        c.forward_auth.open = true;
-    })
     .await;
     let (st, v) = s
         .admin(
@@ -396,33 +329,18 @@ async fn forward_auth_and_verify_hold_a_key_to_the_same_workspace_default(e: Eng
     let k = s.create(json!({"name": "inherits"})).await;
     window_with_room(60, 15).await;
     let call = || async {
-        let r = s
-            .http
-            .get(s.url("/v1/forward-auth/orders"))
-            .header("x-api-key", &k.secret)
-            .send()
-            .await
-            .unwrap();
-        let policy = r
-            .headers()
+        let (st, headers, body) = forward_auth(&s, &k.secret).await;
+        let policy = headers
             .get("ratelimit-policy")
             .map(|v| v.to_str().unwrap().to_owned());
-        (r.status(), policy, r.text().await.unwrap())
+        (st, policy, body)
     };
     // The mirror has the key (with the workspace's default) once the first call passes.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        let got = call().await;
-        if got.0 == StatusCode::OK {
-            break got;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never allowed: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(first.1.as_deref(), Some(r#""ws";q=3;w=60"#));
+    let (first, _) = until_forward_auth_allows(&s, &k.secret).await;
+    assert_eq!(
+        first.get("ratelimit-policy").map(|v| v.to_str().unwrap()),
+        Some(r#""ws";q=3;w=60"#)
+    );
     for _ in 0..2 {
         assert_eq!(call().await.0, StatusCode::OK);
     }
@@ -453,25 +371,11 @@ async fn forward_auth_and_verify_hold_a_key_to_the_same_workspace_default(e: Eng
 
 async fn usage_keeps_refusals_by_reason_and_old_reports_still_count(e: Engine) {
     let s = InProcessServer::start(e).await;
-    let edge = s
-        .create(json!({"name": "edge", "kind": "edge"}))
-        .await
-        .secret;
+    let edge = edge_key(&s).await;
     let k = s.create(json!({"name": "reported"})).await;
     let id = k.key.id.clone();
     let t = now();
-    let report = |batch: &'static str, entries: Value| {
-        let (s, edge) = (&s, edge.clone());
-        async move {
-            s.call(
-                Some(&edge),
-                Method::POST,
-                "/v1/usage",
-                Some(json!({"batch_id": batch, "entries": entries})),
-            )
-            .await
-        }
-    };
+    let report = |batch: &'static str, entries: Value| report_usage(&s, &edge, batch, entries);
     let (st, v) = report(
         "both",
         json!([{"key_id": id, "count": 2, "last_used_at": t, "limited": 3, "credits_exhausted": 4}]),

@@ -34,8 +34,13 @@ impl std::fmt::Debug for InProcessServer {
 impl InProcessServer {
     /// Starts on a fresh database of `engine`.
     pub async fn start(engine: Engine) -> Self {
+        Self::start_with(engine, |_| {}).await
+    }
+
+    /// Starts on a fresh database of `engine`; `tweak` changes the configuration first.
+    pub async fn start_with(engine: Engine, tweak: impl FnOnce(&mut Config)) -> Self {
         let (url, dir) = fresh_database(engine);
-        let mut s = Self::start_on(&url, |_| {}).await;
+        let mut s = Self::start_on(&url, tweak).await;
         s._dir = dir;
         s
     }

@@ -10,7 +10,8 @@
 //!   [`keygate_testkit::process`]); the caller gives the binary's path.
 //!
 //! - [`WebhookReceiver`]: a real HTTP receiver of webhooks that checks every signature.
-//! - [`limits`]: the rate-limit tests' helpers (windows with room, a key's policy in the set).
+//! - [`limits`]: the rate-limit and credit tests' helpers (windows with room, a key's policy in
+//!   the set, usage reported and read back, metrics, forward-auth on, called and caught up).
 //!
 //! These are test helpers: on failure they panic with a message that says what went wrong.
 
