@@ -16,6 +16,7 @@ use keygate_protocol::KeyId;
 use crate::forward_auth::mirror::Freshness;
 use crate::forward_auth::{ForwardAuth, PROXY_KEY_HEADER};
 use crate::http::error::ApiError;
+use crate::runtime::metrics::LimitedBy;
 
 /// One decided call.
 #[derive(Debug)]
@@ -26,9 +27,9 @@ pub struct Decided {
     pub reason: Reason,
     /// The key that was allowed (for usage), as the filter counts it.
     pub key_id: Option<KeyId>,
-    /// The key refused by a rate limit or for its credits (`429 rate_limited`,
-    /// `429 credits_exhausted`; `reason` says which), if so.
-    pub limited: Option<KeyId>,
+    /// The key refused `429` and why: over a rate limit (`rate_limited`) or out of credits
+    /// (`credits_exhausted`); `None` for any other answer.
+    pub refused: Option<(KeyId, LimitedBy)>,
     /// The canary presented, on a canary's deny (for its hit), with the original path.
     pub canary: Option<(KeyId, String)>,
 }
@@ -94,7 +95,7 @@ pub fn decide(fa: &ForwardAuth, parts: &Parts, now_secs: u64) -> Result<Decided,
                 response: super::answer::deny_with(&limits::deny(), &status.limited_fields()),
                 reason: Reason::RateLimited,
                 key_id: None,
-                limited: key_id,
+                refused: key_id.map(|k| (k, LimitedBy::RateLimit)),
                 canary: None,
             }),
             Outcome::Within(status) => {
@@ -107,7 +108,7 @@ pub fn decide(fa: &ForwardAuth, parts: &Parts, now_secs: u64) -> Result<Decided,
                             response,
                             reason: decision.reason(),
                             key_id,
-                            limited: None,
+                            refused: None,
                             canary: None,
                         }
                     },
@@ -123,7 +124,7 @@ pub fn decide(fa: &ForwardAuth, parts: &Parts, now_secs: u64) -> Result<Decided,
                         response,
                         reason: decision.reason(),
                         key_id,
-                        limited: exhausted,
+                        refused: exhausted.map(|k| (k, LimitedBy::Credits)),
                         canary,
                     },
                 )
@@ -228,7 +229,10 @@ mod tests {
             (d.reason, d.response.status().as_u16()),
             (Reason::RateLimited, 429)
         );
-        assert_eq!(d.limited, Some(KeyId::from_bytes([1; 16])));
+        assert_eq!(
+            d.refused,
+            Some((KeyId::from_bytes([1; 16]), LimitedBy::RateLimit))
+        );
         assert_eq!(d.key_id, None);
         let h = d.response.headers();
         assert_eq!(h["retry-after"], "3590");
@@ -248,6 +252,9 @@ mod tests {
             (d.reason, d.response.status().as_u16()),
             (Reason::CreditsExhausted, 429)
         );
+        assert!(matches!(d.refused, Some((_, LimitedBy::Credits))), "{d:?}");
+        // an allowed answer refuses nothing
+        assert_eq!(call(&fa, &plain, now).refused, None);
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keygate_filter_core::decision::Reason;
 use uuid::Uuid;
 
 use crate::http::auth::authenticate_proxy;
@@ -19,7 +18,7 @@ pub mod decide;
 pub mod original;
 
 use crate::runtime::clock::unix_now;
-use crate::runtime::metrics::{Limited, LimitedBy};
+use crate::runtime::metrics::Limited;
 use crate::runtime::state::AppState;
 pub use original::BASE_PATH;
 
@@ -125,18 +124,11 @@ async fn authorize(state: &AppState, req: Request) -> Result<Response, Response>
             .record(Uuid::from_bytes(*key.as_bytes()), now as i64);
     }
     // Refusals by reason, in the metric and in the key's usage.
-    let refused = match decided.reason {
-        Reason::RateLimited => Some(LimitedBy::RateLimit),
-        Reason::CreditsExhausted => Some(LimitedBy::Credits),
-        _ => None,
-    };
-    if let Some(by) = refused {
+    if let Some((key, by)) = decided.refused {
         state.metrics.limited(Limited::ForwardAuth, by, 1);
-        if let Some(key) = decided.limited {
-            state
-                .usage
-                .record_refused(Uuid::from_bytes(*key.as_bytes()), by, now as i64);
-        }
+        state
+            .usage
+            .record_refused(Uuid::from_bytes(*key.as_bytes()), by, now as i64);
     }
     Ok(decided.response)
 }
