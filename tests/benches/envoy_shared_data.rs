@@ -30,7 +30,7 @@ use anyhow::{Context, bail};
 use keygate_e2e::bench_envoy::{rss_bytes, start_pinned};
 use keygate_e2e::bench_shared_data::{
     BUCKETS_GAUGE, BYTES_GAUGE, BucketSource, FEED_CLUSTER, LEADER_MEMORY_GAUGE, RECORD_BYTES,
-    shared_set_wat,
+    WRITE_US_GAUGE, shared_set_wat,
 };
 use keygate_e2e::fake_feed::FakeFeed;
 use keygate_protocol::wire::Snapshot;
@@ -91,9 +91,9 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "\n| --concurrency | buckets from | RSS when written | growth over none | RSS 5 s later | growth | Envoy's heap: allocated / free in its page heap | leader's linear memory | bytes in shared data | written in |"
+        "\n| --concurrency | buckets from | RSS when written | growth over none | RSS 5 s later | growth | Envoy's heap: allocated / free in its page heap | leader's linear memory | bytes in shared data | the leader's write | Envoy started and written in |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for concurrency in [1, 2, 4] {
         let mut base = None;
         for (name, source, path) in &modules {
@@ -120,10 +120,11 @@ fn main() -> anyhow::Result<()> {
             let (allocated, free) = heap(&envoy)?;
             let leader = envoy.stat(LEADER_MEMORY_GAUGE)?.unwrap_or(0);
             let bytes = envoy.stat(BYTES_GAUGE)?.unwrap_or(0);
+            let write_ms = envoy.stat(WRITE_US_GAUGE)?.unwrap_or(0) as f64 / 1e3;
             let (b0, b5) = *base.get_or_insert((rss, later));
             let mb = |b: u64| b as f64 / 1e6;
             println!(
-                "| {concurrency} | {name} | {:.1} MB | {:+.1} MB | {:.1} MB | {:+.1} MB | {:.1} / {:.1} MB | {:.1} MB | {:.1} MB | {written_s:.1} s |",
+                "| {concurrency} | {name} | {:.1} MB | {:+.1} MB | {:.1} MB | {:+.1} MB | {:.1} / {:.1} MB | {:.1} MB | {:.1} MB | {write_ms:.0} ms | {written_s:.1} s |",
                 mb(rss),
                 (rss as f64 - b0 as f64) / 1e6,
                 mb(later),

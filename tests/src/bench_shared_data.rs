@@ -9,7 +9,7 @@
 //! The leader is the VM configured third in the process (a `kg/configured` counter claimed with
 //! compare-and-swap): Envoy configures a throw-away canary copy, then the main thread's VM, then
 //! the workers' (`plugin/core/src/sync/vm.rs`). It writes on its first tick, then sets the
-//! gauges [`BUCKETS_GAUGE`], [`BYTES_GAUGE`] and [`LEADER_MEMORY_GAUGE`].
+//! gauges [`BUCKETS_GAUGE`], [`BYTES_GAUGE`], [`LEADER_MEMORY_GAUGE`] and [`WRITE_US_GAUGE`].
 
 /// Buckets written: the first 16 bits of a key's digest.
 pub const BUCKETS: u32 = 1 << 16;
@@ -22,6 +22,9 @@ pub const BUCKETS_GAUGE: &str = "wasmcustom.kg_shared.buckets";
 pub const BYTES_GAUGE: &str = "wasmcustom.kg_shared.bytes";
 /// The leader VM's linear memory once it wrote them (wasm memory never shrinks).
 pub const LEADER_MEMORY_GAUGE: &str = "wasmcustom.kg_shared.leader_memory_bytes";
+/// How long the leader took to write the buckets, in µs: from its tick (generated) or from
+/// the snapshot's arrival (body) to the last `proxy_set_shared_data`.
+pub const WRITE_US_GAUGE: &str = "wasmcustom.kg_shared.write_us";
 /// The cluster the leader fetches the snapshot from, in the body sources.
 pub const FEED_CLUSTER: &str = "keygate_control_plane";
 
@@ -122,6 +125,7 @@ pub fn shared_set_wat(source: BucketSource) -> String {
   (import "env" "proxy_set_tick_period_milliseconds" (func $tick_period (param i32) (result i32)))
   (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_current_time_nanoseconds" (func $clock (param i32) (result i32)))
   (memory (export "memory") 2)
   (data (i32.const 1024) "x-api-key")
   (data (i32.const 1040) "x-keygate-key-id")
@@ -137,6 +141,7 @@ pub fn shared_set_wat(source: BucketSource) -> String {
   (data (i32.const 1280) "kg_shared.leader_memory_bytes")
   (data (i32.const 1312) "kg_shared.bytes")
   (data (i32.const 1400) "{FEED_CLUSTER}")
+  (data (i32.const 1760) "kg_shared.write_us")
   (data (i32.const 1440) "{headers}")
   (global $headers_len i32 (i32.const {headers_len}))
   (global $heap (mut i32) (i32.const 65536))
@@ -145,6 +150,7 @@ pub fn shared_set_wat(source: BucketSource) -> String {
   (global $started (mut i32) (i32.const 0))
   (global $written (mut i64) (i64.const 0))
   (global $count (mut i64) (i64.const 0))
+  (global $t0 (mut i64) (i64.const 0))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
     (local $p i32) (local $end i32) (local $have i32)
@@ -176,7 +182,12 @@ pub fn shared_set_wat(source: BucketSource) -> String {
   (func $gauge (param $name i32) (param $len i32) (param $v i64)
     (drop (call $define_metric (i32.const 1) (local.get $name) (local.get $len) (i32.const 1344)))
     (drop (call $record_metric (i32.load (i32.const 1344)) (local.get $v))))
+  ;; The host's clock, in nanoseconds.
+  (func $now (result i64)
+    (drop (call $clock (i32.const 1376)))
+    (i64.load (i32.const 1376)))
   (func $done
+    (call $gauge (i32.const 1760) (i32.const 18) (i64.div_u (i64.sub (call $now) (global.get $t0)) (i64.const 1000)))
     (call $gauge (i32.const 1312) (i32.const 15) (global.get $written))
     (call $gauge (i32.const 1280) (i32.const 29) (i64.mul (i64.extend_i32_u (memory.size)) (i64.const 65536)))
     (call $gauge (i32.const 1248) (i32.const 17) (global.get $count)))
@@ -208,10 +219,12 @@ pub fn shared_set_wat(source: BucketSource) -> String {
     (local $i i32) (local $len i32)
     (if (i32.or (i32.eqz (global.get $leader)) (global.get $started)) (then (return)))
     (global.set $started (i32.const 1))
+    (global.set $t0 (call $now))
     {write})
   (func (export "proxy_on_http_call_response") (param i32 i32 i32) (param $size i32) (param i32)
     (local $i i32) (local $len i32) (local $off i32) (local $base i32)
     (if (i32.eqz (local.get $size)) (then unreachable))
+    (global.set $t0 (call $now))
     {on_body})
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
