@@ -2,7 +2,8 @@
 //! and Envoy's CPU time per request of one Envoy worker with no filter, the no-op wasm filter
 //! (V8), Keygate's host calls alone in wasm, the no-op dynamic module, Keygate's callbacks alone
 //! in a dynamic module (and with Keygate's decision made but its edits not), Envoy's native
-//! `api_key_auth` holding the same keys, Envoy's `ext_authz`
+//! `api_key_auth` holding the same keys (as configured by default, and doing Keygate's job on an
+//! allowed request: the key hidden, the caller forwarded), Envoy's `ext_authz`
 //! asking Keygate's forward-auth endpoint, Keygate's wasm filter and Keygate's pure core as an
 //! Envoy dynamic module (`keygate-native-filter`, a prototype shell).
 //!
@@ -27,7 +28,8 @@
 //!   are issued through the API, so it holds `KEYGATE_BENCH_EXT_AUTHZ_KEYS` (default 2,000) of
 //!   them, not the whole set: its lookup is a hash probe whose cost does not depend on the size.
 //! - `KEYGATE_BENCH_SETUPS` (comma-separated: `none`, `noop-wasm`, `host-calls-wasm`,
-//!   `host-calls-shared-wasm`, `noop-native`, `host-calls-native`, `decide-native`, `api-key-auth`, `ext-authz`, `keygate-wasm`,
+//!   `host-calls-shared-wasm`, `noop-native`, `host-calls-native`, `decide-native`, `api-key-auth`,
+//!   `api-key-auth-forwarding`, `ext-authz`, `keygate-wasm`,
 //!   `keygate-wasm-b`, `keygate-native`, `keygate-wasm-limited`, `keygate-native-limited`) runs
 //!   only those. The `-limited` ones serve the same keys, each with one rate limit of
 //!   1,000,000,000 per hour (never trips): the cost of counting one limit.
@@ -84,6 +86,7 @@ enum Setup {
     HostCallsNative,
     DecideNative,
     ApiKeyAuth,
+    ApiKeyAuthForwarding,
     ExtAuthz,
     KeygateWasm,
     KeygateWasmB,
@@ -94,7 +97,7 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 15] = [
+    const ALL: [Setup; 16] = [
         Setup::NoFilter,
         Setup::NoopWasm,
         Setup::HostCallsWasm,
@@ -103,6 +106,7 @@ impl Setup {
         Setup::HostCallsNative,
         Setup::DecideNative,
         Setup::ApiKeyAuth,
+        Setup::ApiKeyAuthForwarding,
         Setup::ExtAuthz,
         Setup::KeygateWasm,
         Setup::KeygateWasmB,
@@ -122,6 +126,7 @@ impl Setup {
             Setup::HostCallsNative => "module, Keygate's callbacks only",
             Setup::DecideNative => "module, decision + callbacks only",
             Setup::ApiKeyAuth => "Envoy's api_key_auth",
+            Setup::ApiKeyAuthForwarding => "api_key_auth, forwarding + hiding",
             Setup::ExtAuthz => "ext_authz → forward-auth",
             Setup::KeygateWasm => "Keygate, wasm (V8)",
             Setup::KeygateWasmB => "Keygate B, wasm (V8)",
@@ -142,6 +147,7 @@ impl Setup {
             Setup::HostCallsNative => "host-calls-native",
             Setup::DecideNative => "decide-native",
             Setup::ApiKeyAuth => "api-key-auth",
+            Setup::ApiKeyAuthForwarding => "api-key-auth-forwarding",
             Setup::ExtAuthz => "ext-authz",
             Setup::KeygateWasm => "keygate-wasm",
             Setup::KeygateWasmB => "keygate-wasm-b",
@@ -158,6 +164,7 @@ impl Setup {
             self,
             Setup::ApiKeyAuth
                 | Setup::HostCallsSharedWasm
+                | Setup::ApiKeyAuthForwarding
                 | Setup::ExtAuthz
                 | Setup::KeygateWasm
                 | Setup::KeygateWasmB
@@ -351,7 +358,9 @@ fn main() -> anyhow::Result<()> {
         forward_auth: forward_auth
             .as_ref()
             .map(|fa| (fa.process.addr().to_string(), fa.edge_key.clone())),
-        api_keys: if setups.contains(&Setup::ApiKeyAuth) {
+        api_keys: if setups.contains(&Setup::ApiKeyAuth)
+            || setups.contains(&Setup::ApiKeyAuthForwarding)
+        {
             keys.secrets
                 .iter()
                 .map(|(s, i)| json!({"key": s, "client": format!("client-{i}")}))
@@ -571,6 +580,10 @@ fn paired_ratios(loads: &BTreeMap<Setup, Vec<Run>>) -> Vec<(String, Vec<f64>)> {
         (Setup::KeygateNative, Setup::ApiKeyAuth),
         (Setup::KeygateNativeB, Setup::ApiKeyAuth),
         (Setup::KeygateWasm, Setup::ApiKeyAuth),
+        (Setup::KeygateNative, Setup::ApiKeyAuthForwarding),
+        (Setup::KeygateNativeB, Setup::ApiKeyAuthForwarding),
+        (Setup::KeygateWasm, Setup::ApiKeyAuthForwarding),
+        (Setup::ApiKeyAuthForwarding, Setup::ApiKeyAuth),
         (Setup::HostCallsWasm, Setup::NoopWasm),
         (Setup::HostCallsSharedWasm, Setup::HostCallsWasm),
         (Setup::HostCallsSharedWasm, Setup::NoopWasm),
@@ -668,6 +681,18 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
                 "credentials": fixture.api_keys,
                 "key_sources": [{"header": "x-api-key"}]
+            }
+        })),
+        // The same job as Keygate's on an allowed request, as far as `api_key_auth` can do it:
+        // the key's header removed and the caller named in a header upstream (one header where
+        // Keygate adds three: key id, owner, scopes).
+        Setup::ApiKeyAuthForwarding => filters.push(json!({
+            "name": "envoy.filters.http.api_key_auth",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+                "credentials": fixture.api_keys,
+                "key_sources": [{"header": "x-api-key"}],
+                "forwarding": {"header": "x-client-id", "hide_credentials": true}
             }
         })),
         Setup::ExtAuthz => {
