@@ -152,6 +152,7 @@ async fn gateway(
         settings,
         clusters,
         workers: env_usize("GATEWAY_WORKERS", 2),
+        filter_state_headers: keygate_gateway::envoy_bootstrap::shipped_filter_state_headers()?,
     })
     .await?)
 }

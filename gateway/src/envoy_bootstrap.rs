@@ -177,6 +177,74 @@ pub fn from_envoy_yaml(
     runnable(parse(ENVOY_YAML)?, addresses, wasm_path, overrides)
 }
 
+/// A response header Envoy's route configuration fills from the filter's state
+/// (`response_headers_to_add` with the value `%FILTER_STATE(wasm.<property>:PLAIN)%`): how the
+/// filter's `proxy_set_property` values reach the client (`RateLimit-Policy` and `RateLimit` on
+/// allowed requests, docs/rate-limits.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterStateHeader {
+    /// The response header's name.
+    pub header: String,
+    /// The property the filter sets (without Envoy's `wasm.` prefix).
+    pub property: String,
+    /// Whether an empty value is still added (`keep_empty_value`; a property the filter did not
+    /// set reads as empty).
+    pub keep_empty_value: bool,
+}
+
+/// The [`FilterStateHeader`]s of the `ingress` listener's virtual hosts, in order. Entries with
+/// other values (fixed text, other formatters) are Envoy's alone: the gateway does not add them.
+///
+/// # Errors
+/// [`GatewayError::EnvoyConfig`] when the bootstrap has no `ingress` listener.
+pub fn filter_state_headers(bootstrap: &Value) -> Result<Vec<FilterStateHeader>, GatewayError> {
+    let listener = bootstrap["static_resources"]["listeners"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == LISTENER))
+        .ok_or_else(|| config_error(&format!("no listener {LISTENER}")))?;
+    let mut out = Vec::new();
+    let chains = listener["filter_chains"].as_array().into_iter().flatten();
+    let filters = chains.flat_map(|c| c["filters"].as_array().into_iter().flatten());
+    let hosts = filters.flat_map(|f| {
+        f["typed_config"]["route_config"]["virtual_hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+    });
+    for add in hosts.flat_map(|h| {
+        h["response_headers_to_add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+    }) {
+        let (Some(header), Some(value)) = (
+            add["header"]["key"].as_str(),
+            add["header"]["value"].as_str(),
+        ) else {
+            continue;
+        };
+        let property = value
+            .strip_prefix("%FILTER_STATE(wasm.")
+            .and_then(|v| v.strip_suffix(":PLAIN)%"));
+        if let Some(property) = property {
+            out.push(FilterStateHeader {
+                header: header.to_ascii_lowercase(),
+                property: property.to_owned(),
+                keep_empty_value: add["keep_empty_value"].as_bool().unwrap_or(true),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// [`filter_state_headers`] of `envoy/envoy.yaml` ([`ENVOY_YAML`]), as deployed.
+///
+/// # Errors
+/// As [`filter_state_headers`].
+pub fn shipped_filter_state_headers() -> Result<Vec<FilterStateHeader>, GatewayError> {
+    filter_state_headers(&parse(ENVOY_YAML)?)
+}
+
 fn config_error(what: &str) -> GatewayError {
     GatewayError::EnvoyConfig(what.to_owned())
 }
@@ -255,6 +323,53 @@ mod tests {
             wasm_config_mut(&mut b2).expect("filter")["failure_policy"],
             "FAIL_RELOAD"
         );
+    }
+
+    #[test]
+    fn reads_the_filter_state_headers_envoy_yaml_adds_to_responses() {
+        assert_eq!(
+            shipped_filter_state_headers().unwrap(),
+            vec![
+                FilterStateHeader {
+                    header: "ratelimit-policy".into(),
+                    property: "keygate_ratelimit_policy".into(),
+                    keep_empty_value: false,
+                },
+                FilterStateHeader {
+                    header: "ratelimit".into(),
+                    property: "keygate_ratelimit".into(),
+                    keep_empty_value: false,
+                },
+            ]
+        );
+        // Fixed values and other formatters are not the filter's; an absent `keep_empty_value`
+        // is Envoy's default (true).
+        let bootstrap = parse(
+            r#"
+static_resources:
+  listeners:
+  - name: ingress
+    filter_chains:
+    - filters:
+      - typed_config:
+          route_config:
+            virtual_hosts:
+            - response_headers_to_add:
+              - header: { key: X-Fixed, value: "1" }
+              - header: { key: X-Start, value: "%START_TIME%" }
+              - header: { key: X-Mine, value: "%FILTER_STATE(wasm.mine:PLAIN)%" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            filter_state_headers(&bootstrap).unwrap(),
+            vec![FilterStateHeader {
+                header: "x-mine".into(),
+                property: "mine".into(),
+                keep_empty_value: true,
+            }]
+        );
+        assert!(filter_state_headers(&json!({})).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::envoy_bootstrap::FilterStateHeader;
 use crate::error::GatewayError;
 use crate::settings::PluginSettings;
 use crate::workers::{FilterPool, Verdict};
@@ -57,6 +58,10 @@ pub struct GatewayConfig {
     pub clusters: Vec<(String, String)>,
     /// Worker threads (filter instances).
     pub workers: usize,
+    /// The response headers filled from the filter's state on a forwarded request, as Envoy's
+    /// route configuration adds them (`envoy_bootstrap::shipped_filter_state_headers` for
+    /// `envoy/envoy.yaml`'s).
+    pub filter_state_headers: Vec<FilterStateHeader>,
 }
 
 /// Starts gateways.
@@ -88,6 +93,7 @@ struct State {
     pool: FilterPool,
     client: Client<HttpConnector, Incoming>,
     upstream: Uri,
+    filter_state_headers: Vec<FilterStateHeader>,
 }
 
 impl Gateway {
@@ -132,6 +138,7 @@ impl Gateway {
             pool,
             client,
             upstream,
+            filter_state_headers: config.filter_state_headers,
         });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listener, state, stopped));
@@ -223,7 +230,14 @@ async fn handle(
         upstream: Default::default(),
     };
     match state.pool.decide(request).await {
-        Verdict::Forward { headers } => Ok(forward(&state, headers, body).await),
+        Verdict::Forward {
+            headers,
+            filter_state,
+        } => {
+            let mut response = forward(&state, headers, body).await;
+            add_filter_state_headers(&state.filter_state_headers, &filter_state, &mut response);
+            Ok(response)
+        }
         Verdict::Reply {
             status,
             headers,
@@ -286,6 +300,30 @@ async fn forward(state: &State, headers: HeaderMap, body: Incoming) -> Response<
         Err(e) => {
             tracing::warn!(error = %e, "upstream request failed");
             local_reply(502, &[], b"upstream connect error\n".to_vec())
+        }
+    }
+}
+
+/// Adds each of `wanted` whose property the filter set on the stream (or, with
+/// `keep_empty_value`, did not), as Envoy's `response_headers_to_add` does after the router.
+fn add_filter_state_headers(
+    wanted: &[FilterStateHeader],
+    filter_state: &[(String, Vec<u8>)],
+    response: &mut Response<Body>,
+) {
+    for w in wanted {
+        let value = filter_state
+            .iter()
+            .find(|(path, _)| *path == w.property)
+            .map_or(&[][..], |(_, v)| v.as_slice());
+        if value.is_empty() && !w.keep_empty_value {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(w.header.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            response.headers_mut().append(name, value);
         }
     }
 }

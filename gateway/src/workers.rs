@@ -29,6 +29,9 @@ pub enum Verdict {
     Forward {
         /// The request headers.
         headers: HeaderMap,
+        /// What the filter set with `proxy_set_property` on the stream (Envoy's filter state
+        /// `wasm.<path>`): path → value.
+        filter_state: Vec<(String, Vec<u8>)>,
     },
     /// Answer the client directly (a local reply, or 503 when the filter failed closed).
     Reply {
@@ -233,6 +236,7 @@ fn verdict_of(outcome: StreamOutcome) -> Verdict {
         Disposition::Completed | Disposition::FailedOpen => match outcome.request {
             Some(forwarded) => Verdict::Forward {
                 headers: forwarded.headers,
+                filter_state: outcome.filter_state,
             },
             None => unavailable(),
         },

@@ -85,6 +85,9 @@ pub(crate) struct StreamData {
     pub(crate) resume_response: bool,
     pub(crate) closed: bool,
     pub(crate) properties: HashMap<PropertyKey, Vec<u8>>,
+    /// What the filter set with `proxy_set_property` on this stream, in order (Envoy keeps each
+    /// as the filter-state object `wasm.<path>`).
+    pub(crate) filter_state: Vec<(PropertyKey, Vec<u8>)>,
     /// Whether the request headers went upstream (and what went, once changed since).
     pub(crate) sent_request: Sent,
     /// Whether the response headers went downstream (and what went, once changed since).

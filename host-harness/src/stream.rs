@@ -215,6 +215,10 @@ pub struct StreamOutcome {
     pub response: Option<FinalResponse>,
     /// The local response the filter sent, if any.
     pub local_response: Option<LocalResponse>,
+    /// What the filter set with `proxy_set_property` on this stream (path → value, in the
+    /// order first set, each with its last value): Envoy keeps each as the filter-state object
+    /// `wasm.<path>`, which its header formatters (`%FILTER_STATE(wasm.<path>:PLAIN)%`) read.
+    pub filter_state: Vec<(String, Vec<u8>)>,
 }
 
 impl StreamOutcome {

@@ -304,6 +304,9 @@ impl GatewayStack {
                 settings,
                 clusters: vec![(CONTROL_PLANE_CLUSTER.into(), control_plane.to_owned())],
                 workers: WORKERS,
+                filter_state_headers:
+                    keygate_gateway::envoy_bootstrap::shipped_filter_state_headers()
+                        .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}")),
             })
             .await
             .unwrap_or_else(|e| panic!("starting the gateway: {e}"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use keygate_gateway::{Gateway, GatewayConfig, PluginSettings};
+use keygate_gateway::{Gateway, GatewayConfig, PluginSettings, envoy_bootstrap};
 use keygate_host_harness::Plugin;
 
 /// The host allocates on every request (streams, header maps, copies into the guest); Envoy
@@ -31,7 +31,8 @@ struct Args {
     )]
     config: Option<PathBuf>,
     /// Take the configuration, root id, VM id and environment from the Wasm filter of this
-    /// Envoy bootstrap (e.g. envoy/envoy.yaml).
+    /// Envoy bootstrap (e.g. envoy/envoy.yaml): the filter's settings, and the response headers
+    /// its `ingress` routes fill from the filter's state (without it, envoy/envoy.yaml's).
     #[arg(long)]
     envoy_config: Option<PathBuf>,
     /// Upstream base URL, e.g. http://127.0.0.1:8081.
@@ -84,6 +85,16 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("pass --config or --envoy-config"),
     };
     settings.key_values.extend(args.env);
+    // The response headers Envoy's routes fill from the filter's state: the given Envoy
+    // configuration's, or envoy/envoy.yaml's as deployed.
+    let filter_state_headers = match &args.envoy_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            envoy_bootstrap::filter_state_headers(&envoy_bootstrap::parse(&text)?)?
+        }
+        None => envoy_bootstrap::shipped_filter_state_headers()?,
+    };
     let plugin_path = args
         .plugin
         .unwrap_or_else(|| PathBuf::from(keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM));
@@ -96,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         settings,
         clusters: args.clusters,
         workers: args.workers,
+        filter_state_headers,
     })
     .await?;
     println!(

@@ -58,6 +58,10 @@ pub(super) fn add(linker: &mut HostLinker<'_>) -> wasmtime::Result<()> {
                 let state = guest.state();
                 match state.stream_mut() {
                     Some(stream) => {
+                        match stream.filter_state.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, kept)) => kept.clone_from(&value),
+                            None => stream.filter_state.push((key.clone(), value.clone())),
+                        }
                         stream.properties.insert(key, value);
                     }
                     None => {

@@ -391,7 +391,9 @@ impl Worker {
         disposition: Disposition,
         data: Option<StreamData>,
     ) {
+        let mut filter_state = Vec::new();
         if let Some(mut data) = data {
+            filter_state = std::mem::take(&mut data.filter_state);
             if let Some(headers) = data.sent_request.take(&mut data.request_headers) {
                 driver.request.headers = headers;
             }
@@ -422,6 +424,7 @@ impl Worker {
                 request: reached_upstream.then_some(driver.request),
                 response,
                 local_response: driver.local_response,
+                filter_state,
             },
         );
     }

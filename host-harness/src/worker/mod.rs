@@ -307,6 +307,7 @@ impl Worker {
                     .get(&id.context_id)
                     .and_then(|s| s.local_response.clone())
             }),
+            filter_state: data.map(|d| d.filter_state.clone()).unwrap_or_default(),
         })
     }
 

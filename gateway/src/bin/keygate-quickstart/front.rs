@@ -122,6 +122,7 @@ impl Front {
                 cp_url.to_owned(),
             )],
             workers: args.workers,
+            filter_state_headers: envoy_bootstrap::shipped_filter_state_headers()?,
         })
         .await
         .context("gateway")?;
