@@ -28,10 +28,15 @@
 //!   are issued through the API, so it holds `KEYGATE_BENCH_EXT_AUTHZ_KEYS` (default 2,000) of
 //!   them, not the whole set: its lookup is a hash probe whose cost does not depend on the size.
 //! - `KEYGATE_BENCH_SETUPS` (comma-separated: `none`, `noop-wasm`, `host-calls-wasm`,
-//!   `noop-native`, `host-calls-native`, `decide-native`, `api-key-auth`, `api-key-auth-forwarding`, `ext-authz`, `keygate-wasm`,
+//!   `host-calls-shared-wasm`, `noop-native`, `host-calls-native`, `decide-native`, `api-key-auth`,
+//!   `api-key-auth-forwarding`, `ext-authz`, `keygate-wasm`,
 //!   `keygate-wasm-b`, `keygate-native`, `keygate-wasm-limited`, `keygate-native-limited`) runs
 //!   only those. The `-limited` ones serve the same keys, each with one rate limit of
 //!   1,000,000,000 per hour (never trips): the cost of counting one limit.
+//! - `host-calls-shared-wasm` (issue 23's key set in shared data, before it is built): Keygate's
+//!   host calls plus one `proxy_get_shared_data` of a pseudo-random one of 65,536 buckets that
+//!   its leader VM wrote at start, sized for `KEYGATE_BENCH_SHARED_KEYS` keys (default
+//!   `KEYGATE_BENCH_KEYS`) of 60 bytes each (`keygate_e2e::bench_shared_data`).
 //! - `KEYGATE_BENCH_RATE_LIMIT_HEADERS=1` turns the filters' `rate_limit_headers` on and gives
 //!   the route `envoy/envoy.yaml`'s `response_headers_to_add` (how the wasm filter's fields
 //!   reach the response): with the `-limited` setups, the cost of sending the two fields.
@@ -56,6 +61,9 @@ use anyhow::{Context, bail, ensure};
 use keygate_e2e::bench_envoy::{
     Load, WRK_LUA, cpu_ns, host_calls_wat, noop_wat, start_pinned, wrk,
 };
+use keygate_e2e::bench_shared_data::{
+    BUCKETS, BUCKETS_GAUGE, BucketSource, RECORD_BYTES, shared_set_wat,
+};
 use keygate_e2e::envoy::{envoy_yaml, plugin_configuration};
 use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::stack::ServeProcess;
@@ -73,6 +81,7 @@ enum Setup {
     NoFilter,
     NoopWasm,
     HostCallsWasm,
+    HostCallsSharedWasm,
     NoopNative,
     HostCallsNative,
     DecideNative,
@@ -88,10 +97,11 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 15] = [
+    const ALL: [Setup; 16] = [
         Setup::NoFilter,
         Setup::NoopWasm,
         Setup::HostCallsWasm,
+        Setup::HostCallsSharedWasm,
         Setup::NoopNative,
         Setup::HostCallsNative,
         Setup::DecideNative,
@@ -111,6 +121,7 @@ impl Setup {
             Setup::NoFilter => "no filter",
             Setup::NoopWasm => "no-op wasm filter (V8)",
             Setup::HostCallsWasm => "wasm, Keygate's host calls only",
+            Setup::HostCallsSharedWasm => "wasm, host calls + 1 shared-data bucket",
             Setup::NoopNative => "no-op dynamic module",
             Setup::HostCallsNative => "module, Keygate's callbacks only",
             Setup::DecideNative => "module, decision + callbacks only",
@@ -131,6 +142,7 @@ impl Setup {
             Setup::NoFilter => "none",
             Setup::NoopWasm => "noop-wasm",
             Setup::HostCallsWasm => "host-calls-wasm",
+            Setup::HostCallsSharedWasm => "host-calls-shared-wasm",
             Setup::NoopNative => "noop-native",
             Setup::HostCallsNative => "host-calls-native",
             Setup::DecideNative => "decide-native",
@@ -151,6 +163,7 @@ impl Setup {
         matches!(
             self,
             Setup::ApiKeyAuth
+                | Setup::HostCallsSharedWasm
                 | Setup::ApiKeyAuthForwarding
                 | Setup::ExtAuthz
                 | Setup::KeygateWasm
@@ -185,6 +198,8 @@ struct Fixture {
     feed_limited: String,
     noop_wasm: PathBuf,
     host_calls_wasm: PathBuf,
+    /// The host calls plus one `proxy_get_shared_data` of a bucket (`bench_shared_data`).
+    host_calls_shared_wasm: PathBuf,
     keygate_wasm: PathBuf,
     keygate_wasm_b: Option<PathBuf>,
     /// Another build of the dynamic module: the directory holding its library.
@@ -280,6 +295,21 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&noop_wasm, wat::parse_str(noop_wat())?)?;
     let host_calls_wasm = dir.path().join("host_calls.wasm");
     std::fs::write(&host_calls_wasm, wat::parse_str(host_calls_wat())?)?;
+    // The buckets of shared data for `KEYGATE_BENCH_SHARED_KEYS` keys (default: the bench's).
+    let shared_keys = env_usize("KEYGATE_BENCH_SHARED_KEYS", n);
+    let host_calls_shared_wasm = dir.path().join("host_calls_shared.wasm");
+    std::fs::write(
+        &host_calls_shared_wasm,
+        wat::parse_str(shared_set_wat(BucketSource::Generated {
+            keys: shared_keys as u64,
+            record_bytes: RECORD_BYTES,
+        }))?,
+    )?;
+    println!(
+        "shared data: {BUCKETS} buckets of {:.1} records ({:.0} bytes) on average, for {shared_keys} keys",
+        shared_keys as f64 / f64::from(BUCKETS),
+        shared_keys as f64 * RECORD_BYTES as f64 / f64::from(BUCKETS)
+    );
     let snapshot_file = dir.path().join("keyset.bin");
     std::fs::write(&snapshot_file, snapshot.as_slice())?;
     println!(
@@ -319,6 +349,7 @@ fn main() -> anyhow::Result<()> {
         feed_limited,
         noop_wasm,
         host_calls_wasm,
+        host_calls_shared_wasm,
         keygate_wasm,
         keygate_wasm_b,
         keygate_native_b,
@@ -363,6 +394,9 @@ fn main() -> anyhow::Result<()> {
                 Setup::KeygateWasm | Setup::KeygateWasmB | Setup::KeygateWasmLimited
             ) {
                 wait_for_wasm_keys(&envoy, n)?;
+            }
+            if setup == Setup::HostCallsSharedWasm {
+                wait_for_buckets(&envoy)?;
             }
             let request_keys = if setup == Setup::ExtAuthz {
                 &ext_authz_keys
@@ -467,6 +501,11 @@ fn main() -> anyhow::Result<()> {
         Setup::NoopWasm,
     );
     over(
+        "one shared-data bucket read (host calls + the read, over the host calls alone)",
+        Setup::HostCallsSharedWasm,
+        Setup::HostCallsWasm,
+    );
+    over(
         "one rate limit per key, wasm (Keygate with a limit over Keygate; target ≤ 1 µs)",
         Setup::KeygateWasmLimited,
         Setup::KeygateWasm,
@@ -545,6 +584,10 @@ fn paired_ratios(loads: &BTreeMap<Setup, Vec<Run>>) -> Vec<(String, Vec<f64>)> {
         (Setup::KeygateNativeB, Setup::ApiKeyAuthForwarding),
         (Setup::KeygateWasm, Setup::ApiKeyAuthForwarding),
         (Setup::ApiKeyAuthForwarding, Setup::ApiKeyAuth),
+        (Setup::HostCallsWasm, Setup::NoopWasm),
+        (Setup::HostCallsSharedWasm, Setup::HostCallsWasm),
+        (Setup::HostCallsSharedWasm, Setup::NoopWasm),
+        (Setup::KeygateWasm, Setup::HostCallsWasm),
         (Setup::KeygateNativeB, Setup::KeygateNative),
         (Setup::KeygateWasmB, Setup::KeygateWasm),
         (Setup::KeygateNativeLimited, Setup::KeygateNative),
@@ -611,17 +654,17 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
     let mut filters = Vec::new();
     match setup {
         Setup::NoFilter => {}
-        Setup::NoopWasm | Setup::HostCallsWasm => filters.push(json!({
+        Setup::NoopWasm | Setup::HostCallsWasm | Setup::HostCallsSharedWasm => filters.push(json!({
             "name": "noop",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
                     "name": "noop", "root_id": "noop",
                     "vm_config": {"vm_id": "noop", "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": if setup == Setup::NoopWasm {
-                            &fixture.noop_wasm
-                        } else {
-                            &fixture.host_calls_wasm
+                        "code": {"local": {"filename": match setup {
+                            Setup::NoopWasm => &fixture.noop_wasm,
+                            Setup::HostCallsWasm => &fixture.host_calls_wasm,
+                            _ => &fixture.host_calls_shared_wasm,
                         }}}}
                 }
             }
@@ -770,6 +813,21 @@ fn wait_for_wasm_keys(envoy: &Envoy, n: usize) -> anyhow::Result<()> {
         }
         if Instant::now() > deadline {
             bail!("the filter holds {keys:?} keys, expected {n}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the shared-data filter's leader has written its buckets.
+fn wait_for_buckets(envoy: &Envoy) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let buckets = envoy.stat(BUCKETS_GAUGE)?;
+        if buckets == Some(u64::from(BUCKETS)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the leader wrote {buckets:?} buckets, expected {BUCKETS}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod bench_envoy;
+pub mod bench_shared_data;
 pub mod cut_proxy;
 pub mod echo;
 pub mod envoy;
