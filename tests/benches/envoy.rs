@@ -18,7 +18,9 @@
 //! `/proc/<pid>/task/*/schedstat`): other work on the machine moves it less than throughput,
 //! though it still moves it (shared caches, a busy SMT sibling). Every request carries a random
 //! one of 10,000 valid keys out of `KEYGATE_BENCH_KEYS` (default 100,000), to a
-//! `direct_response` route.
+//! `direct_response` route. Differences and ratios between two configurations are also given
+//! paired: taken within each round, where the two ran back to back, then their median over the
+//! rounds (the machine's drift between rounds cancels).
 //!
 //! - Keygate's wasm filter syncs from a local fake of the key-set feed (one snapshot, then
 //!   `304`s), so its figures are the filter's; the dynamic module reads the same snapshot from a
@@ -436,7 +438,8 @@ fn main() -> anyhow::Result<()> {
     let mut median = BTreeMap::new();
     let mut cpu = BTreeMap::new();
     let paired = paired_ratios(&loads);
-    for (setup, mut runs) in loads {
+    for (&setup, runs) in &loads {
+        let mut runs = runs.clone();
         // Each column's median round, independently.
         let mut cpus: Vec<f64> = runs.iter().map(|r| r.cpu_us).collect();
         cpus.sort_by(f64::total_cmp);
@@ -455,6 +458,25 @@ fn main() -> anyhow::Result<()> {
         cpu.insert(setup, c);
     }
     let per = |s: Setup| median.get(&s).map(|m| 1e6 / m.rps);
+    // The difference within each round (the two ran back to back), its median over the rounds:
+    // per request, and Envoy's CPU per request.
+    let paired_difference = |a: Setup, b: Setup| -> Option<(f64, f64, usize)> {
+        let (ra, rb) = (loads.get(&a)?, loads.get(&b)?);
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let wall = ra
+            .iter()
+            .zip(rb)
+            .map(|(x, y)| 1e6 / x.load.rps - 1e6 / y.load.rps);
+        let cpu = ra.iter().zip(rb).map(|(x, y)| x.cpu_us - y.cpu_us);
+        Some((
+            median(wall.collect()),
+            median(cpu.collect()),
+            ra.len().min(rb.len()),
+        ))
+    };
     let over = |what: &str, a: Setup, b: Setup| {
         if let (Some(x), Some(y)) = (per(a), per(b)) {
             let cpu = match (cpu.get(&a), cpu.get(&b)) {
@@ -462,6 +484,11 @@ fn main() -> anyhow::Result<()> {
                 _ => String::new(),
             };
             println!("{what}: {:+.2} µs per request{cpu}", x - y);
+        }
+        if let Some((wall, cpu, rounds)) = paired_difference(a, b) {
+            println!(
+                "  paired per round: {wall:+.2} µs per request; Envoy CPU {cpu:+.2} µs (median of {rounds} rounds)"
+            );
         }
     };
     println!();
