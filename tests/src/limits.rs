@@ -1,7 +1,8 @@
 //! The rate-limit tests' setup in real Envoy: keys given policies ([`limited_key`],
 //! [`limit`]) and served by a fake key-set feed ([`serve_keys`]), Envoy 1.40 started on it with
 //! the wasm filter ([`wasm_envoy`]) or the dynamic module ([`module_envoy`]), waiting for the
-//! set ([`wait_for_the_set`]) and for the start of a fixed window ([`at_the_start_of_a_window`]).
+//! set ([`wait_for_the_set`]) and for the start of a fixed window ([`at_the_start_of_a_window`]),
+//! and the `RateLimit` field read back ([`ratelimit_items`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -101,4 +102,26 @@ pub fn at_the_start_of_a_window(window_s: u64) {
         .unwrap_or_default();
     let into = Duration::from_millis((now.as_millis() % (u128::from(window_s) * 1000)) as u64);
     std::thread::sleep(Duration::from_secs(window_s) - into + Duration::from_millis(300));
+}
+
+/// The `"name";r=<r>;t=<t>` items of a `RateLimit` field's value: (name, r, t). Panics on an
+/// item without `r` or `t`.
+pub fn ratelimit_items(value: &str) -> Vec<(String, u32, u32)> {
+    value
+        .split(", ")
+        .map(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim_matches('"').to_owned();
+            let mut num = |p: &str| -> u32 {
+                parts
+                    .next()
+                    .and_then(|s| s.strip_prefix(p))
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("no {p} in {item:?} of {value:?}"))
+            };
+            let r = num("r=");
+            let t = num("t=");
+            (name, r, t)
+        })
+        .collect()
 }

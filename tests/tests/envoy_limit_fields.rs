@@ -9,7 +9,7 @@
 
 use keygate_e2e::Reply;
 use keygate_e2e::limits::{
-    limit, limited_key, module_envoy, serve_keys, wait_for_the_set, wasm_envoy,
+    limit, limited_key, module_envoy, ratelimit_items, serve_keys, wait_for_the_set, wasm_envoy,
 };
 use keygate_e2e::native::NativeEnvoy;
 use keygate_protocol::policy::LimitPool;
@@ -58,27 +58,6 @@ fn all<'a>(r: &'a Reply, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// `"name";r=<r>;t=<t>` items of a `RateLimit` value: (name, r, t).
-fn items(value: &str) -> Vec<(String, u32, u32)> {
-    value
-        .split(", ")
-        .map(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim_matches('"').to_owned();
-            let mut num = |p: &str| -> u32 {
-                parts
-                    .next()
-                    .and_then(|s| s.strip_prefix(p))
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| panic!("no {p} in {item:?} of {value:?}"))
-            };
-            let r = num("r=");
-            let t = num("t=");
-            (name, r, t)
-        })
-        .collect()
-}
-
 /// The tiny key's requests in a fresh window: `TINY` pass, the next is the filter's 429 with
 /// its fields (once each); whether the passes carry the fields is `fields_on_passes`.
 fn tiny_key(envoy: &NativeEnvoy, keys: &Keys, shell: &str, fields_on_passes: bool) {
@@ -93,7 +72,7 @@ fn tiny_key(envoy: &NativeEnvoy, keys: &Keys, shell: &str, fields_on_passes: boo
                 "{shell}"
             );
             assert_eq!(rl.len(), 1, "{shell}: {rl:?}");
-            let [(name, rem, _)] = &items(rl[0])[..] else {
+            let [(name, rem, _)] = &ratelimit_items(rl[0])[..] else {
                 panic!("{shell}: {rl:?}")
             };
             assert_eq!((name.as_str(), *rem), ("tiny", TINY - 1 - i), "{shell}");
@@ -130,7 +109,7 @@ fn with_the_option(envoy: &NativeEnvoy, keys: &Keys, shell: &str) {
         assert_eq!(all(&r, "ratelimit-policy"), [POLICY], "{shell}");
         let rl = all(&r, "ratelimit");
         assert_eq!(rl.len(), 1, "{shell}: {rl:?}");
-        let now = items(rl[0]);
+        let now = ratelimit_items(rl[0]);
         let names: Vec<&str> = now.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(names, ["burst", "hourly"], "{shell}: {rl:?}");
         let (_, _, t) = now[0];

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use keygate_e2e::Reply;
-use keygate_e2e::limits::{at_the_start_of_a_window, limit, limited_key, serve_keys};
+use keygate_e2e::limits::{
+    at_the_start_of_a_window, limit, limited_key, ratelimit_items, serve_keys,
+};
 use keygate_e2e::stack::{GatewayStack, wait_for};
 use keygate_protocol::policy::LimitPool;
 use serde_json::json;
@@ -14,27 +16,6 @@ use serde_json::json;
 /// The limited key's limits: 100 per 10 s, then 1000 per hour.
 const POLICY: &str = r#""burst";q=100;w=10, "hourly";q=1000;w=3600"#;
 const WINDOW_S: u64 = 10;
-
-/// `"name";r=<r>;t=<t>` items of a `RateLimit` value: (name, r, t).
-fn items(value: &str) -> Vec<(String, u32, u32)> {
-    value
-        .split(", ")
-        .map(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim_matches('"').to_owned();
-            let mut num = |p: &str| -> u32 {
-                parts
-                    .next()
-                    .and_then(|s| s.strip_prefix(p))
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| panic!("no {p} in {item:?} of {value:?}"))
-            };
-            let r = num("r=");
-            let t = num("t=");
-            (name, r, t)
-        })
-        .collect()
-}
 
 fn no_fields(r: &Reply, why: &str) {
     for name in ["ratelimit", "ratelimit-policy", "retry-after"] {
@@ -76,7 +57,7 @@ fn the_gateway_adds_the_fields_envoy_yaml_fills_from_the_filters_state() {
         let value = r
             .header("ratelimit")
             .unwrap_or_else(|| panic!("no RateLimit: {r:?}"));
-        let now = items(value);
+        let now = ratelimit_items(value);
         let names: Vec<&str> = now.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(names, ["burst", "hourly"], "{value}");
         assert!((1..=WINDOW_S as u32).contains(&now[0].2), "{value}");
