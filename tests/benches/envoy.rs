@@ -69,7 +69,7 @@ use keygate_e2e::bench_shared_data::{
 use keygate_e2e::envoy::{envoy_yaml, plugin_configuration};
 use keygate_e2e::fake_feed::FakeFeed;
 use keygate_e2e::stack::ServeProcess;
-use keygate_e2e::{ADMIN_TOKEN, ext_authz, native};
+use keygate_e2e::{ADMIN_TOKEN, bench_envoy, ext_authz, native};
 use keygate_native_filter_artifacts::SEARCH_PATH_ENV;
 use keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM;
 use keygate_protocol::policy::{LimitPool, RateLimit};
@@ -793,41 +793,14 @@ fn bootstrap(setup: Setup, fixture: &Fixture) -> Value {
             cluster = c.clone();
         }
     }
-    let mut virtual_host = json!({
-        "name": "all", "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"},
-            "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
-    });
+    let mut virtual_host = bench_envoy::direct_response_host();
     if rate_limit_headers() {
         virtual_host["response_headers_to_add"] = envoy_yaml()["static_resources"]["listeners"][0]
             ["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
             ["response_headers_to_add"]
             .clone();
     }
-    json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        // As envoy/envoy.yaml: a snapshot of a million keys (60 MB) exceeds Envoy's default
-        // 32 MiB limit on an HTTP client's answer.
-        "layered_runtime": {"layers": [{"name": "keygate", "static_layer": {
-            "http.async_response_buffer_limit": 268_435_456
-        }}]},
-        "static_resources": {
-            "listeners": [{
-                "name": "bench",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "bench",
-                        "route_config": {"virtual_hosts": [virtual_host]},
-                        "http_filters": filters
-                    }
-                }]}]
-            }],
-            "clusters": [cluster]
-        }
-    })
+    bench_envoy::bench_bootstrap(virtual_host, filters, vec![cluster])
 }
 
 /// Waits until the wasm filter's leader reports `n` keys (the process-wide gauge).

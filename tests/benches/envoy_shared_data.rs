@@ -27,7 +27,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use keygate_e2e::bench_envoy::{rss_bytes, start_pinned};
+use keygate_e2e::bench_envoy::{bench_bootstrap, direct_response_host, rss_bytes, start_pinned};
 use keygate_e2e::bench_shared_data::{
     BUCKETS_GAUGE, BYTES_GAUGE, BucketSource, FEED_CLUSTER, LEADER_MEMORY_GAUGE, RECORD_BYTES,
     WRITE_US_GAUGE, shared_set_wat,
@@ -174,58 +174,33 @@ fn wait_for(envoy: &Envoy, name: &str, value: u64) -> anyhow::Result<()> {
 /// cluster.
 fn bootstrap(wasm: &std::path::Path, feed: &str) -> Value {
     let (host, port) = feed.rsplit_once(':').unwrap_or((feed, "0"));
-    json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        // As envoy/envoy.yaml: a snapshot of a million keys (60 MB) exceeds Envoy's default
-        // 32 MiB limit on an HTTP client's answer.
-        "layered_runtime": {"layers": [{"name": "keygate", "static_layer": {
-            "http.async_response_buffer_limit": 268_435_456
-        }}]},
-        "static_resources": {
-            "listeners": [{
-                "name": "bench",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "bench",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"},
-                                "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
-                        }]},
-                        "http_filters": [
-                            {
-                                "name": "kg_shared",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                                    "config": {
-                                        "name": "kg_shared", "root_id": "kg_shared",
-                                        "vm_config": {"vm_id": "kg_shared", "runtime": "envoy.wasm.runtime.v8",
-                                            "code": {"local": {"filename": wasm}}}
-                                    }
-                                }
-                            },
-                            {
-                                "name": "envoy.filters.http.router",
-                                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-                            }
-                        ]
-                    }
-                }]}]
-            }],
-            "clusters": [{
-                "name": FEED_CLUSTER,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": FEED_CLUSTER, "endpoints": [{"lb_endpoints": [{
-                    "endpoint": {"address": {"socket_address": {
-                        "address": host,
-                        "port_value": port.parse::<u16>().unwrap_or(0)
-                    }}}
-                }]}]}
-            }]
-        }
-    })
+    let filters = vec![
+        json!({
+            "name": "kg_shared",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "kg_shared", "root_id": "kg_shared",
+                    "vm_config": {"vm_id": "kg_shared", "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm}}}
+                }
+            }
+        }),
+        json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }),
+    ];
+    let cluster = json!({
+        "name": FEED_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": FEED_CLUSTER, "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {
+                "address": host,
+                "port_value": port.parse::<u16>().unwrap_or(0)
+            }}}
+        }]}]}
+    });
+    bench_bootstrap(direct_response_host(), filters, vec![cluster])
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail, ensure};
 use keygate_testkit::envoy::{Envoy, EnvoyOptions};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The wrk script: a GET of `/hello` with a random key of the file given after `--`.
 pub const WRK_LUA: &str = r#"
@@ -203,4 +203,47 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The benches' bootstrap: one listener `bench` on a free loopback port whose `virtual_host`
+/// answers (a `direct_response` route, see [`direct_response_host`]) behind `http_filters`,
+/// `clusters` beside it, and the admin interface; Envoy's limit on an HTTP client's answer
+/// raised as `envoy/envoy.yaml` raises it (a snapshot of a million keys, 60 MB, exceeds the
+/// default 32 MiB).
+pub fn bench_bootstrap(
+    virtual_host: Value,
+    http_filters: Vec<Value>,
+    clusters: Vec<Value>,
+) -> Value {
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "layered_runtime": {"layers": [{"name": "keygate", "static_layer": {
+            "http.async_response_buffer_limit": 268_435_456
+        }}]},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "bench",
+                        "route_config": {"virtual_hosts": [virtual_host]},
+                        "http_filters": http_filters
+                    }
+                }]}]
+            }],
+            "clusters": clusters
+        }
+    })
+}
+
+/// A virtual host answering every request `200 ok` itself (no upstream).
+pub fn direct_response_host() -> Value {
+    json!({
+        "name": "all", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+    })
 }
