@@ -207,9 +207,9 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
 
 /// The benches' bootstrap: one listener `bench` on a free loopback port whose `virtual_host`
 /// answers (a `direct_response` route, see [`direct_response_host`]) behind `http_filters`,
-/// `clusters` beside it, and the admin interface; Envoy's limit on an HTTP client's answer
-/// raised as `envoy/envoy.yaml` raises it (a snapshot of a million keys, 60 MB, exceeds the
-/// default 32 MiB).
+/// `clusters` beside it, and the admin interface; as `envoy/envoy.yaml`, the key's header with
+/// an inline slot (its `inline_headers`, for every configuration alike) and Envoy's limit on an
+/// HTTP client's answer raised (a snapshot of a million keys, 60 MB, exceeds the default 32 MiB).
 pub fn bench_bootstrap(
     virtual_host: Value,
     http_filters: Vec<Value>,
@@ -217,6 +217,7 @@ pub fn bench_bootstrap(
 ) -> Value {
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "inline_headers": crate::envoy::envoy_yaml()["inline_headers"].clone(),
         "layered_runtime": {"layers": [{"name": "keygate", "static_layer": {
             "http.async_response_buffer_limit": 268_435_456
         }}]},
