@@ -49,17 +49,35 @@ async fn the_key_set_scopes_each_owner_pool_to_its_keys_workspace(e: Engine) {
         let p = policy_in_set(&s, &edge, &k.key.id).await.unwrap();
         assert_eq!(p.limits[0].pool, LimitPool::OwnerIn(ws.into()), "{ws}");
     }
-    // A scoped pool needs version 3: a reader of version 2 gets it and refuses it whole.
-    let resp = s
-        .http
-        .get(s.url("/v1/keyset"))
-        .header("accept", wire::ACCEPT_V2)
-        .bearer_auth(&edge)
-        .send()
-        .await
-        .unwrap();
-    let bytes = resp.bytes().await.unwrap();
+    // A scoped pool needs version 3, which this build's filters read.
+    let read = |accept: &'static str| {
+        let (http, url, edge) = (s.http.clone(), s.url("/v1/keyset"), edge.clone());
+        async move {
+            let resp = http
+                .get(url)
+                .header("accept", accept)
+                .bearer_auth(&edge)
+                .send()
+                .await
+                .unwrap();
+            resp.bytes().await.unwrap()
+        }
+    };
+    let bytes = read(wire::ACCEPT_V3).await;
     assert_eq!(wire::peek_header(&bytes).unwrap().version, wire::VERSION);
+    // A reader of version 2 (the build before scoped pools) gets version 2, its owner pools
+    // unscoped as it always counted them: its set stays readable during an upgrade.
+    let bytes = read(wire::ACCEPT_V2).await;
+    assert_eq!(wire::peek_header(&bytes).unwrap().version, wire::VERSION_2);
+    let Ok(wire::Message::Snapshot(snap)) = wire::decode(&bytes) else {
+        panic!("a read without since is a snapshot that decodes");
+    };
+    let pools: Vec<&LimitPool> = snap
+        .entries
+        .iter()
+        .flat_map(|e| e.policy.limits.iter().map(|l| &l.pool))
+        .collect();
+    assert_eq!(pools, [&LimitPool::Owner; 3], "{pools:?}");
     // A reader of version 1 gets the keys without limits.
     let resp = s
         .http

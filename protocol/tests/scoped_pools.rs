@@ -1,7 +1,8 @@
 //! Scoped owner pools on the wire (format version 3): a pool per (scope, owner) round trips and
 //! reaches the set, keys of two scopes never share a grant, a set without scoped pools is still
 //! version 2 byte for byte as the previous build wrote it, a reader of version 2 refuses version 3
-//! whole, and every broken scope item is refused.
+//! whole and is sent its owner pools unscoped instead (`for_v2_reader`, what the control plane
+//! gives a filter that does not name version 3), and every broken scope item is refused.
 
 mod common;
 
@@ -202,4 +203,48 @@ fn every_broken_scope_item_is_refused() {
     };
     let back_plain = back.entries.iter().find(|e| e.digest == digest(9, 9));
     assert_eq!(back_plain.unwrap().policy.limits[0].pool, LimitPool::Key);
+}
+
+#[test]
+fn a_reader_of_version_2_is_sent_its_owner_pools_unscoped_as_version_2() {
+    use keygate_protocol::wire::{ACCEPT_V2, ACCEPT_V3, Delta, accepted_version, accepts_v3};
+    // Who reads what: this build's filters name version 3; the build before names version 2.
+    assert_eq!(accepted_version(ACCEPT_V3), Some(3));
+    assert_eq!(accepted_version(ACCEPT_V2), Some(2));
+    assert_eq!(
+        accepted_version("text/plain, application/vnd.keygate.keyset; version=3; q=1"),
+        Some(3)
+    );
+    assert_eq!(accepted_version("application/vnd.keygate.keyset"), None);
+    assert!(accepts_v3(ACCEPT_V3) && !accepts_v3(ACCEPT_V2));
+
+    let snap = two_workspaces().for_v2_reader();
+    for e in &snap.entries {
+        assert_eq!(e.policy.limits[0].pool, LimitPool::Key);
+        assert_eq!(e.policy.limits[1].pool, LimitPool::Owner);
+    }
+    let bytes = snap.encode().unwrap();
+    assert_eq!(peek_header(&bytes).unwrap().version, VERSION_2);
+    // Nothing else changes: the same keys, limits and revision as the version-3 set.
+    let Ok(Message::Snapshot(read)) = decode(&bytes) else {
+        panic!("a version-2 snapshot decodes");
+    };
+    assert_eq!(read.revision, 4);
+    assert_eq!(read.entries.len(), 3);
+    let mut set = KeySet::new();
+    set.apply(&bytes).unwrap();
+    assert_eq!(set.len(), 3);
+
+    let full = two_workspaces();
+    let delta = Delta {
+        base_revision: 4,
+        revision: 5,
+        upserts: full.entries[..1].to_vec(),
+        removals: vec![full.entries[2].digest],
+    }
+    .for_v2_reader();
+    assert_eq!(delta.upserts[0].policy.limits[1].pool, LimitPool::Owner);
+    assert_eq!(delta.removals, vec![full.entries[2].digest]);
+    let bytes = delta.encode().unwrap();
+    assert_eq!(peek_header(&bytes).unwrap().version, VERSION_2);
 }

@@ -53,7 +53,8 @@ fn revision_header(resp: &mut Response, revision: u64) {
 /// it answers as soon as the revision moves past `since`, or 304 at the timeout. The
 /// filter's `keygate-edge-*` headers (its id, node, applied revision…) go to the edge registry.
 /// A reader whose `Accept` does not name `version=2` gets format version 1: no canaries, no
-/// keys out of credits, no rate limits.
+/// keys out of credits, no rate limits; one that names `version=2` but not `version=3` gets
+/// version 2, its owner pools unscoped.
 pub async fn get_keyset(
     State(state): State<AppState>,
     caller: Caller,
@@ -111,12 +112,14 @@ pub async fn get_keyset(
             }
         }
     }
-    // A filter that does not say it reads version 2 (policies) gets what version 1 can hold
-    // (`keygate_protocol::wire::compat`): one limited key must not make old edges' sets unreadable.
-    let reads_v2 = headers
+    // A filter that does not say it reads version 2 (policies) gets what version 1 can hold, and
+    // one that does not say it reads version 3 gets its owner pools unscoped, as it counted them
+    // before (`keygate_protocol::wire::compat`): a set must never become unreadable for old edges.
+    let reads = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(wire::accepts_v2);
+        .and_then(wire::accepted_version)
+        .unwrap_or(1);
     let read = state.db.read_set(since, unix_now()).await?;
     // Nothing changed since the reader's revision: an empty delta (base == revision) cannot be
     // encoded, so answer as a long poll's timeout does.
@@ -134,7 +137,10 @@ pub async fn get_keyset(
                 revision: revision as u64,
                 entries: entries.into_iter().map(SetEntry::into_wire).collect(),
             };
-            if !reads_v2 {
+            if reads < 3 {
+                snap = snap.for_v2_reader();
+            }
+            if reads < 2 {
                 snap = snap.for_v1_reader();
             }
             (revision, snap.encode(), KeysetAnswer::Snapshot)
@@ -151,7 +157,10 @@ pub async fn get_keyset(
                 upserts: upserts.into_iter().map(SetEntry::into_wire).collect(),
                 removals: removals.into_iter().map(Digest::from_bytes).collect(),
             };
-            if !reads_v2 {
+            if reads < 3 {
+                delta = delta.for_v2_reader();
+            }
+            if reads < 2 {
                 delta = delta.for_v1_reader();
             }
             (revision, delta.encode(), KeysetAnswer::Delta)

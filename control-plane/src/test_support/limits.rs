@@ -35,13 +35,13 @@ pub async fn edge_key(api: &ApiClient) -> String {
         .secret
 }
 
-/// The key set's snapshot as an edge (key `edge`) reads it: the policy of key `id` (`None`:
-/// not in the set).
+/// The key set's snapshot as an edge of this build (key `edge`, reading version 3) reads it:
+/// the policy of key `id` (`None`: not in the set).
 pub async fn policy_in_set(api: &ApiClient, edge: &str, id: &str) -> Option<Policy> {
     let resp = api
         .http
         .get(api.url("/v1/keyset"))
-        .header("accept", wire::ACCEPT_V2)
+        .header("accept", wire::ACCEPT_V3)
         .bearer_auth(edge)
         .send()
         .await

@@ -42,7 +42,7 @@ mod error;
 mod header;
 mod message;
 
-pub use compat::{ACCEPT_V2, accepts_v2};
+pub use compat::{ACCEPT_V2, ACCEPT_V3, accepted_version, accepts_v2, accepts_v3};
 pub use decode::decode;
 pub use error::{DecodeError, EncodeError};
 pub use header::{Header, peek_header};

@@ -48,7 +48,7 @@ impl Syncer {
                     "authorization",
                     format!("Bearer {}", config.edge_key.as_deref().unwrap_or_default()),
                 ),
-                ("accept", wire::ACCEPT_V2.to_owned()),
+                ("accept", wire::ACCEPT_V3.to_owned()),
             ],
             body: None,
             timeout_ms: config.sync_timeout_ms(),
