@@ -153,6 +153,7 @@ async fn gateway(
         clusters,
         workers: env_usize("GATEWAY_WORKERS", 2),
         filter_state_headers: keygate_gateway::envoy_bootstrap::shipped_filter_state_headers()?,
+        inline_request_headers: keygate_gateway::envoy_bootstrap::shipped_inline_request_headers()?,
     })
     .await?)
 }

@@ -237,6 +237,28 @@ pub fn filter_state_headers(bootstrap: &Value) -> Result<Vec<FilterStateHeader>,
     Ok(out)
 }
 
+/// The request headers a bootstrap gives an inline slot in Envoy's header map (its
+/// `inline_headers` of type `REQUEST_HEADER`), lowercase: Envoy joins the repeated values of
+/// such a header into one, comma-separated, before any filter sees them.
+pub fn inline_request_headers(bootstrap: &Value) -> Vec<String> {
+    bootstrap["inline_headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["inline_header_type"] == "REQUEST_HEADER")
+        .filter_map(|h| h["inline_header_name"].as_str())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+/// [`inline_request_headers`] of `envoy/envoy.yaml` ([`ENVOY_YAML`]), as deployed.
+///
+/// # Errors
+/// [`GatewayError::EnvoyConfig`] when the built-in `envoy.yaml` is not YAML.
+pub fn shipped_inline_request_headers() -> Result<Vec<String>, GatewayError> {
+    Ok(inline_request_headers(&parse(ENVOY_YAML)?))
+}
+
 /// [`filter_state_headers`] of `envoy/envoy.yaml` ([`ENVOY_YAML`]), as deployed.
 ///
 /// # Errors
@@ -323,6 +345,17 @@ mod tests {
             wasm_config_mut(&mut b2).expect("filter")["failure_policy"],
             "FAIL_RELOAD"
         );
+    }
+
+    #[test]
+    fn reads_the_request_headers_envoy_yaml_gives_an_inline_slot() {
+        assert_eq!(shipped_inline_request_headers().unwrap(), ["x-api-key"]);
+        let bootstrap = json!({"inline_headers": [
+            {"inline_header_name": "X-Key", "inline_header_type": "REQUEST_HEADER"},
+            {"inline_header_name": "x-out", "inline_header_type": "RESPONSE_HEADER"}
+        ]});
+        assert_eq!(inline_request_headers(&bootstrap), ["x-key"]);
+        assert!(inline_request_headers(&json!({})).is_empty());
     }
 
     #[test]

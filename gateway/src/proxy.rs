@@ -62,6 +62,10 @@ pub struct GatewayConfig {
     /// route configuration adds them (`envoy_bootstrap::shipped_filter_state_headers` for
     /// `envoy/envoy.yaml`'s).
     pub filter_state_headers: Vec<FilterStateHeader>,
+    /// The request headers whose repeated values are joined into one, comma-separated, as
+    /// Envoy does for a header with an inline slot (`envoy_bootstrap::inline_request_headers`;
+    /// `envoy/envoy.yaml` gives `x-api-key` one).
+    pub inline_request_headers: Vec<String>,
 }
 
 /// Starts gateways.
@@ -94,6 +98,7 @@ struct State {
     client: Client<HttpConnector, Incoming>,
     upstream: Uri,
     filter_state_headers: Vec<FilterStateHeader>,
+    inline_request_headers: Vec<String>,
 }
 
 impl Gateway {
@@ -139,6 +144,7 @@ impl Gateway {
             client,
             upstream,
             filter_state_headers: config.filter_state_headers,
+            inline_request_headers: config.inline_request_headers,
         });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listener, state, stopped));
@@ -220,6 +226,20 @@ async fn handle(
             continue;
         }
         // Values go through byte for byte, as Envoy passes obs-text (not UTF-8) through.
+        let inline = state
+            .inline_request_headers
+            .iter()
+            .any(|h| h == name.as_str());
+        if let Some((_, joined)) = headers
+            .iter_mut()
+            .find(|(k, _)| inline && k.as_str() == name.as_str())
+        {
+            let mut bytes = joined.as_bytes().to_vec();
+            bytes.push(b',');
+            bytes.extend_from_slice(value.as_bytes());
+            *joined = bytes.as_slice().into();
+            continue;
+        }
         headers.push((name.as_str().to_owned(), value.as_bytes().into()));
     }
     let request = Request {

@@ -307,6 +307,9 @@ impl GatewayStack {
                 filter_state_headers:
                     keygate_gateway::envoy_bootstrap::shipped_filter_state_headers()
                         .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}")),
+                inline_request_headers:
+                    keygate_gateway::envoy_bootstrap::shipped_inline_request_headers()
+                        .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}")),
             })
             .await
             .unwrap_or_else(|e| panic!("starting the gateway: {e}"));

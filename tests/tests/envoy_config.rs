@@ -119,6 +119,9 @@ fn envoy_yaml_configuration_syncs_from_the_real_control_plane_and_enforces_keys(
             workers: 2,
             filter_state_headers: keygate_gateway::envoy_bootstrap::shipped_filter_state_headers()
                 .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}")),
+            inline_request_headers:
+                keygate_gateway::envoy_bootstrap::shipped_inline_request_headers()
+                    .unwrap_or_else(|e| panic!("envoy/envoy.yaml: {e}")),
         })
         .await
         .unwrap_or_else(|e| panic!("gateway: {e}"));

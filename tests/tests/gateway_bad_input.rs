@@ -71,6 +71,7 @@ impl Stack {
                 clusters: vec![(CLUSTER.into(), cp.base.clone())],
                 workers: 2,
                 filter_state_headers: Vec::new(),
+                inline_request_headers: Vec::new(),
             }))
             .expect("gateway");
         let addr = gateway.local_addr();

@@ -31,8 +31,9 @@ struct Args {
     )]
     config: Option<PathBuf>,
     /// Take the configuration, root id, VM id and environment from the Wasm filter of this
-    /// Envoy bootstrap (e.g. envoy/envoy.yaml): the filter's settings, and the response headers
-    /// its `ingress` routes fill from the filter's state (without it, envoy/envoy.yaml's).
+    /// Envoy bootstrap (e.g. envoy/envoy.yaml): the filter's settings, the response headers its
+    /// `ingress` routes fill from the filter's state and its request headers with an inline slot
+    /// (without it, envoy/envoy.yaml's).
     #[arg(long)]
     envoy_config: Option<PathBuf>,
     /// Upstream base URL, e.g. http://127.0.0.1:8081.
@@ -87,14 +88,16 @@ async fn main() -> anyhow::Result<()> {
     settings.key_values.extend(args.env);
     // The response headers Envoy's routes fill from the filter's state: the given Envoy
     // configuration's, or envoy/envoy.yaml's as deployed.
-    let filter_state_headers = match &args.envoy_config {
+    let envoy = match &args.envoy_config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            envoy_bootstrap::filter_state_headers(&envoy_bootstrap::parse(&text)?)?
+            envoy_bootstrap::parse(&text)?
         }
-        None => envoy_bootstrap::shipped_filter_state_headers()?,
+        None => envoy_bootstrap::parse(envoy_bootstrap::ENVOY_YAML)?,
     };
+    let filter_state_headers = envoy_bootstrap::filter_state_headers(&envoy)?;
+    let inline_request_headers = envoy_bootstrap::inline_request_headers(&envoy);
     let plugin_path = args
         .plugin
         .unwrap_or_else(|| PathBuf::from(keygate_plugin_artifacts::KEYGATE_PLUGIN_WASM));
@@ -108,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         clusters: args.clusters,
         workers: args.workers,
         filter_state_headers,
+        inline_request_headers,
     })
     .await?;
     println!(

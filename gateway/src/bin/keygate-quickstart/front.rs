@@ -123,6 +123,7 @@ impl Front {
             )],
             workers: args.workers,
             filter_state_headers: envoy_bootstrap::shipped_filter_state_headers()?,
+            inline_request_headers: envoy_bootstrap::shipped_inline_request_headers()?,
         })
         .await
         .context("gateway")?;
