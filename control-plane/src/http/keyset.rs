@@ -137,11 +137,11 @@ pub async fn get_keyset(
                 revision: revision as u64,
                 entries: entries.into_iter().map(SetEntry::into_wire).collect(),
             };
-            if reads < 3 {
-                snap = snap.for_v2_reader();
-            }
+            // A version-1 reader loses every policy anyway: one pass, never two.
             if reads < 2 {
                 snap = snap.for_v1_reader();
+            } else if reads < 3 {
+                snap = snap.for_v2_reader();
             }
             (revision, snap.encode(), KeysetAnswer::Snapshot)
         }
@@ -157,11 +157,11 @@ pub async fn get_keyset(
                 upserts: upserts.into_iter().map(SetEntry::into_wire).collect(),
                 removals: removals.into_iter().map(Digest::from_bytes).collect(),
             };
-            if reads < 3 {
-                delta = delta.for_v2_reader();
-            }
+            // A version-1 reader loses every policy anyway: one pass, never two.
             if reads < 2 {
                 delta = delta.for_v1_reader();
+            } else if reads < 3 {
+                delta = delta.for_v2_reader();
             }
             (revision, delta.encode(), KeysetAnswer::Delta)
         }

@@ -190,6 +190,24 @@ fn passes_each(
     passes
 }
 
+/// [`passes_each`] against the wasm filter's leases on a fresh fake host's shared data: the
+/// passes of each, and how many shared counters the requests made.
+fn passes_each_leased(
+    requests: &[(&[RateLimit], KeyId, &str)],
+    rounds: usize,
+) -> (Vec<usize>, usize) {
+    let world = World::new(T0);
+    let mut host = FakeHost::new(&world, 0);
+    let mut leases = Leases::default();
+    let mut leased = Leased {
+        leases: &mut leases,
+        host: &mut host,
+    };
+    let passes = passes_each(requests, rounds, &mut leased);
+    let counters = world.borrow().shared.len();
+    (passes, counters)
+}
+
 #[test]
 fn owners_of_one_name_in_two_workspaces_count_in_two_pools() {
     // `acme` in workspace ws-a and `acme` in ws-b: one key each, pool 10 per 60 s.
@@ -199,15 +217,9 @@ fn owners_of_one_name_in_two_workspaces_count_in_two_pools() {
     // In one process (module, forward-auth) and across leasing workers (wasm filter).
     let atomic = AtomicCounters::default();
     assert_eq!(passes_each(&requests, 15, &mut &atomic), [10, 10]);
-    let world = World::new(T0);
-    let mut host = FakeHost::new(&world, 0);
-    let mut leases = Leases::default();
-    let mut leased = Leased {
-        leases: &mut leases,
-        host: &mut host,
-    };
-    assert_eq!(passes_each(&requests, 15, &mut leased), [10, 10]);
-    assert_eq!(world.borrow().shared.len(), 2, "two shared counters");
+    let (passes, shared) = passes_each_leased(&requests, 15);
+    assert_eq!(passes, [10, 10]);
+    assert_eq!(shared, 2, "two shared counters");
     // A pool without a scope (a version-2 set) is still one pool per owner string.
     let (old_a, old_b) = (
         [limit("team", 10, 60, LimitPool::Owner)],
@@ -227,14 +239,7 @@ fn keys_of_one_owner_in_one_workspace_still_share_one_pool() {
     let requests: [(&[RateLimit], KeyId, &str); 2] = [(&pooled, a, "acme"), (&pooled, b, "acme")];
     let atomic = AtomicCounters::default();
     assert_eq!(passes_each(&requests, 15, &mut &atomic), [5, 5]);
-    let world = World::new(T0);
-    let mut host = FakeHost::new(&world, 0);
-    let mut leases = Leases::default();
-    let mut leased = Leased {
-        leases: &mut leases,
-        host: &mut host,
-    };
-    assert_eq!(passes_each(&requests, 15, &mut leased), [5, 5]);
+    assert_eq!(passes_each_leased(&requests, 15).0, [5, 5]);
     // Another owner in the same workspace has its own pool.
     let other: [(&[RateLimit], KeyId, &str); 1] = [(&pooled, a, "globex")];
     assert_eq!(passes_each(&other, 15, &mut &atomic), [10]);
